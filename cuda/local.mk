@@ -1,0 +1,1 @@
+# cuda: sources and tests of this folder (included by Makefile.am)

@@ -1,0 +1,129 @@
+/* The backend op table. The executor calls every piece of math through it;
+ * src/cpu/ (fp32 reference) and cuda/ (bf16 storage, fp32 accumulation)
+ * implement the same table. Backends know nothing of plans or ranks: they get
+ * pointers and sizes.
+ *
+ * Conventions for every op:
+ *   - Pointers are backend memory (host memory for cpu, device memory for
+ *     cuda) from backend->alloc (or offsets into such allocations).
+ *   - "act" tensors have dtype backend->act_dtype, weights param_dtype,
+ *     gradients of weights grad_dtype; statistics (lse), scalars, AdamW state
+ *     and master weights are fp32; token ids and positions are int32; RoPE
+ *     inverse frequencies are fp64.
+ *   - Matrices are row-major. A weight W has the Hugging Face shape [out, in].
+ *   - n is a row (token) count; sizes are int64_t / size_t, never int.
+ *   - `acc` = 0 overwrites the output, 1 adds to it. Weight gradients (dw)
+ *     ALWAYS accumulate (they sum over layers' micro-steps and chunks).
+ *   - Work is ordered: an op sees the effects of every earlier op (the cuda
+ *     backend runs all on one stream). synchronize() waits for completion.
+ *   - Errors (allocation, library calls) are fatal: the backend prints the
+ *     failing call, file and line and exits; ops never return errors. */
+#ifndef AUTOSP_BACKEND_H
+#define AUTOSP_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dtype.h"
+
+typedef struct backend {
+    const char *name;               /* "cpu" or "cuda" */
+    dtype_t act_dtype, param_dtype, grad_dtype;
+
+    /* ---- lifecycle and memory */
+    int (*init)(int device_index, char *err, size_t errlen); /* 0 ok, -1 with message */
+    void (*shutdown)(void);
+    const char *(*device_name)(void);
+    size_t (*device_memory)(void);  /* total bytes of the device; 0 for host */
+    size_t (*memory_used)(void);    /* bytes in use on the device now (all processes); 0 for host */
+    void *(*alloc)(size_t bytes, const char *what);     /* never NULL: dies naming `what` */
+    void (*free)(void *p);
+    void *(*host_alloc)(size_t bytes, const char *what);/* pinned host memory (offload) */
+    void (*host_free)(void *p);
+    void (*zero)(void *p, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes);        /* backend -> backend */
+    void (*to_device)(void *dst, const void *host, size_t bytes);  /* host -> backend, raw bytes */
+    void (*to_host)(void *host, const void *src, size_t bytes);    /* backend -> host, raw bytes (synchronous) */
+    void (*from_f32)(void *dst, dtype_t dst_type, const float *host, size_t n); /* host fp32 -> backend, converted */
+    void (*to_f32)(float *host, const void *src, dtype_t src_type, size_t n);   /* backend -> host fp32, converted */
+    void (*synchronize)(void);
+
+    /* ---- ops (forward / backward) */
+    /* out[t,:] = wte[tokens[t],:] */
+    void (*embed_fwd)(void *out, const int32_t *tokens, const void *wte, int64_t n, int64_t d);
+    /* dwte[tokens[t],:] += dout[t,:], deterministic summation order */
+    void (*embed_bwd)(void *dwte, const int32_t *tokens, const void *dout, int64_t n, int64_t d, int64_t vocab);
+
+    /* out = x / sqrt(mean(x^2) + eps) * w, row-wise over d */
+    void (*rmsnorm_fwd)(void *out, const void *x, const void *w, int64_t n, int64_t d, float eps);
+    void (*rmsnorm_bwd)(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
+                        int64_t n, int64_t d, float eps);
+
+    /* out[n,m] = x[n,k] w[m,k]^T */
+    void (*matmul_fwd)(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m);
+    /* dx[n,k] (+)= dout[n,m] w[m,k] (dx may be NULL); dw[m,k] += dout^T x (dw may be NULL) */
+    void (*matmul_bwd)(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
+                       int64_t n, int64_t k, int64_t m);
+
+    /* Split qkv[n, (hq + 2 hkv) hd] into q[n,hq,hd], k[n,hkv,hd], v[n,hkv,hd] and rotate q and k:
+     * angle(t,i) = pos[t] * inv_freq[i] (fp64), pairs (i, i + hd/2) rotated (rotate-half). */
+    void (*rope_split_fwd)(void *q, void *k, void *v, const void *qkv, const int32_t *pos,
+                           const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd);
+    /* dqkv = merge(rotate^-1(dq), rotate^-1(dk), dv) (overwrite) */
+    void (*rope_split_bwd)(void *dqkv, const void *dq, const void *dk, const void *dv, const int32_t *pos,
+                           const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd);
+
+    /* Causal grouped-query attention over one sequence of s tokens.
+     * q, out [s, hq, hd]; k, v [s, hkv, hd]; query head h uses kv head h / (hq/hkv).
+     * lse[h, t] = log sum_j exp(scale * q_t . k_j) over j <= t (natural log, fp32). */
+    void (*attention_fwd)(void *out, float *lse, const void *q, const void *k, const void *v,
+                          int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
+    /* dq, dk, dv overwritten */
+    void (*attention_bwd)(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
+                          const void *v, const void *out, const float *lse,
+                          int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
+
+    /* gu[n, 2f] = [gate | up]; out[n,f] = silu(gate) * up */
+    void (*swiglu_fwd)(void *out, const void *gu, int64_t n, int64_t f);
+    void (*swiglu_bwd)(void *dgu, const void *dout, const void *gu, int64_t n, int64_t f); /* overwrite */
+
+    /* out = a + b over count elements (act) */
+    void (*add_fwd)(void *out, const void *a, const void *b, size_t count);
+    /* dst (+)= src over count elements (act); the residual's backward */
+    void (*accumulate)(void *dst, const void *src, size_t count, int acc);
+
+    /* Cross entropy over one chunk: logits[n, vocab] (act) is replaced by its gradient
+     * grad_scale * (softmax - onehot(target)); rows with target < 0 get zero gradient and no loss.
+     * *loss_sum (fp32 backend scalar) += sum of -log softmax[target] over valid rows. */
+    void (*xent_fwd_bwd)(void *logits, float *loss_sum, const int32_t *targets, int64_t n, int64_t vocab,
+                         float grad_scale);
+
+    /* Ulysses layout changes (act). With hpr = heads >= P ? heads / P : 1 and
+     * h0(j) = heads >= P ? j * hpr : (j * heads) / P (KV replication when P > heads):
+     *   pack:   dst[j][t][i][:] = src[t][h0(j) + i][:]           j < P, t < n, i < hpr
+     *   unpack: dst[t][h][:] (+)= sum over j with h0(j) <= h < h0(j)+hpr of src[j][t][h - h0(j)][:]
+     * (acc = 0: dst = that sum; replicas are summed in order j = 0..P-1) */
+    void (*heads_pack)(void *dst, const void *src, int64_t n, int64_t heads, int64_t hd, int P);
+    void (*heads_unpack)(void *dst, const void *src, int64_t n, int64_t heads, int64_t hd, int P, int acc);
+
+    /* ---- optimizer */
+    /* *sumsq (fp32 scalar) += sum of grad[i]^2 (grad_dtype) */
+    void (*grad_sumsq)(float *sumsq, const void *grad, size_t n);
+    /* One AdamW step (bias-corrected, decoupled weight decay) on n elements:
+     *   clip = (max_norm > 0 && sqrt(*grad_sumsq) > max_norm) ? max_norm / sqrt(*grad_sumsq) : 1
+     *   g = grad * clip; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2
+     *   master -= lr * (m / (1-b1^step) / (sqrt(v / (1-b2^step)) + eps) + wd * master)
+     *   param = master (converted to param_dtype) */
+    void (*adamw)(float *master, void *param, float *m, float *v, const void *grad, size_t n,
+                  float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step,
+                  const float *grad_sumsq, float max_norm);
+} backend_t;
+
+extern const backend_t backend_cpu;
+#ifdef HAVE_CUDA
+extern const backend_t backend_cuda;
+/* Number of usable CUDA devices (0 when the driver or devices are absent). */
+int cuda_device_count(void);
+#endif
+
+#endif

@@ -1,0 +1,1 @@
+# src/cpu: sources and tests of this folder (included by Makefile.am)

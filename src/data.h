@@ -1,0 +1,62 @@
+/* Token shards and the sample loader (format: docs/data.md).
+ *
+ * A sample is S+1 consecutive tokens: inputs tokens[0..S), targets
+ * tokens[1..S]. Targets are shifted BEFORE the sequence is split over SP
+ * ranks, so every rank's last target is the first token of the next rank's
+ * slice and no boundary target is lost. When S is padded to seq_pad, padded
+ * positions get token 0 and target -1 (ignored by the loss). */
+#ifndef AUTOSP_DATA_H
+#define AUTOSP_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SHARD_MAGIC "ASPTOKS1"
+#define SHARD_VERSION 1
+#define SHARD_HEADER_BYTES 64
+
+typedef struct {
+    char path[1024];
+    int64_t n_tokens;
+    uint32_t vocab_size;        /* as recorded by the writer (max token id + 1 at least) */
+    const uint32_t *tokens;     /* mapped read-only */
+    void *map;
+    size_t map_bytes;
+} shard_t;
+
+/* Open and validate a shard: magic, version, token width, count against the
+ * file size, every token id < vocab_limit (when vocab_limit > 0). Returns 0,
+ * or -1 with a message naming the file and the problem. */
+int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, size_t errlen);
+void shard_close(shard_t *s);
+
+/* Write a shard atomically (temporary file + rename). */
+int shard_write(const char *path, const uint32_t *tokens, int64_t n, uint32_t vocab_size,
+                char *err, size_t errlen);
+
+typedef struct {
+    const shard_t *shard;
+    int64_t seq_len, seq_pad, seq_local;
+    int sp_rank, sp_size, dp_rank, dp_size;
+    int shuffle;
+    uint64_t seed;
+    int64_t n_samples;          /* samples per epoch: (n_tokens - 1) / seq_len */
+    int64_t *order;             /* permutation of samples for the current epoch */
+    /* position in the stream (what a checkpoint records) */
+    int64_t epoch;
+    int64_t cursor;             /* global sample index within the epoch */
+} loader_t;
+
+int loader_init(loader_t *l, const shard_t *s, int64_t seq_len, int64_t seq_pad,
+                int sp_rank, int sp_size, int dp_rank, int dp_size,
+                int shuffle, uint64_t seed, char *err, size_t errlen);
+void loader_free(loader_t *l);
+
+/* Next sample of this DP rank (global batch order: the b-th sample of a step
+ * goes to DP rank b % dp_size). Fills this SP rank's slice of seq_local
+ * entries: tokens, targets (-1 where masked) and global positions. Returns
+ * the number of valid targets in the WHOLE sample (identical on every SP
+ * rank of the group). */
+int64_t loader_next(loader_t *l, int32_t *tokens, int32_t *targets, int32_t *positions);
+
+#endif

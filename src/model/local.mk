@@ -1,0 +1,1 @@
+# src/model: sources and tests of this folder (included by Makefile.am)

@@ -1,0 +1,1 @@
+# src/parallel: sources and tests of this folder (included by Makefile.am)

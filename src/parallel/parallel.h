@@ -1,0 +1,59 @@
+/* Ranks and collectives. parallel/ knows no model and no plan.
+ *
+ * World of W = SP x DP ranks. SP groups are contiguous ranks (rank r is in SP
+ * group r / SP at sp_rank r % SP) so they stay inside a node; DP groups take
+ * one rank of each SP group (dp_rank = r / SP).
+ *
+ * A process started without mpirun/srun runs as a single rank and never calls
+ * MPI, so the engine needs no MPI at run time on one device. */
+#ifndef AUTOSP_PARALLEL_H
+#define AUTOSP_PARALLEL_H
+
+#include <stddef.h>
+
+#include "dtype.h"
+
+typedef struct comm comm_t;     /* opaque: an MPI communicator (or a single rank) */
+
+typedef struct {
+    int world_rank, world_size;
+    int local_rank, local_size; /* within the node (MPI_Comm_split_type SHARED) */
+    int sp_rank, sp_size;
+    int dp_rank, dp_size;
+    comm_t *world, *sp, *dp;
+    int launched;               /* 1: started by a launcher, MPI is initialised */
+} ranks_t;
+
+/* Initialise ranks: MPI when started by a launcher (mpirun, srun), a single
+ * rank otherwise. Installs the abort hook so that asp_die on one rank ends
+ * the whole job. Returns 0, or -1 with a message. */
+int par_init(int *argc, char ***argv, ranks_t *r, char *err, size_t errlen);
+
+/* Form SP groups of sp_size contiguous ranks and the DP groups across them.
+ * Fails when sp_size does not divide the world size. */
+int par_set_groups(ranks_t *r, int sp_size, char *err, size_t errlen);
+
+void par_finalize(ranks_t *r);
+
+int comm_rank(const comm_t *c);
+int comm_size(const comm_t *c);
+
+/* Collectives over buffers of one memory kind. Every rank of the
+ * communicator must call them in the same order. Counts are elements. */
+typedef struct coll_ops {
+    const char *name;
+    void (*allreduce_sum)(comm_t *c, void *buf, size_t count, dtype_t t);
+    /* recv[count] = sum over ranks of send[rank * count .. +count) */
+    void (*reduce_scatter_sum)(comm_t *c, const void *send, void *recv, size_t count, dtype_t t);
+    /* recv[r * count ..] = send of rank r; in place when send == recv + rank * count */
+    void (*allgather)(comm_t *c, const void *send, void *recv, size_t count, dtype_t t);
+    /* recv[j * count ..] = block rank of send of rank j (block j of mine goes to rank j) */
+    void (*alltoall)(comm_t *c, const void *send, void *recv, size_t count, dtype_t t);
+    void (*bcast)(comm_t *c, void *buf, size_t count, dtype_t t, int root);
+    void (*barrier)(comm_t *c);
+} coll_ops_t;
+
+/* MPI on host memory (plain copies when the communicator has one rank). */
+extern const coll_ops_t coll_host;
+
+#endif

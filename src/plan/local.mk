@@ -1,0 +1,1 @@
+# src/plan: sources and tests of this folder (included by Makefile.am)

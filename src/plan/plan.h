@@ -1,0 +1,149 @@
+/* The plan compiler: turns (config, model, world size, target) into the
+ * executable sequence-parallel plan that the executor walks.
+ *
+ *   SP pass    (sp.c)      degrees, padding, head sharding, inserted all-to-alls
+ *   SAC pass   (sac.c)     save / recompute / offload per tensor, under a budget
+ *   memory plan(memplan.c) exact bytes and offsets of every buffer, per rank
+ *   explain    (explain.c) the human-readable report (--explain)
+ *
+ * The plan knows no GPU: the target only says how many bytes an element takes
+ * and how much memory a rank has. */
+#ifndef AUTOSP_PLAN_H
+#define AUTOSP_PLAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "model/model.h"
+
+#define PLAN_NO_OFFSET ((size_t)-1)
+
+typedef struct {
+    int act_bytes;          /* bytes per activation element: 4 (cpu fp32) or 2 (cuda bf16) */
+    int param_bytes;        /* compute copy of the weights */
+    int grad_bytes;         /* gradient buffer element */
+    double memory_bytes;    /* per-rank device memory the plan must fit in; 0 = unlimited */
+    double reserved_bytes;  /* kept free for libraries (cuBLASLt/cuDNN workspaces, NCCL, context) */
+} plan_target_t;
+
+typedef enum {
+    KEEP_NOT_NEEDED = 0,    /* no backward step reads it */
+    KEEP_SAVE,              /* kept in the layer's saved slot from forward to backward */
+    KEEP_RECOMPUTE,         /* dropped after forward, rebuilt before this layer's backward */
+    KEEP_OFFLOAD,           /* copied to host after forward, copied back before backward */
+} keep_t;
+
+const char *keep_name(keep_t k);
+
+typedef struct {
+    keep_t keep;
+    size_t bytes;           /* size of this tensor for one layer on one rank */
+    size_t saved_off;       /* KEEP_SAVE / GRAPH_INPUT: offset in the layer's saved slot;
+                               KEEP_OFFLOAD: offset in the layer's host slot */
+    size_t fwd_off;         /* workspace offset of the forward instance (PLAN_NO_OFFSET: lives in the saved slot) */
+    size_t bwd_off;         /* workspace offset of the backward instance (recomputed / reloaded); PLAN_NO_OFFSET if none */
+    size_t grad_off;        /* workspace offset of its gradient; PLAN_NO_OFFSET if it has none */
+    double recompute_flops; /* cost of rebuilding it (0 unless KEEP_RECOMPUTE) */
+    size_t recompute_comm_bytes; /* all-to-all bytes a recompute moves */
+} tensor_plan_t;
+
+typedef struct {
+    graph_t g;                          /* the graph after the SP pass */
+    tensor_plan_t t[GRAPH_MAX_TENSORS];
+    int recompute_step[GRAPH_MAX_STEPS];/* 1: run this forward step again before the backward */
+    int grad_first[GRAPH_MAX_STEPS][GRAPH_MAX_IO];
+                                        /* 1: this step's backward is the first to write the
+                                           gradient of its input i (overwrite), 0: accumulate */
+    size_t saved_bytes;                 /* size of one saved slot (per layer for the layer graph) */
+    size_t offload_bytes;               /* host bytes per layer */
+    size_t workspace_bytes;             /* workspace this graph needs (its offsets are below this) */
+} graph_plan_t;
+
+typedef enum {
+    ARENA_PARAMS = 0,       /* compute weights, gradients */
+    ARENA_OPTIMIZER,        /* ZeRO shard: fp32 master, AdamW m and v, reduced gradient shard */
+    ARENA_ACTIVATIONS,      /* saved activations of all layers, final hidden */
+    ARENA_WORKSPACE,        /* reused per-layer workspace, loss chunk, staging, token ids */
+    ARENA_HOST,             /* pinned host memory for offloaded activations */
+    ARENA__COUNT
+} arena_t;
+
+const char *arena_name(arena_t a);
+
+typedef struct {
+    int arena;
+    size_t offset;          /* bytes from the arena's base */
+    size_t bytes;
+} region_t;
+
+typedef struct {
+    region_t params;        /* n_params_padded * param_bytes */
+    region_t grads;         /* n_params_padded * grad_bytes */
+    region_t master;        /* shard_len fp32 */
+    region_t adam_m, adam_v;/* shard_len fp32 each */
+    region_t grad_shard;    /* shard_len * grad_bytes (ZeRO-1 reduce-scatter target; empty for ZeRO-0) */
+    region_t saved_layers;  /* L slots of layer.saved_bytes, slot l at offset + l * layer.saved_bytes */
+    region_t final_hidden;  /* epilogue input [seq_local, d] */
+    region_t workspace;     /* graph workspaces (all three share it; size = max) */
+    region_t resid_grad[2]; /* ping-pong gradient of the residual stream between layers [seq_local, d] */
+    region_t logits;        /* one loss chunk [loss_chunk, V] */
+    region_t a2a_send, a2a_recv; /* Ulysses staging for the largest all-to-all */
+    region_t tokens, targets, positions; /* int32 [seq_local] */
+    region_t rope_freq;     /* fp64 [hd/2] inverse frequencies */
+    region_t scalars;       /* fp32 scalars: loss sum, gradient sum of squares (16 floats) */
+    region_t offload;       /* host: L slots of layer.offload_bytes */
+    size_t arena_bytes[ARENA__COUNT];
+    size_t device_total;    /* predicted peak device bytes of the engine's arenas */
+    size_t host_total;      /* pinned host bytes */
+} memplan_t;
+
+typedef struct {
+    /* inputs */
+    const model_t *model;
+    plan_target_t target;
+    sac_policy_t policy;
+    /* degrees */
+    int world, sp, dp, zero_stage;
+    int64_t seq_len;        /* S as configured */
+    int64_t seq_pad;        /* S rounded up to a multiple of sp (padded targets are masked) */
+    int64_t seq_local;      /* seq_pad / sp: tokens per rank */
+    int64_t q_heads_local;  /* Hq / sp */
+    int64_t kv_heads_local; /* Hkv / sp, or 1 when replicated */
+    int kv_replication;     /* ranks holding each KV head (1: no replication) */
+    int64_t micro_steps;    /* samples each DP rank processes per optimizer step */
+    int64_t loss_chunk;     /* tokens per LM head + loss chunk */
+    /* parameters and ZeRO */
+    size_t n_params;        /* model elements */
+    size_t n_params_padded; /* rounded up to a multiple of the shard count */
+    size_t shard_len;       /* elements of the optimizer state each rank owns (n_params_padded for ZeRO-0) */
+    /* graphs and decisions */
+    graph_plan_t prologue, layer, epilogue;
+    memplan_t mem;
+    /* cost figures */
+    double flops_per_step;  /* model FLOPs of one optimizer step, whole job (6N + attention, see docs) */
+    double recompute_flops_per_step; /* extra FLOPs the SAC choice spends, whole job */
+} plan_t;
+
+/* Compile the plan for `world` ranks. Fails (returns -1 with one message
+ * naming the problem and the valid choices) for impossible degrees, or when
+ * nothing fits target->memory_bytes. */
+int plan_compile(plan_t *p, const config_t *cfg, const model_t *m, int world,
+                 const plan_target_t *target, char *err, size_t errlen);
+
+/* --explain: degrees, layer steps with collectives, SAC table, memory table,
+ * longest sequence that fits. */
+void plan_explain(const plan_t *p, const config_t *cfg, FILE *out);
+
+/* Longest S (multiple of `granule`) for which plan_compile succeeds with the
+ * same config, world and target; 0 if none. */
+int64_t plan_longest_seq(const config_t *cfg, const model_t *m, int world,
+                         const plan_target_t *target, int64_t granule);
+
+/* Model FLOPs per token at sequence length S: 6*N + 6*L*S*d' where N are the
+ * matmul weights (LM head included) and the second term is causal attention
+ * (d' = Hq * head_dim). Used for TFLOP/s and MFU. */
+double plan_flops_per_token(const model_t *m, int64_t seq_len);
+
+#endif

@@ -1,0 +1,82 @@
+#include "util.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void (*asp_abort_hook)(int code) = NULL;
+int asp_msg_rank = -1;
+
+static void vmsg(const char *kind, const char *fmt, va_list ap) {
+    char line[4096];
+    vsnprintf(line, sizeof line, fmt, ap);
+    if (asp_msg_rank >= 0)
+        fprintf(stderr, "autosp-train[rank %d]: %s%s\n", asp_msg_rank, kind, line);
+    else
+        fprintf(stderr, "autosp-train: %s%s\n", kind, line);
+    fflush(stderr);
+}
+
+void asp_die(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg("error: ", fmt, ap);
+    va_end(ap);
+    fflush(stdout);
+    if (asp_abort_hook) asp_abort_hook(code);
+    exit(code);
+}
+
+void asp_info(const char *fmt, ...) {
+    if (asp_msg_rank > 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg("", fmt, ap);
+    va_end(ap);
+}
+
+void asp_warn(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg("warning: ", fmt, ap);
+    va_end(ap);
+}
+
+void *asp_malloc(size_t bytes, const char *what) {
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) asp_die(ASP_EXIT_FAILURE, "out of host memory allocating %zu bytes for %s", bytes, what);
+    return p;
+}
+
+void *asp_calloc(size_t n, size_t size, const char *what) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) asp_die(ASP_EXIT_FAILURE, "out of host memory allocating %zu x %zu bytes for %s", n, size, what);
+    return p;
+}
+
+double asp_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int asp_errf(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+const char *asp_fmt_bytes(char *buf, size_t len, double bytes) {
+    const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (bytes >= 1024.0 && u < 4) { bytes /= 1024.0; u++; }
+    if (u == 0) snprintf(buf, len, "%.0f %s", bytes, unit[u]);
+    else snprintf(buf, len, "%.2f %s", bytes, unit[u]);
+    return buf;
+}

@@ -1,0 +1,50 @@
+/* Small host utilities shared by every layer: fatal errors, checked allocation,
+ * timing. Nothing here knows about models, plans or devices. */
+#ifndef AUTOSP_UTIL_H
+#define AUTOSP_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#if defined(__GNUC__)
+#define ASP_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define ASP_NORETURN __attribute__((noreturn))
+#else
+#define ASP_PRINTF(a, b)
+#define ASP_NORETURN
+#endif
+
+/* Exit codes: 1 runtime failure, 2 bad input (config, arguments, data). */
+enum { ASP_EXIT_FAILURE = 1, ASP_EXIT_USAGE = 2 };
+
+/* Print "autosp-train: <message>" (prefixed by the rank when running with
+ * several) to stderr and exit with `code`. Under MPI the whole job is aborted,
+ * so no rank is left waiting in a collective. */
+void asp_die(int code, const char *fmt, ...) ASP_PRINTF(2, 3) ASP_NORETURN;
+
+/* Hook used by asp_die to abort all ranks; parallel/ installs it. */
+extern void (*asp_abort_hook)(int code);
+/* Rank prefix for messages; parallel/ sets it when world size > 1. */
+extern int asp_msg_rank;
+
+/* Informational line on stderr (rank 0 only unless `all_ranks`). */
+void asp_info(const char *fmt, ...) ASP_PRINTF(1, 2);
+void asp_warn(const char *fmt, ...) ASP_PRINTF(1, 2);
+
+void *asp_malloc(size_t bytes, const char *what);   /* dies with `what` on failure */
+void *asp_calloc(size_t n, size_t size, const char *what);
+
+/* Monotonic wall clock in seconds. */
+double asp_now(void);
+
+/* snprintf into a fixed buffer; returns -1 (and sets errbuf) on truncation. */
+int asp_errf(char *err, size_t errlen, const char *fmt, ...) ASP_PRINTF(3, 4);
+
+/* Human-readable byte count ("12.3 GiB") into buf. */
+const char *asp_fmt_bytes(char *buf, size_t len, double bytes);
+
+static inline size_t asp_align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+static inline int64_t asp_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+#endif

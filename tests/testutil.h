@@ -1,0 +1,43 @@
+/* Helpers shared by the Check tests: seeded random data, error norms. */
+#ifndef AUTOSP_TESTUTIL_H
+#define AUTOSP_TESTUTIL_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* Automake's "skipped" exit status (GPU tests without a GPU). */
+#define TEST_SKIP 77
+
+typedef struct { uint64_t s; } trng_t;
+
+static inline uint64_t trng_next(trng_t *r) {   /* splitmix64 */
+    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static inline double trng_uniform(trng_t *r) { return (double)(trng_next(r) >> 11) * 0x1.0p-53; }
+static inline double trng_normal(trng_t *r) {
+    double u1 = trng_uniform(r), u2 = trng_uniform(r);
+    if (u1 < 1e-300) u1 = 1e-300;
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+static inline void trng_fill(trng_t *r, float *x, size_t n, double scale) {
+    for (size_t i = 0; i < n; i++) x[i] = (float)(scale * trng_normal(r));
+}
+
+/* ||a - b|| / ||b|| (||a|| when b is all zero) */
+static inline double rel_err(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    if (den == 0) return sqrt(num);
+    return sqrt(num / den);
+}
+
+#endif
