@@ -104,6 +104,10 @@ int config_load(config_t *cfg, const char *path, char *const *sets, int nsets,
  * config_load; exposed for configs built in code (tests). */
 int config_validate(const config_t *cfg, char *err, size_t errlen);
 
+/* Resolve a path from the config (data.path, ...) against the config file's
+ * folder unless it is absolute. Returns 0, or -1 when it does not fit. */
+int config_resolve_path(const config_t *cfg, const char *path, char *out, size_t outlen);
+
 /* Print every section and key with type, default and meaning. */
 void config_print_help(FILE *out);
 
