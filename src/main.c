@@ -1,8 +1,240 @@
-/* autosp-train: command line entry point (filled in with the executor). */
+/* autosp-train: command line entry point. */
 #include "autosp_config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "config.h"
+#include "model/model.h"
+#include "parallel/parallel.h"
+#include "plan/plan.h"
+#include "train.h"
 #include "util.h"
 
+#define MAX_SETS 256
+#define GIB (1024.0 * 1024.0 * 1024.0)
+/* Device memory assumed by --explain for a GPU plan when no GPU is present
+ * and none is given: an 80 GB H100. */
+#define EXPLAIN_DEFAULT_GPU_GIB 79.1
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: autosp-train CONFIG [options]\n"
+            "       mpirun -np N autosp-train CONFIG [options]\n"
+            "\n"
+            "Train the model described by CONFIG (YAML, docs/config.md) with a sequence-parallel plan\n"
+            "compiled for the ranks it runs on.\n"
+            "\n"
+            "options:\n"
+            "  --set SECTION.KEY=VALUE  override a config key (repeatable)\n"
+            "  --explain                print the compiled plan and exit (needs no GPU)\n"
+            "  --world N                world size to plan for with --explain (default: ranks launched)\n"
+            "  --gpu-memory GIB         device memory per rank to plan for (default: the device's;\n"
+            "                           --explain without a GPU assumes %.1f GiB)\n"
+            "  --dump-grads FILE        write every step's loss and the first step's full gradient (fp32)\n"
+            "                           to FILE, for parity checks between runs (format in src/train.h)\n"
+            "  --help                   this text and every config key\n"
+            "  --version                print the version\n"
+            "\n"
+            "exit status: 0 done, 1 runtime failure, 2 bad config, arguments or data,\n"
+            "             128+N stopped by signal N\n\n",
+            EXPLAIN_DEFAULT_GPU_GIB);
+}
+
+typedef struct {
+    const char *config;
+    char *sets[MAX_SETS];
+    int nsets;
+    int explain;
+    int world;
+    double gpu_memory_gib;
+    const char *dump;
+} cli_t;
+
+static int lead_rank = 1;
+
+/* A usage error: rank 0 says it, every rank exits with status 2. */
+static void usage_error(ranks_t *r, const char *fmt, ...) ASP_PRINTF(2, 3) ASP_NORETURN;
+static void usage_error(ranks_t *r, const char *fmt, ...) {
+    if (lead_rank) {
+        va_list ap;
+        va_start(ap, fmt);
+        fputs("autosp-train: error: ", stderr);
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+        va_end(ap);
+    }
+    if (r) par_finalize(r);
+    exit(ASP_EXIT_USAGE);
+}
+
+static double parse_positive(ranks_t *r, const char *flag, const char *v) {
+    char *end;
+    errno = 0;
+    double x = v ? strtod(v, &end) : 0;
+    if (!v || errno || *end || !(x > 0)) usage_error(r, "%s expects a positive number, got '%s'", flag, v ? v : "");
+    return x;
+}
+
+static void parse_args(int argc, char **argv, cli_t *c, ranks_t *r) {
+    memset(c, 0, sizeof *c);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            if (lead_rank) {
+                usage(stdout);
+                config_print_help(stdout);
+            }
+            par_finalize(r);
+            exit(0);
+        } else if (!strcmp(a, "--version")) {
+            if (lead_rank) printf("autosp-train %s\n", PACKAGE_VERSION);
+            par_finalize(r);
+            exit(0);
+        } else if (!strcmp(a, "--set")) {
+            if (!next) usage_error(r, "--set expects SECTION.KEY=VALUE");
+            if (c->nsets == MAX_SETS) usage_error(r, "more than %d --set options", MAX_SETS);
+            c->sets[c->nsets++] = argv[++i];
+        } else if (!strncmp(a, "--set=", 6)) {
+            if (c->nsets == MAX_SETS) usage_error(r, "more than %d --set options", MAX_SETS);
+            c->sets[c->nsets++] = argv[i] + 6;
+        } else if (!strcmp(a, "--explain")) {
+            c->explain = 1;
+        } else if (!strcmp(a, "--world")) {
+            double w = parse_positive(r, a, next);
+            if (w != (double)(int)w || w > 1 << 20) usage_error(r, "--world expects a whole number, got '%s'", next);
+            c->world = (int)w;
+            i++;
+        } else if (!strcmp(a, "--gpu-memory")) {
+            c->gpu_memory_gib = parse_positive(r, a, next);
+            i++;
+        } else if (!strcmp(a, "--dump-grads")) {
+            if (!next) usage_error(r, "--dump-grads expects a file name");
+            c->dump = argv[++i];
+        } else if (a[0] == '-' && a[1]) {
+            usage_error(r, "unknown option '%s' (see --help)", a);
+        } else if (!c->config) {
+            c->config = a;
+        } else {
+            usage_error(r, "more than one config file given ('%s' and '%s')", c->config, a);
+        }
+    }
+    if (!c->config) {
+        if (lead_rank) usage(stderr);
+        usage_error(r, "no config file given");
+    }
+}
+
+/* Which backend runs: train.device, or auto = cuda when built with it and a
+ * GPU is present. */
+static const backend_t *pick_backend(const config_t *cfg, ranks_t *r) {
+#ifdef HAVE_CUDA
+    int gpus = cuda_device_count();
+    if (cfg->train.device == DEVICE_CUDA && gpus == 0)
+        usage_error(r, "train.device is cuda but no CUDA device is visible (use --set train.device=cpu)");
+    if (cfg->train.device == DEVICE_CUDA || (cfg->train.device == DEVICE_AUTO && gpus > 0)) return &backend_cuda;
+#else
+    if (cfg->train.device == DEVICE_CUDA)
+        usage_error(r, "train.device is cuda but this build has no CUDA backend (configure --with-cuda)");
+#endif
+    return &backend_cpu;
+}
+
 int main(int argc, char **argv) {
-    (void)argc; (void)argv;
-    return 0;
+    char err[4096];
+    ranks_t ranks;
+    if (par_init(&argc, &argv, &ranks, err, sizeof err) != 0) {
+        fprintf(stderr, "autosp-train: error: %s\n", err);
+        return ASP_EXIT_FAILURE;
+    }
+    lead_rank = ranks.world_rank == 0;
+    cli_t cli;
+    parse_args(argc, argv, &cli, &ranks);
+
+    config_t cfg;
+    if (config_load(&cfg, cli.config, cli.sets, cli.nsets, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
+    model_t model;
+    if (model_build(&model, &cfg.model, err, sizeof err) != 0) usage_error(&ranks, "%s: %s", cli.config, err);
+
+    const backend_t *be = NULL;
+    int explain_gpu_plan = 0;
+    if (cli.explain) {
+        /* --explain plans for a GPU unless the config pins the CPU. */
+        explain_gpu_plan = cfg.train.device != DEVICE_CPU;
+    } else {
+        be = pick_backend(&cfg, &ranks);
+    }
+
+    plan_target_t target;
+    memset(&target, 0, sizeof target);
+    if (be) {
+        target.act_bytes = (int)dtype_size(be->act_dtype);
+        target.param_bytes = (int)dtype_size(be->param_dtype);
+        target.grad_bytes = (int)dtype_size(be->grad_dtype);
+    } else if (explain_gpu_plan) {
+        target.act_bytes = 2, target.param_bytes = 2, target.grad_bytes = 4; /* the cuda backend's types */
+    } else {
+        target.act_bytes = target.param_bytes = target.grad_bytes = 4;
+    }
+
+    /* The device is initialised before planning so that the plan can use its memory size. */
+    if (be) {
+        int dev = ranks.local_rank;
+        if (be->init(dev, err, sizeof err) != 0) asp_die(ASP_EXIT_FAILURE, "%s backend: %s", be->name, err);
+    }
+    double mem = 0;
+    const char *mem_from = "unlimited";
+    if (cfg.checkpointing.memory_budget_gib > 0) {
+        mem = cfg.checkpointing.memory_budget_gib * GIB;
+        mem_from = "checkpointing.memory_budget_gib";
+    } else if (cli.gpu_memory_gib > 0) {
+        mem = cli.gpu_memory_gib * GIB;
+        mem_from = "--gpu-memory";
+    } else if (be && be->device_memory && be->device_memory() > 0) {
+        mem = (double)be->device_memory();
+        mem_from = "the device";
+    } else if (explain_gpu_plan) {
+        mem = EXPLAIN_DEFAULT_GPU_GIB * GIB;
+        mem_from = "assumed 80 GB GPU (no GPU here; --gpu-memory sets it)";
+    }
+    target.memory_bytes = mem;
+    if (explain_gpu_plan || (be && be->device_memory && be->device_memory() > 0))
+        target.reserved_bytes = 1.5 * GIB; /* CUDA context, cuBLASLt/cuDNN workspaces, NCCL buffers */
+
+    int world = cli.explain && cli.world > 0 ? cli.world : ranks.world_size;
+    plan_t plan;
+    if (plan_compile(&plan, &cfg, &model, world, &target, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
+
+    if (cli.explain) {
+        if (lead_rank) {
+            char buf[32];
+            printf("memory budget per rank: %s (%s)\n", mem > 0 ? asp_fmt_bytes(buf, sizeof buf, mem) : "unlimited",
+                   mem_from);
+            plan_explain(&plan, &cfg, stdout);
+        }
+        model_free(&model);
+        par_finalize(&ranks);
+        return 0;
+    }
+
+    if (par_set_groups(&ranks, plan.sp, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
+    if (lead_rank) {
+        char buf[32];
+        asp_info("%s: %s model, %.3fB parameters, S = %lld, world %d = SP %d x DP %d, ZeRO-%d, SAC %s, memory budget %s",
+                 cli.config, cfg.model.architecture, (double)model.n_params / 1e9, (long long)cfg.train.seq_len,
+                 plan.world, plan.sp, plan.dp, plan.zero_stage, sac_policy_name(plan.policy),
+                 mem > 0 ? asp_fmt_bytes(buf, sizeof buf, mem) : "unlimited");
+    }
+    train_opts_t opts = {cli.dump};
+    /* One collectives table per memory kind; the cpu backend's buffers are host memory. */
+    int status = train_run(&cfg, &plan, be, &coll_host, &coll_host, &ranks, &opts);
+    be->shutdown();
+    model_free(&model);
+    par_finalize(&ranks);
+    return status;
 }

@@ -1,0 +1,525 @@
+/* The executor: see exec.h. The walk follows docs/plan.md ("the executor's
+ * walk") exactly; the plan decides where every tensor lives, this file only
+ * turns plan entries into pointers and calls. */
+#include "exec.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+typedef enum { PHASE_FWD, PHASE_BWD } phase_t;
+
+struct exec {
+    const plan_t *plan;
+    const model_t *model;
+    const backend_t *be;
+    const coll_ops_t *coll;      /* collectives on backend buffers */
+    const coll_ops_t *host_coll; /* collectives on host scalars */
+    const ranks_t *ranks;
+    uint8_t *arena[ARENA__COUNT];
+    size_t act, par, grd;       /* element sizes */
+    /* region pointers */
+    uint8_t *params, *grads, *master, *adam_m, *adam_v, *grad_shard;
+    uint8_t *saved, *final_hidden, *ws, *resid_grad[2], *logits, *a2a_send, *a2a_recv;
+    int32_t *tokens, *targets, *positions;
+    double *rope_freq;
+    float *scalars;             /* [0] loss sum, [1] gradient sum of squares */
+    uint8_t *offload;
+    size_t shard_begin;         /* first element of this rank's optimizer shard */
+    int shards;                 /* ranks sharing the optimizer state (1 for ZeRO-0) */
+    int cur_grad;               /* which resid_grad holds the gradient flowing down */
+    size_t baseline_used;       /* device memory in use before the arenas */
+};
+
+enum { SCALAR_LOSS = 0, SCALAR_SUMSQ = 1 };
+
+static uint8_t *region_ptr(exec_t *e, const region_t *r) {
+    if (r->bytes == 0) return NULL;
+    if (!e->arena[r->arena])
+        asp_die(ASP_EXIT_FAILURE, "internal: plan region in unallocated arena %s", arena_name((arena_t)r->arena));
+    return e->arena[r->arena] + r->offset;
+}
+
+exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *coll,
+                    const coll_ops_t *host_coll, const ranks_t *r) {
+    if (plan->world != r->world_size || plan->sp != r->sp_size)
+        asp_die(ASP_EXIT_FAILURE, "internal: plan compiled for world %d (SP %d) but running on %d (SP %d)",
+                plan->world, plan->sp, r->world_size, r->sp_size);
+    if (plan->target.act_bytes != (int)dtype_size(be->act_dtype) ||
+        plan->target.param_bytes != (int)dtype_size(be->param_dtype) ||
+        plan->target.grad_bytes != (int)dtype_size(be->grad_dtype))
+        asp_die(ASP_EXIT_FAILURE, "internal: plan element sizes do not match the %s backend", be->name);
+    exec_t *e = asp_calloc(1, sizeof *e, "executor");
+    e->plan = plan;
+    e->model = plan->model;
+    e->be = be;
+    e->coll = coll;
+    e->host_coll = host_coll;
+    e->ranks = r;
+    e->act = dtype_size(be->act_dtype);
+    e->par = dtype_size(be->param_dtype);
+    e->grd = dtype_size(be->grad_dtype);
+    e->baseline_used = be->memory_used ? be->memory_used() : 0;
+
+    static const char *what[ARENA__COUNT] = {"parameters and gradients", "optimizer state",
+                                             "saved activations", "workspace", "host offload"};
+    for (int a = 0; a < ARENA__COUNT; a++) {
+        size_t bytes = plan->mem.arena_bytes[a];
+        if (!bytes) continue;
+        e->arena[a] = a == ARENA_HOST ? be->host_alloc(bytes, what[a]) : be->alloc(bytes, what[a]);
+    }
+    const memplan_t *m = &plan->mem;
+    e->params = region_ptr(e, &m->params);
+    e->grads = region_ptr(e, &m->grads);
+    e->master = region_ptr(e, &m->master);
+    e->adam_m = region_ptr(e, &m->adam_m);
+    e->adam_v = region_ptr(e, &m->adam_v);
+    e->grad_shard = region_ptr(e, &m->grad_shard);
+    e->saved = region_ptr(e, &m->saved_layers);
+    e->final_hidden = region_ptr(e, &m->final_hidden);
+    e->ws = region_ptr(e, &m->workspace);
+    e->resid_grad[0] = region_ptr(e, &m->resid_grad[0]);
+    e->resid_grad[1] = region_ptr(e, &m->resid_grad[1]);
+    e->logits = region_ptr(e, &m->logits);
+    e->a2a_send = region_ptr(e, &m->a2a_send);
+    e->a2a_recv = region_ptr(e, &m->a2a_recv);
+    e->tokens = (int32_t *)region_ptr(e, &m->tokens);
+    e->targets = (int32_t *)region_ptr(e, &m->targets);
+    e->positions = (int32_t *)region_ptr(e, &m->positions);
+    e->rope_freq = (double *)region_ptr(e, &m->rope_freq);
+    e->scalars = (float *)region_ptr(e, &m->scalars);
+    e->offload = region_ptr(e, &m->offload);
+
+    e->shards = plan->zero_stage == 1 ? r->world_size : 1;
+    e->shard_begin = plan->zero_stage == 1 ? (size_t)r->world_rank * plan->shard_len : 0;
+
+    /* Padding elements of the flat buffers must be zero: they take part in
+     * the reduce-scatter and all-gather but belong to no parameter. */
+    be->zero(e->params, m->params.bytes);
+    be->zero(e->grads, m->grads.bytes);
+    be->zero(e->adam_m, m->adam_m.bytes);
+    be->zero(e->adam_v, m->adam_v.bytes);
+    be->zero(e->master, m->master.bytes);
+
+    int64_t half = e->model->hd / 2;
+    double *freq = asp_malloc((size_t)half * sizeof(double), "RoPE frequencies");
+    model_rope_inv_freq(e->model, freq);
+    be->to_device(e->rope_freq, freq, (size_t)half * sizeof(double));
+    free(freq);
+    return e;
+}
+
+void exec_destroy(exec_t *e) {
+    if (!e) return;
+    for (int a = 0; a < ARENA__COUNT; a++) {
+        if (!e->arena[a]) continue;
+        if (a == ARENA_HOST) e->be->host_free(e->arena[a]);
+        else e->be->free(e->arena[a]);
+    }
+    free(e);
+}
+
+size_t exec_predicted_bytes(const exec_t *e) { return e->plan->mem.device_total; }
+
+size_t exec_measured_bytes(const exec_t *e) {
+    if (!e->be->memory_used) return 0;
+    size_t used = e->be->memory_used();
+    return used > e->baseline_used ? used - e->baseline_used : 0;
+}
+
+/* ------------------------------------------------------------------ parameters */
+
+static uint8_t *param_ptr(exec_t *e, int layer, int slot) {
+    return e->params + model_param_offset(e->model, layer, slot) * e->par;
+}
+
+static uint8_t *grad_ptr(exec_t *e, int layer, int slot) {
+    return e->grads + model_param_offset(e->model, layer, slot) * e->grd;
+}
+
+void exec_init_params(exec_t *e, uint64_t seed) {
+    const plan_t *p = e->plan;
+    const size_t chunk = (size_t)1 << 22;
+    float *buf = asp_malloc(chunk * sizeof(float), "weight initialisation");
+    /* compute weights, in full on every rank */
+    for (size_t b = 0; b < p->n_params; b += chunk) {
+        size_t n = p->n_params - b < chunk ? p->n_params - b : chunk;
+        model_init_params(e->model, seed, b, n, buf);
+        e->be->from_f32(e->params + b * e->par, e->be->param_dtype, buf, n);
+    }
+    /* fp32 master of this rank's shard (the padded tail stays zero) */
+    size_t end = e->shard_begin + p->shard_len;
+    if (end > p->n_params) end = p->n_params;
+    for (size_t b = e->shard_begin; b < end; b += chunk) {
+        size_t n = end - b < chunk ? end - b : chunk;
+        model_init_params(e->model, seed, b, n, buf);
+        e->be->to_device(e->master + (b - e->shard_begin) * sizeof(float), buf, n * sizeof(float));
+    }
+    free(buf);
+}
+
+void exec_get_params(exec_t *e, float *out) {
+    e->be->to_f32(out, e->params, e->be->param_dtype, e->plan->n_params);
+}
+
+void exec_gather_grads(exec_t *e, float *out) {
+    const plan_t *p = e->plan;
+    if (p->zero_stage == 1 && e->shards > 1) {
+        /* Each rank holds the reduced gradient of its shard only: gather them. */
+        e->be->copy(e->grads + e->shard_begin * e->grd, e->grad_shard, p->shard_len * e->grd);
+        e->coll->allgather(e->ranks->world, e->grads + e->shard_begin * e->grd, e->grads, p->shard_len,
+                           e->be->grad_dtype);
+    } else if (p->zero_stage == 1) {
+        e->be->copy(e->grads, e->grad_shard, p->shard_len * e->grd);
+    }
+    e->be->to_f32(out, e->grads, e->be->grad_dtype, p->n_params);
+}
+
+/* ------------------------------------------------------------------ tensor locations */
+
+typedef struct {
+    const graph_plan_t *gp;
+    int layer;              /* layer index for the layer graph, -1 for prologue/epilogue */
+    int is_layer, is_prologue, is_epilogue;
+} walk_t;
+
+static uint8_t *layer_input(exec_t *e, int layer) {
+    const graph_plan_t *lp = &e->plan->layer;
+    if (layer >= (int)e->model->L) return e->final_hidden;
+    return e->saved + (size_t)layer * lp->saved_bytes + lp->t[lp->g.input].saved_off;
+}
+
+static uint8_t *tensor_at(exec_t *e, const walk_t *w, int tid, phase_t ph) {
+    const graph_t *g = &w->gp->g;
+    const tensor_plan_t *tp = &w->gp->t[tid];
+    if (tid == g->output) {
+        if (w->is_prologue) return layer_input(e, 0);
+        return layer_input(e, w->layer + 1);
+    }
+    if (tid == g->input) {
+        if (w->is_epilogue) return e->final_hidden;
+        return layer_input(e, w->layer);
+    }
+    if (tp->keep == KEEP_SAVE) {
+        if (!w->is_layer)
+            asp_die(ASP_EXIT_FAILURE, "internal: %s tensor %s planned as saved", g->name, g->t[tid].name);
+        return e->saved + (size_t)w->layer * w->gp->saved_bytes + tp->saved_off;
+    }
+    size_t off = ph == PHASE_FWD ? tp->fwd_off : tp->bwd_off;
+    if (off == PLAN_NO_OFFSET)
+        asp_die(ASP_EXIT_FAILURE, "internal: %s tensor %s has no %s workspace slot", g->name, g->t[tid].name,
+                ph == PHASE_FWD ? "forward" : "backward");
+    return e->ws + off;
+}
+
+/* Gradient of a tensor. The residual stream's gradient flows between graphs
+ * in the two resid_grad buffers: the graph output's gradient is in
+ * resid_grad[cur], the graph input's gradient goes to resid_grad[1 - cur]. */
+static uint8_t *grad_at(exec_t *e, const walk_t *w, int tid) {
+    const graph_t *g = &w->gp->g;
+    if (tid == g->output) return e->resid_grad[e->cur_grad];
+    if (tid == g->input) return e->resid_grad[1 - e->cur_grad];
+    size_t off = w->gp->t[tid].grad_off;
+    if (off == PLAN_NO_OFFSET)
+        asp_die(ASP_EXIT_FAILURE, "internal: %s tensor %s has no gradient slot", g->name, g->t[tid].name);
+    return e->ws + off;
+}
+
+static int64_t tensor_rows(const exec_t *e, const tensor_desc_t *t) {
+    return t->rows == ROWS_GLOBAL ? e->plan->seq_pad : e->plan->seq_local;
+}
+
+static uint8_t *step_param(exec_t *e, const walk_t *w, const graph_step_t *s) {
+    return param_ptr(e, w->is_layer ? w->layer : -1, s->param);
+}
+
+static uint8_t *step_param_grad(exec_t *e, const walk_t *w, const graph_step_t *s) {
+    return grad_ptr(e, w->is_layer ? w->layer : -1, s->param);
+}
+
+static int64_t a2a_heads_per_rank(int64_t heads, int P) { return heads >= P ? heads / P : 1; }
+
+/* ------------------------------------------------------------------ forward */
+
+static void lmhead_loss(exec_t *e, const walk_t *w, const graph_step_t *s, float grad_scale) {
+    const backend_t *be = e->be;
+    const plan_t *p = e->plan;
+    int tx = s->in[0];
+    const uint8_t *x = tensor_at(e, w, tx, PHASE_FWD);
+    uint8_t *dx = grad_at(e, w, tx);
+    const uint8_t *W = step_param(e, w, s);
+    uint8_t *dW = step_param_grad(e, w, s);
+    int64_t d = w->gp->g.t[tx].width, V = e->model->V, n = p->seq_local;
+    for (int64_t c = 0; c < n; c += p->loss_chunk) {
+        int64_t rows = n - c < p->loss_chunk ? n - c : p->loss_chunk;
+        size_t xoff = (size_t)c * (size_t)d * e->act;
+        be->matmul_fwd(e->logits, x + xoff, W, rows, d, V);
+        be->xent_fwd_bwd(e->logits, &e->scalars[SCALAR_LOSS], e->targets + c, rows, V, grad_scale);
+        be->matmul_bwd(dx + xoff, 0, dW, e->logits, x + xoff, W, rows, d, V);
+    }
+}
+
+static void run_forward(exec_t *e, const walk_t *w, int si, phase_t ph, float grad_scale) {
+    const backend_t *be = e->be;
+    const graph_t *g = &w->gp->g;
+    const graph_step_t *s = &g->s[si];
+    const plan_t *p = e->plan;
+    const tensor_desc_t *t0 = &g->t[s->out[0] >= 0 ? s->out[0] : s->in[0]];
+    int64_t n = tensor_rows(e, t0);
+#define IN(i) tensor_at(e, w, s->in[i], ph)
+#define OUT(i) tensor_at(e, w, s->out[i], ph)
+    switch (s->op) {
+    case OP_EMBED:
+        be->embed_fwd(OUT(0), e->tokens, step_param(e, w, s), n, g->t[s->out[0]].width);
+        break;
+    case OP_RMSNORM:
+        be->rmsnorm_fwd(OUT(0), IN(0), step_param(e, w, s), n, g->t[s->in[0]].width,
+                        (float)e->model->cfg.rms_norm_eps);
+        break;
+    case OP_MATMUL:
+        be->matmul_fwd(OUT(0), IN(0), step_param(e, w, s), n, s->k, s->m);
+        break;
+    case OP_ROPE_SPLIT:
+        be->rope_split_fwd(OUT(0), OUT(1), OUT(2), IN(0), e->positions, e->rope_freq, n, s->heads, s->kv_heads,
+                           s->head_dim);
+        break;
+    case OP_ATTENTION:
+        be->attention_fwd(OUT(0), (float *)OUT(1), IN(0), IN(1), IN(2), n, s->heads, s->kv_heads, s->head_dim,
+                          (float)(1.0 / sqrt((double)s->head_dim)));
+        break;
+    case OP_ADD:
+        be->add_fwd(OUT(0), IN(0), IN(1), (size_t)n * (size_t)t0->width);
+        break;
+    case OP_SWIGLU:
+        be->swiglu_fwd(OUT(0), IN(0), n, g->t[s->out[0]].width);
+        break;
+    case OP_LMHEAD_LOSS:
+        lmhead_loss(e, w, s, grad_scale);
+        break;
+    case OP_A2A_SEQ_TO_HEAD: {
+        int64_t hpr = a2a_heads_per_rank(s->heads, p->sp);
+        be->heads_pack(e->a2a_send, IN(0), p->seq_local, s->heads, s->head_dim, p->sp);
+        e->coll->alltoall(e->ranks->sp, e->a2a_send, OUT(0), (size_t)(p->seq_local * hpr * s->head_dim),
+                          be->act_dtype);
+        break;
+    }
+    case OP_A2A_HEAD_TO_SEQ: {
+        int64_t hpr = a2a_heads_per_rank(s->heads, p->sp);
+        e->coll->alltoall(e->ranks->sp, IN(0), e->a2a_recv, (size_t)(p->seq_local * hpr * s->head_dim),
+                          be->act_dtype);
+        be->heads_unpack(OUT(0), e->a2a_recv, p->seq_local, s->heads, s->head_dim, p->sp, 0);
+        break;
+    }
+    default:
+        asp_die(ASP_EXIT_FAILURE, "internal: op %s has no forward in the executor", op_name(s->op));
+    }
+#undef IN
+#undef OUT
+}
+
+/* ------------------------------------------------------------------ backward */
+
+static int first_write(const walk_t *w, int si, int i) { return w->gp->grad_first[si][i]; }
+
+static void need_overwrite(const walk_t *w, int si, int i) {
+    if (!first_write(w, si, i)) {
+        const graph_t *g = &w->gp->g;
+        asp_die(ASP_EXIT_FAILURE, "internal: %s step %d (%s) can only overwrite the gradient of %s", g->name, si,
+                op_name(g->s[si].op), g->t[g->s[si].in[i]].name);
+    }
+}
+
+static void run_backward(exec_t *e, const walk_t *w, int si) {
+    const backend_t *be = e->be;
+    const graph_t *g = &w->gp->g;
+    const graph_step_t *s = &g->s[si];
+    const plan_t *p = e->plan;
+    const tensor_desc_t *t0 = &g->t[s->out[0] >= 0 ? s->out[0] : s->in[0]];
+    int64_t n = tensor_rows(e, t0);
+    float eps = (float)e->model->cfg.rms_norm_eps;
+#define IN(i) tensor_at(e, w, s->in[i], PHASE_BWD)
+#define OUT(i) tensor_at(e, w, s->out[i], PHASE_BWD)
+#define DIN(i) grad_at(e, w, s->in[i])
+#define DOUT(i) grad_at(e, w, s->out[i])
+#define ACC(i) (!first_write(w, si, i))
+    switch (s->op) {
+    case OP_EMBED:
+        be->embed_bwd(step_param_grad(e, w, s), e->tokens, DOUT(0), n, g->t[s->out[0]].width, e->model->V);
+        break;
+    case OP_RMSNORM:
+        be->rmsnorm_bwd(DIN(0), ACC(0), step_param_grad(e, w, s), DOUT(0), IN(0), step_param(e, w, s), n,
+                        g->t[s->in[0]].width, eps);
+        break;
+    case OP_MATMUL:
+        be->matmul_bwd(DIN(0), ACC(0), step_param_grad(e, w, s), DOUT(0), IN(0), step_param(e, w, s), n, s->k,
+                       s->m);
+        break;
+    case OP_ROPE_SPLIT:
+        need_overwrite(w, si, 0);
+        be->rope_split_bwd(DIN(0), DOUT(0), DOUT(1), DOUT(2), e->positions, e->rope_freq, n, s->heads, s->kv_heads,
+                           s->head_dim);
+        break;
+    case OP_ATTENTION:
+        for (int i = 0; i < 3; i++) need_overwrite(w, si, i);
+        be->attention_bwd(DIN(0), DIN(1), DIN(2), DOUT(0), IN(0), IN(1), IN(2), OUT(0), (const float *)OUT(1), n,
+                          s->heads, s->kv_heads, s->head_dim, (float)(1.0 / sqrt((double)s->head_dim)));
+        break;
+    case OP_ADD: {
+        size_t count = (size_t)n * (size_t)t0->width;
+        be->accumulate(DIN(0), DOUT(0), count, ACC(0));
+        be->accumulate(DIN(1), DOUT(0), count, ACC(1));
+        break;
+    }
+    case OP_SWIGLU:
+        need_overwrite(w, si, 0);
+        be->swiglu_bwd(DIN(0), DOUT(0), IN(0), n, g->t[s->out[0]].width);
+        break;
+    case OP_LMHEAD_LOSS:
+        break; /* its forward wrote the gradient of its input */
+    case OP_A2A_SEQ_TO_HEAD: {
+        /* gradient flows head-sharded -> sequence-sharded */
+        int64_t hpr = a2a_heads_per_rank(s->heads, p->sp);
+        e->coll->alltoall(e->ranks->sp, DOUT(0), e->a2a_recv, (size_t)(p->seq_local * hpr * s->head_dim),
+                          be->act_dtype);
+        be->heads_unpack(DIN(0), e->a2a_recv, p->seq_local, s->heads, s->head_dim, p->sp, ACC(0));
+        break;
+    }
+    case OP_A2A_HEAD_TO_SEQ: {
+        int64_t hpr = a2a_heads_per_rank(s->heads, p->sp);
+        need_overwrite(w, si, 0);
+        be->heads_pack(e->a2a_send, DOUT(0), p->seq_local, s->heads, s->head_dim, p->sp);
+        e->coll->alltoall(e->ranks->sp, e->a2a_send, DIN(0), (size_t)(p->seq_local * hpr * s->head_dim),
+                          be->act_dtype);
+        break;
+    }
+    default:
+        asp_die(ASP_EXIT_FAILURE, "internal: op %s has no backward in the executor", op_name(s->op));
+    }
+#undef IN
+#undef OUT
+#undef DIN
+#undef DOUT
+#undef ACC
+}
+
+/* ------------------------------------------------------------------ graphs */
+
+static walk_t walk_of(exec_t *e, const graph_plan_t *gp, int layer) {
+    walk_t w = {gp, layer, gp == &e->plan->layer, gp == &e->plan->prologue, gp == &e->plan->epilogue};
+    return w;
+}
+
+static void graph_forward(exec_t *e, const walk_t *w, float grad_scale) {
+    const graph_plan_t *gp = w->gp;
+    for (int si = 0; si < gp->g.ns; si++) run_forward(e, w, si, PHASE_FWD, grad_scale);
+    if (!w->is_layer || !gp->offload_bytes) return;
+    uint8_t *host = e->offload + (size_t)w->layer * gp->offload_bytes;
+    for (int t = 0; t < gp->g.nt; t++)
+        if (gp->t[t].keep == KEEP_OFFLOAD)
+            e->be->to_host(host + gp->t[t].saved_off, e->ws + gp->t[t].fwd_off, gp->t[t].bytes);
+}
+
+static void graph_backward(exec_t *e, const walk_t *w) {
+    const graph_plan_t *gp = w->gp;
+    if (w->is_layer && gp->offload_bytes) {
+        const uint8_t *host = e->offload + (size_t)w->layer * gp->offload_bytes;
+        for (int t = 0; t < gp->g.nt; t++)
+            if (gp->t[t].keep == KEEP_OFFLOAD)
+                e->be->to_device(e->ws + gp->t[t].bwd_off, host + gp->t[t].saved_off, gp->t[t].bytes);
+    }
+    for (int si = 0; si < gp->g.ns; si++)
+        if (gp->recompute_step[si]) run_forward(e, w, si, PHASE_BWD, 0.0f);
+    for (int si = gp->g.ns - 1; si >= 0; si--) run_backward(e, w, si);
+    /* the input's gradient becomes the next graph's output gradient */
+    if (gp->g.input >= 0) e->cur_grad = 1 - e->cur_grad;
+}
+
+static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
+    const plan_t *p = e->plan;
+    const backend_t *be = e->be;
+    size_t nbytes = (size_t)p->seq_local * sizeof(int32_t);
+    be->to_device(e->tokens, b->tokens, nbytes);
+    be->to_device(e->targets, b->targets, nbytes);
+    be->to_device(e->positions, b->positions, nbytes);
+
+    walk_t pro = walk_of(e, &p->prologue, -1), epi = walk_of(e, &p->epilogue, -1);
+    graph_forward(e, &pro, grad_scale);
+    for (int l = 0; l < (int)e->model->L; l++) {
+        walk_t w = walk_of(e, &p->layer, l);
+        graph_forward(e, &w, grad_scale);
+    }
+    /* The epilogue has no output: its backward starts from the loss, whose
+     * gradient its forward already produced. */
+    e->cur_grad = 1;
+    graph_forward(e, &epi, grad_scale);
+    graph_backward(e, &epi);
+    for (int l = (int)e->model->L - 1; l >= 0; l--) {
+        walk_t w = walk_of(e, &p->layer, l);
+        graph_backward(e, &w);
+    }
+    graph_backward(e, &pro);
+}
+
+void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid,
+                           exec_result_t *res) {
+    const plan_t *p = e->plan;
+    const backend_t *be = e->be;
+    /* The loss is the sum over valid targets divided by the GLOBAL valid
+     * count, so each rank's gradient is a plain partial sum. SP ranks of a
+     * group see the same samples, so the count is summed over DP only. */
+    double valid = 0;
+    for (int64_t i = 0; i < p->micro_steps; i++) valid += (double)sample_valid[i];
+    e->host_coll->allreduce_sum(e->ranks->dp, &valid, 1, DT_F64);
+    if (valid < 1) asp_die(ASP_EXIT_USAGE, "the batch has no valid targets: check the data shard");
+    float grad_scale = (float)(1.0 / valid);
+
+    be->zero(e->grads, p->mem.grads.bytes);
+    be->zero(e->scalars, p->mem.scalars.bytes);
+    for (int64_t i = 0; i < p->micro_steps; i++) micro_step(e, &batches[i], grad_scale);
+
+    /* Every rank holds a partial gradient of the full parameter set: sum
+     * them over the world (reduce-scatter into the shard for ZeRO-1). */
+    if (p->zero_stage == 1)
+        e->coll->reduce_scatter_sum(e->ranks->world, e->grads, e->grad_shard, p->shard_len, be->grad_dtype);
+    else
+        e->coll->allreduce_sum(e->ranks->world, e->grads, p->n_params_padded, be->grad_dtype);
+
+    e->coll->allreduce_sum(e->ranks->world, &e->scalars[SCALAR_LOSS], 1, DT_F32);
+    float loss_sum = 0;
+    be->to_host(&loss_sum, &e->scalars[SCALAR_LOSS], sizeof loss_sum);
+    res->loss = (double)loss_sum / valid;
+    res->valid_targets = (int64_t)valid;
+}
+
+void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res) {
+    const plan_t *p = e->plan;
+    const backend_t *be = e->be;
+    const model_t *m = e->model;
+    const uint8_t *grad = p->zero_stage == 1 ? e->grad_shard : e->grads;
+    float *sumsq = &e->scalars[SCALAR_SUMSQ];
+    be->grad_sumsq(sumsq, grad, p->shard_len);
+    if (p->zero_stage == 1) e->coll->allreduce_sum(e->ranks->world, sumsq, 1, DT_F32);
+
+    /* AdamW over the parts of each parameter that fall in this rank's shard,
+     * so weight decay follows the parameter (2-D weights only). */
+    size_t lo = e->shard_begin, hi = e->shard_begin + p->shard_len;
+    for (int i = 0; i < m->nparams; i++) {
+        const param_t *pa = &m->params[i];
+        size_t a = pa->offset > lo ? pa->offset : lo;
+        size_t b = pa->offset + pa->numel < hi ? pa->offset + pa->numel : hi;
+        if (a >= b) continue;
+        size_t sh = a - lo;
+        be->adamw((float *)e->master + sh, e->params + a * e->par, (float *)e->adam_m + sh,
+                  (float *)e->adam_v + sh, grad + sh * e->grd, b - a, (float)opt->lr, (float)opt->beta1,
+                  (float)opt->beta2, (float)opt->eps, pa->decay ? (float)opt->weight_decay : 0.0f, opt->step,
+                  sumsq, (float)opt->grad_clip);
+    }
+    if (p->zero_stage == 1 && e->shards > 1)
+        e->coll->allgather(e->ranks->world, e->params + lo * e->par, e->params, p->shard_len, be->param_dtype);
+
+    float s = 0;
+    be->to_host(&s, sumsq, sizeof s);
+    res->grad_norm = sqrt((double)s);
+}

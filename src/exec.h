@@ -1,0 +1,68 @@
+/* The executor: walks a compiled plan on one rank. Forward over layers keeping
+ * what SAC saved; backward in reverse, recomputing what it dropped; gradients
+ * reduced over all ranks; AdamW on this rank's ZeRO shard; parameters
+ * gathered. All math goes through the backend table, all communication
+ * through the collectives table: the executor itself computes nothing. */
+#ifndef AUTOSP_EXEC_H
+#define AUTOSP_EXEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "parallel/parallel.h"
+#include "plan/plan.h"
+
+typedef struct exec exec_t;
+
+/* One micro-step's inputs for this rank: plan->seq_local entries each. */
+typedef struct {
+    const int32_t *tokens;
+    const int32_t *targets;     /* -1: no loss at this position */
+    const int32_t *positions;   /* global positions (RoPE) */
+} exec_batch_t;
+
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay, grad_clip;
+    int64_t step;               /* 1-based optimizer step (bias correction) */
+} exec_optim_t;
+
+typedef struct {
+    double loss;                /* mean over the global valid targets of the step */
+    double grad_norm;           /* global L2 norm before clipping */
+    int64_t valid_targets;      /* over the whole job */
+} exec_result_t;
+
+/* Allocate the plan's arenas (one allocation each) and prepare the rank.
+ * The plan must have been compiled for r->world_size ranks and r's groups.
+ * `coll` moves backend buffers, `host_coll` host scalars (the same table for
+ * the cpu backend). */
+exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *coll,
+                    const coll_ops_t *host_coll, const ranks_t *r);
+void exec_destroy(exec_t *e);
+
+/* Initial weights from the model's deterministic initialiser (same on every
+ * world size): compute weights in full, fp32 master on this rank's shard. */
+void exec_init_params(exec_t *e, uint64_t seed);
+
+/* Forward and backward over `micro_steps` samples (plan->micro_steps), with
+ * `sample_valid[i]` the valid-target count of sample i (whole sample), then
+ * gradient reduction over all ranks. Fills loss and valid_targets. */
+void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid,
+                           exec_result_t *res);
+
+/* Clip and AdamW on this rank's shard, then gather the weights. Fills grad_norm. */
+void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res);
+
+/* Full reduced gradient as fp32 (after exec_forward_backward; collective:
+ * every rank must call it). `out` has plan->n_params elements, on every rank. */
+void exec_gather_grads(exec_t *e, float *out);
+/* Full compute weights as fp32 (local, no communication). */
+void exec_get_params(exec_t *e, float *out);
+
+/* Bytes the plan predicted for the device, and the device memory in use now
+ * as the backend measures it (0 when it cannot). */
+size_t exec_predicted_bytes(const exec_t *e);
+size_t exec_measured_bytes(const exec_t *e);
+
+#endif

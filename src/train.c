@@ -1,0 +1,211 @@
+#include "train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "data.h"
+#include "exec.h"
+#include "util.h"
+
+static volatile sig_atomic_t stop_signal = 0;
+
+static void on_signal(int sig) { stop_signal = sig; }
+
+double train_lr(const train_config_t *t, int64_t step) {
+    if (t->warmup_steps > 0 && step <= t->warmup_steps) return t->lr * (double)step / (double)t->warmup_steps;
+    int64_t decay = t->steps - t->warmup_steps;
+    if (decay <= 0) return t->lr;
+    double progress = (double)(step - t->warmup_steps) / (double)decay;
+    if (progress > 1) progress = 1;
+    return t->min_lr + 0.5 * (t->lr - t->min_lr) * (1.0 + cos(M_PI * progress));
+}
+
+static int mkdir_p(const char *path) {
+    char buf[CFG_PATH_MAX];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return -1;
+    for (char *q = buf + 1; *q; q++) {
+        if (*q != '/') continue;
+        *q = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return -1;
+        *q = '/';
+    }
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST) return -1;
+    return 0;
+}
+
+static void write_dump(const char *path, const double *losses, int64_t steps, const float *grads, size_t n) {
+    char tmp[CFG_PATH_MAX + 16];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) asp_die(ASP_EXIT_FAILURE, "cannot write %s: %s", tmp, strerror(errno));
+    int64_t np = (int64_t)n;
+    int ok = fwrite(DUMP_MAGIC, 1, 8, f) == 8 && fwrite(&np, sizeof np, 1, f) == 1 &&
+             fwrite(&steps, sizeof steps, 1, f) == 1 &&
+             fwrite(losses, sizeof(double), (size_t)steps, f) == (size_t)steps &&
+             fwrite(grads, sizeof(float), n, f) == n;
+    ok = (fflush(f) == 0) && ok;
+    ok = (fsync(fileno(f)) == 0) && ok;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        asp_die(ASP_EXIT_FAILURE, "cannot write %s: %s", path, strerror(errno));
+    }
+}
+
+static const char *fmt_rate(char *buf, size_t len, double v) {
+    if (v >= 1e6) snprintf(buf, len, "%.2fM", v / 1e6);
+    else if (v >= 1e3) snprintf(buf, len, "%.1fK", v / 1e3);
+    else snprintf(buf, len, "%.0f", v);
+    return buf;
+}
+
+int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, const coll_ops_t *coll,
+              const coll_ops_t *host_coll, const ranks_t *r, const train_opts_t *opts) {
+    char err[2048];
+    const model_t *m = plan->model;
+    const train_config_t *tc = &cfg->train;
+    int lead = r->world_rank == 0;
+
+    /* ---- data */
+    if (!cfg->data.path[0])
+        asp_die(ASP_EXIT_USAGE, "%s: data.path is not set: give a token shard (docs/data.md), e.g. --set data.path=...",
+                cfg->source);
+    char data_path[CFG_PATH_MAX];
+    if (config_resolve_path(cfg, cfg->data.path, data_path, sizeof data_path) != 0)
+        asp_die(ASP_EXIT_USAGE, "data.path is too long");
+    shard_t shard;
+    if (shard_open(&shard, data_path, m->V, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
+    loader_t loader;
+    if (loader_init(&loader, &shard, plan->seq_len, plan->seq_pad, r->sp_rank, r->sp_size, r->dp_rank, r->dp_size,
+                    cfg->data.shuffle, tc->seed, err, sizeof err) != 0)
+        asp_die(ASP_EXIT_USAGE, "%s", err);
+
+    /* ---- run folder: the effective config and the metrics log */
+    FILE *metrics = NULL;
+    if (lead) {
+        if (mkdir_p(cfg->io.run_dir) != 0)
+            asp_die(ASP_EXIT_USAGE, "cannot create io.run_dir %s: %s", cfg->io.run_dir, strerror(errno));
+        char path[CFG_PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/config.yaml", cfg->io.run_dir);
+        if (config_write_yaml(cfg, path, err, sizeof err) != 0) asp_die(ASP_EXIT_FAILURE, "%s", err);
+        snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->io.run_dir);
+        metrics = fopen(path, "w");
+        if (!metrics) asp_die(ASP_EXIT_FAILURE, "cannot write %s: %s", path, strerror(errno));
+    }
+
+    /* ---- engine */
+    exec_t *e = exec_create(plan, be, coll, host_coll, r);
+    exec_init_params(e, tc->seed);
+    if (lead) {
+        char a[32], b[32];
+        size_t measured = exec_measured_bytes(e);
+        asp_info("memory per rank: predicted %s, measured %s", asp_fmt_bytes(a, sizeof a, (double)exec_predicted_bytes(e)),
+                 measured ? asp_fmt_bytes(b, sizeof b, (double)measured) : "n/a (host)");
+        if (measured) {
+            double ratio = (double)measured / (double)exec_predicted_bytes(e);
+            if (ratio > 1.1 || ratio < 0.9)
+                asp_warn("measured device memory differs from the plan's prediction by %.0f%%", (ratio - 1) * 100);
+        }
+    }
+
+    int64_t mb = plan->micro_steps, nl = plan->seq_local;
+    int32_t *tok = asp_malloc((size_t)(mb * nl) * sizeof(int32_t), "batch tokens");
+    int32_t *tgt = asp_malloc((size_t)(mb * nl) * sizeof(int32_t), "batch targets");
+    int32_t *pos = asp_malloc((size_t)(mb * nl) * sizeof(int32_t), "batch positions");
+    int64_t *valid = asp_malloc((size_t)mb * sizeof(int64_t), "batch counts");
+    exec_batch_t *batches = asp_malloc((size_t)mb * sizeof(exec_batch_t), "batches");
+    for (int64_t i = 0; i < mb; i++) {
+        batches[i].tokens = tok + i * nl;
+        batches[i].targets = tgt + i * nl;
+        batches[i].positions = pos + i * nl;
+    }
+    double *losses = asp_calloc((size_t)tc->steps, sizeof(double), "loss history");
+    float *dump_grads = NULL;
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    double tokens_per_step = (double)tc->global_batch_size * (double)tc->seq_len;
+    double t_start = asp_now(), t_timed = 0, tokens_timed = 0, first_loss = 0, last_loss = 0;
+    int64_t step = 0;
+    if (lead)
+        asp_info("training %lld steps: %.0f tokens per step, %d rank(s) as SP %d x DP %d, %s backend",
+                 (long long)tc->steps, tokens_per_step, r->world_size, r->sp_size, r->dp_size, be->name);
+    while (step < tc->steps) {
+        /* Ranks may see a signal at different times; agreeing on it at the
+         * step boundary keeps every rank's collectives matched. */
+        double stop = stop_signal;
+        host_coll->allreduce_sum(r->world, &stop, 1, DT_F64);
+        if (stop > 0) {
+            if (!stop_signal) stop_signal = SIGTERM;
+            if (lead) asp_warn("stopped by signal %d after step %lld of %lld", (int)stop_signal, (long long)step,
+                               (long long)tc->steps);
+            break;
+        }
+        step++;
+        double t0 = asp_now();
+        for (int64_t i = 0; i < mb; i++) valid[i] = loader_next(&loader, tok + i * nl, tgt + i * nl, pos + i * nl);
+        exec_result_t res;
+        exec_forward_backward(e, batches, valid, &res);
+        if (opts->dump_path && step == 1) {
+            dump_grads = asp_malloc(plan->n_params * sizeof(float), "gradient dump");
+            exec_gather_grads(e, dump_grads);
+        }
+        exec_optim_t opt = {train_lr(tc, step), tc->beta1, tc->beta2, tc->eps, tc->weight_decay, tc->grad_clip, step};
+        exec_optimizer_step(e, &opt, &res);
+        be->synchronize();
+        double dt = asp_now() - t0;
+        if (!isfinite(res.loss))
+            asp_die(ASP_EXIT_FAILURE, "loss is %f at step %lld: training diverged (lower train.lr?)", res.loss,
+                    (long long)step);
+        losses[step - 1] = res.loss;
+        if (step == 1) first_loss = res.loss;
+        last_loss = res.loss;
+        if (step > 1 || tc->steps == 1) { t_timed += dt; tokens_timed += tokens_per_step; }
+        double tps = tokens_per_step / dt, tflops = plan->flops_per_step / dt / 1e12;
+        if (lead && (step % cfg->io.log_every == 0 || step == 1 || step == tc->steps)) {
+            char rate[32];
+            printf("step %6lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s | %.1f ms | %.3f TFLOP/s\n",
+                   (long long)step, (long long)tc->steps, res.loss, opt.lr, res.grad_norm,
+                   fmt_rate(rate, sizeof rate, tps), dt * 1e3, tflops);
+            fflush(stdout);
+        }
+        if (metrics) {
+            fprintf(metrics,
+                    "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
+                    "\"ms\": %.3f, \"tflops\": %.4f, \"valid_targets\": %lld}\n",
+                    (long long)step, res.loss, opt.lr, res.grad_norm, tps, dt * 1e3, tflops,
+                    (long long)res.valid_targets);
+            fflush(metrics);
+        }
+    }
+    double total = asp_now() - t_start;
+    if (lead) {
+        char rate[32];
+        printf("done: %lld steps in %.1f s | loss %.4f -> %.4f | %s tok/s (mean after step 1)\n", (long long)step,
+               total, first_loss, last_loss, fmt_rate(rate, sizeof rate, t_timed > 0 ? tokens_timed / t_timed : 0));
+        fflush(stdout);
+    }
+    if (opts->dump_path && lead && dump_grads) write_dump(opts->dump_path, losses, step, dump_grads, plan->n_params);
+
+    if (metrics) fclose(metrics);
+    free(dump_grads);
+    free(losses);
+    free(batches);
+    free(valid);
+    free(pos);
+    free(tgt);
+    free(tok);
+    exec_destroy(e);
+    loader_free(&loader);
+    shard_close(&shard);
+    return stop_signal ? 128 + (int)stop_signal : 0;
+}

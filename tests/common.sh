@@ -1,0 +1,24 @@
+# Shared by the shell tests: paths, the tiny data shard, an mpirun wrapper.
+set -eu
+top_srcdir=${top_srcdir:-.}
+top_builddir=${top_builddir:-.}
+BIN="$top_builddir/autosp-train"
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/autosp-test.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+# Byte-level shard of the shipped English text.
+make_shard() {
+    python3 "$top_srcdir/scripts/text_to_shard.py" "$top_srcdir/data/english.txt" "$TMP/english.tok" >/dev/null
+    echo "$TMP/english.tok"
+}
+
+have_mpirun() { [ -n "${MPIRUN:-}" ] && [ "$MPIRUN" != no ] && command -v "$MPIRUN" >/dev/null 2>&1; }
+
+# mpirun -np N ...: oversubscribed (CI has 2 cores), as root where CI runs.
+mpi() {
+    np=$1; shift
+    extra=""
+    [ "$(id -u)" = 0 ] && extra="--allow-run-as-root"
+    "$MPIRUN" -np "$np" --oversubscribe $extra -x OMP_NUM_THREADS "$@"
+}
