@@ -4,7 +4,8 @@
  * softmax in fp32; the forward writes lse = log sum exp of the scaled scores
  * (natural log), which the backward uses to rebuild the probabilities. It is
  * O(s^2 hd) with no tiling: the reference the cuDNN path is tested against,
- * correct for any s and any hd <= 128. */
+ * correct for any s and any hd <= 128. It is also the implementation used by
+ * attention_fwd/bwd until the cuDNN fused graph is added (docs/cuda.md). */
 #include "autosp_config.h"
 
 #include <math.h>
@@ -158,21 +159,21 @@ __global__ void k_att_dkdv(bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, 
     }
 }
 
-static void att_check(int64_t s, int64_t hq, int64_t hkv, int64_t hd, int simple) {
+static void att_check(int64_t s, int64_t hq, int64_t hkv, int64_t hd) {
     if (s <= 0 || hq <= 0 || hkv <= 0 || hd <= 0)
         asp_die(ASP_EXIT_FAILURE, "cuda attention: s=%lld hq=%lld hkv=%lld hd=%lld must all be positive",
                 (long long)s, (long long)hq, (long long)hkv, (long long)hd);
     if (hq % hkv)
         asp_die(ASP_EXIT_FAILURE, "cuda attention: %lld query heads are not a multiple of %lld kv heads",
                 (long long)hq, (long long)hkv);
-    if (simple && hd > ATT_MAX_HD)
-        asp_die(ASP_EXIT_FAILURE, "cuda attention (simple): head dim %lld exceeds %d; use ASP_ATTENTION=cudnn",
+    if (hd > ATT_MAX_HD)
+        asp_die(ASP_EXIT_FAILURE, "cuda attention (simple): head dim %lld exceeds %d; the simple kernels keep one head row in registers",
                 (long long)hd, ATT_MAX_HD);
 }
 
 extern "C" void cuda_attention_simple_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
                                           int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale) {
-    att_check(s, hq, hkv, hd, 1);
+    att_check(s, hq, hkv, hd);
     unsigned nb = cuda_blocks((size_t)s * (size_t)hq, ATT_WARPS);
     k_att_fwd<<<nb, 32 * ATT_WARPS, 0, g_cuda.stream>>>((bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k,
                                                         (const bf16 *)v, s, hq, hkv, hd, scale);
@@ -182,7 +183,7 @@ extern "C" void cuda_attention_simple_fwd(void *out, float *lse, const void *q, 
 extern "C" void cuda_attention_simple_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q,
                                           const void *k, const void *v, const void *out, const float *lse, int64_t s,
                                           int64_t hq, int64_t hkv, int64_t hd, float scale) {
-    att_check(s, hq, hkv, hd, 1);
+    att_check(s, hq, hkv, hd);
     float *D = (float *)cuda_scratch((size_t)s * (size_t)hq * sizeof(float));
     unsigned nq = cuda_blocks((size_t)s * (size_t)hq, ATT_WARPS);
     k_att_rowdot<<<nq, 32 * ATT_WARPS, 0, g_cuda.stream>>>(D, (const bf16 *)dout, (const bf16 *)out, s, hq, hd);
@@ -200,15 +201,11 @@ extern "C" void cuda_attention_simple_bwd(void *dq, void *dk, void *dv, const vo
 
 extern "C" void cuda_attention_fwd(void *out, float *lse, const void *q, const void *k, const void *v, int64_t s,
                                    int64_t hq, int64_t hkv, int64_t hd, float scale) {
-    att_check(s, hq, hkv, hd, !g_cuda.attention_cudnn);
-    if (g_cuda.attention_cudnn) cuda_attention_cudnn_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale);
-    else cuda_attention_simple_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale);
+    cuda_attention_simple_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale);
 }
 
 extern "C" void cuda_attention_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                                    const void *v, const void *out, const float *lse, int64_t s, int64_t hq,
                                    int64_t hkv, int64_t hd, float scale) {
-    att_check(s, hq, hkv, hd, !g_cuda.attention_cudnn);
-    if (g_cuda.attention_cudnn) cuda_attention_cudnn_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale);
-    else cuda_attention_simple_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale);
+    cuda_attention_simple_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale);
 }

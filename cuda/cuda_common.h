@@ -56,7 +56,7 @@ typedef struct {
     void *scratch;          /* grow-only device scratch shared by ops (one stream: no overlap) */
     size_t scratch_bytes;
     int sm_count;
-    int attention_cudnn;    /* ASP_ATTENTION: 1 cudnn (default), 0 simple */
+    int attention_cudnn;    /* ASP_ATTENTION=cudnn asked for (refused at init until the graph exists) */
     char name[256];
 } cuda_state_t;
 
@@ -99,7 +99,7 @@ void cuda_matmul_bwd(void *dx, int acc, void *dw, const void *dout, const void *
                      int64_t n, int64_t k, int64_t m);
 void cuda_matmul_shutdown(void);
 
-/* cuda/attention.cu (simple kernels) and cuda/attention_cudnn.cu (cuDNN graphs) */
+/* cuda/attention.cu (simple kernels) */
 void cuda_attention_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
                         int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
 void cuda_attention_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
@@ -110,12 +110,6 @@ void cuda_attention_simple_fwd(void *out, float *lse, const void *q, const void 
 void cuda_attention_simple_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                                const void *v, const void *out, const float *lse,
                                int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
-void cuda_attention_cudnn_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
-                              int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
-void cuda_attention_cudnn_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
-                              const void *v, const void *out, const float *lse,
-                              int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
-void cuda_attention_cudnn_shutdown(void);
 }
 
 /* Grid size for a 1-D launch of `count` work items, `threads` per block; fits
