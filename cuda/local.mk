@@ -1,1 +1,13 @@
 # cuda: sources and tests of this folder (included by Makefile.am)
+if HAVE_CUDA
+libautosp_a_SOURCES += cuda/cuda_common.h cuda/backend.cu cuda/kernels.cu cuda/matmul.cu \
+	cuda/attention.cu
+endif
+
+if HAVE_CHECK
+check_PROGRAMS += tests/test_cuda_ops
+TESTS += tests/test_cuda_ops
+tests_test_cuda_ops_SOURCES = tests/test_cuda_ops.c
+tests_test_cuda_ops_CFLAGS = $(ASP_TEST_CFLAGS)
+tests_test_cuda_ops_LDADD = $(ASP_TEST_LIBS)
+endif

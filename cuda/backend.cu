@@ -1,0 +1,330 @@
+/* The CUDA backend's op table, lifecycle and memory: one device, one stream,
+ * a cuBLASLt and a cuDNN handle, and a grow-only scratch buffer that ops share
+ * (they all run on the one stream, so their uses of it never overlap). */
+#include "autosp_config.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda_common.h"
+
+extern "C" {
+
+cuda_state_t g_cuda;
+
+/* cuBLASLt picks faster split-K and stream-K algorithms with room to work in. */
+#define ASP_LT_WORKSPACE_BYTES ((size_t)64 << 20)
+
+void cuda_check_launch(const char *what, const char *file, int line) {
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess)
+        asp_die(ASP_EXIT_FAILURE, "CUDA kernel launch %s failed at %s:%d: %s (%s)", what, file, line,
+                cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+void cuda_cudnn_fail(const char *call, const char *file, int line, cudnnStatus_t s) {
+    char msg[1024];
+    cudnnGetLastErrorString(msg, sizeof msg);
+    asp_die(ASP_EXIT_FAILURE, "cuDNN call %s failed at %s:%d: %s%s%s", call, file, line,
+            cudnnGetErrorString(s), msg[0] ? ": " : "", msg);
+}
+
+static void need_init(const char *op) {
+    if (!g_cuda.initialised)
+        asp_die(ASP_EXIT_FAILURE, "cuda backend: %s called before init(); call backend_cuda.init first", op);
+}
+
+void *cuda_scratch(size_t bytes) {
+    need_init("scratch");
+    if (bytes <= g_cuda.scratch_bytes) return g_cuda.scratch;
+    /* Growth happens on the first step's shapes; the stream must be idle before
+     * the old buffer goes, since earlier ops may still read it. */
+    size_t want = asp_align_up(bytes + bytes / 4, (size_t)1 << 20);
+    CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
+    if (g_cuda.scratch) CUDA_CHECK(cudaFree(g_cuda.scratch));
+    g_cuda.scratch = NULL;
+    g_cuda.scratch_bytes = 0;
+    cudaError_t e = cudaMalloc(&g_cuda.scratch, want);
+    if (e != cudaSuccess) {
+        size_t fr = 0, tot = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&fr, &tot);
+        char b1[32], b2[32];
+        asp_die(ASP_EXIT_FAILURE, "cuda: cannot allocate %s of op scratch (%s free): %s; lower the sequence "
+                "length or chunk sizes", asp_fmt_bytes(b1, sizeof b1, (double)want),
+                asp_fmt_bytes(b2, sizeof b2, (double)fr), cudaGetErrorString(e));
+    }
+    g_cuda.scratch_bytes = want;
+    return g_cuda.scratch;
+}
+
+int cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();   /* no driver or no device: clear the sticky-free error */
+        return 0;
+    }
+    return n;
+}
+
+#define INIT_TRY(call, fmt_what)                                                             \
+    do {                                                                                     \
+        cudaError_t e_ = (call);                                                             \
+        if (e_ != cudaSuccess) {                                                             \
+            asp_errf(err, errlen, "cuda init: %s failed on device %d: %s", fmt_what,         \
+                     device_index, cudaGetErrorString(e_));                                  \
+            return -1;                                                                       \
+        }                                                                                    \
+    } while (0)
+
+static int cuda_init(int device_index, char *err, size_t errlen) {
+    if (g_cuda.initialised) {
+        if (g_cuda.device == device_index) return 0;
+        asp_errf(err, errlen, "cuda init: already initialised on device %d, asked for %d; call shutdown first",
+                 g_cuda.device, device_index);
+        return -1;
+    }
+    int count = cuda_device_count();
+    if (count == 0) {
+        asp_errf(err, errlen, "cuda init: no CUDA device found (driver absent or no GPU visible); "
+                 "use the cpu backend or check CUDA_VISIBLE_DEVICES");
+        return -1;
+    }
+    if (device_index < 0 || device_index >= count) {
+        asp_errf(err, errlen, "cuda init: device %d does not exist (%d visible); check CUDA_VISIBLE_DEVICES "
+                 "and the ranks per node", device_index, count);
+        return -1;
+    }
+    memset(&g_cuda, 0, sizeof g_cuda);
+    g_cuda.device = device_index;
+    INIT_TRY(cudaSetDevice(device_index), "cudaSetDevice");
+    cudaDeviceProp prop;
+    INIT_TRY(cudaGetDeviceProperties(&prop, device_index), "cudaGetDeviceProperties");
+    if (prop.major < 8) {
+        asp_errf(err, errlen, "cuda init: device %d (%s) has compute capability %d.%d; bf16 kernels need 8.0 or newer",
+                 device_index, prop.name, prop.major, prop.minor);
+        return -1;
+    }
+    snprintf(g_cuda.name, sizeof g_cuda.name, "%s", prop.name);
+    g_cuda.sm_count = prop.multiProcessorCount;
+    INIT_TRY(cudaStreamCreateWithFlags(&g_cuda.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    cublasStatus_t bs = cublasLtCreate(&g_cuda.lt);
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        asp_errf(err, errlen, "cuda init: cublasLtCreate failed: %s", cublasLtGetStatusName(bs));
+        return -1;
+    }
+    cudnnStatus_t ds = cudnnCreate(&g_cuda.cudnn);
+    if (ds != CUDNN_STATUS_SUCCESS) {
+        asp_errf(err, errlen, "cuda init: cudnnCreate failed: %s (is libcudnn on LD_LIBRARY_PATH?)",
+                 cudnnGetErrorString(ds));
+        return -1;
+    }
+    ds = cudnnSetStream(g_cuda.cudnn, g_cuda.stream);
+    if (ds != CUDNN_STATUS_SUCCESS) {
+        asp_errf(err, errlen, "cuda init: cudnnSetStream failed: %s", cudnnGetErrorString(ds));
+        return -1;
+    }
+    g_cuda.lt_workspace_bytes = ASP_LT_WORKSPACE_BYTES;
+    INIT_TRY(cudaMalloc(&g_cuda.lt_workspace, g_cuda.lt_workspace_bytes), "cuBLASLt workspace allocation");
+
+    /* The cuDNN fused-attention graph is not built yet; the simple kernels are
+     * the implementation, and asking for cudnn is an error, never a silent
+     * substitution. */
+    const char *att = getenv("ASP_ATTENTION");
+    if (!att || !*att || strcmp(att, "simple") == 0) {
+        g_cuda.attention_cudnn = 0;
+    } else if (strcmp(att, "cudnn") == 0) {
+        asp_errf(err, errlen, "cuda init: ASP_ATTENTION=cudnn: the cuDNN fused-attention graph is not part of this "
+                 "build yet; unset ASP_ATTENTION or set it to simple");
+        return -1;
+    } else {
+        asp_errf(err, errlen, "cuda init: ASP_ATTENTION=%s is not known; use simple (default) or cudnn", att);
+        return -1;
+    }
+    g_cuda.initialised = 1;
+    return 0;
+}
+
+static void cuda_shutdown(void) {
+    if (!g_cuda.initialised) return;
+    CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
+    cuda_matmul_shutdown();
+    if (g_cuda.scratch) CUDA_CHECK(cudaFree(g_cuda.scratch));
+    if (g_cuda.lt_workspace) CUDA_CHECK(cudaFree(g_cuda.lt_workspace));
+    CUDNN_CHECK(cudnnDestroy(g_cuda.cudnn));
+    CUBLAS_CHECK(cublasLtDestroy(g_cuda.lt));
+    CUDA_CHECK(cudaStreamDestroy(g_cuda.stream));
+    memset(&g_cuda, 0, sizeof g_cuda);
+}
+
+static const char *cuda_device_name(void) { return g_cuda.initialised ? g_cuda.name : "cuda (not initialised)"; }
+
+static size_t cuda_device_memory(void) {
+    need_init("device_memory");
+    size_t fr = 0, tot = 0;
+    CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
+    return tot;
+}
+
+static size_t cuda_memory_used(void) {
+    need_init("memory_used");
+    size_t fr = 0, tot = 0;
+    CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
+    return tot - fr;
+}
+
+static void *cuda_alloc(size_t bytes, const char *what) {
+    need_init("alloc");
+    void *p = NULL;
+    if (bytes == 0) bytes = 16;   /* a unique valid pointer even for empty tensors */
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        char b1[32], b2[32], b3[32];
+        asp_die(ASP_EXIT_FAILURE, "cuda: cannot allocate %s for %s: %s (%s free of %s on %s); lower the "
+                "sequence length, raise the SP degree or enable offload", asp_fmt_bytes(b1, sizeof b1, (double)bytes),
+                what ? what : "?", cudaGetErrorString(e), asp_fmt_bytes(b2, sizeof b2, (double)fr),
+                asp_fmt_bytes(b3, sizeof b3, (double)tot), g_cuda.name);
+    }
+    return p;
+}
+
+static void cuda_free_(void *p) {
+    if (p) CUDA_CHECK(cudaFree(p));
+}
+
+static void *cuda_host_alloc(size_t bytes, const char *what) {
+    need_init("host_alloc");
+    void *p = NULL;
+    if (bytes == 0) bytes = 16;
+    cudaError_t e = cudaMallocHost(&p, bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        char b1[32];
+        asp_die(ASP_EXIT_FAILURE, "cuda: cannot allocate %s of pinned host memory for %s: %s; lower the offload "
+                "volume or raise the memlock limit", asp_fmt_bytes(b1, sizeof b1, (double)bytes),
+                what ? what : "?", cudaGetErrorString(e));
+    }
+    return p;
+}
+
+static void cuda_host_free(void *p) {
+    if (p) CUDA_CHECK(cudaFreeHost(p));
+}
+
+static void cuda_zero(void *p, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, g_cuda.stream));
+}
+
+static void cuda_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_cuda.stream));
+}
+
+static void cuda_to_device(void *dst, const void *host, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, g_cuda.stream));
+    /* The host buffer may be pageable and reused by the caller right away. */
+    CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
+}
+
+static void cuda_to_host(void *host, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, g_cuda.stream));
+    CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
+}
+
+/* Conversions go through fp32 device staging in bounded chunks, so a multi-GiB
+ * tensor needs no equally large scratch. */
+#define ASP_STAGE_ELEMS ((size_t)8 << 20)
+
+static void cuda_from_f32(void *dst, dtype_t dst_type, const float *host, size_t n) {
+    need_init("from_f32");
+    if (dst_type == DT_F32) {
+        cuda_to_device(dst, host, n * sizeof(float));
+        return;
+    }
+    if (dst_type != DT_BF16)
+        asp_die(ASP_EXIT_FAILURE, "cuda from_f32: conversion to %s is not supported (fp32 and bf16 only)",
+                dtype_name(dst_type));
+    float *stage = (float *)cuda_scratch(ASP_STAGE_ELEMS * sizeof(float));
+    for (size_t off = 0; off < n; off += ASP_STAGE_ELEMS) {
+        size_t c = n - off < ASP_STAGE_ELEMS ? n - off : ASP_STAGE_ELEMS;
+        CUDA_CHECK(cudaMemcpyAsync(stage, host + off, c * sizeof(float), cudaMemcpyHostToDevice, g_cuda.stream));
+        cuda_f32_to_bf16((__nv_bfloat16 *)dst + off, stage, c);
+    }
+    CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
+}
+
+static void cuda_to_f32(float *host, const void *src, dtype_t src_type, size_t n) {
+    need_init("to_f32");
+    if (src_type == DT_F32) {
+        cuda_to_host(host, src, n * sizeof(float));
+        return;
+    }
+    if (src_type != DT_BF16)
+        asp_die(ASP_EXIT_FAILURE, "cuda to_f32: conversion from %s is not supported (fp32 and bf16 only)",
+                dtype_name(src_type));
+    float *stage = (float *)cuda_scratch(ASP_STAGE_ELEMS * sizeof(float));
+    for (size_t off = 0; off < n; off += ASP_STAGE_ELEMS) {
+        size_t c = n - off < ASP_STAGE_ELEMS ? n - off : ASP_STAGE_ELEMS;
+        cuda_bf16_to_f32(stage, (const __nv_bfloat16 *)src + off, c);
+        CUDA_CHECK(cudaMemcpyAsync(host + off, stage, c * sizeof(float), cudaMemcpyDeviceToHost, g_cuda.stream));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
+}
+
+static void cuda_synchronize(void) {
+    need_init("synchronize");
+    CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
+}
+
+static backend_t make_backend(void) {
+    backend_t b;
+    memset(&b, 0, sizeof b);
+    b.name = "cuda";
+    b.act_dtype = DT_BF16;
+    b.param_dtype = DT_BF16;
+    b.grad_dtype = DT_F32;
+    b.init = cuda_init;
+    b.shutdown = cuda_shutdown;
+    b.device_name = cuda_device_name;
+    b.device_memory = cuda_device_memory;
+    b.memory_used = cuda_memory_used;
+    b.alloc = cuda_alloc;
+    b.free = cuda_free_;
+    b.host_alloc = cuda_host_alloc;
+    b.host_free = cuda_host_free;
+    b.zero = cuda_zero;
+    b.copy = cuda_copy;
+    b.to_device = cuda_to_device;
+    b.to_host = cuda_to_host;
+    b.from_f32 = cuda_from_f32;
+    b.to_f32 = cuda_to_f32;
+    b.synchronize = cuda_synchronize;
+    b.embed_fwd = cuda_embed_fwd;
+    b.embed_bwd = cuda_embed_bwd;
+    b.rmsnorm_fwd = cuda_rmsnorm_fwd;
+    b.rmsnorm_bwd = cuda_rmsnorm_bwd;
+    b.matmul_fwd = cuda_matmul_fwd;
+    b.matmul_bwd = cuda_matmul_bwd;
+    b.rope_split_fwd = cuda_rope_split_fwd;
+    b.rope_split_bwd = cuda_rope_split_bwd;
+    b.attention_fwd = cuda_attention_fwd;
+    b.attention_bwd = cuda_attention_bwd;
+    b.swiglu_fwd = cuda_swiglu_fwd;
+    b.swiglu_bwd = cuda_swiglu_bwd;
+    b.add_fwd = cuda_add_fwd;
+    b.accumulate = cuda_accumulate;
+    b.xent_fwd_bwd = cuda_xent_fwd_bwd;
+    b.heads_pack = cuda_heads_pack;
+    b.heads_unpack = cuda_heads_unpack;
+    b.grad_sumsq = cuda_grad_sumsq;
+    b.adamw = cuda_adamw;
+    return b;
+}
+
+/* A const table filled by a function keeps the field order out of the source
+ * (no positional initialiser to drift from backend.h). */
+const backend_t backend_cuda = make_backend();
+
+}  /* extern "C" */

@@ -1,0 +1,486 @@
+/* Every CUDA op held against the CPU reference on the same (bf16-rounded)
+ * random inputs, with outputs poisoned (NaN) before each call so unwritten
+ * elements show. Prints one line per case with its relative error. Skips
+ * (exit 77) without a CUDA device. */
+#include "autosp_config.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "tests/testutil.h"
+
+#ifdef HAVE_CUDA
+
+static const backend_t *G = &backend_cuda;
+static const backend_t *C = &backend_cpu;
+static trng_t rng = {12345};
+
+static float bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return x;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+/* One tensor on both backends: h is the host copy of the inputs both got. */
+typedef struct {
+    size_t n;
+    dtype_t gt;     /* dtype on the GPU */
+    float *h;
+    void *g;
+    float *c;
+} buf_t;
+
+static buf_t mk(size_t n, dtype_t gt, double scale, int positive) {
+    buf_t b = {n, gt, NULL, NULL, NULL};
+    b.h = malloc((n ? n : 1) * sizeof(float));
+    ck_assert_ptr_nonnull(b.h);
+    trng_fill(&rng, b.h, n, scale);
+    for (size_t i = 0; i < n; i++) {
+        if (positive) b.h[i] = fabsf(b.h[i]) + 1e-3f;
+        if (gt == DT_BF16) b.h[i] = bf16_round(b.h[i]);
+    }
+    b.g = G->alloc(n * dtype_size(gt), "test tensor");
+    G->from_f32(b.g, gt, b.h, n);
+    b.c = C->alloc((n ? n : 1) * sizeof(float), "test tensor");
+    memcpy(b.c, b.h, n * sizeof(float));
+    return b;
+}
+
+/* An output: NaN on both sides, so whatever the op does not write shows. */
+static buf_t mk_out(size_t n, dtype_t gt) {
+    buf_t b = mk(n, gt, 1.0, 0);
+    for (size_t i = 0; i < n; i++) b.h[i] = NAN;
+    G->from_f32(b.g, gt, b.h, n);
+    memcpy(b.c, b.h, n * sizeof(float));
+    return b;
+}
+
+static double cmp(const char *what, buf_t *b, double tol) {
+    float *got = malloc((b->n ? b->n : 1) * sizeof(float));
+    ck_assert_ptr_nonnull(got);
+    G->to_f32(got, b->g, b->gt, b->n);
+    size_t bad = 0;
+    for (size_t i = 0; i < b->n; i++)
+        if (!isfinite(got[i]) || !isfinite(b->c[i])) bad++;
+    double e = rel_err(got, b->c, b->n);
+    printf("  %-58s n=%-8zu rel_err=%.3e%s\n", what, b->n, e, bad ? " NON-FINITE" : "");
+    fflush(stdout);
+    free(got);
+    ck_assert_msg(bad == 0, "%s: %zu non-finite values (unwritten or overflow)", what, bad);
+    ck_assert_msg(e <= tol, "%s: rel_err %.3e > %.1e", what, e, tol);
+    return e;
+}
+
+static void drop(buf_t *b) {
+    G->free(b->g);
+    C->free(b->c);
+    free(b->h);
+}
+
+static int32_t *ints_g(const int32_t *h, size_t n) {
+    int32_t *g = G->alloc(n * sizeof(int32_t), "test ints");
+    G->to_device(g, h, n * sizeof(int32_t));
+    return g;
+}
+
+static void setup(void) {
+    char err[512];
+    ck_assert_msg(C->init(0, err, sizeof err) == 0, "cpu init: %s", err);
+    ck_assert_msg(G->init(0, err, sizeof err) == 0, "cuda init: %s", err);
+    ck_assert_int_eq(C->act_dtype, DT_F32);
+    ck_assert_int_eq(G->act_dtype, DT_BF16);
+    ck_assert_int_eq(G->grad_dtype, DT_F32);
+}
+
+static void teardown(void) {
+    G->shutdown();
+    C->shutdown();
+}
+
+static const int64_t NS[] = {1, 7, 33, 257};
+
+START_TEST(t_embed) {
+    const int64_t ds[] = {64, 33};
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 2; b++) {
+            int64_t n = NS[a], d = ds[b], vocab = 11;   /* small vocab: repeated tokens */
+            int32_t *tok = malloc((size_t)n * 4);
+            for (int64_t i = 0; i < n; i++) tok[i] = (int32_t)(trng_next(&rng) % (uint64_t)vocab);
+            int32_t *tg = ints_g(tok, (size_t)n);
+            buf_t wte = mk((size_t)(vocab * d), DT_BF16, 1.0, 0), out = mk_out((size_t)(n * d), DT_BF16);
+            G->embed_fwd(out.g, tg, wte.g, n, d);
+            C->embed_fwd(out.c, tok, wte.c, n, d);
+            char name[128];
+            snprintf(name, sizeof name, "embed_fwd d=%lld", (long long)d);
+            cmp(name, &out, 1e-2);
+            buf_t dout = mk((size_t)(n * d), DT_BF16, 1.0, 0), dwte = mk((size_t)(vocab * d), DT_F32, 1.0, 0);
+            G->embed_bwd(dwte.g, tg, dout.g, n, d, vocab);
+            C->embed_bwd(dwte.c, tok, dout.c, n, d, vocab);
+            snprintf(name, sizeof name, "embed_bwd d=%lld vocab=%lld", (long long)d, (long long)vocab);
+            cmp(name, &dwte, 1e-5);
+            drop(&wte); drop(&out); drop(&dout); drop(&dwte);
+            G->free(tg);
+            free(tok);
+        }
+}
+END_TEST
+
+START_TEST(t_rmsnorm) {
+    const int64_t ds[] = {64, 100};
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 2; b++)
+            for (int acc = 0; acc < 2; acc++) {
+                int64_t n = NS[a], d = ds[b];
+                char name[128];
+                buf_t x = mk((size_t)(n * d), DT_BF16, 1.0, 0), w = mk((size_t)d, DT_BF16, 1.0, 0);
+                buf_t out = mk_out((size_t)(n * d), DT_BF16);
+                G->rmsnorm_fwd(out.g, x.g, w.g, n, d, 1e-5f);
+                C->rmsnorm_fwd(out.c, x.c, w.c, n, d, 1e-5f);
+                snprintf(name, sizeof name, "rmsnorm_fwd d=%lld", (long long)d);
+                if (!acc) cmp(name, &out, 1e-2);
+                buf_t dout = mk((size_t)(n * d), DT_BF16, 1.0, 0), dw = mk((size_t)d, DT_F32, 1.0, 0);
+                buf_t dx = acc ? mk((size_t)(n * d), DT_BF16, 1.0, 0) : mk_out((size_t)(n * d), DT_BF16);
+                G->rmsnorm_bwd(dx.g, acc, dw.g, dout.g, x.g, w.g, n, d, 1e-5f);
+                C->rmsnorm_bwd(dx.c, acc, dw.c, dout.c, x.c, w.c, n, d, 1e-5f);
+                snprintf(name, sizeof name, "rmsnorm_bwd dx d=%lld acc=%d", (long long)d, acc);
+                cmp(name, &dx, 1e-2);
+                snprintf(name, sizeof name, "rmsnorm_bwd dw d=%lld acc=%d", (long long)d, acc);
+                cmp(name, &dw, 1e-2);
+                drop(&x); drop(&w); drop(&out); drop(&dout); drop(&dw); drop(&dx);
+            }
+}
+END_TEST
+
+START_TEST(t_matmul) {
+    const int64_t sh[][3] = {{1, 64, 32}, {7, 33, 17}, {33, 128, 256}, {257, 64, 96}, {100, 256, 1000}};
+    for (int a = 0; a < 5; a++)
+        for (int acc = 0; acc < 2; acc++) {
+            int64_t n = sh[a][0], k = sh[a][1], m = sh[a][2];
+            char name[128];
+            buf_t x = mk((size_t)(n * k), DT_BF16, 1.0, 0), w = mk((size_t)(m * k), DT_BF16, 0.1, 0);
+            buf_t out = mk_out((size_t)(n * m), DT_BF16);
+            G->matmul_fwd(out.g, x.g, w.g, n, k, m);
+            C->matmul_fwd(out.c, x.c, w.c, n, k, m);
+            snprintf(name, sizeof name, "matmul_fwd n=%lld k=%lld m=%lld", (long long)n, (long long)k, (long long)m);
+            if (!acc) cmp(name, &out, 1e-2);
+            buf_t dout = mk((size_t)(n * m), DT_BF16, 1.0, 0), dw = mk((size_t)(m * k), DT_F32, 1.0, 0);
+            buf_t dx = acc ? mk((size_t)(n * k), DT_BF16, 1.0, 0) : mk_out((size_t)(n * k), DT_BF16);
+            G->matmul_bwd(dx.g, acc, dw.g, dout.g, x.g, w.g, n, k, m);
+            C->matmul_bwd(dx.c, acc, dw.c, dout.c, x.c, w.c, n, k, m);
+            snprintf(name, sizeof name, "matmul_bwd dx n=%lld k=%lld m=%lld acc=%d", (long long)n, (long long)k,
+                     (long long)m, acc);
+            cmp(name, &dx, 1e-2);
+            snprintf(name, sizeof name, "matmul_bwd dw n=%lld k=%lld m=%lld", (long long)n, (long long)k, (long long)m);
+            cmp(name, &dw, 1e-4);   /* fp32 output of bf16 inputs: only summation order differs */
+            drop(&x); drop(&w); drop(&out); drop(&dout); drop(&dw); drop(&dx);
+        }
+}
+END_TEST
+
+START_TEST(t_rope) {
+    const int64_t hh[][2] = {{4, 1}, {8, 8}, {8, 2}};
+    const int64_t hds[] = {16, 64, 128};
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            for (int c = 1; c < 4; c++) {
+                int64_t n = NS[c], hq = hh[a][0], hkv = hh[a][1], hd = hds[b], w = (hq + 2 * hkv) * hd;
+                int32_t *pos = malloc((size_t)n * 4);
+                for (int64_t i = 0; i < n; i++) pos[i] = (int32_t)(trng_next(&rng) % 2000000u);
+                double *invf = malloc((size_t)(hd / 2) * sizeof(double));
+                for (int64_t i = 0; i < hd / 2; i++) invf[i] = pow(500000.0, -2.0 * (double)i / (double)hd);
+                int32_t *pg = ints_g(pos, (size_t)n);
+                double *ig = G->alloc((size_t)(hd / 2) * sizeof(double), "inv_freq");
+                G->to_device(ig, invf, (size_t)(hd / 2) * sizeof(double));
+                buf_t qkv = mk((size_t)(n * w), DT_BF16, 1.0, 0);
+                buf_t q = mk_out((size_t)(n * hq * hd), DT_BF16), k = mk_out((size_t)(n * hkv * hd), DT_BF16),
+                      v = mk_out((size_t)(n * hkv * hd), DT_BF16);
+                G->rope_split_fwd(q.g, k.g, v.g, qkv.g, pg, ig, n, hq, hkv, hd);
+                C->rope_split_fwd(q.c, k.c, v.c, qkv.c, pos, invf, n, hq, hkv, hd);
+                char name[128];
+                snprintf(name, sizeof name, "rope_split_fwd q hq=%lld hkv=%lld hd=%lld", (long long)hq,
+                         (long long)hkv, (long long)hd);
+                cmp(name, &q, 1e-2);
+                snprintf(name, sizeof name, "rope_split_fwd k hq=%lld hkv=%lld hd=%lld", (long long)hq,
+                         (long long)hkv, (long long)hd);
+                cmp(name, &k, 1e-2);
+                cmp("rope_split_fwd v", &v, 1e-6);
+                buf_t dq = mk((size_t)(n * hq * hd), DT_BF16, 1.0, 0), dk = mk((size_t)(n * hkv * hd), DT_BF16, 1.0, 0),
+                      dv = mk((size_t)(n * hkv * hd), DT_BF16, 1.0, 0), dqkv = mk_out((size_t)(n * w), DT_BF16);
+                G->rope_split_bwd(dqkv.g, dq.g, dk.g, dv.g, pg, ig, n, hq, hkv, hd);
+                C->rope_split_bwd(dqkv.c, dq.c, dk.c, dv.c, pos, invf, n, hq, hkv, hd);
+                snprintf(name, sizeof name, "rope_split_bwd hq=%lld hkv=%lld hd=%lld", (long long)hq, (long long)hkv,
+                         (long long)hd);
+                cmp(name, &dqkv, 1e-2);
+                drop(&qkv); drop(&q); drop(&k); drop(&v); drop(&dq); drop(&dk); drop(&dv); drop(&dqkv);
+                G->free(pg); G->free(ig);
+                free(pos); free(invf);
+            }
+}
+END_TEST
+
+static void attention_cases(const char *impl) {
+    char err[512];
+    /* the implementation is chosen at init */
+    setenv("ASP_ATTENTION", impl, 1);
+    G->shutdown();
+    ck_assert_msg(G->init(0, err, sizeof err) == 0, "cuda init: %s", err);
+    const int64_t hh[][2] = {{4, 4}, {8, 2}, {8, 1}};
+    const int64_t hds[] = {16, 64, 128};
+    const int64_t ss[] = {1, 7, 100};
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            for (int c = 0; c < 4; c++) {
+                int64_t hq = hh[a][0], hkv = hh[a][1], hd = hds[b];
+                int64_t s = c < 3 ? ss[c] : 1000;
+                if (c == 3 && !(a == 2 && hd == 64)) continue;   /* one long case keeps the CPU time small */
+                float scale = 1.0f / sqrtf((float)hd);
+                buf_t q = mk((size_t)(s * hq * hd), DT_BF16, 1.0, 0), k = mk((size_t)(s * hkv * hd), DT_BF16, 1.0, 0),
+                      v = mk((size_t)(s * hkv * hd), DT_BF16, 1.0, 0);
+                buf_t out = mk_out((size_t)(s * hq * hd), DT_BF16), lse = mk_out((size_t)(hq * s), DT_F32);
+                G->attention_fwd(out.g, lse.g, q.g, k.g, v.g, s, hq, hkv, hd, scale);
+                C->attention_fwd(out.c, lse.c, q.c, k.c, v.c, s, hq, hkv, hd, scale);
+                char name[160];
+                snprintf(name, sizeof name, "attention_fwd[%s] out s=%lld hq=%lld hkv=%lld hd=%lld", impl,
+                         (long long)s, (long long)hq, (long long)hkv, (long long)hd);
+                cmp(name, &out, 1e-2);
+                snprintf(name, sizeof name, "attention_fwd[%s] lse s=%lld hq=%lld hkv=%lld hd=%lld", impl,
+                         (long long)s, (long long)hq, (long long)hkv, (long long)hd);
+                cmp(name, &lse, 1e-3);
+                /* both backwards get the same out and lse: the reference's, out rounded to bf16 */
+                for (size_t i = 0; i < out.n; i++) out.c[i] = bf16_round(out.c[i]);
+                G->from_f32(out.g, DT_BF16, out.c, out.n);
+                G->from_f32(lse.g, DT_F32, lse.c, lse.n);
+                buf_t dout = mk((size_t)(s * hq * hd), DT_BF16, 1.0, 0);
+                buf_t dq = mk_out(q.n, DT_BF16), dk = mk_out(k.n, DT_BF16), dv = mk_out(v.n, DT_BF16);
+                G->attention_bwd(dq.g, dk.g, dv.g, dout.g, q.g, k.g, v.g, out.g, lse.g, s, hq, hkv, hd, scale);
+                C->attention_bwd(dq.c, dk.c, dv.c, dout.c, q.c, k.c, v.c, out.c, lse.c, s, hq, hkv, hd, scale);
+                const char *nm[3] = {"dq", "dk", "dv"};
+                buf_t *gb[3] = {&dq, &dk, &dv};
+                for (int i = 0; i < 3; i++) {
+                    snprintf(name, sizeof name, "attention_bwd[%s] %s s=%lld hq=%lld hkv=%lld hd=%lld", impl, nm[i],
+                             (long long)s, (long long)hq, (long long)hkv, (long long)hd);
+                    cmp(name, gb[i], 2e-2);
+                }
+                drop(&q); drop(&k); drop(&v); drop(&out); drop(&lse); drop(&dout); drop(&dq); drop(&dk); drop(&dv);
+            }
+}
+
+START_TEST(t_attention_simple) { attention_cases("simple"); }
+END_TEST
+
+
+START_TEST(t_swiglu) {
+    const int64_t fs[] = {8, 33, 64};
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 3; b++) {
+            int64_t n = NS[a], f = fs[b];
+            buf_t gu = mk((size_t)(n * 2 * f), DT_BF16, 2.0, 0), out = mk_out((size_t)(n * f), DT_BF16);
+            G->swiglu_fwd(out.g, gu.g, n, f);
+            C->swiglu_fwd(out.c, gu.c, n, f);
+            char name[128];
+            snprintf(name, sizeof name, "swiglu_fwd f=%lld", (long long)f);
+            cmp(name, &out, 1e-2);
+            buf_t dout = mk((size_t)(n * f), DT_BF16, 1.0, 0), dgu = mk_out(gu.n, DT_BF16);
+            G->swiglu_bwd(dgu.g, dout.g, gu.g, n, f);
+            C->swiglu_bwd(dgu.c, dout.c, gu.c, n, f);
+            snprintf(name, sizeof name, "swiglu_bwd f=%lld", (long long)f);
+            cmp(name, &dgu, 1e-2);
+            drop(&gu); drop(&out); drop(&dout); drop(&dgu);
+        }
+}
+END_TEST
+
+START_TEST(t_add_accumulate) {
+    const size_t cs[] = {1, 7, 33, 257, 1000, 4099};
+    for (int a = 0; a < 6; a++)
+        for (int acc = 0; acc < 2; acc++) {
+            size_t n = cs[a];
+            buf_t x = mk(n, DT_BF16, 1.0, 0), y = mk(n, DT_BF16, 1.0, 0), out = mk_out(n, DT_BF16);
+            G->add_fwd(out.g, x.g, y.g, n);
+            C->add_fwd(out.c, x.c, y.c, n);
+            if (!acc) cmp("add_fwd", &out, 1e-2);
+            buf_t dst = acc ? mk(n, DT_BF16, 1.0, 0) : mk_out(n, DT_BF16);
+            G->accumulate(dst.g, x.g, n, acc);
+            C->accumulate(dst.c, x.c, n, acc);
+            cmp(acc ? "accumulate acc=1" : "accumulate acc=0", &dst, 1e-2);
+            drop(&x); drop(&y); drop(&out); drop(&dst);
+        }
+}
+END_TEST
+
+static void xent_case(int64_t n, int64_t vocab, buf_t *logits, buf_t *loss, int32_t **tok_out, int32_t **tg_out) {
+    int32_t *tgt = malloc((size_t)n * 4);
+    for (int64_t i = 0; i < n; i++) tgt[i] = (i % 5 == 3) ? -1 : (int32_t)(trng_next(&rng) % (uint64_t)vocab);
+    *tok_out = tgt;
+    *tg_out = ints_g(tgt, (size_t)n);
+    *logits = mk((size_t)(n * vocab), DT_BF16, 3.0, 0);
+    *loss = mk(1, DT_F32, 1.0, 0);
+}
+
+START_TEST(t_xent) {
+    const int64_t vs[] = {10, 1000, 32003};
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 3; b++) {
+            int64_t n = NS[a], vocab = vs[b];
+            if (n == 257 && vocab == 32003) continue;
+            buf_t logits, loss;
+            int32_t *tgt, *tg;
+            xent_case(n, vocab, &logits, &loss, &tgt, &tg);
+            float gs = 1.0f / (float)n;
+            G->xent_fwd_bwd(logits.g, loss.g, tg, n, vocab, gs);
+            C->xent_fwd_bwd(logits.c, loss.c, tgt, n, vocab, gs);
+            char name[128];
+            snprintf(name, sizeof name, "xent grad vocab=%lld", (long long)vocab);
+            cmp(name, &logits, 1e-2);
+            snprintf(name, sizeof name, "xent loss_sum n=%lld vocab=%lld", (long long)n, (long long)vocab);
+            cmp(name, &loss, 1e-4);
+            drop(&logits); drop(&loss);
+            G->free(tg);
+            free(tgt);
+        }
+}
+END_TEST
+
+START_TEST(t_heads) {
+    const int hp[][2] = {{8, 2}, {8, 8}, {2, 8}, {1, 4}, {4, 4}, {32, 4}};
+    const int64_t hds[] = {16, 64};
+    for (int a = 0; a < 6; a++)
+        for (int b = 0; b < 2; b++)
+            for (int acc = 0; acc < 2; acc++) {
+                int64_t heads = hp[a][0], hd = hds[b], n = 7;
+                int P = hp[a][1];
+                int64_t hpr = heads >= P ? heads / P : 1;
+                buf_t src = mk((size_t)(n * heads * hd), DT_BF16, 1.0, 0);
+                buf_t packed = mk_out((size_t)P * (size_t)(n * hpr * hd), DT_BF16);
+                G->heads_pack(packed.g, src.g, n, heads, hd, P);
+                C->heads_pack(packed.c, src.c, n, heads, hd, P);
+                char name[128];
+                snprintf(name, sizeof name, "heads_pack heads=%lld P=%d hd=%lld", (long long)heads, P, (long long)hd);
+                if (!acc) cmp(name, &packed, 1e-6);
+                buf_t grad = mk(packed.n, DT_BF16, 1.0, 0);
+                buf_t dst = acc ? mk(src.n, DT_BF16, 1.0, 0) : mk_out(src.n, DT_BF16);
+                G->heads_unpack(dst.g, grad.g, n, heads, hd, P, acc);
+                C->heads_unpack(dst.c, grad.c, n, heads, hd, P, acc);
+                snprintf(name, sizeof name, "heads_unpack heads=%lld P=%d hd=%lld acc=%d", (long long)heads, P,
+                         (long long)hd, acc);
+                cmp(name, &dst, 1e-2);
+                drop(&src); drop(&packed); drop(&grad); drop(&dst);
+            }
+}
+END_TEST
+
+START_TEST(t_optimizer) {
+    const size_t ns[] = {1, 7, 33, 1000, 100003};
+    for (int a = 0; a < 5; a++)
+        for (int clip = 0; clip < 2; clip++) {
+            size_t n = ns[a];
+            buf_t g = mk(n, DT_F32, 1.0, 0), ss = mk(1, DT_F32, 1.0, 1);
+            G->grad_sumsq(ss.g, g.g, n);
+            C->grad_sumsq(ss.c, g.c, n);
+            cmp("grad_sumsq", &ss, 1e-5);
+            buf_t master = mk(n, DT_F32, 1.0, 0), m = mk(n, DT_F32, 0.1, 0), v = mk(n, DT_F32, 0.01, 1);
+            buf_t param = mk_out(n, DT_BF16);
+            /* both steps read the reference's norm so only the update is compared */
+            G->from_f32(ss.g, DT_F32, ss.c, 1);
+            float max_norm = clip ? 0.5f : 0.0f;
+            G->adamw(master.g, param.g, m.g, v.g, g.g, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3, ss.g, max_norm);
+            C->adamw(master.c, param.c, m.c, v.c, g.c, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3, ss.c, max_norm);
+            cmp(clip ? "adamw master (clipped)" : "adamw master", &master, 1e-6);
+            cmp("adamw m", &m, 1e-6);
+            cmp("adamw v", &v, 1e-6);
+            cmp("adamw param", &param, 1e-2);
+            drop(&g); drop(&ss); drop(&master); drop(&m); drop(&v); drop(&param);
+        }
+}
+END_TEST
+
+/* Two runs of the same op on the same inputs: bitwise-equal results. */
+static void same_bits(const char *what, const void *a, const void *b, size_t bytes) {
+    int eq = memcmp(a, b, bytes) == 0;
+    printf("  %-58s bitwise %s\n", what, eq ? "equal" : "DIFFERENT");
+    ck_assert_msg(eq, "%s: two runs differ", what);
+}
+
+START_TEST(t_determinism) {
+    int64_t n = 4099, d = 256, vocab = 50;
+    int32_t *tok = malloc((size_t)n * 4);
+    for (int64_t i = 0; i < n; i++) tok[i] = (int32_t)(trng_next(&rng) % (uint64_t)vocab);
+    int32_t *tg = ints_g(tok, (size_t)n);
+    buf_t dout = mk((size_t)(n * d), DT_BF16, 1.0, 0), x = mk((size_t)(n * d), DT_BF16, 1.0, 0),
+          w = mk((size_t)d, DT_BF16, 1.0, 0);
+    size_t wb = (size_t)(vocab * d) * 4;
+    float *r1 = malloc(wb), *r2 = malloc(wb);
+    void *dw = G->alloc(wb, "dwte");
+    for (int run = 0; run < 2; run++) {
+        G->zero(dw, wb);
+        G->embed_bwd(dw, tg, dout.g, n, d, vocab);
+        G->to_host(run ? r2 : r1, dw, wb);
+    }
+    same_bits("embed_bwd dwte", r1, r2, wb);
+    for (int run = 0; run < 2; run++) {
+        G->zero(dw, (size_t)d * 4);
+        G->rmsnorm_bwd(NULL, 0, dw, dout.g, x.g, w.g, n, d, 1e-5f);
+        G->to_host(run ? r2 : r1, dw, (size_t)d * 4);
+    }
+    same_bits("rmsnorm_bwd dw", r1, r2, (size_t)d * 4);
+    int64_t xv = 1000, xn = 257;
+    trng_t logits_rng = {777};
+    for (int run = 0; run < 2; run++) {
+        buf_t logits = mk_out((size_t)(xn * xv), DT_BF16);
+        trng_t r = logits_rng;   /* the same logits in both runs */
+        trng_fill(&r, logits.h, logits.n, 3.0);
+        G->from_f32(logits.g, DT_BF16, logits.h, logits.n);
+        G->zero(dw, 4);
+        G->xent_fwd_bwd(logits.g, dw, tg, xn, xv, 1.0f);
+        G->to_host(run ? r2 : r1, dw, 4);
+        drop(&logits);
+    }
+    same_bits("xent loss_sum", r1, r2, 4);
+    G->free(dw);
+    G->free(tg);
+    drop(&dout); drop(&x); drop(&w);
+    free(r1); free(r2); free(tok);
+}
+END_TEST
+
+int main(void) {
+    if (cuda_device_count() == 0) {
+        printf("test_cuda_ops: no CUDA device, skipping\n");
+        return TEST_SKIP;
+    }
+    Suite *s = suite_create("cuda_ops");
+    TCase *tc = tcase_create("ops");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, t_embed);
+    tcase_add_test(tc, t_rmsnorm);
+    tcase_add_test(tc, t_matmul);
+    tcase_add_test(tc, t_rope);
+    tcase_add_test(tc, t_swiglu);
+    tcase_add_test(tc, t_add_accumulate);
+    tcase_add_test(tc, t_xent);
+    tcase_add_test(tc, t_heads);
+    tcase_add_test(tc, t_optimizer);
+    tcase_add_test(tc, t_determinism);
+    tcase_add_test(tc, t_attention_simple);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    /* one process: the CUDA context is not fork-safe */
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_VERBOSE);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
+
+#else
+int main(void) { return TEST_SKIP; }
+#endif
