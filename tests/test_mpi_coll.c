@@ -343,12 +343,43 @@ START_TEST(test_single_bad_root) {
 }
 END_TEST
 
+/* inside an sbatch script SLURM_PROCID is set but no srun step runs */
+START_TEST(test_single_sbatch_not_launched) {
+    setenv("SLURM_PROCID", "0", 1);
+    unsetenv("SLURM_STEP_ID");
+    ck_assert_int_eq(par_init(NULL, NULL, &R, err, sizeof err), 0);
+    ck_assert_int_eq(R.launched, 0);
+#ifdef HAVE_MPI
+    int init = 1;
+    MPI_Initialized(&init);
+    ck_assert_int_eq(init, 0);
+#endif
+    par_finalize(&R);
+}
+END_TEST
+
+#ifndef HAVE_MPI
+/* several ranks but no MPI: each would train alone, so refuse */
+START_TEST(test_single_launched_without_mpi) {
+    setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
+    setenv("OMPI_COMM_WORLD_RANK", "1", 1);
+    ck_assert_int_eq(par_init(NULL, NULL, &R, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "rank 1 of 2, but this build has no MPI") != NULL, "%s", err);
+    ck_assert_msg(strstr(err, "rebuild with MPI") != NULL, "%s", err);
+}
+END_TEST
+#endif
+
 static int run_single(void) {
     Suite *su = suite_create("parallel (single process)");
     TCase *tc = tcase_create("single");
     tcase_add_test(tc, test_single_no_mpi);
     tcase_add_exit_test(tc, test_single_bf16_sum_refused, ASP_EXIT_FAILURE);
     tcase_add_exit_test(tc, test_single_bad_root, ASP_EXIT_FAILURE);
+    tcase_add_test(tc, test_single_sbatch_not_launched);
+#ifndef HAVE_MPI
+    tcase_add_test(tc, test_single_launched_without_mpi);
+#endif
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -9,8 +9,10 @@
 
 #include "util.h"
 
+#ifdef HAVE_MPI
 /* Set when par_init called MPI_Init, so only then par_finalize finalises. */
 static int mpi_owned;
+#endif
 
 int comm_rank(const comm_t *c) { return c ? c->rank : 0; }
 int comm_size(const comm_t *c) { return c ? c->size : 1; }
