@@ -29,7 +29,8 @@ def write_shard(path, data, vocab_size):
                  "(one input and its target): use a longer text or a smaller --val-fraction")
     header = struct.pack("<8sIIQI", MAGIC, VERSION, TOKEN_BYTES, len(data), vocab_size)
     header += b"\0" * (HEADER_BYTES - len(header))
-    tokens = array.array("I", data)
+    # from a list: array("I", <bytes>) would reinterpret the raw bytes instead
+    tokens = array.array("I", list(data))
     if tokens.itemsize != 4:
         sys.exit("text_to_shard: this Python has no 4-byte array type 'I'; cannot write uint32 tokens")
     if sys.byteorder != "little":

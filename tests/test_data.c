@@ -370,6 +370,38 @@ START_TEST(test_epoch_wrap_dp) {
 }
 END_TEST
 
+/* the Python writer and the C reader agree on the format */
+START_TEST(test_python_writer) {
+    const char *top = getenv("top_srcdir");
+    char script[1024], cmd[4096], txt[600], tok[600], val[600];
+    snprintf(script, sizeof script, "%s/scripts/text_to_shard.py", top ? top : ".");
+    if (access(script, R_OK) != 0 || system("python3 -c 'pass' >/dev/null 2>&1") != 0) {
+        fprintf(stderr, "test_python_writer: no python3 or %s; not checked\n", script);
+        return;
+    }
+    const char *text = "In the beginning was the Word.\nAnd the Word was with God.\n";  /* 59 bytes */
+    size_t len = strlen(text);
+    snprintf(txt, sizeof txt, "%s", tpath("t.txt"));
+    snprintf(tok, sizeof tok, "%s", tpath("t.tok"));
+    snprintf(val, sizeof val, "%s", tpath("t_val.tok"));
+    write_raw(txt, text, len);
+    snprintf(cmd, sizeof cmd, "python3 '%s' '%s' '%s' --val '%s' --val-fraction 0.2 >/dev/null", script, txt, tok, val);
+    ck_assert_int_eq(system(cmd), 0);
+    shard_t a, b;
+    ck_assert_msg(shard_open(&a, tok, 256, errbuf, sizeof errbuf) == 0, "%s", errbuf);
+    ck_assert_msg(shard_open(&b, val, 256, errbuf, sizeof errbuf) == 0, "%s", errbuf);
+    size_t nval = len / 5;                       /* int(59 * 0.2) = 11 */
+    ck_assert_int_eq(a.n_tokens, (int64_t)(len - nval));
+    ck_assert_int_eq(b.n_tokens, (int64_t)nval);
+    ck_assert_uint_eq(a.vocab_size, 256);
+    for (int64_t i = 0; i < a.n_tokens; i++) ck_assert_uint_eq(a.tokens[i], (unsigned char)text[i]);
+    for (int64_t i = 0; i < b.n_tokens; i++) ck_assert_uint_eq(b.tokens[i], (unsigned char)text[a.n_tokens + i]);
+    shard_close(&a);
+    shard_close(&b);
+    ck_assert_int_eq(count_files(), 3);          /* no temporaries left */
+}
+END_TEST
+
 static Suite *data_suite(void) {
     Suite *su = suite_create("data");
     TCase *tc = tcase_create("shard");
@@ -377,6 +409,7 @@ static Suite *data_suite(void) {
     tcase_add_test(tc, test_round_trip);
     tcase_add_test(tc, test_write_errors);
     tcase_add_test(tc, test_bad_files);
+    tcase_add_test(tc, test_python_writer);
     suite_add_tcase(su, tc);
     tc = tcase_create("loader");
     tcase_add_checked_fixture(tc, setup_dir, teardown_dir);
