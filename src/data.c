@@ -1,0 +1,351 @@
+/* Token shards (mmap, validated) and the sample loader (SP slices, DP order,
+ * deterministic shuffle). Format and semantics: docs/data.md. */
+#include "data.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "token shards are mapped as little-endian uint32; this host is big-endian"
+#endif
+
+#define REMAKE "re-create it with scripts/text_to_shard.py"
+
+static uint32_t rd32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t rd64(const unsigned char *p) { return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32; }
+static void wr32(unsigned char *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static void wr64(unsigned char *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* ------------------------------------------------------------------ shards */
+
+int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, size_t errlen) {
+    memset(s, 0, sizeof *s);
+    if (strlen(path) >= sizeof s->path)
+        return asp_errf(err, errlen, "%s: path longer than %zu characters; use a shorter path", path,
+                        sizeof s->path - 1);
+    strcpy(s->path, path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return asp_errf(err, errlen, "%s: cannot open token shard: %s; create it with scripts/text_to_shard.py",
+                        path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return asp_errf(err, errlen, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return asp_errf(err, errlen, "%s: not a regular file; give the path of a token shard", path);
+    }
+    uint64_t fsize = (uint64_t)st.st_size;
+    if (fsize == 0) {
+        close(fd);
+        return asp_errf(err, errlen, "%s: empty file, not a token shard; " REMAKE, path);
+    }
+    unsigned char hdr[SHARD_HEADER_BYTES] = {0};
+    size_t want = fsize < SHARD_HEADER_BYTES ? (size_t)fsize : SHARD_HEADER_BYTES;
+    ssize_t got = pread(fd, hdr, want, 0);
+    if (got < 0 || (size_t)got != want) {
+        int e = got < 0 ? errno : EIO;
+        close(fd);
+        return asp_errf(err, errlen, "%s: cannot read the header: %s", path, strerror(e));
+    }
+    if (want < 8 || memcmp(hdr, SHARD_MAGIC, 8) != 0) {
+        close(fd);
+        return asp_errf(err, errlen,
+                        "%s: not a token shard (the file does not start with \"%s\"); convert text with "
+                        "scripts/text_to_shard.py",
+                        path, SHARD_MAGIC);
+    }
+    if (fsize < SHARD_HEADER_BYTES) {
+        close(fd);
+        return asp_errf(err, errlen, "%s: truncated: the file has %" PRIu64 " bytes, less than the %d-byte header; " REMAKE,
+                        path, fsize, SHARD_HEADER_BYTES);
+    }
+    uint32_t version = rd32(hdr + 8), token_bytes = rd32(hdr + 12);
+    uint64_t n = rd64(hdr + 16);
+    uint32_t vocab = rd32(hdr + 24);
+    if (version != SHARD_VERSION) {
+        close(fd);
+        return asp_errf(err, errlen, "%s: shard format version %" PRIu32 ", this build reads version %d; " REMAKE,
+                        path, version, SHARD_VERSION);
+    }
+    if (token_bytes != 4) {
+        close(fd);
+        return asp_errf(err, errlen, "%s: tokens of %" PRIu32 " bytes, this build reads 4-byte (uint32) tokens; " REMAKE,
+                        path, token_bytes);
+    }
+    /* n up to 2^62 keeps the byte count below 2^64; anything above is corrupt anyway */
+    uint64_t expect = n > (UINT64_C(1) << 60) ? UINT64_MAX : SHARD_HEADER_BYTES + 4 * n;
+    if (fsize < expect) {
+        close(fd);
+        return asp_errf(err, errlen,
+                        "%s: truncated: header says %" PRIu64 " tokens (%" PRIu64 " bytes) but the file has %" PRIu64
+                        " bytes; " REMAKE,
+                        path, n, expect, fsize);
+    }
+    if (fsize > expect) {
+        close(fd);
+        return asp_errf(err, errlen,
+                        "%s: header says %" PRIu64 " tokens (%" PRIu64 " bytes) but the file has %" PRIu64
+                        " bytes (trailing data); " REMAKE,
+                        path, n, expect, fsize);
+    }
+    if (n < 2) {
+        close(fd);
+        return asp_errf(err, errlen,
+                        "%s: only %" PRIu64 " token(s); a sample needs at least 2 (one input and its target): "
+                        "use a longer text",
+                        path, n);
+    }
+    if (vocab == 0) {
+        close(fd);
+        return asp_errf(err, errlen, "%s: header records vocab_size 0; " REMAKE, path);
+    }
+    void *map = mmap(NULL, (size_t)fsize, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);          /* the mapping keeps the file alive */
+    if (map == MAP_FAILED)
+        return asp_errf(err, errlen, "%s: cannot map %" PRIu64 " bytes: %s", path, fsize, strerror(e));
+    const uint32_t *tok = (const uint32_t *)((const char *)map + SHARD_HEADER_BYTES);
+    /* One pass over all tokens: an out-of-range id would index past the
+     * embedding table much later, far from its cause. */
+    for (uint64_t i = 0; i < n; i++) {
+        if (vocab_limit > 0 && (int64_t)tok[i] >= vocab_limit) {
+            asp_errf(err, errlen,
+                     "%s: token %" PRIu32 " at index %" PRIu64 " is >= the model vocab_size %" PRId64
+                     "; tokenize the text with the model's tokenizer or raise model.vocab_size",
+                     path, tok[i], i, vocab_limit);
+            munmap(map, (size_t)fsize);
+            return -1;
+        }
+        if (tok[i] >= vocab) {
+            asp_errf(err, errlen,
+                     "%s: token %" PRIu32 " at index %" PRIu64 " is >= the vocab_size %" PRIu32
+                     " recorded in the header (corrupt shard); " REMAKE,
+                     path, tok[i], i, vocab);
+            munmap(map, (size_t)fsize);
+            return -1;
+        }
+    }
+    s->n_tokens = (int64_t)n;
+    s->vocab_size = vocab;
+    s->tokens = tok;
+    s->map = map;
+    s->map_bytes = (size_t)fsize;
+    return 0;
+}
+
+void shard_close(shard_t *s) {
+    if (s->map) munmap(s->map, s->map_bytes);
+    s->map = NULL;
+    s->tokens = NULL;
+    s->map_bytes = 0;
+}
+
+static int write_all(int fd, const void *buf, size_t bytes) {
+    const char *p = buf;
+    while (bytes > 0) {
+        /* cap each write: some kernels refuse single writes above 2 GiB */
+        size_t chunk = bytes < ((size_t)1 << 30) ? bytes : ((size_t)1 << 30);
+        ssize_t w = write(fd, p, chunk);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        bytes -= (size_t)w;
+    }
+    return 0;
+}
+
+int shard_write(const char *path, const uint32_t *tokens, int64_t n, uint32_t vocab_size, char *err,
+                size_t errlen) {
+    if (n < 0) return asp_errf(err, errlen, "%s: negative token count %" PRId64, path, n);
+    if (vocab_size == 0) return asp_errf(err, errlen, "%s: vocab_size must be at least 1", path);
+    for (int64_t i = 0; i < n; i++)
+        if (tokens[i] >= vocab_size)
+            return asp_errf(err, errlen, "%s: token %" PRIu32 " at index %" PRId64 " is >= vocab_size %" PRIu32
+                            "; pass the tokenizer's vocabulary size",
+                            path, tokens[i], i, vocab_size);
+    /* The temporary file lives in the destination folder so rename() is
+     * atomic (same file system): readers see the old shard or the new one. */
+    size_t plen = strlen(path);
+    char *tmp = asp_malloc(plen + 16, "shard temporary path");
+    memcpy(tmp, path, plen);
+    memcpy(tmp + plen, ".tmp.XXXXXX", 12);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        int e = errno;
+        free(tmp);
+        return asp_errf(err, errlen, "%s: cannot create a temporary file next to it: %s; check that the folder "
+                        "exists and is writable", path, strerror(e));
+    }
+    unsigned char hdr[SHARD_HEADER_BYTES] = {0};
+    memcpy(hdr, SHARD_MAGIC, 8);
+    wr32(hdr + 8, SHARD_VERSION);
+    wr32(hdr + 12, 4);
+    wr64(hdr + 16, (uint64_t)n);
+    wr32(hdr + 24, vocab_size);
+    const char *step = "write";
+    int rc = write_all(fd, hdr, sizeof hdr);
+    if (rc == 0 && n > 0) rc = write_all(fd, tokens, (size_t)n * sizeof *tokens);
+    if (rc == 0) { step = "fsync"; rc = fsync(fd); }
+    if (rc == 0) { step = "chmod"; rc = fchmod(fd, 0644); }
+    int e = errno;
+    if (close(fd) != 0 && rc == 0) { step = "close"; rc = -1; e = errno; }
+    if (rc == 0) {
+        step = "rename";
+        rc = rename(tmp, path);
+        e = errno;
+    }
+    if (rc != 0) {
+        unlink(tmp);
+        free(tmp);
+        return asp_errf(err, errlen, "%s: %s failed: %s; no shard was written (check free space and permissions)",
+                        path, step, strerror(e));
+    }
+    /* make the rename itself durable */
+    char *dcopy = asp_malloc(plen + 1, "shard folder path");
+    memcpy(dcopy, path, plen + 1);
+    int dfd = open(dirname(dcopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    free(dcopy);
+    free(tmp);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ loader */
+
+static uint64_t mix64(uint64_t z) {     /* splitmix64 finaliser */
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Counter-based: the i-th draw of (seed, epoch) needs no state, so any epoch's
+ * order can be rebuilt directly when resuming from a checkpoint. */
+static uint64_t draw(uint64_t seed, int64_t epoch, uint64_t i) {
+    uint64_t key = mix64(seed ^ mix64((uint64_t)epoch + 0x632BE59BD9B4E019ull));
+    return mix64(key + (i + 1) * 0x9E3779B97F4A7C15ull);
+}
+
+/* The epoch the current order was built for is kept just before order[0]
+ * (the contract fixes the struct), so that loader_next notices when a resumed
+ * run sets l->epoch and rebuilds the permutation. */
+static int64_t *order_epoch(loader_t *l) { return l->order - 1; }
+
+static void build_order(loader_t *l) {
+    int64_t n = l->n_samples;
+    for (int64_t i = 0; i < n; i++) l->order[i] = i;
+    if (l->shuffle) {
+        /* Fisher-Yates; modulo bias is below n / 2^64, negligible */
+        for (int64_t i = n - 1; i > 0; i--) {
+            int64_t j = (int64_t)(draw(l->seed, l->epoch, (uint64_t)i) % (uint64_t)(i + 1));
+            int64_t t = l->order[i];
+            l->order[i] = l->order[j];
+            l->order[j] = t;
+        }
+    }
+    *order_epoch(l) = l->epoch;
+}
+
+int loader_init(loader_t *l, const shard_t *s, int64_t seq_len, int64_t seq_pad, int sp_rank, int sp_size,
+                int dp_rank, int dp_size, int shuffle, uint64_t seed, char *err, size_t errlen) {
+    memset(l, 0, sizeof *l);
+    if (!s || !s->tokens) return asp_errf(err, errlen, "loader: the token shard is not open");
+    if (seq_len < 1) return asp_errf(err, errlen, "loader: seq_len %" PRId64 " must be at least 1", seq_len);
+    if (sp_size < 1 || sp_rank < 0 || sp_rank >= sp_size)
+        return asp_errf(err, errlen, "loader: sp_rank %d outside an SP group of %d ranks", sp_rank, sp_size);
+    if (dp_size < 1 || dp_rank < 0 || dp_rank >= dp_size)
+        return asp_errf(err, errlen, "loader: dp_rank %d outside a DP group of %d ranks", dp_rank, dp_size);
+    if (seq_pad == 0) seq_pad = asp_ceil_div(seq_len, sp_size) * sp_size;
+    if (seq_pad < seq_len || seq_pad % sp_size != 0)
+        return asp_errf(err, errlen,
+                        "loader: padded length %" PRId64 " must be >= seq_len %" PRId64
+                        " and a multiple of the SP size %d (e.g. %" PRId64 ")",
+                        seq_pad, seq_len, sp_size, asp_ceil_div(seq_len, sp_size) * sp_size);
+    if (seq_pad > INT32_MAX)
+        return asp_errf(err, errlen, "loader: padded length %" PRId64 " exceeds int32 positions (%d)", seq_pad,
+                        INT32_MAX);
+    if (s->vocab_size > (uint32_t)INT32_MAX)
+        return asp_errf(err, errlen, "%s: vocab_size %" PRIu32 " does not fit int32 token ids", s->path,
+                        s->vocab_size);
+    int64_t n_samples = (s->n_tokens - 1) / seq_len;
+    if (n_samples < dp_size)
+        return asp_errf(err, errlen,
+                        "%s: %" PRId64 " tokens make %" PRId64 " sample(s) of seq_len %" PRId64
+                        ", fewer than the %d data-parallel ranks; need at least %" PRId64
+                        " tokens (dp_size * seq_len + 1): use more text or a shorter seq_len",
+                        s->path, s->n_tokens, n_samples, seq_len, dp_size, (int64_t)dp_size * seq_len + 1);
+    l->shard = s;
+    l->seq_len = seq_len;
+    l->seq_pad = seq_pad;
+    l->seq_local = seq_pad / sp_size;
+    l->sp_rank = sp_rank;
+    l->sp_size = sp_size;
+    l->dp_rank = dp_rank;
+    l->dp_size = dp_size;
+    l->shuffle = shuffle != 0;
+    l->seed = seed;
+    l->n_samples = n_samples;
+    int64_t *mem = asp_malloc((size_t)(n_samples + 1) * sizeof *mem, "loader sample order");
+    l->order = mem + 1;
+    l->epoch = 0;
+    l->cursor = 0;
+    build_order(l);
+    return 0;
+}
+
+void loader_free(loader_t *l) {
+    if (l->order) free(order_epoch(l));
+    l->order = NULL;
+}
+
+int64_t loader_next(loader_t *l, int32_t *tokens, int32_t *targets, int32_t *positions) {
+    if (l->cursor < 0 || l->epoch < 0)
+        asp_die(ASP_EXIT_USAGE, "loader: invalid stream position (epoch %" PRId64 ", cursor %" PRId64
+                "); the checkpoint's data position is corrupt", l->epoch, l->cursor);
+    /* fewer than dp_size samples left: they would split a step unevenly */
+    if (l->n_samples - l->cursor < l->dp_size) {
+        l->epoch++;
+        l->cursor = 0;
+    }
+    if (*order_epoch(l) != l->epoch) build_order(l);
+    int64_t sample = l->order[l->cursor + l->dp_rank];
+    l->cursor += l->dp_size;
+
+    const uint32_t *src = l->shard->tokens + sample * l->seq_len;
+    int64_t S = l->seq_len, first = (int64_t)l->sp_rank * l->seq_local;
+    for (int64_t t = 0; t < l->seq_local; t++) {
+        int64_t p = first + t;
+        positions[t] = (int32_t)p;
+        if (p < S) {
+            tokens[t] = (int32_t)src[p];
+            targets[t] = (int32_t)src[p + 1];   /* shifted before the SP split */
+        } else {
+            tokens[t] = 0;
+            targets[t] = -1;
+        }
+    }
+    return S;
+}

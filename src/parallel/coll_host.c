@@ -1,0 +1,214 @@
+/* Collectives on host memory: MPI when the communicator has several ranks,
+ * plain copies when it has one. MPI counts are int, so a transfer above the
+ * limit (INT_MAX elements) is split into pieces. */
+#include "par_internal.h"
+
+#include <limits.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "util.h"
+
+static size_t max_count = INT_MAX;
+
+size_t coll_host_set_max_count(size_t m) {
+    size_t old = max_count;
+    max_count = (m == 0 || m > INT_MAX) ? INT_MAX : m;
+    return old;
+}
+
+static void need_sum_type(const char *op, dtype_t t) {
+    if (t != DT_F32 && t != DT_F64 && t != DT_I32)
+        asp_die(ASP_EXIT_FAILURE,
+                "host %s over %s buffers is not supported (fp32, fp64 and int32 only); convert to fp32 "
+                "first or use the device collectives",
+                op, dtype_name(t));
+}
+
+static size_t elem_size(const char *op, dtype_t t) {
+    size_t es = dtype_size(t);
+    if (es == 0) asp_die(ASP_EXIT_FAILURE, "host %s: unknown element type %d", op, (int)t);
+    return es;
+}
+
+/* [a, a+an) and [b, b+bn) share a byte */
+static int overlap(const void *a, size_t an, const void *b, size_t bn) {
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return an && bn && x < y + bn && y < x + an;
+}
+
+static void die_overlap(const char *op, const char *how) {
+    asp_die(ASP_EXIT_FAILURE, "host %s: send and receive buffers overlap (%s); use separate buffers", op, how);
+}
+
+#ifdef HAVE_MPI
+static MPI_Datatype mpi_type(dtype_t t) {
+    switch (t) {
+    case DT_F32: return MPI_FLOAT;
+    case DT_F64: return MPI_DOUBLE;
+    case DT_I32: return MPI_INT32_T;
+    case DT_BF16: return MPI_UINT16_T;      /* moved as opaque 2-byte elements */
+    case DT_U8: return MPI_UINT8_T;
+    }
+    return MPI_DATATYPE_NULL;
+}
+
+/* n elements followed by a gap: consecutive items lie `stride` elements
+ * apart, so a piece of every rank's block moves in one call with int counts
+ * while the byte stride stays 64-bit (MPI_Aint). */
+static MPI_Datatype strided_block(MPI_Datatype base, size_t n, size_t stride, size_t es) {
+    MPI_Datatype blk, res;
+    MPI_CHECK(MPI_Type_contiguous((int)n, base, &blk));
+    MPI_CHECK(MPI_Type_create_resized(blk, 0, (MPI_Aint)(stride * es), &res));
+    MPI_CHECK(MPI_Type_commit(&res));
+    MPI_CHECK(MPI_Type_free(&blk));
+    return res;
+}
+#endif
+
+#ifndef HAVE_MPI
+/* unreachable in practice: without MPI par_init only makes single-rank communicators */
+static void no_mpi(const char *op, const comm_t *c) {
+    asp_die(ASP_EXIT_FAILURE, "host %s on a communicator of %d ranks, but this build has no MPI; rebuild with MPI",
+            op, c->size);
+}
+#endif
+
+static void h_allreduce_sum(comm_t *c, void *buf, size_t count, dtype_t t) {
+    need_sum_type("allreduce_sum", t);
+    if (c->size == 1 || count == 0) return;
+#ifdef HAVE_MPI
+    size_t es = dtype_size(t);
+    for (size_t off = 0; off < count; off += max_count) {
+        size_t n = count - off < max_count ? count - off : max_count;
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * es, (int)n, mpi_type(t), MPI_SUM, c->mpi));
+    }
+#else
+    no_mpi("allreduce_sum", c);
+#endif
+}
+
+static void h_reduce_scatter_sum(comm_t *c, const void *send, void *recv, size_t count, dtype_t t) {
+    need_sum_type("reduce_scatter_sum", t);
+    size_t es = dtype_size(t);
+    if (c->size == 1) {
+        if (send != recv) memmove(recv, send, count * es);
+        return;
+    }
+    if (count == 0) return;
+    if (overlap(send, (size_t)c->size * count * es, recv, count * es))
+        die_overlap("reduce_scatter_sum", "the result may not alias the input");
+#ifdef HAVE_MPI
+    if (count <= max_count) {
+        MPI_CHECK(MPI_Reduce_scatter_block(send, recv, (int)count, mpi_type(t), MPI_SUM, c->mpi));
+        return;
+    }
+    /* Pieces of every rank's block are not contiguous, and predefined
+     * reductions take only basic types, so each piece is reduced to its
+     * owner. Only reached above the int limit. */
+    for (size_t off = 0; off < count; off += max_count) {
+        size_t n = count - off < max_count ? count - off : max_count;
+        for (int j = 0; j < c->size; j++) {
+            const char *src = (const char *)send + ((size_t)j * count + off) * es;
+            void *dst = j == c->rank ? (char *)recv + off * es : NULL;
+            MPI_CHECK(MPI_Reduce(src, dst, (int)n, mpi_type(t), MPI_SUM, j, c->mpi));
+        }
+    }
+#else
+    no_mpi("reduce_scatter_sum", c);
+#endif
+}
+
+static void h_allgather(comm_t *c, const void *send, void *recv, size_t count, dtype_t t) {
+    size_t es = elem_size("allgather", t);
+    const char *mine = (const char *)recv + (size_t)c->rank * count * es;
+    int in_place = (const char *)send == mine;
+    if (c->size == 1) {
+        if (!in_place) memmove(recv, send, count * es);
+        return;
+    }
+    if (count == 0) return;
+    if (!in_place && overlap(send, count * es, recv, (size_t)c->size * count * es))
+        die_overlap("allgather", "in place needs send == recv + rank * count");
+#ifdef HAVE_MPI
+    MPI_Datatype base = mpi_type(t);
+    if (count <= max_count) {
+        MPI_CHECK(MPI_Allgather(in_place ? MPI_IN_PLACE : send, (int)count, base, recv, (int)count, base, c->mpi));
+        return;
+    }
+    for (size_t off = 0; off < count; off += max_count) {
+        size_t n = count - off < max_count ? count - off : max_count;
+        MPI_Datatype blk = strided_block(base, n, count, es);
+        MPI_CHECK(MPI_Allgather(in_place ? MPI_IN_PLACE : (const char *)send + off * es, (int)n, base,
+                                (char *)recv + off * es, 1, blk, c->mpi));
+        MPI_CHECK(MPI_Type_free(&blk));
+    }
+#else
+    no_mpi("allgather", c);
+#endif
+}
+
+static void h_alltoall(comm_t *c, const void *send, void *recv, size_t count, dtype_t t) {
+    size_t es = elem_size("alltoall", t);
+    size_t total = (size_t)c->size * count * es;
+    int in_place = send == recv;
+    if (c->size == 1) {
+        if (!in_place) memmove(recv, send, count * es);
+        return;
+    }
+    if (count == 0) return;
+    if (!in_place && overlap(send, total, recv, total))
+        die_overlap("alltoall", "in place needs send == recv");
+#ifdef HAVE_MPI
+    MPI_Datatype base = mpi_type(t);
+    if (count <= max_count) {
+        MPI_CHECK(MPI_Alltoall(in_place ? MPI_IN_PLACE : send, (int)count, base, recv, (int)count, base, c->mpi));
+        return;
+    }
+    for (size_t off = 0; off < count; off += max_count) {
+        size_t n = count - off < max_count ? count - off : max_count;
+        MPI_Datatype blk = strided_block(base, n, count, es);
+        MPI_CHECK(MPI_Alltoall(in_place ? MPI_IN_PLACE : (const char *)send + off * es, 1, blk,
+                               (char *)recv + off * es, 1, blk, c->mpi));
+        MPI_CHECK(MPI_Type_free(&blk));
+    }
+#else
+    no_mpi("alltoall", c);
+#endif
+}
+
+static void h_bcast(comm_t *c, void *buf, size_t count, dtype_t t, int root) {
+    size_t es = elem_size("bcast", t);
+    if (root < 0 || root >= c->size)
+        asp_die(ASP_EXIT_FAILURE, "host bcast: root %d outside a communicator of %d ranks", root, c->size);
+    if (c->size == 1 || count == 0) return;
+#ifdef HAVE_MPI
+    for (size_t off = 0; off < count; off += max_count) {
+        size_t n = count - off < max_count ? count - off : max_count;
+        MPI_CHECK(MPI_Bcast((char *)buf + off * es, (int)n, mpi_type(t), root, c->mpi));
+    }
+#else
+    (void)buf;
+    (void)es;
+    no_mpi("bcast", c);
+#endif
+}
+
+static void h_barrier(comm_t *c) {
+    if (c->size == 1) return;
+#ifdef HAVE_MPI
+    MPI_CHECK(MPI_Barrier(c->mpi));
+#else
+    no_mpi("barrier", c);
+#endif
+}
+
+const coll_ops_t coll_host = {
+    .name = "host",
+    .allreduce_sum = h_allreduce_sum,
+    .reduce_scatter_sum = h_reduce_scatter_sum,
+    .allgather = h_allgather,
+    .alltoall = h_alltoall,
+    .bcast = h_bcast,
+    .barrier = h_barrier,
+};
