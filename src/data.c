@@ -249,11 +249,6 @@ static uint64_t draw(uint64_t seed, int64_t epoch, uint64_t i) {
     return mix64(key + (i + 1) * 0x9E3779B97F4A7C15ull);
 }
 
-/* The epoch the current order was built for is kept just before order[0]
- * (the contract fixes the struct), so that loader_next notices when a resumed
- * run sets l->epoch and rebuilds the permutation. */
-static int64_t *order_epoch(loader_t *l) { return l->order - 1; }
-
 static void build_order(loader_t *l) {
     int64_t n = l->n_samples;
     for (int64_t i = 0; i < n; i++) l->order[i] = i;
@@ -266,7 +261,7 @@ static void build_order(loader_t *l) {
             l->order[j] = t;
         }
     }
-    *order_epoch(l) = l->epoch;
+    l->order_epoch = l->epoch;
 }
 
 int loader_init(loader_t *l, const shard_t *s, int64_t seq_len, int64_t seq_pad, int sp_rank, int sp_size,
@@ -308,8 +303,7 @@ int loader_init(loader_t *l, const shard_t *s, int64_t seq_len, int64_t seq_pad,
     l->shuffle = shuffle != 0;
     l->seed = seed;
     l->n_samples = n_samples;
-    int64_t *mem = asp_malloc((size_t)(n_samples + 1) * sizeof *mem, "loader sample order");
-    l->order = mem + 1;
+    l->order = asp_malloc((size_t)n_samples * sizeof *l->order, "loader sample order");
     l->epoch = 0;
     l->cursor = 0;
     build_order(l);
@@ -317,7 +311,7 @@ int loader_init(loader_t *l, const shard_t *s, int64_t seq_len, int64_t seq_pad,
 }
 
 void loader_free(loader_t *l) {
-    if (l->order) free(order_epoch(l));
+    free(l->order);
     l->order = NULL;
 }
 
@@ -330,7 +324,8 @@ int64_t loader_next(loader_t *l, int32_t *tokens, int32_t *targets, int32_t *pos
         l->epoch++;
         l->cursor = 0;
     }
-    if (*order_epoch(l) != l->epoch) build_order(l);
+    /* a resumed run sets epoch and cursor: rebuild that epoch's order */
+    if (l->order_epoch != l->epoch) build_order(l);
     int64_t sample = l->order[l->cursor + l->dp_rank];
     l->cursor += l->dp_size;
 

@@ -41,7 +41,8 @@ typedef struct {
     int shuffle;
     uint64_t seed;
     int64_t n_samples;          /* samples per epoch: (n_tokens - 1) / seq_len */
-    int64_t *order;             /* permutation of samples for the current epoch */
+    int64_t *order;             /* permutation of samples for epoch order_epoch */
+    int64_t order_epoch;        /* rebuilt when a resumed run sets epoch */
     /* position in the stream (what a checkpoint records) */
     int64_t epoch;
     int64_t cursor;             /* global sample index within the epoch */
