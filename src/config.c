@@ -123,7 +123,7 @@ static const cfg_key_t cfg_keys[] = {
     {"train", "seed", KT_SEED, FLD(train.seed),
      .help = "seed of the weight initialisation and the data order"},
     {"train", "device", KT_DEVICE, FLD(train.device),
-     .help = "auto | cpu | cuda; auto picks cuda when built with it and a GPU is present"},
+     .help = "where to train; auto picks cuda when built with it and a GPU is present"},
     /* ---------------------------------------------------------------- data */
     {"data", "path", KT_STR, FLD(data.path),
      .help = "token file to train on, relative to the config file's folder; "
@@ -133,16 +133,16 @@ static const cfg_key_t cfg_keys[] = {
     /* ---------------------------------------------------------------- parallel */
     {"parallel", "sequence_parallel_size", KT_SP, FLD(parallel.sequence_parallel_size),
      .ilo = 1, .ihi = 1 << 20,
-     .help = "ranks that share one sequence (Ulysses degree P), or auto; "
-             "the other ranks replicate it (data parallel)"},
+     .help = "ranks that share one sequence (Ulysses degree P); auto lets the plan pick it from "
+             "the world size and head counts; the remaining factor of ranks is data parallel"},
     {"parallel", "zero_stage", KT_INT, FLD(parallel.zero_stage), .ilo = 0, .ihi = 1,
      .expect = "0 or 1 (ZeRO-2 and ZeRO-3 are not supported)",
      .help = "0: every rank holds all optimizer state; 1: master weights and AdamW moments "
              "sharded over all ranks"},
     /* ---------------------------------------------------------------- checkpointing */
     {"checkpointing", "policy", KT_SAC, FLD(checkpointing.policy),
-     .help = "auto | save_all | full: what the backward keeps; auto lets the SAC pass choose "
-             "from its cost model and the memory budget"},
+     .help = "what the backward keeps: save_all every activation, full the fewest (the rest is "
+             "recomputed), auto lets the SAC pass choose from its cost model and the memory budget"},
     {"checkpointing", "memory_budget_gib", KT_FLOAT, FLD(checkpointing.memory_budget_gib),
      .flo = 0, .fhi = INFINITY,
      .help = "per-rank device memory (GiB) the plan must fit; 0: the device's memory"},
@@ -1012,7 +1012,8 @@ static const char *type_text(const cfg_key_t *k, char *buf, size_t len) {
     switch (k->type) {
     case KT_INT:
         if (k->ihi == 1 && k->ilo == 0) return "integer 0 or 1";
-        snprintf(buf, len, "%sinteger >= %lld", k->even ? "even " : "", (long long)k->ilo);
+        if (k->ilo == 1) snprintf(buf, len, "positive %sinteger", k->even ? "even " : "");
+        else snprintf(buf, len, "integer >= %lld", (long long)k->ilo);
         return buf;
     case KT_SP: return "positive integer or auto";
     case KT_SEED: return "non-negative integer";
