@@ -1,3 +1,9 @@
 # src: sources and tests of this folder (included by Makefile.am)
 libautosp_a_SOURCES += src/util.c src/util.h
 libautosp_a_SOURCES += src/exec.c src/exec.h src/train.c src/train.h src/dtype.h src/backend.h src/data.h
+libautosp_a_SOURCES += src/config.c src/config.h
+check_PROGRAMS += tests/test_config
+TESTS += tests/test_config
+tests_test_config_SOURCES = tests/test_config.c
+tests_test_config_CFLAGS = $(ASP_TEST_CFLAGS)
+tests_test_config_LDADD = $(ASP_TEST_LIBS)
