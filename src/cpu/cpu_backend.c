@@ -188,57 +188,88 @@ static void cpu_rmsnorm_bwd(void *dx, int acc, void *dw, const void *dout, const
 
 /* C[n,m] (+)= A B with A(i,p) = A[i*ars + p*acs] (so A may be a transposed view)
  * and B row-major [k, m]. Each C element is summed by one thread from 0 over
- * p = 0..k-1 in order, then stored (acc = 0) or added (acc = 1): the blocking
- * changes only which elements share a pass over B, never the arithmetic. */
+ * p = 0..k-1 in order, then stored (acc = 0) or added (acc = 1). The tiling
+ * only decides which elements are computed together (a 4 x 8 tile kept in
+ * registers, so loads of B are shared by 4 rows), never the arithmetic, so the
+ * result does not depend on the tiling or on the thread count. */
+enum { MR = 4, NR = 8, MB = 64, NB = 256 };
+
+static inline void store_row(float *c, const float *s, int64_t nj, int acc) {
+    if (acc)
+        for (int64_t j = 0; j < nj; j++) c[j] += s[j];
+    else
+        for (int64_t j = 0; j < nj; j++) c[j] = s[j];
+}
+
+static void gemm_tile(float *C, int acc, const float *A, int64_t ars, int64_t acs, const float *B,
+                      int64_t i0, int64_t j0, int64_t k, int64_t m) {
+    float s[MR][NR] = {{0}};
+    const float *a0 = A + (i0 + 0) * ars, *a1 = A + (i0 + 1) * ars;
+    const float *a2 = A + (i0 + 2) * ars, *a3 = A + (i0 + 3) * ars;
+    for (int64_t p = 0; p < k; p++) {
+        const float *b = B + p * m + j0;
+        float x0 = a0[p * acs], x1 = a1[p * acs], x2 = a2[p * acs], x3 = a3[p * acs];
+        #pragma GCC unroll 8
+        for (int j = 0; j < NR; j++) {
+            s[0][j] += x0 * b[j];
+            s[1][j] += x1 * b[j];
+            s[2][j] += x2 * b[j];
+            s[3][j] += x3 * b[j];
+        }
+    }
+    for (int r = 0; r < MR; r++) store_row(C + (i0 + r) * m + j0, s[r], NR, acc);
+}
+
+/* Partial tiles at the edges: the same sums, one element at a time. */
+static void gemm_edge(float *C, int acc, const float *A, int64_t ars, int64_t acs, const float *B,
+                      int64_t i0, int64_t ni, int64_t j0, int64_t nj, int64_t k, int64_t m) {
+    for (int64_t i = i0; i < i0 + ni; i++)
+        for (int64_t j = j0; j < j0 + nj; j++) {
+            float s = 0.0f;
+            for (int64_t p = 0; p < k; p++) s += A[i * ars + p * acs] * B[p * m + j];
+            C[i * m + j] = acc ? C[i * m + j] + s : s;
+        }
+}
+
 static void gemm_axpy(float *C, int acc, const float *A, int64_t ars, int64_t acs, const float *B,
                       int64_t n, int64_t k, int64_t m) {
-    enum { RB = 4, CB = 256 };
-    int64_t nrb = (n + RB - 1) / RB, ncb = (m + CB - 1) / CB;
+    int64_t nrb = (n + MB - 1) / MB, ncb = (m + NB - 1) / NB;
     #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t ib = 0; ib < nrb; ib++) {
         for (int64_t jb = 0; jb < ncb; jb++) {
-            int64_t i0 = ib * RB, j0 = jb * CB;
-            int64_t ni = min64(RB, n - i0), nj = min64(CB, m - j0);
-            float s[RB][CB];
-            for (int r = 0; r < RB; r++)
-                for (int64_t j = 0; j < nj; j++) s[r][j] = 0.0f;
-            for (int64_t p = 0; p < k; p++) {
-                const float *b = B + p * m + j0;
-                if (ni == RB) {
-                    float a0 = A[(i0 + 0) * ars + p * acs], a1 = A[(i0 + 1) * ars + p * acs];
-                    float a2 = A[(i0 + 2) * ars + p * acs], a3 = A[(i0 + 3) * ars + p * acs];
-                    for (int64_t j = 0; j < nj; j++) {
-                        float bj = b[j];
-                        s[0][j] += a0 * bj;
-                        s[1][j] += a1 * bj;
-                        s[2][j] += a2 * bj;
-                        s[3][j] += a3 * bj;
-                    }
-                } else {
-                    for (int64_t r = 0; r < ni; r++) {
-                        float a = A[(i0 + r) * ars + p * acs];
-                        for (int64_t j = 0; j < nj; j++) s[r][j] += a * b[j];
-                    }
+            int64_t i1 = min64((ib + 1) * MB, n), j1 = min64((jb + 1) * NB, m);
+            /* A k x NR panel of B stays in cache while the rows of the block pass over it. */
+            for (int64_t j = jb * NB; j < j1; j += NR) {
+                int64_t nj = min64(NR, j1 - j);
+                for (int64_t i = ib * MB; i < i1; i += MR) {
+                    int64_t ni = min64(MR, i1 - i);
+                    if (ni == MR && nj == NR) gemm_tile(C, acc, A, ars, acs, B, i, j, k, m);
+                    else gemm_edge(C, acc, A, ars, acs, B, i, ni, j, nj, k, m);
                 }
-            }
-            for (int64_t r = 0; r < ni; r++) {
-                float *c = C + (i0 + r) * m + j0;
-                if (acc)
-                    for (int64_t j = 0; j < nj; j++) c[j] += s[r][j];
-                else
-                    for (int64_t j = 0; j < nj; j++) c[j] = s[r][j];
             }
         }
     }
 }
 
+/* dst[c, r] = src[r, c] for src [rows, cols], in 32 x 32 blocks so both sides
+ * are read and written a cache line at a time. */
+static float *transpose(const float *src, int64_t rows, int64_t cols, const char *what) {
+    enum { TB = 32 };
+    float *dst = cpu_alloc((size_t)rows * (size_t)cols * 4, what);
+    int64_t nrb = (rows + TB - 1) / TB, ncb = (cols + TB - 1) / TB;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t rb = 0; rb < nrb; rb++)
+        for (int64_t cb = 0; cb < ncb; cb++) {
+            int64_t r1 = min64((rb + 1) * TB, rows), c1 = min64((cb + 1) * TB, cols);
+            for (int64_t c = cb * TB; c < c1; c++)
+                for (int64_t r = rb * TB; r < r1; r++) dst[c * rows + r] = src[r * cols + c];
+        }
+    return dst;
+}
+
 static void cpu_matmul_fwd(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m) {
-    /* out = x W^T: transpose W [m,k] once so the kernel streams rows of W^T. */
-    float *wt = cpu_alloc((size_t)k * (size_t)m * 4, "matmul_fwd transposed weight");
-    const float *W = CF(w);
-    #pragma omp parallel for schedule(static)
-    for (int64_t p = 0; p < k; p++)
-        for (int64_t j = 0; j < m; j++) wt[p * m + j] = W[j * k + p];
+    /* out = x W^T: with W^T [k,m] the kernel streams contiguous rows. */
+    float *wt = transpose(CF(w), m, k, "matmul_fwd transposed weight");
     gemm_axpy(F(out), 0, CF(x), k, 1, wt, n, k, m);
     free(wt);
 }
@@ -246,7 +277,13 @@ static void cpu_matmul_fwd(void *out, const void *x, const void *w, int64_t n, i
 static void cpu_matmul_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                            int64_t n, int64_t k, int64_t m) {
     if (dx) gemm_axpy(F(dx), acc, CF(dout), m, 1, CF(w), n, m, k);   /* dx[n,k] = dout[n,m] W[m,k] */
-    if (dw) gemm_axpy(F(dw), 1, CF(dout), 1, m, CF(x), m, n, k);     /* dw[m,k] += dout^T[m,n] x[n,k] */
+    if (dw) {
+        /* dw[m,k] += dout^T[m,n] x[n,k]; reading dout by columns strides m floats
+         * per token, so transpose it once. */
+        float *dt = transpose(CF(dout), n, m, "matmul_bwd transposed output gradient");
+        gemm_axpy(F(dw), 1, dt, n, 1, CF(x), m, n, k);
+        free(dt);
+    }
 }
 
 /* ------------------------------------------------------------ rope + split */
