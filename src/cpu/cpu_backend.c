@@ -1,0 +1,686 @@
+/* The CPU backend: the fp32 reference every CUDA kernel and every parallel path
+ * is held against. Activations, weights and gradients are fp32 in host memory.
+ *
+ * Reference kernels (formulas as documented in backend.h):
+ *   embed       out[t] = wte[tok[t]]; backward adds rows in token order.
+ *   rmsnorm     rstd = 1/sqrt(mean(x^2)+eps), out = x rstd w;
+ *               dx = rstd (w dy) - x rstd^3/d sum(w dy x), dw += sum_t dy x rstd.
+ *   matmul      out = x W^T, dx (+)= dout W, dw += dout^T x; all three are one
+ *               "axpy" kernel C = A B with B row-major, so the inner loop runs
+ *               over contiguous columns and vectorises without reassociation.
+ *   rope_split  rotate-half (Hugging Face Llama) on q and k, angles in fp64;
+ *               backward is the transposed (inverse) rotation.
+ *   attention   causal GQA, one query row at a time with s floats of scratch per
+ *               thread (never an s x s matrix); lse saved for the backward,
+ *               which recomputes P = exp(scale q.k - lse). dq is parallel over
+ *               (head, query row), dk/dv over (kv head, key row).
+ *   swiglu      out = silu(gate) up, silu(g) = g sigmoid(g).
+ *   xent        stable log-softmax per row; gradient written over the logits.
+ *   heads_pack/unpack, grad_sumsq, adamw: exactly as in backend.h.
+ *
+ * Numerics and determinism: products that make up matmuls and attention
+ * (q.k, P v, dout.v) accumulate in fp32 in a fixed index order; per-row
+ * statistics (rmsnorm mean square and its backward sum, softmax sums, lse,
+ * attention D_t, losses, sums of squares) accumulate in double. Every output
+ * element is computed by exactly one thread, in the same order whatever the
+ * thread count (OpenMP splits only independent outputs; sums over many blocks
+ * are combined serially in block order), so results are bitwise independent
+ * of OMP_NUM_THREADS. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "util.h"
+
+#define CPU_ALIGN 64
+
+static inline float *F(void *p) { return (float *)p; }
+static inline const float *CF(const void *p) { return (const float *)p; }
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* ------------------------------------------------------------ lifecycle, memory */
+
+static int cpu_init(int device_index, char *err, size_t errlen) {
+    (void)device_index; (void)err; (void)errlen;
+    return 0;
+}
+static void cpu_shutdown(void) {}
+static const char *cpu_device_name(void) { return "cpu"; }
+static size_t cpu_device_memory(void) { return 0; }
+static size_t cpu_memory_used(void) { return 0; }
+
+static void *cpu_alloc(size_t bytes, const char *what) {
+    void *p = NULL;
+    /* 64-byte alignment keeps rows on cache lines for the vectorised loops. */
+    size_t sz = asp_align_up(bytes ? bytes : 1, CPU_ALIGN);
+    if (posix_memalign(&p, CPU_ALIGN, sz) != 0 || !p)
+        asp_die(ASP_EXIT_FAILURE,
+                "cpu backend: out of host memory allocating %zu bytes for %s; "
+                "reduce the batch size or sequence length, or free host memory", bytes, what);
+    return p;
+}
+static void cpu_free(void *p) { free(p); }
+static void cpu_zero(void *p, size_t bytes) { if (bytes) memset(p, 0, bytes); }
+static void cpu_copy(void *dst, const void *src, size_t bytes) { if (bytes && dst != src) memmove(dst, src, bytes); }
+static void cpu_synchronize(void) {}
+
+static uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays a (quiet) NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);  /* round to nearest, ties to even; overflow goes to inf */
+    return (uint16_t)(u >> 16);
+}
+static float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void cpu_from_f32(void *dst, dtype_t t, const float *host, size_t n) {
+    if (t == DT_F32) { cpu_copy(dst, host, n * 4); return; }
+    if (t == DT_BF16) {
+        uint16_t *d = dst;
+        for (size_t i = 0; i < n; i++) d[i] = f32_to_bf16(host[i]);
+        return;
+    }
+    asp_die(ASP_EXIT_FAILURE, "cpu backend: from_f32 cannot convert to %s; only fp32 and bf16 are supported",
+            dtype_name(t));
+}
+static void cpu_to_f32(float *host, const void *src, dtype_t t, size_t n) {
+    if (t == DT_F32) { cpu_copy(host, src, n * 4); return; }
+    if (t == DT_BF16) {
+        const uint16_t *s = src;
+        for (size_t i = 0; i < n; i++) host[i] = bf16_to_f32(s[i]);
+        return;
+    }
+    asp_die(ASP_EXIT_FAILURE, "cpu backend: to_f32 cannot convert from %s; only fp32 and bf16 are supported",
+            dtype_name(t));
+}
+
+/* ------------------------------------------------------------ embedding */
+
+static void cpu_embed_fwd(void *out, const int32_t *tokens, const void *wte, int64_t n, int64_t d) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; t++)
+        memcpy(F(out) + t * d, CF(wte) + (int64_t)tokens[t] * d, (size_t)d * 4);
+}
+
+static void cpu_embed_bwd(void *dwte, const int32_t *tokens, const void *dout, int64_t n, int64_t d,
+                          int64_t vocab) {
+    for (int64_t t = 0; t < n; t++)
+        if (tokens[t] < 0 || tokens[t] >= vocab)
+            asp_die(ASP_EXIT_FAILURE, "cpu backend: embed_bwd: token %d at position %lld is outside the "
+                    "vocabulary [0, %lld); check the data against the model's vocab_size",
+                    (int)tokens[t], (long long)t, (long long)vocab);
+    /* Threads own column blocks; within a block tokens are added in order. */
+    enum { CB = 64 };
+    int64_t ncb = (d + CB - 1) / CB;
+    #pragma omp parallel for schedule(static)
+    for (int64_t cb = 0; cb < ncb; cb++) {
+        int64_t c0 = cb * CB, nc = min64(CB, d - c0);
+        for (int64_t t = 0; t < n; t++) {
+            float *dst = F(dwte) + (int64_t)tokens[t] * d + c0;
+            const float *src = CF(dout) + t * d + c0;
+            for (int64_t c = 0; c < nc; c++) dst[c] += src[c];
+        }
+    }
+}
+
+/* ------------------------------------------------------------ rmsnorm */
+
+static float row_rstd(const float *x, int64_t d, float eps) {
+    double ss = 0;
+    for (int64_t i = 0; i < d; i++) ss += (double)x[i] * x[i];
+    return (float)(1.0 / sqrt(ss / (double)d + (double)eps));
+}
+
+static void cpu_rmsnorm_fwd(void *out, const void *x, const void *w, int64_t n, int64_t d, float eps) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; t++) {
+        const float *xr = CF(x) + t * d;
+        float *o = F(out) + t * d;
+        float rstd = row_rstd(xr, d, eps);
+        for (int64_t i = 0; i < d; i++) o[i] = xr[i] * rstd * CF(w)[i];
+    }
+}
+
+static void cpu_rmsnorm_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
+                            int64_t n, int64_t d, float eps) {
+    const float *X = CF(x), *DY = CF(dout), *W = CF(w);
+    float *rstd = cpu_alloc((size_t)n * 4, "rmsnorm_bwd row statistics");
+    #pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; t++) {
+        const float *xr = X + t * d, *dy = DY + t * d;
+        float r = row_rstd(xr, d, eps);
+        rstd[t] = r;
+        if (!dx) continue;
+        double dot = 0;
+        for (int64_t i = 0; i < d; i++) dot += (double)W[i] * dy[i] * xr[i];
+        float coef = (float)((double)r * r * r / (double)d * dot);
+        float *o = F(dx) + t * d;
+        for (int64_t i = 0; i < d; i++) {
+            float g = r * (W[i] * dy[i]) - xr[i] * coef;
+            o[i] = acc ? o[i] + g : g;
+        }
+    }
+    if (dw) {
+        enum { CB = 64 };
+        int64_t ncb = (d + CB - 1) / CB;
+        #pragma omp parallel for schedule(static)
+        for (int64_t cb = 0; cb < ncb; cb++) {
+            int64_t c0 = cb * CB, nc = min64(CB, d - c0);
+            double s[CB] = {0};
+            for (int64_t t = 0; t < n; t++) {
+                const float *xr = X + t * d + c0, *dy = DY + t * d + c0;
+                for (int64_t c = 0; c < nc; c++) s[c] += (double)(dy[c] * xr[c] * rstd[t]);
+            }
+            for (int64_t c = 0; c < nc; c++) F(dw)[c0 + c] += (float)s[c];
+        }
+    }
+    free(rstd);
+}
+
+/* ------------------------------------------------------------ matmul */
+
+/* C[n,m] (+)= A B with A(i,p) = A[i*ars + p*acs] (so A may be a transposed view)
+ * and B row-major [k, m]. Each C element is summed by one thread from 0 over
+ * p = 0..k-1 in order, then stored (acc = 0) or added (acc = 1). The tiling
+ * only decides which elements are computed together (a 4 x 8 tile kept in
+ * registers, so loads of B are shared by 4 rows), never the arithmetic, so the
+ * result does not depend on the tiling or on the thread count. */
+enum { MR = 4, NR = 8, MB = 64, NB = 256 };
+
+static inline void store_row(float *c, const float *s, int64_t nj, int acc) {
+    if (acc)
+        for (int64_t j = 0; j < nj; j++) c[j] += s[j];
+    else
+        for (int64_t j = 0; j < nj; j++) c[j] = s[j];
+}
+
+static void gemm_tile(float *C, int acc, const float *A, int64_t ars, int64_t acs, const float *B,
+                      int64_t i0, int64_t j0, int64_t k, int64_t m) {
+    float s[MR][NR] = {{0}};
+    const float *a0 = A + (i0 + 0) * ars, *a1 = A + (i0 + 1) * ars;
+    const float *a2 = A + (i0 + 2) * ars, *a3 = A + (i0 + 3) * ars;
+    for (int64_t p = 0; p < k; p++) {
+        const float *b = B + p * m + j0;
+        float x0 = a0[p * acs], x1 = a1[p * acs], x2 = a2[p * acs], x3 = a3[p * acs];
+        #pragma GCC unroll 8
+        for (int j = 0; j < NR; j++) {
+            s[0][j] += x0 * b[j];
+            s[1][j] += x1 * b[j];
+            s[2][j] += x2 * b[j];
+            s[3][j] += x3 * b[j];
+        }
+    }
+    for (int r = 0; r < MR; r++) store_row(C + (i0 + r) * m + j0, s[r], NR, acc);
+}
+
+/* Partial tiles at the edges: the same sums, one element at a time. */
+static void gemm_edge(float *C, int acc, const float *A, int64_t ars, int64_t acs, const float *B,
+                      int64_t i0, int64_t ni, int64_t j0, int64_t nj, int64_t k, int64_t m) {
+    for (int64_t i = i0; i < i0 + ni; i++)
+        for (int64_t j = j0; j < j0 + nj; j++) {
+            float s = 0.0f;
+            for (int64_t p = 0; p < k; p++) s += A[i * ars + p * acs] * B[p * m + j];
+            C[i * m + j] = acc ? C[i * m + j] + s : s;
+        }
+}
+
+static void gemm_axpy(float *C, int acc, const float *A, int64_t ars, int64_t acs, const float *B,
+                      int64_t n, int64_t k, int64_t m) {
+    int64_t nrb = (n + MB - 1) / MB, ncb = (m + NB - 1) / NB;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t ib = 0; ib < nrb; ib++) {
+        for (int64_t jb = 0; jb < ncb; jb++) {
+            int64_t i1 = min64((ib + 1) * MB, n), j1 = min64((jb + 1) * NB, m);
+            /* A k x NR panel of B stays in cache while the rows of the block pass over it. */
+            for (int64_t j = jb * NB; j < j1; j += NR) {
+                int64_t nj = min64(NR, j1 - j);
+                for (int64_t i = ib * MB; i < i1; i += MR) {
+                    int64_t ni = min64(MR, i1 - i);
+                    if (ni == MR && nj == NR) gemm_tile(C, acc, A, ars, acs, B, i, j, k, m);
+                    else gemm_edge(C, acc, A, ars, acs, B, i, ni, j, nj, k, m);
+                }
+            }
+        }
+    }
+}
+
+/* dst[c, r] = src[r, c] for src [rows, cols], in 32 x 32 blocks so both sides
+ * are read and written a cache line at a time. */
+static float *transpose(const float *src, int64_t rows, int64_t cols, const char *what) {
+    enum { TB = 32 };
+    float *dst = cpu_alloc((size_t)rows * (size_t)cols * 4, what);
+    int64_t nrb = (rows + TB - 1) / TB, ncb = (cols + TB - 1) / TB;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t rb = 0; rb < nrb; rb++)
+        for (int64_t cb = 0; cb < ncb; cb++) {
+            int64_t r1 = min64((rb + 1) * TB, rows), c1 = min64((cb + 1) * TB, cols);
+            for (int64_t c = cb * TB; c < c1; c++)
+                for (int64_t r = rb * TB; r < r1; r++) dst[c * rows + r] = src[r * cols + c];
+        }
+    return dst;
+}
+
+static void cpu_matmul_fwd(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m) {
+    /* out = x W^T: with W^T [k,m] the kernel streams contiguous rows. */
+    float *wt = transpose(CF(w), m, k, "matmul_fwd transposed weight");
+    gemm_axpy(F(out), 0, CF(x), k, 1, wt, n, k, m);
+    free(wt);
+}
+
+static void cpu_matmul_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
+                           int64_t n, int64_t k, int64_t m) {
+    if (dx) gemm_axpy(F(dx), acc, CF(dout), m, 1, CF(w), n, m, k);   /* dx[n,k] = dout[n,m] W[m,k] */
+    if (dw) {
+        /* dw[m,k] += dout^T[m,n] x[n,k]; reading dout by columns strides m floats
+         * per token, so transpose it once. */
+        float *dt = transpose(CF(dout), n, m, "matmul_bwd transposed output gradient");
+        gemm_axpy(F(dw), 1, dt, n, 1, CF(x), m, n, k);
+        free(dt);
+    }
+}
+
+/* ------------------------------------------------------------ rope + split */
+
+static void check_rope_dims(const char *op, int64_t hd) {
+    if (hd <= 0 || hd % 2 != 0)
+        asp_die(ASP_EXIT_FAILURE, "cpu backend: %s: head_dim %lld must be even and positive for "
+                "rotate-half RoPE; fix the model's head_dim", op, (long long)hd);
+}
+
+/* Rotates (sign = +1) or un-rotates (sign = -1) `heads` heads of one token. */
+static void rope_heads(float *dst, const float *src, int64_t heads, int64_t hd, int32_t pos,
+                       const double *inv_freq, float sign) {
+    int64_t half = hd / 2;
+    for (int64_t i = 0; i < half; i++) {
+        double ang = (double)pos * inv_freq[i];
+        float c = (float)cos(ang), s = sign * (float)sin(ang);
+        for (int64_t h = 0; h < heads; h++) {
+            const float *a = src + h * hd;
+            float *o = dst + h * hd;
+            float x1 = a[i], x2 = a[i + half];
+            o[i] = x1 * c - x2 * s;
+            o[i + half] = x2 * c + x1 * s;
+        }
+    }
+}
+
+static void cpu_rope_split_fwd(void *q, void *k, void *v, const void *qkv, const int32_t *pos,
+                               const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd) {
+    check_rope_dims("rope_split_fwd", hd);
+    int64_t row = (hq + 2 * hkv) * hd;
+    #pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; t++) {
+        const float *r = CF(qkv) + t * row;
+        rope_heads(F(q) + t * hq * hd, r, hq, hd, pos[t], inv_freq, 1.0f);
+        rope_heads(F(k) + t * hkv * hd, r + hq * hd, hkv, hd, pos[t], inv_freq, 1.0f);
+        memcpy(F(v) + t * hkv * hd, r + (hq + hkv) * hd, (size_t)(hkv * hd) * 4);
+    }
+}
+
+static void cpu_rope_split_bwd(void *dqkv, const void *dq, const void *dk, const void *dv, const int32_t *pos,
+                               const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd) {
+    check_rope_dims("rope_split_bwd", hd);
+    int64_t row = (hq + 2 * hkv) * hd;
+    #pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; t++) {
+        float *r = F(dqkv) + t * row;
+        rope_heads(r, CF(dq) + t * hq * hd, hq, hd, pos[t], inv_freq, -1.0f);
+        rope_heads(r + hq * hd, CF(dk) + t * hkv * hd, hkv, hd, pos[t], inv_freq, -1.0f);
+        memcpy(r + (hq + hkv) * hd, CF(dv) + t * hkv * hd, (size_t)(hkv * hd) * 4);
+    }
+}
+
+/* ------------------------------------------------------------ attention */
+
+static void check_gqa(const char *op, int64_t hq, int64_t hkv) {
+    if (hq <= 0 || hkv <= 0 || hq % hkv != 0)
+        asp_die(ASP_EXIT_FAILURE, "cpu backend: %s: %lld query heads cannot be grouped over %lld kv heads; "
+                "num_attention_heads must be a positive multiple of num_key_value_heads",
+                op, (long long)hq, (long long)hkv);
+}
+
+static inline float dotf(const float *a, const float *b, int64_t n) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void cpu_attention_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
+                              int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale) {
+    check_gqa("attention_fwd", hq, hkv);
+    int64_t group = hq / hkv;
+    #pragma omp parallel
+    {
+        float *sc = cpu_alloc((size_t)s * 4, "attention_fwd score row");
+        float *acc = cpu_alloc((size_t)hd * 4, "attention_fwd output row");
+        /* Rows cost O(t): dynamic scheduling balances them; each row is still
+         * computed start to end by one thread. */
+        #pragma omp for collapse(2) schedule(dynamic, 8)
+        for (int64_t h = 0; h < hq; h++) {
+            for (int64_t t = 0; t < s; t++) {
+                int64_t g = h / group;
+                const float *qr = CF(q) + (t * hq + h) * hd;
+                float mx = -INFINITY;
+                for (int64_t j = 0; j <= t; j++) {
+                    sc[j] = scale * dotf(qr, CF(k) + (j * hkv + g) * hd, hd);
+                    if (sc[j] > mx) mx = sc[j];
+                }
+                double sum = 0;
+                for (int64_t j = 0; j <= t; j++) {
+                    sc[j] = expf(sc[j] - mx);
+                    sum += sc[j];
+                }
+                for (int64_t i = 0; i < hd; i++) acc[i] = 0.0f;
+                for (int64_t j = 0; j <= t; j++) {
+                    const float *vr = CF(v) + (j * hkv + g) * hd;
+                    float p = sc[j];
+                    for (int64_t i = 0; i < hd; i++) acc[i] += p * vr[i];
+                }
+                float inv = (float)(1.0 / sum);
+                float *o = F(out) + (t * hq + h) * hd;
+                for (int64_t i = 0; i < hd; i++) o[i] = acc[i] * inv;
+                lse[h * s + t] = (float)((double)mx + log(sum));
+            }
+        }
+        free(sc);
+        free(acc);
+    }
+}
+
+static void cpu_attention_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
+                              const void *v, const void *out, const float *lse,
+                              int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale) {
+    check_gqa("attention_bwd", hq, hkv);
+    int64_t group = hq / hkv;
+    const float *Q = CF(q), *K = CF(k), *V = CF(v), *DO = CF(dout), *O = CF(out);
+    /* D[h,t] = dout_t . out_t, the softmax backward's row term. */
+    float *D = cpu_alloc((size_t)hq * (size_t)s * 4, "attention_bwd row terms");
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t h = 0; h < hq; h++)
+        for (int64_t t = 0; t < s; t++) {
+            const float *a = DO + (t * hq + h) * hd, *b = O + (t * hq + h) * hd;
+            double acc = 0;
+            for (int64_t i = 0; i < hd; i++) acc += (double)a[i] * b[i];
+            D[h * s + t] = (float)acc;
+        }
+
+    /* dq_t = scale sum_{j<=t} P_tj (dout_t.v_j - D_t) k_j, one (head, query row) per task. */
+    #pragma omp parallel
+    {
+        float *acc = cpu_alloc((size_t)hd * 4, "attention_bwd dq row");
+        #pragma omp for collapse(2) schedule(dynamic, 8)
+        for (int64_t h = 0; h < hq; h++) {
+            for (int64_t t = 0; t < s; t++) {
+                int64_t g = h / group;
+                const float *qr = Q + (t * hq + h) * hd, *dor = DO + (t * hq + h) * hd;
+                float l = lse[h * s + t], Dt = D[h * s + t];
+                for (int64_t i = 0; i < hd; i++) acc[i] = 0.0f;
+                for (int64_t j = 0; j <= t; j++) {
+                    const float *kr = K + (j * hkv + g) * hd, *vr = V + (j * hkv + g) * hd;
+                    float p = expf(scale * dotf(qr, kr, hd) - l);
+                    float ds = p * (dotf(dor, vr, hd) - Dt);
+                    for (int64_t i = 0; i < hd; i++) acc[i] += ds * kr[i];
+                }
+                float *o = F(dq) + (t * hq + h) * hd;
+                for (int64_t i = 0; i < hd; i++) o[i] = scale * acc[i];
+            }
+        }
+        free(acc);
+    }
+
+    /* dk_j, dv_j: one (kv head, key row) per task, summing over the heads of its
+     * group (in order) and the query rows t >= j (in order). */
+    #pragma omp parallel
+    {
+        float *ak = cpu_alloc((size_t)hd * 4, "attention_bwd dk row");
+        float *av = cpu_alloc((size_t)hd * 4, "attention_bwd dv row");
+        #pragma omp for collapse(2) schedule(dynamic, 8)
+        for (int64_t g = 0; g < hkv; g++) {
+            for (int64_t j = 0; j < s; j++) {
+                const float *kr = K + (j * hkv + g) * hd, *vr = V + (j * hkv + g) * hd;
+                for (int64_t i = 0; i < hd; i++) ak[i] = av[i] = 0.0f;
+                for (int64_t h = g * group; h < (g + 1) * group; h++) {
+                    for (int64_t t = j; t < s; t++) {
+                        const float *qr = Q + (t * hq + h) * hd, *dor = DO + (t * hq + h) * hd;
+                        float p = expf(scale * dotf(qr, kr, hd) - lse[h * s + t]);
+                        float ds = p * (dotf(dor, vr, hd) - D[h * s + t]);
+                        for (int64_t i = 0; i < hd; i++) {
+                            av[i] += p * dor[i];
+                            ak[i] += ds * qr[i];
+                        }
+                    }
+                }
+                float *okr = F(dk) + (j * hkv + g) * hd, *ovr = F(dv) + (j * hkv + g) * hd;
+                for (int64_t i = 0; i < hd; i++) {
+                    okr[i] = scale * ak[i];
+                    ovr[i] = av[i];
+                }
+            }
+        }
+        free(ak);
+        free(av);
+    }
+    free(D);
+}
+
+/* ------------------------------------------------------------ swiglu, residual */
+
+static void cpu_swiglu_fwd(void *out, const void *gu, int64_t n, int64_t f) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; t++) {
+        const float *g = CF(gu) + t * 2 * f, *u = g + f;
+        float *o = F(out) + t * f;
+        for (int64_t i = 0; i < f; i++) {
+            float silu = g[i] / (1.0f + expf(-g[i]));
+            o[i] = silu * u[i];
+        }
+    }
+}
+
+static void cpu_swiglu_bwd(void *dgu, const void *dout, const void *gu, int64_t n, int64_t f) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; t++) {
+        const float *g = CF(gu) + t * 2 * f, *u = g + f, *dy = CF(dout) + t * f;
+        float *dg = F(dgu) + t * 2 * f, *du = dg + f;
+        for (int64_t i = 0; i < f; i++) {
+            float sig = 1.0f / (1.0f + expf(-g[i]));
+            float silu = g[i] * sig;
+            float dsilu = sig * (1.0f + g[i] * (1.0f - sig));
+            float gi = dy[i] * u[i] * dsilu, ui = dy[i] * silu;
+            dg[i] = gi;
+            du[i] = ui;
+        }
+    }
+}
+
+static void cpu_add_fwd(void *out, const void *a, const void *b, size_t count) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < count; i++) F(out)[i] = CF(a)[i] + CF(b)[i];
+}
+
+static void cpu_accumulate(void *dst, const void *src, size_t count, int acc) {
+    if (!acc) { cpu_copy(dst, src, count * 4); return; }
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < count; i++) F(dst)[i] += CF(src)[i];
+}
+
+/* ------------------------------------------------------------ cross entropy */
+
+static void cpu_xent_fwd_bwd(void *logits, float *loss_sum, const int32_t *targets, int64_t n, int64_t vocab,
+                             float grad_scale) {
+    for (int64_t t = 0; t < n; t++)
+        if (targets[t] >= vocab)
+            asp_die(ASP_EXIT_FAILURE, "cpu backend: xent: target %d at row %lld is outside the vocabulary "
+                    "[0, %lld); check the data against the model's vocab_size",
+                    (int)targets[t], (long long)t, (long long)vocab);
+    double *row_loss = cpu_alloc((size_t)n * 8, "xent row losses");
+    #pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; t++) {
+        float *x = F(logits) + t * vocab;
+        int32_t y = targets[t];
+        if (y < 0) {
+            memset(x, 0, (size_t)vocab * 4);
+            row_loss[t] = 0;
+            continue;
+        }
+        float mx = -INFINITY;
+        for (int64_t i = 0; i < vocab; i++) if (x[i] > mx) mx = x[i];
+        double sum = 0;
+        for (int64_t i = 0; i < vocab; i++) sum += exp((double)x[i] - mx);
+        double lse = (double)mx + log(sum);
+        row_loss[t] = lse - (double)x[y];
+        for (int64_t i = 0; i < vocab; i++) {
+            double p = exp((double)x[i] - lse);
+            x[i] = (float)((double)grad_scale * (p - (i == y ? 1.0 : 0.0)));
+        }
+    }
+    double total = 0;  /* rows added in order: independent of the thread count */
+    for (int64_t t = 0; t < n; t++) total += row_loss[t];
+    *loss_sum = (float)((double)*loss_sum + total);
+    free(row_loss);
+}
+
+/* ------------------------------------------------------------ Ulysses layouts */
+
+static int64_t heads_per_rank(const char *op, int64_t heads, int P) {
+    if (P < 1 || heads < 1 || (heads >= P && heads % P != 0))
+        asp_die(ASP_EXIT_FAILURE, "cpu backend: %s: %lld heads cannot be spread over %d ranks; the head "
+                "count must be a multiple of the sequence-parallel degree, or smaller than it (replication)",
+                op, (long long)heads, P);
+    return heads >= P ? heads / P : 1;
+}
+static inline int64_t head0(int64_t j, int64_t heads, int P, int64_t hpr) {
+    return heads >= P ? j * hpr : (j * heads) / P;
+}
+
+static void cpu_heads_pack(void *dst, const void *src, int64_t n, int64_t heads, int64_t hd, int P) {
+    int64_t hpr = heads_per_rank("heads_pack", heads, P);
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t j = 0; j < P; j++)
+        for (int64_t t = 0; t < n; t++)
+            memcpy(F(dst) + ((j * n + t) * hpr) * hd,
+                   CF(src) + (t * heads + head0(j, heads, P, hpr)) * hd, (size_t)(hpr * hd) * 4);
+}
+
+static void cpu_heads_unpack(void *dst, const void *src, int64_t n, int64_t heads, int64_t hd, int P, int acc) {
+    int64_t hpr = heads_per_rank("heads_unpack", heads, P);
+    #pragma omp parallel
+    {
+        float *sum = cpu_alloc((size_t)hd * 4, "heads_unpack replica sum");
+        #pragma omp for collapse(2) schedule(static)
+        for (int64_t t = 0; t < n; t++) {
+            for (int64_t h = 0; h < heads; h++) {
+                for (int64_t i = 0; i < hd; i++) sum[i] = 0.0f;
+                for (int64_t j = 0; j < P; j++) {
+                    int64_t h0 = head0(j, heads, P, hpr);
+                    if (h < h0 || h >= h0 + hpr) continue;
+                    const float *s = CF(src) + ((j * n + t) * hpr + (h - h0)) * hd;
+                    for (int64_t i = 0; i < hd; i++) sum[i] += s[i];
+                }
+                float *o = F(dst) + (t * heads + h) * hd;
+                if (acc)
+                    for (int64_t i = 0; i < hd; i++) o[i] += sum[i];
+                else
+                    for (int64_t i = 0; i < hd; i++) o[i] = sum[i];
+            }
+        }
+        free(sum);
+    }
+}
+
+/* ------------------------------------------------------------ optimizer */
+
+static void cpu_grad_sumsq(float *sumsq, const void *grad, size_t n) {
+    /* Fixed-size blocks (not per-thread ranges), combined in block order, so the
+     * sum is the same for every thread count. */
+    enum { BLK = 1 << 16 };
+    size_t nb = (n + BLK - 1) / BLK;
+    if (nb == 0) return;
+    double *part = cpu_alloc(nb * 8, "grad_sumsq partial sums");
+    const float *g = CF(grad);
+    #pragma omp parallel for schedule(static)
+    for (size_t b = 0; b < nb; b++) {
+        size_t i0 = b * BLK, i1 = i0 + BLK < n ? i0 + BLK : n;
+        double s = 0;
+        for (size_t i = i0; i < i1; i++) s += (double)g[i] * g[i];
+        part[b] = s;
+    }
+    double total = 0;
+    for (size_t b = 0; b < nb; b++) total += part[b];
+    *sumsq = (float)((double)*sumsq + total);
+    free(part);
+}
+
+static void cpu_adamw(float *master, void *param, float *m, float *v, const void *grad, size_t n,
+                      float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step,
+                      const float *grad_sumsq, float max_norm) {
+    if (step < 1)
+        asp_die(ASP_EXIT_FAILURE, "cpu backend: adamw: step %lld must be >= 1 (bias correction divides by "
+                "1 - beta^step)", (long long)step);
+    double norm = grad_sumsq ? sqrt((double)*grad_sumsq) : 0.0;
+    float clip = (max_norm > 0 && norm > (double)max_norm) ? (float)((double)max_norm / norm) : 1.0f;
+    float bc1 = (float)(1.0 - pow((double)beta1, (double)step));
+    float bc2 = (float)(1.0 - pow((double)beta2, (double)step));
+    const float *G = CF(grad);
+    float *P = F(param);
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = G[i] * clip;
+        float mi = beta1 * m[i] + (1.0f - beta1) * g;
+        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        float upd = (mi / bc1) / (sqrtf(vi / bc2) + eps) + weight_decay * master[i];
+        master[i] -= lr * upd;
+        P[i] = master[i];
+    }
+}
+
+const backend_t backend_cpu = {
+    .name = "cpu",
+    .act_dtype = DT_F32,
+    .param_dtype = DT_F32,
+    .grad_dtype = DT_F32,
+    .init = cpu_init,
+    .shutdown = cpu_shutdown,
+    .device_name = cpu_device_name,
+    .device_memory = cpu_device_memory,
+    .memory_used = cpu_memory_used,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .host_alloc = cpu_alloc,
+    .host_free = cpu_free,
+    .zero = cpu_zero,
+    .copy = cpu_copy,
+    .to_device = cpu_copy,
+    .to_host = cpu_copy,
+    .from_f32 = cpu_from_f32,
+    .to_f32 = cpu_to_f32,
+    .synchronize = cpu_synchronize,
+    .embed_fwd = cpu_embed_fwd,
+    .embed_bwd = cpu_embed_bwd,
+    .rmsnorm_fwd = cpu_rmsnorm_fwd,
+    .rmsnorm_bwd = cpu_rmsnorm_bwd,
+    .matmul_fwd = cpu_matmul_fwd,
+    .matmul_bwd = cpu_matmul_bwd,
+    .rope_split_fwd = cpu_rope_split_fwd,
+    .rope_split_bwd = cpu_rope_split_bwd,
+    .attention_fwd = cpu_attention_fwd,
+    .attention_bwd = cpu_attention_bwd,
+    .swiglu_fwd = cpu_swiglu_fwd,
+    .swiglu_bwd = cpu_swiglu_bwd,
+    .add_fwd = cpu_add_fwd,
+    .accumulate = cpu_accumulate,
+    .xent_fwd_bwd = cpu_xent_fwd_bwd,
+    .heads_pack = cpu_heads_pack,
+    .heads_unpack = cpu_heads_unpack,
+    .grad_sumsq = cpu_grad_sumsq,
+    .adamw = cpu_adamw,
+};
