@@ -278,6 +278,8 @@ static void cuda_synchronize(void) {
     CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
 }
 
+static void *cuda_stream_handle(void) { return (void *)g_cuda.stream; }
+
 static backend_t make_backend(void) {
     backend_t b;
     memset(&b, 0, sizeof b);
@@ -301,6 +303,7 @@ static backend_t make_backend(void) {
     b.from_f32 = cuda_from_f32;
     b.to_f32 = cuda_to_f32;
     b.synchronize = cuda_synchronize;
+    b.stream = cuda_stream_handle;
     b.embed_fwd = cuda_embed_fwd;
     b.embed_bwd = cuda_embed_bwd;
     b.rmsnorm_fwd = cuda_rmsnorm_fwd;

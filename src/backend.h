@@ -21,6 +21,8 @@
 #ifndef AUTOSP_BACKEND_H
 #define AUTOSP_BACKEND_H
 
+#include "autosp_config.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -47,6 +49,7 @@ typedef struct backend {
     void (*from_f32)(void *dst, dtype_t dst_type, const float *host, size_t n); /* host fp32 -> backend, converted */
     void (*to_f32)(float *host, const void *src, dtype_t src_type, size_t n);   /* backend -> host fp32, converted */
     void (*synchronize)(void);
+    void *(*stream)(void);          /* the stream every op runs on (cudaStream_t); NULL for cpu */
 
     /* ---- ops (forward / backward) */
     /* out[t,:] = wte[tokens[t],:] */

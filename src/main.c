@@ -231,8 +231,16 @@ int main(int argc, char **argv) {
                  mem > 0 ? asp_fmt_bytes(buf, sizeof buf, mem) : "unlimited");
     }
     train_opts_t opts = {cli.dump};
-    /* One collectives table per memory kind; the cpu backend's buffers are host memory. */
-    int status = train_run(&cfg, &plan, be, &coll_host, &coll_host, &ranks, &opts);
+    /* One collectives table per memory kind: NCCL for GPU buffers, MPI for
+     * host memory (all of the cpu backend's buffers). */
+    const coll_ops_t *coll = &coll_host;
+#ifdef HAVE_CUDA
+    if (be == &backend_cuda) {
+        if (coll_nccl_init(&ranks, be->stream(), err, sizeof err) != 0) asp_die(ASP_EXIT_FAILURE, "%s", err);
+        coll = &coll_nccl;
+    }
+#endif
+    int status = train_run(&cfg, &plan, be, coll, &coll_host, &ranks, &opts);
     be->shutdown();
     model_free(&model);
     par_finalize(&ranks);

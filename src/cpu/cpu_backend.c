@@ -664,6 +664,7 @@ const backend_t backend_cpu = {
     .from_f32 = cpu_from_f32,
     .to_f32 = cpu_to_f32,
     .synchronize = cpu_synchronize,
+    .stream = NULL, /* host memory: no stream */
     .embed_fwd = cpu_embed_fwd,
     .embed_bwd = cpu_embed_bwd,
     .rmsnorm_fwd = cpu_rmsnorm_fwd,

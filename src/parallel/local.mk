@@ -17,3 +17,9 @@ tests_test_mpi_coll_CFLAGS = $(ASP_TEST_CFLAGS)
 tests_test_mpi_coll_LDADD = $(ASP_TEST_LIBS)
 TESTS += tests/test_mpi_coll.sh
 dist_noinst_SCRIPTS += tests/test_mpi_coll.sh
+
+if HAVE_CUDA
+# NCCL collectives for GPU buffers
+libautosp_a_SOURCES += src/parallel/coll_nccl.c
+endif
+AM_CPPFLAGS += $(CUDA_CPPFLAGS)

@@ -18,6 +18,7 @@ struct comm {
 #ifdef HAVE_MPI
     MPI_Comm mpi;       /* MPI_COMM_NULL for a rank that runs without MPI */
 #endif
+    void *nccl;         /* ncclComm_t once coll_nccl_init has run (GPU buffers) */
 };
 
 #ifdef HAVE_MPI
@@ -30,6 +31,10 @@ void par_mpi_fail(int rc, const char *call, const char *file, int line);
         if (mpi_rc_ != MPI_SUCCESS) par_mpi_fail(mpi_rc_, #call, __FILE__, __LINE__); \
     } while (0)
 #endif
+
+/* Set by coll_nccl_init: destroys a communicator's NCCL side when the
+ * communicator is freed (parallel.c itself is built without CUDA). */
+extern void (*comm_nccl_free_hook)(void *nccl);
 
 /* Largest element count handed to one MPI call (INT_MAX by default: MPI
  * counts are int). Tests lower it to exercise the splitting. Returns the

@@ -27,8 +27,11 @@ static comm_t *comm_single(void) {
     return c;
 }
 
+void (*comm_nccl_free_hook)(void *nccl) = NULL;
+
 static void comm_free(comm_t *c) {
     if (!c) return;
+    if (c->nccl && comm_nccl_free_hook) comm_nccl_free_hook(c->nccl);
 #ifdef HAVE_MPI
     if (c->mpi != MPI_COMM_NULL) MPI_CHECK(MPI_Comm_free(&c->mpi));
 #endif

@@ -9,6 +9,8 @@
 #ifndef AUTOSP_PARALLEL_H
 #define AUTOSP_PARALLEL_H
 
+#include "autosp_config.h"
+
 #include <stddef.h>
 
 #include "dtype.h"
@@ -55,5 +57,14 @@ typedef struct coll_ops {
 
 /* MPI on host memory (plain copies when the communicator has one rank). */
 extern const coll_ops_t coll_host;
+
+#ifdef HAVE_CUDA
+/* NCCL on GPU memory, enqueued on `stream` (a cudaStream_t). coll_nccl_init
+ * creates one NCCL communicator for each of r's world, SP and DP groups (the
+ * unique id travels over MPI; a single rank needs no MPI), after
+ * par_set_groups. Returns 0, or -1 with a message. */
+int coll_nccl_init(ranks_t *r, void *stream, char *err, size_t errlen);
+extern const coll_ops_t coll_nccl;
+#endif
 
 #endif
