@@ -1,0 +1,102 @@
+#!/bin/bash
+# The one command to run on a GPU machine: GPU op tests against the CPU
+# reference, the tiny model on the GPU against the CPU, and a benchmark of
+# autosp-train against the plain-PyTorch baseline, in one go. Full logs go to
+# LOG_DIR (default gpu-logs/); a short table is printed last.
+#
+#   scripts/gpu-check.sh [--quick] [--bench-only]
+#
+# Uses the build in this tree (./autosp-train, tests/test_cuda_ops); build it
+# on a machine with the toolkit first (scripts/setup.sh) where this machine
+# lacks the build dependencies. cuDNN may live inside a Python environment:
+# CUDNN_LIB points at it (default: PyTorch's bundled copy if present).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOG_DIR=${LOG_DIR:-gpu-logs}
+mkdir -p "$LOG_DIR"
+QUICK=0; BENCH_ONLY=0
+for a in "$@"; do case $a in --quick) QUICK=1 ;; --bench-only) BENCH_ONLY=1 ;; *) echo "unknown option $a"; exit 2 ;; esac; done
+
+if [ -z "${CUDNN_LIB:-}" ]; then
+    for d in /opt/torch/.venv/lib/python3*/site-packages/nvidia/cudnn/lib; do [ -d "$d" ] && CUDNN_LIB=$d; done
+fi
+[ -n "${CUDNN_LIB:-}" ] && export LD_LIBRARY_PATH="$CUDNN_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+PY=${PYTHON:-$( [ -x /opt/torch/.venv/bin/python ] && echo /opt/torch/.venv/bin/python || echo python3)}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+
+summary=()
+note() { summary+=("$1"); echo "$1"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOG_DIR/gpu.txt"
+CARD=$(head -1 "$LOG_DIR/gpu.txt" | cut -d, -f1)
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+if [ $BENCH_ONLY = 0 ]; then
+    # 1. every CUDA op against the CPU reference, both attention implementations
+    for att in simple cudnn; do
+        if ASP_ATTENTION=$att ./tests/test_cuda_ops >"$LOG_DIR/ops-$att.log" 2>&1; then
+            note "ops ($att attention): PASS ($(grep -c '' "$LOG_DIR/ops-$att.log") lines)"
+        else
+            note "ops ($att attention): FAIL (see $LOG_DIR/ops-$att.log)"; tail -30 "$LOG_DIR/ops-$att.log"
+        fi
+    done
+    # 2. the tiny model on the GPU tracks the CPU reference
+    if [ -f data/english.tok ]; then
+        common="--set data.path=data/english.tok --set train.steps=100 --set io.log_every=10"
+        ./autosp-train configs/tiny.yaml $common --set train.device=cpu --set io.run_dir="$LOG_DIR/tiny-cpu" \
+            --dump-grads "$LOG_DIR/tiny-cpu.bin" >"$LOG_DIR/tiny-cpu.log" 2>&1
+        ./autosp-train configs/tiny.yaml $common --set train.device=cuda --set io.run_dir="$LOG_DIR/tiny-gpu" \
+            --dump-grads "$LOG_DIR/tiny-gpu.bin" >"$LOG_DIR/tiny-gpu.log" 2>&1
+        "$PY" - "$LOG_DIR" <<'PY' | tee "$LOG_DIR/tiny-compare.txt"
+import json, sys
+d = sys.argv[1]
+cpu = [json.loads(l)["loss"] for l in open(f"{d}/tiny-cpu/metrics.jsonl")]
+gpu = [json.loads(l)["loss"] for l in open(f"{d}/tiny-gpu/metrics.jsonl")]
+n = min(len(cpu), len(gpu))
+worst = max(abs(a - b) / abs(a) for a, b in zip(cpu[:n], gpu[:n]))
+print(f"tiny cpu vs gpu: step 1 loss {cpu[0]:.5f} vs {gpu[0]:.5f} (rel {abs(cpu[0]-gpu[0])/cpu[0]:.2e}); "
+      f"step {n} {cpu[n-1]:.4f} vs {gpu[n-1]:.4f}; worst relative gap over {n} steps {worst:.3e}")
+PY
+        note "$(tail -1 "$LOG_DIR/tiny-compare.txt")"
+        ./tests/dump_compare configs/tiny.yaml "$LOG_DIR/tiny-cpu.bin" "$LOG_DIR/tiny-gpu.bin" 5e-2 \
+            >"$LOG_DIR/tiny-grads.txt" 2>&1
+        note "tiny first-step gradients gpu vs cpu: $(tail -1 "$LOG_DIR/tiny-grads.txt")"
+    fi
+fi
+
+# 3. benchmark: autosp-train against the PyTorch baseline, same card, same call
+SEQS=${SEQS:-"65536"}
+CFG=${BENCH_CONFIG:-configs/llama32_1b.yaml}
+STEPS=${BENCH_STEPS:-6}
+[ $QUICK = 1 ] && SEQS=8192 && STEPS=4
+for S in $SEQS; do
+    ./autosp-train "$CFG" --set train.seq_len=$S --set train.steps=$STEPS --set data.path=data/english.tok \
+        --set io.run_dir="$LOG_DIR/bench-$S" --set io.log_every=1 >"$LOG_DIR/bench-autosp-$S.log" 2>&1
+    "$PY" - "$LOG_DIR/bench-$S/metrics.jsonl" "$S" <<'PY' | tee -a "$LOG_DIR/bench.jsonl"
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])][1:]   # step 1 is warm-up
+if rows:
+    print(json.dumps({"impl": "autosp-train", "seq_len": int(sys.argv[2]),
+                      "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows),
+                      "tflops_per_gpu": statistics.median(r["tflops"] for r in rows),
+                      "peak_gib": max(r.get("peak_gib", 0) for r in rows)}))
+PY
+    for mode in "" "--compile"; do
+        PYTHONUNBUFFERED=1 "$PY" bench/torch_baseline.py "$CFG" --seq-len $S --steps $STEPS $mode \
+            2>"$LOG_DIR/bench-torch$mode-$S.err" | tee -a "$LOG_DIR/bench.jsonl"
+    done
+done
+
+echo
+echo "== $CARD, commit $COMMIT, $(date -u +%F)"
+for line in "${summary[@]}"; do echo "$line"; done
+"$PY" - "$LOG_DIR/bench.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print(f"{'impl':<22}{'S':>8}{'tokens/s':>12}{'TFLOP/s':>10}{'MFU':>8}{'peak GiB':>10}")
+for r in rows:
+    if r.get("oom"):
+        print(f"{r['impl']:<22}{r['seq_len']:>8}{'OOM':>12}"); continue
+    mfu = r.get("mfu", r["tflops_per_gpu"] / 989.0)
+    print(f"{r['impl']:<22}{r['seq_len']:>8}{r['tokens_per_s']:>12.0f}{r['tflops_per_gpu']:>10.1f}{100*mfu:>7.1f}%{r.get('peak_gib', 0):>10.1f}")
+PY
