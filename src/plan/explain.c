@@ -1,0 +1,192 @@
+/* --explain: the compiled plan as a report, the same on every rank. */
+#include <stdio.h>
+#include <string.h>
+
+#include "plan/passes.h"
+#include "util.h"
+
+static const char *fmtb(char *buf, size_t len, double bytes) { return asp_fmt_bytes(buf, len, bytes); }
+
+static const char *shape(const plan_t *p, const tensor_desc_t *t, char *buf, size_t len) {
+    long long rows = (long long)(t->rows == ROWS_GLOBAL ? p->seq_pad : p->seq_local);
+    if (t->stats) snprintf(buf, len, "[%lld, %lld] fp32", (long long)t->heads, rows);
+    else if (t->heads > 0 && t->head_dim > 0)
+        snprintf(buf, len, "[%lld, %lld, %lld]", rows, (long long)t->heads, (long long)t->head_dim);
+    else snprintf(buf, len, "[%lld, %lld]", rows, (long long)t->width);
+    return buf;
+}
+
+static void io_list(const plan_t *p, const graph_t *g, const int *ids, int n, char *buf, size_t len) {
+    size_t o = 0;
+    buf[0] = 0;
+    for (int i = 0; i < n && o < len; i++) {
+        char sh[64];
+        int w = snprintf(buf + o, len - o, "%s%s %s", i ? ", " : "", g->t[ids[i]].name, shape(p, &g->t[ids[i]], sh, sizeof sh));
+        if (w < 0) break;
+        o += (size_t)w;
+    }
+    if (n == 0) snprintf(buf, len, "-");
+}
+
+static void a2a_line(const plan_t *p, const graph_t *g, const graph_step_t *s, int backward, FILE *out) {
+    char a[64], b[64], sz[32];
+    const tensor_desc_t *src = &g->t[s->in[0]], *dst = &g->t[s->out[0]];
+    const tensor_desc_t *glob = src->rows == ROWS_GLOBAL ? src : dst;
+    if (backward) {
+        const tensor_desc_t *x = src;
+        src = dst;
+        dst = x;
+    }
+    /* named after the sequence-sharded side (q, k, v, o), as the model knows it */
+    const tensor_desc_t *loc = src->rows == ROWS_GLOBAL ? dst : src;
+    fprintf(out, "        all-to-all %s%s: %s -> %s, %s per rank\n", backward ? "d" : "", loc->name,
+            shape(p, src, a, sizeof a), shape(p, dst, b, sizeof b),
+            fmtb(sz, sizeof sz, (double)plan_tensor_bytes(p, glob)));
+}
+
+static void graph_steps(const plan_t *p, const graph_plan_t *gp, FILE *out) {
+    const graph_t *g = &gp->g;
+    char in[256], o[256];
+    fprintf(out, "  forward:\n");
+    for (int s = 0; s < g->ns; s++) {
+        const graph_step_t *st = &g->s[s];
+        io_list(p, g, st->in, st->nin, in, sizeof in);
+        io_list(p, g, st->out, st->nout, o, sizeof o);
+        fprintf(out, "    %2d %-16s %-36s %s -> %s\n", s, op_name(st->op), st->label, in, o);
+        if (st->op == OP_A2A_SEQ_TO_HEAD || st->op == OP_A2A_HEAD_TO_SEQ) a2a_line(p, g, st, 0, out);
+    }
+    int any = 0;
+    for (int t = 0; t < g->nt; t++)
+        if (gp->t[t].keep == KEEP_OFFLOAD) {
+            if (!any) fprintf(out, "    after forward: copy to host:");
+            fprintf(out, " %s", g->t[t].name);
+            any = 1;
+        }
+    if (any) fprintf(out, "\n");
+    fprintf(out, "  backward:\n");
+    any = 0;
+    for (int t = 0; t < g->nt; t++)
+        if (gp->t[t].keep == KEEP_OFFLOAD) {
+            if (!any) fprintf(out, "    copy back from host:");
+            fprintf(out, " %s", g->t[t].name);
+            any = 1;
+        }
+    if (any) fprintf(out, "\n");
+    any = 0;
+    for (int s = 0; s < g->ns; s++)
+        if (gp->recompute_step[s]) {
+            if (!any) fprintf(out, "    recompute (forward again):");
+            fprintf(out, " %d %s (%s);", s, op_name(g->s[s].op), g->s[s].label);
+            any = 1;
+        }
+    if (any) fprintf(out, "\n");
+    for (int s = g->ns - 1; s >= 0; s--) {
+        const graph_step_t *st = &g->s[s];
+        char reads[256] = "";
+        size_t r = 0;
+        for (int t = 0; t < g->nt && r < sizeof reads; t++)
+            if (sac_bwd_reads(st, t)) {
+                int w = snprintf(reads + r, sizeof reads - r, "%s%s(%s)", r ? ", " : "", g->t[t].name,
+                                 keep_name(gp->t[t].keep));
+                if (w < 0) break;
+                r += (size_t)w;
+            }
+        fprintf(out, "    %2d %-16s %-36s reads %s\n", s, op_name(st->op), st->label, r ? reads : "gradients only");
+        if (st->op == OP_A2A_SEQ_TO_HEAD || st->op == OP_A2A_HEAD_TO_SEQ) a2a_line(p, g, st, 1, out);
+    }
+}
+
+void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
+    const model_t *m = p->model;
+    char b1[32], b2[32], b3[32];
+    fprintf(out, "PLAN\n");
+    fprintf(out, "  model        llama: %zu parameters (d %lld, ffn %lld, %lld layers, %lld query / %lld KV heads of %lld, "
+                 "vocab %lld, %s embeddings)\n",
+            m->n_params, (long long)m->d, (long long)m->f, (long long)m->L, (long long)m->hq, (long long)m->hkv,
+            (long long)m->hd, (long long)m->V, m->cfg.tie_word_embeddings ? "tied" : "untied");
+    fprintf(out, "  world        %d ranks = SP %d x DP %d%s\n", p->world, p->sp, p->dp,
+            cfg->parallel.sequence_parallel_size == 0 ? " (SP chosen by auto)" : "");
+    fprintf(out, "  ZeRO         stage %d: optimizer state sharded over %d rank%s, %zu elements each (%zu padded)\n",
+            p->zero_stage, p->zero_stage ? p->world : 1, (p->zero_stage ? p->world : 1) > 1 ? "s" : "", p->shard_len,
+            p->n_params_padded);
+    fprintf(out, "  sequence     S %lld, padded %lld, %lld tokens per rank\n", (long long)p->seq_len,
+            (long long)p->seq_pad, (long long)p->seq_local);
+    fprintf(out, "  heads        %lld query and %lld KV heads per rank in attention, KV replication %d\n",
+            (long long)p->q_heads_local, (long long)p->kv_heads_local, p->kv_replication);
+    fprintf(out, "  batch        global %lld samples, %lld micro-steps per DP rank per optimizer step\n",
+            (long long)cfg->train.global_batch_size, (long long)p->micro_steps);
+    fprintf(out, "  loss         LM head + cross entropy in chunks of %lld tokens; loss = sum over valid targets / "
+                 "global count of valid targets (padded targets masked)\n",
+            (long long)p->loss_chunk);
+    fprintf(out, "  rope         global positions: rank r's tokens are r*%lld .. r*%lld+%lld\n",
+            (long long)p->seq_local, (long long)p->seq_local, (long long)p->seq_local - 1);
+    fprintf(out, "  checkpoint   policy %s%s\n", plan_policy_name(cfg->checkpointing.policy),
+            cfg->checkpointing.offload ? ", host offload allowed" : "");
+    if (p->target.memory_bytes > 0)
+        fprintf(out, "  budget       %s per rank (%s reserved for libraries)\n",
+                fmtb(b1, sizeof b1, p->target.memory_bytes), fmtb(b2, sizeof b2, p->target.reserved_bytes));
+    else fprintf(out, "  budget       unlimited\n");
+    fprintf(out, "  flops        %.3e per optimizer step (6N + causal attention), recompute adds %.3e\n",
+            p->flops_per_step, p->recompute_flops_per_step);
+
+    fprintf(out, "\nPROLOGUE (shapes per rank)\n");
+    graph_steps(p, &p->prologue, out);
+    fprintf(out, "\nLAYER (x %lld, shapes per rank)\n", (long long)m->L);
+    graph_steps(p, &p->layer, out);
+    fprintf(out, "\nEPILOGUE (shapes per rank)\n");
+    graph_steps(p, &p->epilogue, out);
+
+    fprintf(out, "\nSAC (one layer, one rank)\n");
+    fprintf(out, "  %-10s %12s  %-11s %14s %12s   %s\n", "tensor", "bytes", "decision", "recompute GF", "comm",
+            "cost if rebuilt alone");
+    const graph_plan_t *gp = &p->layer;
+    for (int t = 0; t < gp->g.nt; t++) {
+        const tensor_plan_t *tp = &gp->t[t];
+        if (tp->keep == KEEP_NOT_NEEDED && t != gp->g.input) continue;
+        double fl;
+        size_t cm;
+        sac_standalone_cost(p, gp, t, &fl, &cm);
+        fprintf(out, "  %-10s %12s  %-11s %14.2f %12s   %.2f GFLOP, %s all-to-all\n", gp->g.t[t].name,
+                fmtb(b1, sizeof b1, (double)tp->bytes), t == gp->g.input ? "save (in)" : keep_name(tp->keep),
+                tp->recompute_flops / 1e9, fmtb(b2, sizeof b2, (double)tp->recompute_comm_bytes), fl / 1e9,
+                fmtb(b3, sizeof b3, (double)cm));
+    }
+    if (cfg->checkpointing.policy == SAC_AUTO)
+        for (int s = 0; s < gp->g.ns; s++)
+            if (gp->g.s[s].op == OP_ATTENTION && gp->t[gp->g.s[s].out[0]].keep != KEEP_SAVE)
+                fprintf(out, "  auto: no mix that keeps attention's outputs fits the budget; attention is "
+                             "recomputed too (as policy full)\n");
+    fprintf(out, "  saved slot %s per layer, host slot %s per layer, workspace %s\n",
+            fmtb(b1, sizeof b1, (double)gp->saved_bytes), fmtb(b2, sizeof b2, (double)gp->offload_bytes),
+            fmtb(b3, sizeof b3, (double)gp->workspace_bytes));
+
+    fprintf(out, "\nMEMORY (per rank)\n");
+    const memplan_t *mem = &p->mem;
+    struct { const char *name; const region_t *r; } rows[] = {
+        {"params", &mem->params},       {"grads", &mem->grads},           {"master", &mem->master},
+        {"adam_m", &mem->adam_m},       {"adam_v", &mem->adam_v},         {"grad_shard", &mem->grad_shard},
+        {"saved_layers", &mem->saved_layers}, {"final_hidden", &mem->final_hidden}, {"workspace", &mem->workspace},
+        {"resid_grad[0]", &mem->resid_grad[0]}, {"resid_grad[1]", &mem->resid_grad[1]}, {"logits", &mem->logits},
+        {"a2a_send", &mem->a2a_send},   {"a2a_recv", &mem->a2a_recv},     {"tokens", &mem->tokens},
+        {"targets", &mem->targets},     {"positions", &mem->positions},   {"rope_freq", &mem->rope_freq},
+        {"scalars", &mem->scalars},     {"offload", &mem->offload},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        fprintf(out, "  %-14s %-12s %14zu B  %12s\n", rows[i].name, arena_name((arena_t)rows[i].r->arena),
+                rows[i].r->bytes, fmtb(b1, sizeof b1, (double)rows[i].r->bytes));
+    for (int a = 0; a < ARENA__COUNT; a++)
+        fprintf(out, "  arena %-20s %14zu B  %12s\n", arena_name((arena_t)a), mem->arena_bytes[a],
+                fmtb(b1, sizeof b1, (double)mem->arena_bytes[a]));
+    fprintf(out, "  predicted device peak  %14zu B  %12s (arenas + %s reserved)\n", mem->device_total,
+            fmtb(b1, sizeof b1, (double)mem->device_total), fmtb(b2, sizeof b2, p->target.reserved_bytes));
+    fprintf(out, "  pinned host            %14zu B  %12s\n", mem->host_total, fmtb(b1, sizeof b1, (double)mem->host_total));
+    if (p->target.memory_bytes > 0) {
+        fprintf(out, "  budget                 %14.0f B  %12s (%s)\n", p->target.memory_bytes,
+                fmtb(b1, sizeof b1, p->target.memory_bytes),
+                (double)mem->device_total <= p->target.memory_bytes ? "fits" : "DOES NOT FIT");
+        int64_t g = (int64_t)p->sp * 1024;
+        int64_t longest = plan_longest_seq(cfg, m, p->world, &p->target, g);
+        fprintf(out, "\nLONGEST S that fits the budget on %d ranks (multiple of %lld): %lld tokens\n", p->world,
+                (long long)g, (long long)longest);
+    }
+}

@@ -1,0 +1,251 @@
+/* Memory plan: offsets of every per-layer buffer (saved slot, host slot,
+ * workspace by interval packing) and the byte layout of every region. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "plan/passes.h"
+#include "util.h"
+
+#define PLAN_ALIGN 256
+
+const char *keep_name(keep_t k) {
+    switch (k) {
+    case KEEP_NOT_NEEDED: return "not needed";
+    case KEEP_SAVE: return "save";
+    case KEEP_RECOMPUTE: return "recompute";
+    case KEEP_OFFLOAD: return "offload";
+    }
+    return "?";
+}
+
+const char *arena_name(arena_t a) {
+    switch (a) {
+    case ARENA_PARAMS: return "params";
+    case ARENA_OPTIMIZER: return "optimizer";
+    case ARENA_ACTIVATIONS: return "activations";
+    case ARENA_WORKSPACE: return "workspace";
+    case ARENA_HOST: return "host";
+    case ARENA__COUNT: break;
+    }
+    return "?";
+}
+
+typedef struct {
+    int t, kind;        /* WS_FWD, WS_BWD, WS_GRAD */
+    int start, end;     /* inclusive times on the layer timeline */
+    size_t bytes, off;
+} wbuf_t;
+
+static int wbuf_cmp(const void *a, const void *b) {
+    const wbuf_t *x = a, *y = b;
+    if (x->bytes != y->bytes) return x->bytes > y->bytes ? -1 : 1;
+    if (x->start != y->start) return x->start < y->start ? -1 : 1;
+    if (x->t != y->t) return x->t - y->t;
+    return x->kind - y->kind;
+}
+
+static int off_cmp(const void *a, const void *b) {
+    const wbuf_t *x = *(wbuf_t *const *)a, *y = *(wbuf_t *const *)b;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+static int imax(int a, int b) { return a > b ? a : b; }
+
+/* Greedy first-fit by decreasing size: a buffer goes at the lowest aligned
+ * offset clear of every placed buffer whose lifetime intersects its own. */
+static size_t pack(wbuf_t *b, int n) {
+    qsort(b, (size_t)n, sizeof *b, wbuf_cmp);
+    wbuf_t *live[GRAPH_MAX_TENSORS * 3];
+    size_t top = 0;
+    for (int i = 0; i < n; i++) {
+        int nl = 0;
+        for (int j = 0; j < i; j++)
+            if (b[j].start <= b[i].end && b[i].start <= b[j].end) live[nl++] = &b[j];
+        qsort(live, (size_t)nl, sizeof live[0], off_cmp);
+        size_t off = 0;
+        for (int j = 0; j < nl; j++) {
+            if (live[j]->off >= off + b[i].bytes) break;
+            size_t e = asp_align_up(live[j]->off + live[j]->bytes, PLAN_ALIGN);
+            if (e > off) off = e;
+        }
+        b[i].off = off;
+        size_t e = asp_align_up(off + b[i].bytes, PLAN_ALIGN);
+        if (e > top) top = e;
+    }
+    return top;
+}
+
+void memplan_graph(const plan_t *p, graph_plan_t *gp) {
+    (void)p;
+    const graph_t *g = &gp->g;
+    const int ns = g->ns;
+    /* the layer timeline: forward steps, offload copy, reload, recompute
+     * steps in order, backward steps in reverse */
+#define T_FWD(s) (s)
+#define T_OFFLOAD (ns)
+#define T_RELOAD (ns + 1)
+#define T_RECOMP(s) (ns + 2 + (s))
+#define T_BWD(s) (2 * ns + 2 + (ns - 1 - (s)))
+    int prod[GRAPH_MAX_TENSORS];
+    for (int t = 0; t < g->nt; t++) {
+        prod[t] = sac_producer(g, t);
+        tensor_plan_t *tp = &gp->t[t];
+        tp->saved_off = tp->fwd_off = tp->bwd_off = tp->grad_off = PLAN_NO_OFFSET;
+    }
+    size_t so = 0, ho = 0;
+    if (g->input >= 0) {
+        gp->t[g->input].keep = KEEP_SAVE;
+        gp->t[g->input].saved_off = 0;
+        so = asp_align_up(gp->t[g->input].bytes, PLAN_ALIGN);
+    }
+    for (int t = 0; t < g->nt; t++) {
+        tensor_plan_t *tp = &gp->t[t];
+        if (t == g->input) continue;
+        if (tp->keep == KEEP_SAVE) {
+            tp->saved_off = so;
+            so += asp_align_up(tp->bytes, PLAN_ALIGN);
+        } else if (tp->keep == KEEP_OFFLOAD) {
+            tp->saved_off = ho;
+            ho += asp_align_up(tp->bytes, PLAN_ALIGN);
+        }
+    }
+    gp->saved_bytes = so;
+    gp->offload_bytes = ho;
+
+    wbuf_t b[GRAPH_MAX_TENSORS * 3];
+    int nb = 0;
+    for (int t = 0; t < g->nt; t++) {
+        const tensor_plan_t *tp = &gp->t[t];
+        if (t == g->input || t == g->output || prod[t] < 0) continue;
+        /* forward instance: producer to last forward reader (or the offload copy) */
+        if (tp->keep != KEEP_SAVE) {
+            int st = T_FWD(prod[t]), en = st;
+            for (int s = 0; s < ns; s++)
+                for (int i = 0; i < g->s[s].nin; i++)
+                    if (g->s[s].in[i] == t) en = imax(en, T_FWD(s));
+            if (tp->keep == KEEP_OFFLOAD) en = imax(en, T_OFFLOAD);
+            b[nb++] = (wbuf_t){t, WS_FWD, st, en, tp->bytes, 0};
+        }
+        /* backward instance: reload or recompute to its last recompute/backward reader */
+        if (tp->keep == KEEP_RECOMPUTE || tp->keep == KEEP_OFFLOAD ||
+            (tp->keep != KEEP_SAVE && gp->recompute_step[prod[t]])) {
+            int st = tp->keep == KEEP_OFFLOAD ? T_RELOAD : T_RECOMP(prod[t]), en = st;
+            for (int s = 0; s < ns; s++) {
+                if (gp->recompute_step[s])
+                    for (int i = 0; i < g->s[s].nin; i++)
+                        if (g->s[s].in[i] == t) en = imax(en, T_RECOMP(s));
+                if (sac_bwd_reads(&g->s[s], t)) en = imax(en, T_BWD(s));
+            }
+            b[nb++] = (wbuf_t){t, WS_BWD, st, en, tp->bytes, 0};
+        }
+        /* gradient: first backward writer (the last consumer) to the producer's backward */
+        if (g->t[t].dtype == TENSOR_ACT) {
+            int last = -1;
+            for (int s = 0; s < ns; s++)
+                for (int i = 0; i < g->s[s].nin; i++)
+                    if (g->s[s].in[i] == t) last = s;
+            if (last >= 0) {
+                /* LMHEAD_LOSS writes its input's gradient in its forward */
+                int st = g->s[last].op == OP_LMHEAD_LOSS ? T_FWD(last) : T_BWD(last);
+                b[nb++] = (wbuf_t){t, WS_GRAD, st, T_BWD(prod[t]), tp->bytes, 0};
+            }
+        }
+    }
+#undef T_FWD
+#undef T_OFFLOAD
+#undef T_RELOAD
+#undef T_RECOMP
+#undef T_BWD
+    gp->workspace_bytes = pack(b, nb);
+    for (int i = 0; i < nb; i++) {
+        tensor_plan_t *tp = &gp->t[b[i].t];
+        if (b[i].kind == WS_FWD) tp->fwd_off = b[i].off;
+        else if (b[i].kind == WS_BWD) tp->bwd_off = b[i].off;
+        else tp->grad_off = b[i].off;
+    }
+}
+
+static region_t place(size_t *end, int arena, size_t bytes) {
+    region_t r;
+    r.arena = arena;
+    r.offset = asp_align_up(end[arena], PLAN_ALIGN);
+    r.bytes = bytes;
+    end[arena] = r.offset + bytes;
+    return r;
+}
+
+void memplan_regions(plan_t *p, const config_t *cfg) {
+    const model_t *m = p->model;
+    memplan_t *mem = &p->mem;
+    const size_t act = (size_t)p->target.act_bytes;
+    const size_t sl = (size_t)p->seq_local, d = (size_t)m->d, V = (size_t)m->V;
+    memset(mem, 0, sizeof *mem);
+
+    /* ZeRO-1 shards over all W ranks; each shard a multiple of 64 elements */
+    size_t shards = p->zero_stage == 1 ? (size_t)p->world : 1;
+    p->n_params = m->n_params;
+    p->n_params_padded = asp_align_up(m->n_params, 64 * shards);
+    p->shard_len = p->n_params_padded / shards;
+
+    /* loss chunk: logits no larger than the layer's largest activation */
+    size_t maxt = 0;
+    for (int t = 0; t < p->layer.g.nt; t++)
+        if (p->layer.g.t[t].dtype == TENSOR_ACT && p->layer.t[t].bytes > maxt) maxt = p->layer.t[t].bytes;
+    int64_t lc;
+    if (cfg->checkpointing.loss_chunk_tokens > 0) {
+        lc = cfg->checkpointing.loss_chunk_tokens < p->seq_local ? cfg->checkpointing.loss_chunk_tokens
+                                                                 : p->seq_local;
+    } else {
+        lc = 1;
+        while (lc * 2 <= p->seq_local && (size_t)(lc * 2) * V * act <= maxt) lc *= 2;
+        int64_t floor = p->seq_local < 128 ? p->seq_local : 128;
+        if (lc < floor) lc = floor;
+    }
+    p->loss_chunk = lc;
+
+    size_t a2a = 0;
+    for (int s = 0; s < p->layer.g.ns; s++) {
+        size_t c = sac_step_comm_bytes(p, &p->layer.g, s);
+        if (c > a2a) a2a = c;
+    }
+    size_t ws = p->layer.workspace_bytes;
+    if (p->prologue.workspace_bytes > ws) ws = p->prologue.workspace_bytes;
+    if (p->epilogue.workspace_bytes > ws) ws = p->epilogue.workspace_bytes;
+
+    size_t end[ARENA__COUNT] = {0};
+    mem->params = place(end, ARENA_PARAMS, p->n_params_padded * (size_t)p->target.param_bytes);
+    mem->grads = place(end, ARENA_PARAMS, p->n_params_padded * (size_t)p->target.grad_bytes);
+    mem->master = place(end, ARENA_OPTIMIZER, p->shard_len * 4);
+    mem->adam_m = place(end, ARENA_OPTIMIZER, p->shard_len * 4);
+    mem->adam_v = place(end, ARENA_OPTIMIZER, p->shard_len * 4);
+    mem->grad_shard = place(end, ARENA_OPTIMIZER, p->zero_stage == 1 ? p->shard_len * (size_t)p->target.grad_bytes : 0);
+    mem->saved_layers = place(end, ARENA_ACTIVATIONS, (size_t)m->L * p->layer.saved_bytes);
+    mem->final_hidden = place(end, ARENA_ACTIVATIONS, sl * d * act);
+    mem->workspace = place(end, ARENA_WORKSPACE, ws);
+    mem->resid_grad[0] = place(end, ARENA_WORKSPACE, sl * d * act);
+    mem->resid_grad[1] = place(end, ARENA_WORKSPACE, sl * d * act);
+    mem->logits = place(end, ARENA_WORKSPACE, (size_t)lc * V * act);
+    mem->a2a_send = place(end, ARENA_WORKSPACE, a2a);
+    mem->a2a_recv = place(end, ARENA_WORKSPACE, a2a);
+    mem->tokens = place(end, ARENA_WORKSPACE, sl * 4);
+    mem->targets = place(end, ARENA_WORKSPACE, sl * 4);
+    mem->positions = place(end, ARENA_WORKSPACE, sl * 4);
+    mem->rope_freq = place(end, ARENA_WORKSPACE, (size_t)(m->hd / 2) * 8);
+    mem->scalars = place(end, ARENA_WORKSPACE, 16 * 4);
+    mem->offload = place(end, ARENA_HOST, (size_t)m->L * p->layer.offload_bytes);
+    size_t dev = 0;
+    for (int a = 0; a < ARENA__COUNT; a++) {
+        mem->arena_bytes[a] = asp_align_up(end[a], PLAN_ALIGN);
+        if (a != ARENA_HOST) dev += mem->arena_bytes[a];
+    }
+    mem->device_total = dev + (size_t)p->target.reserved_bytes;
+    mem->host_total = mem->arena_bytes[ARENA_HOST];
+}
+
+int memplan_all(plan_t *p, const config_t *cfg) {
+    memplan_graph(p, &p->prologue);
+    memplan_graph(p, &p->layer);
+    memplan_graph(p, &p->epilogue);
+    memplan_regions(p, cfg);
+    return p->target.memory_bytes <= 0 || (double)p->mem.device_total <= p->target.memory_bytes;
+}

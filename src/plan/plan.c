@@ -1,0 +1,139 @@
+/* plan_compile: SP degree choice (given or auto), then the SP pass, SAC pass
+ * and memory plan; plan_longest_seq searches S against the budget. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "plan/passes.h"
+#include "util.h"
+
+#define LONGEST_SEQ_MAX ((int64_t)1 << 26)
+
+double plan_flops_per_token(const model_t *m, int64_t seq_len) {
+    return 6.0 * model_matmul_params(m) + 6.0 * (double)m->L * (double)seq_len * (double)(m->hq * m->hd);
+}
+
+/* A budget in the config wins over the device's memory given by the caller. */
+static plan_target_t effective_target(const config_t *cfg, const plan_target_t *target) {
+    plan_target_t t = *target;
+    if (cfg->checkpointing.memory_budget_gib > 0) t.memory_bytes = cfg->checkpointing.memory_budget_gib * 1073741824.0;
+    return t;
+}
+
+/* 0: compiled and fits; 1: compiled, does not fit; -1: impossible (err set). */
+static int compile_at(plan_t *p, const config_t *cfg, const model_t *m, int world, const plan_target_t *t, int sp,
+                      int64_t seq_len, char *err, size_t errlen) {
+    if (sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen)) return -1;
+    int fits = sac_pass(p, cfg);
+    double rc = 0;
+    for (int s = 0; s < p->layer.g.ns; s++)
+        if (p->layer.recompute_step[s]) rc += sac_step_flops(p, &p->layer.g, s);
+    p->recompute_flops_per_step = rc * (double)m->L * (double)p->micro_steps * (double)p->world;
+    p->flops_per_step = plan_flops_per_token(m, seq_len) * (double)seq_len * (double)cfg->train.global_batch_size;
+    return fits ? 0 : 1;
+}
+
+/* SP degrees `auto` may choose: valid for the model, dividing the world, with
+ * DP dividing the global batch; ascending. */
+static int auto_degrees(const model_t *m, int world, int64_t gbs, int *list) {
+    int n = 0;
+    for (int P = 1; P <= world; P++)
+        if (world % P == 0 && sp_degree_valid(m, P) && gbs > 0 && gbs % (world / P) == 0) list[n++] = P;
+    return n;
+}
+
+static int64_t longest_fixed(plan_t *scratch, const config_t *cfg, const model_t *m, int world,
+                             const plan_target_t *t, int sp, int64_t granule) {
+    char err[512];
+    if (granule < 1) granule = 1;
+    int64_t lo = 0, hi = LONGEST_SEQ_MAX / granule;
+    if (compile_at(scratch, cfg, m, world, t, sp, hi * granule, err, sizeof err) == 0) return hi * granule;
+    while (hi - lo > 1) {   /* fits(lo) (or lo == 0), !fits(hi) */
+        int64_t mid = lo + (hi - lo) / 2;
+        if (compile_at(scratch, cfg, m, world, t, sp, mid * granule, err, sizeof err) == 0) lo = mid;
+        else hi = mid;
+    }
+    return lo * granule;
+}
+
+static int64_t granule_for(int sp, int64_t seq_len) {
+    return seq_len >= (int64_t)sp * 1024 ? (int64_t)sp * 1024 : sp;
+}
+
+int64_t plan_longest_seq(const config_t *cfg, const model_t *m, int world, const plan_target_t *target,
+                         int64_t granule) {
+    plan_target_t t = effective_target(cfg, target);
+    plan_t *scratch = asp_malloc(sizeof *scratch, "plan search");
+    int64_t best = 0;
+    if (cfg->parallel.sequence_parallel_size > 0) {
+        best = longest_fixed(scratch, cfg, m, world, &t, (int)cfg->parallel.sequence_parallel_size, granule);
+    } else {
+        int list[1024];
+        int n = world <= 1024 ? auto_degrees(m, world, cfg->train.global_batch_size, list) : 0;
+        for (int i = 0; i < n; i++) {
+            int64_t s = longest_fixed(scratch, cfg, m, world, &t, list[i], granule);
+            if (s > best) best = s;
+        }
+    }
+    free(scratch);
+    return best;
+}
+
+static void no_fit_message(const plan_t *p, const config_t *cfg, int64_t longest, int sp, char *err, size_t errlen) {
+    char have[32], budget[32];
+    asp_fmt_bytes(have, sizeof have, (double)p->mem.device_total);
+    asp_fmt_bytes(budget, sizeof budget, p->target.memory_bytes);
+    asp_errf(err, errlen,
+             "train.seq_len %lld does not fit: the plan needs %s per rank (sequence_parallel_size %d, policy %s) "
+             "but the budget is %s; the longest seq_len that fits is %lld with sequence_parallel_size %d on "
+             "%d ranks; lower train.seq_len, use checkpointing.policy auto (with offload), or add ranks",
+             (long long)cfg->train.seq_len, have, p->sp, plan_policy_name(cfg->checkpointing.policy), budget,
+             (long long)longest, sp, p->world);
+}
+
+int plan_compile(plan_t *p, const config_t *cfg, const model_t *m, int world, const plan_target_t *target,
+                 char *err, size_t errlen) {
+    plan_target_t t = effective_target(cfg, target);
+    const int64_t S = cfg->train.seq_len;
+    int64_t want = cfg->parallel.sequence_parallel_size;
+    if (want < 0) return asp_errf(err, errlen, "parallel.sequence_parallel_size: %lld; use a positive degree or auto",
+                                  (long long)want);
+    if (want > 0) {
+        int r = compile_at(p, cfg, m, world, &t, (int)want, S, err, errlen);
+        if (r <= 0) return r;
+        plan_t *scratch = asp_malloc(sizeof *scratch, "plan search");
+        int64_t longest = longest_fixed(scratch, cfg, m, world, &t, (int)want, granule_for((int)want, S));
+        free(scratch);
+        no_fit_message(p, cfg, longest, (int)want, err, errlen);
+        return -1;
+    }
+    if (world < 1 || world > 1024)
+        return asp_errf(err, errlen, "world size %d: expected 1 to 1024 ranks", world);
+    int list[1024];
+    int n = auto_degrees(m, world, cfg->train.global_batch_size, list);
+    if (n == 0) {
+        char valid[256];
+        sp_valid_degrees(m, world, valid, sizeof valid);
+        return asp_errf(err, errlen,
+                        "parallel.sequence_parallel_size auto: no degree works for world %d and "
+                        "train.global_batch_size %lld (the data-parallel degree world/SP must divide the batch); "
+                        "valid sequence_parallel_size for world %d: %s",
+                        world, (long long)cfg->train.global_batch_size, world, valid[0] ? valid : "none");
+    }
+    for (int i = 0; i < n; i++)
+        if (compile_at(p, cfg, m, world, &t, list[i], S, err, errlen) == 0) return 0;
+    /* nothing fits: report the best degree's longest S */
+    plan_t *scratch = asp_malloc(sizeof *scratch, "plan search");
+    int64_t best = -1;
+    int best_sp = list[n - 1];
+    for (int i = 0; i < n; i++) {
+        int64_t s = longest_fixed(scratch, cfg, m, world, &t, list[i], granule_for(list[i], S));
+        if (s > best) {
+            best = s;
+            best_sp = list[i];
+        }
+    }
+    free(scratch);
+    compile_at(p, cfg, m, world, &t, best_sp, S, err, errlen);
+    no_fit_message(p, cfg, best, best_sp, err, errlen);
+    return -1;
+}

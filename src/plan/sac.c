@@ -1,0 +1,255 @@
+/* SAC pass: per tensor of the layer graph, keep it in the saved slot,
+ * recompute it before the layer's backward, or offload it to the host.
+ * The cost model and its constants are described in docs/plan.md. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "plan/passes.h"
+#include "util.h"
+
+/* An all-to-all byte costs as much time as this many FLOPs (about the ratio of
+ * dense bf16 throughput to all-to-all bandwidth inside a node). */
+#define COMM_FLOP_PER_BYTE 2048.0
+/* Offload copies run beside compute; charge the share not hidden. Cheaper
+ * than a matmul or all-to-all recompute, dearer than an elementwise one. */
+#define OFFLOAD_FLOP_PER_BYTE 64.0
+
+const char *plan_policy_name(sac_policy_t s) {
+    switch (s) {
+    case SAC_AUTO: return "auto";
+    case SAC_SAVE_ALL: return "save_all";
+    case SAC_FULL: return "full";
+    }
+    return "?";
+}
+
+int sac_bwd_reads(const graph_step_t *s, int t) {
+    switch (s->op) {
+    case OP_RMSNORM:
+    case OP_MATMUL:
+    case OP_SWIGLU:
+        return s->nin > 0 && s->in[0] == t;
+    case OP_ATTENTION:
+        for (int i = 0; i < s->nin; i++)
+            if (s->in[i] == t) return 1;
+        for (int i = 0; i < s->nout; i++)
+            if (s->out[i] == t) return 1;
+        return 0;
+    default:
+        return 0;   /* EMBED, ROPE_SPLIT, ADD, LMHEAD_LOSS, A2A read no activation */
+    }
+}
+
+int sac_producer(const graph_t *g, int t) {
+    for (int s = 0; s < g->ns; s++)
+        for (int i = 0; i < g->s[s].nout; i++)
+            if (g->s[s].out[i] == t) return s;
+    return -1;
+}
+
+static int read_by_backward(const graph_t *g, int t) {
+    for (int s = 0; s < g->ns; s++)
+        if (sac_bwd_reads(&g->s[s], t)) return 1;
+    return 0;
+}
+
+static double rows_of(const plan_t *p, const tensor_desc_t *t) {
+    return (double)(t->rows == ROWS_GLOBAL ? p->seq_pad : p->seq_local);
+}
+
+double sac_step_flops(const plan_t *p, const graph_t *g, int si) {
+    const graph_step_t *s = &g->s[si];
+    const tensor_desc_t *x = s->nin ? &g->t[s->in[0]] : &g->t[s->out[0]];
+    double n = rows_of(p, x);
+    switch (s->op) {
+    case OP_MATMUL: return 2.0 * n * (double)s->k * (double)s->m;
+    case OP_RMSNORM: return 4.0 * n * (double)x->width;            /* square, sum, scale, weight */
+    case OP_ROPE_SPLIT: return 3.0 * n * (double)x->width;         /* rotate q and k, copy v */
+    case OP_ATTENTION:                                             /* QK^T and PV, causal half */
+        return 2.0 * n * n * (double)s->heads * (double)s->head_dim;
+    case OP_ADD: return n * (double)x->width;
+    case OP_SWIGLU: return 3.0 * n * (double)x->width;             /* silu + product per output */
+    case OP_EMBED: return n * (double)x->width;
+    case OP_LMHEAD_LOSS: return 2.0 * n * (double)x->width * (double)p->model->V;
+    default: return 0.0;
+    }
+}
+
+size_t sac_step_comm_bytes(const plan_t *p, const graph_t *g, int si) {
+    const graph_step_t *s = &g->s[si];
+    if (s->op == OP_A2A_SEQ_TO_HEAD) return plan_tensor_bytes(p, &g->t[s->out[0]]);
+    if (s->op == OP_A2A_HEAD_TO_SEQ) return plan_tensor_bytes(p, &g->t[s->in[0]]);
+    return 0;
+}
+
+static int is_available(const graph_t *g, const keep_t *keep, int t) {
+    return t == g->input || keep[t] == KEEP_SAVE || keep[t] == KEEP_OFFLOAD;
+}
+
+/* Mark (in rstep) every step needed to rebuild tensor t, given the keeps;
+ * returns the cost of the steps newly marked. */
+static void closure_from(const plan_t *p, const graph_t *g, const keep_t *keep, int t, int *rstep, double *flops,
+                         size_t *comm, int *expensive) {
+    int stack[GRAPH_MAX_TENSORS * GRAPH_MAX_IO + 1], sp = 0;
+    int seen[GRAPH_MAX_TENSORS] = {0};
+    stack[sp++] = t;
+    seen[t] = 1;
+    while (sp) {
+        int u = stack[--sp];
+        int s = sac_producer(g, u);
+        if (s < 0 || rstep[s]) continue;
+        rstep[s] = 1;
+        if (flops) *flops += sac_step_flops(p, g, s);
+        if (comm) *comm += sac_step_comm_bytes(p, g, s);
+        op_kind_t op = g->s[s].op;
+        if (expensive && (op == OP_MATMUL || op == OP_ATTENTION || op == OP_A2A_SEQ_TO_HEAD ||
+                          op == OP_A2A_HEAD_TO_SEQ))
+            *expensive = 1;
+        for (int i = 0; i < g->s[s].nin; i++) {
+            int v = g->s[s].in[i];
+            if (!is_available(g, keep, v) && !seen[v]) {
+                seen[v] = 1;
+                stack[sp++] = v;
+            }
+        }
+    }
+}
+
+void sac_derive(const plan_t *p, graph_plan_t *gp, const int *order, int norder) {
+    const graph_t *g = &gp->g;
+    keep_t keep[GRAPH_MAX_TENSORS];
+    for (int t = 0; t < g->nt; t++) {
+        keep[t] = gp->t[t].keep;
+        gp->t[t].recompute_flops = 0;
+        gp->t[t].recompute_comm_bytes = 0;
+    }
+    memset(gp->recompute_step, 0, sizeof gp->recompute_step);
+    /* charge each recomputed step to the first tensor (in drop order) that needs it */
+    int done[GRAPH_MAX_TENSORS] = {0};
+    for (int pass = 0; pass < 2; pass++) {
+        int n = pass == 0 ? (order ? norder : 0) : g->nt;
+        for (int i = 0; i < n; i++) {
+            int t = pass == 0 ? order[i] : i;
+            if (done[t] || keep[t] != KEEP_RECOMPUTE) continue;
+            done[t] = 1;
+            closure_from(p, g, keep, t, gp->recompute_step, &gp->t[t].recompute_flops,
+                         &gp->t[t].recompute_comm_bytes, NULL);
+        }
+    }
+    /* grad_first: the consumer with the highest step index runs its backward first */
+    memset(gp->grad_first, 0, sizeof gp->grad_first);
+    for (int t = 0; t < g->nt; t++) {
+        if (g->t[t].dtype != TENSOR_ACT) continue;
+        int last = -1, slot = -1;
+        for (int s = 0; s < g->ns; s++)
+            for (int i = 0; i < g->s[s].nin; i++)
+                if (g->s[s].in[i] == t) { last = s; slot = i; }
+        if (last >= 0) gp->grad_first[last][slot] = 1;
+    }
+}
+
+/* Keeps for a fixed policy: the graph input is the checkpoint; what a
+ * backward reads is saved (save_all) or recomputed (full). */
+static void policy_keeps(graph_plan_t *gp, sac_policy_t policy) {
+    const graph_t *g = &gp->g;
+    for (int t = 0; t < g->nt; t++) {
+        if (t == g->input) gp->t[t].keep = KEEP_SAVE;
+        else if (!read_by_backward(g, t)) gp->t[t].keep = KEEP_NOT_NEEDED;
+        else gp->t[t].keep = policy == SAC_FULL ? KEEP_RECOMPUTE : KEEP_SAVE;
+    }
+}
+
+void sac_apply_policy(plan_t *p, const config_t *cfg, sac_policy_t policy) {
+    graph_plan_t *gps[3] = {&p->prologue, &p->layer, &p->epilogue};
+    for (int i = 0; i < 3; i++) {
+        policy_keeps(gps[i], policy);
+        sac_derive(p, gps[i], NULL, 0);
+    }
+    memplan_all(p, cfg);
+}
+
+/* Time cost (in FLOP equivalents) of a layer's keeps: recompute plus offload. */
+static double keeps_cost(const plan_t *p, const graph_t *g, const keep_t *keep) {
+    int rstep[GRAPH_MAX_STEPS] = {0};
+    double flops = 0, offload = 0;
+    size_t comm = 0;
+    for (int t = 0; t < g->nt; t++) {
+        if (keep[t] == KEEP_RECOMPUTE) closure_from(p, g, keep, t, rstep, &flops, &comm, NULL);
+        if (keep[t] == KEEP_OFFLOAD) offload += (double)plan_tensor_bytes(p, &g->t[t]);
+    }
+    return flops + COMM_FLOP_PER_BYTE * (double)comm + OFFLOAD_FLOP_PER_BYTE * offload;
+}
+
+void sac_standalone_cost(const plan_t *p, const graph_plan_t *gp, int t, double *flops, size_t *comm) {
+    const graph_t *g = &gp->g;
+    keep_t keep[GRAPH_MAX_TENSORS];
+    int rstep[GRAPH_MAX_STEPS] = {0};
+    for (int u = 0; u < g->nt; u++) keep[u] = gp->t[u].keep;
+    keep[t] = KEEP_RECOMPUTE;
+    *flops = 0;
+    *comm = 0;
+    closure_from(p, g, keep, t, rstep, flops, comm, NULL);
+}
+
+int sac_pass(plan_t *p, const config_t *cfg) {
+    sac_policy_t policy = cfg->checkpointing.policy;
+    if (policy != SAC_AUTO) {
+        sac_apply_policy(p, cfg, policy);
+        return memplan_all(p, cfg);
+    }
+    sac_apply_policy(p, cfg, SAC_SAVE_ALL);
+    graph_plan_t *gp = &p->layer;
+    const graph_t *g = &gp->g;
+    /* attention's outputs stay saved: rebuilding them reruns O(S^2) attention */
+    int protect[GRAPH_MAX_TENSORS] = {0};
+    protect[g->input] = 1;
+    for (int s = 0; s < g->ns; s++)
+        if (g->s[s].op == OP_ATTENTION)
+            for (int i = 0; i < g->s[s].nout; i++) protect[g->s[s].out[i]] = 1;
+    int order[GRAPH_MAX_TENSORS], norder = 0;
+    int fits = memplan_all(p, cfg);
+    while (!fits) {
+        keep_t keep[GRAPH_MAX_TENSORS];
+        for (int t = 0; t < g->nt; t++) keep[t] = gp->t[t].keep;
+        double base = keeps_cost(p, g, keep), best_ratio = 0;
+        int best = -1;
+        keep_t best_keep = KEEP_RECOMPUTE;
+        for (int t = 0; t < g->nt; t++) {
+            if (protect[t] || keep[t] != KEEP_SAVE) continue;
+            keep_t option = KEEP_RECOMPUTE;
+            if (cfg->checkpointing.offload) {
+                /* offload before recomputing anything that needs a matmul or all-to-all */
+                int rstep[GRAPH_MAX_STEPS] = {0}, expensive = 0;
+                keep[t] = KEEP_RECOMPUTE;
+                closure_from(p, g, keep, t, rstep, NULL, NULL, &expensive);
+                if (expensive) option = KEEP_OFFLOAD;
+            }
+            keep[t] = option;
+            double ratio = (keeps_cost(p, g, keep) - base) / (double)gp->t[t].bytes;
+            keep[t] = KEEP_SAVE;
+            if (best < 0 || ratio < best_ratio) {
+                best = t;
+                best_ratio = ratio;
+                best_keep = option;
+            }
+        }
+        if (best < 0) break;
+        gp->t[best].keep = best_keep;
+        order[norder++] = best;
+        sac_derive(p, gp, order, norder);
+        fits = memplan_all(p, cfg);
+    }
+    if (!fits) {
+        /* last resort: full recompute, attention included (fits whenever any policy does) */
+        plan_t *trial = asp_malloc(sizeof *trial, "plan trial");
+        *trial = *p;
+        sac_apply_policy(trial, cfg, SAC_FULL);
+        if (memplan_all(trial, cfg) || trial->mem.device_total < p->mem.device_total) {
+            *p = *trial;
+            fits = memplan_all(p, cfg);
+        }
+        free(trial);
+    }
+    p->policy = SAC_AUTO;
+    return fits;
+}

@@ -1,0 +1,830 @@
+/* Plan compiler: SP pass (degrees, all-to-alls, KV replication, padding),
+ * SAC properties, the memory plan against a hand calculation, a simulation
+ * of the executor's walk over the workspace, and --explain. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "model/model.h"
+#include "plan/passes.h"
+#include "plan/plan.h"
+#include "testutil.h"
+
+#define GiB 1073741824.0
+
+static model_config_t llama_cfg(int64_t d, int64_t f, int64_t L, int64_t hq, int64_t hkv, int64_t hd, int64_t V,
+                                int tied) {
+    model_config_t c;
+    memset(&c, 0, sizeof c);
+    strcpy(c.architecture, "llama");
+    c.hidden_size = d;
+    c.intermediate_size = f;
+    c.num_hidden_layers = L;
+    c.num_attention_heads = hq;
+    c.num_key_value_heads = hkv;
+    c.head_dim = hd;
+    c.vocab_size = V;
+    c.rms_norm_eps = 1e-5;
+    c.rope_theta = 500000.0;
+    c.rope_scaling.enabled = 1;
+    c.rope_scaling.factor = 8.0;
+    c.rope_scaling.low_freq_factor = 1.0;
+    c.rope_scaling.high_freq_factor = 4.0;
+    c.rope_scaling.original_max_position_embeddings = 8192;
+    c.tie_word_embeddings = tied;
+    c.initializer_range = 0.02;
+    return c;
+}
+
+enum { M_TINY, M_3B, M_8B, M_70B };
+
+static model_t *get_model(int which) {
+    static model_t models[4];
+    static int built[4];
+    if (!built[which]) {
+        model_config_t c;
+        switch (which) {
+        case M_TINY: c = llama_cfg(64, 160, 2, 4, 2, 16, 256, 1); break;
+        case M_3B: c = llama_cfg(3072, 8192, 28, 24, 8, 128, 128256, 1); break;
+        case M_8B: c = llama_cfg(4096, 14336, 32, 32, 8, 128, 128256, 0); break;
+        default: c = llama_cfg(8192, 28672, 80, 64, 8, 128, 128256, 0); break;
+        }
+        char err[256];
+        ck_assert_msg(model_build(&models[which], &c, err, sizeof err) == 0, "%s", err);
+        built[which] = 1;
+    }
+    return &models[which];
+}
+
+static config_t make_cfg(const model_t *m, int64_t S, int64_t gbs, int sp, sac_policy_t policy) {
+    config_t c;
+    memset(&c, 0, sizeof c);
+    c.model = m->cfg;
+    c.train.seq_len = S;
+    c.train.global_batch_size = gbs;
+    c.parallel.sequence_parallel_size = sp;
+    c.parallel.zero_stage = 1;
+    c.checkpointing.policy = policy;
+    return c;
+}
+
+static plan_target_t bf16_target(double budget) {
+    plan_target_t t = {.act_bytes = 2, .param_bytes = 2, .grad_bytes = 2, .memory_bytes = budget, .reserved_bytes = 0};
+    return t;
+}
+
+static plan_t *new_plan(void) { return calloc(1, sizeof(plan_t)); }
+
+static int compile(plan_t *p, const config_t *c, const model_t *m, int world, plan_target_t t, char *err) {
+    return plan_compile(p, c, m, world, &t, err, 512);
+}
+
+static int find_tensor(const graph_t *g, const char *name) {
+    for (int t = 0; t < g->nt; t++)
+        if (strcmp(g->t[t].name, name) == 0) return t;
+    return -1;
+}
+
+/* ------------------------------------------------------------------ SP pass */
+
+START_TEST(test_sp_collectives) {
+    model_t *m = get_model(M_8B);
+    plan_t *p = new_plan();
+    char err[512];
+    int Ps[] = {1, 2, 4, 8};
+    for (int i = 0; i < 4; i++) {
+        int P = Ps[i];
+        config_t c = make_cfg(m, 65536, 8, P, SAC_SAVE_ALL);
+        ck_assert_msg(compile(p, &c, m, 8, bf16_target(0), err) == 0, "%s", err);
+        const graph_t *g = &p->layer.g;
+        int s2h = 0, h2s = 0, att = -1;
+        for (int s = 0; s < g->ns; s++) {
+            if (g->s[s].op == OP_A2A_SEQ_TO_HEAD) s2h++;
+            if (g->s[s].op == OP_A2A_HEAD_TO_SEQ) h2s++;
+            if (g->s[s].op == OP_ATTENTION) att = s;
+        }
+        ck_assert_int_eq(p->sp, P);
+        ck_assert_int_eq(p->dp, 8 / P);
+        ck_assert_int_eq(p->micro_steps, P);
+        ck_assert_int_eq(p->seq_local, 65536 / P);
+        ck_assert_int_eq(p->kv_replication, 1);
+        ck_assert_int_eq(p->q_heads_local, 32 / P);
+        ck_assert_int_eq(p->kv_heads_local, 8 / P);
+        ck_assert_int_eq(g->s[att].heads, 32 / P);
+        ck_assert_int_eq(g->s[att].kv_heads, 8 / P);
+        if (P == 1) {
+            ck_assert_int_eq(s2h + h2s, 0);
+            ck_assert_int_eq(g->ns, m->layer.ns);
+            ck_assert_int_eq(p->mem.a2a_send.bytes, 0);
+            continue;
+        }
+        ck_assert_int_eq(s2h, 3);
+        ck_assert_int_eq(h2s, 1);
+        ck_assert_int_eq(g->ns, m->layer.ns + 4);
+        /* q, k, v cross right after ROPE_SPLIT, o right after attention */
+        ck_assert_int_eq(g->s[att - 4].op, OP_ROPE_SPLIT);
+        const char *src[3] = {"q", "k", "v"}, *dst[3] = {"q_h", "k_h", "v_h"};
+        int64_t heads[3] = {32, 8, 8};
+        for (int j = 0; j < 3; j++) {
+            const graph_step_t *s = &g->s[att - 3 + j];
+            ck_assert_int_eq(s->op, OP_A2A_SEQ_TO_HEAD);
+            ck_assert_str_eq(g->t[s->in[0]].name, src[j]);
+            ck_assert_str_eq(g->t[s->out[0]].name, dst[j]);
+            ck_assert_int_eq(s->heads, heads[j]);
+            ck_assert_int_eq(s->head_dim, 128);
+            const tensor_desc_t *in = &g->t[s->in[0]], *out = &g->t[s->out[0]];
+            ck_assert_int_eq(in->rows, ROWS_LOCAL);
+            ck_assert_int_eq(in->heads, heads[j]);
+            ck_assert_int_eq(out->rows, ROWS_GLOBAL);
+            ck_assert_int_eq(out->heads, heads[j] / P);
+            ck_assert_int_eq(out->width, heads[j] / P * 128);
+            ck_assert_int_eq(g->s[att].in[j], s->out[0]);
+        }
+        const graph_step_t *a = &g->s[att + 1];
+        ck_assert_int_eq(a->op, OP_A2A_HEAD_TO_SEQ);
+        ck_assert_str_eq(g->t[a->in[0]].name, "o_h");
+        ck_assert_str_eq(g->t[a->out[0]].name, "o");
+        ck_assert_int_eq(a->heads, 32);
+        ck_assert_int_eq(g->t[a->in[0]].rows, ROWS_GLOBAL);
+        ck_assert_int_eq(g->t[a->out[0]].rows, ROWS_LOCAL);
+        ck_assert_int_eq(g->t[a->out[0]].heads, 32);
+        ck_assert_int_eq(g->s[att + 2].op, OP_MATMUL);
+        ck_assert_int_eq(g->s[att + 2].in[0], a->out[0]);
+        int lse = find_tensor(g, "lse");
+        ck_assert_int_eq(g->t[lse].rows, ROWS_GLOBAL);
+        ck_assert_int_eq(g->t[lse].heads, 32 / P);
+        ck_assert_int_eq(g->s[att].out[1], lse);
+        /* staging = the largest payload: q or o, seq_local * P * (32/P) * 128 * 2 bytes */
+        ck_assert_uint_eq(p->mem.a2a_send.bytes, (size_t)(65536 / P) * P * (32 / P) * 128 * 2);
+        /* prologue/epilogue untouched */
+        ck_assert_int_eq(p->prologue.g.ns, 1);
+        ck_assert_int_eq(p->epilogue.g.ns, 2);
+    }
+    free(p);
+}
+END_TEST
+
+START_TEST(test_sp_kv_replication) {
+    model_t *m = get_model(M_8B);
+    plan_t *p = new_plan();
+    char err[512];
+    int Ps[] = {16, 32};
+    for (int i = 0; i < 2; i++) {
+        config_t c = make_cfg(m, 131072, 1, Ps[i], SAC_SAVE_ALL);
+        ck_assert_msg(compile(p, &c, m, Ps[i], bf16_target(0), err) == 0, "%s", err);
+        ck_assert_int_eq(p->kv_heads_local, 1);
+        ck_assert_int_eq(p->kv_replication, Ps[i] / 8);
+        ck_assert_int_eq(p->q_heads_local, 32 / Ps[i]);
+        const graph_t *g = &p->layer.g;
+        int kh = find_tensor(g, "k_h");
+        ck_assert_int_eq(g->t[kh].heads, 1);
+        ck_assert_int_eq(g->t[kh].width, 128);
+        for (int s = 0; s < g->ns; s++)
+            if (g->s[s].op == OP_A2A_SEQ_TO_HEAD && g->s[s].out[0] == kh) ck_assert_int_eq(g->s[s].heads, 8);
+    }
+    /* 8B refuses P = 64 (32 query heads) and P = 12 */
+    config_t c = make_cfg(m, 131072, 1, 64, SAC_SAVE_ALL);
+    ck_assert_int_eq(compile(p, &c, m, 64, bf16_target(0), err), -1);
+    ck_assert_msg(strstr(err, "valid sequence_parallel_size for world 64: 1, 2, 4, 8, 16, 32") != NULL, "%s", err);
+    free(p);
+}
+END_TEST
+
+START_TEST(test_sp_refusals) {
+    model_t *m = get_model(M_3B);
+    plan_t *p = new_plan();
+    char err[512];
+    config_t c = make_cfg(m, 65536, 16, 16, SAC_SAVE_ALL);
+    ck_assert_int_eq(compile(p, &c, m, 16, bf16_target(0), err), -1);
+    ck_assert_msg(strstr(err, "valid sequence_parallel_size for world 16: 1, 2, 4, 8 ") != NULL, "%s", err);
+    ck_assert_ptr_nonnull(strstr(err, "24 query heads"));
+    char valid[128];
+    sp_valid_degrees(m, 0, valid, sizeof valid);
+    ck_assert_str_eq(valid, "1, 2, 4, 8, 24");
+    sp_valid_degrees(m, 48, valid, sizeof valid);
+    ck_assert_str_eq(valid, "1, 2, 4, 8, 24");
+    ck_assert(sp_degree_valid(m, 24));
+    ck_assert(!sp_degree_valid(m, 3));   /* 8 KV heads */
+    ck_assert(!sp_degree_valid(m, 12));
+    /* SP must divide the world */
+    c = make_cfg(m, 65536, 16, 8, SAC_SAVE_ALL);
+    ck_assert_int_eq(compile(p, &c, m, 12, bf16_target(0), err), -1);
+    ck_assert_msg(strstr(err, "for world 12: 1, 2, 4") != NULL, "%s", err);
+    /* DP must divide the global batch */
+    c = make_cfg(m, 65536, 3, 2, SAC_SAVE_ALL);
+    ck_assert_int_eq(compile(p, &c, m, 8, bf16_target(0), err), -1);
+    ck_assert_msg(strstr(err, "global_batch_size") != NULL && strstr(err, "multiple of 4") != NULL, "%s", err);
+    free(p);
+}
+END_TEST
+
+START_TEST(test_sp_padding) {
+    model_t *m = get_model(M_8B);
+    plan_t *p = new_plan();
+    char err[512];
+    config_t c = make_cfg(m, 1000, 1, 8, SAC_SAVE_ALL);
+    ck_assert_msg(compile(p, &c, m, 8, bf16_target(0), err) == 0, "%s", err);
+    ck_assert_int_eq(p->seq_pad, 1000);
+    ck_assert_int_eq(p->seq_local, 125);
+    c = make_cfg(m, 1001, 1, 4, SAC_SAVE_ALL);
+    ck_assert_msg(compile(p, &c, m, 4, bf16_target(0), err) == 0, "%s", err);
+    ck_assert_int_eq(p->seq_len, 1001);
+    ck_assert_int_eq(p->seq_pad, 1004);
+    ck_assert_int_eq(p->seq_local, 251);
+    ck_assert_int_eq(p->layer.g.t[find_tensor(&p->layer.g, "q_h")].rows, ROWS_GLOBAL);
+    ck_assert_uint_eq(p->layer.t[find_tensor(&p->layer.g, "q_h")].bytes, (size_t)1004 * 8 * 128 * 2);
+    ck_assert_uint_eq(p->mem.tokens.bytes, 251 * 4);
+    free(p);
+}
+END_TEST
+
+START_TEST(test_sp_auto) {
+    model_t *m = get_model(M_8B);
+    plan_t *p = new_plan(), *q = new_plan();
+    char err[512];
+    /* unlimited: the smallest valid degree */
+    config_t c = make_cfg(m, 131072, 8, 0, SAC_AUTO);
+    ck_assert_msg(compile(p, &c, m, 8, bf16_target(0), err) == 0, "%s", err);
+    ck_assert_int_eq(p->sp, 1);
+    /* 80 GiB at S = 256K: small degrees do not fit; auto takes the smallest that does */
+    c = make_cfg(m, 262144, 8, 0, SAC_AUTO);
+    ck_assert_msg(compile(p, &c, m, 8, bf16_target(80 * GiB), err) == 0, "%s", err);
+    ck_assert((double)p->mem.device_total <= 80 * GiB);
+    ck_assert_int_gt(p->sp, 1);
+    for (int P = 1; P < p->sp; P *= 2) {
+        config_t f = c;
+        f.parallel.sequence_parallel_size = P;
+        ck_assert_int_eq(compile(q, &f, m, 8, bf16_target(80 * GiB), err), -1);
+        ck_assert_ptr_nonnull(strstr(err, "does not fit"));
+    }
+    /* batch 1 on 8 ranks: only SP 8 keeps DP dividing the batch */
+    c = make_cfg(m, 4096, 1, 0, SAC_AUTO);
+    ck_assert_msg(compile(p, &c, m, 8, bf16_target(0), err) == 0, "%s", err);
+    ck_assert_int_eq(p->sp, 8);
+    /* nothing fits: the message names the longest S of the best degree */
+    c = make_cfg(m, 1 << 24, 8, 0, SAC_AUTO);
+    ck_assert_int_eq(compile(p, &c, m, 8, bf16_target(80 * GiB), err), -1);
+    ck_assert_msg(strstr(err, "the longest seq_len that fits is") != NULL &&
+                      strstr(err, "sequence_parallel_size 8") != NULL, "%s", err);
+    free(p);
+    free(q);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ SAC */
+
+static size_t saved_of(model_t *m, int64_t S, double budget, sac_policy_t pol, int offload, int *ok, uint64_t *set) {
+    plan_t *p = new_plan();
+    char err[512];
+    config_t c = make_cfg(m, S, 8, 8, pol);
+    c.checkpointing.offload = offload;
+    *ok = compile(p, &c, m, 8, bf16_target(budget), err) == 0;
+    size_t r = p->layer.saved_bytes;
+    if (set) {
+        *set = 0;
+        for (int t = 0; t < p->layer.g.nt; t++)
+            if (p->layer.t[t].keep == KEEP_SAVE) *set |= 1ull << t;
+    }
+    free(p);
+    return r;
+}
+
+START_TEST(test_sac_extremes) {
+    model_t *m = get_model(M_8B);
+    plan_t *p = new_plan();
+    char err[512];
+    config_t c = make_cfg(m, 131072, 8, 8, SAC_FULL);
+    ck_assert(compile(p, &c, m, 8, bf16_target(0), err) == 0);
+    const graph_plan_t *gp = &p->layer;
+    for (int t = 0; t < gp->g.nt; t++) {
+        if (t == gp->g.input) ck_assert_int_eq(gp->t[t].keep, KEEP_SAVE);
+        else ck_assert_int_ne(gp->t[t].keep, KEEP_SAVE);
+    }
+    ck_assert_int_eq(gp->t[find_tensor(&gp->g, "lse")].keep, KEEP_RECOMPUTE);   /* attention too */
+    ck_assert_int_eq(gp->t[find_tensor(&gp->g, "qkv")].keep, KEEP_NOT_NEEDED);
+    int att = -1;
+    for (int s = 0; s < gp->g.ns; s++)
+        if (gp->g.s[s].op == OP_ATTENTION) att = s;
+    ck_assert_int_eq(gp->recompute_step[att], 1);
+    ck_assert_int_eq(gp->recompute_step[gp->g.ns - 1], 0);     /* the output is never rebuilt */
+    ck_assert(p->recompute_flops_per_step > 0);
+    size_t full = gp->saved_bytes;
+    ck_assert_uint_eq(full, gp->t[gp->g.input].bytes);
+    c.checkpointing.policy = SAC_SAVE_ALL;
+    ck_assert(compile(p, &c, m, 8, bf16_target(0), err) == 0);
+    size_t all = p->layer.saved_bytes;
+    for (int s = 0; s < p->layer.g.ns; s++) ck_assert_int_eq(p->layer.recompute_step[s], 0);
+    ck_assert(p->recompute_flops_per_step == 0);
+    ck_assert_int_eq(p->layer.t[find_tensor(&p->layer.g, "q")].keep, KEEP_NOT_NEEDED);  /* read by no backward at P>1 */
+    /* auto lies between the two at every budget; it saves everything when there is room */
+    int ok;
+    ck_assert_uint_eq(saved_of(m, 131072, 0, SAC_AUTO, 0, &ok, NULL), all);
+    for (double gib = 20; gib <= 120; gib += 10) {
+        for (int off = 0; off < 2; off++) {
+            size_t a = saved_of(m, 131072, gib * GiB, SAC_AUTO, off, &ok, NULL);
+            ck_assert(a <= all && a >= full);
+        }
+    }
+    /* auto always keeps attention's outputs */
+    c.checkpointing.policy = SAC_AUTO;
+    ck_assert(compile(p, &c, m, 8, bf16_target(60 * GiB), err) == 0);
+    ck_assert_int_eq(p->layer.t[find_tensor(&p->layer.g, "o_h")].keep, KEEP_SAVE);
+    ck_assert_int_eq(p->layer.t[find_tensor(&p->layer.g, "lse")].keep, KEEP_SAVE);
+    ck_assert(p->layer.saved_bytes < all);
+    free(p);
+}
+END_TEST
+
+START_TEST(test_sac_monotone) {
+    model_t *m = get_model(M_8B);
+    for (int off = 0; off < 2; off++) {
+        /* larger S under a fixed budget: never more saved bytes per token, saved set shrinks */
+        double prev = 1e300;
+        uint64_t prev_set = ~0ull;
+        int dropped = 0;
+        for (int64_t S = 16384; S <= (1 << 21); S *= 2) {
+            int ok;
+            uint64_t set;
+            size_t b = saved_of(m, S, 70 * GiB, SAC_AUTO, off, &ok, &set);
+            double per_tok = (double)b / (double)(S / 8);
+            ck_assert_msg(per_tok <= prev * (1 + 1e-9), "S %lld: %g bytes/token after %g", (long long)S, per_tok, prev);
+            ck_assert((set & ~prev_set) == 0);
+            if (set != prev_set && prev_set != ~0ull) dropped = 1;
+            prev = per_tok;
+            prev_set = set;
+        }
+        ck_assert(dropped);     /* the choice did change with S */
+        /* smaller budget at a fixed S: never more saved */
+        prev = 1e300;
+        prev_set = ~0ull;
+        for (double gib = 160; gib >= 20; gib -= 5) {
+            int ok;
+            uint64_t set;
+            size_t b = saved_of(m, 262144, gib * GiB, SAC_AUTO, off, &ok, &set);
+            ck_assert((double)b <= prev);
+            ck_assert((set & ~prev_set) == 0);
+            prev = (double)b;
+            prev_set = set;
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_sac_fits_when_possible) {
+    model_t *m = get_model(M_8B);
+    int checked_between = 0;
+    for (int64_t S = 65536; S <= (1 << 21); S *= 2) {
+        for (double gib = 20; gib <= 140; gib += 15) {
+            int ok_all, ok_full, ok_auto, ok_off;
+            saved_of(m, S, gib * GiB, SAC_SAVE_ALL, 0, &ok_all, NULL);
+            saved_of(m, S, gib * GiB, SAC_FULL, 0, &ok_full, NULL);
+            saved_of(m, S, gib * GiB, SAC_AUTO, 0, &ok_auto, NULL);
+            saved_of(m, S, gib * GiB, SAC_AUTO, 1, &ok_off, NULL);
+            if (ok_all || ok_full) {
+                ck_assert_msg(ok_auto, "S %lld budget %g GiB: a policy fits but auto does not", (long long)S, gib);
+                ck_assert_msg(ok_off, "S %lld budget %g GiB: offload auto does not fit", (long long)S, gib);
+            }
+            if (ok_full && !ok_all) checked_between++;
+        }
+    }
+    ck_assert(checked_between > 0);
+}
+END_TEST
+
+START_TEST(test_sac_offload) {
+    model_t *m = get_model(M_8B);
+    plan_t *p = new_plan();
+    char err[512];
+    config_t c = make_cfg(m, 262144, 8, 8, SAC_AUTO);
+    c.checkpointing.offload = 1;
+    ck_assert_msg(compile(p, &c, m, 8, bf16_target(70 * GiB), err) == 0, "%s", err);
+    int n_off = 0;
+    for (int t = 0; t < p->layer.g.nt; t++)
+        if (p->layer.t[t].keep == KEEP_OFFLOAD) {
+            n_off++;
+            ck_assert_uint_ne(p->layer.t[t].saved_off, PLAN_NO_OFFSET);
+        }
+    ck_assert_int_gt(n_off, 0);
+    ck_assert_uint_eq(p->mem.offload.bytes, 32 * p->layer.offload_bytes);
+    ck_assert_uint_eq(p->mem.host_total, p->mem.arena_bytes[ARENA_HOST]);
+    ck_assert_int_eq(p->mem.offload.arena, ARENA_HOST);
+    /* cheap elementwise results are recomputed, not offloaded */
+    ck_assert_int_eq(p->layer.t[find_tensor(&p->layer.g, "act")].keep, KEEP_RECOMPUTE);
+    free(p);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ memory plan */
+
+START_TEST(test_memplan_hand) {
+    model_t *m = get_model(M_8B);
+    plan_t *p = new_plan();
+    char err[512];
+    config_t c = make_cfg(m, 131072, 8, 8, SAC_SAVE_ALL);
+    plan_target_t t = bf16_target(0);
+    t.grad_bytes = 4;   /* fp32 gradients */
+    ck_assert_msg(plan_compile(p, &c, m, 8, &t, err, sizeof err) == 0, "%s", err);
+    /* parameters: 8,030,261,248 is a multiple of 8 * 64, so no padding */
+    const size_t N = 8030261248u, shard = N / 8;
+    ck_assert_uint_eq(p->n_params_padded, N);
+    ck_assert_uint_eq(p->shard_len, 1003782656u);
+    ck_assert_uint_eq(p->mem.params.bytes, N * 2);
+    ck_assert_uint_eq(p->mem.grads.bytes, N * 4);
+    ck_assert_uint_eq(p->mem.master.bytes, shard * 4);
+    ck_assert_uint_eq(p->mem.grad_shard.bytes, shard * 4);
+    /* one layer's saved slot, S/P = 16384 tokens, bf16:
+     *   x, xn, o, h, hn       [16384, 4096]            5 x 134,217,728
+     *   q_h, o_h              [131072, 4, 128]         2 x 134,217,728
+     *   k_h, v_h              [131072, 1, 128]         2 x  33,554,432
+     *   lse                   [4, 131072] fp32             2,097,152
+     *   gu                    [16384, 28672]             939,524,096
+     *   act                   [16384, 14336]             469,762,048 */
+    const size_t tok = 134217728u;
+    const size_t slot = 7 * tok + 2 * 33554432u + 2097152u + 939524096u + 469762048u;
+    ck_assert_uint_eq(slot, 2418016256u);
+    ck_assert_uint_eq(p->layer.saved_bytes, slot);
+    ck_assert_uint_eq(p->mem.saved_layers.bytes, 32 * slot);
+    /* workspace peak: backward of SWIGLU holds d(act), d(gu) and d(h) */
+    const size_t ws = 469762048u + 939524096u + tok;
+    ck_assert_uint_eq(p->mem.workspace.bytes, ws);
+    /* loss chunk: largest power of two with chunk * V * 2 <= 939,524,096 (gu) -> 2048 */
+    ck_assert_int_eq(p->loss_chunk, 2048);
+    const size_t logits = 2048u * 128256u * 2u;
+    const size_t a2a = tok;     /* q and o: 16384 * 8 * 4 * 128 * 2 */
+    const size_t params_arena = N * 2 + N * 4;
+    const size_t opt_arena = 4 * shard * 4;
+    const size_t act_arena = 32 * slot + tok;
+    /* workspace arena: workspace, 2 resid grads, logits, 2 a2a, 3 x int32[16384],
+     * rope fp64[64] (512), scalars 64 B rounded to 256 */
+    const size_t ws_arena = ws + 2 * tok + logits + 2 * a2a + 3 * 65536 + 512 + 256;
+    ck_assert_uint_eq(p->mem.arena_bytes[ARENA_PARAMS], params_arena);
+    ck_assert_uint_eq(p->mem.arena_bytes[ARENA_OPTIMIZER], opt_arena);
+    ck_assert_uint_eq(p->mem.arena_bytes[ARENA_ACTIVATIONS], act_arena);
+    ck_assert_uint_eq(p->mem.arena_bytes[ARENA_WORKSPACE], ws_arena);
+    ck_assert_uint_eq(p->mem.arena_bytes[ARENA_HOST], 0);
+    ck_assert_uint_eq(p->mem.device_total, params_arena + opt_arena + act_arena + ws_arena);
+    ck_assert_uint_eq(p->mem.device_total, 144358736640u);
+    /* reserved bytes count, regions are 256-aligned and disjoint within an arena */
+    t.reserved_bytes = 3 * GiB;
+    ck_assert(plan_compile(p, &c, m, 8, &t, err, sizeof err) == 0);
+    ck_assert_uint_eq(p->mem.device_total, 144358736640u + 3221225472u);
+    const region_t *r[] = {&p->mem.params, &p->mem.grads, &p->mem.master, &p->mem.adam_m, &p->mem.adam_v,
+                           &p->mem.grad_shard, &p->mem.saved_layers, &p->mem.final_hidden, &p->mem.workspace,
+                           &p->mem.resid_grad[0], &p->mem.resid_grad[1], &p->mem.logits, &p->mem.a2a_send,
+                           &p->mem.a2a_recv, &p->mem.tokens, &p->mem.targets, &p->mem.positions,
+                           &p->mem.rope_freq, &p->mem.scalars, &p->mem.offload};
+    int n = sizeof r / sizeof r[0];
+    for (int i = 0; i < n; i++) {
+        ck_assert_uint_eq(r[i]->offset % 256, 0);
+        ck_assert(r[i]->offset + r[i]->bytes <= p->mem.arena_bytes[r[i]->arena]);
+        for (int j = 0; j < i; j++)
+            if (r[i]->arena == r[j]->arena && r[i]->bytes && r[j]->bytes)
+                ck_assert(r[i]->offset >= r[j]->offset + r[j]->bytes || r[j]->offset >= r[i]->offset + r[i]->bytes);
+    }
+    /* ZeRO-0: full optimizer state, no gradient shard */
+    c.parallel.zero_stage = 0;
+    ck_assert(plan_compile(p, &c, m, 8, &t, err, sizeof err) == 0);
+    ck_assert_uint_eq(p->shard_len, N);
+    ck_assert_uint_eq(p->mem.master.bytes, N * 4);
+    ck_assert_uint_eq(p->mem.grad_shard.bytes, 0);
+    /* 6N + attention */
+    double fpt = 6.0 * model_matmul_params(m) + 6.0 * 32 * 131072.0 * 4096;
+    ck_assert(fabs(plan_flops_per_token(m, 131072) - fpt) < 1e-6 * fpt);
+    ck_assert(fabs(p->flops_per_step - fpt * 131072.0 * 8) < 1e-6 * p->flops_per_step);
+    free(p);
+}
+END_TEST
+
+START_TEST(test_memplan_padding_zero1) {
+    model_t *m = get_model(M_TINY);
+    plan_t *p = new_plan();
+    char err[512];
+    config_t c = make_cfg(m, 100, 6, 2, SAC_SAVE_ALL);
+    ck_assert_msg(compile(p, &c, m, 6, bf16_target(0), err) == 0, "%s", err);
+    ck_assert_uint_eq(p->n_params_padded % (6 * 64), 0);
+    ck_assert(p->n_params_padded >= m->n_params && p->n_params_padded < m->n_params + 6 * 64);
+    ck_assert_uint_eq(p->shard_len * 6, p->n_params_padded);
+    ck_assert_uint_eq(p->shard_len % 64, 0);
+    ck_assert_int_eq(p->loss_chunk, 50);    /* seq_local < 128: the whole shard */
+    c.checkpointing.loss_chunk_tokens = 16;
+    ck_assert(compile(p, &c, m, 6, bf16_target(0), err) == 0);
+    ck_assert_int_eq(p->loss_chunk, 16);
+    ck_assert_uint_eq(p->mem.logits.bytes, 16 * 256 * 2);
+    free(p);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ executor walk simulation
+ * Written from the executor contract alone: every buffer write clobbers
+ * whatever else occupied those bytes; every read must find its own, intact. */
+
+enum { SP_WS = 0, SP_SLOT, SP_HOST };
+enum { K_ACT = 0, K_FWD, K_BWD, K_GRAD };
+
+typedef struct { int space, t, kind; size_t off, bytes; } vbuf_t;
+typedef struct { vbuf_t v[512]; int n; const graph_plan_t *gp; const char *what; } sim_t;
+
+static void sim_write(sim_t *s, int space, size_t off, size_t bytes, int t, int kind, size_t limit) {
+    ck_assert_msg(off != PLAN_NO_OFFSET, "%s: %s (kind %d) written without an offset", s->what, s->gp->g.t[t].name, kind);
+    ck_assert_msg(off % 256 == 0, "%s: %s offset %zu not 256-aligned", s->what, s->gp->g.t[t].name, off);
+    ck_assert_msg(off + bytes <= limit, "%s: %s [%zu,+%zu) beyond its area %zu", s->what, s->gp->g.t[t].name, off,
+                  bytes, limit);
+    int k = 0;
+    for (int i = 0; i < s->n; i++) {
+        vbuf_t *b = &s->v[i];
+        if (b->space == space && b->off < off + bytes && off < b->off + b->bytes) continue;  /* clobbered */
+        s->v[k++] = *b;
+    }
+    s->n = k;
+    ck_assert(s->n < 512);
+    s->v[s->n++] = (vbuf_t){space, t, kind, off, bytes};
+}
+
+static void sim_read(sim_t *s, int space, size_t off, int t, int kind, const char *when) {
+    for (int i = 0; i < s->n; i++)
+        if (s->v[i].space == space && s->v[i].t == t && s->v[i].kind == kind && s->v[i].off == off) return;
+    ck_abort_msg("%s: %s reads %s (kind %d) but it was never written or was overwritten", s->what, when,
+                 s->gp->g.t[t].name, kind);
+}
+
+static void sim_clear_workspace(sim_t *s) {
+    int k = 0;
+    for (int i = 0; i < s->n; i++)
+        if (s->v[i].space != SP_WS) s->v[k++] = s->v[i];
+    s->n = k;
+}
+
+/* The contract's list of what each backward reads. */
+static int bwd_reads(const graph_step_t *st, int t) {
+    switch (st->op) {
+    case OP_RMSNORM: case OP_MATMUL: case OP_SWIGLU: return st->in[0] == t;
+    case OP_ATTENTION:
+        for (int i = 0; i < st->nin; i++) if (st->in[i] == t) return 1;
+        for (int i = 0; i < st->nout; i++) if (st->out[i] == t) return 1;
+        return 0;
+    default: return 0;
+    }
+}
+
+static int is_saved(const graph_plan_t *gp, int t) { return t == gp->g.input || gp->t[t].keep == KEEP_SAVE; }
+static int has_grad(const graph_t *g, int t) { return g->t[t].dtype == TENSOR_ACT; }
+static int in_resid(const graph_t *g, int t) { return t == g->input || t == g->output; }
+
+static void sim_grad_write(sim_t *s, const graph_plan_t *gp, int st, int i, size_t ws) {
+    const graph_t *g = &gp->g;
+    int t = g->s[st].in[i];
+    if (!has_grad(g, t)) return;
+    if (in_resid(g, t)) {
+        ck_assert_uint_eq(gp->t[t].grad_off, PLAN_NO_OFFSET);
+        return;
+    }
+    if (!gp->grad_first[st][i]) sim_read(s, SP_WS, gp->t[t].grad_off, t, K_GRAD, "gradient accumulation");
+    sim_write(s, SP_WS, gp->t[t].grad_off, gp->t[t].bytes, t, K_GRAD, ws);
+}
+
+static void simulate(const plan_t *p, const graph_plan_t *gp, int is_epilogue, const char *what) {
+    const graph_t *g = &gp->g;
+    sim_t *s = calloc(1, sizeof *s);
+    s->gp = gp;
+    s->what = what;
+    const size_t ws = gp->workspace_bytes, slot = gp->saved_bytes, host = gp->offload_bytes;
+    ck_assert(ws <= p->mem.workspace.bytes);
+    /* keep decisions agree with what backward reads */
+    for (int t = 0; t < g->nt; t++) {
+        int read = 0;
+        for (int st = 0; st < g->ns; st++) read |= bwd_reads(&g->s[st], t);
+        if (t == g->input) ck_assert_int_eq(gp->t[t].keep, KEEP_SAVE);
+        else if (read) ck_assert_msg(gp->t[t].keep != KEEP_NOT_NEEDED, "%s: %s is read by a backward", what, g->t[t].name);
+        else ck_assert_msg(gp->t[t].keep == KEEP_NOT_NEEDED, "%s: %s kept though no backward reads it", what, g->t[t].name);
+        if (!has_grad(g, t) || in_resid(g, t)) ck_assert_uint_eq(gp->t[t].grad_off, PLAN_NO_OFFSET);
+    }
+    /* grad_first marks exactly the first backward writer of each gradient */
+    for (int t = 0; t < g->nt; t++) {
+        int first = 1;
+        for (int st = g->ns - 1; st >= 0; st--)
+            for (int i = 0; i < g->s[st].nin; i++)
+                if (g->s[st].in[i] == t) {
+                    ck_assert_int_eq(gp->grad_first[st][i], has_grad(g, t) ? first : gp->grad_first[st][i]);
+                    first = 0;
+                }
+    }
+    if (g->input >= 0) sim_write(s, SP_SLOT, 0, gp->t[g->input].bytes, g->input, K_ACT, slot);
+    /* forward */
+    for (int st = 0; st < g->ns; st++) {
+        const graph_step_t *x = &g->s[st];
+        for (int i = 0; i < x->nin; i++) {
+            int t = x->in[i];
+            if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, t, K_ACT, "forward");
+            else sim_read(s, SP_WS, gp->t[t].fwd_off, t, K_FWD, "forward");
+        }
+        for (int i = 0; i < x->nout; i++) {
+            int t = x->out[i];
+            if (t == g->output) continue;   /* goes to the next layer's input */
+            if (is_saved(gp, t)) sim_write(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, slot);
+            else sim_write(s, SP_WS, gp->t[t].fwd_off, gp->t[t].bytes, t, K_FWD, ws);
+        }
+        if (x->op == OP_LMHEAD_LOSS) {      /* fused backward: writes d(input) now */
+            ck_assert_int_eq(gp->grad_first[st][0], 1);
+            sim_grad_write(s, gp, st, 0, ws);
+        }
+    }
+    for (int t = 0; t < g->nt; t++)
+        if (gp->t[t].keep == KEEP_OFFLOAD) {
+            sim_read(s, SP_WS, gp->t[t].fwd_off, t, K_FWD, "offload copy");
+            sim_write(s, SP_HOST, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, host);
+        }
+    /* other layers run in between and reuse the whole workspace */
+    if (!is_epilogue) sim_clear_workspace(s);
+    /* backward: (a) reload, (b) recompute, (c) backward steps in reverse */
+    for (int t = 0; t < g->nt; t++)
+        if (gp->t[t].keep == KEEP_OFFLOAD) {
+            sim_read(s, SP_HOST, gp->t[t].saved_off, t, K_ACT, "reload");
+            sim_write(s, SP_WS, gp->t[t].bwd_off, gp->t[t].bytes, t, K_BWD, ws);
+        }
+    for (int st = 0; st < g->ns; st++) {
+        if (!gp->recompute_step[st]) continue;
+        const graph_step_t *x = &g->s[st];
+        for (int i = 0; i < x->nin; i++) {
+            int t = x->in[i];
+            if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, t, K_ACT, "recompute");
+            else sim_read(s, SP_WS, gp->t[t].bwd_off, t, K_BWD, "recompute");
+        }
+        for (int i = 0; i < x->nout; i++) {
+            int t = x->out[i];
+            ck_assert_msg(t != g->output, "%s: recompute of the graph output", what);
+            if (is_saved(gp, t)) sim_write(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, slot);
+            else sim_write(s, SP_WS, gp->t[t].bwd_off, gp->t[t].bytes, t, K_BWD, ws);
+        }
+    }
+    for (int st = g->ns - 1; st >= 0; st--) {
+        const graph_step_t *x = &g->s[st];
+        for (int t = 0; t < g->nt; t++) {
+            if (!bwd_reads(x, t)) continue;
+            if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, t, K_ACT, "backward");
+            else sim_read(s, SP_WS, gp->t[t].bwd_off, t, K_BWD, "backward");
+        }
+        if (x->op == OP_LMHEAD_LOSS) continue;
+        for (int i = 0; i < x->nout; i++) {
+            int t = x->out[i];
+            if (!has_grad(g, t) || in_resid(g, t)) continue;
+            sim_read(s, SP_WS, gp->t[t].grad_off, t, K_GRAD, "backward (output gradient)");
+        }
+        for (int i = 0; i < x->nin; i++) sim_grad_write(s, gp, st, i, ws);
+    }
+    free(s);
+}
+
+static void simulate_plan(const plan_t *p, const char *what) {
+    char w[160];
+    snprintf(w, sizeof w, "%s prologue", what);
+    simulate(p, &p->prologue, 0, w);
+    snprintf(w, sizeof w, "%s layer", what);
+    simulate(p, &p->layer, 0, w);
+    snprintf(w, sizeof w, "%s epilogue", what);
+    simulate(p, &p->epilogue, 1, w);
+    ck_assert_uint_eq(p->epilogue.t[p->epilogue.g.input].bytes, p->mem.final_hidden.bytes);
+    ck_assert_uint_eq(p->mem.saved_layers.bytes, (size_t)p->model->L * p->layer.saved_bytes);
+}
+
+START_TEST(test_workspace_walk) {
+    struct { int model, world, sp; int64_t S; } cases[] = {
+        {M_TINY, 1, 1, 100}, {M_TINY, 4, 2, 333}, {M_TINY, 4, 4, 64},
+        {M_8B, 8, 1, 32768}, {M_8B, 8, 8, 131072}, {M_8B, 16, 16, 262144}, {M_3B, 24, 24, 96000},
+    };
+    plan_t *p = new_plan(), *lo = new_plan(), *hi = new_plan();
+    char err[512], what[128];
+    int n_auto_mixed = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        model_t *m = get_model(cases[i].model);
+        config_t c = make_cfg(m, cases[i].S, cases[i].world, cases[i].sp, SAC_SAVE_ALL);
+        ck_assert_msg(compile(hi, &c, m, cases[i].world, bf16_target(0), err) == 0, "%s", err);
+        snprintf(what, sizeof what, "case %zu save_all", i);
+        simulate_plan(hi, what);
+        c.checkpointing.policy = SAC_FULL;
+        ck_assert_msg(compile(lo, &c, m, cases[i].world, bf16_target(0), err) == 0, "%s", err);
+        snprintf(what, sizeof what, "case %zu full", i);
+        simulate_plan(lo, what);
+        /* auto at budgets between the two extremes, with and without offload */
+        for (int off = 0; off < 2; off++)
+            for (int k = 1; k <= 7; k++) {
+                double b = (double)lo->mem.device_total +
+                           k / 8.0 * ((double)hi->mem.device_total - (double)lo->mem.device_total);
+                c.checkpointing.policy = SAC_AUTO;
+                c.checkpointing.offload = off;
+                if (compile(p, &c, m, cases[i].world, bf16_target(b), err) != 0) continue;
+                snprintf(what, sizeof what, "case %zu auto offload %d budget %.0f", i, off, b);
+                simulate_plan(p, what);
+                int rec = 0, sav = 0;
+                for (int t = 0; t < p->layer.g.nt; t++) {
+                    rec += p->layer.t[t].keep == KEEP_RECOMPUTE || p->layer.t[t].keep == KEEP_OFFLOAD;
+                    sav += p->layer.t[t].keep == KEEP_SAVE && t != p->layer.g.input;
+                }
+                n_auto_mixed += rec > 0 && sav > 0;
+            }
+        c.checkpointing.offload = 0;
+    }
+    ck_assert_int_gt(n_auto_mixed, 10);
+    free(p);
+    free(lo);
+    free(hi);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ longest S, explain */
+
+START_TEST(test_longest_seq) {
+    model_t *m = get_model(M_8B);
+    plan_t *p = new_plan();
+    char err[512];
+    config_t c = make_cfg(m, 8192, 8, 8, SAC_AUTO);
+    plan_target_t t = bf16_target(80 * GiB);
+    int64_t L = plan_longest_seq(&c, m, 8, &t, 8192);
+    ck_assert(L > 0 && L % 8192 == 0);
+    c.train.seq_len = L;
+    ck_assert_msg(plan_compile(p, &c, m, 8, &t, err, sizeof err) == 0, "%s", err);
+    c.train.seq_len = L + 8192;
+    ck_assert_int_eq(plan_compile(p, &c, m, 8, &t, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "does not fit") && strstr(err, "the longest seq_len that fits is"), "%s", err);
+    /* save_all fits less than auto, full at least as much */
+    c.checkpointing.policy = SAC_SAVE_ALL;
+    int64_t Ls = plan_longest_seq(&c, m, 8, &t, 8192);
+    c.checkpointing.policy = SAC_FULL;
+    int64_t Lf = plan_longest_seq(&c, m, 8, &t, 8192);
+    ck_assert(Ls < L);
+    ck_assert(Lf >= L);
+    /* a config budget overrides the device's */
+    c.checkpointing.policy = SAC_AUTO;
+    c.checkpointing.memory_budget_gib = 40;
+    ck_assert(plan_longest_seq(&c, m, 8, &t, 8192) < L);
+    free(p);
+}
+END_TEST
+
+START_TEST(test_explain_70b) {
+    model_t *m = get_model(M_70B);
+    plan_t *p = new_plan();
+    char err[512];
+    config_t c = make_cfg(m, 1 << 20, 32, 0, SAC_AUTO);
+    c.checkpointing.offload = 1;
+    /* ZeRO-1 keeps full bf16 weights and gradients on every rank: 263 GiB for 70B */
+    plan_target_t t = bf16_target(320 * GiB);
+    t.reserved_bytes = 4 * GiB;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    ck_assert_msg(plan_compile(p, &c, m, 64, &t, err, sizeof err) == 0, "%s", err);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    plan_explain(p, &c, f);
+    fclose(f);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    double sec = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+    ck_assert_msg(sec < 1.0, "compile + explain took %.3f s", sec);
+    ck_assert_ptr_nonnull(strstr(buf, "all-to-all q:"));
+    ck_assert_ptr_nonnull(strstr(buf, "all-to-all o:"));
+    ck_assert_ptr_nonnull(strstr(buf, "all-to-all dq:"));
+    ck_assert_ptr_nonnull(strstr(buf, "all-to-all do:"));
+    ck_assert_ptr_nonnull(strstr(buf, "per rank"));
+    ck_assert_ptr_nonnull(strstr(buf, "SAC"));
+    ck_assert_ptr_nonnull(strstr(buf, "predicted device peak"));
+    ck_assert_ptr_nonnull(strstr(buf, "LONGEST S"));
+    ck_assert_ptr_nonnull(strstr(buf, "70553706496"));
+    if (getenv("PLAN_EXPLAIN_PRINT")) fputs(buf, stdout);
+    free(buf);
+    free(p);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("plan");
+    TCase *sp = tcase_create("sp");
+    tcase_add_test(sp, test_sp_collectives);
+    tcase_add_test(sp, test_sp_kv_replication);
+    tcase_add_test(sp, test_sp_refusals);
+    tcase_add_test(sp, test_sp_padding);
+    tcase_add_test(sp, test_sp_auto);
+    suite_add_tcase(s, sp);
+    TCase *sac = tcase_create("sac");
+    tcase_set_timeout(sac, 60);
+    tcase_add_test(sac, test_sac_extremes);
+    tcase_add_test(sac, test_sac_monotone);
+    tcase_add_test(sac, test_sac_fits_when_possible);
+    tcase_add_test(sac, test_sac_offload);
+    suite_add_tcase(s, sac);
+    TCase *mem = tcase_create("memplan");
+    tcase_set_timeout(mem, 60);
+    tcase_add_test(mem, test_memplan_hand);
+    tcase_add_test(mem, test_memplan_padding_zero1);
+    tcase_add_test(mem, test_workspace_walk);
+    tcase_add_test(mem, test_longest_seq);
+    tcase_add_test(mem, test_explain_70b);
+    suite_add_tcase(s, mem);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
