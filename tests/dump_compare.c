@@ -1,10 +1,11 @@
 /* Compare two gradient dumps (autosp-train --dump-grads) tensor by tensor.
  *
- *   dump_compare CONFIG REF OTHER TOL
+ *   dump_compare CONFIG REF OTHER TOL [SECTION.KEY=VALUE ...]
  *
  * Fails (exit 1) when any step's loss differs by more than TOL (relative) or
  * any parameter's gradient has ||other - ref|| / ||ref|| > TOL. CONFIG gives
- * the parameter table so the report names tensors. */
+ * (with the runs' model overrides) the parameter table so the report names
+ * tensors. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,14 +39,14 @@ static int load(const char *path, dump_t *d) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: dump_compare CONFIG REF OTHER TOL\n");
+    if (argc < 5) {
+        fprintf(stderr, "usage: dump_compare CONFIG REF OTHER TOL [SECTION.KEY=VALUE ...]\n");
         return 2;
     }
     double tol = atof(argv[4]);
     char err[2048];
     config_t cfg;
-    if (config_load(&cfg, argv[1], NULL, 0, err, sizeof err) != 0) { fprintf(stderr, "%s\n", err); return 2; }
+    if (config_load(&cfg, argv[1], argv + 5, argc - 5, err, sizeof err) != 0) { fprintf(stderr, "%s\n", err); return 2; }
     model_t m;
     if (model_build(&m, &cfg.model, err, sizeof err) != 0) { fprintf(stderr, "%s\n", err); return 2; }
     dump_t a, b;
@@ -78,7 +79,7 @@ int main(int argc, char **argv) {
         if (!(rel <= worst)) { worst = rel; worst_name = p->name; }
         if (!(rel <= tol)) { printf("gradient %s: relative error %.3e > %.1e\n", p->name, rel, tol); fail = 1; }
     }
-    printf("worst gradient relative error %.3e (%s), tolerance %.1e: %s\n", worst, worst_name, tol,
+    printf("worst gradient relative error %.3e (%s), tolerance %.1e: %s\n", worst, worst > 0 ? worst_name : "all tensors equal", tol,
            fail ? "FAIL" : "ok");
     free(a.loss); free(a.grad); free(b.loss); free(b.grad);
     model_free(&m);

@@ -4,4 +4,4 @@ check_PROGRAMS += tests/test_model
 TESTS += tests/test_model
 tests_test_model_SOURCES = tests/test_model.c
 tests_test_model_CFLAGS = $(ASP_TEST_CFLAGS)
-tests_test_model_LDADD = libautosp.a $(CHECK_LIBS:_pic=) $(YAML_LIBS) $(CUDA_LIBS) -lm
+tests_test_model_LDADD = $(ASP_TEST_LIBS)

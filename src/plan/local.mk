@@ -5,4 +5,4 @@ check_PROGRAMS += tests/test_plan
 TESTS += tests/test_plan
 tests_test_plan_SOURCES = tests/test_plan.c
 tests_test_plan_CFLAGS = $(ASP_TEST_CFLAGS)
-tests_test_plan_LDADD = libautosp.a $(CHECK_LIBS:_pic=) $(YAML_LIBS) $(CUDA_LIBS) -lm
+tests_test_plan_LDADD = $(ASP_TEST_LIBS)
