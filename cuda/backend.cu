@@ -280,6 +280,17 @@ static void cuda_synchronize(void) {
 
 static void *cuda_stream_handle(void) { return (void *)g_cuda.stream; }
 
+/* Dense bf16 tensor-core peak in TFLOP/s (no sparsity), for MFU. */
+static double cuda_peak_tflops(void) {
+    const char *env = getenv("ASP_PEAK_TFLOPS");
+    if (env && atof(env) > 0) return atof(env);
+    const char *name = cuda_device_name();
+    if (strstr(name, "H100") && strstr(name, "PCIe")) return 756.0;
+    if (strstr(name, "H100") || strstr(name, "H200") || strstr(name, "H800") || strstr(name, "GH200")) return 989.0;
+    if (strstr(name, "A100")) return 312.0;
+    return 0.0;
+}
+
 static backend_t make_backend(void) {
     backend_t b;
     memset(&b, 0, sizeof b);
@@ -304,6 +315,7 @@ static backend_t make_backend(void) {
     b.to_f32 = cuda_to_f32;
     b.synchronize = cuda_synchronize;
     b.stream = cuda_stream_handle;
+    b.peak_tflops = cuda_peak_tflops;
     b.embed_fwd = cuda_embed_fwd;
     b.embed_bwd = cuda_embed_bwd;
     b.rmsnorm_fwd = cuda_rmsnorm_fwd;

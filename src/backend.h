@@ -50,6 +50,7 @@ typedef struct backend {
     void (*to_f32)(float *host, const void *src, dtype_t src_type, size_t n);   /* backend -> host fp32, converted */
     void (*synchronize)(void);
     void *(*stream)(void);          /* the stream every op runs on (cudaStream_t); NULL for cpu */
+    double (*peak_tflops)(void);    /* dense bf16 peak of the device for MFU (env ASP_PEAK_TFLOPS overrides); 0 unknown */
 
     /* ---- ops (forward / backward) */
     /* out[t,:] = wte[tokens[t],:] */

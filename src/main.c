@@ -225,8 +225,8 @@ int main(int argc, char **argv) {
     if (par_set_groups(&ranks, plan.sp, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
     if (lead_rank) {
         char buf[32];
-        asp_info("%s: %s model, %.3fB parameters, S = %lld, world %d = SP %d x DP %d, ZeRO-%d, SAC %s, memory budget %s",
-                 cli.config, cfg.model.architecture, (double)model.n_params / 1e9, (long long)cfg.train.seq_len,
+        asp_info("%s: %s model, %.4g M parameters, S = %lld, world %d = SP %d x DP %d, ZeRO-%d, SAC %s, memory budget %s",
+                 cli.config, cfg.model.architecture, (double)model.n_params / 1e6, (long long)cfg.train.seq_len,
                  plan.world, plan.sp, plan.dp, plan.zero_stage, sac_policy_name(plan.policy),
                  mem > 0 ? asp_fmt_bytes(buf, sizeof buf, mem) : "unlimited");
     }
