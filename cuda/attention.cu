@@ -4,8 +4,8 @@
  * softmax in fp32; the forward writes lse = log sum exp of the scaled scores
  * (natural log), which the backward uses to rebuild the probabilities. It is
  * O(s^2 hd) with no tiling: the reference the cuDNN path is tested against,
- * correct for any s and any hd <= 128. It is also the implementation used by
- * attention_fwd/bwd until the cuDNN fused graph is added (docs/cuda.md). */
+ * correct for any s and any hd <= 128. attention_fwd/bwd dispatch here or to
+ * the cuDNN graphs (cuda/attention_cudnn.cu) as init chose from ASP_ATTENTION. */
 #include "autosp_config.h"
 
 #include <math.h>
@@ -201,11 +201,17 @@ extern "C" void cuda_attention_simple_bwd(void *dq, void *dk, void *dv, const vo
 
 extern "C" void cuda_attention_fwd(void *out, float *lse, const void *q, const void *k, const void *v, int64_t s,
                                    int64_t hq, int64_t hkv, int64_t hd, float scale) {
-    cuda_attention_simple_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale);
+    if (g_cuda.attention_cudnn)
+        cuda_attention_cudnn_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale);
+    else
+        cuda_attention_simple_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale);
 }
 
 extern "C" void cuda_attention_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                                    const void *v, const void *out, const float *lse, int64_t s, int64_t hq,
                                    int64_t hkv, int64_t hd, float scale) {
-    cuda_attention_simple_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale);
+    if (g_cuda.attention_cudnn)
+        cuda_attention_cudnn_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale);
+    else
+        cuda_attention_simple_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale);
 }

@@ -56,7 +56,7 @@ typedef struct {
     void *scratch;          /* grow-only device scratch shared by ops (one stream: no overlap) */
     size_t scratch_bytes;
     int sm_count;
-    int attention_cudnn;    /* ASP_ATTENTION=cudnn asked for (refused at init until the graph exists) */
+    int attention_cudnn;    /* attention through cuDNN's fused graphs (ASP_ATTENTION=cudnn, the default) */
     char name[256];
 } cuda_state_t;
 
@@ -110,6 +110,17 @@ void cuda_attention_simple_fwd(void *out, float *lse, const void *q, const void 
 void cuda_attention_simple_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                                const void *v, const void *out, const float *lse,
                                int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
+
+/* cuda/attention_cudnn.cu (cuDNN fused flash attention, plans cached per shape) */
+void cuda_attention_cudnn_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
+                              int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
+void cuda_attention_cudnn_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
+                              const void *v, const void *out, const float *lse,
+                              int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
+/* 1 when cuDNN builds both graphs for the shape (plans then cached), else 0
+ * with the reason in why; never dies on an unsupported shape. */
+int cuda_attention_cudnn_supported(int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *why, size_t whylen);
+void cuda_attention_cudnn_shutdown(void);
 }
 
 /* Grid size for a 1-D launch of `count` work items, `threads` per block; fits

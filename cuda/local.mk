@@ -1,7 +1,7 @@
 # cuda: sources and tests of this folder (included by Makefile.am)
 if HAVE_CUDA
 libautosp_a_SOURCES += cuda/cuda_common.h cuda/backend.cu cuda/kernels.cu cuda/matmul.cu \
-	cuda/attention.cu
+	cuda/attention.cu cuda/attention_cudnn.cu
 endif
 
 if HAVE_CHECK

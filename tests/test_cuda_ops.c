@@ -226,21 +226,41 @@ START_TEST(t_rope) {
 }
 END_TEST
 
-static void attention_cases(const char *impl) {
+/* Private to the CUDA backend (cuda/attention_cudnn.cu): whether cuDNN builds
+ * the fused graphs for a shape, so the test can skip the ones it cannot take. */
+int cuda_attention_cudnn_supported(int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *why, size_t whylen);
+
+/* the implementation is chosen at init */
+static void select_attention(const char *impl) {
     char err[512];
-    /* the implementation is chosen at init */
     setenv("ASP_ATTENTION", impl, 1);
     G->shutdown();
     ck_assert_msg(G->init(0, err, sizeof err) == 0, "cuda init: %s", err);
+}
+
+static void attention_cases(const char *impl) {
+    select_attention(impl);
+    int cudnn = strcmp(impl, "cudnn") == 0;
     const int64_t hh[][2] = {{4, 4}, {8, 2}, {8, 1}};
     const int64_t hds[] = {16, 64, 128};
     const int64_t ss[] = {1, 7, 100};
     for (int a = 0; a < 3; a++)
         for (int b = 0; b < 3; b++)
-            for (int c = 0; c < 4; c++) {
+            for (int c = 0; c < 5; c++) {
                 int64_t hq = hh[a][0], hkv = hh[a][1], hd = hds[b];
-                int64_t s = c < 3 ? ss[c] : 1000;
-                if (c == 3 && !(a == 2 && hd == 64)) continue;   /* one long case keeps the CPU time small */
+                int64_t s = c < 3 ? ss[c] : c == 3 ? 1000 : 4096;
+                /* long cases: few, to keep the CPU reference's time small */
+                if (c == 3 && !(a == 2 && hd == 64)) continue;
+                if (c == 4 && !(cudnn && a == 1 && hd == 64)) continue;
+                if (cudnn) {
+                    char why[1400];
+                    if (!cuda_attention_cudnn_supported(s, hq, hkv, hd, why, sizeof why)) {
+                        printf("  attention[cudnn] s=%lld hq=%lld hkv=%lld hd=%lld skipped: %s\n", (long long)s,
+                               (long long)hq, (long long)hkv, (long long)hd, why);
+                        fflush(stdout);
+                        continue;
+                    }
+                }
                 float scale = 1.0f / sqrtf((float)hd);
                 buf_t q = mk((size_t)(s * hq * hd), DT_BF16, 1.0, 0), k = mk((size_t)(s * hkv * hd), DT_BF16, 1.0, 0),
                       v = mk((size_t)(s * hkv * hd), DT_BF16, 1.0, 0);
@@ -274,6 +294,76 @@ static void attention_cases(const char *impl) {
 }
 
 START_TEST(t_attention_simple) { attention_cases("simple"); }
+END_TEST
+
+START_TEST(t_attention_cudnn) { attention_cases("cudnn"); }
+END_TEST
+
+/* Host copy of n elements of a device tensor, as fp32. */
+static float *fetch(const void *g, dtype_t dt, size_t n) {
+    float *h = malloc(n * sizeof(float));
+    ck_assert_ptr_nonnull(h);
+    G->to_f32(h, g, dt, n);
+    return h;
+}
+
+static void same_within(const char *what, const float *got, const float *want, size_t n, double tol) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(got[i]) || !isfinite(want[i])) bad++;
+    double e = rel_err(got, want, n);
+    printf("  %-58s n=%-8zu rel_err=%.3e%s\n", what, n, e, bad ? " NON-FINITE" : "");
+    fflush(stdout);
+    ck_assert_msg(bad == 0, "%s: %zu non-finite values", what, bad);
+    ck_assert_msg(e <= tol, "%s: rel_err %.3e > %.1e", what, e, tol);
+}
+
+/* cuDNN against the simple kernels at a length the CPU reference is too slow
+ * for: same inputs, both given the simple forward's out and lse for the backward. */
+START_TEST(t_attention_cudnn_vs_simple) {
+    const int64_t s = 8192, hq = 32, hkv = 8, hd = 128;
+    const size_t nq = (size_t)(s * hq * hd), nk = (size_t)(s * hkv * hd), nl = (size_t)(hq * s);
+    float scale = 1.0f / sqrtf((float)hd);
+    select_attention("cudnn");
+    char why[1400];
+    if (!cuda_attention_cudnn_supported(s, hq, hkv, hd, why, sizeof why)) {
+        printf("  attention[cudnn vs simple] s=%lld skipped: %s\n", (long long)s, why);
+        return;
+    }
+    float *ref[5], *got[5];
+    const char *nm[5] = {"out", "lse", "dq", "dk", "dv"};
+    const size_t ns[5] = {nq, nl, nq, nk, nk};
+    for (int pass = 0; pass < 2; pass++) {
+        float **res = pass ? got : ref;
+        select_attention(pass ? "cudnn" : "simple");
+        trng_t saved = rng;   /* the same inputs in both passes */
+        buf_t q = mk(nq, DT_BF16, 1.0, 0), k = mk(nk, DT_BF16, 1.0, 0), v = mk(nk, DT_BF16, 1.0, 0);
+        buf_t dout = mk(nq, DT_BF16, 1.0, 0);
+        rng = saved;
+        void *out = G->alloc(nq * 2, "out"), *lse = G->alloc(nl * 4, "lse");
+        void *dq = G->alloc(nq * 2, "dq"), *dk = G->alloc(nk * 2, "dk"), *dv = G->alloc(nk * 2, "dv");
+        G->attention_fwd(out, lse, q.g, k.g, v.g, s, hq, hkv, hd, scale);
+        res[0] = fetch(out, DT_BF16, nq);
+        res[1] = fetch(lse, DT_F32, nl);
+        /* the backward of both passes sees the simple forward's out and lse */
+        G->from_f32(out, DT_BF16, ref[0], nq);
+        G->from_f32(lse, DT_F32, ref[1], nl);
+        G->attention_bwd(dq, dk, dv, dout.g, q.g, k.g, v.g, out, lse, s, hq, hkv, hd, scale);
+        res[2] = fetch(dq, DT_BF16, nq);
+        res[3] = fetch(dk, DT_BF16, nk);
+        res[4] = fetch(dv, DT_BF16, nk);
+        G->free(out); G->free(lse); G->free(dq); G->free(dk); G->free(dv);
+        drop(&q); drop(&k); drop(&v); drop(&dout);
+    }
+    char name[160];
+    for (int i = 0; i < 5; i++) {
+        snprintf(name, sizeof name, "attention cudnn vs simple %s s=%lld hq=%lld hkv=%lld hd=%lld", nm[i],
+                 (long long)s, (long long)hq, (long long)hkv, (long long)hd);
+        same_within(name, got[i], ref[i], ns[i], i == 1 ? 1e-3 : i < 1 ? 1e-2 : 2e-2);
+        free(got[i]);
+        free(ref[i]);
+    }
+}
 END_TEST
 
 
@@ -471,6 +561,8 @@ int main(void) {
     tcase_add_test(tc, t_optimizer);
     tcase_add_test(tc, t_determinism);
     tcase_add_test(tc, t_attention_simple);
+    tcase_add_test(tc, t_attention_cudnn);
+    tcase_add_test(tc, t_attention_cudnn_vs_simple);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     /* one process: the CUDA context is not fork-safe */

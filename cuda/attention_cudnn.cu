@@ -1,0 +1,547 @@
+/* Causal GQA attention through cuDNN's fused flash-attention engines, built
+ * with the backend (graph) API.
+ *
+ * cuDNN 9.19's SDPA operation descriptors have no causal attribute, so the
+ * graphs are the composite ones its fused-attention engines recognise
+ * (docs/cuda.md lists them op by op). Every attribute call is checked and
+ * fatal; only "no engine takes this graph" is reported to the caller, so the
+ * ops can die naming the graph and shape, and a probe can ask whether a shape
+ * is supported.
+ *
+ * Our [s, heads, hd] row-major buffers are addressed directly as b = 1
+ * tensors [1, heads, s, hd] with strides [s heads hd, hd, heads hd, 1]; K^T
+ * (and V^T in the backward) swaps the last two dims and strides. lse [hq, s]
+ * is the stats tensor [1, hq, s, 1]. The scale is a by-value scalar, so a
+ * plan serves any scale; plans are cached per (fwd/bwd, s, hq, hkv, hd). */
+#include "autosp_config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda_common.h"
+
+typedef cudnnBackendDescriptor_t desc_t;
+
+/* Unique ids of the tensors the variant packs bind; virtual tensors take ids
+ * from UID_VIRTUAL up. */
+enum {
+    UID_Q = 1,
+    UID_K,
+    UID_V,
+    UID_O,
+    UID_STATS,
+    UID_SCALE,
+    UID_NEG_INF,
+    UID_DO,
+    UID_DQ,
+    UID_DK,
+    UID_DV,
+    UID_ONE,
+    UID_DSUM,      /* bwd: rowsum(dO * O), fp32 [1, hq, s, 1] in the workspace */
+    UID_DQ_ACCUM,  /* bwd: fp32 dQ accumulator [1, hq, s, hd] in the workspace */
+    UID_VIRTUAL = 100
+};
+
+#define CACHE_MAX 32
+#define ALIGN_BYTES ((size_t)256)
+
+/* One graph under construction or cached: every descriptor it created (kept
+ * alive as long as the plan), its ops, and the plan. */
+typedef struct {
+    int bwd;
+    int64_t s, hq, hkv, hd;
+    desc_t *all;
+    int nall, capall;
+    desc_t ops[40];
+    int nops;
+    int64_t next_uid;
+    desc_t plan;
+    int64_t ws_bytes;     /* the plan's own workspace */
+    size_t extra_bytes;   /* bwd: dsum + dq_accum, placed after the plan's workspace */
+    unsigned long long last_use;
+} graph_t;
+
+static graph_t *g_cache[CACHE_MAX];
+static unsigned long long g_clock;
+
+static desc_t create(graph_t *g, cudnnBackendDescriptorType_t type) {
+    if (g->nall == g->capall) {
+        int cap = g->capall ? 2 * g->capall : 64;
+        desc_t *p = (desc_t *)realloc(g->all, (size_t)cap * sizeof(desc_t));
+        if (!p) asp_die(ASP_EXIT_FAILURE, "cudnn attention: out of host memory building a graph");
+        g->all = p;
+        g->capall = cap;
+    }
+    desc_t d = NULL;
+    CUDNN_CHECK(cudnnBackendCreateDescriptor(type, &d));
+    g->all[g->nall++] = d;
+    return d;
+}
+
+static void graph_free(graph_t *g) {
+    if (!g) return;
+    /* reverse creation order: users before what they reference */
+    for (int i = g->nall - 1; i >= 0; i--) CUDNN_CHECK(cudnnBackendDestroyDescriptor(g->all[i]));
+    free(g->all);
+    free(g);
+}
+
+static void set_desc(desc_t d, cudnnBackendAttributeName_t a, desc_t v) {
+    CUDNN_CHECK(cudnnBackendSetAttribute(d, a, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &v));
+}
+
+/* ---- tensors ---- */
+
+static desc_t tensor(graph_t *g, int64_t uid, cudnnDataType_t dt, int nd, const int64_t *dims, const int64_t *strides,
+                     bool is_virtual, bool by_value) {
+    desc_t t = create(g, CUDNN_BACKEND_TENSOR_DESCRIPTOR);
+    int64_t align = 16;
+    CUDNN_CHECK(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt));
+    CUDNN_CHECK(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, nd, dims));
+    CUDNN_CHECK(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, nd, strides));
+    CUDNN_CHECK(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid));
+    CUDNN_CHECK(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align));
+    if (is_virtual) CUDNN_CHECK(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &is_virtual));
+    if (by_value) CUDNN_CHECK(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &by_value));
+    CUDNN_CHECK(cudnnBackendFinalize(t));
+    return t;
+}
+
+/* A 4-d tensor bound in the variant pack. */
+static desc_t real4(graph_t *g, int64_t uid, cudnnDataType_t dt, int64_t d0, int64_t d1, int64_t d2, int64_t d3,
+                    int64_t s0, int64_t s1, int64_t s2, int64_t s3) {
+    const int64_t dims[4] = {d0, d1, d2, d3}, strides[4] = {s0, s1, s2, s3};
+    return tensor(g, uid, dt, 4, dims, strides, false, false);
+}
+
+/* A 4-d intermediate the engine keeps on chip. */
+static desc_t virt4(graph_t *g, cudnnDataType_t dt, int64_t d0, int64_t d1, int64_t d2, int64_t d3, int64_t s0,
+                    int64_t s1, int64_t s2, int64_t s3) {
+    const int64_t dims[4] = {d0, d1, d2, d3}, strides[4] = {s0, s1, s2, s3};
+    return tensor(g, g->next_uid++, dt, 4, dims, strides, true, false);
+}
+
+/* An fp32 scalar passed by value at execution (host pointer in the variant pack). */
+static desc_t scalar(graph_t *g, int64_t uid) {
+    const int64_t one = 1;
+    return tensor(g, uid, CUDNN_DATA_FLOAT, 1, &one, &one, false, true);
+}
+
+/* The [1, hq, s, s] score-shaped intermediate (row-major in the last two dims). */
+static desc_t scores(graph_t *g, cudnnDataType_t dt) {
+    int64_t s = g->s, hq = g->hq;
+    return virt4(g, dt, 1, hq, s, s, hq * s * s, s * s, s, 1);
+}
+
+/* A per-row [1, hq, s, 1] intermediate. */
+static desc_t rows(graph_t *g) {
+    int64_t s = g->s, hq = g->hq;
+    return virt4(g, CUDNN_DATA_FLOAT, 1, hq, s, 1, hq * s, s, 1, 1);
+}
+
+/* ---- operations ---- */
+
+static void add_op(graph_t *g, desc_t op) {
+    if (g->nops == (int)(sizeof g->ops / sizeof g->ops[0]))
+        asp_die(ASP_EXIT_FAILURE, "cudnn attention: graph has more operations than the builder holds");
+    g->ops[g->nops++] = op;
+}
+
+static void pointwise(graph_t *g, cudnnPointwiseMode_t mode, cudnnDataType_t math, desc_t x, desc_t b, desc_t t,
+                      desc_t y, int64_t axis) {
+    desc_t pw = create(g, CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
+    CUDNN_CHECK(cudnnBackendSetAttribute(pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode));
+    CUDNN_CHECK(cudnnBackendSetAttribute(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &math));
+    if (mode == CUDNN_POINTWISE_GEN_INDEX)
+        CUDNN_CHECK(cudnnBackendSetAttribute(pw, CUDNN_ATTR_POINTWISE_AXIS, CUDNN_TYPE_INT64, 1, &axis));
+    CUDNN_CHECK(cudnnBackendFinalize(pw));
+    desc_t op = create(g, CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
+    set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, pw);
+    set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, x);
+    if (b) set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, b);
+    if (t) set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_TDESC, t);
+    set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, y);
+    float one = 1.0f;
+    CUDNN_CHECK(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_ALPHA1, CUDNN_TYPE_FLOAT, 1, &one));
+    CUDNN_CHECK(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_ALPHA2, CUDNN_TYPE_FLOAT, 1, &one));
+    CUDNN_CHECK(cudnnBackendFinalize(op));
+    add_op(g, op);
+}
+
+/* y = op(x) or op(x, b): fp32 math */
+static void pw2(graph_t *g, cudnnPointwiseMode_t mode, desc_t x, desc_t b, desc_t y) {
+    pointwise(g, mode, CUDNN_DATA_FLOAT, x, b, NULL, y, 0);
+}
+
+static void reduction(graph_t *g, cudnnReduceTensorOp_t rop, desc_t x, desc_t y) {
+    desc_t r = create(g, CUDNN_BACKEND_REDUCTION_DESCRIPTOR);
+    cudnnDataType_t f = CUDNN_DATA_FLOAT;
+    bool det = false;
+    CUDNN_CHECK(cudnnBackendSetAttribute(r, CUDNN_ATTR_REDUCTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f));
+    CUDNN_CHECK(cudnnBackendSetAttribute(r, CUDNN_ATTR_REDUCTION_OPERATOR, CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, 1, &rop));
+    CUDNN_CHECK(cudnnBackendSetAttribute(r, CUDNN_ATTR_REDUCTION_IS_DETERMINISTIC, CUDNN_TYPE_BOOLEAN, 1, &det));
+    CUDNN_CHECK(cudnnBackendFinalize(r));
+    desc_t op = create(g, CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR);
+    set_desc(op, CUDNN_ATTR_OPERATION_REDUCTION_DESC, r);
+    set_desc(op, CUDNN_ATTR_OPERATION_REDUCTION_XDESC, x);
+    set_desc(op, CUDNN_ATTR_OPERATION_REDUCTION_YDESC, y);
+    CUDNN_CHECK(cudnnBackendFinalize(op));
+    add_op(g, op);
+}
+
+/* c = a b over the last two dims; batch dims broadcast (GQA: hq over hkv) */
+static void matmul(graph_t *g, desc_t a, desc_t b, desc_t c) {
+    desc_t m = create(g, CUDNN_BACKEND_MATMUL_DESCRIPTOR);
+    cudnnDataType_t f = CUDNN_DATA_FLOAT;
+    CUDNN_CHECK(cudnnBackendSetAttribute(m, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f));
+    CUDNN_CHECK(cudnnBackendFinalize(m));
+    desc_t op = create(g, CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR);
+    set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_ADESC, a);
+    set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, b);
+    set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, c);
+    set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_DESC, m);
+    CUDNN_CHECK(cudnnBackendFinalize(op));
+    add_op(g, op);
+}
+
+/* y views x with other dims/strides (the transposes of the backward) */
+static void reshape(graph_t *g, desc_t x, desc_t y) {
+    desc_t op = create(g, CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR);
+    set_desc(op, CUDNN_ATTR_OPERATION_RESHAPE_XDESC, x);
+    set_desc(op, CUDNN_ATTR_OPERATION_RESHAPE_YDESC, y);
+    CUDNN_CHECK(cudnnBackendFinalize(op));
+    add_op(g, op);
+}
+
+/* Top-left causal mask: keep score (t, j) where row t >= column j, else -inf. */
+static desc_t causal_mask(graph_t *g, desc_t x) {
+    desc_t row = scores(g, CUDNN_DATA_INT32), col = scores(g, CUDNN_DATA_INT32);
+    desc_t keep = scores(g, CUDNN_DATA_BOOLEAN), y = scores(g, CUDNN_DATA_FLOAT);
+    pointwise(g, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, x, NULL, NULL, row, 2);
+    pointwise(g, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, x, NULL, NULL, col, 3);
+    pointwise(g, CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, row, col, NULL, keep, 0);
+    pointwise(g, CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, x, scalar(g, UID_NEG_INF), keep, y, 0);
+    return y;
+}
+
+/* ---- the two graphs ---- */
+
+/* O = softmax(mask(scale Q K^T)) V, stats = max + log(sum exp) (natural log) */
+static void build_fwd(graph_t *g) {
+    int64_t s = g->s, hq = g->hq, hkv = g->hkv, hd = g->hd;
+    const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f = CUDNN_DATA_FLOAT;
+    desc_t q = real4(g, UID_Q, bf, 1, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t kt = real4(g, UID_K, bf, 1, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
+    desc_t v = real4(g, UID_V, bf, 1, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
+    desc_t o = real4(g, UID_O, bf, 1, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t stats = real4(g, UID_STATS, f, 1, hq, s, 1, hq * s, s, 1, 1);
+    desc_t scale = scalar(g, UID_SCALE);
+
+    desc_t sc = scores(g, f), sc1 = scores(g, f);
+    matmul(g, q, kt, sc);
+    pw2(g, CUDNN_POINTWISE_MUL, sc, scale, sc1);
+    desc_t sm = causal_mask(g, sc1);
+    desc_t mx = rows(g), sub = scores(g, f), ex = scores(g, f), sum = rows(g), lg = rows(g);
+    reduction(g, CUDNN_REDUCE_TENSOR_MAX, sm, mx);
+    pw2(g, CUDNN_POINTWISE_SUB, sm, mx, sub);
+    pw2(g, CUDNN_POINTWISE_EXP, sub, NULL, ex);
+    reduction(g, CUDNN_REDUCE_TENSOR_ADD, ex, sum);
+    pw2(g, CUDNN_POINTWISE_LOG, sum, NULL, lg);
+    pw2(g, CUDNN_POINTWISE_ADD, mx, lg, stats);
+    desc_t p = scores(g, bf);   /* the second matmul takes P in the I/O type */
+    pw2(g, CUDNN_POINTWISE_DIV, ex, sum, p);
+    matmul(g, p, v, o);
+}
+
+/* dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)) scale, dQ = dS K,
+ * dK = dS^T Q; GQA sums the query heads of a group by a head reduction. */
+static void build_bwd(graph_t *g) {
+    int64_t s = g->s, hq = g->hq, hkv = g->hkv, hd = g->hd;
+    const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f = CUDNN_DATA_FLOAT;
+    desc_t q = real4(g, UID_Q, bf, 1, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t kt = real4(g, UID_K, bf, 1, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
+    desc_t vt = real4(g, UID_V, bf, 1, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
+    desc_t o = real4(g, UID_O, bf, 1, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t dout = real4(g, UID_DO, bf, 1, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t stats = real4(g, UID_STATS, f, 1, hq, s, 1, hq * s, s, 1, 1);
+    desc_t dq = real4(g, UID_DQ, bf, 1, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t dk = real4(g, UID_DK, bf, 1, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
+    desc_t dv = real4(g, UID_DV, bf, 1, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
+    desc_t dsum = real4(g, UID_DSUM, f, 1, hq, s, 1, hq * s, s, 1, 1);
+    desc_t dq_acc = real4(g, UID_DQ_ACCUM, f, 1, hq, s, hd, hq * s * hd, s * hd, hd, 1);
+    desc_t scale = scalar(g, UID_SCALE);
+
+    /* rowsum(dO * O) */
+    desc_t doo = virt4(g, f, 1, hq, s, hd, hq * s * hd, s * hd, hq * hd, 1), dr = rows(g);
+    pw2(g, CUDNN_POINTWISE_MUL, dout, o, doo);
+    reduction(g, CUDNN_REDUCE_TENSOR_ADD, doo, dr);
+    pw2(g, CUDNN_POINTWISE_MUL, dr, scalar(g, UID_ONE), dsum);
+
+    /* P = exp(mask(scale Q K^T - stats)) */
+    desc_t sc = scores(g, f), sc1 = scores(g, f), sc2 = scores(g, f);
+    matmul(g, q, kt, sc);
+    pw2(g, CUDNN_POINTWISE_MUL, sc, scale, sc1);
+    pw2(g, CUDNN_POINTWISE_SUB, sc1, stats, sc2);
+    desc_t sm = causal_mask(g, sc2);
+    desc_t p = scores(g, f);
+    pw2(g, CUDNN_POINTWISE_EXP, sm, NULL, p);
+
+    /* dV = P^T dO */
+    desc_t pt = virt4(g, bf, 1, hq, s, s, hq * s * s, s * s, 1, s);
+    reshape(g, p, pt);
+    if (hq == hkv) {
+        matmul(g, pt, dout, dv);
+    } else {
+        desc_t dvf = virt4(g, bf, 1, hq, s, hd, hq * s * hd, s * hd, hd, 1);
+        matmul(g, pt, dout, dvf);
+        reduction(g, CUDNN_REDUCE_TENSOR_ADD, dvf, dv);
+    }
+
+    /* dS = (dO V^T - dsum) P scale */
+    desc_t dp = scores(g, f), ds1 = scores(g, f), ds2 = scores(g, f), ds = scores(g, f);
+    matmul(g, dout, vt, dp);
+    pw2(g, CUDNN_POINTWISE_SUB, dp, dsum, ds1);
+    pw2(g, CUDNN_POINTWISE_MUL, ds1, p, ds2);
+    pw2(g, CUDNN_POINTWISE_MUL, ds2, scale, ds);
+
+    /* dK = dS^T Q */
+    desc_t dst = virt4(g, bf, 1, hq, s, s, hq * s * s, s * s, 1, s);
+    reshape(g, ds, dst);
+    if (hq == hkv) {
+        matmul(g, dst, q, dk);
+    } else {
+        desc_t dkf = virt4(g, bf, 1, hq, s, hd, hq * s * hd, s * hd, hd, 1);
+        matmul(g, dst, q, dkf);
+        reduction(g, CUDNN_REDUCE_TENSOR_ADD, dkf, dk);
+    }
+
+    /* dQ = dS K, accumulated in fp32, then converted */
+    desc_t kr = virt4(g, f, 1, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
+    reshape(g, kt, kr);
+    matmul(g, ds, kr, dq_acc);
+    pw2(g, CUDNN_POINTWISE_IDENTITY, dq_acc, NULL, dq);
+}
+
+/* ---- plans ---- */
+
+static void soft_err(char *err, size_t errlen, const char *what, cudnnStatus_t st) {
+    char msg[1024];
+    cudnnGetLastErrorString(msg, sizeof msg);
+    snprintf(err, errlen, "%s: %s%s%s", what, cudnnGetErrorString(st), msg[0] ? ": " : "", msg);
+}
+
+/* The operation graph, the heuristic's engine configs (mode A) tried in order
+ * until one finalises into an execution plan. 0, or -1 with err set when no
+ * engine takes the graph. */
+static int make_plan(graph_t *g, char *err, size_t errlen) {
+    desc_t og = create(g, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
+    CUDNN_CHECK(cudnnBackendSetAttribute(og, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &g_cuda.cudnn));
+    CUDNN_CHECK(cudnnBackendSetAttribute(og, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, g->nops,
+                                         g->ops));
+    cudnnStatus_t st = cudnnBackendFinalize(og);
+    if (st != CUDNN_STATUS_SUCCESS) {
+        soft_err(err, errlen, "operation graph not accepted", st);
+        return -1;
+    }
+    desc_t heur = create(g, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+    cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
+    set_desc(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, og);
+    CUDNN_CHECK(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode));
+    st = cudnnBackendFinalize(heur);
+    if (st != CUDNN_STATUS_SUCCESS) {
+        soft_err(err, errlen, "engine heuristic failed", st);
+        return -1;
+    }
+    int64_t n = 0;
+    CUDNN_CHECK(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &n, NULL));
+    if (n <= 0) {
+        snprintf(err, errlen, "the engine heuristic returned no engine configuration");
+        return -1;
+    }
+    desc_t *cfg = (desc_t *)calloc((size_t)n, sizeof(desc_t));
+    if (!cfg) asp_die(ASP_EXIT_FAILURE, "cudnn attention: out of host memory for %lld engine configs", (long long)n);
+    for (int64_t i = 0; i < n; i++) cfg[i] = create(g, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+    int64_t got = 0;
+    CUDNN_CHECK(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, n, &got, cfg));
+    snprintf(err, errlen, "none of the %lld engine configurations finalised", (long long)got);
+    for (int64_t i = 0; i < got && !g->plan; i++) {
+        desc_t plan = create(g, CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
+        CUDNN_CHECK(cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &g_cuda.cudnn));
+        set_desc(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg[i]);
+        st = cudnnBackendFinalize(plan);
+        if (st == CUDNN_STATUS_SUCCESS) {
+            g->plan = plan;
+        } else {
+            char what[96];
+            snprintf(what, sizeof what, "none of the %lld engine configurations finalised; the last said",
+                     (long long)got);
+            soft_err(err, errlen, what, st);
+        }
+    }
+    free(cfg);
+    if (!g->plan) return -1;
+    CUDNN_CHECK(cudnnBackendGetAttribute(g->plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &got,
+                                         &g->ws_bytes));
+    if (g->ws_bytes < 0) g->ws_bytes = 0;
+    return 0;
+}
+
+static const char *graph_name(int bwd) { return bwd ? "backward" : "forward"; }
+
+/* Shapes outside what cuDNN's fused attention takes (its support surface for
+ * bf16 on sm_90), refused before any graph is built. */
+static int shape_supported(int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *why, size_t whylen) {
+    if (s <= 0 || hq <= 0 || hkv <= 0 || hd <= 0) {
+        snprintf(why, whylen, "s=%lld hq=%lld hkv=%lld hd=%lld must all be positive", (long long)s, (long long)hq,
+                 (long long)hkv, (long long)hd);
+        return 0;
+    }
+    if (hq % hkv) {
+        snprintf(why, whylen, "%lld query heads are not a multiple of %lld kv heads", (long long)hq, (long long)hkv);
+        return 0;
+    }
+    if (hd % 8 || hd > 128) {
+        snprintf(why, whylen, "head dim %lld: cuDNN's fused attention takes multiples of 8 up to 128", (long long)hd);
+        return 0;
+    }
+    if (s < 2) {
+        snprintf(why, whylen, "s = %lld: cuDNN's fused attention backward does not take s_q = s_kv = 1", (long long)s);
+        return 0;
+    }
+    return 1;
+}
+
+/* The cached plan for the shape, built on first use. NULL with err set when
+ * the shape is refused or no engine takes the graph. */
+static graph_t *get_plan(int bwd, int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *err, size_t errlen) {
+    int free_slot = -1, oldest = 0;
+    for (int i = 0; i < CACHE_MAX; i++) {
+        graph_t *c = g_cache[i];
+        if (!c) {
+            if (free_slot < 0) free_slot = i;
+            continue;
+        }
+        if (c->bwd == bwd && c->s == s && c->hq == hq && c->hkv == hkv && c->hd == hd) {
+            c->last_use = ++g_clock;
+            return c;
+        }
+        if (g_cache[oldest] && c->last_use < g_cache[oldest]->last_use) oldest = i;
+    }
+    if (!shape_supported(s, hq, hkv, hd, err, errlen)) return NULL;
+    graph_t *g = (graph_t *)calloc(1, sizeof *g);
+    if (!g) asp_die(ASP_EXIT_FAILURE, "cudnn attention: out of host memory for a plan");
+    g->bwd = bwd;
+    g->s = s;
+    g->hq = hq;
+    g->hkv = hkv;
+    g->hd = hd;
+    g->next_uid = UID_VIRTUAL;
+    if (bwd) build_bwd(g); else build_fwd(g);
+    if (make_plan(g, err, errlen) != 0) {
+        graph_free(g);
+        return NULL;
+    }
+    if (bwd) {
+        size_t dsum = asp_align_up((size_t)hq * (size_t)s * sizeof(float), ALIGN_BYTES);
+        g->extra_bytes = dsum + asp_align_up((size_t)hq * (size_t)s * (size_t)hd * sizeof(float), ALIGN_BYTES);
+    }
+    /* a full cache (many distinct shapes) drops the least recently used plan */
+    int slot = free_slot;
+    if (slot < 0) {
+        slot = oldest;
+        CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
+        graph_free(g_cache[slot]);
+    }
+    g->last_use = ++g_clock;
+    g_cache[slot] = g;
+    return g;
+}
+
+static graph_t *need_plan(int bwd, int64_t s, int64_t hq, int64_t hkv, int64_t hd) {
+    char err[1200];
+    graph_t *g = get_plan(bwd, s, hq, hkv, hd, err, sizeof err);
+    if (!g)
+        asp_die(ASP_EXIT_FAILURE, "cudnn attention: no cuDNN engine for the causal GQA %s graph with s=%lld hq=%lld "
+                "hkv=%lld hd=%lld (bf16, %s): %s; run with ASP_ATTENTION=simple for this model",
+                graph_name(bwd), (long long)s, (long long)hq, (long long)hkv, (long long)hd, g_cuda.name, err);
+    return g;
+}
+
+static void execute(graph_t *g, int n, const int64_t *uids, void **ptrs, void *workspace) {
+    desc_t vp = NULL;
+    CUDNN_CHECK(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &vp));
+    CUDNN_CHECK(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids));
+    CUDNN_CHECK(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, n, ptrs));
+    CUDNN_CHECK(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace));
+    CUDNN_CHECK(cudnnBackendFinalize(vp));
+    CUDNN_CHECK(cudnnBackendExecute(g_cuda.cudnn, g->plan, vp));
+    CUDNN_CHECK(cudnnBackendDestroyDescriptor(vp));
+}
+
+static void check_aligned(const char *graph, const char *name, const void *p) {
+    if (!cuda_aligned16(p))
+        asp_die(ASP_EXIT_FAILURE, "cudnn attention %s: %s at %p is not 16-byte aligned as the graph declares; "
+                "allocate it with backend alloc or run with ASP_ATTENTION=simple", graph, name, p);
+}
+
+extern "C" {
+
+void cuda_attention_cudnn_fwd(void *out, float *lse, const void *q, const void *k, const void *v, int64_t s,
+                              int64_t hq, int64_t hkv, int64_t hd, float scale) {
+    check_aligned("forward", "q", q);
+    check_aligned("forward", "k", k);
+    check_aligned("forward", "v", v);
+    check_aligned("forward", "out", out);
+    check_aligned("forward", "lse", lse);
+    graph_t *g = need_plan(0, s, hq, hkv, hd);
+    void *ws = cuda_scratch(g->ws_bytes > 0 ? (size_t)g->ws_bytes : 1);
+    float sc = scale, neg_inf = -INFINITY;
+    const int64_t uids[7] = {UID_Q, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_NEG_INF};
+    void *ptrs[7] = {(void *)q, (void *)k, (void *)v, out, lse, &sc, &neg_inf};
+    execute(g, 7, uids, ptrs, ws);
+}
+
+void cuda_attention_cudnn_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
+                              const void *v, const void *out, const float *lse, int64_t s, int64_t hq, int64_t hkv,
+                              int64_t hd, float scale) {
+    const void *chk[9] = {dq, dk, dv, dout, q, k, v, out, lse};
+    const char *nm[9] = {"dq", "dk", "dv", "dout", "q", "k", "v", "out", "lse"};
+    for (int i = 0; i < 9; i++) check_aligned("backward", nm[i], chk[i]);
+    graph_t *g = need_plan(1, s, hq, hkv, hd);
+    size_t ws_bytes = asp_align_up((size_t)g->ws_bytes, ALIGN_BYTES);
+    char *ws = (char *)cuda_scratch(ws_bytes + g->extra_bytes);
+    char *dsum = ws + ws_bytes;
+    char *dq_acc = dsum + asp_align_up((size_t)hq * (size_t)s * sizeof(float), ALIGN_BYTES);
+    /* cuDNN >= 9.6 clears the dQ accumulator itself; clearing it here as well
+     * costs one small memset and keeps the result independent of that. */
+    CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)hq * (size_t)s * (size_t)hd * sizeof(float), g_cuda.stream));
+    float sc = scale, neg_inf = -INFINITY, one = 1.0f;
+    const int64_t uids[14] = {UID_Q,  UID_K,  UID_V,  UID_O,   UID_STATS, UID_SCALE,   UID_NEG_INF,
+                              UID_DO, UID_DQ, UID_DK, UID_DV, UID_ONE,   UID_DSUM, UID_DQ_ACCUM};
+    void *ptrs[14] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)lse, &sc,  &neg_inf,
+                      (void *)dout, dq,     dk,        dv,          &one,        dsum, dq_acc};
+    execute(g, 14, uids, ptrs, ws);
+}
+
+int cuda_attention_cudnn_supported(int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *why, size_t whylen) {
+    char err[1200];
+    for (int bwd = 0; bwd < 2; bwd++) {
+        if (!get_plan(bwd, s, hq, hkv, hd, err, sizeof err)) {
+            snprintf(why, whylen, "%s graph: %s", graph_name(bwd), err);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+void cuda_attention_cudnn_shutdown(void) {
+    for (int i = 0; i < CACHE_MAX; i++) {
+        graph_free(g_cache[i]);
+        g_cache[i] = NULL;
+    }
+    g_clock = 0;
+}
+
+}
