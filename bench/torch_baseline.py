@@ -208,8 +208,8 @@ def main():
         s_loc = S // world
         pos = torch.arange(rank * s_loc, (rank + 1) * s_loc, device=dev, dtype=torch.float64)
         ang = pos[:, None] * inv[None, :]
-        cos = torch.cos(ang).float()[:, None, :].repeat(1, 1, 2)
-        sin = torch.sin(ang).float()[:, None, :].repeat(1, 1, 2)
+        cos = torch.cos(ang).float()[:, None, :]  # [s, 1, hd/2]: rotate() works on the two halves
+        sin = torch.sin(ang).float()[:, None, :]
         g = torch.Generator(device=dev).manual_seed(7)
         seq = torch.randint(0, m["vocab_size"], (S + 1,), device=dev, generator=g)
         tokens, targets = seq[:-1][rank * s_loc:(rank + 1) * s_loc], seq[1:][rank * s_loc:(rank + 1) * s_loc]

@@ -123,10 +123,11 @@ static desc_t virt4(graph_t *g, cudnnDataType_t dt, int64_t d0, int64_t d1, int6
     return tensor(g, g->next_uid++, dt, 4, dims, strides, true, false);
 }
 
-/* An fp32 scalar passed by value at execution (host pointer in the variant pack). */
+/* An fp32 scalar passed by value at execution (host pointer in the variant
+ * pack). Pointwise operands must all have the same rank, so it is 4-d. */
 static desc_t scalar(graph_t *g, int64_t uid) {
-    const int64_t one = 1;
-    return tensor(g, uid, CUDNN_DATA_FLOAT, 1, &one, &one, false, true);
+    const int64_t one[4] = {1, 1, 1, 1};
+    return tensor(g, uid, CUDNN_DATA_FLOAT, 4, one, one, false, true);
 }
 
 /* The [1, hq, s, s] score-shaped intermediate (row-major in the last two dims). */

@@ -6,6 +6,9 @@
 #
 #   scripts/gpu-check.sh [--quick] [--bench-only]
 #
+# Environment: SEQS (sequence lengths, default 65536), BENCH_CONFIG, BENCH_STEPS,
+# TORCH_MODES ("eager compile"), LOG_DIR.
+#
 # Uses the build in this tree (./autosp-train, tests/test_cuda_ops); build it
 # on a machine with the toolkit first (scripts/setup.sh) where this machine
 # lacks the build dependencies. cuDNN may live inside a Python environment:
@@ -42,7 +45,7 @@ if [ $BENCH_ONLY = 0 ]; then
     done
     # 2. the tiny model on the GPU tracks the CPU reference
     if [ -f data/english.tok ]; then
-        common="--set data.path=data/english.tok --set train.steps=100 --set io.log_every=10"
+        common="--set data.path=$PWD/data/english.tok --set train.steps=100 --set io.log_every=10"
         ./autosp-train configs/tiny.yaml $common --set train.device=cpu --set io.run_dir="$LOG_DIR/tiny-cpu" \
             --dump-grads "$LOG_DIR/tiny-cpu.bin" >"$LOG_DIR/tiny-cpu.log" 2>&1
         ./autosp-train configs/tiny.yaml $common --set train.device=cuda --set io.run_dir="$LOG_DIR/tiny-gpu" \
@@ -70,7 +73,7 @@ CFG=${BENCH_CONFIG:-configs/llama32_1b.yaml}
 STEPS=${BENCH_STEPS:-6}
 [ $QUICK = 1 ] && SEQS=8192 && STEPS=4
 for S in $SEQS; do
-    ./autosp-train "$CFG" --set train.seq_len=$S --set train.steps=$STEPS --set data.path=data/english.tok \
+    ./autosp-train "$CFG" --set train.seq_len=$S --set train.steps=$STEPS --set data.path="$PWD/data/english.tok" \
         --set io.run_dir="$LOG_DIR/bench-$S" --set io.log_every=1 >"$LOG_DIR/bench-autosp-$S.log" 2>&1
     "$PY" - "$LOG_DIR/bench-$S/metrics.jsonl" "$S" <<'PY' | tee -a "$LOG_DIR/bench.jsonl"
 import json, statistics, sys
@@ -81,7 +84,8 @@ if rows:
                       "tflops_per_gpu": statistics.median(r["tflops"] for r in rows),
                       "peak_gib": max(r.get("peak_gib", 0) for r in rows)}))
 PY
-    for mode in "" "--compile"; do
+    for mode in ${TORCH_MODES:-eager compile}; do
+        [ "$mode" = eager ] && mode="" || mode="--$mode"
         PYTHONUNBUFFERED=1 "$PY" bench/torch_baseline.py "$CFG" --seq-len $S --steps $STEPS $mode \
             2>"$LOG_DIR/bench-torch$mode-$S.err" | tee -a "$LOG_DIR/bench.jsonl"
     done
