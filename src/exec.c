@@ -31,7 +31,26 @@ struct exec {
     int shards;                 /* ranks sharing the optimizer state (1 for ZeRO-0) */
     int cur_grad;               /* which resid_grad holds the gradient flowing down */
     size_t baseline_used;       /* device memory in use before the arenas */
+    int profile;                /* ASP_PROFILE=1: time every step (synchronising) */
+    double prof[3][OP__COUNT + 2]; /* seconds by phase (forward, recompute, backward) and op; +optimizer, +reduce */
+    int64_t prof_calls[3][OP__COUNT + 2];
 };
+
+enum { PROF_FWD = 0, PROF_RECOMPUTE = 1, PROF_BWD = 2 };
+enum { PROF_OPTIMIZER = OP__COUNT, PROF_REDUCE = OP__COUNT + 1 };
+
+static double prof_begin(exec_t *e) {
+    if (!e->profile) return 0;
+    e->be->synchronize();
+    return asp_now();
+}
+
+static void prof_end(exec_t *e, int phase, int what, double t0) {
+    if (!e->profile) return;
+    e->be->synchronize();
+    e->prof[phase][what] += asp_now() - t0;
+    e->prof_calls[phase][what]++;
+}
 
 enum { SCALAR_LOSS = 0, SCALAR_SUMSQ = 1 };
 
@@ -62,6 +81,8 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     e->par = dtype_size(be->param_dtype);
     e->grd = dtype_size(be->grad_dtype);
     e->baseline_used = be->memory_used ? be->memory_used() : 0;
+    const char *prof = getenv("ASP_PROFILE");
+    e->profile = prof && *prof && strcmp(prof, "0") != 0;
 
     static const char *what[ARENA__COUNT] = {"parameters and gradients", "optimizer state",
                                              "saved activations", "workspace", "host offload"};
@@ -413,7 +434,11 @@ static walk_t walk_of(exec_t *e, const graph_plan_t *gp, int layer) {
 
 static void graph_forward(exec_t *e, const walk_t *w, float grad_scale) {
     const graph_plan_t *gp = w->gp;
-    for (int si = 0; si < gp->g.ns; si++) run_forward(e, w, si, PHASE_FWD, grad_scale);
+    for (int si = 0; si < gp->g.ns; si++) {
+        double t0 = prof_begin(e);
+        run_forward(e, w, si, PHASE_FWD, grad_scale);
+        prof_end(e, PROF_FWD, gp->g.s[si].op, t0);
+    }
     if (!w->is_layer || !gp->offload_bytes) return;
     uint8_t *host = e->offload + (size_t)w->layer * gp->offload_bytes;
     for (int t = 0; t < gp->g.nt; t++)
@@ -429,9 +454,17 @@ static void graph_backward(exec_t *e, const walk_t *w) {
             if (gp->t[t].keep == KEEP_OFFLOAD)
                 e->be->to_device(e->ws + gp->t[t].bwd_off, host + gp->t[t].saved_off, gp->t[t].bytes);
     }
-    for (int si = 0; si < gp->g.ns; si++)
-        if (gp->recompute_step[si]) run_forward(e, w, si, PHASE_BWD, 0.0f);
-    for (int si = gp->g.ns - 1; si >= 0; si--) run_backward(e, w, si);
+    for (int si = 0; si < gp->g.ns; si++) {
+        if (!gp->recompute_step[si]) continue;
+        double t0 = prof_begin(e);
+        run_forward(e, w, si, PHASE_BWD, 0.0f);
+        prof_end(e, PROF_RECOMPUTE, gp->g.s[si].op, t0);
+    }
+    for (int si = gp->g.ns - 1; si >= 0; si--) {
+        double t0 = prof_begin(e);
+        run_backward(e, w, si);
+        prof_end(e, PROF_BWD, gp->g.s[si].op, t0);
+    }
     /* the input's gradient becomes the next graph's output gradient */
     if (gp->g.input >= 0) e->cur_grad = 1 - e->cur_grad;
 }
@@ -481,10 +514,12 @@ void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t
 
     /* Every rank holds a partial gradient of the full parameter set: sum
      * them over the world (reduce-scatter into the shard for ZeRO-1). */
+    double t0 = prof_begin(e);
     if (p->zero_stage == 1)
         e->coll->reduce_scatter_sum(e->ranks->world, e->grads, e->grad_shard, p->shard_len, be->grad_dtype);
     else
         e->coll->allreduce_sum(e->ranks->world, e->grads, p->n_params_padded, be->grad_dtype);
+    prof_end(e, PROF_BWD, PROF_REDUCE, t0);
 
     e->coll->allreduce_sum(e->ranks->world, &e->scalars[SCALAR_LOSS], 1, DT_F32);
     float loss_sum = 0;
@@ -499,6 +534,7 @@ void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res)
     const model_t *m = e->model;
     const uint8_t *grad = p->zero_stage == 1 ? e->grad_shard : e->grads;
     float *sumsq = &e->scalars[SCALAR_SUMSQ];
+    double t0 = prof_begin(e);
     be->grad_sumsq(sumsq, grad, p->shard_len);
     if (p->zero_stage == 1) e->coll->allreduce_sum(e->ranks->world, sumsq, 1, DT_F32);
 
@@ -519,7 +555,26 @@ void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res)
     if (p->zero_stage == 1 && e->shards > 1)
         e->coll->allgather(e->ranks->world, e->params + lo * e->par, e->params, p->shard_len, be->param_dtype);
 
+    prof_end(e, PROF_BWD, PROF_OPTIMIZER, t0);
     float s = 0;
     be->to_host(&s, sumsq, sizeof s);
     res->grad_norm = sqrt((double)s);
+}
+
+void exec_print_profile(const exec_t *e, FILE *out) {
+    if (!e->profile) return;
+    static const char *phase[3] = {"forward", "recompute", "backward"};
+    double total = 0;
+    for (int ph = 0; ph < 3; ph++)
+        for (int k = 0; k < OP__COUNT + 2; k++) total += e->prof[ph][k];
+    fprintf(out, "\nPROFILE (ASP_PROFILE: every step synchronised; all steps summed)\n");
+    fprintf(out, "  %-10s %-18s %8s %12s %7s\n", "phase", "op", "calls", "seconds", "share");
+    for (int ph = 0; ph < 3; ph++)
+        for (int k = 0; k < OP__COUNT + 2; k++) {
+            if (!e->prof_calls[ph][k]) continue;
+            const char *name = k == PROF_OPTIMIZER ? "optimizer" : k == PROF_REDUCE ? "gradient reduce" : op_name((op_kind_t)k);
+            fprintf(out, "  %-10s %-18s %8lld %12.4f %6.1f%%\n", phase[ph], name, (long long)e->prof_calls[ph][k],
+                    e->prof[ph][k], 100 * e->prof[ph][k] / total);
+        }
+    fprintf(out, "  %-10s %-18s %8s %12.4f\n", "total", "", "", total);
 }

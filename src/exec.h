@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "backend.h"
 #include "parallel/parallel.h"
@@ -59,6 +60,11 @@ void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res)
 void exec_gather_grads(exec_t *e, float *out);
 /* Full compute weights as fp32 (local, no communication). */
 void exec_get_params(exec_t *e, float *out);
+
+/* With ASP_PROFILE=1 in the environment every step is timed (the device is
+ * synchronised around each, so totals are slower than a normal run): print
+ * the time by phase and op kind. Nothing is printed otherwise. */
+void exec_print_profile(const exec_t *e, FILE *out);
 
 /* Bytes the plan predicted for the device, and the device memory in use now
  * as the backend measures it (0 when it cannot). */

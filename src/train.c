@@ -213,6 +213,7 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
                total, first_loss, last_loss, fmt_rate(rate, sizeof rate, t_timed > 0 ? tokens_timed / t_timed : 0));
         fflush(stdout);
     }
+    if (lead) exec_print_profile(e, stdout);
     if (opts->dump_path && lead && dump_grads) write_dump(opts->dump_path, losses, step, dump_grads, plan->n_params);
 
     if (metrics) fclose(metrics);
