@@ -187,13 +187,11 @@ void exec_get_params(exec_t *e, float *out) {
 
 void exec_gather_grads(exec_t *e, float *out) {
     const plan_t *p = e->plan;
-    if (p->zero_stage == 1 && e->shards > 1) {
+    if (e->grad_shard) {
         /* Each rank holds the reduced gradient of its shard only: gather them. */
         e->be->copy(e->grads + e->shard_begin * e->grd, e->grad_shard, p->shard_len * e->grd);
         e->coll->allgather(e->ranks->world, e->grads + e->shard_begin * e->grd, e->grads, p->shard_len,
                            e->be->grad_dtype);
-    } else if (p->zero_stage == 1) {
-        e->be->copy(e->grads, e->grad_shard, p->shard_len * e->grd);
     }
     e->be->to_f32(out, e->grads, e->be->grad_dtype, p->n_params);
 }
@@ -515,9 +513,9 @@ void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t
     /* Every rank holds a partial gradient of the full parameter set: sum
      * them over the world (reduce-scatter into the shard for ZeRO-1). */
     double t0 = prof_begin(e);
-    if (p->zero_stage == 1)
+    if (e->grad_shard)
         e->coll->reduce_scatter_sum(e->ranks->world, e->grads, e->grad_shard, p->shard_len, be->grad_dtype);
-    else
+    else if (e->ranks->world_size > 1)
         e->coll->allreduce_sum(e->ranks->world, e->grads, p->n_params_padded, be->grad_dtype);
     prof_end(e, PROF_BWD, PROF_REDUCE, t0);
 
@@ -532,11 +530,12 @@ void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res)
     const plan_t *p = e->plan;
     const backend_t *be = e->be;
     const model_t *m = e->model;
-    const uint8_t *grad = p->zero_stage == 1 ? e->grad_shard : e->grads;
+    /* ZeRO-1 over several ranks: the reduced shard; otherwise the full gradient */
+    const uint8_t *grad = e->grad_shard ? e->grad_shard : e->grads;
     float *sumsq = &e->scalars[SCALAR_SUMSQ];
     double t0 = prof_begin(e);
     be->grad_sumsq(sumsq, grad, p->shard_len);
-    if (p->zero_stage == 1) e->coll->allreduce_sum(e->ranks->world, sumsq, 1, DT_F32);
+    if (e->grad_shard) e->coll->allreduce_sum(e->ranks->world, sumsq, 1, DT_F32);
 
     /* AdamW over the parts of each parameter that fall in this rank's shard,
      * so weight decay follows the parameter (2-D weights only). */

@@ -303,6 +303,8 @@ void model_init_params(const model_t *m, uint64_t seed, size_t begin, size_t cou
         const param_t *p = &m->params[pi];
         size_t lo = p->offset > begin ? p->offset : begin;
         size_t hi = p->offset + p->numel < end ? p->offset + p->numel : end;
+        /* every element depends only on (seed, index): threads may split it freely */
+#pragma omp parallel for schedule(static)
         for (size_t i = lo; i < hi; i++)
             out[i - begin] = p->ndim == 1 ? 1.0f : (float)(std * normal_at(seed, (uint64_t)i));
     }

@@ -218,7 +218,10 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     mem->master = place(end, ARENA_OPTIMIZER, p->shard_len * 4);
     mem->adam_m = place(end, ARENA_OPTIMIZER, p->shard_len * 4);
     mem->adam_v = place(end, ARENA_OPTIMIZER, p->shard_len * 4);
-    mem->grad_shard = place(end, ARENA_OPTIMIZER, p->zero_stage == 1 ? p->shard_len * (size_t)p->target.grad_bytes : 0);
+    /* The reduced-gradient shard exists only when there is something to
+     * scatter: on one rank the summed gradient is the gradient itself. */
+    mem->grad_shard = place(end, ARENA_OPTIMIZER,
+                            p->zero_stage == 1 && shards > 1 ? p->shard_len * (size_t)p->target.grad_bytes : 0);
     mem->saved_layers = place(end, ARENA_ACTIVATIONS, (size_t)m->L * p->layer.saved_bytes);
     mem->final_hidden = place(end, ARENA_ACTIVATIONS, sl * d * act);
     mem->workspace = place(end, ARENA_WORKSPACE, ws);
