@@ -185,6 +185,15 @@ void exec_get_params(exec_t *e, float *out) {
     e->be->to_f32(out, e->params, e->be->param_dtype, e->plan->n_params);
 }
 
+void exec_set_params(exec_t *e, const float *in) {
+    const plan_t *p = e->plan;
+    e->be->from_f32(e->params, e->be->param_dtype, in, p->n_params);
+    size_t end = e->shard_begin + p->shard_len;
+    if (end > p->n_params) end = p->n_params;
+    if (end > e->shard_begin)
+        e->be->to_device(e->master, in + e->shard_begin, (end - e->shard_begin) * sizeof(float));
+}
+
 void exec_gather_grads(exec_t *e, float *out) {
     const plan_t *p = e->plan;
     if (e->grad_shard) {

@@ -60,6 +60,9 @@ void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res)
 void exec_gather_grads(exec_t *e, float *out);
 /* Full compute weights as fp32 (local, no communication). */
 void exec_get_params(exec_t *e, float *out);
+/* Replace the weights (compute copy and this rank's fp32 master shard) with
+ * `in` (plan->n_params fp32 values, the same on every rank). */
+void exec_set_params(exec_t *e, const float *in);
 
 /* With ASP_PROFILE=1 in the environment every step is timed (the device is
  * synchronised around each, so totals are slower than a normal run): print

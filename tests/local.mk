@@ -7,3 +7,9 @@ TESTS += tests/test_sp_parity.sh
 EXTRA_DIST += tests/common.sh tests/testutil.h tests/test_sp_parity.sh
 TESTS += tests/test_train_tiny.sh
 EXTRA_DIST += tests/test_train_tiny.sh
+# Whole-model finite differences through the executor (CPU engine)
+check_PROGRAMS += tests/test_model_grad
+TESTS += tests/test_model_grad
+tests_test_model_grad_SOURCES = tests/test_model_grad.c
+tests_test_model_grad_CFLAGS = $(ASP_TEST_CFLAGS)
+tests_test_model_grad_LDADD = $(ASP_TEST_LIBS)
