@@ -200,7 +200,7 @@ int main(int argc, char **argv) {
         mem_from = "the device";
     } else if (explain_gpu_plan) {
         mem = EXPLAIN_DEFAULT_GPU_GIB * GIB;
-        mem_from = "assumed 80 GB GPU (no GPU here; --gpu-memory sets it)";
+        mem_from = "assumed: an 80 GB GPU, as none is present; --gpu-memory sets it";
     }
     target.memory_bytes = mem;
     if (explain_gpu_plan || (be && be->device_memory && be->device_memory() > 0))
