@@ -208,16 +208,21 @@ int main(int argc, char **argv) {
 
     int world = cli.explain && cli.world > 0 ? cli.world : ranks.world_size;
     plan_t plan;
-    if (plan_compile(&plan, &cfg, &model, world, &target, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
+    int planned = plan_compile(&plan, &cfg, &model, world, &target, err, sizeof err);
+    if (planned == -1 || (planned != 0 && !cli.explain)) usage_error(&ranks, "%s", err);
 
     if (cli.explain) {
+        /* A plan that does not fit is still shown (its memory table says by
+         * how much); the exit status says it cannot run. */
         if (lead_rank) {
             char buf[32];
             printf("memory budget per rank: %s (%s)\n", mem > 0 ? asp_fmt_bytes(buf, sizeof buf, mem) : "unlimited",
                    mem_from);
             plan_explain(&plan, &cfg, stdout);
+            fflush(stdout);
         }
         model_free(&model);
+        if (planned != 0) usage_error(&ranks, "%s", err);
         par_finalize(&ranks);
         return 0;
     }

@@ -257,7 +257,7 @@ START_TEST(test_sp_auto) {
     for (int P = 1; P < p->sp; P *= 2) {
         config_t f = c;
         f.parallel.sequence_parallel_size = P;
-        ck_assert_int_eq(compile(q, &f, m, 8, bf16_target(80 * GiB), err), -1);
+        ck_assert_int_eq(compile(q, &f, m, 8, bf16_target(80 * GiB), err), PLAN_NO_FIT);
         ck_assert_ptr_nonnull(strstr(err, "does not fit"));
     }
     /* batch 1 on 8 ranks: only SP 8 keeps DP dividing the batch */
@@ -266,7 +266,7 @@ START_TEST(test_sp_auto) {
     ck_assert_int_eq(p->sp, 8);
     /* nothing fits: the message names the longest S of the best degree */
     c = make_cfg(m, 1 << 24, 8, 0, SAC_AUTO);
-    ck_assert_int_eq(compile(p, &c, m, 8, bf16_target(80 * GiB), err), -1);
+    ck_assert_int_eq(compile(p, &c, m, 8, bf16_target(80 * GiB), err), PLAN_NO_FIT);
     ck_assert_msg(strstr(err, "the longest seq_len that fits is") != NULL &&
                       strstr(err, "sequence_parallel_size 8") != NULL, "%s", err);
     free(p);
@@ -746,7 +746,7 @@ START_TEST(test_longest_seq) {
     c.train.seq_len = L;
     ck_assert_msg(plan_compile(p, &c, m, 8, &t, err, sizeof err) == 0, "%s", err);
     c.train.seq_len = L + 8192;
-    ck_assert_int_eq(plan_compile(p, &c, m, 8, &t, err, sizeof err), -1);
+    ck_assert_int_eq(plan_compile(p, &c, m, 8, &t, err, sizeof err), PLAN_NO_FIT);
     ck_assert_msg(strstr(err, "does not fit") && strstr(err, "the longest seq_len that fits is"), "%s", err);
     /* save_all fits less than auto, full at least as much */
     c.checkpointing.policy = SAC_SAVE_ALL;

@@ -79,15 +79,29 @@ int64_t plan_longest_seq(const config_t *cfg, const model_t *m, int world, const
 }
 
 static void no_fit_message(const plan_t *p, const config_t *cfg, int64_t longest, int sp, char *err, size_t errlen) {
-    char have[32], budget[32];
-    asp_fmt_bytes(have, sizeof have, (double)p->mem.device_total);
+    char have[32], budget[32], fixed[32];
+    const memplan_t *mem = &p->mem;
+    asp_fmt_bytes(have, sizeof have, (double)mem->device_total);
     asp_fmt_bytes(budget, sizeof budget, p->target.memory_bytes);
+    if (longest > 0) {
+        asp_errf(err, errlen,
+                 "train.seq_len %lld does not fit: the plan needs %s per rank (sequence_parallel_size %d, policy %s) "
+                 "but the budget is %s; the longest seq_len that fits is %lld with sequence_parallel_size %d on "
+                 "%d ranks; lower train.seq_len, use checkpointing.policy auto (with offload), or add ranks",
+                 (long long)cfg->train.seq_len, have, p->sp, plan_policy_name(cfg->checkpointing.policy), budget,
+                 (long long)longest, sp, p->world);
+        return;
+    }
+    /* Not even the shortest sequence fits: say what the fixed part costs. */
+    double weights = (double)(mem->params.bytes + mem->grads.bytes + mem->master.bytes + mem->adam_m.bytes +
+                              mem->adam_v.bytes + mem->grad_shard.bytes);
+    asp_fmt_bytes(fixed, sizeof fixed, weights);
     asp_errf(err, errlen,
-             "train.seq_len %lld does not fit: the plan needs %s per rank (sequence_parallel_size %d, policy %s) "
-             "but the budget is %s; the longest seq_len that fits is %lld with sequence_parallel_size %d on "
-             "%d ranks; lower train.seq_len, use checkpointing.policy auto (with offload), or add ranks",
-             (long long)cfg->train.seq_len, have, p->sp, plan_policy_name(cfg->checkpointing.policy), budget,
-             (long long)longest, sp, p->world);
+             "this model does not fit %s per rank at any seq_len on %d ranks: weights, gradients and optimizer "
+             "state alone take %s per rank (ZeRO-%d shards the optimizer state; the weights and their gradients "
+             "stay whole on every rank); give more memory per rank (checkpointing.memory_budget_gib, "
+             "--gpu-memory) or train a smaller model",
+             budget, p->world, fixed, p->zero_stage);
 }
 
 int plan_compile(plan_t *p, const config_t *cfg, const model_t *m, int world, const plan_target_t *target,
@@ -103,8 +117,9 @@ int plan_compile(plan_t *p, const config_t *cfg, const model_t *m, int world, co
         plan_t *scratch = asp_malloc(sizeof *scratch, "plan search");
         int64_t longest = longest_fixed(scratch, cfg, m, world, &t, (int)want, granule_for((int)want, S));
         free(scratch);
+        compile_at(p, cfg, m, world, &t, (int)want, S, err, errlen);
         no_fit_message(p, cfg, longest, (int)want, err, errlen);
-        return -1;
+        return PLAN_NO_FIT;
     }
     if (world < 1 || world > 1024)
         return asp_errf(err, errlen, "world size %d: expected 1 to 1024 ranks", world);
@@ -135,5 +150,5 @@ int plan_compile(plan_t *p, const config_t *cfg, const model_t *m, int world, co
     free(scratch);
     compile_at(p, cfg, m, world, &t, best_sp, S, err, errlen);
     no_fit_message(p, cfg, best, best_sp, err, errlen);
-    return -1;
+    return PLAN_NO_FIT;
 }

@@ -126,9 +126,13 @@ typedef struct {
     double recompute_flops_per_step; /* extra FLOPs the SAC choice spends, whole job */
 } plan_t;
 
-/* Compile the plan for `world` ranks. Fails (returns -1 with one message
- * naming the problem and the valid choices) for impossible degrees, or when
- * nothing fits target->memory_bytes. */
+/* plan_compile's result when a plan exists but does not fit the budget: `p`
+ * is then the leanest plan found (for --explain to show) and err says why. */
+#define PLAN_NO_FIT (-2)
+
+/* Compile the plan for `world` ranks. Returns 0; -1 with one message naming
+ * the problem and the valid choices for impossible degrees (p unusable); or
+ * PLAN_NO_FIT when nothing fits target->memory_bytes. */
 int plan_compile(plan_t *p, const config_t *cfg, const model_t *m, int world,
                  const plan_target_t *target, char *err, size_t errlen);
 
