@@ -54,6 +54,12 @@ static void prof_end(exec_t *e, int phase, int what, double t0) {
 
 enum { SCALAR_LOSS = 0, SCALAR_SUMSQ = 1 };
 
+/* Before reading results on the host: lets an asynchronous collective
+ * library report a failed peer instead of blocking forever. */
+static void coll_wait(exec_t *e) {
+    if (e->coll->wait) e->coll->wait();
+}
+
 static uint8_t *region_ptr(exec_t *e, const region_t *r) {
     if (r->bytes == 0) return NULL;
     if (!e->arena[r->arena])
@@ -530,6 +536,7 @@ void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t
 
     e->coll->allreduce_sum(e->ranks->world, &e->scalars[SCALAR_LOSS], 1, DT_F32);
     float loss_sum = 0;
+    coll_wait(e);
     be->to_host(&loss_sum, &e->scalars[SCALAR_LOSS], sizeof loss_sum);
     res->loss = (double)loss_sum / valid;
     res->valid_targets = (int64_t)valid;
@@ -565,6 +572,7 @@ void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res)
 
     prof_end(e, PROF_BWD, PROF_OPTIMIZER, t0);
     float s = 0;
+    coll_wait(e);
     be->to_host(&s, sumsq, sizeof s);
     res->grad_norm = sqrt((double)s);
 }

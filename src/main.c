@@ -182,6 +182,16 @@ int main(int argc, char **argv) {
         target.act_bytes = target.param_bytes = target.grad_bytes = 4;
     }
 
+    /* Impossible degrees are refused before any GPU work: plan once without
+     * a memory limit (the real budget needs the device, initialised next). */
+    if (be) {
+        plan_t probe;
+        plan_target_t unlimited = target;
+        unlimited.memory_bytes = 0;
+        int world_now = ranks.world_size;
+        if (plan_compile(&probe, &cfg, &model, world_now, &unlimited, err, sizeof err) == -1)
+            usage_error(&ranks, "%s", err);
+    }
     /* The device is initialised before planning so that the plan can use its memory size. */
     if (be) {
         int dev = ranks.local_rank;

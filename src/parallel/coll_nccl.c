@@ -4,12 +4,19 @@
 #ifdef HAVE_CUDA
 #include <cuda_runtime.h>
 #include <nccl.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "par_internal.h"
 #include "util.h"
 
 static cudaStream_t nccl_stream;
+static comm_t *nccl_comms[3];   /* world, SP, DP: polled for asynchronous errors */
+static int nccl_world_rank;
+static double nccl_timeout_s;   /* ASP_NCCL_TIMEOUT: seconds a wait may take (default 600) */
+static const char *nccl_last_op = "none";
 
 #define NCCL_CHECK(call)                                                                            \
     do {                                                                                            \
@@ -55,24 +62,78 @@ int coll_nccl_init(ranks_t *r, void *stream, char *err, size_t errlen) {
     comm_add_nccl(r->world);
     comm_add_nccl(r->sp);
     comm_add_nccl(r->dp);
+    nccl_comms[0] = r->world;
+    nccl_comms[1] = r->sp;
+    nccl_comms[2] = r->dp;
+    nccl_world_rank = r->world_rank;
+    const char *t = getenv("ASP_NCCL_TIMEOUT");
+    nccl_timeout_s = t && atof(t) > 0 ? atof(t) : 600.0;
     return 0;
 }
 
+/* Abort every communicator so peers blocked in a collective fail too, then
+ * end the job (asp_die aborts MPI, so no rank is left waiting). */
+static void nccl_fail(const char *what) {
+    for (int i = 0; i < 3; i++)
+        if (nccl_comms[i] && nccl_comms[i]->nccl) ncclCommAbort((ncclComm_t)nccl_comms[i]->nccl);
+    for (int i = 0; i < 3; i++)
+        if (nccl_comms[i]) nccl_comms[i]->nccl = NULL;
+    asp_die(ASP_EXIT_FAILURE, "rank %d: %s (last collective issued: %s); communicators aborted", nccl_world_rank,
+            what, nccl_last_op);
+}
+
+static void nccl_wait(void) {
+    double start = asp_now();
+    for (;;) {
+        cudaError_t q = cudaStreamQuery(nccl_stream);
+        if (q == cudaSuccess) return;
+        if (q != cudaErrorNotReady) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "CUDA error while waiting for the step: %s", cudaGetErrorString(q));
+            nccl_fail(msg);
+        }
+        for (int i = 0; i < 3; i++) {
+            if (!nccl_comms[i] || !nccl_comms[i]->nccl) continue;
+            ncclResult_t async = ncclSuccess;
+            ncclResult_t rc = ncclCommGetAsyncError((ncclComm_t)nccl_comms[i]->nccl, &async);
+            if (rc != ncclSuccess || async != ncclSuccess) {
+                char msg[512];
+                snprintf(msg, sizeof msg, "NCCL asynchronous error on the %s communicator: %s (%s)",
+                         i == 0 ? "world" : i == 1 ? "SP" : "DP", ncclGetErrorString(rc != ncclSuccess ? rc : async),
+                         ncclGetLastError(NULL));
+                nccl_fail(msg);
+            }
+        }
+        if (asp_now() - start > nccl_timeout_s) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "no progress for %.0f s (a peer is gone or hung; ASP_NCCL_TIMEOUT sets the limit)",
+                     nccl_timeout_s);
+            nccl_fail(msg);
+        }
+        struct timespec ts = {0, 100000}; /* 0.1 ms: polling costs nothing measurable */
+        nanosleep(&ts, NULL);
+    }
+}
+
 static void nccl_allreduce(comm_t *c, void *buf, size_t count, dtype_t t) {
+    nccl_last_op = "ncclAllReduce";
     if (count) NCCL_CHECK(ncclAllReduce(buf, buf, count, nccl_type(t), ncclSum, nccl_of(c), nccl_stream));
 }
 
 static void nccl_reduce_scatter(comm_t *c, const void *send, void *recv, size_t count, dtype_t t) {
+    nccl_last_op = "ncclReduceScatter";
     if (count) NCCL_CHECK(ncclReduceScatter(send, recv, count, nccl_type(t), ncclSum, nccl_of(c), nccl_stream));
 }
 
 static void nccl_allgather(comm_t *c, const void *send, void *recv, size_t count, dtype_t t) {
+    nccl_last_op = "ncclAllGather";
     if (count) NCCL_CHECK(ncclAllGather(send, recv, count, nccl_type(t), nccl_of(c), nccl_stream));
 }
 
 /* Block j of send goes to rank j; grouped point-to-point (NCCL's own
  * all-to-all is the same underneath). */
 static void nccl_alltoall(comm_t *c, const void *send, void *recv, size_t count, dtype_t t) {
+    nccl_last_op = "all-to-all (ncclSend/ncclRecv)";
     if (!count) return;
     size_t bytes = count * dtype_size(t);
     ncclComm_t nc = nccl_of(c);
@@ -85,6 +146,7 @@ static void nccl_alltoall(comm_t *c, const void *send, void *recv, size_t count,
 }
 
 static void nccl_bcast(comm_t *c, void *buf, size_t count, dtype_t t, int root) {
+    nccl_last_op = "ncclBroadcast";
     if (count) NCCL_CHECK(ncclBroadcast(buf, buf, count, nccl_type(t), root, nccl_of(c), nccl_stream));
 }
 
@@ -104,5 +166,6 @@ const coll_ops_t coll_nccl = {
     .alltoall = nccl_alltoall,
     .bcast = nccl_bcast,
     .barrier = nccl_barrier,
+    .wait = nccl_wait,
 };
 #endif

@@ -53,6 +53,10 @@ typedef struct coll_ops {
     void (*alltoall)(comm_t *c, const void *send, void *recv, size_t count, dtype_t t);
     void (*bcast)(comm_t *c, void *buf, size_t count, dtype_t t, int root);
     void (*barrier)(comm_t *c);
+    /* Wait for every collective issued so far, watching for failures (NULL
+     * when the calls are synchronous). A failed or hung peer ends the job
+     * with a message naming the rank and the failed call, instead of a hang. */
+    void (*wait)(void);
 } coll_ops_t;
 
 /* MPI on host memory (plain copies when the communicator has one rank). */
