@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "dtype.h"
+#include "opshapes.h"
 
 typedef struct backend {
     const char *name;               /* "cpu" or "cuda" */
@@ -51,6 +52,11 @@ typedef struct backend {
     void (*synchronize)(void);
     void *(*stream)(void);          /* the stream every op runs on (cudaStream_t); NULL for cpu */
     double (*peak_tflops)(void);    /* dense bf16 peak of the device for MFU (env ASP_PEAK_TFLOPS overrides); 0 unknown */
+    /* Device scratch the ops need at these shapes (library workspaces, partial
+     * sums, conversion staging); NULL or 0: none. The executor passes that much
+     * memory to set_scratch once, so no op allocates during training. */
+    size_t (*scratch_bytes)(const op_shapes_t *shapes);
+    void (*set_scratch)(void *p, size_t bytes);
 
     /* ---- ops (forward / backward) */
     /* out[t,:] = wte[tokens[t],:] */

@@ -118,6 +118,8 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     e->rope_freq = (double *)region_ptr(e, &m->rope_freq);
     e->scalars = (float *)region_ptr(e, &m->scalars);
     e->offload = region_ptr(e, &m->offload);
+    /* the backend's op scratch comes from the plan: no op allocates while training */
+    if (be->set_scratch) be->set_scratch(region_ptr(e, &m->scratch), m->scratch.bytes);
 
     e->shards = plan->zero_stage == 1 ? r->world_size : 1;
     e->shard_begin = plan->zero_stage == 1 ? (size_t)r->world_rank * plan->shard_len : 0;

@@ -213,6 +213,7 @@ int main(int argc, char **argv) {
         mem_from = "assumed: an 80 GB GPU, as none is present; --gpu-memory sets it";
     }
     target.memory_bytes = mem;
+    if (be) target.scratch_bytes = be->scratch_bytes;
     if (explain_gpu_plan || (be && be->device_memory && be->device_memory() > 0))
         target.reserved_bytes = 1.5 * GIB; /* CUDA context, cuBLASLt/cuDNN workspaces, NCCL buffers */
 

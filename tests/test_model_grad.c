@@ -47,7 +47,7 @@ static void setup(fx_t *f, const char *policy) {
     char **argv = NULL;
     ck_assert_msg(par_init(&argc, &argv, &f->ranks, err, sizeof err) == 0, "%s", err);
     ck_assert_msg(par_set_groups(&f->ranks, 1, err, sizeof err) == 0, "%s", err);
-    plan_target_t t = {4, 4, 4, 0, 0};
+    plan_target_t t = {4, 4, 4, 0, 0, NULL};
     ck_assert_msg(plan_compile(&f->plan, &f->cfg, &f->model, 1, &t, err, sizeof err) == 0, "%s", err);
     f->e = exec_create(&f->plan, &backend_cpu, &coll_host, &coll_host, &f->ranks);
     exec_init_params(f->e, 7);

@@ -798,6 +798,50 @@ START_TEST(test_explain_70b) {
 }
 END_TEST
 
+
+/* The target's op scratch: shapes as the executor will run them, bytes in
+ * the workspace arena and in the budget check. */
+static op_shapes_t seen_shapes;
+static size_t fake_scratch(const op_shapes_t *sh) {
+    seen_shapes = *sh;
+    return (size_t)sh->attn_rows * (size_t)sh->hq * (size_t)sh->hd * 4 * 3; /* a dq accumulator and more */
+}
+
+START_TEST(test_memplan_op_scratch) {
+    model_t *m = get_model(M_8B);
+    plan_t *p = new_plan(), *q = new_plan();
+    char err[512];
+    config_t c = make_cfg(m, 131072, 1, 8, SAC_AUTO);
+    plan_target_t t = bf16_target(0);
+    ck_assert_msg(plan_compile(q, &c, m, 8, &t, err, sizeof err) == 0, "%s", err);
+    ck_assert_uint_eq(q->mem.scratch.bytes, 0);
+    t.scratch_bytes = fake_scratch;
+    ck_assert_msg(plan_compile(p, &c, m, 8, &t, err, sizeof err) == 0, "%s", err);
+    /* attention sees the whole padded sequence at its local heads */
+    ck_assert_int_eq(seen_shapes.attn_rows, 131072);
+    ck_assert_int_eq(seen_shapes.rows, 16384);
+    ck_assert_int_eq(seen_shapes.hq, 4);
+    ck_assert_int_eq(seen_shapes.hkv, 1);
+    ck_assert_int_eq(seen_shapes.hd, 128);
+    ck_assert_int_eq(seen_shapes.vocab, 128256);
+    ck_assert_int_eq(seen_shapes.max_width, 28672);
+    size_t want = (size_t)131072 * 4 * 128 * 4 * 3;
+    ck_assert_uint_eq(p->mem.scratch.bytes, want);
+    ck_assert_int_eq(p->mem.scratch.arena, ARENA_WORKSPACE);
+    ck_assert_uint_ge(p->mem.device_total, q->mem.device_total + want);
+    ck_assert_uint_le(p->mem.device_total, q->mem.device_total + want + 256);
+    /* a budget between the two: fits without scratch, not with it */
+    t.memory_bytes = (double)q->mem.device_total + (double)want / 2;
+    t.scratch_bytes = NULL;
+    c.checkpointing.policy = SAC_SAVE_ALL;
+    ck_assert_msg(plan_compile(q, &c, m, 8, &t, err, sizeof err) == 0, "%s", err);
+    t.scratch_bytes = fake_scratch;
+    ck_assert_int_eq(plan_compile(p, &c, m, 8, &t, err, sizeof err), PLAN_NO_FIT);
+    free(p);
+    free(q);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("plan");
     TCase *sp = tcase_create("sp");
@@ -819,6 +863,7 @@ int main(void) {
     tcase_add_test(mem, test_memplan_hand);
     tcase_add_test(mem, test_memplan_padding_zero1);
     tcase_add_test(mem, test_workspace_walk);
+    tcase_add_test(mem, test_memplan_op_scratch);
     tcase_add_test(mem, test_longest_seq);
     tcase_add_test(mem, test_explain_70b);
     suite_add_tcase(s, mem);

@@ -169,7 +169,7 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         {"resid_grad[0]", &mem->resid_grad[0]}, {"resid_grad[1]", &mem->resid_grad[1]}, {"logits", &mem->logits},
         {"a2a_send", &mem->a2a_send},   {"a2a_recv", &mem->a2a_recv},     {"tokens", &mem->tokens},
         {"targets", &mem->targets},     {"positions", &mem->positions},   {"rope_freq", &mem->rope_freq},
-        {"scalars", &mem->scalars},     {"offload", &mem->offload},
+        {"scalars", &mem->scalars},     {"op scratch", &mem->scratch}, {"offload", &mem->offload},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
         fprintf(out, "  %-14s %-12s %14zu B  %12s\n", rows[i].name, arena_name((arena_t)rows[i].r->arena),

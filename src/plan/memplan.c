@@ -212,6 +212,22 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     if (p->prologue.workspace_bytes > ws) ws = p->prologue.workspace_bytes;
     if (p->epilogue.workspace_bytes > ws) ws = p->epilogue.workspace_bytes;
 
+    /* The largest operand shapes, for the backend's op scratch. */
+    op_shapes_t *sh = &p->op_shapes;
+    memset(sh, 0, sizeof *sh);
+    sh->rows = p->seq_local;
+    sh->attn_rows = p->sp > 1 ? p->seq_pad : p->seq_local;
+    sh->hq = p->q_heads_local;
+    sh->hkv = p->kv_heads_local;
+    sh->hd = m->hd;
+    sh->d = m->d;
+    sh->f = m->f;
+    sh->vocab = m->V;
+    sh->loss_chunk = lc;
+    for (int t = 0; t < p->layer.g.nt; t++)
+        if (p->layer.g.t[t].width > sh->max_width) sh->max_width = p->layer.g.t[t].width;
+    size_t scratch = p->target.scratch_bytes ? p->target.scratch_bytes(sh) : 0;
+
     size_t end[ARENA__COUNT] = {0};
     mem->params = place(end, ARENA_PARAMS, p->n_params_padded * (size_t)p->target.param_bytes);
     mem->grads = place(end, ARENA_PARAMS, p->n_params_padded * (size_t)p->target.grad_bytes);
@@ -235,6 +251,7 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     mem->positions = place(end, ARENA_WORKSPACE, sl * 4);
     mem->rope_freq = place(end, ARENA_WORKSPACE, (size_t)(m->hd / 2) * 8);
     mem->scalars = place(end, ARENA_WORKSPACE, 16 * 4);
+    mem->scratch = place(end, ARENA_WORKSPACE, scratch);
     mem->offload = place(end, ARENA_HOST, (size_t)m->L * p->layer.offload_bytes);
     size_t dev = 0;
     for (int a = 0; a < ARENA__COUNT; a++) {

@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "model/model.h"
+#include "opshapes.h"
 
 #define PLAN_NO_OFFSET ((size_t)-1)
 
@@ -25,7 +26,10 @@ typedef struct {
     int param_bytes;        /* compute copy of the weights */
     int grad_bytes;         /* gradient buffer element */
     double memory_bytes;    /* per-rank device memory the plan must fit in; 0 = unlimited */
-    double reserved_bytes;  /* kept free for libraries (cuBLASLt/cuDNN workspaces, NCCL, context) */
+    double reserved_bytes;  /* kept free for the device context, NCCL and library handles */
+    /* Scratch the target's ops need at the plan's shapes (e.g. the attention
+     * library's workspace); NULL when unknown (planning without the device). */
+    size_t (*scratch_bytes)(const op_shapes_t *shapes);
 } plan_target_t;
 
 typedef enum {
@@ -93,6 +97,7 @@ typedef struct {
     region_t tokens, targets, positions; /* int32 [seq_local] */
     region_t rope_freq;     /* fp64 [hd/2] inverse frequencies */
     region_t scalars;       /* fp32 scalars: loss sum, gradient sum of squares (16 floats) */
+    region_t scratch;       /* the backend's op scratch (target.scratch_bytes at op_shapes) */
     region_t offload;       /* host: L slots of layer.offload_bytes */
     size_t arena_bytes[ARENA__COUNT];
     size_t device_total;    /* predicted peak device bytes of the engine's arenas */
@@ -121,6 +126,7 @@ typedef struct {
     /* graphs and decisions */
     graph_plan_t prologue, layer, epilogue;
     memplan_t mem;
+    op_shapes_t op_shapes;  /* largest operand shapes, for the backend's scratch */
     /* cost figures */
     double flops_per_step;  /* model FLOPs of one optimizer step, whole job (6N + attention, see docs) */
     double recompute_flops_per_step; /* extra FLOPs the SAC choice spends, whole job */
