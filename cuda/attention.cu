@@ -215,3 +215,8 @@ extern "C" void cuda_attention_bwd(void *dq, void *dk, void *dv, const void *dou
     else
         cuda_attention_simple_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale);
 }
+
+/* The simple kernels' scratch: the backward's row terms D[s, hq]. */
+extern "C" size_t cuda_attention_scratch_bytes(int64_t s, int64_t hq, int64_t hkv, int64_t hd) {
+    return (size_t)s * (size_t)hq * sizeof(float);
+}

@@ -546,3 +546,13 @@ void cuda_attention_cudnn_shutdown(void) {
 }
 
 }
+
+/* Scratch of the fused graphs at this shape: builds (and caches) both plans,
+ * which the first step would build anyway, to learn their workspaces. */
+extern "C" size_t cuda_attention_cudnn_scratch_bytes(int64_t s, int64_t hq, int64_t hkv, int64_t hd) {
+    graph_t *f = need_plan(0, s, hq, hkv, hd);
+    graph_t *b = need_plan(1, s, hq, hkv, hd);
+    size_t fwd = f->ws_bytes > 0 ? (size_t)f->ws_bytes : 1;
+    size_t bwd = asp_align_up((size_t)b->ws_bytes, ALIGN_BYTES) + b->extra_bytes;
+    return fwd > bwd ? fwd : bwd;
+}

@@ -37,6 +37,12 @@ static void need_init(const char *op) {
 void *cuda_scratch(size_t bytes) {
     need_init("scratch");
     if (bytes <= g_cuda.scratch_bytes) return g_cuda.scratch;
+    if (g_cuda.scratch_planned) {
+        char b1[32], b2[32];
+        asp_die(ASP_EXIT_FAILURE, "cuda: an op needs %s of scratch but the plan reserved %s: the backend's "
+                "scratch_bytes() under-reports this shape (a bug; please report it with the config)",
+                asp_fmt_bytes(b1, sizeof b1, (double)bytes), asp_fmt_bytes(b2, sizeof b2, (double)g_cuda.scratch_bytes));
+    }
     /* Growth happens on the first step's shapes; the stream must be idle before
      * the old buffer goes, since earlier ops may still read it. */
     size_t want = asp_align_up(bytes + bytes / 4, (size_t)1 << 20);
@@ -147,7 +153,7 @@ static void cuda_shutdown(void) {
     CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
     cuda_matmul_shutdown();
     cuda_attention_cudnn_shutdown();
-    if (g_cuda.scratch) CUDA_CHECK(cudaFree(g_cuda.scratch));
+    if (g_cuda.scratch && !g_cuda.scratch_planned) CUDA_CHECK(cudaFree(g_cuda.scratch));
     if (g_cuda.lt_workspace) CUDA_CHECK(cudaFree(g_cuda.lt_workspace));
     CUDNN_CHECK(cudnnDestroy(g_cuda.cudnn));
     CUBLAS_CHECK(cublasLtDestroy(g_cuda.lt));
@@ -276,6 +282,28 @@ static void cuda_synchronize(void) {
     CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
 }
 
+/* Largest scratch any op asks for at the plan's shapes; keep in step with
+ * the cuda_scratch() calls (a request above this is fatal once planned). */
+static size_t cuda_scratch_bytes(const op_shapes_t *sh) {
+    need_init("scratch_bytes");
+    size_t need = ASP_STAGE_ELEMS * sizeof(float); /* from_f32 / to_f32 staging */
+    size_t k = cuda_kernels_scratch_bytes(sh->rows, sh->d, sh->vocab, sh->loss_chunk);
+    if (k > need) need = k;
+    size_t a = g_cuda.attention_cudnn ? cuda_attention_cudnn_scratch_bytes(sh->attn_rows, sh->hq, sh->hkv, sh->hd)
+                                      : cuda_attention_scratch_bytes(sh->attn_rows, sh->hq, sh->hkv, sh->hd);
+    if (a > need) need = a;
+    return asp_align_up(need, (size_t)1 << 20);
+}
+
+static void cuda_set_scratch(void *p, size_t bytes) {
+    need_init("set_scratch");
+    CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
+    if (g_cuda.scratch && !g_cuda.scratch_planned) CUDA_CHECK(cudaFree(g_cuda.scratch));
+    g_cuda.scratch = p;
+    g_cuda.scratch_bytes = bytes;
+    g_cuda.scratch_planned = 1;
+}
+
 static void *cuda_stream_handle(void) { return (void *)g_cuda.stream; }
 
 /* Dense bf16 tensor-core peak in TFLOP/s (no sparsity), for MFU. */
@@ -314,6 +342,8 @@ static backend_t make_backend(void) {
     b.synchronize = cuda_synchronize;
     b.stream = cuda_stream_handle;
     b.peak_tflops = cuda_peak_tflops;
+    b.scratch_bytes = cuda_scratch_bytes;
+    b.set_scratch = cuda_set_scratch;
     b.embed_fwd = cuda_embed_fwd;
     b.embed_bwd = cuda_embed_bwd;
     b.rmsnorm_fwd = cuda_rmsnorm_fwd;

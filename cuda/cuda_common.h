@@ -53,8 +53,9 @@ typedef struct {
     cudnnHandle_t cudnn;
     void *lt_workspace;
     size_t lt_workspace_bytes;
-    void *scratch;          /* grow-only device scratch shared by ops (one stream: no overlap) */
+    void *scratch;          /* device scratch shared by ops (one stream: no overlap) */
     size_t scratch_bytes;
+    int scratch_planned;    /* 1: scratch is the plan's region (set_scratch): fixed, not ours to free */
     int sm_count;
     int attention_cudnn;    /* attention through cuDNN's fused graphs (ASP_ATTENTION=cudnn, the default) */
     char name[256];
@@ -65,8 +66,14 @@ extern cuda_state_t g_cuda;
 
 void cuda_check_launch(const char *what, const char *file, int line);
 void cuda_cudnn_fail(const char *call, const char *file, int line, cudnnStatus_t s) ASP_NORETURN;
-/* Device scratch of at least `bytes`, valid until the next call (grows, never shrinks). */
+/* Device scratch of at least `bytes`, valid until the next call. Once the
+ * executor has set the planned region (set_scratch), a larger request is a
+ * planning bug and fatal; before that (op tests) the buffer grows. */
 void *cuda_scratch(size_t bytes);
+/* Scratch each op family needs at the given shapes (see cuda_scratch_bytes). */
+size_t cuda_kernels_scratch_bytes(int64_t rows, int64_t d, int64_t vocab, int64_t loss_chunk);
+size_t cuda_attention_scratch_bytes(int64_t s, int64_t hq, int64_t hkv, int64_t hd);
+size_t cuda_attention_cudnn_scratch_bytes(int64_t s, int64_t hq, int64_t hkv, int64_t hd);
 
 /* cuda/kernels.cu */
 void cuda_embed_fwd(void *out, const int32_t *tokens, const void *wte, int64_t n, int64_t d);

@@ -611,3 +611,26 @@ extern "C" void cuda_adamw(float *master, void *param, float *m, float *v, const
                                                             max_norm);
     CUDA_CHECK_LAUNCH("adamw");
 }
+
+/* Scratch of this file's ops at the largest shapes (mirrors their
+ * cuda_scratch calls): embedding sort, rmsnorm partials, per-row losses,
+ * sum-of-squares partials. */
+extern "C" size_t cuda_kernels_scratch_bytes(int64_t rows, int64_t d, int64_t vocab, int64_t loss_chunk) {
+    size_t need = SUMSQ_BLOCKS * sizeof(double);
+    if (rows > 0 && rows <= INT32_MAX) {
+        int end_bit = 1;
+        while (end_bit < 31 && ((int64_t)1 << end_bit) < vocab) end_bit++;
+        size_t cub_bytes = 0;
+        CUDA_CHECK(cub::DeviceRadixSort::SortPairs(NULL, cub_bytes, (const int32_t *)NULL, (int32_t *)NULL,
+                                                   (const int32_t *)NULL, (int32_t *)NULL, (int)rows, 0, end_bit,
+                                                   g_cuda.stream));
+        size_t embed = 3 * asp_align_up((size_t)rows * sizeof(int32_t), 256) + cub_bytes;
+        if (embed > need) need = embed;
+    }
+    size_t nb = rows < 256 ? (size_t)rows : 256;
+    size_t rms = nb * (size_t)d * sizeof(float);
+    if (rms > need) need = rms;
+    size_t xent = (size_t)loss_chunk * sizeof(float);
+    if (xent > need) need = xent;
+    return need;
+}
