@@ -139,6 +139,9 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    /* mpirun gives its ranks only a second between SIGTERM and SIGKILL but
+     * passes SIGUSR2 through: launchers use it to ask for a clean stop. */
+    sigaction(SIGUSR2, &sa, NULL);
 
     double tokens_per_step = (double)tc->global_batch_size * (double)tc->seq_len;
     /* MFU against the card's dense bf16 peak (0: unknown, not printed) */
@@ -149,6 +152,11 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     if (lead)
         asp_info("training %lld steps: %.0f tokens per step, %d rank(s) as SP %d x DP %d, %s backend",
                  (long long)tc->steps, tokens_per_step, r->world_size, r->sp_size, r->dp_size, be->name);
+    /* Test-only fault injection (docs/launch.md): rank ASP_FAIL_RANK fails
+     * at step ASP_FAIL_STEP, to show that the whole job ends, not hangs. */
+    const char *fail_rank_env = getenv("ASP_FAIL_RANK"), *fail_step_env = getenv("ASP_FAIL_STEP");
+    int fail_rank = fail_rank_env ? atoi(fail_rank_env) : -1;
+    int64_t fail_step = fail_step_env ? atoll(fail_step_env) : 1;
     while (step < tc->steps) {
         /* Ranks may see a signal at different times; agreeing on it at the
          * step boundary keeps every rank's collectives matched. */
@@ -161,6 +169,8 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
             break;
         }
         step++;
+        if (fail_rank == r->world_rank && step == fail_step)
+            asp_die(ASP_EXIT_FAILURE, "injected failure at step %lld (ASP_FAIL_RANK=%d)", (long long)step, fail_rank);
         double t0 = asp_now();
         for (int64_t i = 0; i < mb; i++) valid[i] = loader_next(&loader, tok + i * nl, tgt + i * nl, pos + i * nl);
         exec_result_t res;
@@ -217,6 +227,9 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     if (opts->dump_path && lead && dump_grads) write_dump(opts->dump_path, losses, step, dump_grads, plan->n_params);
 
     if (metrics) fclose(metrics);
+    /* A stopped run exits non-zero, and mpirun kills the job when the first
+     * rank does: meet here, after rank 0's last output and files, first. */
+    host_coll->barrier(r->world);
     free(dump_grads);
     free(losses);
     free(batches);

@@ -13,3 +13,5 @@ TESTS += tests/test_model_grad
 tests_test_model_grad_SOURCES = tests/test_model_grad.c
 tests_test_model_grad_CFLAGS = $(ASP_TEST_CFLAGS)
 tests_test_model_grad_LDADD = $(ASP_TEST_LIBS)
+TESTS += tests/test_failures.sh
+EXTRA_DIST += tests/test_failures.sh

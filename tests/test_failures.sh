@@ -1,0 +1,70 @@
+#!/bin/sh
+# Failure behaviour under mpirun (CPU engine): a failing rank ends the whole
+# job quickly with a message naming it; SIGUSR2 stops every rank at the same
+# step boundary; impossible degrees are refused up front.
+. "${top_srcdir:-.}/tests/common.sh"
+have_mpirun || { echo "no mpirun: skipped"; exit 77; }
+set +e  # the commands below are expected to fail
+ROOTF=""; [ "$(id -u)" = 0 ] && ROOTF=--allow-run-as-root
+SHARD=$(make_shard)
+CFG="$top_srcdir/configs/tiny.yaml"
+COMMON="--set data.path=$SHARD --set model.num_hidden_layers=2 --set train.seq_len=64 --set train.global_batch_size=4"
+fails=0
+ok() { echo "ok:   $1"; }
+bad() { echo "FAIL: $1"; fails=$((fails + 1)); }
+
+# 1. rank 1 fails at step 2: every rank exits, non-zero, within seconds
+start=$(date +%s)
+ASP_FAIL_RANK=1 ASP_FAIL_STEP=2 timeout 60 sh -c "$(command -v "$MPIRUN") -np 2 --oversubscribe $( [ "$(id -u)" = 0 ] && echo --allow-run-as-root) \
+    -x OMP_NUM_THREADS -x ASP_FAIL_RANK -x ASP_FAIL_STEP \"$BIN\" \"$CFG\" $COMMON --set train.steps=50 \
+    --set parallel.sequence_parallel_size=2 --set io.run_dir=$TMP/r1" >"$TMP/fail.log" 2>&1
+rc=$?
+took=$(( $(date +%s) - start ))
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "rank 1\].*injected failure at step 2" "$TMP/fail.log"; then
+    ok "a failing rank ends the job (status $rc after ${took}s, message names rank 1)"
+else
+    bad "failing rank: status $rc after ${took}s"; cat "$TMP/fail.log"
+fi
+
+# 2. SIGUSR2 to mpirun (forwarded to every rank): all ranks stop at the same
+#    step boundary and exit 128+12; SIGTERM to mpirun ends the job at once.
+for sig in USR2 TERM; do
+    # mpirun itself in the background (not through a shell function), so the
+    # signal reaches it; the trap makes sure no job outlives the test.
+    "$MPIRUN" -np 2 --oversubscribe $ROOTF -x OMP_NUM_THREADS "$BIN" "$CFG" $COMMON --set train.steps=100000 \
+        --set parallel.sequence_parallel_size=2 --set io.run_dir="$TMP/r2$sig" --set io.log_every=1 \
+        >"$TMP/sig$sig.log" 2>&1 &
+    pid=$!
+    trap 'kill -KILL $pid 2>/dev/null; rm -rf "$TMP"' EXIT
+    i=0
+    while [ $i -lt 150 ] && ! grep -q "^step  *3/" "$TMP/sig$sig.log" 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
+    kill -$sig $pid
+    i=0
+    while kill -0 $pid 2>/dev/null && [ $i -lt 150 ]; do sleep 0.2; i=$((i + 1)); done
+    if kill -0 $pid 2>/dev/null; then
+        kill -KILL $pid; bad "SIG$sig: the job did not stop within 30 s"; continue
+    fi
+    wait $pid; rc=$?
+    if [ $sig = USR2 ]; then
+        if [ $rc -ne 0 ] && grep -q "stopped by signal 12 after step" "$TMP/sig$sig.log"; then
+            ok "SIGUSR2 stops every rank at a step boundary (status $rc, $(grep -o 'after step [0-9]*' "$TMP/sig$sig.log" | head -1))"
+        else
+            bad "SIGUSR2: status $rc"; tail -5 "$TMP/sig$sig.log"
+        fi
+    elif [ $rc -ne 0 ]; then
+        ok "SIGTERM to mpirun ends the job (status $rc)"
+    else
+        bad "SIGTERM: status 0"
+    fi
+done
+
+# 3. an SP degree the model cannot take is refused before any work, status 2
+mpi 2 "$BIN" "$CFG" $COMMON --set parallel.sequence_parallel_size=3 --set io.run_dir="$TMP/r3" >"$TMP/deg.log" 2>&1
+rc=$?
+if [ $rc -eq 2 ] && grep -q "valid sequence_parallel_size" "$TMP/deg.log"; then
+    ok "impossible SP degree refused (status 2, valid degrees listed)"
+else
+    bad "impossible SP degree: status $rc"; cat "$TMP/deg.log"
+fi
+[ $fails = 0 ] || exit 1
+echo "all failure checks passed"
