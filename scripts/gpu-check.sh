@@ -6,7 +6,8 @@
 #
 #   scripts/gpu-check.sh [--quick] [--bench-only]
 #
-# Environment: SEQS (sequence lengths, default 65536), BENCH_CONFIG, BENCH_STEPS,
+# Environment: SEQS (sequence lengths, default 65536), BENCH_CONFIGS (configs, default
+# configs/llama32_1b.yaml), BENCH_STEPS,
 # TORCH_MODES ("eager compile"), LOG_DIR.
 #
 # Uses the build in this tree (./autosp-train, tests/test_cuda_ops); build it
@@ -67,28 +68,35 @@ PY
     fi
 fi
 
-# 3. benchmark: autosp-train against the PyTorch baseline, same card, same call
+# 3. benchmark: autosp-train against the PyTorch baseline, same card, same call,
+#    for every config in BENCH_CONFIGS and every sequence length in SEQS
 SEQS=${SEQS:-"65536"}
-CFG=${BENCH_CONFIG:-configs/llama32_1b.yaml}
+CONFIGS=${BENCH_CONFIGS:-${BENCH_CONFIG:-configs/llama32_1b.yaml}}
 STEPS=${BENCH_STEPS:-6}
 [ $QUICK = 1 ] && SEQS=8192 && STEPS=4
-for S in $SEQS; do
+for CFG in $CONFIGS; do
+  name=$(basename "$CFG" .yaml)
+  for S in $SEQS; do
     ./autosp-train "$CFG" --set train.seq_len=$S --set train.steps=$STEPS --set data.path="$PWD/data/english.tok" \
-        --set io.run_dir="$LOG_DIR/bench-$S" --set io.log_every=1 >"$LOG_DIR/bench-autosp-$S.log" 2>&1
-    "$PY" - "$LOG_DIR/bench-$S/metrics.jsonl" "$S" <<'PY' | tee -a "$LOG_DIR/bench.jsonl"
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])][1:]   # step 1 is warm-up
+        --set io.run_dir="$LOG_DIR/bench-$name-$S" --set io.log_every=1 >"$LOG_DIR/bench-autosp-$name-$S.log" 2>&1
+    "$PY" - "$LOG_DIR/bench-$name-$S/metrics.jsonl" "$S" "$name" <<'PY' | tee -a "$LOG_DIR/bench.jsonl"
+import json, os, statistics, sys
+path, S, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rows = [json.loads(l) for l in open(path)][1:] if os.path.exists(path) else []   # step 1 is warm-up
 if rows:
-    print(json.dumps({"impl": "autosp-train", "seq_len": int(sys.argv[2]),
+    print(json.dumps({"impl": "autosp-train", "config": name, "seq_len": S,
                       "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows),
                       "tflops_per_gpu": statistics.median(r["tflops"] for r in rows),
                       "peak_gib": max(r.get("peak_gib", 0) for r in rows)}))
+else:
+    print(json.dumps({"impl": "autosp-train", "config": name, "seq_len": S, "failed": True}))
 PY
     for mode in ${TORCH_MODES:-eager compile}; do
         [ "$mode" = eager ] && mode="" || mode="--$mode"
         PYTHONUNBUFFERED=1 "$PY" bench/torch_baseline.py "$CFG" --seq-len $S --steps $STEPS $mode \
-            2>"$LOG_DIR/bench-torch$mode-$S.err" | tee -a "$LOG_DIR/bench.jsonl"
+            2>"$LOG_DIR/bench-torch$mode-$name-$S.err" | sed "s/^{/{\"config\": \"$name\", /" | tee -a "$LOG_DIR/bench.jsonl"
     done
+  done
 done
 
 echo
@@ -97,10 +105,11 @@ for line in "${summary[@]}"; do echo "$line"; done
 "$PY" - "$LOG_DIR/bench.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"{'impl':<22}{'S':>8}{'tokens/s':>12}{'TFLOP/s':>10}{'MFU':>8}{'peak GiB':>10}")
+print(f"{'config':<14}{'impl':<18}{'S':>8}{'tokens/s':>12}{'TFLOP/s':>10}{'MFU':>8}{'peak GiB':>10}")
 for r in rows:
-    if r.get("oom"):
-        print(f"{r['impl']:<22}{r['seq_len']:>8}{'OOM':>12}"); continue
+    head = f"{r.get('config', ''):<14}{r['impl']:<18}{r['seq_len']:>8}"
+    if r.get("oom") or r.get("failed"):
+        print(head + f"{'OOM' if r.get('oom') else 'failed':>12}"); continue
     mfu = r.get("mfu", r["tflops_per_gpu"] / 989.0)
-    print(f"{r['impl']:<22}{r['seq_len']:>8}{r['tokens_per_s']:>12.0f}{r['tflops_per_gpu']:>10.1f}{100*mfu:>7.1f}%{r.get('peak_gib', 0):>10.1f}")
+    print(head + f"{r['tokens_per_s']:>12.0f}{r['tflops_per_gpu']:>10.1f}{100*mfu:>7.1f}%{r.get('peak_gib', 0):>10.1f}")
 PY
