@@ -8,4 +8,4 @@ tests_test_config_SOURCES = tests/test_config.c
 tests_test_config_CFLAGS = $(ASP_TEST_CFLAGS)
 tests_test_config_LDADD = $(ASP_TEST_LIBS)
 # Hugging Face weights in and out: safetensors, config.json, export
-libautosp_a_SOURCES += src/json.c src/json.h src/safetensors.c src/safetensors.h
+libautosp_a_SOURCES += src/json.c src/json.h src/safetensors.c src/safetensors.h src/hf.c src/hf.h
