@@ -20,3 +20,8 @@ tests_test_safetensors_asan_SOURCES = tests/test_safetensors.c src/safetensors.c
 tests_test_safetensors_asan_CFLAGS = $(ASP_TEST_CFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 tests_test_safetensors_asan_LDFLAGS = $(AM_LDFLAGS) -fsanitize=address,undefined
 tests_test_safetensors_asan_LDADD = $(CHECK_LIBS) $(YAML_LIBS) -lm
+check_PROGRAMS += tests/test_hf
+TESTS += tests/test_hf
+tests_test_hf_SOURCES = tests/test_hf.c
+tests_test_hf_CFLAGS = $(ASP_TEST_CFLAGS)
+tests_test_hf_LDADD = $(ASP_TEST_LIBS)
