@@ -25,3 +25,5 @@ TESTS += tests/test_hf
 tests_test_hf_SOURCES = tests/test_hf.c
 tests_test_hf_CFLAGS = $(ASP_TEST_CFLAGS)
 tests_test_hf_LDADD = $(ASP_TEST_LIBS)
+TESTS += tests/test_hf_parity.sh
+EXTRA_DIST += tests/test_hf_parity.sh tests/hf_parity.py
