@@ -97,6 +97,10 @@ static const cfg_key_t cfg_keys[] = {
      .help = "the LM head shares the embedding matrix"},
     {"model", "initializer_range", KT_FLOAT, FLD(model.initializer_range), .flo = 0, .flo_open = 1,
      .fhi = INFINITY, .help = "standard deviation of the normal initialisation of weights"},
+    {"model", "from_pretrained", KT_STR, FLD(model.from_pretrained),
+     .help = "Hugging Face model folder (config.json and safetensors weights), relative to the config "
+             "file's folder: the model keys come from its config.json (keys given here too must agree) "
+             "and the initial weights from its safetensors; empty: none"},
     /* ---------------------------------------------------------------- train */
     {"train", "seq_len", KT_INT, FLD(train.seq_len), .ilo = 1, .ihi = BIG,
      .help = "tokens per sample S (each sample reads S+1 tokens)"},
@@ -157,6 +161,9 @@ static const cfg_key_t cfg_keys[] = {
              "created if missing"},
     {"io", "log_every", KT_INT, FLD(io.log_every), .ilo = 1, .ihi = BIG,
      .help = "optimizer steps between console lines"},
+    {"io", "export_hf", KT_BOOL, FLD(io.export_hf),
+     .help = "at the end of training write the model as a Hugging Face folder (config.json and "
+             "model.safetensors) to run_dir/hf/"},
 };
 #define NKEYS ((int)(sizeof cfg_keys / sizeof cfg_keys[0]))
 

@@ -43,6 +43,7 @@ typedef struct {
     rope_scaling_t rope_scaling;
     int tie_word_embeddings;           /* LM head shares the embedding matrix */
     double initializer_range;          /* std of the normal init of weights */
+    char from_pretrained[CFG_PATH_MAX];/* Hugging Face folder: hyperparameters and initial weights; "" none */
 } model_config_t;
 
 typedef struct {
@@ -79,6 +80,7 @@ typedef struct {
 typedef struct {
     char run_dir[CFG_PATH_MAX]; /* logs (and later checkpoints); created if missing */
     int64_t log_every;          /* steps between console lines */
+    int export_hf;              /* write the trained model to run_dir/hf/ (Hugging Face folder) */
 } io_config_t;
 
 typedef struct {

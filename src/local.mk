@@ -7,3 +7,23 @@ TESTS += tests/test_config
 tests_test_config_SOURCES = tests/test_config.c
 tests_test_config_CFLAGS = $(ASP_TEST_CFLAGS)
 tests_test_config_LDADD = $(ASP_TEST_LIBS)
+# Hugging Face weights in and out: safetensors, config.json, export
+libautosp_a_SOURCES += src/json.c src/json.h src/safetensors.c src/safetensors.h src/hf.c src/hf.h
+check_PROGRAMS += tests/test_safetensors tests/test_safetensors_asan
+TESTS += tests/test_safetensors tests/test_safetensors_asan
+tests_test_safetensors_SOURCES = tests/test_safetensors.c
+tests_test_safetensors_CFLAGS = $(ASP_TEST_CFLAGS)
+tests_test_safetensors_LDADD = $(ASP_TEST_LIBS)
+# The same tests with the reader itself built under AddressSanitizer and UBSan:
+# malformed input must never read out of bounds or overflow.
+tests_test_safetensors_asan_SOURCES = tests/test_safetensors.c src/safetensors.c src/json.c src/util.c
+tests_test_safetensors_asan_CFLAGS = $(ASP_TEST_CFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+tests_test_safetensors_asan_LDFLAGS = $(AM_LDFLAGS) -fsanitize=address,undefined
+tests_test_safetensors_asan_LDADD = $(CHECK_LIBS) $(YAML_LIBS) -lm
+check_PROGRAMS += tests/test_hf
+TESTS += tests/test_hf
+tests_test_hf_SOURCES = tests/test_hf.c
+tests_test_hf_CFLAGS = $(ASP_TEST_CFLAGS)
+tests_test_hf_LDADD = $(ASP_TEST_LIBS)
+TESTS += tests/test_hf_parity.sh
+EXTRA_DIST += tests/test_hf_parity.sh tests/hf_parity.py

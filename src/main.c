@@ -9,6 +9,7 @@
 
 #include "backend.h"
 #include "config.h"
+#include "hf.h"
 #include "model/model.h"
 #include "parallel/parallel.h"
 #include "plan/plan.h"
@@ -158,6 +159,8 @@ int main(int argc, char **argv) {
 
     config_t cfg;
     if (config_load(&cfg, cli.config, cli.sets, cli.nsets, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
+    /* model.from_pretrained: the model keys come from the folder's config.json */
+    if (hf_apply_pretrained(&cfg, cli.sets, cli.nsets, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
     model_t model;
     if (model_build(&model, &cfg.model, err, sizeof err) != 0) usage_error(&ranks, "%s: %s", cli.config, err);
 

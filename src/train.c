@@ -10,6 +10,7 @@
 
 #include "data.h"
 #include "exec.h"
+#include "hf.h"
 #include "util.h"
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
@@ -119,6 +120,7 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     /* ---- engine */
     exec_t *e = exec_create(plan, be, coll, host_coll, r);
     exec_init_params(e, tc->seed);
+    if (cfg->model.from_pretrained[0]) hf_train_import(e, cfg, m);
 
     int64_t mb = plan->micro_steps, nl = plan->seq_local;
     int32_t *tok = asp_malloc((size_t)(mb * nl) * sizeof(int32_t), "batch tokens");
@@ -224,6 +226,7 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         fflush(stdout);
     }
     if (lead) exec_print_profile(e, stdout);
+    if (cfg->io.export_hf && !stop_signal) hf_train_export(e, cfg, m, be->param_dtype, lead);
     if (opts->dump_path && lead && dump_grads) write_dump(opts->dump_path, losses, step, dump_grads, plan->n_params);
 
     if (metrics) fclose(metrics);
