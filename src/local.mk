@@ -7,3 +7,5 @@ TESTS += tests/test_config
 tests_test_config_SOURCES = tests/test_config.c
 tests_test_config_CFLAGS = $(ASP_TEST_CFLAGS)
 tests_test_config_LDADD = $(ASP_TEST_LIBS)
+# Checkpoints and resume (docs/checkpoints.md)
+libautosp_a_SOURCES += src/ckpt.c src/ckpt.h
