@@ -276,7 +276,6 @@ typedef struct {
 static int shape_of(const config_t *cfg, const plan_t *plan, shape_kv_t kv[10]) {
     const model_config_t *m = &cfg->model;
     int n = 0;
-    kv[n++] = (shape_kv_t){"n_params", (int64_t)plan->n_params};
     kv[n++] = (shape_kv_t){"model.hidden_size", m->hidden_size};
     kv[n++] = (shape_kv_t){"model.intermediate_size", m->intermediate_size};
     kv[n++] = (shape_kv_t){"model.num_hidden_layers", m->num_hidden_layers};
@@ -285,6 +284,7 @@ static int shape_of(const config_t *cfg, const plan_t *plan, shape_kv_t kv[10]) 
     kv[n++] = (shape_kv_t){"model.head_dim", m->head_dim};
     kv[n++] = (shape_kv_t){"model.vocab_size", m->vocab_size};
     kv[n++] = (shape_kv_t){"model.tie_word_embeddings", m->tie_word_embeddings};
+    kv[n++] = (shape_kv_t){"n_params", (int64_t)plan->n_params};   /* last: the keys above say why */
     return n;
 }
 
