@@ -164,6 +164,13 @@ static const cfg_key_t cfg_keys[] = {
     {"io", "export_hf", KT_BOOL, FLD(io.export_hf),
      .help = "at the end of training write the model as a Hugging Face folder (config.json and "
              "model.safetensors) to run_dir/hf/"},
+    {"io", "resume", KT_STR, FLD(io.resume), .ilo = 1, .expect = "auto, never or a checkpoint folder",
+     .help = "auto: continue from the newest complete checkpoint in run_dir/checkpoints (fresh if none); "
+             "never: always start fresh; or the path of a checkpoint folder (docs/checkpoints.md)"},
+    {"io", "save_every", KT_INT, FLD(io.save_every), .ilo = 0, .ihi = BIG,
+     .help = "optimizer steps between checkpoints; 0: only at the end of training and on SIGTERM/SIGUSR1"},
+    {"io", "keep_last", KT_INT, FLD(io.keep_last), .ilo = 1, .ihi = 1 << 20,
+     .help = "complete checkpoints kept in run_dir/checkpoints; older ones are deleted once a new one is complete"},
 };
 #define NKEYS ((int)(sizeof cfg_keys / sizeof cfg_keys[0]))
 
@@ -234,6 +241,9 @@ void config_defaults(config_t *cfg) {
     cfg->checkpointing.loss_chunk_tokens = 0;
     strcpy(cfg->io.run_dir, "runs/latest");
     cfg->io.log_every = 1;
+    strcpy(cfg->io.resume, "auto");
+    cfg->io.save_every = 0;
+    cfg->io.keep_last = 3;
 }
 
 /* ------------------------------------------------------------------ small helpers */

@@ -81,6 +81,9 @@ typedef struct {
     char run_dir[CFG_PATH_MAX]; /* logs (and later checkpoints); created if missing */
     int64_t log_every;          /* steps between console lines */
     int export_hf;              /* write the trained model to run_dir/hf/ (Hugging Face folder) */
+    char resume[CFG_PATH_MAX];  /* auto | never | a checkpoint folder (docs/checkpoints.md) */
+    int64_t save_every;         /* steps between checkpoints; 0: only at the end and on signals */
+    int64_t keep_last;          /* complete checkpoints kept */
 } io_config_t;
 
 typedef struct {

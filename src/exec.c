@@ -202,6 +202,53 @@ void exec_set_params(exec_t *e, const float *in) {
         e->be->to_device(e->master, in + e->shard_begin, (end - e->shard_begin) * sizeof(float));
 }
 
+void exec_state_range(const exec_t *e, size_t *begin, size_t *len) {
+    const plan_t *p = e->plan;
+    size_t end = e->shard_begin + p->shard_len;
+    if (end > p->n_params) end = p->n_params;
+    *begin = e->shard_begin;
+    *len = end > e->shard_begin ? end - e->shard_begin : 0;
+}
+
+static uint8_t *state_buf(exec_t *e, exec_state_t which) {
+    return which == EXEC_MASTER ? e->master : which == EXEC_ADAM_M ? e->adam_m : e->adam_v;
+}
+
+void exec_get_optimizer_state(exec_t *e, exec_state_t which, float *out, int root) {
+    const plan_t *p = e->plan;
+    const uint8_t *src = state_buf(e, which);
+    if (e->shards == 1) {
+        if (e->ranks->world_rank == root) e->be->to_host(out, src, p->n_params * sizeof(float));
+        return;
+    }
+    /* Gather in chunks so no rank but the root needs a full-size buffer:
+     * chunk c of every rank's shard arrives as `world` consecutive pieces. */
+    int w = e->shards;
+    size_t chunk = (size_t)1 << 20;
+    if (chunk > p->shard_len) chunk = p->shard_len;
+    float *tmp = asp_malloc((size_t)w * chunk * sizeof(float), "optimizer state gather");
+    for (size_t c = 0; c < p->shard_len; c += chunk) {
+        size_t n = p->shard_len - c < chunk ? p->shard_len - c : chunk;
+        float *mine = tmp + (size_t)e->ranks->world_rank * n;
+        e->be->to_host(mine, src + c * sizeof(float), n * sizeof(float));
+        e->host_coll->allgather(e->ranks->world, mine, tmp, n, DT_F32);
+        if (e->ranks->world_rank != root) continue;
+        for (int r = 0; r < w; r++) {
+            size_t at = (size_t)r * p->shard_len + c;   /* global element index */
+            if (at >= p->n_params) break;
+            size_t k = p->n_params - at < n ? p->n_params - at : n;
+            memcpy(out + at, tmp + (size_t)r * n, k * sizeof(float));
+        }
+    }
+    free(tmp);
+}
+
+void exec_set_optimizer_state(exec_t *e, exec_state_t which, const float *vals) {
+    size_t begin, len;
+    exec_state_range(e, &begin, &len);
+    if (len) e->be->to_device(state_buf(e, which), vals, len * sizeof(float));
+}
+
 void exec_gather_grads(exec_t *e, float *out) {
     const plan_t *p = e->plan;
     if (e->grad_shard) {

@@ -64,6 +64,20 @@ void exec_get_params(exec_t *e, float *out);
  * `in` (plan->n_params fp32 values, the same on every rank). */
 void exec_set_params(exec_t *e, const float *in);
 
+/* Optimizer state for checkpoints: the fp32 master weights and AdamW moments,
+ * which ZeRO-1 splits over the ranks. */
+typedef enum { EXEC_MASTER = 0, EXEC_ADAM_M, EXEC_ADAM_V } exec_state_t;
+
+/* The elements [begin, begin + len) of the parameter buffer whose optimizer
+ * state this rank holds (the whole of it without ZeRO-1; len excludes padding). */
+void exec_state_range(const exec_t *e, size_t *begin, size_t *len);
+/* Full state `which` (plan->n_params fp32) into `out` on rank `root` of the
+ * world; `out` may be NULL elsewhere. Collective: every rank must call it. */
+void exec_get_optimizer_state(exec_t *e, exec_state_t which, float *out, int root);
+/* Replace this rank's part of state `which` with `vals` (len values of
+ * exec_state_range). Local: no communication. */
+void exec_set_optimizer_state(exec_t *e, exec_state_t which, const float *vals);
+
 /* With ASP_PROFILE=1 in the environment every step is timed (the device is
  * synchronised around each, so totals are slower than a normal run): print
  * the time by phase and op kind. Nothing is printed otherwise. */

@@ -27,3 +27,11 @@ tests_test_hf_CFLAGS = $(ASP_TEST_CFLAGS)
 tests_test_hf_LDADD = $(ASP_TEST_LIBS)
 TESTS += tests/test_hf_parity.sh
 EXTRA_DIST += tests/test_hf_parity.sh tests/hf_parity.py
+# Checkpoints and resume (docs/checkpoints.md)
+libautosp_a_SOURCES += src/ckpt.c src/ckpt.h
+check_PROGRAMS += tests/test_ckpt
+TESTS += tests/test_ckpt tests/test_ckpt_resume.sh tests/test_ckpt_fault.sh
+tests_test_ckpt_SOURCES = tests/test_ckpt.c
+tests_test_ckpt_CFLAGS = $(ASP_TEST_CFLAGS)
+tests_test_ckpt_LDADD = $(ASP_TEST_LIBS)
+EXTRA_DIST += tests/test_ckpt_resume.sh tests/test_ckpt_fault.sh tests/ckpt_compare.py tests/dump_losses.py

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckpt.h"
 #include "data.h"
 #include "exec.h"
 #include "hf.h"
@@ -16,8 +17,12 @@
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
 static volatile sig_atomic_t stop_signal = 0;
+static volatile sig_atomic_t save_request = 0;   /* SIGUSR1: checkpoint and go on */
 
-static void on_signal(int sig) { stop_signal = sig; }
+static void on_signal(int sig) {
+    if (sig == SIGUSR1) save_request = 1;
+    else stop_signal = sig;
+}
 
 double train_lr(const train_config_t *t, int64_t step) {
     if (t->warmup_steps > 0 && step <= t->warmup_steps) return t->lr * (double)step / (double)t->warmup_steps;
@@ -83,6 +88,82 @@ static void report_memory(exec_t *e, const plan_t *plan, int lead) {
         asp_warn("measured device memory differs from the plan's prediction by %+.0f%%", (ratio - 1) * 100);
 }
 
+/* ------------------------------------------------------------------ checkpoints */
+
+/* Write the checkpoint of `step` (collective). A failure is reported, and
+ * training goes on: the previous checkpoint is still whole. */
+static int save_checkpoint(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t *r,
+                           const coll_ops_t *host_coll, const loader_t *loader, int64_t step) {
+    char err[4096];
+    ckpt_state_t st = {step, loader->epoch, loader->cursor, loader->seed};
+    double t0 = asp_now();
+    if (ckpt_save(cfg, plan, e, r, host_coll, &st, err, sizeof err) != 0) {
+        if (r->world_rank == 0) asp_warn("checkpoint of step %lld failed: %s", (long long)step, err);
+        return -1;
+    }
+    if (r->world_rank == 0)
+        asp_info("checkpoint: %s/checkpoints/step-%08lld (%.2f s)", cfg->io.run_dir, (long long)step, asp_now() - t0);
+    return 0;
+}
+
+/* Keep the metrics lines of steps 1..upto (a resumed run rewrites the steps
+ * after its checkpoint), then open the file for appending. */
+static FILE *open_metrics(const char *path, int64_t upto) {
+    if (upto > 0) {
+        FILE *in = fopen(path, "r");
+        char tmp[CFG_PATH_MAX + 48];
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        FILE *out = in ? fopen(tmp, "w") : NULL;
+        if (out) {
+            char line[2048];
+            long long s;
+            while (fgets(line, sizeof line, in))
+                if (sscanf(line, "{\"step\": %lld", &s) == 1 && s <= upto) fputs(line, out);
+            if (fclose(out) != 0 || rename(tmp, path) != 0) unlink(tmp);
+        }
+        if (in) fclose(in);
+    }
+    return fopen(path, upto > 0 ? "a" : "w");
+}
+
+/* io.resume: load the checkpoint into the engine and the loader, and open the
+ * metrics log (appended when resuming). Returns 1 resumed, 0 fresh, -1 refused. */
+static int resume_run(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t *r,
+                      const coll_ops_t *host_coll, loader_t *loader, ckpt_state_t *st, FILE **metrics) {
+    char err[4096], dir[CFG_PATH_MAX + 64];
+    int lead = r->world_rank == 0;
+    int rs = ckpt_resume(cfg, plan, e, r, host_coll, st, dir, sizeof dir, err, sizeof err);
+    if (rs < 0) {
+        if (lead) fprintf(stderr, "autosp-train: error: cannot resume: %s\n", err);
+        return -1;
+    }
+    if (rs == 1) {
+        if (st->seed != cfg->train.seed && lead)
+            asp_warn("train.seed is %llu but %s was written with seed %llu: the checkpoint's seed is kept "
+                     "(it fixes the data order)", (unsigned long long)cfg->train.seed, dir,
+                     (unsigned long long)st->seed);
+        /* loader_next rebuilds the epoch's order from (seed, epoch) */
+        loader->seed = st->seed;
+        loader->epoch = st->epoch;
+        loader->cursor = st->cursor;
+        loader->order_epoch = -1;
+        if (lead)
+            asp_info("resumed from %s: step %lld, data epoch %lld, sample %lld", dir, (long long)st->step,
+                     (long long)st->epoch, (long long)st->cursor);
+        if (st->step >= cfg->train.steps && lead)
+            asp_warn("the checkpoint is at step %lld and train.steps is %lld: nothing to train (raise train.steps "
+                     "to go on, or set io.resume=never to start over)", (long long)st->step,
+                     (long long)cfg->train.steps);
+    }
+    if (lead) {
+        char path[CFG_PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->io.run_dir);
+        *metrics = open_metrics(path, rs == 1 ? st->step : 0);
+        if (!*metrics) asp_die(ASP_EXIT_FAILURE, "cannot write %s: %s", path, strerror(errno));
+    }
+    return rs;
+}
+
 int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, const coll_ops_t *coll,
               const coll_ops_t *host_coll, const ranks_t *r, const train_opts_t *opts) {
     char err[2048];
@@ -112,15 +193,22 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         char path[CFG_PATH_MAX + 32];
         snprintf(path, sizeof path, "%s/config.yaml", cfg->io.run_dir);
         if (config_write_yaml(cfg, path, err, sizeof err) != 0) asp_die(ASP_EXIT_FAILURE, "%s", err);
-        snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->io.run_dir);
-        metrics = fopen(path, "w");
-        if (!metrics) asp_die(ASP_EXIT_FAILURE, "cannot write %s: %s", path, strerror(errno));
     }
 
     /* ---- engine */
     exec_t *e = exec_create(plan, be, coll, host_coll, r);
     exec_init_params(e, tc->seed);
     if (cfg->model.from_pretrained[0]) hf_train_import(e, cfg, m);
+
+    /* ---- resume (io.resume) and the metrics log */
+    ckpt_state_t resumed = {0, 0, 0, tc->seed};
+    int rs = resume_run(cfg, plan, e, r, host_coll, &loader, &resumed, &metrics);
+    if (rs < 0) {
+        exec_destroy(e);
+        loader_free(&loader);
+        shard_close(&shard);
+        return ASP_EXIT_USAGE;
+    }
 
     int64_t mb = plan->micro_steps, nl = plan->seq_local;
     int32_t *tok = asp_malloc((size_t)(mb * nl) * sizeof(int32_t), "batch tokens");
@@ -139,18 +227,20 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;  /* a signal during a checkpoint write must not fail it */
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     /* mpirun gives its ranks only a second between SIGTERM and SIGKILL but
      * passes SIGUSR2 through: launchers use it to ask for a clean stop. */
     sigaction(SIGUSR2, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
 
     double tokens_per_step = (double)tc->global_batch_size * (double)tc->seq_len;
     /* MFU against the card's dense bf16 peak (0: unknown, not printed) */
     double peak_tflops = be->peak_tflops ? be->peak_tflops() : 0;
     size_t peak_bytes = 0;
     double t_start = asp_now(), t_timed = 0, tokens_timed = 0, first_loss = 0, last_loss = 0;
-    int64_t step = 0;
+    int64_t step = resumed.step, saved_step = resumed.step;
     if (lead)
         asp_info("training %lld steps: %.0f tokens per step, %d rank(s) as SP %d x DP %d, %s backend",
                  (long long)tc->steps, tokens_per_step, r->world_size, r->sp_size, r->dp_size, be->name);
@@ -162,8 +252,14 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     while (step < tc->steps) {
         /* Ranks may see a signal at different times; agreeing on it at the
          * step boundary keeps every rank's collectives matched. */
-        double stop = stop_signal;
-        host_coll->allreduce_sum(r->world, &stop, 1, DT_F64);
+        double flags[2] = {stop_signal, save_request};
+        save_request = 0;
+        host_coll->allreduce_sum(r->world, flags, 2, DT_F64);
+        double stop = flags[0];
+        if (flags[1] > 0 && !(stop > 0) && step > saved_step) {
+            if (lead) asp_info("SIGUSR1: checkpoint at step %lld", (long long)step);
+            if (save_checkpoint(cfg, plan, e, r, host_coll, &loader, step) == 0) saved_step = step;
+        }
         if (stop > 0) {
             if (!stop_signal) stop_signal = SIGTERM;
             if (lead) asp_warn("stopped by signal %d after step %lld of %lld", (int)stop_signal, (long long)step,
@@ -177,7 +273,7 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         for (int64_t i = 0; i < mb; i++) valid[i] = loader_next(&loader, tok + i * nl, tgt + i * nl, pos + i * nl);
         exec_result_t res;
         exec_forward_backward(e, batches, valid, &res);
-        if (opts->dump_path && step == 1) {
+        if (opts->dump_path && step == resumed.step + 1) {
             dump_grads = asp_malloc(plan->n_params * sizeof(float), "gradient dump");
             exec_gather_grads(e, dump_grads);
         }
@@ -189,12 +285,12 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
             asp_die(ASP_EXIT_FAILURE, "loss is %f at step %lld: training diverged (lower train.lr?)", res.loss,
                     (long long)step);
         losses[step - 1] = res.loss;
-        if (step == 1) {
+        if (step == resumed.step + 1) {
             first_loss = res.loss;
             report_memory(e, plan, lead);
         }
         last_loss = res.loss;
-        if (step > 1 || tc->steps == 1) { t_timed += dt; tokens_timed += tokens_per_step; }
+        if (step > resumed.step + 1 || tc->steps == resumed.step + 1) { t_timed += dt; tokens_timed += tokens_per_step; }
         double tps = tokens_per_step / dt, tflops = plan->flops_per_step / dt / 1e12 / r->world_size;
         double mfu = peak_tflops > 0 ? tflops / peak_tflops : 0;
         size_t used = exec_measured_bytes(e);
@@ -217,7 +313,12 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
                     (double)peak_bytes / GIB, (long long)res.valid_targets);
             fflush(metrics);
         }
+        if (cfg->io.save_every > 0 && step % cfg->io.save_every == 0 && step < tc->steps &&
+            save_checkpoint(cfg, plan, e, r, host_coll, &loader, step) == 0)
+            saved_step = step;
     }
+    /* ---- checkpoint at the end of training or when stopped by a signal */
+    int ckpt_failed = step > saved_step && save_checkpoint(cfg, plan, e, r, host_coll, &loader, step) != 0;
     double total = asp_now() - t_start;
     if (lead) {
         char rate[32];
@@ -243,5 +344,5 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     exec_destroy(e);
     loader_free(&loader);
     shard_close(&shard);
-    return stop_signal ? 128 + (int)stop_signal : 0;
+    return stop_signal ? 128 + (int)stop_signal : ckpt_failed ? ASP_EXIT_FAILURE : 0;
 }

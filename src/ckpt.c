@@ -1,0 +1,725 @@
+/* Checkpoints: see ckpt.h and docs/checkpoints.md. */
+#include "ckpt.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "checkpoint files are little-endian arrays written from memory: a big-endian host needs byte swapping"
+#endif
+
+#define MANIFEST "manifest"
+#define MANIFEST_HEAD "asp-checkpoint-manifest"
+#define STATE_FILE "state"
+#define STATE_HEAD "asp-checkpoint-state"
+#define NAME_FMT "step-%08" PRId64
+#define IO_CHUNK ((size_t)1 << 22)   /* elements per read/write batch */
+
+enum { F_CONFIG, F_STATE, F_WEIGHTS, F_MASTER, F_ADAM_M, F_ADAM_V, F__COUNT };
+static const char *const file_names[F__COUNT] = {"config.yaml", STATE_FILE, "weights.bin", "master.bin",
+                                                 "adam_m.bin", "adam_v.bin"};
+
+/* ------------------------------------------------------------------ CRC-32C */
+
+static uint32_t crc_table[8][256];
+
+static void crc_init(void) {
+    static int done = 0;
+    if (done) return;
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[0][i] = c;
+    }
+    /* slicing by 8: table k advances a byte through k more zero bytes */
+    for (int k = 1; k < 8; k++)
+        for (int i = 0; i < 256; i++) crc_table[k][i] = (crc_table[k - 1][i] >> 8) ^ crc_table[0][crc_table[k - 1][i] & 0xFF];
+    done = 1;
+}
+
+uint32_t ckpt_crc32c(uint32_t crc, const void *data, size_t n) {
+    crc_init();
+    const uint8_t *p = data;
+    uint32_t c = ~crc;
+    while (n >= 8) {
+        uint32_t lo = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+        c = crc_table[7][lo & 0xFF] ^ crc_table[6][(lo >> 8) & 0xFF] ^ crc_table[5][(lo >> 16) & 0xFF] ^
+            crc_table[4][lo >> 24] ^ crc_table[3][p[4]] ^ crc_table[2][p[5]] ^ crc_table[1][p[6]] ^
+            crc_table[0][p[7]];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) c = (c >> 8) ^ crc_table[0][(c ^ *p++) & 0xFF];
+    return ~c;
+}
+
+/* ------------------------------------------------------------------ small file helpers */
+
+/* snprintf for paths: paths come from io.run_dir and are bounded by
+ * CFG_PATH_MAX plus short names, which every buffer here has room for. */
+static void pathf(char *buf, size_t len, const char *fmt, ...) ASP_PRINTF(3, 4);
+static void pathf(char *buf, size_t len, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= len) asp_die(ASP_EXIT_USAGE, "path '%s...' is too long; use a shorter io.run_dir", buf);
+}
+
+typedef struct {
+    int64_t size;
+    uint32_t crc;
+} file_sum_t;
+
+static int write_all_fd(int fd, const void *buf, size_t n) {
+    const char *p = buf;
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int read_all_fd(int fd, void *buf, size_t n, off_t at) {
+    char *p = buf;
+    while (n) {
+        ssize_t got = pread(fd, p, n, at);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) return -1;
+        p += got;
+        n -= (size_t)got;
+        at += got;
+    }
+    return 0;
+}
+
+static int fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+static int mkdir_p(const char *path) {
+    char buf[CFG_PATH_MAX + 64];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return -1;
+    for (char *q = buf + 1; *q; q++) {
+        if (*q != '/') continue;
+        *q = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return -1;
+        *q = '/';
+    }
+    return mkdir(buf, 0777) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+/* Remove a folder of plain files (a checkpoint). */
+static int remove_tree(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? 0 : -1;
+    struct dirent *de;
+    char path[CFG_PATH_MAX + 320];
+    while ((de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+        pathf(path, sizeof path, "%s/%s", dir, de->d_name);
+        unlink(path);
+    }
+    closedir(d);
+    return rmdir(dir);
+}
+
+/* Test-only (docs/checkpoints.md): ASP_CKPT_WRITE_DELAY_MS sleeps between
+ * files so a test can kill the writer in the middle of a checkpoint. */
+static void test_delay(void) {
+    const char *s = getenv("ASP_CKPT_WRITE_DELAY_MS");
+    long ms = s ? strtol(s, NULL, 10) : 0;
+    if (ms <= 0) return;
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
+/* A checksummed file being written. */
+typedef struct {
+    int fd;
+    file_sum_t sum;
+    const char *path;
+} wfile_t;
+
+static int wopen(wfile_t *w, const char *path, char *err, size_t errlen) {
+    w->path = path;
+    w->sum.size = 0;
+    w->sum.crc = 0;
+    w->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (w->fd < 0) return asp_errf(err, errlen, "cannot create %s: %s; check that io.run_dir is writable", path, strerror(errno));
+    return 0;
+}
+
+static int wput(wfile_t *w, const void *buf, size_t n, char *err, size_t errlen) {
+    if (write_all_fd(w->fd, buf, n) != 0) {
+        int e = errno;
+        close(w->fd);
+        return asp_errf(err, errlen, "cannot write %s: %s; check free space in io.run_dir", w->path, strerror(e));
+    }
+    w->sum.crc = ckpt_crc32c(w->sum.crc, buf, n);
+    w->sum.size += (int64_t)n;
+    return 0;
+}
+
+static int wclose(wfile_t *w, char *err, size_t errlen) {
+    int e = 0;
+    if (fsync(w->fd) != 0) e = errno;
+    if (close(w->fd) != 0 && !e) e = errno;
+    if (e) return asp_errf(err, errlen, "cannot write %s: %s; check free space in io.run_dir", w->path, strerror(e));
+    test_delay();
+    return 0;
+}
+
+static void put_header(uint8_t h[CKPT_HEADER_BYTES], dtype_t t, int64_t count) {
+    memset(h, 0, CKPT_HEADER_BYTES);
+    memcpy(h, CKPT_MAGIC, 8);
+    uint32_t version = CKPT_FORMAT_VERSION, dt = (uint32_t)t;
+    memcpy(h + 8, &version, 4);
+    memcpy(h + 12, &dt, 4);
+    memcpy(h + 16, &count, 8);
+}
+
+/* fp32 values that hold bf16 numbers (the compute weights) back to bf16:
+ * dropping the low half is exact for them. */
+static void f32_to_bf16_exact(uint16_t *out, const float *in, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &in[i], 4);
+        out[i] = (uint16_t)(u >> 16);
+    }
+}
+
+static void bf16_to_f32(float *out, const uint16_t *in, size_t n) {
+    for (size_t i = n; i-- > 0;) {   /* backwards: out and in may share memory */
+        uint32_t u = (uint32_t)in[i] << 16;
+        memcpy(&out[i], &u, 4);
+    }
+}
+
+/* Write an array file: header then `n` values of `t` from fp32 `vals`. */
+static int write_array(const char *path, dtype_t t, const float *vals, size_t n, file_sum_t *sum, char *err,
+                       size_t errlen) {
+    wfile_t w;
+    if (wopen(&w, path, err, errlen) != 0) return -1;
+    uint8_t h[CKPT_HEADER_BYTES];
+    put_header(h, t, (int64_t)n);
+    if (wput(&w, h, sizeof h, err, errlen) != 0) return -1;
+    if (t == DT_F32) {
+        for (size_t b = 0; b < n; b += IO_CHUNK) {
+            size_t k = n - b < IO_CHUNK ? n - b : IO_CHUNK;
+            if (wput(&w, vals + b, k * sizeof(float), err, errlen) != 0) return -1;
+        }
+    } else {
+        uint16_t *tmp = asp_malloc(IO_CHUNK * sizeof(uint16_t), "checkpoint conversion");
+        for (size_t b = 0; b < n; b += IO_CHUNK) {
+            size_t k = n - b < IO_CHUNK ? n - b : IO_CHUNK;
+            f32_to_bf16_exact(tmp, vals + b, k);
+            if (wput(&w, tmp, k * sizeof(uint16_t), err, errlen) != 0) { free(tmp); return -1; }
+        }
+        free(tmp);
+    }
+    if (wclose(&w, err, errlen) != 0) return -1;
+    *sum = w.sum;
+    return 0;
+}
+
+static int sum_file(const char *path, file_sum_t *sum, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return asp_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    uint8_t *buf = asp_malloc(IO_CHUNK, "checkpoint read buffer");
+    sum->size = 0;
+    sum->crc = 0;
+    for (;;) {
+        ssize_t got = read(fd, buf, IO_CHUNK);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            return asp_errf(err, errlen, "%s: cannot read: %s", path, strerror(e));
+        }
+        if (got == 0) break;
+        sum->crc = ckpt_crc32c(sum->crc, buf, (size_t)got);
+        sum->size += got;
+    }
+    free(buf);
+    close(fd);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ state file */
+
+/* The model shape keys a checkpoint must agree on. */
+typedef struct {
+    const char *name;
+    int64_t value;
+} shape_kv_t;
+
+static int shape_of(const config_t *cfg, const plan_t *plan, shape_kv_t kv[10]) {
+    const model_config_t *m = &cfg->model;
+    int n = 0;
+    kv[n++] = (shape_kv_t){"model.hidden_size", m->hidden_size};
+    kv[n++] = (shape_kv_t){"model.intermediate_size", m->intermediate_size};
+    kv[n++] = (shape_kv_t){"model.num_hidden_layers", m->num_hidden_layers};
+    kv[n++] = (shape_kv_t){"model.num_attention_heads", m->num_attention_heads};
+    kv[n++] = (shape_kv_t){"model.num_key_value_heads", m->num_key_value_heads};
+    kv[n++] = (shape_kv_t){"model.head_dim", m->head_dim};
+    kv[n++] = (shape_kv_t){"model.vocab_size", m->vocab_size};
+    kv[n++] = (shape_kv_t){"model.tie_word_embeddings", m->tie_word_embeddings};
+    kv[n++] = (shape_kv_t){"n_params", (int64_t)plan->n_params};   /* last: the keys above say why */
+    return n;
+}
+
+static int write_state(const char *path, const config_t *cfg, const plan_t *plan, const ranks_t *r,
+                       const ckpt_state_t *st, dtype_t wdt, file_sum_t *sum, char *err, size_t errlen) {
+    char buf[4096];
+    int at = snprintf(buf, sizeof buf,
+                      "%s %d\nstep %" PRId64 "\nepoch %" PRId64 "\ncursor %" PRId64 "\nseed %" PRIu64
+                      "\nworld_size %d\nsequence_parallel %d\ndata_parallel %d\nzero_stage %d\n"
+                      "weights_dtype %s\nstate_dtype fp32\n",
+                      STATE_HEAD, CKPT_FORMAT_VERSION, st->step, st->epoch, st->cursor, st->seed, r->world_size,
+                      r->sp_size, r->dp_size, plan->zero_stage, dtype_name(wdt));
+    shape_kv_t kv[10];
+    int n = shape_of(cfg, plan, kv);
+    for (int i = 0; i < n; i++)
+        at += snprintf(buf + at, sizeof buf - (size_t)at, "%s %" PRId64 "\n", kv[i].name, kv[i].value);
+    wfile_t w;
+    if (wopen(&w, path, err, errlen) != 0 || wput(&w, buf, (size_t)at, err, errlen) != 0 ||
+        wclose(&w, err, errlen) != 0)
+        return -1;
+    *sum = w.sum;
+    return 0;
+}
+
+/* Value of `key` in the state text, or -1 with a message. */
+static int state_get(const char *text, const char *path, const char *key, int64_t *out, char *err, size_t errlen) {
+    size_t kl = strlen(key);
+    for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        if (strncmp(l, key, kl) || l[kl] != ' ') continue;
+        char *end;
+        errno = 0;
+        long long v = strtoll(l + kl + 1, &end, 10);
+        if (errno || (*end != '\n' && *end)) break;
+        *out = v;
+        return 0;
+    }
+    return asp_errf(err, errlen, "%s: '%s' is missing or not a number; the checkpoint is damaged", path, key);
+}
+
+static int state_get_str(const char *text, const char *key, char *out, size_t len) {
+    size_t kl = strlen(key);
+    for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        if (strncmp(l, key, kl) || l[kl] != ' ') continue;
+        const char *v = l + kl + 1;
+        size_t n = strcspn(v, "\n");
+        if (n >= len) return -1;
+        memcpy(out, v, n);
+        out[n] = 0;
+        return 0;
+    }
+    return -1;
+}
+
+/* ------------------------------------------------------------------ validation */
+
+static int read_text(const char *path, char *buf, size_t len, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return asp_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    ssize_t n = read(fd, buf, len - 1);
+    close(fd);
+    if (n < 0) return asp_errf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+    if ((size_t)n == len - 1) return asp_errf(err, errlen, "%s: larger than expected; the checkpoint is damaged", path);
+    buf[n] = 0;
+    return 0;
+}
+
+static int check_array_header(const char *path, dtype_t want_dt_f32_or_any, int any_weight_dtype, int64_t n_params,
+                              dtype_t *dt, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return asp_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    uint8_t h[CKPT_HEADER_BYTES];
+    int rc = read_all_fd(fd, h, sizeof h, 0);
+    close(fd);
+    if (rc != 0) return asp_errf(err, errlen, "%s: shorter than its %d-byte header; the file is truncated", path, CKPT_HEADER_BYTES);
+    uint32_t version, t;
+    int64_t count;
+    memcpy(&version, h + 8, 4);
+    memcpy(&t, h + 12, 4);
+    memcpy(&count, h + 16, 8);
+    if (memcmp(h, CKPT_MAGIC, 8) != 0) return asp_errf(err, errlen, "%s: not a checkpoint array (bad magic)", path);
+    if (version != CKPT_FORMAT_VERSION)
+        return asp_errf(err, errlen, "%s: format version %u, this build reads version %d", path, version,
+                        CKPT_FORMAT_VERSION);
+    int ok_t = any_weight_dtype ? (t == DT_F32 || t == DT_BF16) : t == (uint32_t)want_dt_f32_or_any;
+    if (!ok_t) return asp_errf(err, errlen, "%s: element type code %u is not allowed here", path, t);
+    if (count != n_params)
+        return asp_errf(err, errlen, "%s: holds %" PRId64 " values but this model has %" PRId64
+                        " parameters; resume with the model the checkpoint was written with, or set io.resume=never",
+                        path, count, n_params);
+    *dt = (dtype_t)t;
+    return 0;
+}
+
+int ckpt_validate(const char *dir, const config_t *cfg, const plan_t *plan, ckpt_state_t *st, char *err,
+                  size_t errlen) {
+    char path[CFG_PATH_MAX + 64];
+    char text[8192];
+    /* 1. the manifest: every file with its size and checksum */
+    pathf(path, sizeof path, "%s/%s", dir, MANIFEST);
+    if (access(path, F_OK) != 0)
+        return asp_errf(err, errlen, "%s: missing; %s is not a complete checkpoint", path, dir);
+    if (read_text(path, text, sizeof text, err, errlen) != 0) return -1;
+    int version = 0;
+    if (sscanf(text, MANIFEST_HEAD " %d", &version) != 1)
+        return asp_errf(err, errlen, "%s: not a checkpoint manifest (first line should be '%s %d')", path,
+                        MANIFEST_HEAD, CKPT_FORMAT_VERSION);
+    if (version != CKPT_FORMAT_VERSION)
+        return asp_errf(err, errlen, "%s: format version %d, this build reads version %d", path, version,
+                        CKPT_FORMAT_VERSION);
+    for (int f = 0; f < F__COUNT; f++) {
+        char want_name[64];
+        long long size = -1;
+        unsigned crc = 0;
+        int found = 0;
+        for (const char *l = strchr(text, '\n'); l && l[1]; l = strchr(l + 1, '\n')) {
+            if (sscanf(l + 1, "%63s %lld %x", want_name, &size, &crc) == 3 && !strcmp(want_name, file_names[f])) {
+                found = 1;
+                break;
+            }
+        }
+        if (!found)
+            return asp_errf(err, errlen, "%s/%s: no entry for %s; the checkpoint is damaged", dir, MANIFEST,
+                            file_names[f]);
+        pathf(path, sizeof path, "%s/%s", dir, file_names[f]);
+        struct stat sb;
+        if (stat(path, &sb) != 0)
+            return asp_errf(err, errlen, "%s: missing (%s); the checkpoint is incomplete", path, strerror(errno));
+        if ((long long)sb.st_size != size)
+            return asp_errf(err, errlen, "%s: %lld bytes but the manifest says %lld; the file is %s", path,
+                            (long long)sb.st_size, size, (long long)sb.st_size < size ? "truncated" : "damaged");
+        file_sum_t s;
+        if (sum_file(path, &s, err, errlen) != 0) return -1;
+        if (s.size != size || s.crc != (uint32_t)crc)
+            return asp_errf(err, errlen, "%s: checksum mismatch (CRC-32C %08x, manifest %08x); the file is corrupt",
+                            path, s.crc, crc);
+    }
+    /* 2. the state: format, position, model shape */
+    pathf(path, sizeof path, "%s/%s", dir, STATE_FILE);
+    if (read_text(path, text, sizeof text, err, errlen) != 0) return -1;
+    if (sscanf(text, STATE_HEAD " %d", &version) != 1 || version != CKPT_FORMAT_VERSION)
+        return asp_errf(err, errlen, "%s: not a version %d checkpoint state", path, CKPT_FORMAT_VERSION);
+    int64_t seed;
+    if (state_get(text, path, "step", &st->step, err, errlen) || state_get(text, path, "epoch", &st->epoch, err, errlen) ||
+        state_get(text, path, "cursor", &st->cursor, err, errlen) || state_get(text, path, "seed", &seed, err, errlen))
+        return -1;
+    st->seed = (uint64_t)seed;
+    if (st->step < 0 || st->epoch < 0 || st->cursor < 0)
+        return asp_errf(err, errlen, "%s: negative step or data position; the checkpoint is damaged", path);
+    shape_kv_t kv[10];
+    int n = shape_of(cfg, plan, kv);
+    for (int i = 0; i < n; i++) {
+        int64_t v;
+        if (state_get(text, path, kv[i].name, &v, err, errlen)) return -1;
+        if (v != kv[i].value)
+            return asp_errf(err, errlen, "%s: %s is %" PRId64 " in the checkpoint but %" PRId64
+                            " in this run's config; resume with the same model, or set io.resume=never "
+                            "(or another io.run_dir) to start fresh", path, kv[i].name, v, kv[i].value);
+    }
+    char wdt[16];
+    if (state_get_str(text, "weights_dtype", wdt, sizeof wdt) != 0)
+        return asp_errf(err, errlen, "%s: 'weights_dtype' is missing; the checkpoint is damaged", path);
+    /* 3. array headers */
+    for (int f = F_WEIGHTS; f < F__COUNT; f++) {
+        pathf(path, sizeof path, "%s/%s", dir, file_names[f]);
+        dtype_t dt;
+        if (check_array_header(path, DT_F32, f == F_WEIGHTS, (int64_t)plan->n_params, &dt, err, errlen)) return -1;
+        int64_t want = CKPT_HEADER_BYTES + (int64_t)plan->n_params * (int64_t)dtype_size(dt);
+        struct stat sb;
+        if (stat(path, &sb) != 0 || (int64_t)sb.st_size != want)
+            return asp_errf(err, errlen, "%s: %lld bytes, expected %" PRId64 " for %zu %s values", path,
+                            (long long)sb.st_size, want, plan->n_params, dtype_name(dt));
+        if (f == F_WEIGHTS && strcmp(wdt, dtype_name(dt)) != 0)
+            return asp_errf(err, errlen, "%s: holds %s values but the state says %s; the checkpoint is damaged", path,
+                            dtype_name(dt), wdt);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ listing */
+
+/* Steps of the complete-named checkpoints in `cdir` (step-NNNNNNNN exactly:
+ * temporary folders never match), newest first. */
+static int list_steps(const char *cdir, int64_t **steps) {
+    *steps = NULL;
+    DIR *d = opendir(cdir);
+    if (!d) return 0;
+    int n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        int64_t s;
+        char tail;
+        if (strlen(de->d_name) != 13 || sscanf(de->d_name, "step-%" SCNd64 "%c", &s, &tail) != 1 || s < 0) continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            int64_t *grown = realloc(*steps, (size_t)cap * sizeof(int64_t));
+            if (!grown) asp_die(ASP_EXIT_FAILURE, "out of memory listing checkpoints in %s", cdir);
+            *steps = grown;
+        }
+        (*steps)[n++] = s;
+    }
+    closedir(d);
+    for (int i = 1; i < n; i++)   /* insertion sort, descending */
+        for (int j = i; j > 0 && (*steps)[j] > (*steps)[j - 1]; j--) {
+            int64_t t = (*steps)[j];
+            (*steps)[j] = (*steps)[j - 1];
+            (*steps)[j - 1] = t;
+        }
+    return n;
+}
+
+/* Delete checkpoints older than the newest keep_last, and temporary folders
+ * left by writers that no longer run. */
+static void prune(const char *cdir, int64_t keep_last) {
+    int64_t *steps;
+    int n = list_steps(cdir, &steps);
+    char path[CFG_PATH_MAX + 64];
+    for (int i = (int)keep_last; i < n; i++) {
+        pathf(path, sizeof path, "%s/" NAME_FMT, cdir, steps[i]);
+        if (remove_tree(path) != 0) asp_warn("cannot delete old checkpoint %s: %s", path, strerror(errno));
+    }
+    free(steps);
+    DIR *d = opendir(cdir);
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        const char *t = strstr(de->d_name, ".tmp-");
+        if (strncmp(de->d_name, "step-", 5) || !t) continue;
+        long pid = strtol(t + 5, NULL, 10);
+        if (pid <= 0 || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        pathf(path, sizeof path, "%s/%s", cdir, de->d_name);
+        remove_tree(path);
+    }
+    closedir(d);
+}
+
+/* ------------------------------------------------------------------ save */
+
+static int agree(const ranks_t *r, const coll_ops_t *hc, int rc) {
+    double v = rc;
+    hc->bcast(r->world, &v, 1, DT_F64, 0);
+    return (int)v;
+}
+
+int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t *r, const coll_ops_t *host_coll,
+              const ckpt_state_t *st, char *err, size_t errlen) {
+    int lead = r->world_rank == 0;
+    char cdir[CFG_PATH_MAX + 32], tmp[CFG_PATH_MAX + 64], fin[CFG_PATH_MAX + 64], path[CFG_PATH_MAX + 96];
+    pathf(cdir, sizeof cdir, "%s/checkpoints", cfg->io.run_dir);
+    pathf(fin, sizeof fin, "%s/" NAME_FMT, cdir, st->step);
+    pathf(tmp, sizeof tmp, "%s.tmp-%ld", fin, (long)getpid());
+    file_sum_t sums[F__COUNT];
+    int rc = 0;
+    if (lead) {
+        if (mkdir_p(cdir) != 0)
+            rc = asp_errf(err, errlen, "cannot create %s: %s; check that io.run_dir is writable", cdir, strerror(errno));
+        else {
+            remove_tree(tmp);
+            if (mkdir(tmp, 0777) != 0)
+                rc = asp_errf(err, errlen, "cannot create %s: %s; check that io.run_dir is writable", tmp, strerror(errno));
+        }
+        if (!rc) {
+            pathf(path, sizeof path, "%s/%s", tmp, file_names[F_CONFIG]);
+            rc = config_write_yaml(cfg, path, err, errlen);
+            if (!rc) rc = sum_file(path, &sums[F_CONFIG], err, errlen);
+            if (!rc) test_delay();
+        }
+    }
+    if (agree(r, host_coll, rc) != 0) goto fail;
+
+    size_t n = plan->n_params;
+    float *buf = lead ? asp_malloc(n * sizeof(float), "checkpoint buffer") : NULL;
+    if (lead) {
+        exec_get_params(e, buf);
+        pathf(path, sizeof path, "%s/%s", tmp, file_names[F_WEIGHTS]);
+        rc = write_array(path, plan->target.param_bytes == 2 ? DT_BF16 : DT_F32, buf, n, &sums[F_WEIGHTS], err, errlen);
+    }
+    static const exec_state_t which[3] = {EXEC_MASTER, EXEC_ADAM_M, EXEC_ADAM_V};
+    for (int k = 0; k < 3; k++) {
+        /* every rank takes part in the gather even after a failure on rank 0,
+         * so the collectives stay matched; the result is agreed below */
+        exec_get_optimizer_state(e, which[k], buf, 0);
+        if (lead && !rc) {
+            pathf(path, sizeof path, "%s/%s", tmp, file_names[F_MASTER + k]);
+            rc = write_array(path, DT_F32, buf, n, &sums[F_MASTER + k], err, errlen);
+        }
+    }
+    free(buf);
+    if (lead && !rc) {
+        pathf(path, sizeof path, "%s/%s", tmp, file_names[F_STATE]);
+        rc = write_state(path, cfg, plan, r, st, plan->target.param_bytes == 2 ? DT_BF16 : DT_F32, &sums[F_STATE],
+                         err, errlen);
+    }
+    if (lead && !rc) {
+        /* the manifest last: its presence inside the renamed folder marks it whole */
+        char text[2048];
+        int at = snprintf(text, sizeof text, "%s %d\n", MANIFEST_HEAD, CKPT_FORMAT_VERSION);
+        for (int f = 0; f < F__COUNT; f++)
+            at += snprintf(text + at, sizeof text - (size_t)at, "%s %" PRId64 " %08x\n", file_names[f], sums[f].size,
+                           sums[f].crc);
+        pathf(path, sizeof path, "%s/%s", tmp, MANIFEST);
+        wfile_t w;
+        rc = wopen(&w, path, err, errlen) || wput(&w, text, (size_t)at, err, errlen) || wclose(&w, err, errlen) ? -1 : 0;
+    }
+    if (lead && !rc && fsync_dir(tmp) != 0)
+        rc = asp_errf(err, errlen, "cannot sync %s: %s", tmp, strerror(errno));
+    if (lead && !rc) {
+        /* a checkpoint of the same step (a rerun of a finished step) is replaced */
+        char old[CFG_PATH_MAX + 96];
+        pathf(old, sizeof old, "%s.old-%ld", fin, (long)getpid());
+        int had = rename(fin, old) == 0;
+        if (rename(tmp, fin) != 0)
+            rc = asp_errf(err, errlen, "cannot rename %s to %s: %s", tmp, fin, strerror(errno));
+        else if (fsync_dir(cdir) != 0)
+            rc = asp_errf(err, errlen, "cannot sync %s: %s", cdir, strerror(errno));
+        if (had) remove_tree(old);
+    }
+    if (lead && !rc) prune(cdir, cfg->io.keep_last);
+    if (lead && rc) remove_tree(tmp);
+    if (agree(r, host_coll, rc) != 0) goto fail;
+    return 0;
+fail:
+    if (!lead) asp_errf(err, errlen, "checkpoint of step %" PRId64 " failed on rank 0", st->step);
+    return -1;
+}
+
+/* ------------------------------------------------------------------ resume */
+
+/* Rank 0: which folder to resume from ("" for none). 0, or -1 with err. */
+static int choose(const config_t *cfg, const plan_t *plan, char *dir, size_t dirlen, ckpt_state_t *st, char *err,
+                  size_t errlen) {
+    dir[0] = 0;
+    const char *mode = cfg->io.resume;
+    if (!strcmp(mode, "never")) return 0;
+    if (strcmp(mode, "auto") != 0) {
+        struct stat sb;
+        if (stat(mode, &sb) != 0 || !S_ISDIR(sb.st_mode))
+            return asp_errf(err, errlen, "io.resume: '%s' is not a checkpoint folder (%s); give a folder "
+                            "RUN_DIR/checkpoints/step-NNNNNNNN, auto or never", mode,
+                            stat(mode, &sb) != 0 ? strerror(errno) : "not a folder");
+        if (ckpt_validate(mode, cfg, plan, st, err, errlen) != 0) return -1;
+        snprintf(dir, dirlen, "%s", mode);
+        return 0;
+    }
+    char cdir[CFG_PATH_MAX + 32];
+    pathf(cdir, sizeof cdir, "%s/checkpoints", cfg->io.run_dir);
+    int64_t *steps;
+    int n = list_steps(cdir, &steps);
+    char first_bad[4096] = "";
+    for (int i = 0; i < n; i++) {
+        char cand[CFG_PATH_MAX + 64], why[4096];
+        pathf(cand, sizeof cand, "%s/" NAME_FMT, cdir, steps[i]);
+        if (ckpt_validate(cand, cfg, plan, st, why, sizeof why) == 0) {
+            if (first_bad[0]) asp_warn("io.resume=auto: skipping unusable newer checkpoint(s) (%s); using %s", first_bad, cand);
+            snprintf(dir, dirlen, "%s", cand);
+            free(steps);
+            return 0;
+        }
+        /* a checkpoint of another model is the user's mistake, not damage:
+         * older ones are of that model too, so stop here */
+        if (strstr(why, "in this run's config") || strstr(why, "parameters; resume with")) {
+            free(steps);
+            return asp_errf(err, errlen, "io.resume=auto: %s", why);
+        }
+        if (first_bad[0]) asp_warn("io.resume=auto: checkpoint unusable: %s", why);
+        else snprintf(first_bad, sizeof first_bad, "%s", why);
+    }
+    free(steps);
+    if (first_bad[0])
+        return asp_errf(err, errlen, "io.resume=auto: no usable checkpoint in %s: %s; repair or delete it, or set "
+                        "io.resume=never to start fresh", cdir, first_bad);
+    return 0;
+}
+
+/* Read values [begin, begin + len) of an fp32 array file. */
+static int read_slice(const char *path, size_t begin, size_t len, float *out, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return asp_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    int rc = read_all_fd(fd, out, len * sizeof(float), (off_t)(CKPT_HEADER_BYTES + begin * sizeof(float)));
+    close(fd);
+    if (rc != 0) return asp_errf(err, errlen, "%s: cannot read values %zu..%zu: the file is truncated", path, begin, begin + len);
+    return 0;
+}
+
+int ckpt_resume(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t *r, const coll_ops_t *host_coll,
+                ckpt_state_t *st, char *loaded, size_t loadedlen, char *err, size_t errlen) {
+    int lead = r->world_rank == 0;
+    char dir[CFG_PATH_MAX + 64];
+    memset(dir, 0, sizeof dir);
+    int rc = 0;
+    if (lead) rc = choose(cfg, plan, dir, sizeof dir, st, err, errlen);
+    if (agree(r, host_coll, rc) != 0) {
+        if (!lead) asp_errf(err, errlen, "resume failed on rank 0");
+        return -1;
+    }
+    host_coll->bcast(r->world, dir, sizeof dir, DT_U8, 0);
+    if (!dir[0]) return 0;
+    int64_t pos[4] = {st->step, st->epoch, st->cursor, (int64_t)st->seed};
+    host_coll->bcast(r->world, pos, 4 * sizeof(int64_t), DT_U8, 0);
+    st->step = pos[0], st->epoch = pos[1], st->cursor = pos[2], st->seed = (uint64_t)pos[3];
+
+    /* Everything was validated by rank 0: read on every rank into host
+     * buffers first, so a read failure leaves the engine untouched. */
+    size_t n = plan->n_params, begin, len;
+    exec_state_range(e, &begin, &len);
+    char path[CFG_PATH_MAX + 96];
+    float *w = asp_malloc(n * sizeof(float), "checkpoint weights");
+    float *s[3];
+    for (int k = 0; k < 3; k++) s[k] = asp_malloc((len ? len : 1) * sizeof(float), "checkpoint optimizer state");
+    pathf(path, sizeof path, "%s/%s", dir, file_names[F_WEIGHTS]);
+    dtype_t dt = DT_F32;
+    rc = check_array_header(path, DT_F32, 1, (int64_t)n, &dt, err, errlen);
+    if (!rc) {
+        int fd = open(path, O_RDONLY);
+        size_t es = dtype_size(dt);
+        rc = fd < 0 || read_all_fd(fd, w, n * es, CKPT_HEADER_BYTES) != 0
+                 ? asp_errf(err, errlen, "%s: cannot read the weights", path)
+                 : 0;
+        if (fd >= 0) close(fd);
+        if (!rc && dt == DT_BF16) bf16_to_f32(w, (const uint16_t *)w, n);
+    }
+    for (int k = 0; k < 3 && !rc; k++) {
+        pathf(path, sizeof path, "%s/%s", dir, file_names[F_MASTER + k]);
+        rc = read_slice(path, begin, len, s[k], err, errlen);
+    }
+    double bad = rc ? 1 : 0;
+    host_coll->allreduce_sum(r->world, &bad, 1, DT_F64);
+    if (bad == 0) {
+        exec_set_params(e, w);
+        static const exec_state_t which[3] = {EXEC_MASTER, EXEC_ADAM_M, EXEC_ADAM_V};
+        for (int k = 0; k < 3; k++) exec_set_optimizer_state(e, which[k], s[k]);
+        if (loaded) snprintf(loaded, loadedlen, "%s", dir);
+    } else if (!rc) {
+        asp_errf(err, errlen, "reading checkpoint %s failed on another rank", dir);
+    }
+    free(w);
+    for (int k = 0; k < 3; k++) free(s[k]);
+    return bad == 0 ? 1 : -1;
+}

@@ -1,0 +1,57 @@
+/* Checkpoints: save and resume a run (format: docs/checkpoints.md).
+ *
+ * A checkpoint is the folder RUN_DIR/checkpoints/step-NNNNNNNN holding the
+ * effective config, a state file (step, data position, seed, the layout it
+ * was written with, shapes and types), the compute weights and the fp32
+ * master weights and AdamW moments stored whole (gathered from the ZeRO-1
+ * shards), so any world size can resume from it. A manifest gives the size
+ * and CRC-32C of every file. It is written into a temporary folder, every file
+ * fsynced, then renamed into place: a folder with the final name is complete. */
+#ifndef AUTOSP_CKPT_H
+#define AUTOSP_CKPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "exec.h"
+#include "parallel/parallel.h"
+#include "plan/plan.h"
+
+#define CKPT_FORMAT_VERSION 1
+#define CKPT_MAGIC "ASPCKPT1"
+#define CKPT_HEADER_BYTES 32
+
+/* What a checkpoint records besides the tensors. */
+typedef struct {
+    int64_t step;               /* optimizer steps done */
+    int64_t epoch, cursor;      /* loader position after `step` steps */
+    uint64_t seed;              /* weight init and data order */
+} ckpt_state_t;
+
+/* CRC-32C (Castagnoli, reflected 0x82F63B78) of `n` bytes continuing `crc`
+ * (start with 0). */
+uint32_t ckpt_crc32c(uint32_t crc, const void *data, size_t n);
+
+/* Write the checkpoint of st->step. Collective: every rank calls it (the
+ * optimizer state is gathered to world rank 0, which writes). Then keeps the
+ * newest io.keep_last complete checkpoints. Returns 0 on every rank, or -1
+ * on every rank with the message in err (on rank 0). */
+int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t *r, const coll_ops_t *host_coll,
+              const ckpt_state_t *st, char *err, size_t errlen);
+
+/* Apply io.resume. Collective. Returns 1 when a checkpoint was loaded into
+ * the engine (its state in *st, its folder in loaded, which may be NULL), 0
+ * when the run starts fresh, -1 when the checkpoint to resume from is
+ * corrupt, incomplete or does not match this run (message in err on rank 0;
+ * nothing in the engine was changed). */
+int ckpt_resume(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t *r, const coll_ops_t *host_coll,
+                ckpt_state_t *st, char *loaded, size_t loadedlen, char *err, size_t errlen);
+
+/* Check a checkpoint folder completely against this run's model (manifest,
+ * sizes, checksums, headers, state). Local (no communication). Returns 0 and
+ * fills *st, or -1 with a message naming the file and the problem. */
+int ckpt_validate(const char *dir, const config_t *cfg, const plan_t *plan, ckpt_state_t *st, char *err,
+                  size_t errlen);
+
+#endif

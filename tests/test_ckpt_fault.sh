@@ -1,0 +1,117 @@
+#!/bin/sh
+# Runs survive their end: SIGTERM mid-run leaves a complete checkpoint and
+# exit status 143; SIGUSR1 checkpoints and training goes on; SIGKILL in the
+# middle of writing a checkpoint leaves the previous one usable and the half
+# one is never picked. A corrupted byte, a truncated file, a missing file and
+# a different model are refused with a message naming the file and problem.
+. "${top_srcdir:-.}/tests/common.sh"
+SHARD=$(make_shard)
+CFG="$top_srcdir/configs/tiny.yaml"
+COMMON="--set data.path=$SHARD --set model.num_hidden_layers=2 --set train.seq_len=64 --set train.global_batch_size=4
+        --set io.log_every=1000 --set train.device=cpu"
+fails=0
+ok() { echo "ok:   $1"; }
+fail() { echo "FAIL: $1"; fails=$((fails + 1)); }
+
+# wait until the run in $1 has logged at least $2 steps (or 30 s)
+wait_steps() {
+    i=0
+    while [ $i -lt 300 ]; do
+        [ -f "$1/metrics.jsonl" ] && [ "$(wc -l <"$1/metrics.jsonl")" -ge "$2" ] && return 0
+        sleep 0.1; i=$((i + 1))
+    done
+    return 1
+}
+newest() { ls -d "$1"/checkpoints/step-* 2>/dev/null | grep -v '\.tmp-' | tail -1; }
+
+# ---- SIGTERM: checkpoint, exit 143
+R="$TMP/term"
+"$BIN" "$CFG" $COMMON --set train.steps=100000 --set io.run_dir="$R" >"$TMP/term.log" 2>&1 &
+pid=$!
+wait_steps "$R" 3 || fail "SIGTERM run did not start"
+kill -TERM $pid
+rc=0; wait $pid || rc=$?
+ck=$(newest "$R")
+[ $rc = 143 ] && ok "SIGTERM: exit status 143" || { fail "SIGTERM: exit status $rc, expected 143"; cat "$TMP/term.log"; }
+if [ -n "$ck" ] && [ -f "$ck/manifest" ]; then ok "SIGTERM: complete checkpoint $(basename "$ck")"; else fail "SIGTERM: no checkpoint"; fi
+steps=$(sed -n 's/^step \([0-9]*\)$/\1/p' "$ck/state")
+"$BIN" "$CFG" $COMMON --set train.steps=$((steps + 2)) --set io.run_dir="$R" >"$TMP/term2.log" 2>&1 &&
+    grep -q "resumed from .*$(basename "$ck")" "$TMP/term2.log" && ok "SIGTERM: resumed from it and trained 2 more steps" ||
+    { fail "SIGTERM: resume failed"; cat "$TMP/term2.log"; }
+
+# ---- SIGUSR1: checkpoint and continue
+R="$TMP/usr1"
+"$BIN" "$CFG" $COMMON --set train.steps=100000 --set io.run_dir="$R" >"$TMP/usr1.log" 2>&1 &
+pid=$!
+wait_steps "$R" 2 || fail "SIGUSR1 run did not start"
+kill -USR1 $pid
+i=0; while [ -z "$(newest "$R")" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+first=$(newest "$R")
+n1=$(wc -l <"$R/metrics.jsonl"); sleep 0.5; n2=$(wc -l <"$R/metrics.jsonl")
+if [ -n "$first" ] && kill -0 $pid 2>/dev/null && [ "$n2" -gt "$n1" ]; then
+    ok "SIGUSR1: checkpoint $(basename "$first") written and training goes on"
+else fail "SIGUSR1: no checkpoint, or training stopped"; cat "$TMP/usr1.log"; fi
+kill -TERM $pid; wait $pid || true
+
+# ---- SIGKILL in the middle of a checkpoint write
+R="$TMP/kill"
+"$BIN" "$CFG" $COMMON --set train.steps=4 --set io.run_dir="$R" >"$TMP/kill0.log" 2>&1 || fail "first run failed"
+ASP_CKPT_WRITE_DELAY_MS=300 "$BIN" "$CFG" $COMMON --set train.steps=8 --set io.run_dir="$R" >"$TMP/kill.log" 2>&1 &
+pid=$!
+i=0; while ! ls -d "$R"/checkpoints/*.tmp-* >/dev/null 2>&1 && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+sleep 0.4
+kill -KILL $pid; wait $pid || true
+if ls -d "$R"/checkpoints/step-00000008.tmp-* >/dev/null 2>&1 && [ ! -e "$R/checkpoints/step-00000008" ]; then
+    ok "SIGKILL: killed mid-write, only a temporary folder of step 8 is left"
+else fail "SIGKILL: expected a half-written temporary folder and no step-00000008"; ls -la "$R/checkpoints"; fi
+"$BIN" "$CFG" $COMMON --set train.steps=8 --set io.run_dir="$R" >"$TMP/kill2.log" 2>&1 &&
+    grep -q "resumed from .*step-00000004" "$TMP/kill2.log" &&
+    ok "SIGKILL: the previous checkpoint (step 4) is picked and training finishes" ||
+    { fail "SIGKILL: resume after the kill"; cat "$TMP/kill2.log"; }
+ls -d "$R"/checkpoints/*.tmp-* >/dev/null 2>&1 && fail "SIGKILL: the dead writer's temporary folder was not cleaned up" ||
+    ok "SIGKILL: the dead writer's temporary folder was removed"
+
+# ---- refused checkpoints: each case copies a good one and damages it
+R="$TMP/good"
+"$BIN" "$CFG" $COMMON --set train.steps=2 --set io.run_dir="$R" >"$TMP/good.log" 2>&1 || fail "good run failed"
+GOOD="$R/checkpoints/step-00000002"
+refuse() { # what expected-message-regex [extra args]
+    what=$1; pat=$2; shift 2
+    rc=0
+    "$BIN" "$CFG" $COMMON --set train.steps=4 --set io.run_dir="$TMP/bad" "$@" >"$TMP/bad.log" 2>&1 || rc=$?
+    if [ $rc = 2 ] && grep -Eq "$pat" "$TMP/bad.log" && ! grep -q "^step" "$TMP/bad.log"; then
+        ok "$what refused: $(grep -E "$pat" "$TMP/bad.log" | head -1 | sed 's|.*error: ||' | rev | cut -c1-140 | rev)"
+    else fail "$what: expected exit 2 and /$pat/, got $rc"; cat "$TMP/bad.log"; fi
+}
+fresh_bad() { rm -rf "$TMP/bad"; mkdir -p "$TMP/bad/checkpoints"; cp -r "$GOOD" "$TMP/bad/checkpoints/"; B="$TMP/bad/checkpoints/step-00000002"; }
+fresh_bad
+python3 -c "import sys; p=sys.argv[1]; d=bytearray(open(p,'rb').read()); d[1000]^=0x40; open(p,'wb').write(d)" "$B/master.bin"
+refuse "a corrupted byte" "master.bin: checksum mismatch"
+fresh_bad; truncate -s 4000 "$B/adam_v.bin"
+refuse "a truncated file" "adam_v.bin: 4000 bytes .*truncated"
+fresh_bad; rm "$B/adam_m.bin"
+refuse "a missing file" "adam_m.bin: missing"
+fresh_bad; rm "$B/manifest"
+refuse "a checkpoint without manifest" "manifest: missing"
+fresh_bad
+refuse "a different model" "model.hidden_size is 64 in the checkpoint but 128" --set model.hidden_size=128 --set model.head_dim=32
+refuse "an explicit path that is no checkpoint" "io.resume: .* is not a checkpoint folder" --set io.resume="$TMP/nowhere"
+fresh_bad; rm "$B/weights.bin"
+refuse "an explicit damaged path" "weights.bin: missing" --set io.resume="$B"
+
+# a damaged newest checkpoint: auto says so and uses the older one
+rm -rf "$TMP/two"; mkdir -p "$TMP/two/checkpoints"; cp -r "$GOOD" "$TMP/two/checkpoints/"
+"$BIN" "$CFG" $COMMON --set train.steps=4 --set io.run_dir="$TMP/two" --set io.save_every=3 --set io.resume=never >/dev/null 2>&1
+# now step-2 (copied), step-3 and step-4 exist; damage step-4
+python3 -c "import sys; p=sys.argv[1]; d=bytearray(open(p,'rb').read()); d[-1]^=1; open(p,'wb').write(d)" "$TMP/two/checkpoints/step-00000004/weights.bin"
+"$BIN" "$CFG" $COMMON --set train.steps=5 --set io.run_dir="$TMP/two" >"$TMP/two.log" 2>&1 &&
+    grep -q "skipping unusable newer checkpoint.*step-00000004/weights.bin: checksum mismatch.*using .*step-00000003" "$TMP/two.log" &&
+    ok "auto warns about the damaged newest checkpoint and uses the older one" ||
+    { fail "auto fallback with a warning"; cat "$TMP/two.log"; }
+# keep_last 3: after step-5 is written, step-2 is deleted
+[ ! -e "$TMP/two/checkpoints/step-00000002" ] && [ -e "$TMP/two/checkpoints/step-00000005" ] &&
+    ok "keep_last 3: the oldest checkpoint was deleted after the new one was complete" ||
+    { fail "keep_last"; ls "$TMP/two/checkpoints"; }
+
+[ $fails = 0 ] || { echo "$fails fault check(s) failed"; exit 1; }
+echo "all fault checks passed"
