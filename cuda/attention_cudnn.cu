@@ -12,7 +12,9 @@
  * tensors [1, heads, s, hd] with strides [s heads hd, hd, heads hd, 1]; K^T
  * (and V^T in the backward) swaps the last two dims and strides. lse [hq, s]
  * is the stats tensor [1, hq, s, 1]. The scale is a by-value scalar, so a
- * plan serves any scale; plans are cached per (fwd/bwd, s, hq, hkv, hd). */
+ * plan serves any scale; plans are cached per (fwd/bwd, variant, s, hq, hkv,
+ * hd). The variant (ASP_CUDNN_GRAPH) only changes how the engine
+ * configuration is chosen: the heuristic's first, or the fastest by timing. */
 #include "autosp_config.h"
 
 #include <math.h>
