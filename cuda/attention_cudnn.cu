@@ -12,7 +12,9 @@
  * tensors [1, heads, s, hd] with strides [s heads hd, hd, heads hd, 1]; K^T
  * (and V^T in the backward) swaps the last two dims and strides. lse [hq, s]
  * is the stats tensor [1, hq, s, 1]. The scale is a by-value scalar, so a
- * plan serves any scale; plans are cached per (fwd/bwd, s, hq, hkv, hd). */
+ * plan serves any scale; plans are cached per (fwd/bwd, variant, s, hq, hkv,
+ * hd). The variant (ASP_CUDNN_GRAPH) only changes how the engine
+ * configuration is chosen: the heuristic's first, or the fastest by timing. */
 #include "autosp_config.h"
 
 #include <math.h>
@@ -46,11 +48,17 @@ enum {
 
 #define CACHE_MAX 32
 #define ALIGN_BYTES ((size_t)256)
+/* Engine configurations a tuned plan times at most (each finalisation may
+ * compile a kernel at run time, so the list is kept short). */
+#define CAND_MAX 8
+#define TUNE_RUNS 3
 
 /* One graph under construction or cached: every descriptor it created (kept
- * alive as long as the plan), its ops, and the plan. */
+ * alive as long as the plan), its ops, and the plan. A tuned graph keeps every
+ * candidate plan until its first execution picks one. */
 typedef struct {
     int bwd;
+    int variant;          /* CUDNN_GRAPH_* it was built for */
     int64_t s, hq, hkv, hd;
     desc_t *all;
     int nall, capall;
@@ -58,9 +66,17 @@ typedef struct {
     int nops;
     int64_t next_uid;
     desc_t plan;
-    int64_t ws_bytes;     /* the plan's own workspace */
+    int64_t ws_bytes;     /* the plan's own workspace (the largest candidate's until tuned) */
     size_t extra_bytes;   /* bwd: dsum + dq_accum, placed after the plan's workspace */
     unsigned long long last_use;
+    /* how the plan was chosen, for cuda_attention_cudnn_describe */
+    double build_s;       /* host seconds to build the graph and finalise its plan(s) */
+    int nheur;            /* engine configurations the heuristics returned */
+    int ncand, chosen;    /* finalised candidates; index of the plan (-1 until tuned) */
+    desc_t cand[CAND_MAX];
+    int64_t cand_ws[CAND_MAX];
+    float cand_ms[CAND_MAX];
+    char cand_name[CAND_MAX][160];
 } graph_t;
 
 static graph_t *g_cache[CACHE_MAX];
@@ -333,9 +349,76 @@ static void soft_err(char *err, size_t errlen, const char *what, cudnnStatus_t s
     snprintf(err, errlen, "%s: %s%s%s", what, cudnnGetErrorString(st), msg[0] ? ": " : "", msg);
 }
 
-/* The operation graph, the heuristic's engine configs (mode A) tried in order
- * until one finalises into an execution plan. 0, or -1 with err set when no
- * engine takes the graph. */
+/* "engine 8 knobs 2=1,14=2 notes 0" for an engine configuration: the
+ * engine's global index, its knob choices (cudnnBackendKnobType_t = value)
+ * and behaviour notes. Introspection only, so failures print "?". */
+static void cfg_name(graph_t *g, desc_t cfg, char *out, size_t len) {
+    desc_t eng = create(g, CUDNN_BACKEND_ENGINE_DESCRIPTOR);
+    int64_t n = 0, idx = -1;
+    size_t at = 0;
+    out[0] = 0;
+    if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &eng) !=
+            CUDNN_STATUS_SUCCESS ||
+        cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n, &idx) !=
+            CUDNN_STATUS_SUCCESS) {
+        snprintf(out, len, "engine ?");
+        return;
+    }
+    at += (size_t)snprintf(out + at, len - at, "engine %lld knobs", (long long)idx);
+    desc_t kc[CUDNN_KNOB_TYPE_COUNTS];
+    for (int i = 0; i < CUDNN_KNOB_TYPE_COUNTS; i++) kc[i] = create(g, CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR);
+    int64_t nk = 0;
+    if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                 CUDNN_KNOB_TYPE_COUNTS, &nk, kc) != CUDNN_STATUS_SUCCESS)
+        nk = -1;
+    if (nk <= 0 && at < len) at += (size_t)snprintf(out + at, len - at, nk < 0 ? " ?" : " none");
+    for (int64_t i = 0; i < nk && at < len; i++) {
+        cudnnBackendKnobType_t type;
+        int64_t val = 0, m = 0;
+        if (cudnnBackendGetAttribute(kc[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &m, &type) !=
+                CUDNN_STATUS_SUCCESS ||
+            cudnnBackendGetAttribute(kc[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &m, &val) !=
+                CUDNN_STATUS_SUCCESS)
+            at += (size_t)snprintf(out + at, len - at, " ?");
+        else
+            at += (size_t)snprintf(out + at, len - at, "%s%d=%lld", i ? "," : " ", (int)type, (long long)val);
+    }
+    cudnnBackendBehaviorNote_t notes[CUDNN_BEHAVIOR_NOTE_TYPE_COUNT];
+    int64_t nn = 0;
+    if (at < len &&
+        cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
+                                 CUDNN_BEHAVIOR_NOTE_TYPE_COUNT, &nn, notes) == CUDNN_STATUS_SUCCESS && nn > 0) {
+        at += (size_t)snprintf(out + at, len - at, " notes");
+        for (int64_t i = 0; i < nn && at < len; i++)
+            at += (size_t)snprintf(out + at, len - at, "%s%d", i ? "," : " ", (int)notes[i]);
+    }
+}
+
+/* The engine configurations heuristic `mode` returns for the finalised
+ * operation graph, appended to cfg[*n] (cap entries at most). A mode that
+ * fails or returns nothing adds nothing: the caller decides what is fatal. */
+static void heur_configs(graph_t *g, desc_t og, cudnnBackendHeurMode_t mode, desc_t *cfg, int *n, int cap) {
+    desc_t heur = create(g, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+    set_desc(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, og);
+    CUDNN_CHECK(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode));
+    if (cudnnBackendFinalize(heur) != CUDNN_STATUS_SUCCESS) return;
+    int64_t avail = 0;
+    CUDNN_CHECK(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &avail,
+                                         NULL));
+    int64_t want = avail < (int64_t)(cap - *n) ? avail : (int64_t)(cap - *n);
+    if (want <= 0) return;
+    for (int64_t i = 0; i < want; i++) cfg[*n + i] = create(g, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+    int64_t got = 0;
+    CUDNN_CHECK(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, want, &got,
+                                         cfg + *n));
+    *n += (int)got;
+}
+
+/* The operation graph, then engine configurations finalised into execution
+ * plans. `current`: mode A's configurations in order until one finalises (as
+ * cudnn-frontend's default build policy does). `tuned`: every distinct
+ * configuration of modes A and B that finalises, up to CAND_MAX, timed on the
+ * first execution. 0, or -1 with err set when no engine takes the graph. */
 static int make_plan(graph_t *g, char *err, size_t errlen) {
     desc_t og = create(g, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
     CUDNN_CHECK(cudnnBackendSetAttribute(og, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &g_cuda.cudnn));
@@ -346,46 +429,50 @@ static int make_plan(graph_t *g, char *err, size_t errlen) {
         soft_err(err, errlen, "operation graph not accepted", st);
         return -1;
     }
-    desc_t heur = create(g, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
-    cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
-    set_desc(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, og);
-    CUDNN_CHECK(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode));
-    st = cudnnBackendFinalize(heur);
-    if (st != CUDNN_STATUS_SUCCESS) {
-        soft_err(err, errlen, "engine heuristic failed", st);
-        return -1;
-    }
-    int64_t n = 0;
-    CUDNN_CHECK(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &n, NULL));
+    enum { CFG_MAX = 64 };
+    desc_t cfg[CFG_MAX];
+    int n = 0;
+    heur_configs(g, og, CUDNN_HEUR_MODE_A, cfg, &n, CFG_MAX);
+    if (g->variant == CUDNN_GRAPH_TUNED) heur_configs(g, og, CUDNN_HEUR_MODE_B, cfg, &n, CFG_MAX);
+    g->nheur = n;
     if (n <= 0) {
         snprintf(err, errlen, "the engine heuristic returned no engine configuration");
         return -1;
     }
-    desc_t *cfg = (desc_t *)calloc((size_t)n, sizeof(desc_t));
-    if (!cfg) asp_die(ASP_EXIT_FAILURE, "cudnn attention: out of host memory for %lld engine configs", (long long)n);
-    for (int64_t i = 0; i < n; i++) cfg[i] = create(g, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
-    int64_t got = 0;
-    CUDNN_CHECK(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, n, &got, cfg));
-    snprintf(err, errlen, "none of the %lld engine configurations finalised", (long long)got);
-    for (int64_t i = 0; i < got && !g->plan; i++) {
+    int want = g->variant == CUDNN_GRAPH_TUNED ? CAND_MAX : 1;
+    snprintf(err, errlen, "none of the %d engine configurations finalised", n);
+    for (int i = 0; i < n && g->ncand < want; i++) {
+        char name[160];
+        cfg_name(g, cfg[i], name, sizeof name);
+        int dup = 0;   /* modes A and B often return the same configuration */
+        for (int j = 0; j < g->ncand && !dup; j++) dup = strcmp(g->cand_name[j], name) == 0 && strcmp(name, "engine ?") != 0;
+        if (dup) continue;
         desc_t plan = create(g, CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
         CUDNN_CHECK(cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &g_cuda.cudnn));
         set_desc(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg[i]);
         st = cudnnBackendFinalize(plan);
-        if (st == CUDNN_STATUS_SUCCESS) {
-            g->plan = plan;
-        } else {
+        if (st != CUDNN_STATUS_SUCCESS) {
             char what[96];
-            snprintf(what, sizeof what, "none of the %lld engine configurations finalised; the last said",
-                     (long long)got);
+            snprintf(what, sizeof what, "none of the %d engine configurations finalised; the last said", n);
             soft_err(err, errlen, what, st);
+            continue;
         }
+        int64_t ws = 0, m = 0;
+        CUDNN_CHECK(cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &m,
+                                             &ws));
+        int c = g->ncand++;
+        g->cand[c] = plan;
+        g->cand_ws[c] = ws > 0 ? ws : 0;
+        g->cand_ms[c] = -1;
+        snprintf(g->cand_name[c], sizeof g->cand_name[c], "%s", name);
     }
-    free(cfg);
-    if (!g->plan) return -1;
-    CUDNN_CHECK(cudnnBackendGetAttribute(g->plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &got,
-                                         &g->ws_bytes));
-    if (g->ws_bytes < 0) g->ws_bytes = 0;
+    if (g->ncand == 0) return -1;
+    /* One candidate needs no timing; several share the largest workspace until tuned. */
+    g->chosen = g->ncand == 1 ? 0 : -1;
+    g->plan = g->cand[0];
+    g->ws_bytes = 0;
+    for (int c = 0; c < g->ncand; c++)
+        if (g->cand_ws[c] > g->ws_bytes) g->ws_bytes = g->cand_ws[c];
     return 0;
 }
 
@@ -424,7 +511,8 @@ static graph_t *get_plan(int bwd, int64_t s, int64_t hq, int64_t hkv, int64_t hd
             if (free_slot < 0) free_slot = i;
             continue;
         }
-        if (c->bwd == bwd && c->s == s && c->hq == hq && c->hkv == hkv && c->hd == hd) {
+        if (c->bwd == bwd && c->variant == g_cuda.cudnn_graph && c->s == s && c->hq == hq && c->hkv == hkv &&
+            c->hd == hd) {
             c->last_use = ++g_clock;
             return c;
         }
@@ -434,16 +522,19 @@ static graph_t *get_plan(int bwd, int64_t s, int64_t hq, int64_t hkv, int64_t hd
     graph_t *g = (graph_t *)calloc(1, sizeof *g);
     if (!g) asp_die(ASP_EXIT_FAILURE, "cudnn attention: out of host memory for a plan");
     g->bwd = bwd;
+    g->variant = g_cuda.cudnn_graph;
     g->s = s;
     g->hq = hq;
     g->hkv = hkv;
     g->hd = hd;
     g->next_uid = UID_VIRTUAL;
+    double t0 = asp_now();
     if (bwd) build_bwd(g); else build_fwd(g);
     if (make_plan(g, err, errlen) != 0) {
         graph_free(g);
         return NULL;
     }
+    g->build_s = asp_now() - t0;
     if (bwd) {
         size_t dsum = asp_align_up((size_t)hq * (size_t)s * sizeof(float), ALIGN_BYTES);
         g->extra_bytes = dsum + asp_align_up((size_t)hq * (size_t)s * (size_t)hd * sizeof(float), ALIGN_BYTES);
@@ -470,14 +561,51 @@ static graph_t *need_plan(int bwd, int64_t s, int64_t hq, int64_t hkv, int64_t h
     return g;
 }
 
-static void execute(graph_t *g, int n, const int64_t *uids, void **ptrs, void *workspace) {
+static void run_plan(desc_t plan, desc_t vp, void *clear, size_t clear_bytes) {
+    if (clear_bytes) CUDA_CHECK(cudaMemsetAsync(clear, 0, clear_bytes, g_cuda.stream));
+    CUDNN_CHECK(cudnnBackendExecute(g_cuda.cudnn, plan, vp));
+}
+
+/* Times every candidate plan on the call's own buffers (one warm-up run, then
+ * the median of TUNE_RUNS) and keeps the fastest. The outputs are written by
+ * each run and again by the real run that follows, so tuning changes nothing
+ * but the plan. */
+static void tune(graph_t *g, desc_t vp, void *clear, size_t clear_bytes) {
+    int best = 0;
+    for (int c = 0; c < g->ncand; c++) {
+        run_plan(g->cand[c], vp, clear, clear_bytes);
+        float ms[TUNE_RUNS];
+        for (int r = 0; r < TUNE_RUNS; r++) {
+            void *a = cuda_event_record();
+            run_plan(g->cand[c], vp, clear, clear_bytes);
+            ms[r] = cuda_event_elapsed_ms(a, cuda_event_record());
+        }
+        for (int i = 1; i < TUNE_RUNS; i++)   /* sort for the median */
+            for (int j = i; j > 0 && ms[j] < ms[j - 1]; j--) {
+                float t = ms[j];
+                ms[j] = ms[j - 1];
+                ms[j - 1] = t;
+            }
+        g->cand_ms[c] = ms[TUNE_RUNS / 2];
+        if (g->cand_ms[c] < g->cand_ms[best]) best = c;
+    }
+    g->chosen = best;
+    g->plan = g->cand[best];
+    g->ws_bytes = g->cand_ws[best];
+}
+
+/* Runs the graph's plan (tuning it first if still undecided). `clear` (fp32
+ * accumulator) is zeroed before every run. */
+static void execute(graph_t *g, int n, const int64_t *uids, void **ptrs, void *workspace, void *clear,
+                    size_t clear_bytes) {
     desc_t vp = NULL;
     CUDNN_CHECK(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &vp));
     CUDNN_CHECK(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids));
     CUDNN_CHECK(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, n, ptrs));
     CUDNN_CHECK(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace));
     CUDNN_CHECK(cudnnBackendFinalize(vp));
-    CUDNN_CHECK(cudnnBackendExecute(g_cuda.cudnn, g->plan, vp));
+    if (g->chosen < 0) tune(g, vp, clear, clear_bytes);
+    run_plan(g->plan, vp, clear, clear_bytes);
     CUDNN_CHECK(cudnnBackendDestroyDescriptor(vp));
 }
 
@@ -501,7 +629,7 @@ void cuda_attention_cudnn_fwd(void *out, float *lse, const void *q, const void *
     float sc = scale, neg_inf = -INFINITY;
     const int64_t uids[7] = {UID_Q, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_NEG_INF};
     void *ptrs[7] = {(void *)q, (void *)k, (void *)v, out, lse, &sc, &neg_inf};
-    execute(g, 7, uids, ptrs, ws);
+    execute(g, 7, uids, ptrs, ws, NULL, 0);
 }
 
 void cuda_attention_cudnn_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
@@ -515,15 +643,14 @@ void cuda_attention_cudnn_bwd(void *dq, void *dk, void *dv, const void *dout, co
     char *ws = (char *)cuda_scratch(ws_bytes + g->extra_bytes);
     char *dsum = ws + ws_bytes;
     char *dq_acc = dsum + asp_align_up((size_t)hq * (size_t)s * sizeof(float), ALIGN_BYTES);
-    /* cuDNN >= 9.6 clears the dQ accumulator itself; clearing it here as well
-     * costs one small memset and keeps the result independent of that. */
-    CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)hq * (size_t)s * (size_t)hd * sizeof(float), g_cuda.stream));
     float sc = scale, neg_inf = -INFINITY, one = 1.0f;
     const int64_t uids[14] = {UID_Q,  UID_K,  UID_V,  UID_O,   UID_STATS, UID_SCALE,   UID_NEG_INF,
                               UID_DO, UID_DQ, UID_DK, UID_DV, UID_ONE,   UID_DSUM, UID_DQ_ACCUM};
     void *ptrs[14] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)lse, &sc,  &neg_inf,
                       (void *)dout, dq,     dk,        dv,          &one,        dsum, dq_acc};
-    execute(g, 14, uids, ptrs, ws);
+    /* cuDNN >= 9.6 clears the dQ accumulator itself; clearing it before each
+     * run as well costs one small memset and keeps the result independent of that. */
+    execute(g, 14, uids, ptrs, ws, dq_acc, (size_t)hq * (size_t)s * (size_t)hd * sizeof(float));
 }
 
 int cuda_attention_cudnn_supported(int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *why, size_t whylen) {
@@ -535,6 +662,31 @@ int cuda_attention_cudnn_supported(int64_t s, int64_t hq, int64_t hkv, int64_t h
         }
     }
     return 1;
+}
+
+int cuda_attention_cudnn_describe(int bwd, int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *buf, size_t len) {
+    graph_t *g = NULL;
+    for (int i = 0; i < CACHE_MAX && !g; i++) {
+        graph_t *c = g_cache[i];
+        if (c && c->bwd == bwd && c->variant == g_cuda.cudnn_graph && c->s == s && c->hq == hq && c->hkv == hkv &&
+            c->hd == hd)
+            g = c;
+    }
+    if (!g) {
+        snprintf(buf, len, "no %s plan cached for s=%lld hq=%lld hkv=%lld hd=%lld", graph_name(bwd), (long long)s,
+                 (long long)hq, (long long)hkv, (long long)hd);
+        return -1;
+    }
+    size_t at = (size_t)snprintf(buf, len, "%s %s: built in %.3f s, %d heuristic configs, %d finalised; runs %s",
+                                 graph_name(bwd), g->variant == CUDNN_GRAPH_TUNED ? "tuned" : "current", g->build_s,
+                                 g->nheur, g->ncand, g->chosen >= 0 ? g->cand_name[g->chosen] : "(not tuned yet)");
+    if (g->chosen >= 0 && at < len)
+        at += (size_t)snprintf(buf + at, len - at, ", workspace %.1f MiB", (double)g->cand_ws[g->chosen] / 1048576.0);
+    for (int c = 0; c < g->ncand && at < len; c++)
+        if (g->cand_ms[c] >= 0)
+            at += (size_t)snprintf(buf + at, len - at, "%s [%d] %s: %.3f ms", c ? ";" : "; candidates:", c,
+                                   g->cand_name[c], (double)g->cand_ms[c]);
+    return 0;
 }
 
 void cuda_attention_cudnn_shutdown(void) {

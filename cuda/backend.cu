@@ -64,6 +64,23 @@ void *cuda_scratch(size_t bytes) {
     return g_cuda.scratch;
 }
 
+void *cuda_event_record(void) {
+    need_init("event_record");
+    cudaEvent_t ev;
+    CUDA_CHECK(cudaEventCreate(&ev));
+    CUDA_CHECK(cudaEventRecord(ev, g_cuda.stream));
+    return (void *)ev;
+}
+
+float cuda_event_elapsed_ms(void *start, void *stop) {
+    float ms = 0;
+    CUDA_CHECK(cudaEventSynchronize((cudaEvent_t)stop));
+    CUDA_CHECK(cudaEventElapsedTime(&ms, (cudaEvent_t)start, (cudaEvent_t)stop));
+    CUDA_CHECK(cudaEventDestroy((cudaEvent_t)start));
+    CUDA_CHECK(cudaEventDestroy((cudaEvent_t)stop));
+    return ms;
+}
+
 int cuda_device_count(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -142,6 +159,16 @@ static int cuda_init(int device_index, char *err, size_t errlen) {
         g_cuda.attention_cudnn = 0;
     } else {
         asp_errf(err, errlen, "cuda init: ASP_ATTENTION=%s is not known; use cudnn (default) or simple", att);
+        return -1;
+    }
+    /* how cuDNN's plans are chosen (docs/cuda.md, Performance notes) */
+    const char *graph = getenv("ASP_CUDNN_GRAPH");
+    if (!graph || !*graph || strcmp(graph, "current") == 0) {
+        g_cuda.cudnn_graph = CUDNN_GRAPH_CURRENT;
+    } else if (strcmp(graph, "tuned") == 0) {
+        g_cuda.cudnn_graph = CUDNN_GRAPH_TUNED;
+    } else {
+        asp_errf(err, errlen, "cuda init: ASP_CUDNN_GRAPH=%s is not known; use current (default) or tuned", graph);
         return -1;
     }
     g_cuda.initialised = 1;

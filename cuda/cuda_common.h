@@ -44,6 +44,12 @@ extern "C" {
         if (s_ != CUDNN_STATUS_SUCCESS) cuda_cudnn_fail(#call, __FILE__, __LINE__, s_);    \
     } while (0)
 
+/* ASP_CUDNN_GRAPH: the same operation graphs either way; `current` (the
+ * default) runs the heuristic's first engine configuration that finalises,
+ * `tuned` times every distinct configuration of heuristic modes A and B on
+ * the first call of a shape and keeps the fastest. */
+enum { CUDNN_GRAPH_CURRENT = 0, CUDNN_GRAPH_TUNED = 1 };
+
 /* Shared state of the backend; one device and one stream per process. */
 typedef struct {
     int device;
@@ -58,6 +64,7 @@ typedef struct {
     int scratch_planned;    /* 1: scratch is the plan's region (set_scratch): fixed, not ours to free */
     int sm_count;
     int attention_cudnn;    /* attention through cuDNN's fused graphs (ASP_ATTENTION=cudnn, the default) */
+    int cudnn_graph;        /* how its plans are chosen (ASP_CUDNN_GRAPH): CUDNN_GRAPH_CURRENT or _TUNED */
     char name[256];
 } cuda_state_t;
 
@@ -74,6 +81,11 @@ void *cuda_scratch(size_t bytes);
 size_t cuda_kernels_scratch_bytes(int64_t rows, int64_t d, int64_t vocab, int64_t loss_chunk);
 size_t cuda_attention_scratch_bytes(int64_t s, int64_t hq, int64_t hkv, int64_t hd);
 size_t cuda_attention_cudnn_scratch_bytes(int64_t s, int64_t hq, int64_t hkv, int64_t hd);
+/* A CUDA event recorded on the backend's stream now, and the milliseconds
+ * between two such events (waits for `stop`, then destroys both). For
+ * timing programs. */
+void *cuda_event_record(void);
+float cuda_event_elapsed_ms(void *start, void *stop);
 
 /* cuda/kernels.cu */
 void cuda_embed_fwd(void *out, const int32_t *tokens, const void *wte, int64_t n, int64_t d);
@@ -127,6 +139,10 @@ void cuda_attention_cudnn_bwd(void *dq, void *dk, void *dv, const void *dout, co
 /* 1 when cuDNN builds both graphs for the shape (plans then cached), else 0
  * with the reason in why; never dies on an unsupported shape. */
 int cuda_attention_cudnn_supported(int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *why, size_t whylen);
+/* One line on the cached forward (bwd = 0) or backward plan of a shape: the
+ * graph variant, how long building it took, the engine configuration run and,
+ * once tuned, every candidate's time. 0, or -1 when no plan is cached yet. */
+int cuda_attention_cudnn_describe(int bwd, int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *buf, size_t len);
 void cuda_attention_cudnn_shutdown(void);
 }
 

@@ -11,3 +11,9 @@ tests_test_cuda_ops_SOURCES = tests/test_cuda_ops.c
 tests_test_cuda_ops_CFLAGS = $(ASP_TEST_CFLAGS)
 tests_test_cuda_ops_LDADD = $(ASP_TEST_LIBS)
 endif
+
+# Timing program for the attention ops (run by hand on a GPU, not a test):
+# tests/bench_attention S HQ HKV HD [current|tuned] [RUNS]
+check_PROGRAMS += tests/bench_attention
+tests_bench_attention_SOURCES = tests/bench_attention.c
+tests_bench_attention_LDADD = libautosp.a $(YAML_LIBS) $(CUDA_LIBS) -lm

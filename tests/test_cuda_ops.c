@@ -249,17 +249,35 @@ END_TEST
  * the fused graphs for a shape, so the test can skip the ones it cannot take. */
 int cuda_attention_cudnn_supported(int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *why, size_t whylen);
 
-/* the implementation is chosen at init */
-static void select_attention(const char *impl) {
+int cuda_attention_cudnn_describe(int bwd, int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *buf, size_t len);
+
+/* the implementation and cuDNN's graph variant are chosen at init */
+static void select_attention_variant(const char *impl, const char *graph) {
     char err[512];
     setenv("ASP_ATTENTION", impl, 1);
+    setenv("ASP_CUDNN_GRAPH", graph, 1);
     G->shutdown();
     ck_assert_msg(G->init(0, err, sizeof err) == 0, "cuda init: %s", err);
 }
 
-static void attention_cases(const char *impl) {
-    select_attention(impl);
+static void select_attention(const char *impl) { select_attention_variant(impl, "current"); }
+
+/* The cached cuDNN plans of a shape say which variant built them and that
+ * a plan was chosen (for `tuned`: after timing its candidates). */
+static void check_plans(const char *graph, int64_t s, int64_t hq, int64_t hkv, int64_t hd) {
+    for (int bwd = 0; bwd < 2; bwd++) {
+        char desc[4096];
+        ck_assert_msg(cuda_attention_cudnn_describe(bwd, s, hq, hkv, hd, desc, sizeof desc) == 0, "%s", desc);
+        ck_assert_msg(strstr(desc, graph) && strstr(desc, "runs engine"), "plan not chosen as %s: %s", graph, desc);
+        if (s == 4096) printf("  %s\n", desc);
+    }
+}
+
+static void attention_cases_variant(const char *impl, const char *graph) {
+    select_attention_variant(impl, graph);
     int cudnn = strcmp(impl, "cudnn") == 0;
+    char label[64];   /* "cudnn/tuned" names the variant in every line */
+    snprintf(label, sizeof label, "%s%s%s", impl, cudnn ? "/" : "", cudnn ? graph : "");
     const int64_t hh[][2] = {{4, 4}, {8, 2}, {8, 1}};
     const int64_t hds[] = {16, 64, 128};
     const int64_t ss[] = {1, 7, 100};
@@ -274,7 +292,7 @@ static void attention_cases(const char *impl) {
                 if (cudnn) {
                     char why[1400];
                     if (!cuda_attention_cudnn_supported(s, hq, hkv, hd, why, sizeof why)) {
-                        printf("  attention[cudnn] s=%lld hq=%lld hkv=%lld hd=%lld skipped: %s\n", (long long)s,
+                        printf("  attention[%s] s=%lld hq=%lld hkv=%lld hd=%lld skipped: %s\n", label, (long long)s,
                                (long long)hq, (long long)hkv, (long long)hd, why);
                         fflush(stdout);
                         continue;
@@ -287,10 +305,10 @@ static void attention_cases(const char *impl) {
                 G->attention_fwd(out.g, lse.g, q.g, k.g, v.g, s, hq, hkv, hd, scale);
                 C->attention_fwd(out.c, lse.c, q.c, k.c, v.c, s, hq, hkv, hd, scale);
                 char name[160];
-                snprintf(name, sizeof name, "attention_fwd[%s] out s=%lld hq=%lld hkv=%lld hd=%lld", impl,
+                snprintf(name, sizeof name, "attention_fwd[%s] out s=%lld hq=%lld hkv=%lld hd=%lld", label,
                          (long long)s, (long long)hq, (long long)hkv, (long long)hd);
                 cmp(name, &out, 1e-2);
-                snprintf(name, sizeof name, "attention_fwd[%s] lse s=%lld hq=%lld hkv=%lld hd=%lld", impl,
+                snprintf(name, sizeof name, "attention_fwd[%s] lse s=%lld hq=%lld hkv=%lld hd=%lld", label,
                          (long long)s, (long long)hq, (long long)hkv, (long long)hd);
                 cmp(name, &lse, 1e-3);
                 /* both backwards get the same out and lse: the reference's, out rounded to bf16 */
@@ -303,8 +321,9 @@ static void attention_cases(const char *impl) {
                 C->attention_bwd(dq.c, dk.c, dv.c, dout.c, q.c, k.c, v.c, out.c, lse.c, s, hq, hkv, hd, scale);
                 const char *nm[3] = {"dq", "dk", "dv"};
                 buf_t *gb[3] = {&dq, &dk, &dv};
+                if (cudnn) check_plans(graph, s, hq, hkv, hd);
                 for (int i = 0; i < 3; i++) {
-                    snprintf(name, sizeof name, "attention_bwd[%s] %s s=%lld hq=%lld hkv=%lld hd=%lld", impl, nm[i],
+                    snprintf(name, sizeof name, "attention_bwd[%s] %s s=%lld hq=%lld hkv=%lld hd=%lld", label, nm[i],
                              (long long)s, (long long)hq, (long long)hkv, (long long)hd);
                     /* one key: the softmax has zero gradient, so dq and dk are exactly 0 */
                     if (s == 1 && i < 2) cmp_zero(name, gb[i], 1e-3);
@@ -314,10 +333,17 @@ static void attention_cases(const char *impl) {
             }
 }
 
-START_TEST(t_attention_simple) { attention_cases("simple"); }
+START_TEST(t_attention_simple) { attention_cases_variant("simple", "current"); }
 END_TEST
 
-START_TEST(t_attention_cudnn) { attention_cases("cudnn"); }
+START_TEST(t_attention_cudnn) { attention_cases_variant("cudnn", "current"); }
+END_TEST
+
+/* the same cases with every engine configuration timed and the fastest kept */
+START_TEST(t_attention_cudnn_tuned) {
+    attention_cases_variant("cudnn", "tuned");
+    select_attention("cudnn");
+}
 END_TEST
 
 /* Host copy of n elements of a device tensor, as fp32. */
@@ -583,6 +609,7 @@ int main(void) {
     tcase_add_test(tc, t_determinism);
     tcase_add_test(tc, t_attention_simple);
     tcase_add_test(tc, t_attention_cudnn);
+    tcase_add_test(tc, t_attention_cudnn_tuned);
     tcase_add_test(tc, t_attention_cudnn_vs_simple);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
