@@ -626,13 +626,18 @@ void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res)
     res->grad_norm = sqrt((double)s);
 }
 
+void exec_profile_reset(exec_t *e) {
+    memset(e->prof, 0, sizeof e->prof);
+    memset(e->prof_calls, 0, sizeof e->prof_calls);
+}
+
 void exec_print_profile(const exec_t *e, FILE *out) {
     if (!e->profile) return;
     static const char *phase[3] = {"forward", "recompute", "backward"};
     double total = 0;
     for (int ph = 0; ph < 3; ph++)
         for (int k = 0; k < OP__COUNT + 2; k++) total += e->prof[ph][k];
-    fprintf(out, "\nPROFILE (ASP_PROFILE: every step synchronised; all steps summed)\n");
+    fprintf(out, "\nPROFILE (ASP_PROFILE: every step synchronised; steps after the first summed)\n");
     fprintf(out, "  %-10s %-18s %8s %12s %7s\n", "phase", "op", "calls", "seconds", "share");
     for (int ph = 0; ph < 3; ph++)
         for (int k = 0; k < OP__COUNT + 2; k++) {

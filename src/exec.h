@@ -82,6 +82,9 @@ void exec_set_optimizer_state(exec_t *e, exec_state_t which, const float *vals);
  * synchronised around each, so totals are slower than a normal run): print
  * the time by phase and op kind. Nothing is printed otherwise. */
 void exec_print_profile(const exec_t *e, FILE *out);
+/* Forget the times so far (the training loop calls it after the first step,
+ * whose library set-up would otherwise count as op time). */
+void exec_profile_reset(exec_t *e);
 
 /* Bytes the plan predicted for the device, and the device memory in use now
  * as the backend measures it (0 when it cannot). */

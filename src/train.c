@@ -288,6 +288,8 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         if (step == resumed.step + 1) {
             first_loss = res.loss;
             report_memory(e, plan, lead);
+            /* the first step also builds library plans: profile the rest */
+            if (tc->steps > step) exec_profile_reset(e);
         }
         last_loss = res.loss;
         if (step > resumed.step + 1 || tc->steps == resumed.step + 1) { t_timed += dt; tokens_timed += tokens_per_step; }
