@@ -322,10 +322,13 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     /* ---- checkpoint at the end of training or when stopped by a signal */
     int ckpt_failed = step > saved_step && save_checkpoint(cfg, plan, e, r, host_coll, &loader, step) != 0;
     double total = asp_now() - t_start;
-    if (lead) {
+    if (lead && step > resumed.step) {
         char rate[32];
         printf("done: %lld steps in %.1f s | loss %.4f -> %.4f | %s tok/s (mean after step 1)\n", (long long)step,
                total, first_loss, last_loss, fmt_rate(rate, sizeof rate, t_timed > 0 ? tokens_timed / t_timed : 0));
+        fflush(stdout);
+    } else if (lead) {
+        printf("done: no step trained (the run is at step %lld of %lld)\n", (long long)step, (long long)tc->steps);
         fflush(stdout);
     }
     if (lead) exec_print_profile(e, stdout);
