@@ -1110,38 +1110,22 @@ static int write_all(FILE *f, const config_t *cfg) {
     return ferror(f) ? -1 : 0;
 }
 
-int config_write_yaml(const config_t *cfg, const char *path, char *err, size_t errlen) {
-    char tmp[CFG_PATH_MAX + 16];
-    if (snprintf(tmp, sizeof tmp, "%s.XXXXXX", path) >= (int)sizeof tmp)
-        return asp_errf(err, errlen, "%s: path too long to write the config; use a shorter run_dir", path);
-    /* temp file + rename: a reader never sees half a config */
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return asp_errf(err, errlen, "%s: cannot create a temporary file to write the config: %s; "
-                        "check that the folder exists and is writable", path, strerror(errno));
-    fchmod(fd, 0644);   /* mkstemp makes it private; a run record is meant to be read */
-    FILE *f = fdopen(fd, "w");
-    if (!f) {
-        int e = errno;
-        close(fd);
-        unlink(tmp);
-        return asp_errf(err, errlen, "%s: cannot write the config: %s", path, strerror(e));
-    }
-    int rc = write_all(f, cfg);
-    if (rc == -2) {
-        fclose(f);
-        unlink(tmp);
+typedef struct {
+    const config_t *cfg;
+    const char *path;
+} yaml_out_t;
+
+static int fill_yaml(FILE *f, void *ctx, char *err, size_t errlen) {
+    const yaml_out_t *o = ctx;
+    int rc = write_all(f, o->cfg);
+    if (rc == -2)
         return asp_errf(err, errlen, "%s: data.path '%s' does not fit in %d bytes once made absolute; "
-                        "use a shorter path", path, cfg->data.path, CFG_PATH_MAX);
-    }
-    int e = 0;
-    if (rc || fflush(f) || fsync(fileno(f))) e = errno ? errno : EIO;
-    if (fclose(f) && !e) e = errno;
-    if (!e && rename(tmp, path)) e = errno;
-    if (e) {
-        unlink(tmp);
-        return asp_errf(err, errlen, "%s: cannot write the config: %s; check free space and permissions",
-                        path, strerror(e));
-    }
-    return 0;
+                        "use a shorter path", o->path, o->cfg->data.path, CFG_PATH_MAX);
+    return rc ? -1 : 0;
+}
+
+int config_write_yaml(const config_t *cfg, const char *path, char *err, size_t errlen) {
+    /* a reader never sees half a config */
+    yaml_out_t o = {cfg, path};
+    return asp_write_atomic(path, fill_yaml, &o, err, errlen);
 }

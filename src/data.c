@@ -159,19 +159,22 @@ void shard_close(shard_t *s) {
     s->map_bytes = 0;
 }
 
-static int write_all(int fd, const void *buf, size_t bytes) {
-    const char *p = buf;
-    while (bytes > 0) {
-        /* cap each write: some kernels refuse single writes above 2 GiB */
-        size_t chunk = bytes < ((size_t)1 << 30) ? bytes : ((size_t)1 << 30);
-        ssize_t w = write(fd, p, chunk);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        bytes -= (size_t)w;
-    }
+typedef struct {
+    const uint32_t *tokens;
+    int64_t n;
+    uint32_t vocab_size;
+} shard_out_t;
+
+static int fill_shard(FILE *f, void *ctx, char *err, size_t errlen) {
+    const shard_out_t *o = ctx;
+    unsigned char hdr[SHARD_HEADER_BYTES] = {0};
+    memcpy(hdr, SHARD_MAGIC, 8);
+    wr32(hdr + 8, SHARD_VERSION);
+    wr32(hdr + 12, 4);
+    wr64(hdr + 16, (uint64_t)o->n);
+    wr32(hdr + 24, o->vocab_size);
+    if (fwrite(hdr, 1, sizeof hdr, f) != sizeof hdr) return -1;
+    if (o->n > 0 && fwrite(o->tokens, sizeof *o->tokens, (size_t)o->n, f) != (size_t)o->n) return -1;
     return 0;
 }
 
@@ -184,54 +187,9 @@ int shard_write(const char *path, const uint32_t *tokens, int64_t n, uint32_t vo
             return asp_errf(err, errlen, "%s: token %" PRIu32 " at index %" PRId64 " is >= vocab_size %" PRIu32
                             "; pass the tokenizer's vocabulary size",
                             path, tokens[i], i, vocab_size);
-    /* The temporary file lives in the destination folder so rename() is
-     * atomic (same file system): readers see the old shard or the new one. */
-    size_t plen = strlen(path);
-    char *tmp = asp_malloc(plen + 16, "shard temporary path");
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp.XXXXXX", 12);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        int e = errno;
-        free(tmp);
-        return asp_errf(err, errlen, "%s: cannot create a temporary file next to it: %s; check that the folder "
-                        "exists and is writable", path, strerror(e));
-    }
-    unsigned char hdr[SHARD_HEADER_BYTES] = {0};
-    memcpy(hdr, SHARD_MAGIC, 8);
-    wr32(hdr + 8, SHARD_VERSION);
-    wr32(hdr + 12, 4);
-    wr64(hdr + 16, (uint64_t)n);
-    wr32(hdr + 24, vocab_size);
-    const char *step = "write";
-    int rc = write_all(fd, hdr, sizeof hdr);
-    if (rc == 0 && n > 0) rc = write_all(fd, tokens, (size_t)n * sizeof *tokens);
-    if (rc == 0) { step = "fsync"; rc = fsync(fd); }
-    if (rc == 0) { step = "chmod"; rc = fchmod(fd, 0644); }
-    int e = errno;
-    if (close(fd) != 0 && rc == 0) { step = "close"; rc = -1; e = errno; }
-    if (rc == 0) {
-        step = "rename";
-        rc = rename(tmp, path);
-        e = errno;
-    }
-    if (rc != 0) {
-        unlink(tmp);
-        free(tmp);
-        return asp_errf(err, errlen, "%s: %s failed: %s; no shard was written (check free space and permissions)",
-                        path, step, strerror(e));
-    }
-    /* make the rename itself durable */
-    char *dcopy = asp_malloc(plen + 1, "shard folder path");
-    memcpy(dcopy, path, plen + 1);
-    int dfd = open(dirname(dcopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    free(dcopy);
-    free(tmp);
-    return 0;
+    /* readers see the old shard or the new one, never half of one */
+    shard_out_t o = {tokens, n, vocab_size};
+    return asp_write_atomic(path, fill_shard, &o, err, errlen);
 }
 
 /* ------------------------------------------------------------------ loader */

@@ -466,21 +466,15 @@ static void json_double(char *buf, size_t len, double v) {
     if (!strpbrk(buf, ".eE")) strncat(buf, ".0", len - strlen(buf) - 1);
 }
 
-int hf_write_config(const char *path, const model_config_t *c, st_dtype_t dtype, char *err, size_t errlen) {
-    char tmp[CFG_PATH_MAX + 32];
-    if (snprintf(tmp, sizeof tmp, "%s.XXXXXX", path) >= (int)sizeof tmp)
-        return asp_errf(err, errlen, "%s: path too long", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return asp_errf(err, errlen, "%s: cannot create a temporary file next to it: %s; check the folder", path,
-                        strerror(errno));
-    fchmod(fd, 0644);
-    FILE *f = fdopen(fd, "w");
-    if (!f) {
-        close(fd);
-        unlink(tmp);
-        return asp_errf(err, errlen, "%s: cannot write: %s", path, strerror(errno));
-    }
+typedef struct {
+    const model_config_t *c;
+    st_dtype_t dtype;
+} hf_config_out_t;
+
+static int fill_config(FILE *f, void *ctx, char *err, size_t errlen) {
+    const hf_config_out_t *o = ctx;
+    const model_config_t *c = o->c;
+    st_dtype_t dtype = o->dtype;
     char eps[40], theta[40], init[40];
     json_double(eps, sizeof eps, c->rms_norm_eps);
     json_double(theta, sizeof theta, c->rope_theta);
@@ -509,15 +503,12 @@ int hf_write_config(const char *path, const model_config_t *c, st_dtype_t dtype,
                "  \"attention_bias\": false,\n  \"attention_dropout\": 0.0,\n  \"mlp_bias\": false,\n"
                "  \"pretraining_tp\": 1,\n  \"use_cache\": true\n}\n",
             c->tie_word_embeddings ? "true" : "false", init);
-    int e = 0;
-    if (ferror(f) || fflush(f) || fsync(fileno(f))) e = errno ? errno : EIO;
-    if (fclose(f) && !e) e = errno;
-    if (!e && rename(tmp, path)) e = errno;
-    if (e) {
-        unlink(tmp);
-        return asp_errf(err, errlen, "%s: cannot write: %s; check free space and permissions", path, strerror(e));
-    }
-    return 0;
+    return ferror(f) ? -1 : 0;
+}
+
+int hf_write_config(const char *path, const model_config_t *c, st_dtype_t dtype, char *err, size_t errlen) {
+    hf_config_out_t o = {c, dtype};
+    return asp_write_atomic(path, fill_config, &o, err, errlen);
 }
 
 static int mkdir_p(const char *path) {

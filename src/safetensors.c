@@ -599,6 +599,18 @@ static int write_data(FILE *f, const st_write_tensor_t *t, int n, st_dtype_t dty
     return 0;
 }
 
+typedef struct {
+    const st_write_tensor_t *t;
+    int n;
+    st_dtype_t dtype;
+} st_out_t;
+
+static int fill_safetensors(FILE *f, void *ctx, char *err, size_t errlen) {
+    const st_out_t *o = ctx;
+    size_t hbytes, dbytes;
+    return write_header(f, o->t, o->n, o->dtype, &hbytes, &dbytes) || write_data(f, o->t, o->n, o->dtype) ? -1 : 0;
+}
+
 int st_write(const char *path, const st_write_tensor_t *t, int n, st_dtype_t dtype, char *err, size_t errlen) {
     if ((unsigned)dtype > ST_BF16) return asp_errf(err, errlen, "%s: invalid dtype to write", path);
     for (int i = 0; i < n; i++) {
@@ -609,45 +621,6 @@ int st_write(const char *path, const st_write_tensor_t *t, int n, st_dtype_t dty
             if (t[i].shape[d] < 0)
                 return asp_errf(err, errlen, "%s: tensor '%s' has a negative size; cannot write it", path, t[i].name);
     }
-    char tmp[2048];
-    if (snprintf(tmp, sizeof tmp, "%s.XXXXXX", path) >= (int)sizeof tmp)
-        return asp_errf(err, errlen, "%s: path too long", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return asp_errf(err, errlen, "%s: cannot create a temporary file next to it: %s; check that the folder "
-                        "exists and is writable", path, strerror(errno));
-    fchmod(fd, 0644);   /* mkstemp makes it private; weights are meant to be shared */
-    FILE *f = fdopen(fd, "wb");
-    if (!f) {
-        int e = errno;
-        close(fd);
-        unlink(tmp);
-        return asp_errf(err, errlen, "%s: cannot write: %s", path, strerror(e));
-    }
-    size_t hbytes, dbytes;
-    int e = 0;
-    errno = 0;
-    if (write_header(f, t, n, dtype, &hbytes, &dbytes) || write_data(f, t, n, dtype) || fflush(f) ||
-        fsync(fileno(f)))
-        e = errno ? errno : EIO;
-    if (fclose(f) && !e) e = errno ? errno : EIO;
-    if (!e && rename(tmp, path)) e = errno;
-    if (e) {
-        unlink(tmp);
-        return asp_errf(err, errlen, "%s: cannot write the weights: %s; check free space and permissions", path,
-                        strerror(e));
-    }
-    /* the rename itself is durable only once the folder is synced */
-    char dir[2048];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (!slash) strcpy(dir, ".");
-    else if (slash == dir) dir[1] = 0;
-    else *slash = 0;
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    return 0;
+    st_out_t o = {t, n, dtype};
+    return asp_write_atomic(path, fill_safetensors, &o, err, errlen);
 }

@@ -46,23 +46,27 @@ static int mkdir_p(const char *path) {
     return 0;
 }
 
-static void write_dump(const char *path, const double *losses, int64_t steps, const float *grads, size_t n) {
-    char tmp[CFG_PATH_MAX + 16];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) asp_die(ASP_EXIT_FAILURE, "cannot write %s: %s", tmp, strerror(errno));
-    int64_t np = (int64_t)n;
+typedef struct {
+    const double *losses;
+    int64_t steps;
+    const float *grads;
+    size_t n;
+} dump_t;
+
+static int fill_dump(FILE *f, void *ctx, char *err, size_t errlen) {
+    const dump_t *d = ctx;
+    int64_t np = (int64_t)d->n;
     int ok = fwrite(DUMP_MAGIC, 1, 8, f) == 8 && fwrite(&np, sizeof np, 1, f) == 1 &&
-             fwrite(&steps, sizeof steps, 1, f) == 1 &&
-             fwrite(losses, sizeof(double), (size_t)steps, f) == (size_t)steps &&
-             fwrite(grads, sizeof(float), n, f) == n;
-    ok = (fflush(f) == 0) && ok;
-    ok = (fsync(fileno(f)) == 0) && ok;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        unlink(tmp);
-        asp_die(ASP_EXIT_FAILURE, "cannot write %s: %s", path, strerror(errno));
-    }
+             fwrite(&d->steps, sizeof d->steps, 1, f) == 1 &&
+             fwrite(d->losses, sizeof(double), (size_t)d->steps, f) == (size_t)d->steps &&
+             fwrite(d->grads, sizeof(float), d->n, f) == d->n;
+    return ok ? 0 : -1;
+}
+
+static void write_dump(const char *path, const double *losses, int64_t steps, const float *grads, size_t n) {
+    dump_t d = {losses, steps, grads, n};
+    char err[CFG_PATH_MAX + 256];
+    if (asp_write_atomic(path, fill_dump, &d, err, sizeof err) != 0) asp_die(ASP_EXIT_FAILURE, "%s", err);
 }
 
 static const char *fmt_rate(char *buf, size_t len, double v) {

@@ -1,10 +1,13 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 void (*asp_abort_hook)(int code) = NULL;
 int asp_msg_rank = -1;
@@ -79,4 +82,55 @@ const char *asp_fmt_bytes(char *buf, size_t len, double bytes) {
     if (u == 0) snprintf(buf, len, "%.0f %s", bytes, unit[u]);
     else snprintf(buf, len, "%.2f %s", bytes, unit[u]);
     return buf;
+}
+
+int asp_write_atomic(const char *path, int (*fill)(FILE *f, void *ctx, char *err, size_t errlen), void *ctx,
+                     char *err, size_t errlen) {
+    size_t plen = strlen(path);
+    char *tmp = asp_malloc(plen + 16, "temporary path");
+    memcpy(tmp, path, plen);
+    memcpy(tmp + plen, ".tmp.XXXXXX", 12);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        int e = errno;
+        free(tmp);
+        return asp_errf(err, errlen, "%s: cannot create a temporary file next to it: %s; check that the folder "
+                        "exists and is writable", path, strerror(e));
+    }
+    FILE *f = fchmod(fd, 0644) == 0 ? fdopen(fd, "wb") : NULL;
+    if (!f) {
+        int e = errno;
+        close(fd);
+        unlink(tmp);
+        free(tmp);
+        return asp_errf(err, errlen, "%s: cannot write: %s", path, strerror(e));
+    }
+    if (err && errlen) err[0] = 0;
+    errno = 0;
+    int e = 0, filled = fill(f, ctx, err, errlen);
+    if (filled != 0 || ferror(f) || fflush(f) != 0 || fsync(fileno(f)) != 0) e = errno ? errno : EIO;
+    if (fclose(f) != 0 && !e) e = errno ? errno : EIO;
+    if (!e && rename(tmp, path) != 0) e = errno;
+    if (e) {
+        unlink(tmp);
+        free(tmp);
+        if (filled != 0 && err && errlen && err[0]) return -1; /* fill said why */
+        return asp_errf(err, errlen, "%s: cannot write: %s; nothing was written (check free space and "
+                        "permissions)", path, strerror(e));
+    }
+    free(tmp);
+    /* the rename is durable only once the folder is synced */
+    char *dir = asp_malloc(plen + 2, "folder path");
+    memcpy(dir, path, plen + 1);
+    char *slash = strrchr(dir, '/');
+    if (!slash) strcpy(dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    free(dir);
+    return 0;
 }

@@ -41,6 +41,15 @@ double asp_now(void);
 /* snprintf into a fixed buffer; returns -1 (and sets errbuf) on truncation. */
 int asp_errf(char *err, size_t errlen, const char *fmt, ...) ASP_PRINTF(3, 4);
 
+/* Write `path` so that a reader sees the old file or the new one, never half
+ * of either: `fill` writes the content into a temporary file in the same
+ * folder, which is flushed, fsynced, made readable (0644) and renamed over
+ * `path`; then the folder is fsynced. `fill` returns 0, or -1 (with its own
+ * message in err, or errno set). On failure nothing is left behind and -1
+ * comes back with a message naming `path` and saying what to check. */
+int asp_write_atomic(const char *path, int (*fill)(FILE *f, void *ctx, char *err, size_t errlen), void *ctx,
+                     char *err, size_t errlen);
+
 /* Human-readable byte count ("12.3 GiB") into buf. */
 const char *asp_fmt_bytes(char *buf, size_t len, double bytes);
 

@@ -1,0 +1,88 @@
+/* asp_write_atomic: a reader sees the old file or the new one, never half of
+ * either, and a failed write leaves nothing behind. */
+#include <check.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util.h"
+
+static char dir[64];
+
+static int fill_text(FILE *f, void *ctx, char *err, size_t errlen) {
+    return fputs((const char *)ctx, f) < 0 ? -1 : 0;
+}
+
+static int fill_fails(FILE *f, void *ctx, char *err, size_t errlen) {
+    fputs("half of a file", f);
+    return asp_errf(err, errlen, "the content could not be made (%s)", (const char *)ctx);
+}
+
+static int entries(void) {
+    int n = 0;
+    DIR *d = opendir(dir);
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
+}
+
+static void slurp(const char *path, char *buf, size_t len) {
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(buf, 1, len - 1, f);
+    buf[n] = 0;
+    fclose(f);
+}
+
+START_TEST(t_write_atomic) {
+    snprintf(dir, sizeof dir, "/tmp/asp_test_util.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char path[128], err[512], buf[64];
+    snprintf(path, sizeof path, "%s/file.txt", dir);
+
+    ck_assert_int_eq(asp_write_atomic(path, fill_text, "first", err, sizeof err), 0);
+    slurp(path, buf, sizeof buf);
+    ck_assert_str_eq(buf, "first");
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_int_eq(st.st_mode & 0777, 0644);
+    ck_assert_int_eq(entries(), 1);
+
+    /* a failing fill: its message comes back, the old file is intact, no temporary */
+    ck_assert_int_eq(asp_write_atomic(path, fill_fails, "disk on fire", err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "could not be made (disk on fire)") != NULL, "%s", err);
+    slurp(path, buf, sizeof buf);
+    ck_assert_str_eq(buf, "first");
+    ck_assert_int_eq(entries(), 1);
+
+    ck_assert_int_eq(asp_write_atomic(path, fill_text, "second", err, sizeof err), 0);
+    slurp(path, buf, sizeof buf);
+    ck_assert_str_eq(buf, "second");
+    ck_assert_int_eq(entries(), 1);
+
+    /* a folder that does not exist */
+    char missing[160];
+    snprintf(missing, sizeof missing, "%s/no/such/file", dir);
+    ck_assert_int_eq(asp_write_atomic(missing, fill_text, "x", err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "cannot create a temporary file next to it") && strstr(err, "no/such/file"), "%s", err);
+
+    unlink(path);
+    rmdir(dir);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("util");
+    TCase *tc = tcase_create("atomic write");
+    tcase_add_test(tc, t_write_atomic);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
