@@ -39,90 +39,63 @@ int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, siz
         return asp_errf(err, errlen, "%s: path longer than %zu characters; use a shorter path", path,
                         sizeof s->path - 1);
     strcpy(s->path, path);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return asp_errf(err, errlen, "%s: cannot open token shard: %s; create it with scripts/text_to_shard.py",
-                        path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return asp_errf(err, errlen, "%s: cannot stat: %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return asp_errf(err, errlen, "%s: not a regular file; give the path of a token shard", path);
-    }
-    uint64_t fsize = (uint64_t)st.st_size;
-    if (fsize == 0) {
-        close(fd);
-        return asp_errf(err, errlen, "%s: empty file, not a token shard; " REMAKE, path);
-    }
-    unsigned char hdr[SHARD_HEADER_BYTES] = {0};
-    size_t want = fsize < SHARD_HEADER_BYTES ? (size_t)fsize : SHARD_HEADER_BYTES;
-    ssize_t got = pread(fd, hdr, want, 0);
-    if (got < 0 || (size_t)got != want) {
-        int e = got < 0 ? errno : EIO;
-        close(fd);
-        return asp_errf(err, errlen, "%s: cannot read the header: %s", path, strerror(e));
-    }
-    if (want < 8 || memcmp(hdr, SHARD_MAGIC, 8) != 0) {
-        close(fd);
-        return asp_errf(err, errlen,
-                        "%s: not a token shard (the file does not start with \"%s\"); convert text with "
-                        "scripts/text_to_shard.py",
-                        path, SHARD_MAGIC);
+    void *map;
+    size_t fsize;
+    if (asp_map_file(path, "token shard", "create it with scripts/text_to_shard.py", &map, &fsize, err, errlen) != 0)
+        return -1;
+    if (fsize == 0) return asp_errf(err, errlen, "%s: empty file, not a token shard; " REMAKE, path);
+    const unsigned char *hdr = map;
+    if (fsize < 8 || memcmp(hdr, SHARD_MAGIC, 8) != 0) {
+        asp_errf(err, errlen,
+                 "%s: not a token shard (the file does not start with \"%s\"); convert text with "
+                 "scripts/text_to_shard.py",
+                 path, SHARD_MAGIC);
+        goto fail;
     }
     if (fsize < SHARD_HEADER_BYTES) {
-        close(fd);
-        return asp_errf(err, errlen, "%s: truncated: the file has %" PRIu64 " bytes, less than the %d-byte header; " REMAKE,
-                        path, fsize, SHARD_HEADER_BYTES);
+        asp_errf(err, errlen, "%s: truncated: the file has %zu bytes, less than the %d-byte header; " REMAKE, path,
+                 fsize, SHARD_HEADER_BYTES);
+        goto fail;
     }
     uint32_t version = rd32(hdr + 8), token_bytes = rd32(hdr + 12);
     uint64_t n = rd64(hdr + 16);
     uint32_t vocab = rd32(hdr + 24);
     if (version != SHARD_VERSION) {
-        close(fd);
-        return asp_errf(err, errlen, "%s: shard format version %" PRIu32 ", this build reads version %d; " REMAKE,
-                        path, version, SHARD_VERSION);
+        asp_errf(err, errlen, "%s: shard format version %" PRIu32 ", this build reads version %d; " REMAKE, path,
+                 version, SHARD_VERSION);
+        goto fail;
     }
     if (token_bytes != 4) {
-        close(fd);
-        return asp_errf(err, errlen, "%s: tokens of %" PRIu32 " bytes, this build reads 4-byte (uint32) tokens; " REMAKE,
-                        path, token_bytes);
+        asp_errf(err, errlen, "%s: tokens of %" PRIu32 " bytes, this build reads 4-byte (uint32) tokens; " REMAKE,
+                 path, token_bytes);
+        goto fail;
     }
     /* n up to 2^62 keeps the byte count below 2^64; anything above is corrupt anyway */
     uint64_t expect = n > (UINT64_C(1) << 60) ? UINT64_MAX : SHARD_HEADER_BYTES + 4 * n;
-    if (fsize < expect) {
-        close(fd);
-        return asp_errf(err, errlen,
-                        "%s: truncated: header says %" PRIu64 " tokens (%" PRIu64 " bytes) but the file has %" PRIu64
-                        " bytes; " REMAKE,
-                        path, n, expect, fsize);
+    if ((uint64_t)fsize < expect) {
+        asp_errf(err, errlen,
+                 "%s: truncated: header says %" PRIu64 " tokens (%" PRIu64 " bytes) but the file has %zu bytes; " REMAKE,
+                 path, n, expect, fsize);
+        goto fail;
     }
-    if (fsize > expect) {
-        close(fd);
-        return asp_errf(err, errlen,
-                        "%s: header says %" PRIu64 " tokens (%" PRIu64 " bytes) but the file has %" PRIu64
-                        " bytes (trailing data); " REMAKE,
-                        path, n, expect, fsize);
+    if ((uint64_t)fsize > expect) {
+        asp_errf(err, errlen,
+                 "%s: header says %" PRIu64 " tokens (%" PRIu64 " bytes) but the file has %zu bytes (trailing data); "
+                 REMAKE,
+                 path, n, expect, fsize);
+        goto fail;
     }
     if (n < 2) {
-        close(fd);
-        return asp_errf(err, errlen,
-                        "%s: only %" PRIu64 " token(s); a sample needs at least 2 (one input and its target): "
-                        "use a longer text",
-                        path, n);
+        asp_errf(err, errlen,
+                 "%s: only %" PRIu64 " token(s); a sample needs at least 2 (one input and its target): "
+                 "use a longer text",
+                 path, n);
+        goto fail;
     }
     if (vocab == 0) {
-        close(fd);
-        return asp_errf(err, errlen, "%s: header records vocab_size 0; " REMAKE, path);
+        asp_errf(err, errlen, "%s: header records vocab_size 0; " REMAKE, path);
+        goto fail;
     }
-    void *map = mmap(NULL, (size_t)fsize, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    close(fd);          /* the mapping keeps the file alive */
-    if (map == MAP_FAILED)
-        return asp_errf(err, errlen, "%s: cannot map %" PRIu64 " bytes: %s", path, fsize, strerror(e));
     const uint32_t *tok = (const uint32_t *)((const char *)map + SHARD_HEADER_BYTES);
     /* One pass over all tokens: an out-of-range id would index past the
      * embedding table much later, far from its cause. */
@@ -132,24 +105,25 @@ int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, siz
                      "%s: token %" PRIu32 " at index %" PRIu64 " is >= the model vocab_size %" PRId64
                      "; tokenize the text with the model's tokenizer or raise model.vocab_size",
                      path, tok[i], i, vocab_limit);
-            munmap(map, (size_t)fsize);
-            return -1;
+            goto fail;
         }
         if (tok[i] >= vocab) {
             asp_errf(err, errlen,
                      "%s: token %" PRIu32 " at index %" PRIu64 " is >= the vocab_size %" PRIu32
                      " recorded in the header (corrupt shard); " REMAKE,
                      path, tok[i], i, vocab);
-            munmap(map, (size_t)fsize);
-            return -1;
+            goto fail;
         }
     }
     s->n_tokens = (int64_t)n;
     s->vocab_size = vocab;
     s->tokens = tok;
     s->map = map;
-    s->map_bytes = (size_t)fsize;
+    s->map_bytes = fsize;
     return 0;
+fail:
+    munmap(map, fsize);
+    return -1;
 }
 
 void shard_close(shard_t *s) {

@@ -312,28 +312,14 @@ int st_open(st_file_t *f, const char *path, char *err, size_t errlen) {
     if (strlen(path) >= sizeof f->path)
         return asp_errf(err, errlen, "%.200s...: path too long; use a shorter one", path);
     strcpy(f->path, path);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return asp_errf(err, errlen, "%s: cannot open: %s; check the path", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return asp_errf(err, errlen, "%s: cannot stat: %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return asp_errf(err, errlen, "%s: not a regular file; give a .safetensors file", path);
-    }
-    size_t size = (size_t)st.st_size;
+    void *map;
+    size_t size;
+    if (asp_map_file(path, "safetensors file", "check the path", &map, &size, err, errlen) != 0) return -1;
     if (size < 8) {
-        close(fd);
+        if (map) munmap(map, size);
         return asp_errf(err, errlen, "%s: only %zu bytes, shorter than the 8-byte header length; the file is "
                         "truncated or not safetensors", path, size);
     }
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    close(fd);
-    if (map == MAP_FAILED) return asp_errf(err, errlen, "%s: cannot map: %s", path, strerror(e));
     f->map = map;
     f->map_bytes = size;
     const unsigned char *b = map;

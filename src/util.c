@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -132,5 +133,35 @@ int asp_write_atomic(const char *path, int (*fill)(FILE *f, void *ctx, char *err
         close(dfd);
     }
     free(dir);
+    return 0;
+}
+
+int asp_map_file(const char *path, const char *what, const char *hint, void **map, size_t *bytes, char *err,
+                 size_t errlen) {
+    *map = NULL;
+    *bytes = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return asp_errf(err, errlen, "%s: cannot open %s: %s; %s", path, what, strerror(errno), hint);
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return asp_errf(err, errlen, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return asp_errf(err, errlen, "%s: not a regular file, so not a %s; %s", path, what, hint);
+    }
+    size_t size = (size_t)st.st_size;
+    if (size == 0) {
+        close(fd);
+        return 0;
+    }
+    void *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd); /* the mapping keeps the file alive */
+    if (m == MAP_FAILED) return asp_errf(err, errlen, "%s: cannot map %zu bytes: %s", path, size, strerror(e));
+    *map = m;
+    *bytes = size;
     return 0;
 }

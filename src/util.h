@@ -50,6 +50,13 @@ int asp_errf(char *err, size_t errlen, const char *fmt, ...) ASP_PRINTF(3, 4);
 int asp_write_atomic(const char *path, int (*fill)(FILE *f, void *ctx, char *err, size_t errlen), void *ctx,
                      char *err, size_t errlen);
 
+/* Map a regular file read-only. `what` names it in messages ("token shard"),
+ * `hint` ends them ("create it with ..."). An empty file maps to *map = NULL, *bytes = 0 (callers say
+ * what an empty file means for them). Returns 0, or -1 with a message.
+ * Release with munmap(*map, *bytes) when *map is not NULL. */
+int asp_map_file(const char *path, const char *what, const char *hint, void **map, size_t *bytes, char *err,
+                 size_t errlen);
+
 /* Human-readable byte count ("12.3 GiB") into buf. */
 const char *asp_fmt_bytes(char *buf, size_t len, double bytes);
 

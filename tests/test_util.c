@@ -1,10 +1,12 @@
 /* asp_write_atomic: a reader sees the old file or the new one, never half of
- * either, and a failed write leaves nothing behind. */
+ * either, and a failed write leaves nothing behind. asp_map_file: mapping,
+ * empty files, and the messages for what is not a file. */
 #include <check.h>
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -75,10 +77,41 @@ START_TEST(t_write_atomic) {
 }
 END_TEST
 
+
+START_TEST(t_map_file) {
+    char d[64], path[128], empty[128], err[512];
+    snprintf(d, sizeof d, "/tmp/asp_test_map.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(d));
+    snprintf(path, sizeof path, "%s/data", d);
+    snprintf(empty, sizeof empty, "%s/empty", d);
+    ck_assert_int_eq(asp_write_atomic(path, fill_text, "mapped bytes", err, sizeof err), 0);
+    ck_assert_int_eq(asp_write_atomic(empty, fill_text, "", err, sizeof err), 0);
+    void *m;
+    size_t n;
+    ck_assert_int_eq(asp_map_file(path, "thing", "hint", &m, &n, err, sizeof err), 0);
+    ck_assert_uint_eq(n, 12);
+    ck_assert_int_eq(memcmp(m, "mapped bytes", 12), 0);
+    munmap(m, n);
+    ck_assert_int_eq(asp_map_file(empty, "thing", "hint", &m, &n, err, sizeof err), 0);
+    ck_assert_ptr_null(m);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_int_eq(asp_map_file(d, "thing", "give a file", &m, &n, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "not a regular file, so not a thing; give a file") != NULL, "%s", err);
+    snprintf(path, sizeof path, "%s/missing", d);
+    ck_assert_int_eq(asp_map_file(path, "thing", "make one", &m, &n, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "cannot open thing") && strstr(err, "make one"), "%s", err);
+    snprintf(path, sizeof path, "%s/data", d);
+    unlink(path);
+    unlink(empty);
+    rmdir(d);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("util");
     TCase *tc = tcase_create("atomic write");
     tcase_add_test(tc, t_write_atomic);
+    tcase_add_test(tc, t_map_file);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
