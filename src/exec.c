@@ -150,8 +150,6 @@ void exec_destroy(exec_t *e) {
     free(e);
 }
 
-size_t exec_predicted_bytes(const exec_t *e) { return e->plan->mem.device_total; }
-
 size_t exec_measured_bytes(const exec_t *e) {
     if (!e->be->memory_used) return 0;
     size_t used = e->be->memory_used();

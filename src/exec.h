@@ -86,9 +86,8 @@ void exec_print_profile(const exec_t *e, FILE *out);
  * whose library set-up would otherwise count as op time). */
 void exec_profile_reset(exec_t *e);
 
-/* Bytes the plan predicted for the device, and the device memory in use now
- * as the backend measures it (0 when it cannot). */
-size_t exec_predicted_bytes(const exec_t *e);
+/* Device memory the engine has taken since exec_create, as the backend
+ * measures it (0 when it cannot). */
 size_t exec_measured_bytes(const exec_t *e);
 
 #endif

@@ -15,3 +15,4 @@ tests_test_model_grad_CFLAGS = $(ASP_TEST_CFLAGS)
 tests_test_model_grad_LDADD = $(ASP_TEST_LIBS)
 TESTS += tests/test_failures.sh
 EXTRA_DIST += tests/test_failures.sh
+EXTRA_DIST += tests/testmodel.h

@@ -7,35 +7,12 @@
 
 #include "model/model.h"
 #include "testutil.h"
+#include "testmodel.h"
 
-static model_config_t llama_cfg(int64_t d, int64_t f, int64_t L, int64_t hq, int64_t hkv, int64_t hd, int64_t V,
-                                int tied, double factor) {
-    model_config_t c;
-    memset(&c, 0, sizeof c);
-    strcpy(c.architecture, "llama");
-    c.hidden_size = d;
-    c.intermediate_size = f;
-    c.num_hidden_layers = L;
-    c.num_attention_heads = hq;
-    c.num_key_value_heads = hkv;
-    c.head_dim = hd;
-    c.vocab_size = V;
-    c.rms_norm_eps = 1e-5;
-    c.rope_theta = 500000.0;
-    c.rope_scaling.enabled = 1;
-    c.rope_scaling.factor = factor;
-    c.rope_scaling.low_freq_factor = 1.0;
-    c.rope_scaling.high_freq_factor = 4.0;
-    c.rope_scaling.original_max_position_embeddings = 8192;
-    c.tie_word_embeddings = tied;
-    c.initializer_range = 0.02;
-    return c;
-}
-
-static model_config_t cfg_1b(void) { return llama_cfg(2048, 8192, 16, 32, 8, 64, 128256, 1, 32.0); }
-static model_config_t cfg_3b(void) { return llama_cfg(3072, 8192, 28, 24, 8, 128, 128256, 1, 32.0); }
-static model_config_t cfg_8b(void) { return llama_cfg(4096, 14336, 32, 32, 8, 128, 128256, 0, 8.0); }
-static model_config_t cfg_70b(void) { return llama_cfg(8192, 28672, 80, 64, 8, 128, 128256, 0, 8.0); }
+static model_config_t cfg_1b(void) { return test_llama_cfg(2048, 8192, 16, 32, 8, 64, 128256, 1, 32.0); }
+static model_config_t cfg_3b(void) { return test_llama_cfg(3072, 8192, 28, 24, 8, 128, 128256, 1, 32.0); }
+static model_config_t cfg_8b(void) { return test_llama_cfg(4096, 14336, 32, 32, 8, 128, 128256, 0, 8.0); }
+static model_config_t cfg_70b(void) { return test_llama_cfg(8192, 28672, 80, 64, 8, 128, 128256, 0, 8.0); }
 
 static void build(model_t *m, model_config_t c) {
     char err[512];
@@ -161,7 +138,7 @@ START_TEST(test_rope_llama3) {
 END_TEST
 
 START_TEST(test_init_slices) {
-    model_config_t c = llama_cfg(64, 160, 2, 4, 2, 16, 100, 0, 8.0);
+    model_config_t c = test_llama_cfg(64, 160, 2, 4, 2, 16, 100, 0, 8.0);
     model_t m;
     build(&m, c);
     size_t n = m.n_params + 100;   /* include padding past the end */

@@ -12,32 +12,9 @@
 #include "plan/passes.h"
 #include "plan/plan.h"
 #include "testutil.h"
+#include "testmodel.h"
 
 #define GiB 1073741824.0
-
-static model_config_t llama_cfg(int64_t d, int64_t f, int64_t L, int64_t hq, int64_t hkv, int64_t hd, int64_t V,
-                                int tied) {
-    model_config_t c;
-    memset(&c, 0, sizeof c);
-    strcpy(c.architecture, "llama");
-    c.hidden_size = d;
-    c.intermediate_size = f;
-    c.num_hidden_layers = L;
-    c.num_attention_heads = hq;
-    c.num_key_value_heads = hkv;
-    c.head_dim = hd;
-    c.vocab_size = V;
-    c.rms_norm_eps = 1e-5;
-    c.rope_theta = 500000.0;
-    c.rope_scaling.enabled = 1;
-    c.rope_scaling.factor = 8.0;
-    c.rope_scaling.low_freq_factor = 1.0;
-    c.rope_scaling.high_freq_factor = 4.0;
-    c.rope_scaling.original_max_position_embeddings = 8192;
-    c.tie_word_embeddings = tied;
-    c.initializer_range = 0.02;
-    return c;
-}
 
 enum { M_TINY, M_3B, M_8B, M_70B };
 
@@ -47,10 +24,10 @@ static model_t *get_model(int which) {
     if (!built[which]) {
         model_config_t c;
         switch (which) {
-        case M_TINY: c = llama_cfg(64, 160, 2, 4, 2, 16, 256, 1); break;
-        case M_3B: c = llama_cfg(3072, 8192, 28, 24, 8, 128, 128256, 1); break;
-        case M_8B: c = llama_cfg(4096, 14336, 32, 32, 8, 128, 128256, 0); break;
-        default: c = llama_cfg(8192, 28672, 80, 64, 8, 128, 128256, 0); break;
+        case M_TINY: c = test_llama_cfg(64, 160, 2, 4, 2, 16, 256, 1, 8.0); break;
+        case M_3B: c = test_llama_cfg(3072, 8192, 28, 24, 8, 128, 128256, 1, 8.0); break;
+        case M_8B: c = test_llama_cfg(4096, 14336, 32, 32, 8, 128, 128256, 0, 8.0); break;
+        default: c = test_llama_cfg(8192, 28672, 80, 64, 8, 128, 128256, 0, 8.0); break;
         }
         char err[256];
         ck_assert_msg(model_build(&models[which], &c, err, sizeof err) == 0, "%s", err);
