@@ -430,27 +430,31 @@ START_TEST(test_memplan_hand) {
     /* loss chunk: largest power of two with chunk * V * 2 <= 939,524,096 (gu) -> 2048 */
     ck_assert_int_eq(p->loss_chunk, 2048);
     const size_t logits = 2048u * 128256u * 2u;
+    /* the logits share the workspace region, after the epilogue's xf and d(xf) */
+    ck_assert_uint_eq(p->mem.logits.bytes, logits);
+    ck_assert_uint_eq(p->mem.logits.offset, p->mem.workspace.offset + 2 * tok);
+    ck_assert(2 * tok + logits <= ws);
     const size_t a2a = tok;     /* q and o: 16384 * 8 * 4 * 128 * 2 */
     const size_t params_arena = N * 2 + N * 4;
     const size_t opt_arena = 4 * shard * 4;
     const size_t act_arena = 32 * slot + tok;
-    /* workspace arena: workspace, 2 resid grads, logits, 2 a2a, 3 x int32[16384],
+    /* workspace arena: workspace (holding the logits), 2 resid grads, 2 a2a, 3 x int32[16384],
      * rope fp64[64] (512), scalars 64 B rounded to 256 */
-    const size_t ws_arena = ws + 2 * tok + logits + 2 * a2a + 3 * 65536 + 512 + 256;
+    const size_t ws_arena = ws + 2 * tok + 2 * a2a + 3 * 65536 + 512 + 256;
     ck_assert_uint_eq(p->mem.arena_bytes[ARENA_PARAMS], params_arena);
     ck_assert_uint_eq(p->mem.arena_bytes[ARENA_OPTIMIZER], opt_arena);
     ck_assert_uint_eq(p->mem.arena_bytes[ARENA_ACTIVATIONS], act_arena);
     ck_assert_uint_eq(p->mem.arena_bytes[ARENA_WORKSPACE], ws_arena);
     ck_assert_uint_eq(p->mem.arena_bytes[ARENA_HOST], 0);
     ck_assert_uint_eq(p->mem.device_total, params_arena + opt_arena + act_arena + ws_arena);
-    ck_assert_uint_eq(p->mem.device_total, 144358736640u);
+    ck_assert_uint_eq(p->mem.device_total, 144358736640u - logits);
     /* reserved bytes count, regions are 256-aligned and disjoint within an arena */
     t.reserved_bytes = 3 * GiB;
     ck_assert(plan_compile(p, &c, m, 8, &t, err, sizeof err) == 0);
-    ck_assert_uint_eq(p->mem.device_total, 144358736640u + 3221225472u);
+    ck_assert_uint_eq(p->mem.device_total, 144358736640u - logits + 3221225472u);
     const region_t *r[] = {&p->mem.params, &p->mem.grads, &p->mem.master, &p->mem.adam_m, &p->mem.adam_v,
                            &p->mem.grad_shard, &p->mem.saved_layers, &p->mem.final_hidden, &p->mem.workspace,
-                           &p->mem.resid_grad[0], &p->mem.resid_grad[1], &p->mem.logits, &p->mem.a2a_send,
+                           &p->mem.resid_grad[0], &p->mem.resid_grad[1], &p->mem.a2a_send,
                            &p->mem.a2a_recv, &p->mem.tokens, &p->mem.targets, &p->mem.positions,
                            &p->mem.rope_freq, &p->mem.scalars, &p->mem.offload};
     int n = sizeof r / sizeof r[0];
@@ -461,6 +465,8 @@ START_TEST(test_memplan_hand) {
             if (r[i]->arena == r[j]->arena && r[i]->bytes && r[j]->bytes)
                 ck_assert(r[i]->offset >= r[j]->offset + r[j]->bytes || r[j]->offset >= r[i]->offset + r[i]->bytes);
     }
+    ck_assert(p->mem.logits.offset >= p->mem.workspace.offset &&
+              p->mem.logits.offset + p->mem.logits.bytes <= p->mem.workspace.offset + p->mem.workspace.bytes);
     /* ZeRO-0: full optimizer state, no gradient shard */
     c.parallel.zero_stage = 0;
     ck_assert(plan_compile(p, &c, m, 8, &t, err, sizeof err) == 0);
@@ -499,7 +505,7 @@ END_TEST
  * whatever else occupied those bytes; every read must find its own, intact. */
 
 enum { SP_WS = 0, SP_SLOT, SP_HOST };
-enum { K_ACT = 0, K_FWD, K_BWD, K_GRAD };
+enum { K_ACT = 0, K_FWD, K_BWD, K_GRAD, K_LOGITS };
 
 typedef struct { int space, t, kind; size_t off, bytes; } vbuf_t;
 typedef struct { vbuf_t v[512]; int n; const graph_plan_t *gp; const char *what; } sim_t;
@@ -604,8 +610,16 @@ static void simulate(const plan_t *p, const graph_plan_t *gp, int is_epilogue, c
             else sim_write(s, SP_WS, gp->t[t].fwd_off, gp->t[t].bytes, t, K_FWD, ws);
         }
         if (x->op == OP_LMHEAD_LOSS) {      /* fused backward: writes d(input) now */
+            /* the chunk's logits live in the shared workspace next to the
+             * step's input and its gradient: all three must stay intact */
+            size_t lo = p->mem.logits.offset - p->mem.workspace.offset;
+            int t = x->in[0];
+            sim_write(s, SP_WS, lo, p->mem.logits.bytes, t, K_LOGITS, p->mem.workspace.bytes);
             ck_assert_int_eq(gp->grad_first[st][0], 1);
             sim_grad_write(s, gp, st, 0, ws);
+            sim_read(s, SP_WS, lo, t, K_LOGITS, "loss (logits)");
+            if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, t, K_ACT, "loss (input)");
+            else sim_read(s, SP_WS, gp->t[t].fwd_off, t, K_FWD, "loss (input)");
         }
     }
     for (int t = 0; t < g->nt; t++)

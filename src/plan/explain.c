@@ -166,14 +166,16 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         {"params", &mem->params},       {"grads", &mem->grads},           {"master", &mem->master},
         {"adam_m", &mem->adam_m},       {"adam_v", &mem->adam_v},         {"grad_shard", &mem->grad_shard},
         {"saved_layers", &mem->saved_layers}, {"final_hidden", &mem->final_hidden}, {"workspace", &mem->workspace},
-        {"resid_grad[0]", &mem->resid_grad[0]}, {"resid_grad[1]", &mem->resid_grad[1]}, {"logits", &mem->logits},
+        {"  logits", &mem->logits},   {"resid_grad[0]", &mem->resid_grad[0]}, {"resid_grad[1]", &mem->resid_grad[1]},
         {"a2a_send", &mem->a2a_send},   {"a2a_recv", &mem->a2a_recv},     {"tokens", &mem->tokens},
         {"targets", &mem->targets},     {"positions", &mem->positions},   {"rope_freq", &mem->rope_freq},
         {"scalars", &mem->scalars},     {"op scratch", &mem->scratch}, {"offload", &mem->offload},
     };
+    /* the logits lie inside the workspace region (row above), so the rows do not add up to the arenas */
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
-        fprintf(out, "  %-14s %-12s %14zu B  %12s\n", rows[i].name, arena_name((arena_t)rows[i].r->arena),
-                rows[i].r->bytes, fmtb(b1, sizeof b1, (double)rows[i].r->bytes));
+        fprintf(out, "  %-14s %-12s %14zu B  %12s%s\n", rows[i].name, arena_name((arena_t)rows[i].r->arena),
+                rows[i].r->bytes, fmtb(b1, sizeof b1, (double)rows[i].r->bytes),
+                rows[i].r == &mem->logits ? "  (inside the workspace)" : "");
     for (int a = 0; a < ARENA__COUNT; a++)
         fprintf(out, "  arena %-20s %14zu B  %12s\n", arena_name((arena_t)a), mem->arena_bytes[a],
                 fmtb(b1, sizeof b1, (double)mem->arena_bytes[a]));

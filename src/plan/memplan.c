@@ -208,9 +208,16 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
         size_t c = sac_step_comm_bytes(p, &p->layer.g, s);
         if (c > a2a) a2a = c;
     }
+    /* The three graphs share one workspace. The loss chunk's logits live
+     * only inside the epilogue's LMHEAD_LOSS step, after every layer's
+     * forward and before any layer's backward, so they sit in the workspace
+     * right after the epilogue's own buffers instead of in a region of their
+     * own (at long S that is several GiB). */
+    const size_t logits_off = asp_align_up(p->epilogue.workspace_bytes, PLAN_ALIGN);
+    const size_t logits_bytes = (size_t)lc * V * act;
     size_t ws = p->layer.workspace_bytes;
     if (p->prologue.workspace_bytes > ws) ws = p->prologue.workspace_bytes;
-    if (p->epilogue.workspace_bytes > ws) ws = p->epilogue.workspace_bytes;
+    if (logits_off + logits_bytes > ws) ws = logits_off + logits_bytes;
 
     /* The largest operand shapes, for the backend's op scratch. */
     op_shapes_t *sh = &p->op_shapes;
@@ -243,7 +250,9 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     mem->workspace = place(end, ARENA_WORKSPACE, ws);
     mem->resid_grad[0] = place(end, ARENA_WORKSPACE, sl * d * act);
     mem->resid_grad[1] = place(end, ARENA_WORKSPACE, sl * d * act);
-    mem->logits = place(end, ARENA_WORKSPACE, (size_t)lc * V * act);
+    mem->logits.arena = ARENA_WORKSPACE;
+    mem->logits.offset = mem->workspace.offset + logits_off;
+    mem->logits.bytes = logits_bytes;
     mem->a2a_send = place(end, ARENA_WORKSPACE, a2a);
     mem->a2a_recv = place(end, ARENA_WORKSPACE, a2a);
     mem->tokens = place(end, ARENA_WORKSPACE, sl * 4);

@@ -92,7 +92,7 @@ typedef struct {
     region_t final_hidden;  /* epilogue input [seq_local, d] */
     region_t workspace;     /* graph workspaces (all three share it; size = max) */
     region_t resid_grad[2]; /* ping-pong gradient of the residual stream between layers [seq_local, d] */
-    region_t logits;        /* one loss chunk [loss_chunk, V] */
+    region_t logits;        /* one loss chunk [loss_chunk, V]: inside the workspace, after the epilogue's buffers */
     region_t a2a_send, a2a_recv; /* Ulysses staging for the largest all-to-all */
     region_t tokens, targets, positions; /* int32 [seq_local] */
     region_t rope_freq;     /* fp64 [hd/2] inverse frequencies */
