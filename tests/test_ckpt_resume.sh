@@ -3,7 +3,8 @@
 # bitwise on the fp32 CPU engine (the last steps' losses and the final
 # weights, master weights and AdamW moments of the end checkpoints), alone
 # and under mpirun with SP = 2; a checkpoint written on 2 ranks resumes on 1
-# and on 4 ranks within 1e-5.
+# and on 4 ranks within 1e-5. ASP_TEST_DEVICE=cuda runs the same checks on the
+# GPU engine (with MPIRUN=no on a machine with one GPU).
 . "${top_srcdir:-.}/tests/common.sh"
 SHARD=$(make_shard)
 CFG="$top_srcdir/configs/tiny.yaml"
@@ -11,7 +12,7 @@ PY="python3 $top_srcdir/tests"
 N=6
 K=3
 COMMON="--set data.path=$SHARD --set model.num_hidden_layers=2 --set train.seq_len=64 --set train.global_batch_size=4
-        --set train.steps=$N --set io.log_every=1000 --set train.device=cpu"
+        --set train.steps=$N --set io.log_every=1000 --set train.device=${ASP_TEST_DEVICE:-cpu}"
 fails=0
 
 run() { # name np args...
@@ -46,7 +47,7 @@ straight_and_resumed() { # tag np args...
         fail "$tag: metrics.jsonl has $lines lines after resume, expected $N"
 }
 
-straight_and_resumed cpu1 1
+straight_and_resumed "${ASP_TEST_DEVICE:-cpu}1" 1
 
 if have_mpirun; then
     straight_and_resumed sp2 2 --set parallel.sequence_parallel_size=2

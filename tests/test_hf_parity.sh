@@ -3,7 +3,8 @@
 # gradients of imported models (SP = 1 and 2) and the loss of an exported
 # model, to 1e-4 in fp32 (tests/hf_parity.py). Skipped (77) where python3
 # cannot import torch and transformers. Runs from the repository root with the
-# build present: sh tests/test_hf_parity.sh
+# build present: sh tests/test_hf_parity.sh. HF_PARITY_DEVICES=cpu,cuda also
+# checks the GPU engine (bf16 tolerances) on a machine with a GPU.
 . "${top_srcdir:-.}/tests/common.sh"
 python3 -c "import torch, transformers" >/dev/null 2>&1 ||
     { echo "python3 cannot import torch and transformers: skipped"; exit 77; }
@@ -11,4 +12,5 @@ MPIRUN=${MPIRUN:-mpirun}
 MPI=""
 have_mpirun && MPI=$MPIRUN
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
-python3 "$top_srcdir/tests/hf_parity.py" --bin "$BIN" --srcdir "$top_srcdir" --tmp "$TMP" ${MPI:+--mpirun "$MPI"}
+python3 "$top_srcdir/tests/hf_parity.py" --bin "$BIN" --srcdir "$top_srcdir" --tmp "$TMP" ${MPI:+--mpirun "$MPI"} \
+    --devices "${HF_PARITY_DEVICES:-cpu}"
