@@ -687,12 +687,13 @@ int ckpt_resume(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_
 
     /* Everything was validated by rank 0: read on every rank into host
      * buffers first, so a read failure leaves the engine untouched. */
-    size_t n = plan->n_params, begin, len;
-    exec_state_range(e, &begin, &len);
+    size_t n = plan->n_params;
+    exec_piece_t *pieces = asp_malloc((size_t)plan_n_buckets(plan) * sizeof *pieces, "checkpoint pieces");
+    int npieces = exec_state_pieces(e, pieces);
     char path[CFG_PATH_MAX + 96];
     float *w = asp_malloc(n * sizeof(float), "checkpoint weights");
     float *s[3];
-    for (int k = 0; k < 3; k++) s[k] = asp_malloc((len ? len : 1) * sizeof(float), "checkpoint optimizer state");
+    for (int k = 0; k < 3; k++) s[k] = asp_calloc(plan->shard_len, sizeof(float), "checkpoint optimizer state");
     pathf(path, sizeof path, "%s/%s", dir, file_names[F_WEIGHTS]);
     dtype_t dt = DT_F32;
     rc = check_array_header(path, DT_F32, 1, (int64_t)n, &dt, err, errlen);
@@ -707,7 +708,8 @@ int ckpt_resume(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_
     }
     for (int k = 0; k < 3 && !rc; k++) {
         pathf(path, sizeof path, "%s/%s", dir, file_names[F_MASTER + k]);
-        rc = read_slice(path, begin, len, s[k], err, errlen);
+        for (int i = 0; i < npieces && !rc; i++)
+            rc = read_slice(path, pieces[i].model_begin, pieces[i].len, s[k] + pieces[i].shard_off, err, errlen);
     }
     double bad = rc ? 1 : 0;
     host_coll->allreduce_sum(r->world, &bad, 1, DT_F64);
@@ -720,6 +722,7 @@ int ckpt_resume(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_
         asp_errf(err, errlen, "reading checkpoint %s failed on another rank", dir);
     }
     free(w);
+    free(pieces);
     for (int k = 0; k < 3; k++) free(s[k]);
     return bad == 0 ? 1 : -1;
 }

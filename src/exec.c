@@ -21,14 +21,15 @@ struct exec {
     uint8_t *arena[ARENA__COUNT];
     size_t act, par, grd;       /* element sizes */
     /* region pointers */
-    uint8_t *params, *grads, *master, *adam_m, *adam_v, *grad_shard;
+    uint8_t *params, *grads, *master, *adam_m, *adam_v;
     uint8_t *saved, *final_hidden, *ws, *resid_grad[2], *logits, *a2a_send, *a2a_recv;
     int32_t *tokens, *targets, *positions;
     double *rope_freq;
     float *scalars;             /* [0] loss sum, [1] gradient sum of squares */
     uint8_t *offload;
-    size_t shard_begin;         /* first element of this rank's optimizer shard */
     int shards;                 /* ranks sharing the optimizer state (1 for ZeRO-0) */
+    int shard_rank;             /* which slice of every bucket this rank owns (0 for ZeRO-0) */
+    int last_micro;             /* the micro-step that completes the gradients: buckets reduce as they finish */
     int cur_grad;               /* which resid_grad holds the gradient flowing down */
     size_t baseline_used;       /* device memory in use before the arenas */
     int profile;                /* ASP_PROFILE=1: time every step (synchronising) */
@@ -103,7 +104,6 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     e->master = region_ptr(e, &m->master);
     e->adam_m = region_ptr(e, &m->adam_m);
     e->adam_v = region_ptr(e, &m->adam_v);
-    e->grad_shard = region_ptr(e, &m->grad_shard);
     e->saved = region_ptr(e, &m->saved_layers);
     e->final_hidden = region_ptr(e, &m->final_hidden);
     e->ws = region_ptr(e, &m->workspace);
@@ -121,8 +121,8 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     /* the backend's op scratch comes from the plan: no op allocates while training */
     if (be->set_scratch) be->set_scratch(region_ptr(e, &m->scratch), m->scratch.bytes);
 
-    e->shards = plan->zero_stage == 1 ? r->world_size : 1;
-    e->shard_begin = plan->zero_stage == 1 ? (size_t)r->world_rank * plan->shard_len : 0;
+    e->shards = plan->shards;
+    e->shard_rank = plan->shards > 1 ? r->world_rank : 0;
 
     /* Padding elements of the flat buffers must be zero: they take part in
      * the reduce-scatter and all-gather but belong to no parameter. */
@@ -159,11 +159,35 @@ size_t exec_measured_bytes(const exec_t *e) {
 /* ------------------------------------------------------------------ parameters */
 
 static uint8_t *param_ptr(exec_t *e, int layer, int slot) {
-    return e->params + model_param_offset(e->model, layer, slot) * e->par;
+    return e->params + plan_flat_index(e->plan, model_param_offset(e->model, layer, slot)) * e->par;
 }
 
 static uint8_t *grad_ptr(exec_t *e, int layer, int slot) {
-    return e->grads + model_param_offset(e->model, layer, slot) * e->grd;
+    return e->grads + plan_flat_index(e->plan, model_param_offset(e->model, layer, slot)) * e->grd;
+}
+
+/* This rank's slice of bucket b in model coordinates: [*lo, *hi) (empty when
+ * the slice is all padding), and the slice's first flat index. */
+static size_t slice_of(const exec_t *e, const plan_bucket_t *b, size_t *lo, size_t *hi) {
+    size_t first = (size_t)e->shard_rank * b->slice_len;           /* within the bucket */
+    size_t end = first + b->slice_len < b->model_len ? first + b->slice_len : b->model_len;
+    *lo = b->model_begin + first;
+    *hi = first < end ? b->model_begin + end : *lo;
+    return b->flat_begin + first;
+}
+
+/* Copy fp32 model-ordered values into the flat compute weights, bucket by bucket. */
+static void params_from_f32(exec_t *e, const float *in, size_t model_begin, size_t n) {
+    const plan_t *p = e->plan;
+    for (int bi = 0; bi < plan_n_buckets(p); bi++) {
+        plan_bucket_t b;
+        plan_bucket(p, bi, &b);
+        size_t lo = b.model_begin > model_begin ? b.model_begin : model_begin;
+        size_t hi = b.model_begin + b.model_len < model_begin + n ? b.model_begin + b.model_len : model_begin + n;
+        if (lo >= hi) continue;
+        e->be->from_f32(e->params + (b.flat_begin + lo - b.model_begin) * e->par, e->be->param_dtype,
+                        in + (lo - model_begin), hi - lo);
+    }
 }
 
 void exec_init_params(exec_t *e, uint64_t seed) {
@@ -174,38 +198,61 @@ void exec_init_params(exec_t *e, uint64_t seed) {
     for (size_t b = 0; b < p->n_params; b += chunk) {
         size_t n = p->n_params - b < chunk ? p->n_params - b : chunk;
         model_init_params(e->model, seed, b, n, buf);
-        e->be->from_f32(e->params + b * e->par, e->be->param_dtype, buf, n);
+        params_from_f32(e, buf, b, n);
     }
-    /* fp32 master of this rank's shard (the padded tail stays zero) */
-    size_t end = e->shard_begin + p->shard_len;
-    if (end > p->n_params) end = p->n_params;
-    for (size_t b = e->shard_begin; b < end; b += chunk) {
-        size_t n = end - b < chunk ? end - b : chunk;
-        model_init_params(e->model, seed, b, n, buf);
-        e->be->to_device(e->master + (b - e->shard_begin) * sizeof(float), buf, n * sizeof(float));
+    /* fp32 master of this rank's slices (the padding stays zero) */
+    for (int bi = 0; bi < plan_n_buckets(p); bi++) {
+        plan_bucket_t bk;
+        plan_bucket(p, bi, &bk);
+        size_t lo, hi;
+        slice_of(e, &bk, &lo, &hi);
+        for (size_t b = lo; b < hi; b += chunk) {
+            size_t n = hi - b < chunk ? hi - b : chunk;
+            model_init_params(e->model, seed, b, n, buf);
+            e->be->to_device(e->master + (bk.shard_off + b - lo) * sizeof(float), buf, n * sizeof(float));
+        }
     }
     free(buf);
 }
 
-void exec_get_params(exec_t *e, float *out) {
-    e->be->to_f32(out, e->params, e->be->param_dtype, e->plan->n_params);
+/* fp32 model-ordered copy of a flat buffer (compute weights or gradients) */
+static void flat_to_f32(exec_t *e, float *out, const uint8_t *flat, dtype_t t) {
+    const plan_t *p = e->plan;
+    size_t es = dtype_size(t);
+    for (int bi = 0; bi < plan_n_buckets(p); bi++) {
+        plan_bucket_t b;
+        plan_bucket(p, bi, &b);
+        e->be->to_f32(out + b.model_begin, flat + b.flat_begin * es, t, b.model_len);
+    }
 }
+
+void exec_get_params(exec_t *e, float *out) { flat_to_f32(e, out, e->params, e->be->param_dtype); }
 
 void exec_set_params(exec_t *e, const float *in) {
     const plan_t *p = e->plan;
-    e->be->from_f32(e->params, e->be->param_dtype, in, p->n_params);
-    size_t end = e->shard_begin + p->shard_len;
-    if (end > p->n_params) end = p->n_params;
-    if (end > e->shard_begin)
-        e->be->to_device(e->master, in + e->shard_begin, (end - e->shard_begin) * sizeof(float));
+    params_from_f32(e, in, 0, p->n_params);
+    for (int bi = 0; bi < plan_n_buckets(p); bi++) {
+        plan_bucket_t b;
+        plan_bucket(p, bi, &b);
+        size_t lo, hi;
+        slice_of(e, &b, &lo, &hi);
+        if (hi > lo) e->be->to_device(e->master + b.shard_off * sizeof(float), in + lo, (hi - lo) * sizeof(float));
+    }
 }
 
-void exec_state_range(const exec_t *e, size_t *begin, size_t *len) {
+int exec_state_pieces(const exec_t *e, exec_piece_t *out) {
     const plan_t *p = e->plan;
-    size_t end = e->shard_begin + p->shard_len;
-    if (end > p->n_params) end = p->n_params;
-    *begin = e->shard_begin;
-    *len = end > e->shard_begin ? end - e->shard_begin : 0;
+    int n = 0;
+    for (int bi = 0; bi < plan_n_buckets(p); bi++) {
+        plan_bucket_t b;
+        plan_bucket(p, bi, &b);
+        size_t lo, hi;
+        slice_of(e, &b, &lo, &hi);
+        if (hi <= lo) continue;
+        if (out) out[n] = (exec_piece_t){lo, hi - lo, b.shard_off};
+        n++;
+    }
+    return n;
 }
 
 static uint8_t *state_buf(exec_t *e, exec_state_t which) {
@@ -215,47 +262,60 @@ static uint8_t *state_buf(exec_t *e, exec_state_t which) {
 void exec_get_optimizer_state(exec_t *e, exec_state_t which, float *out, int root) {
     const plan_t *p = e->plan;
     const uint8_t *src = state_buf(e, which);
+    int root_here = e->ranks->world_rank == root;
     if (e->shards == 1) {
-        if (e->ranks->world_rank == root) e->be->to_host(out, src, p->n_params * sizeof(float));
+        if (!root_here) return;
+        for (int bi = 0; bi < plan_n_buckets(p); bi++) {
+            plan_bucket_t b;
+            plan_bucket(p, bi, &b);
+            e->be->to_host(out + b.model_begin, src + b.shard_off * sizeof(float), b.model_len * sizeof(float));
+        }
         return;
     }
-    /* Gather in chunks so no rank but the root needs a full-size buffer:
-     * chunk c of every rank's shard arrives as `world` consecutive pieces. */
+    /* Bucket by bucket, in chunks so no rank but the root needs a full-size
+     * buffer: chunk c of every rank's slice arrives as `world` consecutive
+     * pieces, and rank r's slice is the bucket's r-th part. */
     int w = e->shards;
     size_t chunk = (size_t)1 << 20;
-    if (chunk > p->shard_len) chunk = p->shard_len;
     float *tmp = asp_malloc((size_t)w * chunk * sizeof(float), "optimizer state gather");
-    for (size_t c = 0; c < p->shard_len; c += chunk) {
-        size_t n = p->shard_len - c < chunk ? p->shard_len - c : chunk;
-        float *mine = tmp + (size_t)e->ranks->world_rank * n;
-        e->be->to_host(mine, src + c * sizeof(float), n * sizeof(float));
-        e->host_coll->allgather(e->ranks->world, mine, tmp, n, DT_F32);
-        if (e->ranks->world_rank != root) continue;
-        for (int r = 0; r < w; r++) {
-            size_t at = (size_t)r * p->shard_len + c;   /* global element index */
-            if (at >= p->n_params) break;
-            size_t k = p->n_params - at < n ? p->n_params - at : n;
-            memcpy(out + at, tmp + (size_t)r * n, k * sizeof(float));
+    for (int bi = 0; bi < plan_n_buckets(p); bi++) {
+        plan_bucket_t b;
+        plan_bucket(p, bi, &b);
+        for (size_t c = 0; c < b.slice_len; c += chunk) {
+            size_t n = b.slice_len - c < chunk ? b.slice_len - c : chunk;
+            float *mine = tmp + (size_t)e->ranks->world_rank * n;
+            e->be->to_host(mine, src + (b.shard_off + c) * sizeof(float), n * sizeof(float));
+            e->host_coll->allgather(e->ranks->world, mine, tmp, n, DT_F32);
+            if (!root_here) continue;
+            for (int r = 0; r < w; r++) {
+                size_t at = (size_t)r * b.slice_len + c;   /* within the bucket */
+                if (at >= b.model_len) break;
+                size_t k = b.model_len - at < n ? b.model_len - at : n;
+                memcpy(out + b.model_begin + at, tmp + (size_t)r * n, k * sizeof(float));
+            }
         }
     }
     free(tmp);
 }
 
 void exec_set_optimizer_state(exec_t *e, exec_state_t which, const float *vals) {
-    size_t begin, len;
-    exec_state_range(e, &begin, &len);
-    if (len) e->be->to_device(state_buf(e, which), vals, len * sizeof(float));
+    e->be->to_device(state_buf(e, which), vals, e->plan->shard_len * sizeof(float));
 }
 
+/* After the reduction each rank holds the reduced gradient of its slices
+ * only: gather every bucket in place, then convert to the model's order. */
 void exec_gather_grads(exec_t *e, float *out) {
     const plan_t *p = e->plan;
-    if (e->grad_shard) {
-        /* Each rank holds the reduced gradient of its shard only: gather them. */
-        e->be->copy(e->grads + e->shard_begin * e->grd, e->grad_shard, p->shard_len * e->grd);
-        e->coll->allgather(e->ranks->world, e->grads + e->shard_begin * e->grd, e->grads, p->shard_len,
-                           e->be->grad_dtype);
-    }
-    e->be->to_f32(out, e->grads, e->be->grad_dtype, p->n_params);
+    if (e->shards > 1)
+        for (int bi = 0; bi < plan_n_buckets(p); bi++) {
+            plan_bucket_t b;
+            plan_bucket(p, bi, &b);
+            uint8_t *bucket = e->grads + b.flat_begin * e->grd;
+            e->coll->allgather(e->ranks->world, bucket + (size_t)e->shard_rank * b.slice_len * e->grd, bucket,
+                               b.slice_len, e->be->grad_dtype);
+        }
+    coll_wait(e);
+    flat_to_f32(e, out, e->grads, e->be->grad_dtype);
 }
 
 /* ------------------------------------------------------------------ tensor locations */
@@ -529,6 +589,18 @@ static void graph_backward(exec_t *e, const walk_t *w) {
     if (gp->g.input >= 0) e->cur_grad = 1 - e->cur_grad;
 }
 
+/* Bucket bi's gradient is final (the backward has left its graph): in the
+ * micro-step that completes the gradients, start its reduction over the
+ * world on the communication stream, overlapping the rest of the backward. */
+static void bucket_done(exec_t *e, int bi) {
+    if (!e->last_micro || e->ranks->world_size == 1) return;
+    plan_bucket_t b;
+    plan_bucket(e->plan, bi, &b);
+    uint8_t *buf = e->grads + b.flat_begin * e->grd;
+    if (e->shards > 1) e->coll->reduce_scatter_async(e->ranks->world, buf, b.slice_len, e->be->grad_dtype);
+    else e->coll->allreduce_async(e->ranks->world, buf, b.flat_len, e->be->grad_dtype);
+}
+
 static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
     const plan_t *p = e->plan;
     const backend_t *be = e->be;
@@ -548,11 +620,14 @@ static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
     e->cur_grad = 1;
     graph_forward(e, &epi, grad_scale);
     graph_backward(e, &epi);
+    bucket_done(e, plan_n_buckets(p) - 1);  /* the tail; a tied LM head's gradient is the embedding's */
     for (int l = (int)e->model->L - 1; l >= 0; l--) {
         walk_t w = walk_of(e, &p->layer, l);
         graph_backward(e, &w);
+        bucket_done(e, plan_layer_bucket(p, l));
     }
     graph_backward(e, &pro);
+    bucket_done(e, 0);
 }
 
 void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid,
@@ -570,15 +645,16 @@ void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t
 
     be->zero(e->grads, p->mem.grads.bytes);
     be->zero(e->scalars, p->mem.scalars.bytes);
-    for (int64_t i = 0; i < p->micro_steps; i++) micro_step(e, &batches[i], grad_scale);
-
-    /* Every rank holds a partial gradient of the full parameter set: sum
-     * them over the world (reduce-scatter into the shard for ZeRO-1). */
+    /* Every rank holds a partial gradient of the full parameter set; the
+     * last micro-step sums each bucket over the world as soon as it is
+     * final (reduce-scatter in place for ZeRO-1), and the step waits here. */
+    for (int64_t i = 0; i < p->micro_steps; i++) {
+        e->last_micro = i == p->micro_steps - 1;
+        micro_step(e, &batches[i], grad_scale);
+    }
+    e->last_micro = 0;
     double t0 = prof_begin(e);
-    if (e->grad_shard)
-        e->coll->reduce_scatter_sum(e->ranks->world, e->grads, e->grad_shard, p->shard_len, be->grad_dtype);
-    else if (e->ranks->world_size > 1)
-        e->coll->allreduce_sum(e->ranks->world, e->grads, p->n_params_padded, be->grad_dtype);
+    if (e->coll->join) e->coll->join();
     prof_end(e, PROF_BWD, PROF_REDUCE, t0);
 
     e->coll->allreduce_sum(e->ranks->world, &e->scalars[SCALAR_LOSS], 1, DT_F32);
@@ -593,35 +669,53 @@ void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res)
     const plan_t *p = e->plan;
     const backend_t *be = e->be;
     const model_t *m = e->model;
-    /* ZeRO-1 over several ranks: the reduced shard; otherwise the full gradient */
-    const uint8_t *grad = e->grad_shard ? e->grad_shard : e->grads;
+    const int nb = plan_n_buckets(p);
     float *sumsq = &e->scalars[SCALAR_SUMSQ];
     double t0 = prof_begin(e);
-    be->grad_sumsq(sumsq, grad, p->shard_len);
-    if (e->grad_shard) e->coll->allreduce_sum(e->ranks->world, sumsq, 1, DT_F32);
-
-    /* AdamW over the parts of each parameter that fall in this rank's shard,
-     * so weight decay follows the parameter (2-D weights only). */
-    size_t lo = e->shard_begin, hi = e->shard_begin + p->shard_len;
-    for (int i = 0; i < m->nparams; i++) {
-        const param_t *pa = &m->params[i];
-        size_t a = pa->offset > lo ? pa->offset : lo;
-        size_t b = pa->offset + pa->numel < hi ? pa->offset + pa->numel : hi;
-        if (a >= b) continue;
-        size_t sh = a - lo;
-        be->adamw((float *)e->master + sh, e->params + a * e->par, (float *)e->adam_m + sh,
-                  (float *)e->adam_v + sh, grad + sh * e->grd, b - a, (float)opt->lr, (float)opt->beta1,
-                  (float)opt->beta2, (float)opt->eps, pa->decay ? (float)opt->weight_decay : 0.0f, opt->step,
-                  sumsq, (float)opt->grad_clip);
+    /* the reduced gradient of this rank's slices (padding is zero) */
+    for (int bi = 0; bi < nb; bi++) {
+        plan_bucket_t b;
+        plan_bucket(p, bi, &b);
+        be->grad_sumsq(sumsq, e->grads + (b.flat_begin + (size_t)e->shard_rank * b.slice_len) * e->grd, b.slice_len);
     }
-    if (p->zero_stage == 1 && e->shards > 1)
-        e->coll->allgather(e->ranks->world, e->params + lo * e->par, e->params, p->shard_len, be->param_dtype);
+    if (e->shards > 1) e->coll->allreduce_sum(e->ranks->world, sumsq, 1, DT_F32);
+
+    /* AdamW over the parts of each parameter that fall in this rank's
+     * slices, so weight decay follows the parameter (2-D weights only). */
+    for (int bi = 0; bi < nb; bi++) {
+        plan_bucket_t b;
+        plan_bucket(p, bi, &b);
+        size_t lo, hi;
+        size_t flat0 = slice_of(e, &b, &lo, &hi);
+        for (int i = 0; i < m->nparams && lo < hi; i++) {
+            const param_t *pa = &m->params[i];
+            size_t a0 = pa->offset > lo ? pa->offset : lo;
+            size_t b0 = pa->offset + pa->numel < hi ? pa->offset + pa->numel : hi;
+            if (a0 >= b0) continue;
+            size_t sh = b.shard_off + (a0 - lo), flat = flat0 + (a0 - lo);
+            be->adamw((float *)e->master + sh, e->params + flat * e->par, (float *)e->adam_m + sh,
+                      (float *)e->adam_v + sh, e->grads + flat * e->grd, b0 - a0, (float)opt->lr,
+                      (float)opt->beta1, (float)opt->beta2, (float)opt->eps,
+                      pa->decay ? (float)opt->weight_decay : 0.0f, opt->step, sumsq, (float)opt->grad_clip);
+        }
+        /* every rank's updated slice, gathered in place */
+        if (e->shards > 1) {
+            uint8_t *bucket = e->params + b.flat_begin * e->par;
+            e->coll->allgather(e->ranks->world, bucket + (size_t)e->shard_rank * b.slice_len * e->par, bucket,
+                               b.slice_len, be->param_dtype);
+        }
+    }
 
     prof_end(e, PROF_BWD, PROF_OPTIMIZER, t0);
     float s = 0;
     coll_wait(e);
     be->to_host(&s, sumsq, sizeof s);
     res->grad_norm = sqrt((double)s);
+}
+
+void exec_comm_times(exec_t *e, coll_times_t *out) {
+    memset(out, 0, sizeof *out);
+    if (e->coll->take_times) e->coll->take_times(out);
 }
 
 void exec_profile_reset(exec_t *e) {

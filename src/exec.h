@@ -68,14 +68,21 @@ void exec_set_params(exec_t *e, const float *in);
  * which ZeRO-1 splits over the ranks. */
 typedef enum { EXEC_MASTER = 0, EXEC_ADAM_M, EXEC_ADAM_V } exec_state_t;
 
-/* The elements [begin, begin + len) of the parameter buffer whose optimizer
- * state this rank holds (the whole of it without ZeRO-1; len excludes padding). */
-void exec_state_range(const exec_t *e, size_t *begin, size_t *len);
+/* The parts of the model's parameters whose optimizer state this rank holds:
+ * model elements [model_begin, + len), kept at shard_off of its shard (one
+ * part per gradient bucket, padding excluded; the whole model without
+ * ZeRO-1). Returns the count; fills `out` (plan_n_buckets entries at most)
+ * unless it is NULL. */
+typedef struct {
+    size_t model_begin, len, shard_off;
+} exec_piece_t;
+int exec_state_pieces(const exec_t *e, exec_piece_t *out);
 /* Full state `which` (plan->n_params fp32) into `out` on rank `root` of the
  * world; `out` may be NULL elsewhere. Collective: every rank must call it. */
 void exec_get_optimizer_state(exec_t *e, exec_state_t which, float *out, int root);
-/* Replace this rank's part of state `which` with `vals` (len values of
- * exec_state_range). Local: no communication. */
+/* Replace this rank's part of state `which` with `vals`: plan->shard_len
+ * values laid out as the shard (each piece at its shard_off, padding zero).
+ * Local: no communication. */
 void exec_set_optimizer_state(exec_t *e, exec_state_t which, const float *vals);
 
 /* With ASP_PROFILE=1 in the environment every step is timed (the device is
@@ -85,6 +92,11 @@ void exec_print_profile(const exec_t *e, FILE *out);
 /* Forget the times so far (the training loop calls it after the first step,
  * whose library set-up would otherwise count as op time). */
 void exec_profile_reset(exec_t *e);
+
+/* Communication time since the previous call (all-to-alls, gradient
+ * reduction and the part of it the backward did not hide); call after a
+ * step, once its results were read. */
+void exec_comm_times(exec_t *e, coll_times_t *out);
 
 /* Device memory the engine has taken since exec_create, as the backend
  * measures it (0 when it cannot). */

@@ -285,6 +285,8 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         exec_optimizer_step(e, &opt, &res);
         be->synchronize();
         double dt = asp_now() - t0;
+        coll_times_t ct;
+        exec_comm_times(e, &ct);
         if (!isfinite(res.loss))
             asp_die(ASP_EXIT_FAILURE, "loss is %f at step %lld: training diverged (lower train.lr?)", res.loss,
                     (long long)step);
@@ -303,20 +305,25 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         if (used > peak_bytes) peak_bytes = used;
         if (lead && (step % cfg->io.log_every == 0 || step == 1 || step == tc->steps)) {
             char rate[32];
-            char extra[96] = "";
+            char extra[96] = "", comm[96] = "";
             if (peak_tflops > 0)
                 snprintf(extra, sizeof extra, " | MFU %.1f%% | peak %.2f GiB", 100 * mfu, (double)peak_bytes / GIB);
-            printf("step %6lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s | %.1f ms | %.3f TFLOP/s%s\n",
+            if (r->world_size > 1)
+                snprintf(comm, sizeof comm, " | a2a %.1f ms | grad comm %.1f ms (%.1f exposed)", ct.a2a_s * 1e3,
+                         ct.grad_s * 1e3, ct.grad_exposed_s * 1e3);
+            printf("step %6lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s | %.1f ms | %.3f TFLOP/s%s%s\n",
                    (long long)step, (long long)tc->steps, res.loss, opt.lr, res.grad_norm,
-                   fmt_rate(rate, sizeof rate, tps), dt * 1e3, tflops, extra);
+                   fmt_rate(rate, sizeof rate, tps), dt * 1e3, tflops, extra, comm);
             fflush(stdout);
         }
         if (metrics) {
             fprintf(metrics,
                     "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
-                    "\"ms\": %.3f, \"tflops\": %.4f, \"mfu\": %.4f, \"peak_gib\": %.3f, \"valid_targets\": %lld}\n",
+                    "\"ms\": %.3f, \"tflops\": %.4f, \"mfu\": %.4f, \"peak_gib\": %.3f, \"valid_targets\": %lld, "
+                    "\"a2a_ms\": %.3f, \"grad_comm_ms\": %.3f, \"grad_exposed_ms\": %.3f}\n",
                     (long long)step, res.loss, opt.lr, res.grad_norm, tps, dt * 1e3, tflops, mfu,
-                    (double)peak_bytes / GIB, (long long)res.valid_targets);
+                    (double)peak_bytes / GIB, (long long)res.valid_targets, ct.a2a_s * 1e3, ct.grad_s * 1e3,
+                    ct.grad_exposed_s * 1e3);
             fflush(metrics);
         }
         if (cfg->io.save_every > 0 && step % cfg->io.save_every == 0 && step < tc->steps &&

@@ -84,6 +84,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("ckpt");
     TCase *tc = tcase_create("ckpt");
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_crc_check_value);
     tcase_add_test(tc, test_crc_matches_reference_and_streams);
     tcase_add_test(tc, test_config_keys);

@@ -285,6 +285,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("hf");
     TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 60);  /* writes and reads model folders: slow on a loaded machine */
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_config_layouts);
     tcase_add_test(tc, test_config_refusals);

@@ -130,6 +130,26 @@ static void check_reduce_scatter(int which, dtype_t t, size_t count, int salt) {
     free(recv);
 }
 
+/* The gradient path: in place, the reduced block lands at block `rank` of
+ * the buffer (what the executor's buckets rely on). */
+static void check_reduce_scatter_async(int which, dtype_t t, size_t count, int salt) {
+    comm_t *c = comm_of(which);
+    int P = comm_size(c), me = comm_rank(c);
+    size_t es = dtype_size(t);
+    void *buf = malloc((size_t)P * count * es + 1);
+    for (size_t i = 0; i < (size_t)P * count; i++) put(buf, t, i, gen(R.world_rank, i, salt));
+    coll_host.reduce_scatter_async(c, buf, count, t);
+    if (coll_host.join) coll_host.join();
+    for (size_t i = 0; i < count; i++) {
+        size_t at = (size_t)me * count + i;
+        int64_t want = 0;
+        for (int j = 0; j < P; j++) want += gen(member(which, j), at, salt);
+        EXPECT(get(buf, t, at) == want, "reduce_scatter_async %s %s n=%zu [%zu]: %lld, want %lld", comm_name(which),
+               dtype_name(t), count, i, (long long)get(buf, t, at), (long long)want);
+    }
+    free(buf);
+}
+
 static void check_allgather(int which, dtype_t t, size_t count, int in_place, int salt) {
     comm_t *c = comm_of(which);
     int P = comm_size(c), me = comm_rank(c);
@@ -191,6 +211,7 @@ static void check_all(int which, size_t count) {
     for (size_t k = 0; k < 3; k++) {
         check_allreduce(which, sums[k], count, salt++);
         check_reduce_scatter(which, sums[k], count, salt++);
+        check_reduce_scatter_async(which, sums[k], count, salt++);
     }
     for (size_t k = 0; k < 5; k++) {
         check_allgather(which, moves[k], count, 0, salt++);

@@ -404,14 +404,17 @@ START_TEST(test_memplan_hand) {
     plan_target_t t = bf16_target(0);
     t.grad_bytes = 4;   /* fp32 gradients */
     ck_assert_msg(plan_compile(p, &c, m, 8, &t, err, sizeof err) == 0, "%s", err);
-    /* parameters: 8,030,261,248 is a multiple of 8 * 64, so no padding */
+    /* parameters: the embedding (525,336,576), each layer (218,112,000) and the
+     * tail (norm + LM head, 525,340,672) are multiples of 8 * 64: no padding */
     const size_t N = 8030261248u, shard = N / 8;
     ck_assert_uint_eq(p->n_params_padded, N);
     ck_assert_uint_eq(p->shard_len, 1003782656u);
     ck_assert_uint_eq(p->mem.params.bytes, N * 2);
     ck_assert_uint_eq(p->mem.grads.bytes, N * 4);
     ck_assert_uint_eq(p->mem.master.bytes, shard * 4);
-    ck_assert_uint_eq(p->mem.grad_shard.bytes, shard * 4);
+    ck_assert_uint_eq(p->bucket_len[0], 525336576u);
+    ck_assert_uint_eq(p->bucket_len[1], 218112000u);
+    ck_assert_uint_eq(p->bucket_len[2], 525340672u);
     /* one layer's saved slot, S/P = 16384 tokens, bf16:
      *   x, xn, o, h, hn       [16384, 4096]            5 x 134,217,728
      *   q_h, o_h              [131072, 4, 128]         2 x 134,217,728
@@ -436,7 +439,7 @@ START_TEST(test_memplan_hand) {
     ck_assert(2 * tok + logits <= ws);
     const size_t a2a = tok;     /* q and o: 16384 * 8 * 4 * 128 * 2 */
     const size_t params_arena = N * 2 + N * 4;
-    const size_t opt_arena = 4 * shard * 4;
+    const size_t opt_arena = 3 * shard * 4;   /* master, m, v; gradients reduce in place */
     const size_t act_arena = 32 * slot + tok;
     /* workspace arena: workspace (holding the logits), 2 resid grads, 2 a2a, 3 x int32[16384],
      * rope fp64[64] (512), scalars 64 B rounded to 256 */
@@ -447,13 +450,15 @@ START_TEST(test_memplan_hand) {
     ck_assert_uint_eq(p->mem.arena_bytes[ARENA_WORKSPACE], ws_arena);
     ck_assert_uint_eq(p->mem.arena_bytes[ARENA_HOST], 0);
     ck_assert_uint_eq(p->mem.device_total, params_arena + opt_arena + act_arena + ws_arena);
-    ck_assert_uint_eq(p->mem.device_total, 144358736640u - logits);
+    /* 144,358,736,640 B before the logits moved into the workspace and the
+     * reduced-gradient shard (shard * 4) went */
+    ck_assert_uint_eq(p->mem.device_total, 144358736640u - logits - shard * 4);
     /* reserved bytes count, regions are 256-aligned and disjoint within an arena */
     t.reserved_bytes = 3 * GiB;
     ck_assert(plan_compile(p, &c, m, 8, &t, err, sizeof err) == 0);
-    ck_assert_uint_eq(p->mem.device_total, 144358736640u - logits + 3221225472u);
+    ck_assert_uint_eq(p->mem.device_total, 144358736640u - logits - shard * 4 + 3221225472u);
     const region_t *r[] = {&p->mem.params, &p->mem.grads, &p->mem.master, &p->mem.adam_m, &p->mem.adam_v,
-                           &p->mem.grad_shard, &p->mem.saved_layers, &p->mem.final_hidden, &p->mem.workspace,
+                           &p->mem.saved_layers, &p->mem.final_hidden, &p->mem.workspace,
                            &p->mem.resid_grad[0], &p->mem.resid_grad[1], &p->mem.a2a_send,
                            &p->mem.a2a_recv, &p->mem.tokens, &p->mem.targets, &p->mem.positions,
                            &p->mem.rope_freq, &p->mem.scalars, &p->mem.offload};
@@ -472,7 +477,6 @@ START_TEST(test_memplan_hand) {
     ck_assert(plan_compile(p, &c, m, 8, &t, err, sizeof err) == 0);
     ck_assert_uint_eq(p->shard_len, N);
     ck_assert_uint_eq(p->mem.master.bytes, N * 4);
-    ck_assert_uint_eq(p->mem.grad_shard.bytes, 0);
     /* 6N + attention */
     double fpt = 6.0 * model_matmul_params(m) + 6.0 * 32 * 131072.0 * 4096;
     ck_assert(fabs(plan_flops_per_token(m, 131072) - fpt) < 1e-6 * fpt);
@@ -488,7 +492,9 @@ START_TEST(test_memplan_padding_zero1) {
     config_t c = make_cfg(m, 100, 6, 2, SAC_SAVE_ALL);
     ck_assert_msg(compile(p, &c, m, 6, bf16_target(0), err) == 0, "%s", err);
     ck_assert_uint_eq(p->n_params_padded % (6 * 64), 0);
-    ck_assert(p->n_params_padded >= m->n_params && p->n_params_padded < m->n_params + 6 * 64);
+    /* each of the three bucket kinds pads to 6 * 64 */
+    ck_assert(p->n_params_padded >= m->n_params &&
+              p->n_params_padded < m->n_params + (size_t)(m->L + 2) * 6 * 64);
     ck_assert_uint_eq(p->shard_len * 6, p->n_params_padded);
     ck_assert_uint_eq(p->shard_len % 64, 0);
     ck_assert_int_eq(p->loss_chunk, 50);    /* seq_local < 128: the whole shard */
@@ -496,6 +502,54 @@ START_TEST(test_memplan_padding_zero1) {
     ck_assert(compile(p, &c, m, 6, bf16_target(0), err) == 0);
     ck_assert_int_eq(p->loss_chunk, 16);
     ck_assert_uint_eq(p->mem.logits.bytes, 16 * 256 * 2);
+    free(p);
+}
+END_TEST
+
+/* Every model element has exactly one flat index, inside its bucket, and
+ * every bucket splits into equal 64-multiple slices laid end to end in the
+ * shard; the padding is the only flat space no element maps to. */
+START_TEST(test_buckets) {
+    struct { int model, world, zero; int64_t S; } cases[] = {
+        {M_TINY, 1, 1, 64}, {M_TINY, 6, 1, 100}, {M_TINY, 4, 0, 64}, {M_3B, 8, 1, 8192}, {M_8B, 16, 1, 32768},
+    };
+    plan_t *p = new_plan();
+    char err[512];
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        model_t *m = get_model(cases[c].model);
+        config_t cfg = make_cfg(m, cases[c].S, cases[c].world, 1, SAC_SAVE_ALL);
+        cfg.parallel.zero_stage = cases[c].zero;
+        ck_assert_msg(compile(p, &cfg, m, cases[c].world, bf16_target(0), err) == 0, "%s", err);
+        int shards = cases[c].zero ? cases[c].world : 1;
+        ck_assert_int_eq(p->shards, shards);
+        ck_assert_int_eq(plan_n_buckets(p), (int)m->L + 2);
+        size_t model_next = 0, flat_next = 0, shard_next = 0;
+        for (int bi = 0; bi < plan_n_buckets(p); bi++) {
+            plan_bucket_t b;
+            plan_bucket(p, bi, &b);
+            ck_assert_uint_eq(b.model_begin, model_next);
+            ck_assert_uint_eq(b.flat_begin, flat_next);
+            ck_assert_uint_eq(b.shard_off, shard_next);
+            ck_assert(b.flat_len >= b.model_len && b.flat_len < b.model_len + 64 * (size_t)shards);
+            ck_assert_uint_eq(b.slice_len * (size_t)shards, b.flat_len);
+            ck_assert_uint_eq(b.slice_len % 64, 0);
+            /* first, last and a middle element map into the bucket, in order */
+            size_t probe[3] = {b.model_begin, b.model_begin + b.model_len / 2, b.model_begin + b.model_len - 1};
+            for (int k = 0; k < 3; k++)
+                ck_assert_uint_eq(plan_flat_index(p, probe[k]), b.flat_begin + (probe[k] - b.model_begin));
+            model_next += b.model_len;
+            flat_next += b.flat_len;
+            shard_next += b.slice_len;
+        }
+        ck_assert_uint_eq(model_next, m->n_params);
+        ck_assert_uint_eq(flat_next, p->n_params_padded);
+        ck_assert_uint_eq(shard_next, p->shard_len);
+        /* a layer's parameters are its bucket */
+        plan_bucket_t b;
+        plan_bucket(p, plan_layer_bucket(p, (int)m->L - 1), &b);
+        ck_assert_uint_eq(b.model_begin, model_param_offset(m, (int)m->L - 1, LP_INPUT_NORM));
+        ck_assert_uint_eq(b.model_len, m->layer_stride);
+    }
     free(p);
 }
 END_TEST
@@ -853,6 +907,7 @@ int main(void) {
     tcase_set_timeout(mem, 60);
     tcase_add_test(mem, test_memplan_hand);
     tcase_add_test(mem, test_memplan_padding_zero1);
+    tcase_add_test(mem, test_buckets);
     tcase_add_test(mem, test_workspace_walk);
     tcase_add_test(mem, test_memplan_op_scratch);
     tcase_add_test(mem, test_longest_seq);

@@ -119,6 +119,54 @@ static void h_reduce_scatter_sum(comm_t *c, const void *send, void *recv, size_t
 #endif
 }
 
+/* Time spent in communication calls: they are synchronous on the host, so
+ * all of it is exposed. */
+static coll_times_t h_times;
+
+static void h_reduce_scatter_async(comm_t *c, void *buf, size_t count, dtype_t t) {
+    need_sum_type("reduce_scatter_async", t);
+    if (c->size == 1 || count == 0) return;
+    double t0 = asp_now();
+#ifdef HAVE_MPI
+    size_t es = dtype_size(t);
+    char *mine = (char *)buf + (size_t)c->rank * count * es;
+    if (count <= max_count) {
+        /* in place, MPI puts the result at the start of the buffer */
+        MPI_CHECK(MPI_Reduce_scatter_block(MPI_IN_PLACE, buf, (int)count, mpi_type(t), MPI_SUM, c->mpi));
+        memmove(mine, buf, count * es);
+    } else {
+        /* each piece of every block reduced to its owner, in place there */
+        for (size_t off = 0; off < count; off += max_count) {
+            size_t n = count - off < max_count ? count - off : max_count;
+            for (int j = 0; j < c->size; j++) {
+                char *piece = (char *)buf + ((size_t)j * count + off) * es;
+                MPI_CHECK(MPI_Reduce(j == c->rank ? MPI_IN_PLACE : piece, j == c->rank ? piece : NULL, (int)n,
+                                     mpi_type(t), MPI_SUM, j, c->mpi));
+            }
+        }
+    }
+#else
+    (void)buf;
+    no_mpi("reduce_scatter_async", c);
+#endif
+    double dt = asp_now() - t0;
+    h_times.grad_s += dt;
+    h_times.grad_exposed_s += dt;
+}
+
+static void h_allreduce_async(comm_t *c, void *buf, size_t count, dtype_t t) {
+    double t0 = asp_now();
+    h_allreduce_sum(c, buf, count, t);
+    double dt = asp_now() - t0;
+    h_times.grad_s += dt;
+    h_times.grad_exposed_s += dt;
+}
+
+static void h_take_times(coll_times_t *out) {
+    *out = h_times;
+    memset(&h_times, 0, sizeof h_times);
+}
+
 static void h_allgather(comm_t *c, const void *send, void *recv, size_t count, dtype_t t) {
     size_t es = elem_size("allgather", t);
     const char *mine = (const char *)recv + (size_t)c->rank * count * es;
@@ -148,7 +196,15 @@ static void h_allgather(comm_t *c, const void *send, void *recv, size_t count, d
 #endif
 }
 
+static void h_alltoall_impl(comm_t *c, const void *send, void *recv, size_t count, dtype_t t);
+
 static void h_alltoall(comm_t *c, const void *send, void *recv, size_t count, dtype_t t) {
+    double t0 = asp_now();
+    h_alltoall_impl(c, send, recv, count, t);
+    h_times.a2a_s += asp_now() - t0;
+}
+
+static void h_alltoall_impl(comm_t *c, const void *send, void *recv, size_t count, dtype_t t) {
     size_t es = elem_size("alltoall", t);
     size_t total = (size_t)c->size * count * es;
     int in_place = send == recv;
@@ -211,4 +267,8 @@ const coll_ops_t coll_host = {
     .alltoall = h_alltoall,
     .bcast = h_bcast,
     .barrier = h_barrier,
+    .reduce_scatter_async = h_reduce_scatter_async,
+    .allreduce_async = h_allreduce_async,
+    .join = NULL,
+    .take_times = h_take_times,
 };

@@ -12,7 +12,21 @@
 #include "par_internal.h"
 #include "util.h"
 
-static cudaStream_t nccl_stream;
+static cudaStream_t nccl_stream;      /* the backend's compute stream */
+static cudaStream_t nccl_side;        /* gradient reductions, overlapping the backward */
+static cudaEvent_t side_fork;         /* compute -> side ordering (no timing) */
+static cudaEvent_t side_join_ev;      /* side -> compute ordering (no timing) */
+static int side_pending;              /* *_async calls since the last join */
+
+/* Communication timing with CUDA events, read back by take_times once the
+ * step has finished. A fixed pool; calls beyond it in one step go untimed. */
+#define TIMED_MAX 2048
+enum { TIMED_A2A = 0, TIMED_GRAD, TIMED_EXPOSED };
+static struct {
+    cudaEvent_t begin[TIMED_MAX], end[TIMED_MAX];
+    int kind[TIMED_MAX];
+    int n, dropped;
+} timed;
 static comm_t *nccl_comms[3];   /* world, SP, DP: polled for asynchronous errors */
 static int nccl_world_rank;
 static double nccl_timeout_s;   /* ASP_NCCL_TIMEOUT: seconds a wait may take (default 600) */
@@ -55,9 +69,46 @@ static void comm_add_nccl(comm_t *c) {
     c->nccl = nc;
 }
 
+#define CUDA_OK(call)                                                                               \
+    do {                                                                                            \
+        cudaError_t cuda_rc_ = (call);                                                              \
+        if (cuda_rc_ != cudaSuccess)                                                                \
+            asp_die(ASP_EXIT_FAILURE, "%s failed at %s:%d: %s", #call, __FILE__, __LINE__,          \
+                    cudaGetErrorString(cuda_rc_));                                                  \
+    } while (0)
+
+/* Record a timing pair around work about to be enqueued on `st`: returns the
+ * slot, or -1 when the pool is used up this step. */
+static int timed_begin(int kind, cudaStream_t st) {
+    if (timed.n >= TIMED_MAX) {
+        timed.dropped++;
+        return -1;
+    }
+    int i = timed.n++;
+    timed.kind[i] = kind;
+    CUDA_OK(cudaEventRecord(timed.begin[i], st));
+    return i;
+}
+
+static void timed_end(int i, cudaStream_t st) {
+    if (i >= 0) CUDA_OK(cudaEventRecord(timed.end[i], st));
+}
+
 int coll_nccl_init(ranks_t *r, void *stream, char *err, size_t errlen) {
     if (!r->world || !r->sp || !r->dp) return asp_errf(err, errlen, "coll_nccl_init: form the groups first (par_set_groups)");
     nccl_stream = (cudaStream_t)stream;
+    /* the communication stream gets the highest priority, so a reduction
+     * starts as soon as its bucket is ready instead of queueing behind the
+     * backward's kernels */
+    int lo = 0, hi = 0;
+    CUDA_OK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
+    CUDA_OK(cudaStreamCreateWithPriority(&nccl_side, cudaStreamNonBlocking, hi));
+    CUDA_OK(cudaEventCreateWithFlags(&side_fork, cudaEventDisableTiming));
+    CUDA_OK(cudaEventCreateWithFlags(&side_join_ev, cudaEventDisableTiming));
+    for (int i = 0; i < TIMED_MAX; i++) {
+        CUDA_OK(cudaEventCreate(&timed.begin[i]));
+        CUDA_OK(cudaEventCreate(&timed.end[i]));
+    }
     comm_nccl_free_hook = nccl_free;
     comm_add_nccl(r->world);
     comm_add_nccl(r->sp);
@@ -86,6 +137,7 @@ static void nccl_wait(void) {
     double start = asp_now();
     for (;;) {
         cudaError_t q = cudaStreamQuery(nccl_stream);
+        if (q == cudaSuccess) q = cudaStreamQuery(nccl_side);
         if (q == cudaSuccess) return;
         if (q != cudaErrorNotReady) {
             char msg[256];
@@ -137,12 +189,70 @@ static void nccl_alltoall(comm_t *c, const void *send, void *recv, size_t count,
     if (!count) return;
     size_t bytes = count * dtype_size(t);
     ncclComm_t nc = nccl_of(c);
+    int ti = timed_begin(TIMED_A2A, nccl_stream);
     NCCL_CHECK(ncclGroupStart());
     for (int j = 0; j < c->size; j++) {
         NCCL_CHECK(ncclSend((const char *)send + (size_t)j * bytes, count, nccl_type(t), j, nc, nccl_stream));
         NCCL_CHECK(ncclRecv((char *)recv + (size_t)j * bytes, count, nccl_type(t), j, nc, nccl_stream));
     }
     NCCL_CHECK(ncclGroupEnd());
+    timed_end(ti, nccl_stream);
+}
+
+/* The side stream starts after everything issued so far on the compute stream. */
+static void side_fork_now(void) {
+    CUDA_OK(cudaEventRecord(side_fork, nccl_stream));
+    CUDA_OK(cudaStreamWaitEvent(nccl_side, side_fork, 0));
+    side_pending++;
+}
+
+static void nccl_reduce_scatter_async(comm_t *c, void *buf, size_t count, dtype_t t) {
+    if (!count || c->size == 1) return;
+    nccl_last_op = "ncclReduceScatter (gradient bucket)";
+    side_fork_now();
+    int ti = timed_begin(TIMED_GRAD, nccl_side);
+    char *mine = (char *)buf + (size_t)c->rank * count * dtype_size(t);
+    NCCL_CHECK(ncclReduceScatter(buf, mine, count, nccl_type(t), ncclSum, nccl_of(c), nccl_side));
+    timed_end(ti, nccl_side);
+}
+
+static void nccl_allreduce_async(comm_t *c, void *buf, size_t count, dtype_t t) {
+    if (!count || c->size == 1) return;
+    nccl_last_op = "ncclAllReduce (gradient bucket)";
+    side_fork_now();
+    int ti = timed_begin(TIMED_GRAD, nccl_side);
+    NCCL_CHECK(ncclAllReduce(buf, buf, count, nccl_type(t), ncclSum, nccl_of(c), nccl_side));
+    timed_end(ti, nccl_side);
+}
+
+/* The compute stream waits for the side stream. The timed pair spans from
+ * the moment the compute stream reaches the join to the end of the side
+ * stream's work: the communication the backward did not hide. */
+static void nccl_join(void) {
+    if (!side_pending) return;
+    side_pending = 0;
+    int ti = timed_begin(TIMED_EXPOSED, nccl_stream);
+    CUDA_OK(cudaEventRecord(side_join_ev, nccl_side));
+    CUDA_OK(cudaStreamWaitEvent(nccl_stream, side_join_ev, 0));
+    timed_end(ti, nccl_stream);
+}
+
+static void nccl_take_times(coll_times_t *out) {
+    memset(out, 0, sizeof *out);
+    for (int i = 0; i < timed.n; i++) {
+        float ms = 0;
+        /* an unfinished pair (the caller did not wait) is left out */
+        if (cudaEventElapsedTime(&ms, timed.begin[i], timed.end[i]) != cudaSuccess) {
+            (void)cudaGetLastError();
+            continue;
+        }
+        double sec = ms > 0 ? ms / 1e3 : 0;
+        if (timed.kind[i] == TIMED_A2A) out->a2a_s += sec;
+        else if (timed.kind[i] == TIMED_GRAD) out->grad_s += sec;
+        else out->grad_exposed_s += sec;
+    }
+    timed.n = 0;
+    timed.dropped = 0;
 }
 
 static void nccl_bcast(comm_t *c, void *buf, size_t count, dtype_t t, int root) {
@@ -167,5 +277,9 @@ const coll_ops_t coll_nccl = {
     .bcast = nccl_bcast,
     .barrier = nccl_barrier,
     .wait = nccl_wait,
+    .reduce_scatter_async = nccl_reduce_scatter_async,
+    .allreduce_async = nccl_allreduce_async,
+    .join = nccl_join,
+    .take_times = nccl_take_times,
 };
 #endif

@@ -40,6 +40,13 @@ void par_finalize(ranks_t *r);
 int comm_rank(const comm_t *c);
 int comm_size(const comm_t *c);
 
+/* Seconds of communication since the previous coll_ops.take_times. */
+typedef struct {
+    double a2a_s;           /* all-to-alls (on the compute stream: all of it exposed) */
+    double grad_s;          /* gradient reductions, busy time */
+    double grad_exposed_s;  /* of which the compute stream waited for at join (not overlapped) */
+} coll_times_t;
+
 /* Collectives over buffers of one memory kind. Every rank of the
  * communicator must call them in the same order. Counts are elements. */
 typedef struct coll_ops {
@@ -57,6 +64,20 @@ typedef struct coll_ops {
      * when the calls are synchronous). A failed or hung peer ends the job
      * with a message naming the rank and the failed call, instead of a hang. */
     void (*wait)(void);
+
+    /* Gradient reduction that may overlap with later work: on the GPU it
+     * runs on a communication stream, after all work issued so far on the
+     * compute stream; on the host it runs at once. In place: after
+     * reduce_scatter_async, block `rank` of buf ([rank * count, + count))
+     * holds the sum over ranks of their block `rank` (other blocks are left
+     * undefined); after allreduce_async all of buf holds the sum. */
+    void (*reduce_scatter_async)(comm_t *c, void *buf, size_t count, dtype_t t);
+    void (*allreduce_async)(comm_t *c, void *buf, size_t count, dtype_t t);
+    /* Work issued after join waits for every *_async call before it. */
+    void (*join)(void);
+    /* Communication time since the previous call; call it once the work it
+     * covers has finished (after wait or a synchronous read). */
+    void (*take_times)(coll_times_t *out);
 } coll_ops_t;
 
 /* MPI on host memory (plain copies when the communicator has one rank). */

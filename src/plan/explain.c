@@ -107,8 +107,13 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
     fprintf(out, "  world        %d ranks = SP %d x DP %d%s\n", p->world, p->sp, p->dp,
             cfg->parallel.sequence_parallel_size == 0 ? " (SP chosen by auto)" : "");
     fprintf(out, "  ZeRO         stage %d: optimizer state sharded over %d rank%s, %zu elements each (%zu padded)\n",
-            p->zero_stage, p->zero_stage ? p->world : 1, (p->zero_stage ? p->world : 1) > 1 ? "s" : "", p->shard_len,
-            p->n_params_padded);
+            p->zero_stage, p->shards, p->shards > 1 ? "s" : "", p->shard_len, p->n_params_padded);
+    fprintf(out, "  gradients    %d buckets (embedding, one per layer, tail), each %s as soon as the backward "
+                 "leaves it\n",
+            plan_n_buckets(p),
+            p->world == 1 ? "final (one rank: nothing to reduce)"
+            : p->shards > 1 ? "reduce-scattered in place on the communication stream"
+                            : "all-reduced on the communication stream");
     fprintf(out, "  sequence     S %lld, padded %lld, %lld tokens per rank\n", (long long)p->seq_len,
             (long long)p->seq_pad, (long long)p->seq_local);
     fprintf(out, "  heads        %lld query and %lld KV heads per rank in attention, KV replication %d\n",
@@ -164,7 +169,7 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
     const memplan_t *mem = &p->mem;
     struct { const char *name; const region_t *r; } rows[] = {
         {"params", &mem->params},       {"grads", &mem->grads},           {"master", &mem->master},
-        {"adam_m", &mem->adam_m},       {"adam_v", &mem->adam_v},         {"grad_shard", &mem->grad_shard},
+        {"adam_m", &mem->adam_m},       {"adam_v", &mem->adam_v},
         {"saved_layers", &mem->saved_layers}, {"final_hidden", &mem->final_hidden}, {"workspace", &mem->workspace},
         {"  logits", &mem->logits},   {"resid_grad[0]", &mem->resid_grad[0]}, {"resid_grad[1]", &mem->resid_grad[1]},
         {"a2a_send", &mem->a2a_send},   {"a2a_recv", &mem->a2a_recv},     {"tokens", &mem->tokens},

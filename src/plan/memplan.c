@@ -181,10 +181,16 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     const size_t sl = (size_t)p->seq_local, d = (size_t)m->d, V = (size_t)m->V;
     memset(mem, 0, sizeof *mem);
 
-    /* ZeRO-1 shards over all W ranks; each shard a multiple of 64 elements */
+    /* ZeRO-1 shards every gradient bucket over all W ranks; each slice a
+     * multiple of 64 elements */
     size_t shards = p->zero_stage == 1 ? (size_t)p->world : 1;
+    p->shards = (int)shards;
     p->n_params = m->n_params;
-    p->n_params_padded = asp_align_up(m->n_params, 64 * shards);
+    const size_t tail = m->n_params - (m->layer_base + (size_t)m->L * m->layer_stride);
+    p->bucket_len[0] = asp_align_up(m->layer_base, 64 * shards);
+    p->bucket_len[1] = asp_align_up(m->layer_stride, 64 * shards);
+    p->bucket_len[2] = asp_align_up(tail, 64 * shards);
+    p->n_params_padded = p->bucket_len[0] + (size_t)m->L * p->bucket_len[1] + p->bucket_len[2];
     p->shard_len = p->n_params_padded / shards;
 
     /* loss chunk: logits no larger than the layer's largest activation */
@@ -241,10 +247,8 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     mem->master = place(end, ARENA_OPTIMIZER, p->shard_len * 4);
     mem->adam_m = place(end, ARENA_OPTIMIZER, p->shard_len * 4);
     mem->adam_v = place(end, ARENA_OPTIMIZER, p->shard_len * 4);
-    /* The reduced-gradient shard exists only when there is something to
-     * scatter: on one rank the summed gradient is the gradient itself. */
-    mem->grad_shard = place(end, ARENA_OPTIMIZER,
-                            p->zero_stage == 1 && shards > 1 ? p->shard_len * (size_t)p->target.grad_bytes : 0);
+    /* No separate reduced-gradient shard: each bucket is reduce-scattered in
+     * place, so rank r's reduced slice lands where its own slice was. */
     mem->saved_layers = place(end, ARENA_ACTIVATIONS, (size_t)m->L * p->layer.saved_bytes);
     mem->final_hidden = place(end, ARENA_ACTIVATIONS, sl * d * act);
     mem->workspace = place(end, ARENA_WORKSPACE, ws);
@@ -277,4 +281,45 @@ int memplan_all(plan_t *p, const config_t *cfg) {
     memplan_graph(p, &p->epilogue);
     memplan_regions(p, cfg);
     return p->target.memory_bytes <= 0 || (double)p->mem.device_total <= p->target.memory_bytes;
+}
+
+/* ------------------------------------------------------------------ gradient buckets */
+
+int plan_n_buckets(const plan_t *p) { return (int)p->model->L + 2; }
+
+int plan_layer_bucket(const plan_t *p, int layer) {
+    (void)p;
+    return layer + 1;
+}
+
+void plan_bucket(const plan_t *p, int b, plan_bucket_t *out) {
+    const model_t *m = p->model;
+    const size_t L = (size_t)m->L, layers_end = m->layer_base + L * m->layer_stride;
+    if (b < 0 || b > (int)L + 1) asp_die(ASP_EXIT_FAILURE, "internal: gradient bucket %d of %zu", b, L + 2);
+    if (b == 0) {
+        out->model_begin = 0;
+        out->model_len = m->layer_base;
+        out->flat_begin = 0;
+        out->flat_len = p->bucket_len[0];
+    } else if (b <= (int)L) {
+        out->model_begin = m->layer_base + (size_t)(b - 1) * m->layer_stride;
+        out->model_len = m->layer_stride;
+        out->flat_begin = p->bucket_len[0] + (size_t)(b - 1) * p->bucket_len[1];
+        out->flat_len = p->bucket_len[1];
+    } else {
+        out->model_begin = layers_end;
+        out->model_len = m->n_params - layers_end;
+        out->flat_begin = p->bucket_len[0] + L * p->bucket_len[1];
+        out->flat_len = p->bucket_len[2];
+    }
+    out->slice_len = out->flat_len / (size_t)p->shards;
+    out->shard_off = out->flat_begin / (size_t)p->shards;
+}
+
+size_t plan_flat_index(const plan_t *p, size_t i) {
+    const model_t *m = p->model;
+    if (i < m->layer_base) return i;
+    size_t r = i - m->layer_base, l = r / m->layer_stride;
+    if (l < (size_t)m->L) return p->bucket_len[0] + l * p->bucket_len[1] + (r - l * m->layer_stride);
+    return p->bucket_len[0] + (size_t)m->L * p->bucket_len[1] + (r - (size_t)m->L * m->layer_stride);
 }

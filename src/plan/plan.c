@@ -94,7 +94,7 @@ static void no_fit_message(const plan_t *p, const config_t *cfg, int64_t longest
     }
     /* Not even the shortest sequence fits: say what the fixed part costs. */
     double weights = (double)(mem->params.bytes + mem->grads.bytes + mem->master.bytes + mem->adam_m.bytes +
-                              mem->adam_v.bytes + mem->grad_shard.bytes);
+                              mem->adam_v.bytes);
     asp_fmt_bytes(fixed, sizeof fixed, weights);
     asp_errf(err, errlen,
              "this model does not fit %s per rank at any seq_len on %d ranks: weights, gradients and optimizer "

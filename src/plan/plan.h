@@ -67,7 +67,7 @@ typedef struct {
 
 typedef enum {
     ARENA_PARAMS = 0,       /* compute weights, gradients */
-    ARENA_OPTIMIZER,        /* ZeRO shard: fp32 master, AdamW m and v, reduced gradient shard */
+    ARENA_OPTIMIZER,        /* ZeRO shard: fp32 master, AdamW m and v */
     ARENA_ACTIVATIONS,      /* saved activations of all layers, final hidden */
     ARENA_WORKSPACE,        /* reused per-layer workspace, loss chunk, staging, token ids */
     ARENA_HOST,             /* pinned host memory for offloaded activations */
@@ -87,7 +87,6 @@ typedef struct {
     region_t grads;         /* n_params_padded * grad_bytes */
     region_t master;        /* shard_len fp32 */
     region_t adam_m, adam_v;/* shard_len fp32 each */
-    region_t grad_shard;    /* shard_len * grad_bytes (ZeRO-1 reduce-scatter target; empty for ZeRO-0) */
     region_t saved_layers;  /* L slots of layer.saved_bytes, slot l at offset + l * layer.saved_bytes */
     region_t final_hidden;  /* epilogue input [seq_local, d] */
     region_t workspace;     /* graph workspaces (all three share it; size = max) */
@@ -119,10 +118,14 @@ typedef struct {
     int kv_replication;     /* ranks holding each KV head (1: no replication) */
     int64_t micro_steps;    /* samples each DP rank processes per optimizer step */
     int64_t loss_chunk;     /* tokens per LM head + loss chunk */
-    /* parameters and ZeRO */
+    /* parameters and ZeRO: the flat parameter and gradient buffers hold the
+     * model's parameters in gradient buckets (plan_bucket), each padded to a
+     * multiple of 64 * shards elements so that it splits evenly over the ranks */
     size_t n_params;        /* model elements */
-    size_t n_params_padded; /* rounded up to a multiple of the shard count */
-    size_t shard_len;       /* elements of the optimizer state each rank owns (n_params_padded for ZeRO-0) */
+    size_t n_params_padded; /* elements of the flat buffers: the sum of the padded buckets */
+    int shards;             /* ranks splitting each bucket's optimizer state (world for ZeRO-1, else 1) */
+    size_t shard_len;       /* elements of the optimizer state each rank owns (n_params_padded / shards) */
+    size_t bucket_len[3];   /* padded lengths: the embedding bucket, each layer's, the tail's */
     /* graphs and decisions */
     graph_plan_t prologue, layer, epilogue;
     memplan_t mem;
@@ -150,6 +153,26 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out);
  * same config, world and target; 0 if none. */
 int64_t plan_longest_seq(const config_t *cfg, const model_t *m, int world,
                          const plan_target_t *target, int64_t granule);
+
+/* Gradient buckets, in the order of the flat buffers: 0 the embedding
+ * (model.embed_tokens), 1..L layer l-1, L+1 the tail (final norm, and the LM
+ * head when it is not tied). A bucket's gradient is complete once the
+ * backward has left its graph, so its reduction can start then. Rank r owns
+ * the slice [flat_begin + r * slice_len, + slice_len) of every bucket (ZeRO-1;
+ * with one shard the whole bucket), kept at shard_off in its optimizer shard. */
+typedef struct {
+    size_t model_begin, model_len; /* the bucket's elements in the model's parameter table */
+    size_t flat_begin, flat_len;   /* where they sit in the flat buffers (flat_len padded) */
+    size_t slice_len;              /* flat_len / shards */
+    size_t shard_off;              /* where each rank's slice sits in its optimizer shard */
+} plan_bucket_t;
+
+int plan_n_buckets(const plan_t *p);
+void plan_bucket(const plan_t *p, int b, plan_bucket_t *out);
+/* Bucket of a parameter graph: the layer graph's bucket is layer + 1. */
+int plan_layer_bucket(const plan_t *p, int layer);
+/* Flat buffer index of model parameter element `model_index`. */
+size_t plan_flat_index(const plan_t *p, size_t model_index);
 
 /* Model FLOPs per token at sequence length S: 6*N + 6*L*S*d' where N are the
  * matmul weights (LM head included) and the second term is causal attention
