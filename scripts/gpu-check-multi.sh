@@ -44,7 +44,7 @@ if [ "$MODE" != --bench-only ]; then
 fi
 
 if [ "$MODE" != --checks-only ]; then
-    B="--set train.seq_len=$S --set train.steps=$STEPS --set io.log_every=1"
+    B="--set train.seq_len=$S --set train.steps=$STEPS --set io.log_every=1 --set io.save_at_end=false"
     ./autosp-train configs/llama32_1b.yaml $DATA $B --set io.run_dir="$LOG_DIR/bench-sp1" >"$LOG_DIR/bench-sp1.log" 2>&1
     mpirun -np "$NP" $ROOT --bind-to none ./autosp-train configs/llama32_1b.yaml $DATA $B \
         --set parallel.sequence_parallel_size=$NP --set io.run_dir="$LOG_DIR/bench-sp$NP" >"$LOG_DIR/bench-sp$NP.log" 2>&1
@@ -57,7 +57,8 @@ def autosp(run):
     p = f"{d}/{run}/metrics.jsonl"
     if not os.path.exists(p): return None
     rows = [json.loads(l) for l in open(p)][1:]
-    return rows and {k: statistics.median(r[k] for r in rows) for k in ("tokens_per_s", "tflops", "mfu", "peak_gib")}
+    keys = ("tokens_per_s", "tflops", "mfu", "peak_gib", "ms", "a2a_ms", "grad_comm_ms", "grad_exposed_ms")
+    return rows and {k: statistics.median(r.get(k, 0) for r in rows) for k in keys}
 print(f"{'run':<28}{'tokens/s':>10}{'TFLOP/s/GPU':>13}{'MFU':>8}{'peak GiB':>10}")
 a1, an = autosp("bench-sp1"), autosp(f"bench-sp{np_}")
 for name, r in ((f"autosp-train SP=1 S={S}", a1), (f"autosp-train SP={np_} S={S}", an)):
@@ -67,6 +68,10 @@ for r in t:
     print(f"{'torch Ulysses SP=%d' % np_:<28}" + (f"{r['tokens_per_s']:>10.0f}{r['tflops_per_gpu']:>13.1f}{100*r['mfu']:>7.1f}%{r['peak_gib']:>10.1f}" if not r.get("oom") else "   OOM"))
 if a1 and an:
     print(f"MFU ratio SP={np_} / SP=1: {an['mfu']/a1['mfu']:.3f}")
+if an:
+    print(f"SP={np_} step {an['ms']:.0f} ms: all-to-alls {an['a2a_ms']:.0f} ms ({100*an['a2a_ms']/an['ms']:.1f}%), "
+          f"gradient reduction {an['grad_comm_ms']:.0f} ms of which exposed {an['grad_exposed_ms']:.1f} ms "
+          f"({100*an['grad_exposed_ms']/an['ms']:.2f}% of the step)")
 if an and t and not t[0].get("oom"):
     print(f"speed-up over torch Ulysses: {an['tokens_per_s']/t[0]['tokens_per_s']:.2f}x")
 PY

@@ -78,7 +78,7 @@ for CFG in $CONFIGS; do
   name=$(basename "$CFG" .yaml)
   for S in $SEQS; do
     ./autosp-train "$CFG" --set train.seq_len=$S --set train.steps=$STEPS --set data.path="$PWD/data/english.tok" \
-        --set io.run_dir="$LOG_DIR/bench-$name-$S" --set io.log_every=1 >"$LOG_DIR/bench-autosp-$name-$S.log" 2>&1
+        --set io.run_dir="$LOG_DIR/bench-$name-$S" --set io.log_every=1 --set io.save_at_end=false >"$LOG_DIR/bench-autosp-$name-$S.log" 2>&1
     "$PY" - "$LOG_DIR/bench-$name-$S/metrics.jsonl" "$S" "$name" <<'PY' | tee -a "$LOG_DIR/bench.jsonl"
 import json, os, statistics, sys
 path, S, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]

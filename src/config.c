@@ -169,6 +169,8 @@ static const cfg_key_t cfg_keys[] = {
              "never: always start fresh; or the path of a checkpoint folder (docs/checkpoints.md)"},
     {"io", "save_every", KT_INT, FLD(io.save_every), .ilo = 0, .ihi = BIG,
      .help = "optimizer steps between checkpoints; 0: only at the end of training and on SIGTERM/SIGUSR1"},
+    {"io", "save_at_end", KT_BOOL, FLD(io.save_at_end),
+     .help = "write a checkpoint after the last step (false for benchmarks; signals still checkpoint)"},
     {"io", "keep_last", KT_INT, FLD(io.keep_last), .ilo = 1, .ihi = 1 << 20,
      .help = "complete checkpoints kept in run_dir/checkpoints; older ones are deleted once a new one is complete"},
 };
@@ -243,6 +245,7 @@ void config_defaults(config_t *cfg) {
     cfg->io.log_every = 1;
     strcpy(cfg->io.resume, "auto");
     cfg->io.save_every = 0;
+    cfg->io.save_at_end = 1;
     cfg->io.keep_last = 3;
 }
 

@@ -84,6 +84,7 @@ typedef struct {
     char resume[CFG_PATH_MAX];  /* auto | never | a checkpoint folder (docs/checkpoints.md) */
     int64_t save_every;         /* steps between checkpoints; 0: only at the end and on signals */
     int64_t keep_last;          /* complete checkpoints kept */
+    int save_at_end;            /* checkpoint after the last step (signals checkpoint regardless) */
 } io_config_t;
 
 typedef struct {

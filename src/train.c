@@ -331,7 +331,11 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
             saved_step = step;
     }
     /* ---- checkpoint at the end of training or when stopped by a signal */
-    int ckpt_failed = step > saved_step && save_checkpoint(cfg, plan, e, r, host_coll, &loader, step) != 0;
+    /* a signal that came after the last step boundary: agree on it too */
+    double late_stop = stop_signal;
+    host_coll->allreduce_sum(r->world, &late_stop, 1, DT_F64);
+    int want_ckpt = step > saved_step && (cfg->io.save_at_end || late_stop > 0);
+    int ckpt_failed = want_ckpt && save_checkpoint(cfg, plan, e, r, host_coll, &loader, step) != 0;
     double total = asp_now() - t_start;
     if (lead && step > resumed.step) {
         char rate[32];

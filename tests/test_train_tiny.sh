@@ -23,3 +23,11 @@ assert last10 < 2.5, f"loss did not fall below 2.5 nats (got {last10:.4f})"
 assert all(math.isfinite(r["loss"]) and r["tokens_per_s"] > 0 for r in rows)
 print("ok: the tiny model learns")
 PY
+# the run ends with a checkpoint by default, and none with io.save_at_end=false
+[ -d "$TMP/run/checkpoints/step-$(printf %08d "$STEPS")" ] || { echo "FAIL: no checkpoint after the last step"; exit 1; }
+"$BIN" "$top_srcdir/configs/tiny.yaml" --set data.path="$SHARD" --set train.steps=2 --set train.device=cpu \
+    --set io.run_dir="$TMP/nosave" --set io.save_at_end=false >"$TMP/log2" 2>&1 ||
+    { cat "$TMP/log2"; echo "FAIL: training without a final checkpoint failed"; exit 1; }
+[ ! -e "$TMP/nosave/checkpoints" ] || [ -z "$(ls "$TMP/nosave/checkpoints")" ] ||
+    { echo "FAIL: io.save_at_end=false still wrote a checkpoint"; exit 1; }
+echo "ok: io.save_at_end decides the final checkpoint"
