@@ -538,6 +538,7 @@ static void sim_clear_workspace(sim_t *s) {
 static int bwd_reads(const graph_step_t *st, int t) {
     switch (st->op) {
     case OP_RMSNORM: case OP_MATMUL: case OP_SWIGLU: return st->in[0] == t;
+    case OP_ADD_RMSNORM: return st->out[0] == t;    /* h, the norm's input */
     case OP_ATTENTION:
         for (int i = 0; i < st->nin; i++) if (st->in[i] == t) return 1;
         for (int i = 0; i < st->nout; i++) if (st->out[i] == t) return 1;
@@ -549,6 +550,12 @@ static int bwd_reads(const graph_step_t *st, int t) {
 static int is_saved(const graph_plan_t *gp, int t) { return t == gp->g.input || gp->t[t].keep == KEEP_SAVE; }
 static int has_grad(const graph_t *g, int t) { return g->t[t].dtype == TENSOR_ACT; }
 static int in_resid(const graph_t *g, int t) { return t == g->input || t == g->output; }
+static int consumed(const graph_t *g, int t) {
+    for (int st = 0; st < g->ns; st++)
+        for (int i = 0; i < g->s[st].nin; i++)
+            if (g->s[st].in[i] == t) return 1;
+    return 0;
+}
 
 static void sim_grad_write(sim_t *s, const graph_plan_t *gp, int st, int i, size_t ws) {
     const graph_t *g = &gp->g;
@@ -647,6 +654,8 @@ static void simulate(const plan_t *p, const graph_plan_t *gp, int is_epilogue, c
         for (int i = 0; i < x->nout; i++) {
             int t = x->out[i];
             if (!has_grad(g, t) || in_resid(g, t)) continue;
+            /* ADD_RMSNORM takes h's gradient only when some step reads h (else it is zero) */
+            if (x->op == OP_ADD_RMSNORM && i == 0 && !consumed(g, t)) continue;
             sim_read(s, SP_WS, gp->t[t].grad_off, t, K_GRAD, "backward (output gradient)");
         }
         for (int i = 0; i < x->nin; i++) sim_grad_write(s, gp, st, i, ws);

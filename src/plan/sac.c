@@ -29,6 +29,8 @@ int sac_bwd_reads(const graph_step_t *s, int t) {
     case OP_MATMUL:
     case OP_SWIGLU:
         return s->nin > 0 && s->in[0] == t;
+    case OP_ADD_RMSNORM:
+        return s->nout > 0 && s->out[0] == t;  /* the norm's input h, not the addends */
     case OP_ATTENTION:
         for (int i = 0; i < s->nin; i++)
             if (s->in[i] == t) return 1;
@@ -68,6 +70,7 @@ double sac_step_flops(const plan_t *p, const graph_t *g, int si) {
     case OP_ATTENTION:                                             /* QK^T and PV, causal half */
         return 2.0 * n * n * (double)s->heads * (double)s->head_dim;
     case OP_ADD: return n * (double)x->width;
+    case OP_ADD_RMSNORM: return 5.0 * n * (double)x->width;      /* the add, then the norm's 4 */
     case OP_SWIGLU: return 3.0 * n * (double)x->width;             /* silu + product per output */
     case OP_EMBED: return n * (double)x->width;
     case OP_LMHEAD_LOSS: return 2.0 * n * (double)x->width * (double)p->model->V;
