@@ -374,8 +374,12 @@ static void run_forward(exec_t *e, const walk_t *w, int si, phase_t ph, float gr
         be->add_fwd(OUT(0), IN(0), IN(1), (size_t)n * (size_t)t0->width);
         break;
     case OP_ADD_RMSNORM:
-        be->add_rmsnorm_fwd(OUT(0), OUT(1), IN(0), IN(1), step_param(e, w, s), n, t0->width,
-                            (float)e->model->cfg.rms_norm_eps);
+        if (ph == PHASE_BWD && plan_recompute_norm_only(w->gp, si))
+            /* h was kept: rebuild hn from it, as the fused op would have */
+            be->rmsnorm_fwd(OUT(1), OUT(0), step_param(e, w, s), n, t0->width, (float)e->model->cfg.rms_norm_eps);
+        else
+            be->add_rmsnorm_fwd(OUT(0), OUT(1), IN(0), IN(1), step_param(e, w, s), n, t0->width,
+                                (float)e->model->cfg.rms_norm_eps);
         break;
     case OP_SWIGLU:
         be->swiglu_fwd(OUT(0), IN(0), n, g->t[s->out[0]].width);
