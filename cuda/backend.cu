@@ -375,6 +375,8 @@ static backend_t make_backend(void) {
     b.embed_bwd = cuda_embed_bwd;
     b.rmsnorm_fwd = cuda_rmsnorm_fwd;
     b.rmsnorm_bwd = cuda_rmsnorm_bwd;
+    b.add_rmsnorm_fwd = cuda_add_rmsnorm_fwd;
+    b.add_rmsnorm_bwd = cuda_add_rmsnorm_bwd;
     b.matmul_fwd = cuda_matmul_fwd;
     b.matmul_bwd = cuda_matmul_bwd;
     b.rope_split_fwd = cuda_rope_split_fwd;

@@ -93,6 +93,10 @@ void cuda_embed_bwd(void *dwte, const int32_t *tokens, const void *dout, int64_t
 void cuda_rmsnorm_fwd(void *out, const void *x, const void *w, int64_t n, int64_t d, float eps);
 void cuda_rmsnorm_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                       int64_t n, int64_t d, float eps);
+void cuda_add_rmsnorm_fwd(void *h, void *hn, const void *a, const void *b, const void *w, int64_t n, int64_t d,
+                          float eps);
+void cuda_add_rmsnorm_bwd(void *da, int acc_a, void *db, int acc_b, void *dw, const void *dh, const void *dhn,
+                          const void *h, const void *w, int64_t n, int64_t d, float eps);
 void cuda_rope_split_fwd(void *q, void *k, void *v, const void *qkv, const int32_t *pos,
                          const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd);
 void cuda_rope_split_bwd(void *dqkv, const void *dq, const void *dk, const void *dv, const int32_t *pos,

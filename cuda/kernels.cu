@@ -163,58 +163,235 @@ extern "C" void cuda_embed_bwd(void *dwte, const int32_t *tokens, const void *do
     CUDA_CHECK_LAUNCH("embed_bwd runs");
 }
 
-/* ------------------------------------------------------------ rmsnorm */
+/* ------------------------------------------------------------ rmsnorm, add + rmsnorm */
 
-__global__ void k_rmsnorm_fwd(bf16 *out, const bf16 *x, const bf16 *w, int64_t d, float eps) {
+/* One kernel pair serves rmsnorm and the residual add fused with it (rmsnorm
+ * is the fused op without the add), so the two give bitwise-equal results on
+ * equal rows. A row is cut into 8-element chunks; with RMS_THREADS threads,
+ * thread t owns chunks t, t + RMS_THREADS, ... and sums its squares (and the
+ * backward's dot product) chunk by chunk in that order, then over the block
+ * (block_sum). A chunk is one 16-byte access when every pointer is 16-byte
+ * aligned and d % 8 == 0 (vec), else 8 scalar accesses with elements past d
+ * read as 0; the sums are the same either way. Up to PER chunks per thread
+ * stay in registers between a row's two passes (statistics, then outputs);
+ * wider rows read their inputs again in the second pass. */
+#define RMS_THREADS 256
+
+static __device__ __forceinline__ void ld8(float v[8], const bf16 *p, int64_t i, int64_t d, int vec) {
+    if (vec) {
+        bf16x8 x = *(const bf16x8 *)(p + i);
+#pragma unroll
+        for (int e = 0; e < 8; e++) v[e] = bf(x.v[e]);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; e++) v[e] = i + e < d ? bf(p[i + e]) : 0.0f;
+    }
+}
+
+static __device__ __forceinline__ void st8(bf16 *p, int64_t i, int64_t d, const float v[8], int vec) {
+    if (vec) {
+        bf16x8 x;
+#pragma unroll
+        for (int e = 0; e < 8; e++) x.v[e] = tobf(v[e]);
+        *(bf16x8 *)(p + i) = x;
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            if (i + e < d) p[i + e] = tobf(v[e]);
+    }
+}
+
+/* Element i.. i+7 of the norm's input row: a (b == NULL), or a + b rounded to
+ * bf16, as add_fwd stores it. */
+static __device__ __forceinline__ void norm_input8(float v[8], const bf16 *a, const bf16 *b, int64_t i, int64_t d,
+                                                   int vec) {
+    ld8(v, a, i, d, vec);
+    if (!b) return;
+    float u[8];
+    ld8(u, b, i, d, vec);
+#pragma unroll
+    for (int e = 0; e < 8; e++) v[e] = bf(tobf(v[e] + u[e]));
+}
+
+/* One block per row: h = a + b (stored when b != NULL; h is not touched
+ * otherwise), hn = h / sqrt(mean(h^2) + eps) * w. */
+template <int PER>
+__global__ void __launch_bounds__(RMS_THREADS) k_add_rmsnorm_fwd(bf16 *h, bf16 *hn, const bf16 *a, const bf16 *b,
+                                                                 const bf16 *w, int64_t d, float eps, int vec) {
     __shared__ float sh[32];
-    int64_t row = blockIdx.x;
-    const bf16 *xr = x + row * d;
-    bf16 *orow = out + row * d;
+    const int64_t off = (int64_t)blockIdx.x * d, nc = (d + 7) / 8, stride = (int64_t)PER * RMS_THREADS;
+    const bool cached = nc <= stride;
+    const bf16 *ar = a + off, *br = b ? b + off : NULL;
+    float v[PER][8];
     float ss = 0.0f;
-    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
-        float v = bf(xr[c]);
-        ss += v * v;
+    for (int64_t c0 = 0; c0 < nc; c0 += stride) {
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            int64_t c = c0 + threadIdx.x + (int64_t)i * RMS_THREADS;
+            if (c >= nc) continue;
+            norm_input8(v[i], ar, br, 8 * c, d, vec);
+            if (br) st8(h + off, 8 * c, d, v[i], vec);
+#pragma unroll
+            for (int e = 0; e < 8; e++) ss += v[i][e] * v[i][e];
+        }
     }
     ss = block_sum(ss, sh);
-    float r = rsqrtf(ss / (float)d + eps);
-    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) orow[c] = tobf(bf(xr[c]) * r * bf(w[c]));
+    const float r = rsqrtf(ss / (float)d + eps);
+    for (int64_t c0 = 0; c0 < nc; c0 += stride) {
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            int64_t c = c0 + threadIdx.x + (int64_t)i * RMS_THREADS;
+            if (c >= nc) continue;
+            if (!cached) norm_input8(v[i], ar, br, 8 * c, d, vec);
+            float wv[8], o[8];
+            ld8(wv, w, 8 * c, d, vec);
+#pragma unroll
+            for (int e = 0; e < 8; e++) o[e] = v[i][e] * r * wv[e];
+            st8(hn + off, 8 * c, d, o, vec);
+        }
+    }
+}
+
+/* Chunks per thread kept in registers for a row of d: the smallest of
+ * 1, 2, 4, ... max_per that covers the row, else max_per. */
+static int rms_per(int64_t d, int max_per) {
+    int64_t need = asp_ceil_div(asp_ceil_div(d, 8), RMS_THREADS);
+    int per = 1;
+    while (per < max_per && per < need) per *= 2;
+    return per;
+}
+
+static void launch_add_rmsnorm_fwd(bf16 *h, bf16 *hn, const bf16 *a, const bf16 *b, const bf16 *w, int64_t n,
+                                   int64_t d, float eps, const char *what) {
+    if (n <= 0 || d <= 0) return;
+    int vec = d % 8 == 0 && cuda_aligned16(hn) && cuda_aligned16(a) && cuda_aligned16(w) &&
+              (!b || (cuda_aligned16(h) && cuda_aligned16(b)));
+    unsigned grid = cuda_blocks((size_t)n, 1);
+    switch (rms_per(d, 8)) {
+    case 1: k_add_rmsnorm_fwd<1><<<grid, RMS_THREADS, 0, g_cuda.stream>>>(h, hn, a, b, w, d, eps, vec); break;
+    case 2: k_add_rmsnorm_fwd<2><<<grid, RMS_THREADS, 0, g_cuda.stream>>>(h, hn, a, b, w, d, eps, vec); break;
+    case 4: k_add_rmsnorm_fwd<4><<<grid, RMS_THREADS, 0, g_cuda.stream>>>(h, hn, a, b, w, d, eps, vec); break;
+    default: k_add_rmsnorm_fwd<8><<<grid, RMS_THREADS, 0, g_cuda.stream>>>(h, hn, a, b, w, d, eps, vec); break;
+    }
+    CUDA_CHECK_LAUNCH(what);
 }
 
 extern "C" void cuda_rmsnorm_fwd(void *out, const void *x, const void *w, int64_t n, int64_t d, float eps) {
-    if (n <= 0) return;
-    k_rmsnorm_fwd<<<cuda_blocks((size_t)n, 1), 256, 0, g_cuda.stream>>>((bf16 *)out, (const bf16 *)x,
-                                                                         (const bf16 *)w, d, eps);
-    CUDA_CHECK_LAUNCH("rmsnorm_fwd");
+    launch_add_rmsnorm_fwd(NULL, (bf16 *)out, (const bf16 *)x, NULL, (const bf16 *)w, n, d, eps, "rmsnorm_fwd");
 }
 
-/* Each block owns rows b, b + B, ... and one row of `partial` [B, d]; the
- * second kernel adds the B partials into dw in block order. */
-__global__ void k_rmsnorm_bwd(bf16 *dx, int acc, float *partial, const bf16 *dout, const bf16 *x,
-                              const bf16 *w, int64_t n, int64_t d, float eps) {
+extern "C" void cuda_add_rmsnorm_fwd(void *h, void *hn, const void *a, const void *b, const void *w, int64_t n,
+                                     int64_t d, float eps) {
+    if (!b)
+        asp_die(ASP_EXIT_FAILURE, "cuda add_rmsnorm_fwd: the second addend is NULL; use rmsnorm_fwd for a plain norm");
+    launch_add_rmsnorm_fwd((bf16 *)h, (bf16 *)hn, (const bf16 *)a, (const bf16 *)b, (const bf16 *)w, n, d, eps,
+                           "add_rmsnorm_fwd");
+}
+
+/* A fixed number of blocks; block j owns rows j, j + gridDim.x, ... and row j
+ * of `partial` [gridDim.x, d] (NULL: no dw), which k_sum_partials adds into
+ * dw in block order. Per row, with y = dout and x the norm's input:
+ *   g = dh + r w y - x r^3/d sum(w y x)     (dh = NULL: no term)
+ *   da (+)= g, db (+)= g (each NULL: skipped); partial += y x r.
+ * rmsnorm_bwd is this with dh = db = NULL. */
+template <int PER>
+__global__ void __launch_bounds__(RMS_THREADS) k_add_rmsnorm_bwd(bf16 *da, int acc_a, bf16 *db, int acc_b,
+                                                                 float *partial, const bf16 *dh, const bf16 *dout,
+                                                                 const bf16 *x, const bf16 *w, int64_t n, int64_t d,
+                                                                 float eps, int vec) {
     __shared__ float sh[32];
-    float *part = partial + (int64_t)blockIdx.x * d;
-    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) part[c] = 0.0f;
+    const int64_t nc = (d + 7) / 8, stride = (int64_t)PER * RMS_THREADS;
+    const bool cached = nc <= stride;
+    float *part = partial ? partial + (int64_t)blockIdx.x * d : NULL;
+    float xv[PER][8], yv[PER][8], pw[PER][8];
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+#pragma unroll
+        for (int e = 0; e < 8; e++) pw[i][e] = 0.0f;
+    if (part && !cached)
+        for (int64_t c = threadIdx.x; c < nc; c += RMS_THREADS)
+            for (int64_t j = 8 * c; j < 8 * c + 8 && j < d; j++) part[j] = 0.0f;
     for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
-        const bf16 *xr = x + row * d, *gr = dout + row * d;
+        const int64_t off = row * d;
         float ss = 0.0f, dot = 0.0f;
-        for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
-            float xv = bf(xr[c]), g = bf(gr[c]) * bf(w[c]);
-            ss += xv * xv;
-            dot += g * xv;
+        for (int64_t c0 = 0; c0 < nc; c0 += stride) {
+#pragma unroll
+            for (int i = 0; i < PER; i++) {
+                int64_t c = c0 + threadIdx.x + (int64_t)i * RMS_THREADS;
+                if (c >= nc) continue;
+                float wv[8];
+                ld8(xv[i], x + off, 8 * c, d, vec);
+                ld8(yv[i], dout + off, 8 * c, d, vec);
+                ld8(wv, w, 8 * c, d, vec);
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    ss += xv[i][e] * xv[i][e];
+                    dot += yv[i][e] * wv[e] * xv[i][e];
+                }
+            }
         }
         ss = block_sum(ss, sh);
         dot = block_sum(dot, sh);
-        float r = rsqrtf(ss / (float)d + eps);
-        float k = r * r * r * dot / (float)d;
-        for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
-            float xv = bf(xr[c]), gv = bf(gr[c]);
-            float v = r * gv * bf(w[c]) - k * xv;
-            if (dx) {
-                bf16 *o = dx + row * d + c;
-                *o = tobf(acc ? bf(*o) + v : v);
+        const float r = rsqrtf(ss / (float)d + eps);
+        const float k = r * r * r * dot / (float)d;
+        for (int64_t c0 = 0; c0 < nc; c0 += stride) {
+#pragma unroll
+            for (int i = 0; i < PER; i++) {
+                int64_t c = c0 + threadIdx.x + (int64_t)i * RMS_THREADS;
+                if (c >= nc) continue;
+                if (!cached) {
+                    ld8(xv[i], x + off, 8 * c, d, vec);
+                    ld8(yv[i], dout + off, 8 * c, d, vec);
+                }
+                float wv[8], g[8], t[8];
+                ld8(wv, w, 8 * c, d, vec);
+#pragma unroll
+                for (int e = 0; e < 8; e++) g[e] = r * yv[i][e] * wv[e] - k * xv[i][e];
+                if (dh) {
+                    ld8(t, dh + off, 8 * c, d, vec);
+#pragma unroll
+                    for (int e = 0; e < 8; e++) g[e] = t[e] + g[e];
+                }
+                if (da) {
+                    if (acc_a) {
+                        ld8(t, da + off, 8 * c, d, vec);
+#pragma unroll
+                        for (int e = 0; e < 8; e++) t[e] += g[e];
+                        st8(da + off, 8 * c, d, t, vec);
+                    } else {
+                        st8(da + off, 8 * c, d, g, vec);
+                    }
+                }
+                if (db) {
+                    if (acc_b) {
+                        ld8(t, db + off, 8 * c, d, vec);
+#pragma unroll
+                        for (int e = 0; e < 8; e++) t[e] += g[e];
+                        st8(db + off, 8 * c, d, t, vec);
+                    } else {
+                        st8(db + off, 8 * c, d, g, vec);
+                    }
+                }
+                if (!part) continue;
+                if (cached) {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) pw[i][e] += yv[i][e] * xv[i][e] * r;
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+                        if (8 * c + e < d) part[8 * c + e] += yv[i][e] * xv[i][e] * r;
+                }
             }
-            part[c] += gv * xv * r;
         }
+    }
+    if (!part || !cached) return;
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        int64_t c = threadIdx.x + (int64_t)i * RMS_THREADS;
+        if (c >= nc) continue;
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            if (8 * c + e < d) part[8 * c + e] = pw[i][e];
     }
 }
 
@@ -226,20 +403,44 @@ __global__ void k_sum_partials(float *dw, const float *partial, int nb, int64_t 
     dw[c] += s;
 }
 
+/* Blocks of the backward: a fixed count (not one tied to the device) keeps
+ * dw bitwise reproducible across cards too. Its partials [blocks, d] fp32
+ * are the scratch cuda_kernels_scratch_bytes reserves. */
+static int rms_bwd_blocks(int64_t n) { return n < 256 ? (int)n : 256; }
+
+static void launch_add_rmsnorm_bwd(bf16 *da, int acc_a, bf16 *db, int acc_b, float *dw, const bf16 *dh,
+                                   const bf16 *dout, const bf16 *x, const bf16 *w, int64_t n, int64_t d, float eps,
+                                   const char *what) {
+    if (n <= 0 || d <= 0) return;
+    int nb = rms_bwd_blocks(n);
+    float *partial = dw ? (float *)cuda_scratch((size_t)nb * (size_t)d * sizeof(float)) : NULL;
+    int vec = d % 8 == 0 && cuda_aligned16(dout) && cuda_aligned16(x) && cuda_aligned16(w) &&
+              (!da || cuda_aligned16(da)) && (!db || cuda_aligned16(db)) && (!dh || cuda_aligned16(dh));
+    switch (rms_per(d, 4)) {
+    case 1: k_add_rmsnorm_bwd<1><<<nb, RMS_THREADS, 0, g_cuda.stream>>>(da, acc_a, db, acc_b, partial, dh, dout, x,
+                                                                        w, n, d, eps, vec); break;
+    case 2: k_add_rmsnorm_bwd<2><<<nb, RMS_THREADS, 0, g_cuda.stream>>>(da, acc_a, db, acc_b, partial, dh, dout, x,
+                                                                        w, n, d, eps, vec); break;
+    default: k_add_rmsnorm_bwd<4><<<nb, RMS_THREADS, 0, g_cuda.stream>>>(da, acc_a, db, acc_b, partial, dh, dout,
+                                                                         x, w, n, d, eps, vec); break;
+    }
+    CUDA_CHECK_LAUNCH(what);
+    if (dw) {
+        k_sum_partials<<<cuda_blocks((size_t)d, 256), 256, 0, g_cuda.stream>>>(dw, partial, nb, d);
+        CUDA_CHECK_LAUNCH(what);
+    }
+}
+
 extern "C" void cuda_rmsnorm_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                                  int64_t n, int64_t d, float eps) {
-    if (n <= 0) return;
-    /* A fixed block count (not one tied to the device) keeps dw bitwise
-     * reproducible across cards too. */
-    int nb = n < 256 ? (int)n : 256;
-    float *partial = (float *)cuda_scratch((size_t)nb * (size_t)d * sizeof(float));
-    k_rmsnorm_bwd<<<nb, 256, 0, g_cuda.stream>>>((bf16 *)dx, acc, partial, (const bf16 *)dout, (const bf16 *)x,
-                                                 (const bf16 *)w, n, d, eps);
-    CUDA_CHECK_LAUNCH("rmsnorm_bwd");
-    if (dw) {
-        k_sum_partials<<<cuda_blocks((size_t)d, 256), 256, 0, g_cuda.stream>>>((float *)dw, partial, nb, d);
-        CUDA_CHECK_LAUNCH("rmsnorm_bwd dw");
-    }
+    launch_add_rmsnorm_bwd((bf16 *)dx, acc, NULL, 0, (float *)dw, NULL, (const bf16 *)dout, (const bf16 *)x,
+                           (const bf16 *)w, n, d, eps, "rmsnorm_bwd");
+}
+
+extern "C" void cuda_add_rmsnorm_bwd(void *da, int acc_a, void *db, int acc_b, void *dw, const void *dh,
+                                     const void *dhn, const void *h, const void *w, int64_t n, int64_t d, float eps) {
+    launch_add_rmsnorm_bwd((bf16 *)da, acc_a, (bf16 *)db, acc_b, (float *)dw, (const bf16 *)dh, (const bf16 *)dhn,
+                           (const bf16 *)h, (const bf16 *)w, n, d, eps, "add_rmsnorm_bwd");
 }
 
 /* ------------------------------------------------------------ RoPE + split */
@@ -627,8 +828,7 @@ extern "C" size_t cuda_kernels_scratch_bytes(int64_t rows, int64_t d, int64_t vo
         size_t embed = 3 * asp_align_up((size_t)rows * sizeof(int32_t), 256) + cub_bytes;
         if (embed > need) need = embed;
     }
-    size_t nb = rows < 256 ? (size_t)rows : 256;
-    size_t rms = nb * (size_t)d * sizeof(float);
+    size_t rms = rows > 0 ? (size_t)rms_bwd_blocks(rows) * (size_t)d * sizeof(float) : 0; /* rmsnorm, add_rmsnorm dw */
     if (rms > need) need = rms;
     size_t xent = (size_t)loss_chunk * sizeof(float);
     if (xent > need) need = xent;

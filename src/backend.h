@@ -69,6 +69,17 @@ typedef struct backend {
     void (*rmsnorm_bwd)(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                         int64_t n, int64_t d, float eps);
 
+    /* The residual add fused with the RMSNorm that follows it, row-wise over d:
+     *   h = a + b (rounded to the act dtype), hn = rmsnorm(h) * w, the norm taken
+     *   from the ROUNDED h, so hn equals add_fwd followed by rmsnorm_fwd. */
+    void (*add_rmsnorm_fwd)(void *h, void *hn, const void *a, const void *b, const void *w, int64_t n, int64_t d,
+                            float eps);
+    /* g = dh + (the rmsnorm backward of dhn at h); da (+)= g (acc_a), db (+)= g (acc_b);
+     * dw += the norm weight's gradient (deterministic). dh is the gradient h gets from
+     * its other consumers, NULL for none (zero); da or db may be NULL (not wanted). */
+    void (*add_rmsnorm_bwd)(void *da, int acc_a, void *db, int acc_b, void *dw, const void *dh, const void *dhn,
+                            const void *h, const void *w, int64_t n, int64_t d, float eps);
+
     /* out[n,m] = x[n,k] w[m,k]^T */
     void (*matmul_fwd)(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m);
     /* dx[n,k] (+)= dout[n,m] w[m,k] (dx may be NULL); dw[m,k] += dout^T x (dw may be NULL) */

@@ -433,6 +433,14 @@ static void run_forward(exec_t *e, const walk_t *w, int si, phase_t ph, float gr
     case OP_ADD:
         be->add_fwd(OUT(0), IN(0), IN(1), (size_t)n * (size_t)t0->width);
         break;
+    case OP_ADD_RMSNORM:
+        if (ph == PHASE_BWD && plan_recompute_norm_only(w->gp, si))
+            /* h was kept: rebuild hn from it, as the fused op would have */
+            be->rmsnorm_fwd(OUT(1), OUT(0), step_param(e, w, s), n, t0->width, (float)e->model->cfg.rms_norm_eps);
+        else
+            be->add_rmsnorm_fwd(OUT(0), OUT(1), IN(0), IN(1), step_param(e, w, s), n, t0->width,
+                                (float)e->model->cfg.rms_norm_eps);
+        break;
     case OP_SWIGLU:
         be->swiglu_fwd(OUT(0), IN(0), n, g->t[s->out[0]].width);
         break;
@@ -470,6 +478,18 @@ static void need_overwrite(const walk_t *w, int si, int i) {
         asp_die(ASP_EXIT_FAILURE, "internal: %s step %d (%s) can only overwrite the gradient of %s", g->name, si,
                 op_name(g->s[si].op), g->t[g->s[si].in[i]].name);
     }
+}
+
+/* The gradient of output tensor tid, or NULL when no step reads tid (no
+ * backward wrote one: it is zero). Every reader of tid comes after its
+ * producer, so by the producer's backward the gradient is complete. */
+static const uint8_t *out_grad_or_null(exec_t *e, const walk_t *w, int tid) {
+    const graph_t *g = &w->gp->g;
+    if (tid == g->output) return grad_at(e, w, tid);
+    for (int s = 0; s < g->ns; s++)
+        for (int i = 0; i < g->s[s].nin; i++)
+            if (g->s[s].in[i] == tid) return grad_at(e, w, tid);
+    return NULL;
 }
 
 static void run_backward(exec_t *e, const walk_t *w, int si) {
@@ -513,6 +533,11 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
         be->accumulate(DIN(1), DOUT(0), count, ACC(1));
         break;
     }
+    case OP_ADD_RMSNORM:
+        /* h's own gradient (from the mlp residual) plus the norm's, to both addends */
+        be->add_rmsnorm_bwd(DIN(0), ACC(0), DIN(1), ACC(1), step_param_grad(e, w, s), out_grad_or_null(e, w, s->out[0]),
+                            DOUT(1), OUT(0), step_param(e, w, s), n, t0->width, eps);
+        break;
     case OP_SWIGLU:
         need_overwrite(w, si, 0);
         be->swiglu_bwd(DIN(0), DOUT(0), IN(0), n, g->t[s->out[0]].width);

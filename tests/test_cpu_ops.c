@@ -189,6 +189,95 @@ START_TEST(test_rmsnorm_fwd) {
 }
 END_TEST
 
+/* ------------------------------------------------------------ residual add + rmsnorm */
+
+/* L = <Rh, h> + <Rn, hn> (Rh = NULL: h has no other consumer, L = <Rn, hn>) */
+typedef struct { float *a, *b, *w, *Rh, *Rn, *h, *hn; int64_t n, d; float eps; } arn_ctx;
+static double arn_loss(void *c) {
+    arn_ctx *k = c;
+    size_t nd = (size_t)(k->n * k->d);
+    be->add_rmsnorm_fwd(k->h, k->hn, k->a, k->b, k->w, k->n, k->d, k->eps);
+    return (k->Rh ? dotd(k->Rh, k->h, nd) : 0.0) + dotd(k->Rn, k->hn, nd);
+}
+
+START_TEST(test_add_rmsnorm_fd) {
+    trng_t r = {111};
+    int64_t n = 7, d = 33;
+    size_t nd = (size_t)(n * d);
+    for (int with_dh = 0; with_dh < 2; with_dh++) {
+        arn_ctx c = {frand(&r, nd, 1.0), frand(&r, nd, 1.0), frand(&r, (size_t)d, 1.0),
+                     with_dh ? frand(&r, nd, 1.0) : NULL, frand(&r, nd, 1.0), fzeros(nd), fzeros(nd), n, d, 1e-5f};
+        float *da = fzeros(nd), *db = fzeros(nd), *dw0 = frand(&r, (size_t)d, 1.0), *dw = fcopy(dw0, (size_t)d);
+        poison(da, nd);
+        poison(db, nd);
+        arn_loss(&c);   /* the backward reads h */
+        be->add_rmsnorm_bwd(da, 0, db, 0, dw, c.Rh, c.Rn, c.h, c.w, n, d, c.eps);
+        assert_finite("add_rmsnorm da", da, nd);
+        assert_finite("add_rmsnorm db", db, nd);
+        ck_assert_mem_eq(da, db, nd * 4);   /* a residual add passes the same gradient to both */
+        for (int64_t i = 0; i < d; i++) dw[i] -= dw0[i];
+        fd_check(with_dh ? "add_rmsnorm da" : "add_rmsnorm da (dh = NULL)", arn_loss, &c, c.a, da, nd, FD_H, &r);
+        fd_check(with_dh ? "add_rmsnorm db" : "add_rmsnorm db (dh = NULL)", arn_loss, &c, c.b, db, nd, FD_H, &r);
+        fd_check(with_dh ? "add_rmsnorm dw" : "add_rmsnorm dw (dh = NULL)", arn_loss, &c, c.w, dw, (size_t)d, FD_H,
+                 &r);
+
+        /* the unfused pair: dh (+)= rmsnorm_bwd(dhn), then the add's backward */
+        float *g = with_dh ? fcopy(c.Rh, nd) : fzeros(nd), *dwr = fzeros((size_t)d);
+        be->add_rmsnorm_fwd(c.h, c.hn, c.a, c.b, c.w, n, d, c.eps);
+        be->rmsnorm_bwd(g, with_dh, dwr, c.Rn, c.h, c.w, n, d, c.eps);
+        ck_assert_mem_eq(da, g, nd * 4);
+
+        /* acc = 1 adds to da and db independently; NULL da, db or dw is skipped */
+        float *base_a = frand(&r, nd, 1.0), *base_b = frand(&r, nd, 1.0);
+        float *da2 = fcopy(base_a, nd), *db2 = fcopy(base_b, nd), *dwb = fzeros((size_t)d);
+        be->add_rmsnorm_bwd(da2, 1, db2, 0, dwb, c.Rh, c.Rn, c.h, c.w, n, d, c.eps);
+        for (size_t i = 0; i < nd; i++) ck_assert(da2[i] == base_a[i] + g[i]);
+        ck_assert_mem_eq(db2, g, nd * 4);
+        ck_assert_mem_eq(dwb, dwr, (size_t)d * 4);   /* from zero: the unfused dw exactly */
+        memcpy(da2, base_a, nd * 4);
+        memcpy(db2, base_b, nd * 4);
+        be->add_rmsnorm_bwd(da2, 0, db2, 1, NULL, c.Rh, c.Rn, c.h, c.w, n, d, c.eps);
+        ck_assert_mem_eq(da2, g, nd * 4);
+        for (size_t i = 0; i < nd; i++) ck_assert(db2[i] == base_b[i] + g[i]);
+        be->add_rmsnorm_bwd(NULL, 0, NULL, 0, dwb, c.Rh, c.Rn, c.h, c.w, n, d, c.eps);
+        for (int64_t i = 0; i < d; i++) ck_assert(dwb[i] == dwr[i] + dwr[i]);
+        free(c.a); free(c.b); free(c.w); free(c.Rh); free(c.Rn); free(c.h); free(c.hn);
+        free(da); free(db); free(dw0); free(dw); free(g); free(dwr);
+        free(base_a); free(base_b); free(da2); free(db2); free(dwb);
+    }
+}
+END_TEST
+
+/* The fused forward is add_fwd then rmsnorm_fwd, bitwise, and matches a
+ * double reference of the same formula. */
+START_TEST(test_add_rmsnorm_fwd) {
+    trng_t r = {112};
+    const int64_t shapes[][2] = {{5, 64}, {3, 1000}, {9, 72}, {1, 1}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        int64_t n = shapes[k][0], d = shapes[k][1];
+        size_t nd = (size_t)(n * d);
+        float eps = 1e-6f;
+        float *a = frand(&r, nd, 2.0), *b = frand(&r, nd, 1.0), *w = frand(&r, (size_t)d, 1.0);
+        float *h = fzeros(nd), *hn = fzeros(nd), *h2 = fzeros(nd), *hn2 = fzeros(nd);
+        poison(h, nd);
+        poison(hn, nd);
+        be->add_rmsnorm_fwd(h, hn, a, b, w, n, d, eps);
+        be->add_fwd(h2, a, b, nd);
+        be->rmsnorm_fwd(hn2, h2, w, n, d, eps);
+        ck_assert_mem_eq(h, h2, nd * 4);
+        ck_assert_mem_eq(hn, hn2, nd * 4);
+        double *ref = calloc(nd, sizeof(double));
+        for (int64_t t = 0; t < n; t++) {
+            double ms = 0;
+            for (int64_t i = 0; i < d; i++) ms += (double)h2[t * d + i] * h2[t * d + i] / (double)d;
+            for (int64_t i = 0; i < d; i++) ref[t * d + i] = h2[t * d + i] / sqrt(ms + eps) * w[i];
+        }
+        ck_assert_double_lt(rel_err_d(hn, ref, nd), FWD_TOL);
+        free(a); free(b); free(w); free(h); free(hn); free(h2); free(hn2); free(ref);
+    }
+}
+END_TEST
+
 /* ------------------------------------------------------------ matmul */
 
 typedef struct { float *x, *w, *R, *out; int64_t n, k, m; } mm_ctx;
@@ -697,6 +786,8 @@ static Suite *cpu_suite(void) {
     tcase_add_test(tc, test_memory_and_bf16);
     tcase_add_test(tc, test_rmsnorm_fwd);
     tcase_add_test(tc, test_rmsnorm_fd);
+    tcase_add_test(tc, test_add_rmsnorm_fwd);
+    tcase_add_test(tc, test_add_rmsnorm_fd);
     tcase_add_test(tc, test_matmul_fd);
     tcase_add_test(tc, test_rope_fwd);
     tcase_add_test(tc, test_rope_fd);

@@ -178,6 +178,88 @@ START_TEST(t_rmsnorm) {
 }
 END_TEST
 
+/* Raw device bytes of a buffer (to compare two GPU results bit for bit). */
+static void *raw(const buf_t *b) {
+    size_t bytes = b->n * dtype_size(b->gt);
+    void *h = malloc(bytes ? bytes : 1);
+    ck_assert_ptr_nonnull(h);
+    G->to_host(h, b->g, bytes);
+    return h;
+}
+
+static void same_as_unfused(const char *what, const buf_t *fused, const buf_t *pair) {
+    void *x = raw(fused), *y = raw(pair);
+    int eq = memcmp(x, y, fused->n * dtype_size(fused->gt)) == 0;
+    printf("  %-58s bitwise %s\n", what, eq ? "equal" : "DIFFERENT");
+    fflush(stdout);
+    free(x);
+    free(y);
+    ck_assert_msg(eq, "%s: the fused op differs from add_fwd + rmsnorm_fwd", what);
+}
+
+/* add_rmsnorm against the CPU reference: d a multiple of 8 (16-byte vectors)
+ * or not (scalar path), one row wider than the kernels keep in registers
+ * (17000), and a misaligned first addend (scalar path at d % 8 == 0). The
+ * forward must also equal the CUDA add_fwd + rmsnorm_fwd bit for bit. */
+START_TEST(t_add_rmsnorm) {
+    const int64_t ds[] = {2048, 1000, 72, 33, 17000};
+    const int64_t ns[] = {1, 7, 257};
+    for (int a = 0; a < 5; a++)
+        for (int c = 0; c < 3; c++)
+            for (int mis = 0; mis < 2; mis++) {
+                int64_t n = ns[c], d = ds[a];
+                size_t nd = (size_t)(n * d);
+                if (mis && d != 1000) continue;
+                if (d == 17000 && n == 257) continue;   /* the CPU reference's time */
+                char name[160], tag[64];
+                snprintf(tag, sizeof tag, "n=%lld d=%lld%s", (long long)n, (long long)d, mis ? " misaligned" : "");
+                /* forward; a is offset by one element when misaligned */
+                buf_t xa = mk(nd + 1, DT_BF16, 1.0, 0), xb = mk(nd, DT_BF16, 1.0, 0);
+                buf_t w = mk((size_t)d, DT_BF16, 1.0, 0);
+                void *ag = (uint16_t *)xa.g + mis;
+                float *ac = xa.c + mis;
+                buf_t h = mk_out(nd, DT_BF16), hn = mk_out(nd, DT_BF16);
+                G->add_rmsnorm_fwd(h.g, hn.g, ag, xb.g, w.g, n, d, 1e-5f);
+                C->add_rmsnorm_fwd(h.c, hn.c, ac, xb.c, w.c, n, d, 1e-5f);
+                snprintf(name, sizeof name, "add_rmsnorm_fwd h %s", tag);
+                cmp(name, &h, 1e-2);
+                snprintf(name, sizeof name, "add_rmsnorm_fwd hn %s", tag);
+                cmp(name, &hn, 1e-2);
+                buf_t h2 = mk_out(nd, DT_BF16), hn2 = mk_out(nd, DT_BF16);
+                G->add_fwd(h2.g, ag, xb.g, nd);
+                G->rmsnorm_fwd(hn2.g, h2.g, w.g, n, d, 1e-5f);
+                snprintf(name, sizeof name, "add_rmsnorm_fwd h = add_fwd %s", tag);
+                same_as_unfused(name, &h, &h2);
+                snprintf(name, sizeof name, "add_rmsnorm_fwd hn = rmsnorm_fwd(add_fwd) %s", tag);
+                same_as_unfused(name, &hn, &hn2);
+                drop(&h2); drop(&hn2);
+
+                /* backward on fresh inputs: dh present or NULL, each output overwritten or accumulated */
+                for (int with_dh = 0; with_dh < 2; with_dh++)
+                    for (int acc = 0; acc < 2; acc++) {
+                        buf_t hx = mk(nd, DT_BF16, 1.0, 0), dhn = mk(nd, DT_BF16, 1.0, 0);
+                        buf_t dh = mk(with_dh ? nd : 0, DT_BF16, 1.0, 0);
+                        buf_t dw = mk((size_t)d, DT_F32, 1.0, 0);
+                        buf_t da = acc ? mk(nd, DT_BF16, 1.0, 0) : mk_out(nd, DT_BF16);
+                        buf_t db = acc ? mk_out(nd, DT_BF16) : mk(nd, DT_BF16, 1.0, 0);
+                        G->add_rmsnorm_bwd(da.g, acc, db.g, !acc, dw.g, with_dh ? dh.g : NULL, dhn.g, hx.g, w.g, n, d,
+                                           1e-5f);
+                        C->add_rmsnorm_bwd(da.c, acc, db.c, !acc, dw.c, with_dh ? dh.c : NULL, dhn.c, hx.c, w.c, n, d,
+                                           1e-5f);
+                        const char *dhs = with_dh ? "dh" : "dh=NULL";
+                        snprintf(name, sizeof name, "add_rmsnorm_bwd da acc=%d %s %s", acc, dhs, tag);
+                        cmp(name, &da, 1e-2);
+                        snprintf(name, sizeof name, "add_rmsnorm_bwd db acc=%d %s %s", !acc, dhs, tag);
+                        cmp(name, &db, 1e-2);
+                        snprintf(name, sizeof name, "add_rmsnorm_bwd dw %s %s", dhs, tag);
+                        cmp(name, &dw, 1e-2);
+                        drop(&hx); drop(&dhn); drop(&dh); drop(&dw); drop(&da); drop(&db);
+                    }
+                drop(&xa); drop(&xb); drop(&w); drop(&h); drop(&hn);
+            }
+}
+END_TEST
+
 START_TEST(t_matmul) {
     const int64_t sh[][3] = {{1, 64, 32}, {7, 33, 17}, {33, 128, 256}, {257, 64, 96}, {100, 256, 1000}};
     for (int a = 0; a < 5; a++)
@@ -568,6 +650,14 @@ START_TEST(t_determinism) {
         G->to_host(run ? r2 : r1, dw, (size_t)d * 4);
     }
     same_bits("rmsnorm_bwd dw", r1, r2, (size_t)d * 4);
+    buf_t dh = mk((size_t)(n * d), DT_BF16, 1.0, 0);
+    for (int run = 0; run < 2; run++) {
+        G->zero(dw, (size_t)d * 4);
+        G->add_rmsnorm_bwd(NULL, 0, NULL, 0, dw, dh.g, dout.g, x.g, w.g, n, d, 1e-5f);
+        G->to_host(run ? r2 : r1, dw, (size_t)d * 4);
+    }
+    same_bits("add_rmsnorm_bwd dw", r1, r2, (size_t)d * 4);
+    drop(&dh);
     int64_t xv = 1000, xn = 257;
     trng_t logits_rng = {777};
     for (int run = 0; run < 2; run++) {
@@ -599,6 +689,7 @@ int main(void) {
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, t_embed);
     tcase_add_test(tc, t_rmsnorm);
+    tcase_add_test(tc, t_add_rmsnorm);
     tcase_add_test(tc, t_matmul);
     tcase_add_test(tc, t_rope);
     tcase_add_test(tc, t_swiglu);

@@ -181,16 +181,17 @@ START_TEST(test_graphs) {
     const char *names[] = {"x", "xn", "qkv", "q", "k", "v", "o", "lse", "attn_out", "h", "hn", "gu", "act", "mlp_out", "y"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         ck_assert_msg(find_tensor(g, names[i]) >= 0, "layer tensor %s missing", names[i]);
-    op_kind_t ops[] = {OP_RMSNORM, OP_MATMUL, OP_ROPE_SPLIT, OP_ATTENTION, OP_MATMUL, OP_ADD,
-                       OP_RMSNORM, OP_MATMUL, OP_SWIGLU, OP_MATMUL, OP_ADD};
-    ck_assert_int_eq(g->ns, 11);
-    for (int s = 0; s < 11; s++) ck_assert_int_eq(g->s[s].op, ops[s]);
+    /* the attention residual and post_attention_layernorm are one step */
+    op_kind_t ops[] = {OP_RMSNORM, OP_MATMUL, OP_ROPE_SPLIT, OP_ATTENTION, OP_MATMUL, OP_ADD_RMSNORM,
+                       OP_MATMUL, OP_SWIGLU, OP_MATMUL, OP_ADD};
+    ck_assert_int_eq(g->ns, 10);
+    for (int s = 0; s < 10; s++) ck_assert_int_eq(g->s[s].op, ops[s]);
     ck_assert_int_eq(g->input, find_tensor(g, "x"));
     ck_assert_int_eq(g->output, find_tensor(g, "y"));
     ck_assert_int_eq(g->s[1].param, LP_QKV);
     ck_assert_int_eq(g->s[1].m, 48 * 128);
     ck_assert_int_eq(g->s[1].k, 4096);
-    ck_assert_int_eq(g->s[7].m, 2 * 14336);
+    ck_assert_int_eq(g->s[6].m, 2 * 14336);
     ck_assert_int_eq(g->s[3].heads, 32);
     ck_assert_int_eq(g->s[3].kv_heads, 8);
     int lse = find_tensor(g, "lse");
@@ -198,6 +199,13 @@ START_TEST(test_graphs) {
     ck_assert_int_eq(g->t[lse].stats, 1);
     ck_assert_int_eq(g->s[3].out[1], lse);
     ck_assert_int_eq(g->s[5].in[0], g->input);
+    ck_assert_int_eq(g->s[5].in[1], find_tensor(g, "attn_out"));
+    ck_assert_int_eq(g->s[5].nout, 2);
+    ck_assert_int_eq(g->s[5].out[0], find_tensor(g, "h"));
+    ck_assert_int_eq(g->s[5].out[1], find_tensor(g, "hn"));
+    ck_assert_int_eq(g->s[5].param, LP_POST_NORM);
+    ck_assert_int_eq(g->s[9].in[0], find_tensor(g, "h"));  /* the mlp residual reads h */
+    ck_assert_str_eq(op_name(OP_ADD_RMSNORM), "ADD_RMSNORM");
     ck_assert_str_eq(g->s[2].label[0] ? "ok" : "", "ok");
     ck_assert_int_eq(m.prologue.ns, 1);
     ck_assert_int_eq(m.prologue.s[0].op, OP_EMBED);

@@ -18,6 +18,7 @@
 #include "exec.h"
 #include "model/model.h"
 #include "parallel/parallel.h"
+#include "plan/passes.h"
 #include "plan/plan.h"
 #include "testutil.h"
 
@@ -32,7 +33,17 @@ typedef struct {
     exec_batch_t *batch;
 } fx_t;
 
-static void setup(fx_t *f, const char *policy) {
+/* Keeps of h and hn set by hand (KEEP_NOT_NEEDED: leave the policy's). */
+typedef struct { keep_t h, hn; } keeps_t;
+
+static int find_tensor(const graph_t *g, const char *name) {
+    for (int t = 0; t < g->nt; t++)
+        if (strcmp(g->t[t].name, name) == 0) return t;
+    ck_abort_msg("layer tensor %s missing", name);
+    return -1;
+}
+
+static void setup_keeps(fx_t *f, const char *policy, keeps_t k) {
     char err[2048];
     char *sets[] = {"model.hidden_size=32", "model.intermediate_size=48", "model.num_hidden_layers=2",
                     "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.vocab_size=40",
@@ -49,6 +60,13 @@ static void setup(fx_t *f, const char *policy) {
     ck_assert_msg(par_set_groups(&f->ranks, 1, err, sizeof err) == 0, "%s", err);
     plan_target_t t = {4, 4, 4, 0, 0, NULL};
     ck_assert_msg(plan_compile(&f->plan, &f->cfg, &f->model, 1, &t, err, sizeof err) == 0, "%s", err);
+    if (k.h != KEEP_NOT_NEEDED) {
+        graph_plan_t *gp = &f->plan.layer;
+        gp->t[find_tensor(&gp->g, "h")].keep = k.h;
+        gp->t[find_tensor(&gp->g, "hn")].keep = k.hn;
+        sac_derive(&f->plan, gp, NULL, 0);
+        memplan_all(&f->plan, &f->cfg);
+    }
     f->e = exec_create(&f->plan, &backend_cpu, &coll_host, &coll_host, &f->ranks);
     exec_init_params(f->e, 7);
     /* random tokens, one masked target per sample (the loss ignores it) */
@@ -69,6 +87,8 @@ static void setup(fx_t *f, const char *policy) {
         f->batch[b] = (exec_batch_t){f->tok + b * n, f->tgt + b * n, f->pos + b * n};
     }
 }
+
+static void setup(fx_t *f, const char *policy) { setup_keeps(f, policy, (keeps_t){KEEP_NOT_NEEDED, KEEP_NOT_NEEDED}); }
 
 static void teardown(fx_t *f) {
     exec_destroy(f->e);
@@ -154,12 +174,48 @@ END_TEST
 START_TEST(t_fd_whole_model_full_recompute) { check_model("full"); }
 END_TEST
 
+/* The residual + post-attention norm under every mix of saving, offloading
+ * and recomputing h and hn (h kept: hn is rebuilt as the norm of h alone)
+ * gives the save_all loss and gradient exactly: recomputation repeats the
+ * same arithmetic. */
+START_TEST(t_add_rmsnorm_keeps) {
+    fx_t f;
+    setup(&f, "save_all");
+    size_t n = f.plan.n_params;
+    float *g0 = malloc(n * sizeof(float)), *g = malloc(n * sizeof(float));
+    exec_result_t r0, r;
+    exec_forward_backward(f.e, f.batch, f.valid, &r0);
+    exec_gather_grads(f.e, g0);
+    teardown(&f);
+    keeps_t ks[] = {{KEEP_SAVE, KEEP_RECOMPUTE}, {KEEP_OFFLOAD, KEEP_RECOMPUTE}, {KEEP_RECOMPUTE, KEEP_SAVE},
+                    {KEEP_RECOMPUTE, KEEP_OFFLOAD}, {KEEP_RECOMPUTE, KEEP_RECOMPUTE}};
+    for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
+        setup_keeps(&f, "save_all", ks[i]);
+        int fused = -1;
+        for (int s = 0; s < f.plan.layer.g.ns; s++)
+            if (f.plan.layer.g.s[s].op == OP_ADD_RMSNORM) fused = s;
+        ck_assert_int_eq(f.plan.layer.recompute_step[fused], 1);
+        ck_assert_int_eq(plan_recompute_norm_only(&f.plan.layer, fused), ks[i].h != KEEP_RECOMPUTE);
+        exec_forward_backward(f.e, f.batch, f.valid, &r);
+        exec_gather_grads(f.e, g);
+        printf("  h %s, hn %s: loss %.9g (save_all %.9g)\n", keep_name(ks[i].h), keep_name(ks[i].hn), r.loss, r0.loss);
+        ck_assert_msg(r.loss == r0.loss, "h %s, hn %s: loss differs from save_all", keep_name(ks[i].h),
+                      keep_name(ks[i].hn));
+        ck_assert_msg(memcmp(g, g0, n * sizeof(float)) == 0, "h %s, hn %s: gradient differs from save_all",
+                      keep_name(ks[i].h), keep_name(ks[i].hn));
+        teardown(&f);
+    }
+    free(g0); free(g);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("model_grad");
     TCase *tc = tcase_create("finite differences");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, t_fd_whole_model);
     tcase_add_test(tc, t_fd_whole_model_full_recompute);
+    tcase_add_test(tc, t_add_rmsnorm_keeps);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);

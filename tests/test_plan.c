@@ -394,6 +394,67 @@ START_TEST(test_sac_offload) {
 }
 END_TEST
 
+/* The fused residual + norm: with h kept, rebuilding hn is the norm of h
+ * alone (no o_proj, no addends); with h dropped too it is the whole step and
+ * what it needs. Keeps are set by hand on a save_all plan, then derived and
+ * laid out as the SAC pass does, and the executor's walk is replayed. */
+static void simulate_plan(const plan_t *p, const char *what);
+
+static void set_keeps(plan_t *p, const config_t *c, keep_t kh, keep_t khn) {
+    graph_plan_t *gp = &p->layer;
+    gp->t[find_tensor(&gp->g, "h")].keep = kh;
+    gp->t[find_tensor(&gp->g, "hn")].keep = khn;
+    sac_derive(p, gp, NULL, 0);
+    memplan_all(p, c);
+}
+
+START_TEST(test_sac_add_rmsnorm) {
+    model_t *m = get_model(M_8B);
+    plan_t *p = new_plan();
+    char err[512];
+    config_t c = make_cfg(m, 131072, 8, 8, SAC_SAVE_ALL);
+    ck_assert_msg(compile(p, &c, m, 8, bf16_target(0), err) == 0, "%s", err);
+    const graph_t *g = &p->layer.g;
+    int fused = -1, oproj = -1, h = find_tensor(g, "h"), hn = find_tensor(g, "hn");
+    for (int s = 0; s < g->ns; s++) {
+        if (g->s[s].op == OP_ADD_RMSNORM) fused = s;
+        if (g->s[s].op == OP_MATMUL && g->s[s].param == LP_O) oproj = s;
+    }
+    ck_assert_int_ge(fused, 0);
+    ck_assert_int_ge(oproj, 0);
+    /* save_all keeps both outputs: the backward reads h, gate_up reads hn */
+    ck_assert_int_eq(p->layer.t[h].keep, KEEP_SAVE);
+    ck_assert_int_eq(p->layer.t[hn].keep, KEEP_SAVE);
+    const double norm = 4.0 * 16384 * 4096, whole = 5.0 * 16384 * 4096;
+    const double oproj_flops = 2.0 * 16384 * 4096 * 4096;
+    keep_t kept[2] = {KEEP_SAVE, KEEP_OFFLOAD};
+    for (int k = 0; k < 2; k++) {
+        set_keeps(p, &c, kept[k], KEEP_RECOMPUTE);
+        for (int s = 0; s < g->ns; s++) ck_assert_int_eq(p->layer.recompute_step[s], s == fused);
+        ck_assert(plan_recompute_norm_only(&p->layer, fused));
+        ck_assert(p->layer.t[hn].recompute_flops == norm);
+        ck_assert(sac_recompute_step_flops(p, &p->layer, fused) == norm);
+        double fl;
+        size_t cm;
+        sac_standalone_cost(p, &p->layer, hn, &fl, &cm);
+        ck_assert(fl == norm);
+        ck_assert_uint_eq(cm, 0);
+        simulate_plan(p, kept[k] == KEEP_SAVE ? "h saved, hn recomputed" : "h offloaded, hn recomputed");
+    }
+    /* h dropped: the whole step again, and o_proj for attn_out (o is saved) */
+    set_keeps(p, &c, KEEP_RECOMPUTE, KEEP_SAVE);
+    ck_assert(!plan_recompute_norm_only(&p->layer, fused));
+    ck_assert_int_eq(p->layer.recompute_step[fused], 1);
+    ck_assert_int_eq(p->layer.recompute_step[oproj], 1);
+    ck_assert(p->layer.t[h].recompute_flops == whole + oproj_flops);
+    simulate_plan(p, "h recomputed, hn saved");
+    set_keeps(p, &c, KEEP_RECOMPUTE, KEEP_RECOMPUTE);
+    ck_assert(p->layer.t[h].recompute_flops + p->layer.t[hn].recompute_flops == whole + oproj_flops);
+    simulate_plan(p, "h and hn recomputed");
+    free(p);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ memory plan */
 
 START_TEST(test_memplan_hand) {
@@ -598,6 +659,7 @@ static void sim_clear_workspace(sim_t *s) {
 static int bwd_reads(const graph_step_t *st, int t) {
     switch (st->op) {
     case OP_RMSNORM: case OP_MATMUL: case OP_SWIGLU: return st->in[0] == t;
+    case OP_ADD_RMSNORM: return st->out[0] == t;    /* h, the norm's input */
     case OP_ATTENTION:
         for (int i = 0; i < st->nin; i++) if (st->in[i] == t) return 1;
         for (int i = 0; i < st->nout; i++) if (st->out[i] == t) return 1;
@@ -609,6 +671,12 @@ static int bwd_reads(const graph_step_t *st, int t) {
 static int is_saved(const graph_plan_t *gp, int t) { return t == gp->g.input || gp->t[t].keep == KEEP_SAVE; }
 static int has_grad(const graph_t *g, int t) { return g->t[t].dtype == TENSOR_ACT; }
 static int in_resid(const graph_t *g, int t) { return t == g->input || t == g->output; }
+static int consumed(const graph_t *g, int t) {
+    for (int st = 0; st < g->ns; st++)
+        for (int i = 0; i < g->s[st].nin; i++)
+            if (g->s[st].in[i] == t) return 1;
+    return 0;
+}
 
 static void sim_grad_write(sim_t *s, const graph_plan_t *gp, int st, int i, size_t ws) {
     const graph_t *g = &gp->g;
@@ -692,12 +760,19 @@ static void simulate(const plan_t *p, const graph_plan_t *gp, int is_epilogue, c
     for (int st = 0; st < g->ns; st++) {
         if (!gp->recompute_step[st]) continue;
         const graph_step_t *x = &g->s[st];
-        for (int i = 0; i < x->nin; i++) {
+        /* ADD_RMSNORM with h kept (saved or offloaded): the norm of h alone, writing hn */
+        int h = x->out[0];
+        int norm_only = x->op == OP_ADD_RMSNORM && (is_saved(gp, h) || gp->t[h].keep == KEEP_OFFLOAD);
+        if (norm_only) {
+            if (is_saved(gp, h)) sim_read(s, SP_SLOT, gp->t[h].saved_off, h, K_ACT, "recompute (norm of h)");
+            else sim_read(s, SP_WS, gp->t[h].bwd_off, h, K_BWD, "recompute (norm of h)");
+        }
+        for (int i = 0; i < x->nin && !norm_only; i++) {
             int t = x->in[i];
             if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, t, K_ACT, "recompute");
             else sim_read(s, SP_WS, gp->t[t].bwd_off, t, K_BWD, "recompute");
         }
-        for (int i = 0; i < x->nout; i++) {
+        for (int i = norm_only; i < x->nout; i++) {
             int t = x->out[i];
             ck_assert_msg(t != g->output, "%s: recompute of the graph output", what);
             if (is_saved(gp, t)) sim_write(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, slot);
@@ -715,6 +790,8 @@ static void simulate(const plan_t *p, const graph_plan_t *gp, int is_epilogue, c
         for (int i = 0; i < x->nout; i++) {
             int t = x->out[i];
             if (!has_grad(g, t) || in_resid(g, t)) continue;
+            /* ADD_RMSNORM takes h's gradient only when some step reads h (else it is zero) */
+            if (x->op == OP_ADD_RMSNORM && i == 0 && !consumed(g, t)) continue;
             sim_read(s, SP_WS, gp->t[t].grad_off, t, K_GRAD, "backward (output gradient)");
         }
         for (int i = 0; i < x->nin; i++) sim_grad_write(s, gp, st, i, ws);
@@ -902,6 +979,7 @@ int main(void) {
     tcase_add_test(sac, test_sac_monotone);
     tcase_add_test(sac, test_sac_fits_when_possible);
     tcase_add_test(sac, test_sac_offload);
+    tcase_add_test(sac, test_sac_add_rmsnorm);
     suite_add_tcase(s, sac);
     TCase *mem = tcase_create("memplan");
     tcase_set_timeout(mem, 60);

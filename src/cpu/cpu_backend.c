@@ -5,6 +5,8 @@
  *   embed       out[t] = wte[tok[t]]; backward adds rows in token order.
  *   rmsnorm     rstd = 1/sqrt(mean(x^2)+eps), out = x rstd w;
  *               dx = rstd (w dy) - x rstd^3/d sum(w dy x), dw += sum_t dy x rstd.
+ *   add_rmsnorm h = a + b, hn = rmsnorm(h) w (as add then rmsnorm, bitwise);
+ *               backward g = dh + the rmsnorm dx of dhn, written to da and db.
  *   matmul      out = x W^T, dx (+)= dout W, dw += dout^T x; all three are one
  *               "axpy" kernel C = A B with B row-major, so the inner loop runs
  *               over contiguous columns and vectorises without reassociation.
@@ -148,6 +150,23 @@ static void cpu_rmsnorm_fwd(void *out, const void *x, const void *w, int64_t n, 
     }
 }
 
+/* dw[c] += sum over rows t (in order, in double) of dy[t,c] x[t,c] rstd[t];
+ * threads own column blocks. */
+static void rmsnorm_dw(float *dw, const float *X, const float *DY, const float *rstd, int64_t n, int64_t d) {
+    enum { CB = 64 };
+    int64_t ncb = (d + CB - 1) / CB;
+    #pragma omp parallel for schedule(static)
+    for (int64_t cb = 0; cb < ncb; cb++) {
+        int64_t c0 = cb * CB, nc = min64(CB, d - c0);
+        double s[CB] = {0};
+        for (int64_t t = 0; t < n; t++) {
+            const float *xr = X + t * d + c0, *dy = DY + t * d + c0;
+            for (int64_t c = 0; c < nc; c++) s[c] += (double)(dy[c] * xr[c] * rstd[t]);
+        }
+        for (int64_t c = 0; c < nc; c++) dw[c0 + c] += (float)s[c];
+    }
+}
+
 static void cpu_rmsnorm_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                             int64_t n, int64_t d, float eps) {
     const float *X = CF(x), *DY = CF(dout), *W = CF(w);
@@ -167,20 +186,47 @@ static void cpu_rmsnorm_bwd(void *dx, int acc, void *dw, const void *dout, const
             o[i] = acc ? o[i] + g : g;
         }
     }
-    if (dw) {
-        enum { CB = 64 };
-        int64_t ncb = (d + CB - 1) / CB;
-        #pragma omp parallel for schedule(static)
-        for (int64_t cb = 0; cb < ncb; cb++) {
-            int64_t c0 = cb * CB, nc = min64(CB, d - c0);
-            double s[CB] = {0};
-            for (int64_t t = 0; t < n; t++) {
-                const float *xr = X + t * d + c0, *dy = DY + t * d + c0;
-                for (int64_t c = 0; c < nc; c++) s[c] += (double)(dy[c] * xr[c] * rstd[t]);
-            }
-            for (int64_t c = 0; c < nc; c++) F(dw)[c0 + c] += (float)s[c];
+    if (dw) rmsnorm_dw(F(dw), X, DY, rstd, n, d);
+    free(rstd);
+}
+
+/* Residual add + RMSNorm: the same arithmetic as add_fwd then rmsnorm_fwd
+ * (bitwise equal results), one pass over each row. */
+static void cpu_add_rmsnorm_fwd(void *h, void *hn, const void *a, const void *b, const void *w, int64_t n,
+                                int64_t d, float eps) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; t++) {
+        const float *ar = CF(a) + t * d, *br = CF(b) + t * d;
+        float *hr = F(h) + t * d, *o = F(hn) + t * d;
+        for (int64_t i = 0; i < d; i++) hr[i] = ar[i] + br[i];
+        float rstd = row_rstd(hr, d, eps);
+        for (int64_t i = 0; i < d; i++) o[i] = hr[i] * rstd * CF(w)[i];
+    }
+}
+
+/* g = dh + rmsnorm backward of dhn; da and db receive g. */
+static void cpu_add_rmsnorm_bwd(void *da, int acc_a, void *db, int acc_b, void *dw, const void *dh,
+                                const void *dhn, const void *h, const void *w, int64_t n, int64_t d, float eps) {
+    const float *X = CF(h), *DY = CF(dhn), *W = CF(w), *DH = CF(dh);
+    float *rstd = cpu_alloc((size_t)n * 4, "add_rmsnorm_bwd row statistics");
+    #pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; t++) {
+        const float *xr = X + t * d, *dy = DY + t * d;
+        float r = row_rstd(xr, d, eps);
+        rstd[t] = r;
+        if (!da && !db) continue;
+        double dot = 0;
+        for (int64_t i = 0; i < d; i++) dot += (double)W[i] * dy[i] * xr[i];
+        float coef = (float)((double)r * r * r / (double)d * dot);
+        float *oa = da ? F(da) + t * d : NULL, *ob = db ? F(db) + t * d : NULL;
+        for (int64_t i = 0; i < d; i++) {
+            float g = r * (W[i] * dy[i]) - xr[i] * coef;
+            if (DH) g += DH[t * d + i];
+            if (oa) oa[i] = acc_a ? oa[i] + g : g;
+            if (ob) ob[i] = acc_b ? ob[i] + g : g;
         }
     }
+    if (dw) rmsnorm_dw(F(dw), X, DY, rstd, n, d);
     free(rstd);
 }
 
@@ -669,6 +715,8 @@ const backend_t backend_cpu = {
     .embed_bwd = cpu_embed_bwd,
     .rmsnorm_fwd = cpu_rmsnorm_fwd,
     .rmsnorm_bwd = cpu_rmsnorm_bwd,
+    .add_rmsnorm_fwd = cpu_add_rmsnorm_fwd,
+    .add_rmsnorm_bwd = cpu_add_rmsnorm_bwd,
     .matmul_fwd = cpu_matmul_fwd,
     .matmul_bwd = cpu_matmul_bwd,
     .rope_split_fwd = cpu_rope_split_fwd,

@@ -17,6 +17,7 @@ const char *op_name(op_kind_t op) {
     case OP_ROPE_SPLIT: return "ROPE_SPLIT";
     case OP_ATTENTION: return "ATTENTION";
     case OP_ADD: return "ADD";
+    case OP_ADD_RMSNORM: return "ADD_RMSNORM";
     case OP_SWIGLU: return "SWIGLU";
     case OP_LMHEAD_LOSS: return "LMHEAD_LOSS";
     case OP_A2A_SEQ_TO_HEAD: return "A2A_SEQ_TO_HEAD";
@@ -117,10 +118,9 @@ static void build_graphs(model_t *m) {
     step_io(s, 1, (int[]){o}, 1, (int[]){ao});
     s->m = d;
     s->k = hq * hd;
-    s = add_step(g, OP_ADD, -1, "residual (attention)");
-    step_io(s, 2, (int[]){x, ao}, 1, (int[]){h});
-    s = add_step(g, OP_RMSNORM, LP_POST_NORM, "post_attention_layernorm");
-    step_io(s, 1, (int[]){h}, 1, (int[]){hn});
+    /* h = x + attn_out and its norm in one op: h is also read by the mlp residual */
+    s = add_step(g, OP_ADD_RMSNORM, LP_POST_NORM, "residual + post_attention_layernorm");
+    step_io(s, 2, (int[]){x, ao}, 2, (int[]){h, hn});
     s = add_step(g, OP_MATMUL, LP_GATE_UP, "gate_proj+up_proj");
     step_io(s, 1, (int[]){hn}, 1, (int[]){gu});
     s->m = 2 * f;

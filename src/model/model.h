@@ -25,6 +25,8 @@ typedef enum {
                            RoPE (rotate-half, llama3 scaling) on q and k at GLOBAL positions */
     OP_ATTENTION,       /* in: q, k, v      out: o[n,Hq,hd], lse[Hq,n] (fp32 log-sum-exp)  causal GQA */
     OP_ADD,             /* in: a, b         out: y = a + b (residual) */
+    OP_ADD_RMSNORM,     /* in: a, b         out: h = a + b, hn = rmsnorm(h)   param: weight [d]
+                           (a residual add fused with the RMSNorm that follows it) */
     OP_SWIGLU,          /* in: gu[n,2f] (= [gate | up] per row)   out: y[n,f] = silu(gate) * up */
     OP_LMHEAD_LOSS,     /* in: x[n,d]       out: -  param: LM head [V,d]. Logits in token chunks, summed
                            cross entropy over valid targets; its forward also writes d(x) (fused backward) */

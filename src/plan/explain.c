@@ -76,7 +76,11 @@ static void graph_steps(const plan_t *p, const graph_plan_t *gp, FILE *out) {
     for (int s = 0; s < g->ns; s++)
         if (gp->recompute_step[s]) {
             if (!any) fprintf(out, "    recompute (forward again):");
-            fprintf(out, " %d %s (%s);", s, op_name(g->s[s].op), g->s[s].label);
+            if (plan_recompute_norm_only(gp, s))
+                fprintf(out, " %d %s (%s: only the norm, from the kept %s);", s, op_name(g->s[s].op),
+                        g->s[s].label, g->t[g->s[s].out[0]].name);
+            else
+                fprintf(out, " %d %s (%s);", s, op_name(g->s[s].op), g->s[s].label);
             any = 1;
         }
     if (any) fprintf(out, "\n");

@@ -75,6 +75,16 @@ static size_t pack(wbuf_t *b, int n) {
     return top;
 }
 
+/* 1 when the recompute of step s reads tensor t: its inputs, or only h for a
+ * norm-only ADD_RMSNORM (plan_recompute_norm_only). */
+static int recompute_reads(const graph_plan_t *gp, int s, int t) {
+    const graph_step_t *st = &gp->g.s[s];
+    if (plan_recompute_norm_only(gp, s)) return st->out[0] == t;
+    for (int i = 0; i < st->nin; i++)
+        if (st->in[i] == t) return 1;
+    return 0;
+}
+
 void memplan_graph(const plan_t *p, graph_plan_t *gp) {
     (void)p;
     const graph_t *g = &gp->g;
@@ -131,9 +141,7 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
             (tp->keep != KEEP_SAVE && gp->recompute_step[prod[t]])) {
             int st = tp->keep == KEEP_OFFLOAD ? T_RELOAD : T_RECOMP(prod[t]), en = st;
             for (int s = 0; s < ns; s++) {
-                if (gp->recompute_step[s])
-                    for (int i = 0; i < g->s[s].nin; i++)
-                        if (g->s[s].in[i] == t) en = imax(en, T_RECOMP(s));
+                if (gp->recompute_step[s] && recompute_reads(gp, s, t)) en = imax(en, T_RECOMP(s));
                 if (sac_bwd_reads(&g->s[s], t)) en = imax(en, T_BWD(s));
             }
             b[nb++] = (wbuf_t){t, WS_BWD, st, en, tp->bytes, 0};

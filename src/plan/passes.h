@@ -42,6 +42,9 @@ int sac_producer(const graph_t *g, int t);
 /* Per-rank forward FLOPs and all-to-all bytes of one step. */
 double sac_step_flops(const plan_t *p, const graph_t *g, int s);
 size_t sac_step_comm_bytes(const plan_t *p, const graph_t *g, int s);
+/* FLOPs of recomputing step s under gp's keeps (a norm only, see
+ * plan_recompute_norm_only, or the whole step). */
+double sac_recompute_step_flops(const plan_t *p, const graph_plan_t *gp, int s);
 
 /* Given keeps already set in gp->t[].keep, derive recompute_step (the closure
  * of steps that rebuild every KEEP_RECOMPUTE tensor), grad_first, and the

@@ -135,6 +135,12 @@ typedef struct {
     double recompute_flops_per_step; /* extra FLOPs the SAC choice spends, whole job */
 } plan_t;
 
+/* 1 when recomputing step si of gp runs only a norm: an ADD_RMSNORM whose h
+ * (first output) is kept, saved or offloaded, rebuilds hn = rmsnorm(h) from
+ * that h and needs neither addend (the executor, SAC costs and the memory
+ * plan all follow this). */
+int plan_recompute_norm_only(const graph_plan_t *gp, int si);
+
 /* plan_compile's result when a plan exists but does not fit the budget: `p`
  * is then the leanest plan found (for --explain to show) and err says why. */
 #define PLAN_NO_FIT (-2)

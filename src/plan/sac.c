@@ -29,6 +29,8 @@ int sac_bwd_reads(const graph_step_t *s, int t) {
     case OP_MATMUL:
     case OP_SWIGLU:
         return s->nin > 0 && s->in[0] == t;
+    case OP_ADD_RMSNORM:
+        return s->nout > 0 && s->out[0] == t;  /* the norm's input h, not the addends */
     case OP_ATTENTION:
         for (int i = 0; i < s->nin; i++)
             if (s->in[i] == t) return 1;
@@ -68,6 +70,7 @@ double sac_step_flops(const plan_t *p, const graph_t *g, int si) {
     case OP_ATTENTION:                                             /* QK^T and PV, causal half */
         return 2.0 * n * n * (double)s->heads * (double)s->head_dim;
     case OP_ADD: return n * (double)x->width;
+    case OP_ADD_RMSNORM: return 5.0 * n * (double)x->width;      /* the add, then the norm's 4 */
     case OP_SWIGLU: return 3.0 * n * (double)x->width;             /* silu + product per output */
     case OP_EMBED: return n * (double)x->width;
     case OP_LMHEAD_LOSS: return 2.0 * n * (double)x->width * (double)p->model->V;
@@ -86,6 +89,28 @@ static int is_available(const graph_t *g, const keep_t *keep, int t) {
     return t == g->input || keep[t] == KEEP_SAVE || keep[t] == KEEP_OFFLOAD;
 }
 
+/* An ADD_RMSNORM whose h is at hand is rebuilt as the norm of h alone. */
+static int norm_only(const graph_t *g, const keep_t *keep, int s) {
+    return g->s[s].op == OP_ADD_RMSNORM && is_available(g, keep, g->s[s].out[0]);
+}
+
+int plan_recompute_norm_only(const graph_plan_t *gp, int si) {
+    const graph_step_t *s = &gp->g.s[si];
+    if (s->op != OP_ADD_RMSNORM) return 0;
+    keep_t k = gp->t[s->out[0]].keep;
+    return s->out[0] == gp->g.input || k == KEEP_SAVE || k == KEEP_OFFLOAD;
+}
+
+static double rebuild_flops(const plan_t *p, const graph_t *g, int s, int only_norm) {
+    if (!only_norm) return sac_step_flops(p, g, s);
+    const tensor_desc_t *h = &g->t[g->s[s].out[0]];
+    return 4.0 * rows_of(p, h) * (double)h->width;             /* as RMSNORM */
+}
+
+double sac_recompute_step_flops(const plan_t *p, const graph_plan_t *gp, int s) {
+    return rebuild_flops(p, &gp->g, s, plan_recompute_norm_only(gp, s));
+}
+
 /* Mark (in rstep) every step needed to rebuild tensor t, given the keeps;
  * returns the cost of the steps newly marked. */
 static void closure_from(const plan_t *p, const graph_t *g, const keep_t *keep, int t, int *rstep, double *flops,
@@ -99,12 +124,14 @@ static void closure_from(const plan_t *p, const graph_t *g, const keep_t *keep, 
         int s = sac_producer(g, u);
         if (s < 0 || rstep[s]) continue;
         rstep[s] = 1;
-        if (flops) *flops += sac_step_flops(p, g, s);
+        int only_norm = norm_only(g, keep, s);
+        if (flops) *flops += rebuild_flops(p, g, s, only_norm);
         if (comm) *comm += sac_step_comm_bytes(p, g, s);
         op_kind_t op = g->s[s].op;
         if (expensive && (op == OP_MATMUL || op == OP_ATTENTION || op == OP_A2A_SEQ_TO_HEAD ||
                           op == OP_A2A_HEAD_TO_SEQ))
             *expensive = 1;
+        if (only_norm) continue;    /* reads only the kept h */
         for (int i = 0; i < g->s[s].nin; i++) {
             int v = g->s[s].in[i];
             if (!is_available(g, keep, v) && !seen[v]) {
