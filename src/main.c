@@ -202,6 +202,7 @@ int main(int argc, char **argv) {
     }
     double mem = 0;
     const char *mem_from = "unlimited";
+    int budget_is_device = 0;   /* the budget is the device's own memory, measured now */
     if (cfg.checkpointing.memory_budget_gib > 0) {
         mem = cfg.checkpointing.memory_budget_gib * GIB;
         mem_from = "checkpointing.memory_budget_gib";
@@ -211,6 +212,7 @@ int main(int argc, char **argv) {
     } else if (be && be->device_memory && be->device_memory() > 0) {
         mem = (double)be->device_memory();
         mem_from = "the device";
+        budget_is_device = 1;
     } else if (explain_gpu_plan) {
         mem = EXPLAIN_DEFAULT_GPU_GIB * GIB;
         mem_from = "assumed: an 80 GB GPU, as none is present; --gpu-memory sets it";
@@ -223,6 +225,19 @@ int main(int argc, char **argv) {
     int world = cli.explain && cli.world > 0 ? cli.world : ranks.world_size;
     plan_t plan;
     int planned = plan_compile(&plan, &cfg, &model, world, &target, err, sizeof err);
+    if (planned != -1 && budget_is_device && be->memory_used) {
+        /* Planning against the device itself: what is already in use (the
+         * context, library handles, and the kernels the scratch queries
+         * loaded) is not there for the arenas, and NCCL and the libraries
+         * take more once training starts. Plan again with that reserve when
+         * it exceeds the flat one (at S = 301K on an H100 the flat 1.5 GiB
+         * left the workspace 0.4 GiB short). */
+        double reserve = (double)be->memory_used() + 1.0 * GIB;
+        if (reserve > target.reserved_bytes) {
+            target.reserved_bytes = reserve;
+            planned = plan_compile(&plan, &cfg, &model, world, &target, err, sizeof err);
+        }
+    }
     if (planned == -1 || (planned != 0 && !cli.explain)) usage_error(&ranks, "%s", err);
 
     if (cli.explain) {
