@@ -8,7 +8,7 @@
 #
 # Environment: SEQS (sequence lengths, default 65536), BENCH_CONFIGS (configs, default
 # configs/llama32_1b.yaml), BENCH_STEPS,
-# TORCH_MODES ("eager compile"), LOG_DIR.
+# TORCH_MODES ("eager compile"), LOG_DIR, COMMIT (named in the summary; default: git HEAD).
 #
 # Uses the build in this tree (./autosp-train, tests/test_cuda_ops); build it
 # on a machine with the toolkit first (scripts/setup.sh) where this machine
@@ -33,7 +33,7 @@ note() { summary+=("$1"); echo "$1"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOG_DIR/gpu.txt"
 CARD=$(head -1 "$LOG_DIR/gpu.txt" | cut -d, -f1)
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}  # COMMIT= where the copy has no history
 
 if [ $BENCH_ONLY = 0 ]; then
     # 1. every CUDA op against the CPU reference, both attention implementations
