@@ -94,9 +94,9 @@ void cuda_rmsnorm_fwd(void *out, const void *x, const void *w, int64_t n, int64_
 void cuda_rmsnorm_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                       int64_t n, int64_t d, float eps);
 void cuda_rope_split_fwd(void *q, void *k, void *v, const void *qkv, const int32_t *pos,
-                         const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd);
+                         const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int pq, int pkv);
 void cuda_rope_split_bwd(void *dqkv, const void *dq, const void *dk, const void *dv, const int32_t *pos,
-                         const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd);
+                         const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int pq, int pkv);
 void cuda_swiglu_fwd(void *out, const void *gu, int64_t n, int64_t f);
 void cuda_swiglu_bwd(void *dgu, const void *dout, const void *gu, int64_t n, int64_t f);
 void cuda_add_fwd(void *out, const void *a, const void *b, size_t count);

@@ -364,7 +364,7 @@ static void run_forward(exec_t *e, const walk_t *w, int si, phase_t ph, float gr
         break;
     case OP_ROPE_SPLIT:
         be->rope_split_fwd(OUT(0), OUT(1), OUT(2), IN(0), e->positions, e->rope_freq, n, s->heads, s->kv_heads,
-                           s->head_dim);
+                           s->head_dim, 1, 1);
         break;
     case OP_ATTENTION:
         be->attention_fwd(OUT(0), (float *)OUT(1), IN(0), IN(1), IN(2), n, s->heads, s->kv_heads, s->head_dim,
@@ -440,7 +440,7 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
     case OP_ROPE_SPLIT:
         need_overwrite(w, si, 0);
         be->rope_split_bwd(DIN(0), DOUT(0), DOUT(1), DOUT(2), e->positions, e->rope_freq, n, s->heads, s->kv_heads,
-                           s->head_dim);
+                           s->head_dim, 1, 1);
         break;
     case OP_ATTENTION:
         for (int i = 0; i < 3; i++) need_overwrite(w, si, i);

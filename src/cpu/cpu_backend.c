@@ -9,7 +9,9 @@
  *               "axpy" kernel C = A B with B row-major, so the inner loop runs
  *               over contiguous columns and vectorises without reassociation.
  *   rope_split  rotate-half (Hugging Face Llama) on q and k, angles in fp64;
- *               backward is the transposed (inverse) rotation.
+ *               backward is the transposed (inverse) rotation. Packed q/k/v
+ *               (Ulysses layout) are written a block of heads at a time, so
+ *               the values are exactly those of the plain layout.
  *   attention   causal GQA, one query row at a time with s floats of scratch per
  *               thread (never an s x s matrix); lse saved for the backward,
  *               which recomputes P = exp(scale q.k - lse). dq is parallel over
@@ -311,29 +313,53 @@ static void rope_heads(float *dst, const float *src, int64_t heads, int64_t hd, 
     }
 }
 
+/* Heads per block of the packed layout for P ranks (P = 1: all heads, plain layout). */
+static int64_t packed_hpr(const char *op, const char *what, int64_t heads, int P) {
+    if (P < 1 || heads % P != 0)
+        asp_die(ASP_EXIT_FAILURE, "cpu backend: %s: %s has %lld heads, which do not split into packed blocks "
+                "for %d ranks; the head count must be a multiple of the sequence-parallel degree",
+                op, what, (long long)heads, P);
+    return heads / P;
+}
+
+/* Offset of token t's heads h0 .. h0 + hpr - 1 (one block) in a packed tensor of n tokens. */
+static inline int64_t packed_at(int64_t j, int64_t t, int64_t n, int64_t hpr, int64_t hd) {
+    return (j * n + t) * hpr * hd;
+}
+
 static void cpu_rope_split_fwd(void *q, void *k, void *v, const void *qkv, const int32_t *pos,
-                               const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd) {
+                               const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int pq,
+                               int pkv) {
     check_rope_dims("rope_split_fwd", hd);
     int64_t row = (hq + 2 * hkv) * hd;
+    int64_t qb = packed_hpr("rope_split_fwd", "q", hq, pq), kb = packed_hpr("rope_split_fwd", "k, v", hkv, pkv);
     #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < n; t++) {
         const float *r = CF(qkv) + t * row;
-        rope_heads(F(q) + t * hq * hd, r, hq, hd, pos[t], inv_freq, 1.0f);
-        rope_heads(F(k) + t * hkv * hd, r + hq * hd, hkv, hd, pos[t], inv_freq, 1.0f);
-        memcpy(F(v) + t * hkv * hd, r + (hq + hkv) * hd, (size_t)(hkv * hd) * 4);
+        for (int64_t j = 0; j < pq; j++)
+            rope_heads(F(q) + packed_at(j, t, n, qb, hd), r + j * qb * hd, qb, hd, pos[t], inv_freq, 1.0f);
+        for (int64_t j = 0; j < pkv; j++) {
+            rope_heads(F(k) + packed_at(j, t, n, kb, hd), r + (hq + j * kb) * hd, kb, hd, pos[t], inv_freq, 1.0f);
+            memcpy(F(v) + packed_at(j, t, n, kb, hd), r + (hq + hkv + j * kb) * hd, (size_t)(kb * hd) * 4);
+        }
     }
 }
 
 static void cpu_rope_split_bwd(void *dqkv, const void *dq, const void *dk, const void *dv, const int32_t *pos,
-                               const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd) {
+                               const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int pq,
+                               int pkv) {
     check_rope_dims("rope_split_bwd", hd);
     int64_t row = (hq + 2 * hkv) * hd;
+    int64_t qb = packed_hpr("rope_split_bwd", "dq", hq, pq), kb = packed_hpr("rope_split_bwd", "dk, dv", hkv, pkv);
     #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < n; t++) {
         float *r = F(dqkv) + t * row;
-        rope_heads(r, CF(dq) + t * hq * hd, hq, hd, pos[t], inv_freq, -1.0f);
-        rope_heads(r + hq * hd, CF(dk) + t * hkv * hd, hkv, hd, pos[t], inv_freq, -1.0f);
-        memcpy(r + (hq + hkv) * hd, CF(dv) + t * hkv * hd, (size_t)(hkv * hd) * 4);
+        for (int64_t j = 0; j < pq; j++)
+            rope_heads(r + j * qb * hd, CF(dq) + packed_at(j, t, n, qb, hd), qb, hd, pos[t], inv_freq, -1.0f);
+        for (int64_t j = 0; j < pkv; j++) {
+            rope_heads(r + (hq + j * kb) * hd, CF(dk) + packed_at(j, t, n, kb, hd), kb, hd, pos[t], inv_freq, -1.0f);
+            memcpy(r + (hq + hkv + j * kb) * hd, CF(dv) + packed_at(j, t, n, kb, hd), (size_t)(kb * hd) * 4);
+        }
     }
 }
 
