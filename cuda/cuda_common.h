@@ -116,6 +116,9 @@ void cuda_bf16_to_f32(float *dst, const __nv_bfloat16 *src, size_t n);
 void cuda_matmul_fwd(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m);
 void cuda_matmul_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                      int64_t n, int64_t k, int64_t m);
+void cuda_matmul_blocked_fwd(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m, int blocks);
+void cuda_matmul_blocked_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
+                             int64_t n, int64_t k, int64_t m, int blocks);
 void cuda_matmul_shutdown(void);
 
 /* cuda/attention.cu (simple kernels) */

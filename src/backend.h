@@ -23,8 +23,8 @@
  *     (((h / hpr) n + t) hpr + h % hpr) hd: P contiguous blocks [n][hpr][hd],
  *     block j holding heads j hpr .. j hpr + hpr - 1, exactly what one
  *     all-to-all sends to (or receives from) rank j. P = 1 is [n][heads][hd].
- *     rope_split (pq, pkv) reads and writes it; heads_pack produces it (and
- *     its replicated form, see below). */
+ *     rope_split (pq, pkv) and the blocked matmul (blocks) read and write it;
+ *     heads_pack produces it (and its replicated form, see below). */
 #ifndef AUTOSP_BACKEND_H
 #define AUTOSP_BACKEND_H
 
@@ -81,6 +81,16 @@ typedef struct backend {
     /* dx[n,k] (+)= dout[n,m] w[m,k] (dx may be NULL); dw[m,k] += dout^T x (dw may be NULL) */
     void (*matmul_bwd)(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                        int64_t n, int64_t k, int64_t m);
+
+    /* matmul_fwd / matmul_bwd with x and dx in the packed layout of `blocks` ranks: `blocks`
+     * contiguous blocks [n][kb], kb = k / blocks, x(t, c) = x[((c / kb) n + t) kb + c % kb]:
+     *   out[n,m] = sum_j x_j w[:, j kb .. j kb + kb - 1]^T
+     *   dx_j (+)= dout w[:, j kb ..] (dx may be NULL); dw[:, j kb ..] += dout^T x_j (dw may be NULL)
+     * blocks = 1 is matmul_fwd / matmul_bwd; k % blocks == 0. */
+    void (*matmul_blocked_fwd)(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m,
+                               int blocks);
+    void (*matmul_blocked_bwd)(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
+                               int64_t n, int64_t k, int64_t m, int blocks);
 
     /* Split qkv[n, (hq + 2 hkv) hd] into q[n,hq,hd], k[n,hkv,hd], v[n,hkv,hd] and rotate q and k:
      * angle(t,i) = pos[t] * inv_freq[i] (fp64), pairs (i, i + hd/2) rotated (rotate-half).

@@ -236,6 +236,80 @@ START_TEST(test_matmul_fd) {
 }
 END_TEST
 
+/* The packed layout of x[n, k] in `blocks` column blocks of kb = k / blocks:
+ * block j is x[:, j kb .. j kb + kb - 1], stored [n][kb] at j n kb. */
+static void pack_cols(float *dst, const float *src, int64_t n, int64_t k, int blocks) {
+    int64_t kb = k / blocks;
+    for (int64_t j = 0; j < blocks; j++)
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t c = 0; c < kb; c++) dst[(j * n + t) * kb + c] = src[t * k + j * kb + c];
+}
+static void unpack_cols(float *dst, const float *src, int64_t n, int64_t k, int blocks) {
+    int64_t kb = k / blocks;
+    for (int64_t j = 0; j < blocks; j++)
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t c = 0; c < kb; c++) dst[t * k + j * kb + c] = src[(j * n + t) * kb + c];
+}
+static void assert_same(const char *what, const float *got, const float *want, size_t n);
+
+typedef struct { float *x, *w, *R, *out; int64_t n, k, m; int blocks; } mmb_ctx;
+static double mmb_loss(void *c) {
+    mmb_ctx *a = c;
+    be->matmul_blocked_fwd(a->out, a->x, a->w, a->n, a->k, a->m, a->blocks);
+    return dotd(a->R, a->out, (size_t)(a->n * a->m));
+}
+
+/* The blocked matmul on packed x is the plain matmul on unpacked x, bit for
+ * bit (the same sums in the same order); its dx comes out packed. */
+START_TEST(test_matmul_blocked) {
+    trng_t r = {202};
+    /* n, k, m, blocks: block widths 4, 6, 5, 16 and one block; m > 256 crosses the kernel's column blocks */
+    const int64_t shapes[][4] = {{7, 12, 9, 3}, {10, 24, 261, 4}, {9, 40, 13, 8}, {5, 16, 8, 1}, {13, 64, 33, 4}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int64_t n = shapes[s][0], k = shapes[s][1], m = shapes[s][2];
+        int blocks = (int)shapes[s][3];
+        size_t nk = (size_t)(n * k), mk = (size_t)(m * k), nm = (size_t)(n * m);
+        float *x = frand(&r, nk, 1.0), *w = frand(&r, mk, 1.0), *R = frand(&r, nm, 1.0);
+        float *xp = fzeros(nk), *out = fzeros(nm), *want = fzeros(nm);
+        pack_cols(xp, x, n, k, blocks);
+        be->matmul_fwd(want, x, w, n, k, m);
+        poison(out, nm);
+        be->matmul_blocked_fwd(out, xp, w, n, k, m, blocks);
+        assert_same("matmul_blocked_fwd", out, want, nm);
+
+        /* backward: dx packed, dw accumulated, against matmul_bwd */
+        float *dw0 = frand(&r, mk, 1.0), *dw = fcopy(dw0, mk), *dw_want = fcopy(dw0, mk);
+        float *dxp = fzeros(nk), *dx = fzeros(nk), *dx_want = fzeros(nk);
+        be->matmul_bwd(dx_want, 0, dw_want, R, x, w, n, k, m);
+        poison(dxp, nk);
+        be->matmul_blocked_bwd(dxp, 0, dw, R, xp, w, n, k, m, blocks);
+        unpack_cols(dx, dxp, n, k, blocks);
+        assert_same("matmul_blocked_bwd dx", dx, dx_want, nk);
+        assert_same("matmul_blocked_bwd dw", dw, dw_want, mk);
+
+        /* acc = 1 adds to the packed dx; NULL dx or dw is skipped */
+        float *base = frand(&r, nk, 1.0), *basep = fzeros(nk);
+        pack_cols(basep, base, n, k, blocks);
+        be->matmul_bwd(base, 1, NULL, R, x, w, n, k, m);
+        be->matmul_blocked_bwd(basep, 1, NULL, R, xp, w, n, k, m, blocks);
+        unpack_cols(dx, basep, n, k, blocks);
+        assert_same("matmul_blocked_bwd dx acc=1", dx, base, nk);
+        float *dw2 = fzeros(mk), *dw2_want = fzeros(mk);
+        be->matmul_blocked_bwd(NULL, 0, dw2, R, xp, w, n, k, m, blocks);
+        be->matmul_bwd(NULL, 0, dw2_want, R, x, w, n, k, m);
+        assert_same("matmul_blocked_bwd dw only", dw2, dw2_want, mk);
+
+        /* finite differences through the blocked forward: packed dx and dw */
+        for (size_t i = 0; i < mk; i++) dw[i] -= dw0[i];
+        mmb_ctx c = {xp, w, R, fzeros(nm), n, k, m, blocks};
+        fd_check("matmul_blocked dx", mmb_loss, &c, xp, dxp, nk, FD_H, &r);
+        fd_check("matmul_blocked dw", mmb_loss, &c, w, dw, mk, FD_H, &r);
+        free(x); free(w); free(R); free(xp); free(out); free(want); free(dw0); free(dw); free(dw_want);
+        free(dxp); free(dx); free(dx_want); free(base); free(basep); free(dw2); free(dw2_want); free(c.out);
+    }
+}
+END_TEST
+
 /* ------------------------------------------------------------ rope + split */
 
 typedef struct {
@@ -761,6 +835,7 @@ static Suite *cpu_suite(void) {
     tcase_add_test(tc, test_rmsnorm_fwd);
     tcase_add_test(tc, test_rmsnorm_fd);
     tcase_add_test(tc, test_matmul_fd);
+    tcase_add_test(tc, test_matmul_blocked);
     tcase_add_test(tc, test_rope_fwd);
     tcase_add_test(tc, test_rope_fd);
     tcase_add_test(tc, test_rope_packed);

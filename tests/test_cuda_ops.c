@@ -204,6 +204,40 @@ START_TEST(t_matmul) {
 }
 END_TEST
 
+/* o_proj on the packed attention output: x and dx in `blocks` column blocks
+ * [n][k/blocks], the weight read (and dw written) at leading dimension k. */
+START_TEST(t_matmul_blocked) {
+    /* n, k, m, blocks: block widths 64, 12 (blocks only 8-byte aligned), 64, 64, one block of 96, and 8
+     * blocks of 8 */
+    const int64_t sh[][4] = {{33, 512, 256, 8}, {7, 48, 17, 4}, {257, 256, 96, 4}, {100, 128, 1000, 2},
+                             {64, 96, 64, 1}, {3, 64, 40, 8}};
+    for (int a = 0; a < 6; a++)
+        for (int acc = 0; acc < 2; acc++) {
+            int64_t n = sh[a][0], k = sh[a][1], m = sh[a][2];
+            int blocks = (int)sh[a][3];
+            char name[128];
+            buf_t x = mk((size_t)(n * k), DT_BF16, 1.0, 0), w = mk((size_t)(m * k), DT_BF16, 0.1, 0);
+            buf_t out = mk_out((size_t)(n * m), DT_BF16);
+            G->matmul_blocked_fwd(out.g, x.g, w.g, n, k, m, blocks);
+            C->matmul_blocked_fwd(out.c, x.c, w.c, n, k, m, blocks);
+            snprintf(name, sizeof name, "matmul_blocked_fwd n=%lld k=%lld m=%lld blocks=%d", (long long)n,
+                     (long long)k, (long long)m, blocks);
+            if (!acc) cmp(name, &out, 1e-2);
+            buf_t dout = mk((size_t)(n * m), DT_BF16, 1.0, 0), dw = mk((size_t)(m * k), DT_F32, 1.0, 0);
+            buf_t dx = acc ? mk((size_t)(n * k), DT_BF16, 1.0, 0) : mk_out((size_t)(n * k), DT_BF16);
+            G->matmul_blocked_bwd(dx.g, acc, dw.g, dout.g, x.g, w.g, n, k, m, blocks);
+            C->matmul_blocked_bwd(dx.c, acc, dw.c, dout.c, x.c, w.c, n, k, m, blocks);
+            snprintf(name, sizeof name, "matmul_blocked_bwd dx n=%lld k=%lld m=%lld blocks=%d acc=%d", (long long)n,
+                     (long long)k, (long long)m, blocks, acc);
+            cmp(name, &dx, 1e-2);
+            snprintf(name, sizeof name, "matmul_blocked_bwd dw n=%lld k=%lld m=%lld blocks=%d", (long long)n,
+                     (long long)k, (long long)m, blocks);
+            cmp(name, &dw, 1e-4);   /* fp32 output of bf16 inputs: only summation order differs */
+            drop(&x); drop(&w); drop(&out); drop(&dout); drop(&dw); drop(&dx);
+        }
+}
+END_TEST
+
 /* Plain (P = 1) and packed q/k/v (the Ulysses layout for P ranks; k and v
  * stay plain where P exceeds their heads, as with KV replication). */
 START_TEST(t_rope) {
@@ -608,6 +642,7 @@ int main(void) {
     tcase_add_test(tc, t_embed);
     tcase_add_test(tc, t_rmsnorm);
     tcase_add_test(tc, t_matmul);
+    tcase_add_test(tc, t_matmul_blocked);
     tcase_add_test(tc, t_rope);
     tcase_add_test(tc, t_swiglu);
     tcase_add_test(tc, t_add_accumulate);
