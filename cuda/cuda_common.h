@@ -98,9 +98,9 @@ void cuda_add_rmsnorm_fwd(void *h, void *hn, const void *a, const void *b, const
 void cuda_add_rmsnorm_bwd(void *da, int acc_a, void *db, int acc_b, void *dw, const void *dh, const void *dhn,
                           const void *h, const void *w, int64_t n, int64_t d, float eps);
 void cuda_rope_split_fwd(void *q, void *k, void *v, const void *qkv, const int32_t *pos,
-                         const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd);
+                         const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int pq, int pkv);
 void cuda_rope_split_bwd(void *dqkv, const void *dq, const void *dk, const void *dv, const int32_t *pos,
-                         const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd);
+                         const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int pq, int pkv);
 void cuda_swiglu_fwd(void *out, const void *gu, int64_t n, int64_t f);
 void cuda_swiglu_bwd(void *dgu, const void *dout, const void *gu, int64_t n, int64_t f);
 void cuda_add_fwd(void *out, const void *a, const void *b, size_t count);
@@ -120,6 +120,9 @@ void cuda_bf16_to_f32(float *dst, const __nv_bfloat16 *src, size_t n);
 void cuda_matmul_fwd(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m);
 void cuda_matmul_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                      int64_t n, int64_t k, int64_t m);
+void cuda_matmul_blocked_fwd(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m, int blocks);
+void cuda_matmul_blocked_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
+                             int64_t n, int64_t k, int64_t m, int blocks);
 void cuda_matmul_shutdown(void);
 
 /* cuda/attention.cu (simple kernels) */

@@ -456,9 +456,17 @@ static __device__ __forceinline__ void rope_sincos(int32_t pos, double inv_freq,
     sincosf((float)a, s, c);
 }
 
-/* One thread per (token, head of q/k/v, pair index i < hd/2). */
+/* Offset of (t, h) in a tensor of n tokens stored in the packed layout with
+ * hpr heads per block (hpr = all heads: the plain [n][heads][hd] layout). */
+static __device__ __forceinline__ int64_t packed_off(int64_t t, int64_t h, int64_t n, int64_t hpr, int64_t hd) {
+    return ((h / hpr * n + t) * hpr + h % hpr) * hd;
+}
+
+/* One thread per (token, head of q/k/v, pair index i < hd/2); q has qb heads
+ * per packed block, k and v kb. */
 __global__ void k_rope_split_fwd(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv, const int32_t *pos,
-                                 const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd) {
+                                 const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int64_t qb,
+                                 int64_t kb) {
     int64_t half = hd / 2, heads = hq + 2 * hkv;
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= n * heads * half) return;
@@ -466,10 +474,10 @@ __global__ void k_rope_split_fwd(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv, con
     const bf16 *src = qkv + (t * heads + h) * hd;
     float x1 = bf(src[i]), x2 = bf(src[i + half]);
     bf16 *dst;
-    if (h < hq) dst = q + (t * hq + h) * hd;
-    else if (h < hq + hkv) dst = k + (t * hkv + (h - hq)) * hd;
+    if (h < hq) dst = q + packed_off(t, h, n, qb, hd);
+    else if (h < hq + hkv) dst = k + packed_off(t, h - hq, n, kb, hd);
     else {
-        dst = v + (t * hkv + (h - hq - hkv)) * hd;
+        dst = v + packed_off(t, h - hq - hkv, n, kb, hd);
         dst[i] = src[i];
         dst[i + half] = src[i + half];
         return;
@@ -481,17 +489,18 @@ __global__ void k_rope_split_fwd(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv, con
 }
 
 __global__ void k_rope_split_bwd(bf16 *dqkv, const bf16 *dq, const bf16 *dk, const bf16 *dv, const int32_t *pos,
-                                 const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd) {
+                                 const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int64_t qb,
+                                 int64_t kb) {
     int64_t half = hd / 2, heads = hq + 2 * hkv;
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= n * heads * half) return;
     int64_t i = idx % half, h = (idx / half) % heads, t = idx / (half * heads);
     bf16 *dst = dqkv + (t * heads + h) * hd;
     const bf16 *src;
-    if (h < hq) src = dq + (t * hq + h) * hd;
-    else if (h < hq + hkv) src = dk + (t * hkv + (h - hq)) * hd;
+    if (h < hq) src = dq + packed_off(t, h, n, qb, hd);
+    else if (h < hq + hkv) src = dk + packed_off(t, h - hq, n, kb, hd);
     else {
-        src = dv + (t * hkv + (h - hq - hkv)) * hd;
+        src = dv + packed_off(t, h - hq - hkv, n, kb, hd);
         dst[i] = src[i];
         dst[i + half] = src[i + half];
         return;
@@ -504,28 +513,35 @@ __global__ void k_rope_split_bwd(bf16 *dqkv, const bf16 *dq, const bf16 *dk, con
     dst[i + half] = tobf(g2 * c - g1 * s);
 }
 
-static void rope_check(int64_t hd) {
+static void rope_check(const char *op, int64_t hq, int64_t hkv, int64_t hd, int pq, int pkv) {
     if (hd <= 0 || hd % 2)
-        asp_die(ASP_EXIT_FAILURE, "cuda rope: head dim %lld must be even and positive", (long long)hd);
+        asp_die(ASP_EXIT_FAILURE, "cuda %s: head dim %lld must be even and positive", op, (long long)hd);
+    if (pq < 1 || hq % pq || pkv < 1 || hkv % pkv)
+        asp_die(ASP_EXIT_FAILURE, "cuda %s: %lld query / %lld KV heads do not split into packed blocks for %d / %d "
+                "ranks; the head counts must be multiples of the sequence-parallel degree",
+                op, (long long)hq, (long long)hkv, pq, pkv);
 }
 
 extern "C" void cuda_rope_split_fwd(void *q, void *k, void *v, const void *qkv, const int32_t *pos,
-                                    const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd) {
-    rope_check(hd);
+                                    const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int pq,
+                                    int pkv) {
+    rope_check("rope_split_fwd", hq, hkv, hd, pq, pkv);
     size_t work = (size_t)n * (size_t)(hq + 2 * hkv) * (size_t)(hd / 2);
     if (!work) return;
     k_rope_split_fwd<<<cuda_blocks(work, 256), 256, 0, g_cuda.stream>>>(
-        (bf16 *)q, (bf16 *)k, (bf16 *)v, (const bf16 *)qkv, pos, inv_freq, n, hq, hkv, hd);
+        (bf16 *)q, (bf16 *)k, (bf16 *)v, (const bf16 *)qkv, pos, inv_freq, n, hq, hkv, hd, hq / pq, hkv / pkv);
     CUDA_CHECK_LAUNCH("rope_split_fwd");
 }
 
 extern "C" void cuda_rope_split_bwd(void *dqkv, const void *dq, const void *dk, const void *dv, const int32_t *pos,
-                                    const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd) {
-    rope_check(hd);
+                                    const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int pq,
+                                    int pkv) {
+    rope_check("rope_split_bwd", hq, hkv, hd, pq, pkv);
     size_t work = (size_t)n * (size_t)(hq + 2 * hkv) * (size_t)(hd / 2);
     if (!work) return;
     k_rope_split_bwd<<<cuda_blocks(work, 256), 256, 0, g_cuda.stream>>>(
-        (bf16 *)dqkv, (const bf16 *)dq, (const bf16 *)dk, (const bf16 *)dv, pos, inv_freq, n, hq, hkv, hd);
+        (bf16 *)dqkv, (const bf16 *)dq, (const bf16 *)dk, (const bf16 *)dv, pos, inv_freq, n, hq, hkv, hd, hq / pq,
+        hkv / pkv);
     CUDA_CHECK_LAUNCH("rope_split_bwd");
 }
 

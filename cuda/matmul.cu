@@ -95,9 +95,10 @@ static void lt_gemm(int transa, int transb, int64_t m, int64_t n, int64_t k, con
                     const void *B, int64_t ldb, void *C, int64_t ldc, cudaDataType_t ctype, float beta) {
     if (m <= 0 || n <= 0) return;
     if (k <= 0) {
-        /* an empty sum: D = beta C */
-        if (beta == 0.0f) CUDA_CHECK(cudaMemsetAsync(C, 0, (size_t)m * (size_t)n * (ctype == CUDA_R_32F ? 4 : 2),
-                                                     g_cuda.stream));
+        /* an empty sum: D = beta C (n columns of m elements, ldc apart) */
+        size_t elt = ctype == CUDA_R_32F ? 4 : 2;
+        if (beta == 0.0f)
+            CUDA_CHECK(cudaMemset2DAsync(C, (size_t)ldc * elt, 0, (size_t)m * elt, (size_t)n, g_cuda.stream));
         return;
     }
     mm_plan_t *p = mm_plan(transa, transb, m, n, k, lda, ldb, ldc, ctype, beta != 0.0f, A, B, C);
@@ -117,6 +118,41 @@ extern "C" void cuda_matmul_bwd(void *dx, int acc, void *dw, const void *dout, c
     if (dx) lt_gemm(0, 0, k, n, m, w, k, dout, m, dx, k, CUDA_R_16BF, acc ? 1.0f : 0.0f);
     /* dw^T [k,m] (fp32) += x^T [k,n] * dout [n,m] (dout stored m x n col-major, transposed) */
     if (dw) lt_gemm(0, 1, k, m, n, x, k, dout, m, dw, k, CUDA_R_32F, 1.0f);
+}
+
+static int64_t block_width(const char *op, int64_t k, int blocks) {
+    if (blocks < 1 || k % blocks)
+        asp_die(ASP_EXIT_FAILURE, "cuda %s: %lld input features do not split into %d equal blocks; the packed "
+                "layout needs the head count to be a multiple of the sequence-parallel degree",
+                op, (long long)k, blocks);
+    return k / blocks;
+}
+
+/* x packed: block j is x_j [n, kb] (kb = k / blocks, at x + j n kb), and it
+ * meets the weight's columns j kb .. j kb + kb - 1, i.e. W_j [m, kb] with row
+ * stride k. out^T [m,n] = sum_j W_j x_j^T: one GEMM per block, the first
+ * writing (beta 0), the others adding (beta 1). Each block's partial sum is
+ * rounded to bf16 when it is added, so the result carries up to `blocks`
+ * bf16 roundings instead of one. */
+extern "C" void cuda_matmul_blocked_fwd(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m,
+                                        int blocks) {
+    int64_t kb = block_width("matmul_blocked_fwd", k, blocks);
+    const __nv_bfloat16 *X = (const __nv_bfloat16 *)x, *W = (const __nv_bfloat16 *)w;
+    for (int64_t j = 0; j < blocks; j++)
+        lt_gemm(1, 0, m, n, kb, W + j * kb, k, X + j * n * kb, kb, out, m, CUDA_R_16BF, j ? 1.0f : 0.0f);
+}
+
+/* dx_j^T [kb,n] (+)= W_j^T dout^T, written straight into the packed dx; and
+ * dw^T rows j kb .. (dw's columns, leading dimension k) += x_j^T dout. */
+extern "C" void cuda_matmul_blocked_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
+                                        int64_t n, int64_t k, int64_t m, int blocks) {
+    int64_t kb = block_width("matmul_blocked_bwd", k, blocks);
+    const __nv_bfloat16 *X = (const __nv_bfloat16 *)x, *W = (const __nv_bfloat16 *)w;
+    for (int64_t j = 0; j < blocks; j++) {
+        if (dx) lt_gemm(0, 0, kb, n, m, W + j * kb, k, dout, m, (__nv_bfloat16 *)dx + j * n * kb, kb, CUDA_R_16BF,
+                        acc ? 1.0f : 0.0f);
+        if (dw) lt_gemm(0, 1, kb, m, n, X + j * n * kb, kb, dout, m, (float *)dw + j * kb, k, CUDA_R_32F, 1.0f);
+    }
 }
 
 extern "C" void cuda_matmul_shutdown(void) {

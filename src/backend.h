@@ -17,7 +17,14 @@
  *   - Work is ordered: an op sees the effects of every earlier op (the cuda
  *     backend runs all on one stream). synchronize() waits for completion.
  *   - Errors (allocation, library calls) are fatal: the backend prints the
- *     failing call, file and line and exits; ops never return errors. */
+ *     failing call, file and line and exits; ops never return errors.
+ *   - The Ulysses packed layout of a tensor [n][heads][hd] for P ranks
+ *     (heads % P == 0, hpr = heads / P) stores element (t, h, :) at
+ *     (((h / hpr) n + t) hpr + h % hpr) hd: P contiguous blocks [n][hpr][hd],
+ *     block j holding heads j hpr .. j hpr + hpr - 1, exactly what one
+ *     all-to-all sends to (or receives from) rank j. P = 1 is [n][heads][hd].
+ *     rope_split (pq, pkv) and the blocked matmul (blocks) read and write it;
+ *     heads_pack produces it (and its replicated form, see below). */
 #ifndef AUTOSP_BACKEND_H
 #define AUTOSP_BACKEND_H
 
@@ -86,13 +93,26 @@ typedef struct backend {
     void (*matmul_bwd)(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                        int64_t n, int64_t k, int64_t m);
 
+    /* matmul_fwd / matmul_bwd with x and dx in the packed layout of `blocks` ranks: `blocks`
+     * contiguous blocks [n][kb], kb = k / blocks, x(t, c) = x[((c / kb) n + t) kb + c % kb]:
+     *   out[n,m] = sum_j x_j w[:, j kb .. j kb + kb - 1]^T
+     *   dx_j (+)= dout w[:, j kb ..] (dx may be NULL); dw[:, j kb ..] += dout^T x_j (dw may be NULL)
+     * blocks = 1 is matmul_fwd / matmul_bwd; k % blocks == 0. */
+    void (*matmul_blocked_fwd)(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m,
+                               int blocks);
+    void (*matmul_blocked_bwd)(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
+                               int64_t n, int64_t k, int64_t m, int blocks);
+
     /* Split qkv[n, (hq + 2 hkv) hd] into q[n,hq,hd], k[n,hkv,hd], v[n,hkv,hd] and rotate q and k:
-     * angle(t,i) = pos[t] * inv_freq[i] (fp64), pairs (i, i + hd/2) rotated (rotate-half). */
+     * angle(t,i) = pos[t] * inv_freq[i] (fp64), pairs (i, i + hd/2) rotated (rotate-half).
+     * q is written in the packed layout for pq ranks, k and v for pkv ranks (1: plain);
+     * hq % pq == 0 and hkv % pkv == 0. */
     void (*rope_split_fwd)(void *q, void *k, void *v, const void *qkv, const int32_t *pos,
-                           const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd);
-    /* dqkv = merge(rotate^-1(dq), rotate^-1(dk), dv) (overwrite) */
+                           const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int pq, int pkv);
+    /* dqkv = merge(rotate^-1(dq), rotate^-1(dk), dv) (overwrite); dq is read in the packed
+     * layout for pq ranks, dk and dv for pkv ranks */
     void (*rope_split_bwd)(void *dqkv, const void *dq, const void *dk, const void *dv, const int32_t *pos,
-                           const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd);
+                           const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int pq, int pkv);
 
     /* Causal grouped-query attention over one sequence of s tokens.
      * q, out [s, hq, hd]; k, v [s, hkv, hd]; query head h uses kv head h / (hq/hkv).

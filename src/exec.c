@@ -68,6 +68,37 @@ static uint8_t *region_ptr(exec_t *e, const region_t *r) {
     return e->arena[r->arena] + r->offset;
 }
 
+/* Which step may touch a tensor stored in the packed layout: ROPE_SPLIT
+ * writes it, the all-to-all sends it (or receives it), o_proj reads it; any
+ * other op would read it as [n][heads][hd]. */
+static void check_packed(const plan_t *plan, const graph_t *g) {
+    for (int si = 0; si < g->ns; si++) {
+        const graph_step_t *s = &g->s[si];
+        for (int io = 0; io < 2; io++) {
+            int n = io ? s->nout : s->nin;
+            for (int i = 0; i < n; i++) {
+                int tid = io ? s->out[i] : s->in[i];
+                const tensor_desc_t *t = &g->t[tid];
+                if (t->packed <= 1) continue;
+                int ok = t->packed == plan->sp && t->heads > 0 && t->heads % t->packed == 0 && !t->stats;
+                switch (s->op) {
+                case OP_ROPE_SPLIT:   /* one degree for k and v */
+                    ok = ok && io == 1 && (i == 0 || g->t[s->out[1]].packed == g->t[s->out[2]].packed);
+                    break;
+                case OP_A2A_SEQ_TO_HEAD: ok = ok && io == 0; break;
+                case OP_A2A_HEAD_TO_SEQ: ok = ok && io == 1; break;
+                case OP_MATMUL: ok = ok && io == 0 && s->k % t->packed == 0; break;
+                default: ok = 0;
+                }
+                if (!ok)
+                    asp_die(ASP_EXIT_FAILURE, "internal: %s tensor %s is stored packed for %d ranks, which step %d "
+                            "(%s, %s) cannot %s", g->name, t->name, t->packed, si, op_name(s->op), s->label,
+                            io ? "write" : "read");
+            }
+        }
+    }
+}
+
 exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *coll,
                     const coll_ops_t *host_coll, const ranks_t *r) {
     if (plan->world != r->world_size || plan->sp != r->sp_size)
@@ -77,6 +108,9 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
         plan->target.param_bytes != (int)dtype_size(be->param_dtype) ||
         plan->target.grad_bytes != (int)dtype_size(be->grad_dtype))
         asp_die(ASP_EXIT_FAILURE, "internal: plan element sizes do not match the %s backend", be->name);
+    check_packed(plan, &plan->prologue.g);
+    check_packed(plan, &plan->layer.g);
+    check_packed(plan, &plan->epilogue.g);
     exec_t *e = asp_calloc(1, sizeof *e, "executor");
     e->plan = plan;
     e->model = plan->model;
@@ -382,6 +416,16 @@ static uint8_t *step_param_grad(exec_t *e, const walk_t *w, const graph_step_t *
 
 static int64_t a2a_heads_per_rank(int64_t heads, int P) { return heads >= P ? heads / P : 1; }
 
+/* The degree a tensor is packed for, as the ops take it (1: plain layout). */
+static int layout_p(const graph_t *g, int tid) { return g->t[tid].packed > 1 ? g->t[tid].packed : 1; }
+
+static uint8_t *staging(exec_t *e, uint8_t *buf, const char *which, const graph_t *g, int si) {
+    if (!buf)
+        asp_die(ASP_EXIT_FAILURE, "internal: %s step %d (%s) needs the %s staging buffer but the plan reserved none",
+                g->name, si, g->s[si].label, which);
+    return buf;
+}
+
 /* ------------------------------------------------------------------ forward */
 
 static void lmhead_loss(exec_t *e, const walk_t *w, const graph_step_t *s, float grad_scale) {
@@ -420,11 +464,14 @@ static void run_forward(exec_t *e, const walk_t *w, int si, phase_t ph, float gr
                         (float)e->model->cfg.rms_norm_eps);
         break;
     case OP_MATMUL:
-        be->matmul_fwd(OUT(0), IN(0), step_param(e, w, s), n, s->k, s->m);
+        if (layout_p(g, s->in[0]) > 1)   /* o_proj on the packed attention output */
+            be->matmul_blocked_fwd(OUT(0), IN(0), step_param(e, w, s), n, s->k, s->m, layout_p(g, s->in[0]));
+        else
+            be->matmul_fwd(OUT(0), IN(0), step_param(e, w, s), n, s->k, s->m);
         break;
     case OP_ROPE_SPLIT:
         be->rope_split_fwd(OUT(0), OUT(1), OUT(2), IN(0), e->positions, e->rope_freq, n, s->heads, s->kv_heads,
-                           s->head_dim);
+                           s->head_dim, layout_p(g, s->out[0]), layout_p(g, s->out[1]));
         break;
     case OP_ATTENTION:
         be->attention_fwd(OUT(0), (float *)OUT(1), IN(0), IN(1), IN(2), n, s->heads, s->kv_heads, s->head_dim,
@@ -448,17 +495,24 @@ static void run_forward(exec_t *e, const walk_t *w, int si, phase_t ph, float gr
         lmhead_loss(e, w, s, grad_scale);
         break;
     case OP_A2A_SEQ_TO_HEAD: {
+        /* a packed tensor is already the per-peer blocks: send it as it is */
         int64_t hpr = a2a_heads_per_rank(s->heads, p->sp);
-        be->heads_pack(e->a2a_send, IN(0), p->seq_local, s->heads, s->head_dim, p->sp);
-        e->coll->alltoall(e->ranks->sp, e->a2a_send, OUT(0), (size_t)(p->seq_local * hpr * s->head_dim),
-                          be->act_dtype);
+        const uint8_t *src = IN(0);
+        if (plan_a2a_staging(w->gp, si).fwd_send) {
+            uint8_t *send = staging(e, e->a2a_send, "a2a_send", g, si);
+            be->heads_pack(send, src, p->seq_local, s->heads, s->head_dim, p->sp);
+            src = send;
+        }
+        e->coll->alltoall(e->ranks->sp, src, OUT(0), (size_t)(p->seq_local * hpr * s->head_dim), be->act_dtype);
         break;
     }
     case OP_A2A_HEAD_TO_SEQ: {
+        /* o is stored packed: receive straight into it */
         int64_t hpr = a2a_heads_per_rank(s->heads, p->sp);
-        e->coll->alltoall(e->ranks->sp, IN(0), e->a2a_recv, (size_t)(p->seq_local * hpr * s->head_dim),
-                          be->act_dtype);
-        be->heads_unpack(OUT(0), e->a2a_recv, p->seq_local, s->heads, s->head_dim, p->sp, 0);
+        int staged = plan_a2a_staging(w->gp, si).fwd_recv;
+        uint8_t *dst = staged ? staging(e, e->a2a_recv, "a2a_recv", g, si) : OUT(0);
+        e->coll->alltoall(e->ranks->sp, IN(0), dst, (size_t)(p->seq_local * hpr * s->head_dim), be->act_dtype);
+        if (staged) be->heads_unpack(OUT(0), dst, p->seq_local, s->heads, s->head_dim, p->sp, 0);
         break;
     }
     default:
@@ -514,13 +568,17 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
                         g->t[s->in[0]].width, eps);
         break;
     case OP_MATMUL:
-        be->matmul_bwd(DIN(0), ACC(0), step_param_grad(e, w, s), DOUT(0), IN(0), step_param(e, w, s), n, s->k,
-                       s->m);
+        if (layout_p(g, s->in[0]) > 1)   /* writes the packed gradient of o */
+            be->matmul_blocked_bwd(DIN(0), ACC(0), step_param_grad(e, w, s), DOUT(0), IN(0), step_param(e, w, s), n,
+                                   s->k, s->m, layout_p(g, s->in[0]));
+        else
+            be->matmul_bwd(DIN(0), ACC(0), step_param_grad(e, w, s), DOUT(0), IN(0), step_param(e, w, s), n, s->k,
+                           s->m);
         break;
     case OP_ROPE_SPLIT:
         need_overwrite(w, si, 0);
         be->rope_split_bwd(DIN(0), DOUT(0), DOUT(1), DOUT(2), e->positions, e->rope_freq, n, s->heads, s->kv_heads,
-                           s->head_dim);
+                           s->head_dim, layout_p(g, s->out[0]), layout_p(g, s->out[1]));
         break;
     case OP_ATTENTION:
         for (int i = 0; i < 3; i++) need_overwrite(w, si, i);
@@ -545,19 +603,34 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
     case OP_LMHEAD_LOSS:
         break; /* its forward wrote the gradient of its input */
     case OP_A2A_SEQ_TO_HEAD: {
-        /* gradient flows head-sharded -> sequence-sharded */
+        /* gradient flows head-sharded -> sequence-sharded. It arrives as
+         * per-peer blocks: the packed gradient itself when this is its first
+         * write, else staged and added (packed) or unpacked (replicated KV,
+         * summing the replicas) */
         int64_t hpr = a2a_heads_per_rank(s->heads, p->sp);
-        e->coll->alltoall(e->ranks->sp, DOUT(0), e->a2a_recv, (size_t)(p->seq_local * hpr * s->head_dim),
-                          be->act_dtype);
-        be->heads_unpack(DIN(0), e->a2a_recv, p->seq_local, s->heads, s->head_dim, p->sp, ACC(0));
+        size_t count = (size_t)(p->seq_local * hpr * s->head_dim);
+        if (!plan_a2a_staging(w->gp, si).bwd_recv) {
+            need_overwrite(w, si, 0);
+            e->coll->alltoall(e->ranks->sp, DOUT(0), DIN(0), count, be->act_dtype);
+            break;
+        }
+        uint8_t *recv = staging(e, e->a2a_recv, "a2a_recv", g, si);
+        e->coll->alltoall(e->ranks->sp, DOUT(0), recv, count, be->act_dtype);
+        if (layout_p(g, s->in[0]) > 1) be->accumulate(DIN(0), recv, count * (size_t)p->sp, ACC(0));
+        else be->heads_unpack(DIN(0), recv, p->seq_local, s->heads, s->head_dim, p->sp, ACC(0));
         break;
     }
     case OP_A2A_HEAD_TO_SEQ: {
+        /* the gradient of a packed o is already the per-peer blocks */
         int64_t hpr = a2a_heads_per_rank(s->heads, p->sp);
         need_overwrite(w, si, 0);
-        be->heads_pack(e->a2a_send, DOUT(0), p->seq_local, s->heads, s->head_dim, p->sp);
-        e->coll->alltoall(e->ranks->sp, e->a2a_send, DIN(0), (size_t)(p->seq_local * hpr * s->head_dim),
-                          be->act_dtype);
+        const uint8_t *src = DOUT(0);
+        if (plan_a2a_staging(w->gp, si).bwd_send) {
+            uint8_t *send = staging(e, e->a2a_send, "a2a_send", g, si);
+            be->heads_pack(send, src, p->seq_local, s->heads, s->head_dim, p->sp);
+            src = send;
+        }
+        e->coll->alltoall(e->ranks->sp, src, DIN(0), (size_t)(p->seq_local * hpr * s->head_dim), be->act_dtype);
         break;
     }
     default:

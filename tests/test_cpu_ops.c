@@ -325,15 +325,89 @@ START_TEST(test_matmul_fd) {
 }
 END_TEST
 
+/* The packed layout of x[n, k] in `blocks` column blocks of kb = k / blocks:
+ * block j is x[:, j kb .. j kb + kb - 1], stored [n][kb] at j n kb. */
+static void pack_cols(float *dst, const float *src, int64_t n, int64_t k, int blocks) {
+    int64_t kb = k / blocks;
+    for (int64_t j = 0; j < blocks; j++)
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t c = 0; c < kb; c++) dst[(j * n + t) * kb + c] = src[t * k + j * kb + c];
+}
+static void unpack_cols(float *dst, const float *src, int64_t n, int64_t k, int blocks) {
+    int64_t kb = k / blocks;
+    for (int64_t j = 0; j < blocks; j++)
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t c = 0; c < kb; c++) dst[t * k + j * kb + c] = src[(j * n + t) * kb + c];
+}
+static void assert_same(const char *what, const float *got, const float *want, size_t n);
+
+typedef struct { float *x, *w, *R, *out; int64_t n, k, m; int blocks; } mmb_ctx;
+static double mmb_loss(void *c) {
+    mmb_ctx *a = c;
+    be->matmul_blocked_fwd(a->out, a->x, a->w, a->n, a->k, a->m, a->blocks);
+    return dotd(a->R, a->out, (size_t)(a->n * a->m));
+}
+
+/* The blocked matmul on packed x is the plain matmul on unpacked x, bit for
+ * bit (the same sums in the same order); its dx comes out packed. */
+START_TEST(test_matmul_blocked) {
+    trng_t r = {202};
+    /* n, k, m, blocks: block widths 4, 6, 5, 16 and one block; m > 256 crosses the kernel's column blocks */
+    const int64_t shapes[][4] = {{7, 12, 9, 3}, {10, 24, 261, 4}, {9, 40, 13, 8}, {5, 16, 8, 1}, {13, 64, 33, 4}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int64_t n = shapes[s][0], k = shapes[s][1], m = shapes[s][2];
+        int blocks = (int)shapes[s][3];
+        size_t nk = (size_t)(n * k), mk = (size_t)(m * k), nm = (size_t)(n * m);
+        float *x = frand(&r, nk, 1.0), *w = frand(&r, mk, 1.0), *R = frand(&r, nm, 1.0);
+        float *xp = fzeros(nk), *out = fzeros(nm), *want = fzeros(nm);
+        pack_cols(xp, x, n, k, blocks);
+        be->matmul_fwd(want, x, w, n, k, m);
+        poison(out, nm);
+        be->matmul_blocked_fwd(out, xp, w, n, k, m, blocks);
+        assert_same("matmul_blocked_fwd", out, want, nm);
+
+        /* backward: dx packed, dw accumulated, against matmul_bwd */
+        float *dw0 = frand(&r, mk, 1.0), *dw = fcopy(dw0, mk), *dw_want = fcopy(dw0, mk);
+        float *dxp = fzeros(nk), *dx = fzeros(nk), *dx_want = fzeros(nk);
+        be->matmul_bwd(dx_want, 0, dw_want, R, x, w, n, k, m);
+        poison(dxp, nk);
+        be->matmul_blocked_bwd(dxp, 0, dw, R, xp, w, n, k, m, blocks);
+        unpack_cols(dx, dxp, n, k, blocks);
+        assert_same("matmul_blocked_bwd dx", dx, dx_want, nk);
+        assert_same("matmul_blocked_bwd dw", dw, dw_want, mk);
+
+        /* acc = 1 adds to the packed dx; NULL dx or dw is skipped */
+        float *base = frand(&r, nk, 1.0), *basep = fzeros(nk);
+        pack_cols(basep, base, n, k, blocks);
+        be->matmul_bwd(base, 1, NULL, R, x, w, n, k, m);
+        be->matmul_blocked_bwd(basep, 1, NULL, R, xp, w, n, k, m, blocks);
+        unpack_cols(dx, basep, n, k, blocks);
+        assert_same("matmul_blocked_bwd dx acc=1", dx, base, nk);
+        float *dw2 = fzeros(mk), *dw2_want = fzeros(mk);
+        be->matmul_blocked_bwd(NULL, 0, dw2, R, xp, w, n, k, m, blocks);
+        be->matmul_bwd(NULL, 0, dw2_want, R, x, w, n, k, m);
+        assert_same("matmul_blocked_bwd dw only", dw2, dw2_want, mk);
+
+        /* finite differences through the blocked forward: packed dx and dw */
+        for (size_t i = 0; i < mk; i++) dw[i] -= dw0[i];
+        mmb_ctx c = {xp, w, R, fzeros(nm), n, k, m, blocks};
+        fd_check("matmul_blocked dx", mmb_loss, &c, xp, dxp, nk, FD_H, &r);
+        fd_check("matmul_blocked dw", mmb_loss, &c, w, dw, mk, FD_H, &r);
+        free(x); free(w); free(R); free(xp); free(out); free(want); free(dw0); free(dw); free(dw_want);
+        free(dxp); free(dx); free(dx_want); free(base); free(basep); free(dw2); free(dw2_want); free(c.out);
+    }
+}
+END_TEST
+
 /* ------------------------------------------------------------ rope + split */
 
 typedef struct {
     float *qkv, *Rq, *Rk, *Rv, *q, *k, *v;
-    int32_t *pos; double *inv_freq; int64_t n, hq, hkv, hd;
+    int32_t *pos; double *inv_freq; int64_t n, hq, hkv, hd; int pq, pkv;
 } rope_ctx;
 static double rope_loss(void *c) {
     rope_ctx *a = c;
-    be->rope_split_fwd(a->q, a->k, a->v, a->qkv, a->pos, a->inv_freq, a->n, a->hq, a->hkv, a->hd);
+    be->rope_split_fwd(a->q, a->k, a->v, a->qkv, a->pos, a->inv_freq, a->n, a->hq, a->hkv, a->hd, a->pq, a->pkv);
     return dotd(a->Rq, a->q, (size_t)(a->n * a->hq * a->hd)) + dotd(a->Rk, a->k, (size_t)(a->n * a->hkv * a->hd)) +
            dotd(a->Rv, a->v, (size_t)(a->n * a->hkv * a->hd));
 }
@@ -349,10 +423,10 @@ START_TEST(test_rope_fd) {
     size_t nq = (size_t)(n * hq * hd), nk = (size_t)(n * hkv * hd), nall = nq + 2 * nk;
     int32_t pos[5] = {0, 3, 17, 250, 4096};
     rope_ctx c = {frand(&r, nall, 1.0), frand(&r, nq, 1.0), frand(&r, nk, 1.0), frand(&r, nk, 1.0),
-                  fzeros(nq), fzeros(nk), fzeros(nk), pos, llama_inv_freq(hd, 10000.0), n, hq, hkv, hd};
+                  fzeros(nq), fzeros(nk), fzeros(nk), pos, llama_inv_freq(hd, 10000.0), n, hq, hkv, hd, 1, 1};
     float *dqkv = fzeros(nall);
     poison(dqkv, nall);
-    be->rope_split_bwd(dqkv, c.Rq, c.Rk, c.Rv, pos, c.inv_freq, n, hq, hkv, hd);
+    be->rope_split_bwd(dqkv, c.Rq, c.Rk, c.Rv, pos, c.inv_freq, n, hq, hkv, hd, 1, 1);
     assert_finite("rope dqkv", dqkv, nall);
     fd_check("rope_split dqkv", rope_loss, &c, c.qkv, dqkv, nall, FD_H, &r);
     free(c.qkv); free(c.Rq); free(c.Rk); free(c.Rv); free(c.q); free(c.k); free(c.v); free(c.inv_freq); free(dqkv);
@@ -369,7 +443,7 @@ START_TEST(test_rope_fwd) {
     float *qkv = frand(&r, (size_t)n * row, 1.0);
     float *q = fzeros((size_t)(n * hq * hd)), *k = fzeros((size_t)(n * hkv * hd)), *v = fzeros((size_t)(n * hkv * hd));
     poison(q, (size_t)(n * hq * hd)); poison(k, (size_t)(n * hkv * hd)); poison(v, (size_t)(n * hkv * hd));
-    be->rope_split_fwd(q, k, v, qkv, pos, inv, n, hq, hkv, hd);
+    be->rope_split_fwd(q, k, v, qkv, pos, inv, n, hq, hkv, hd, 1, 1);
     for (int64_t t = 0; t < n; t++) {
         for (int64_t h = 0; h < hq + hkv; h++) {
             const float *src = qkv + (size_t)t * row + (size_t)(h * hd);
@@ -393,6 +467,69 @@ START_TEST(test_rope_fwd) {
         ck_assert_mem_eq(v + t * hkv * hd, qkv + (size_t)t * row + (size_t)((hq + hkv) * hd), (size_t)(hkv * hd) * 4);
     }
     free(inv); free(qkv); free(q); free(k); free(v);
+}
+END_TEST
+
+/* Elementwise equality (so +0 and -0 agree) of two fully written tensors. */
+static void assert_same(const char *what, const float *got, const float *want, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(got[i] == want[i], "%s[%zu] = %.9g, expected %.9g", what, i, (double)got[i], (double)want[i]);
+}
+
+/* Packed q/k/v (the Ulysses layout for pq / pkv ranks) are the plain op's
+ * results passed through heads_pack; the backward reading packed dq/dk/dv is
+ * the plain backward of their heads_unpack. */
+START_TEST(test_rope_packed) {
+    trng_t r = {303};
+    const int cases[][4] = {   /* hq, hkv, pq, pkv: pkv = 1 is KV replication (k and v stay plain) */
+        {8, 4, 2, 2}, {8, 4, 4, 4}, {8, 2, 4, 1}, {4, 2, 2, 2}, {6, 3, 3, 3}, {8, 8, 8, 8}, {4, 1, 4, 1}, {4, 2, 1, 1},
+    };
+    int64_t n = 5, hd = 8;
+    int32_t pos[5] = {0, 3, 17, 250, 4096};
+    double *inv = llama_inv_freq(hd, 10000.0);
+    for (size_t cs = 0; cs < sizeof cases / sizeof cases[0]; cs++) {
+        int64_t hq = cases[cs][0], hkv = cases[cs][1];
+        int pq = cases[cs][2], pkv = cases[cs][3];
+        size_t nq = (size_t)(n * hq * hd), nk = (size_t)(n * hkv * hd), nall = nq + 2 * nk;
+        float *qkv = frand(&r, nall, 1.0);
+        float *q = fzeros(nq), *k = fzeros(nk), *v = fzeros(nk);
+        float *qp = fzeros(nq), *kp = fzeros(nk), *vp = fzeros(nk);
+        float *wq = fzeros(nq), *wk = fzeros(nk), *wv = fzeros(nk);
+        be->rope_split_fwd(q, k, v, qkv, pos, inv, n, hq, hkv, hd, 1, 1);
+        be->heads_pack(wq, q, n, hq, hd, pq);
+        be->heads_pack(wk, k, n, hkv, hd, pkv);
+        be->heads_pack(wv, v, n, hkv, hd, pkv);
+        poison(qp, nq); poison(kp, nk); poison(vp, nk);
+        be->rope_split_fwd(qp, kp, vp, qkv, pos, inv, n, hq, hkv, hd, pq, pkv);
+        assert_same("packed rope q", qp, wq, nq);
+        assert_same("packed rope k", kp, wk, nk);
+        assert_same("packed rope v", vp, wv, nk);
+
+        float *dqp = frand(&r, nq, 1.0), *dkp = frand(&r, nk, 1.0), *dvp = frand(&r, nk, 1.0);
+        float *dqkv = fzeros(nall), *want = fzeros(nall);
+        be->heads_unpack(q, dqp, n, hq, hd, pq, 0);
+        be->heads_unpack(k, dkp, n, hkv, hd, pkv, 0);
+        be->heads_unpack(v, dvp, n, hkv, hd, pkv, 0);
+        be->rope_split_bwd(want, q, k, v, pos, inv, n, hq, hkv, hd, 1, 1);
+        poison(dqkv, nall);
+        be->rope_split_bwd(dqkv, dqp, dkp, dvp, pos, inv, n, hq, hkv, hd, pq, pkv);
+        assert_same("packed rope dqkv", dqkv, want, nall);
+        free(qkv); free(q); free(k); free(v); free(qp); free(kp); free(vp); free(wq); free(wk); free(wv);
+        free(dqp); free(dkp); free(dvp); free(dqkv); free(want);
+    }
+    free(inv);
+
+    /* finite differences through the packed forward with packed cotangents */
+    int64_t hq = 8, hkv = 4;
+    size_t nq = (size_t)(n * hq * hd), nk = (size_t)(n * hkv * hd), nall = nq + 2 * nk;
+    rope_ctx c = {frand(&r, nall, 1.0), frand(&r, nq, 1.0), frand(&r, nk, 1.0), frand(&r, nk, 1.0),
+                  fzeros(nq), fzeros(nk), fzeros(nk), pos, llama_inv_freq(hd, 10000.0), n, hq, hkv, hd, 4, 2};
+    float *dqkv = fzeros(nall);
+    poison(dqkv, nall);
+    be->rope_split_bwd(dqkv, c.Rq, c.Rk, c.Rv, pos, c.inv_freq, n, hq, hkv, hd, c.pq, c.pkv);
+    assert_finite("packed rope dqkv", dqkv, nall);
+    fd_check("packed rope_split dqkv", rope_loss, &c, c.qkv, dqkv, nall, FD_H, &r);
+    free(c.qkv); free(c.Rq); free(c.Rk); free(c.Rv); free(c.q); free(c.k); free(c.v); free(c.inv_freq); free(dqkv);
 }
 END_TEST
 
@@ -789,8 +926,10 @@ static Suite *cpu_suite(void) {
     tcase_add_test(tc, test_add_rmsnorm_fwd);
     tcase_add_test(tc, test_add_rmsnorm_fd);
     tcase_add_test(tc, test_matmul_fd);
+    tcase_add_test(tc, test_matmul_blocked);
     tcase_add_test(tc, test_rope_fwd);
     tcase_add_test(tc, test_rope_fd);
+    tcase_add_test(tc, test_rope_packed);
     int nshapes = (int)(sizeof attn_shapes / sizeof attn_shapes[0]);
     tcase_add_loop_test(tc, test_attention_fwd, 0, nshapes);
     tcase_add_loop_test(tc, test_attention_fd, 0, nshapes);

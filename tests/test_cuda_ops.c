@@ -286,44 +286,86 @@ START_TEST(t_matmul) {
 }
 END_TEST
 
+/* o_proj on the packed attention output: x and dx in `blocks` column blocks
+ * [n][k/blocks], the weight read (and dw written) at leading dimension k. */
+START_TEST(t_matmul_blocked) {
+    /* n, k, m, blocks: block widths 64, 12 (blocks only 8-byte aligned), 64, 64, one block of 96, and 8
+     * blocks of 8 */
+    const int64_t sh[][4] = {{33, 512, 256, 8}, {7, 48, 17, 4}, {257, 256, 96, 4}, {100, 128, 1000, 2},
+                             {64, 96, 64, 1}, {3, 64, 40, 8}};
+    for (int a = 0; a < 6; a++)
+        for (int acc = 0; acc < 2; acc++) {
+            int64_t n = sh[a][0], k = sh[a][1], m = sh[a][2];
+            int blocks = (int)sh[a][3];
+            char name[128];
+            buf_t x = mk((size_t)(n * k), DT_BF16, 1.0, 0), w = mk((size_t)(m * k), DT_BF16, 0.1, 0);
+            buf_t out = mk_out((size_t)(n * m), DT_BF16);
+            G->matmul_blocked_fwd(out.g, x.g, w.g, n, k, m, blocks);
+            C->matmul_blocked_fwd(out.c, x.c, w.c, n, k, m, blocks);
+            snprintf(name, sizeof name, "matmul_blocked_fwd n=%lld k=%lld m=%lld blocks=%d", (long long)n,
+                     (long long)k, (long long)m, blocks);
+            if (!acc) cmp(name, &out, 1e-2);
+            buf_t dout = mk((size_t)(n * m), DT_BF16, 1.0, 0), dw = mk((size_t)(m * k), DT_F32, 1.0, 0);
+            buf_t dx = acc ? mk((size_t)(n * k), DT_BF16, 1.0, 0) : mk_out((size_t)(n * k), DT_BF16);
+            G->matmul_blocked_bwd(dx.g, acc, dw.g, dout.g, x.g, w.g, n, k, m, blocks);
+            C->matmul_blocked_bwd(dx.c, acc, dw.c, dout.c, x.c, w.c, n, k, m, blocks);
+            snprintf(name, sizeof name, "matmul_blocked_bwd dx n=%lld k=%lld m=%lld blocks=%d acc=%d", (long long)n,
+                     (long long)k, (long long)m, blocks, acc);
+            cmp(name, &dx, 1e-2);
+            snprintf(name, sizeof name, "matmul_blocked_bwd dw n=%lld k=%lld m=%lld blocks=%d", (long long)n,
+                     (long long)k, (long long)m, blocks);
+            cmp(name, &dw, 1e-4);   /* fp32 output of bf16 inputs: only summation order differs */
+            drop(&x); drop(&w); drop(&out); drop(&dout); drop(&dw); drop(&dx);
+        }
+}
+END_TEST
+
+/* Plain (P = 1) and packed q/k/v (the Ulysses layout for P ranks; k and v
+ * stay plain where P exceeds their heads, as with KV replication). */
 START_TEST(t_rope) {
     const int64_t hh[][2] = {{4, 1}, {8, 8}, {8, 2}};
     const int64_t hds[] = {16, 64, 128};
+    const int Ps[] = {1, 2, 4};
     for (int a = 0; a < 3; a++)
         for (int b = 0; b < 3; b++)
-            for (int c = 1; c < 4; c++) {
-                int64_t n = NS[c], hq = hh[a][0], hkv = hh[a][1], hd = hds[b], w = (hq + 2 * hkv) * hd;
-                int32_t *pos = malloc((size_t)n * 4);
-                for (int64_t i = 0; i < n; i++) pos[i] = (int32_t)(trng_next(&rng) % 2000000u);
-                double *invf = malloc((size_t)(hd / 2) * sizeof(double));
-                for (int64_t i = 0; i < hd / 2; i++) invf[i] = pow(500000.0, -2.0 * (double)i / (double)hd);
-                int32_t *pg = ints_g(pos, (size_t)n);
-                double *ig = G->alloc((size_t)(hd / 2) * sizeof(double), "inv_freq");
-                G->to_device(ig, invf, (size_t)(hd / 2) * sizeof(double));
-                buf_t qkv = mk((size_t)(n * w), DT_BF16, 1.0, 0);
-                buf_t q = mk_out((size_t)(n * hq * hd), DT_BF16), k = mk_out((size_t)(n * hkv * hd), DT_BF16),
-                      v = mk_out((size_t)(n * hkv * hd), DT_BF16);
-                G->rope_split_fwd(q.g, k.g, v.g, qkv.g, pg, ig, n, hq, hkv, hd);
-                C->rope_split_fwd(q.c, k.c, v.c, qkv.c, pos, invf, n, hq, hkv, hd);
-                char name[128];
-                snprintf(name, sizeof name, "rope_split_fwd q hq=%lld hkv=%lld hd=%lld", (long long)hq,
-                         (long long)hkv, (long long)hd);
-                cmp(name, &q, 1e-2);
-                snprintf(name, sizeof name, "rope_split_fwd k hq=%lld hkv=%lld hd=%lld", (long long)hq,
-                         (long long)hkv, (long long)hd);
-                cmp(name, &k, 1e-2);
-                cmp("rope_split_fwd v", &v, 1e-6);
-                buf_t dq = mk((size_t)(n * hq * hd), DT_BF16, 1.0, 0), dk = mk((size_t)(n * hkv * hd), DT_BF16, 1.0, 0),
-                      dv = mk((size_t)(n * hkv * hd), DT_BF16, 1.0, 0), dqkv = mk_out((size_t)(n * w), DT_BF16);
-                G->rope_split_bwd(dqkv.g, dq.g, dk.g, dv.g, pg, ig, n, hq, hkv, hd);
-                C->rope_split_bwd(dqkv.c, dq.c, dk.c, dv.c, pos, invf, n, hq, hkv, hd);
-                snprintf(name, sizeof name, "rope_split_bwd hq=%lld hkv=%lld hd=%lld", (long long)hq, (long long)hkv,
-                         (long long)hd);
-                cmp(name, &dqkv, 1e-2);
-                drop(&qkv); drop(&q); drop(&k); drop(&v); drop(&dq); drop(&dk); drop(&dv); drop(&dqkv);
-                G->free(pg); G->free(ig);
-                free(pos); free(invf);
-            }
+            for (int c = 1; c < 4; c++)
+                for (int pi = 0; pi < 3; pi++) {
+                    int64_t n = NS[c], hq = hh[a][0], hkv = hh[a][1], hd = hds[b], w = (hq + 2 * hkv) * hd;
+                    int P = Ps[pi], pq = P, pkv = hkv % P == 0 ? P : 1;
+                    if (P > 1 && b != 1) continue;   /* packed layouts at one head dim */
+                    int32_t *pos = malloc((size_t)n * 4);
+                    for (int64_t i = 0; i < n; i++) pos[i] = (int32_t)(trng_next(&rng) % 2000000u);
+                    double *invf = malloc((size_t)(hd / 2) * sizeof(double));
+                    for (int64_t i = 0; i < hd / 2; i++) invf[i] = pow(500000.0, -2.0 * (double)i / (double)hd);
+                    int32_t *pg = ints_g(pos, (size_t)n);
+                    double *ig = G->alloc((size_t)(hd / 2) * sizeof(double), "inv_freq");
+                    G->to_device(ig, invf, (size_t)(hd / 2) * sizeof(double));
+                    buf_t qkv = mk((size_t)(n * w), DT_BF16, 1.0, 0);
+                    buf_t q = mk_out((size_t)(n * hq * hd), DT_BF16), k = mk_out((size_t)(n * hkv * hd), DT_BF16),
+                          v = mk_out((size_t)(n * hkv * hd), DT_BF16);
+                    G->rope_split_fwd(q.g, k.g, v.g, qkv.g, pg, ig, n, hq, hkv, hd, pq, pkv);
+                    C->rope_split_fwd(q.c, k.c, v.c, qkv.c, pos, invf, n, hq, hkv, hd, pq, pkv);
+                    char name[128];
+                    snprintf(name, sizeof name, "rope_split_fwd q hq=%lld hkv=%lld hd=%lld P=%d/%d", (long long)hq,
+                             (long long)hkv, (long long)hd, pq, pkv);
+                    cmp(name, &q, 1e-2);
+                    snprintf(name, sizeof name, "rope_split_fwd k hq=%lld hkv=%lld hd=%lld P=%d/%d", (long long)hq,
+                             (long long)hkv, (long long)hd, pq, pkv);
+                    cmp(name, &k, 1e-2);
+                    snprintf(name, sizeof name, "rope_split_fwd v P=%d", pkv);
+                    cmp(name, &v, 1e-6);
+                    buf_t dq = mk((size_t)(n * hq * hd), DT_BF16, 1.0, 0);
+                    buf_t dk = mk((size_t)(n * hkv * hd), DT_BF16, 1.0, 0), dv = mk((size_t)(n * hkv * hd), DT_BF16, 1.0, 0);
+                    buf_t dqkv = mk_out((size_t)(n * w), DT_BF16);
+                    G->rope_split_bwd(dqkv.g, dq.g, dk.g, dv.g, pg, ig, n, hq, hkv, hd, pq, pkv);
+                    C->rope_split_bwd(dqkv.c, dq.c, dk.c, dv.c, pos, invf, n, hq, hkv, hd, pq, pkv);
+                    snprintf(name, sizeof name, "rope_split_bwd hq=%lld hkv=%lld hd=%lld P=%d/%d", (long long)hq,
+                             (long long)hkv, (long long)hd, pq, pkv);
+                    cmp(name, &dqkv, 1e-2);
+                    drop(&qkv); drop(&q); drop(&k); drop(&v); drop(&dq); drop(&dk); drop(&dv); drop(&dqkv);
+                    G->free(pg); G->free(ig);
+                    free(pos); free(invf);
+                }
 }
 END_TEST
 
@@ -691,6 +733,7 @@ int main(void) {
     tcase_add_test(tc, t_rmsnorm);
     tcase_add_test(tc, t_add_rmsnorm);
     tcase_add_test(tc, t_matmul);
+    tcase_add_test(tc, t_matmul_blocked);
     tcase_add_test(tc, t_rope);
     tcase_add_test(tc, t_swiglu);
     tcase_add_test(tc, t_add_accumulate);

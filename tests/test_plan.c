@@ -96,6 +96,8 @@ START_TEST(test_sp_collectives) {
             ck_assert_int_eq(s2h + h2s, 0);
             ck_assert_int_eq(g->ns, m->layer.ns);
             ck_assert_int_eq(p->mem.a2a_send.bytes, 0);
+            ck_assert_int_eq(p->mem.a2a_recv.bytes, 0);
+            for (int t = 0; t < g->nt; t++) ck_assert_int_eq(g->t[t].packed, 0);
             continue;
         }
         ck_assert_int_eq(s2h, 3);
@@ -119,6 +121,11 @@ START_TEST(test_sp_collectives) {
             ck_assert_int_eq(out->heads, heads[j] / P);
             ck_assert_int_eq(out->width, heads[j] / P * 128);
             ck_assert_int_eq(g->s[att].in[j], s->out[0]);
+            /* 32 and 8 heads split over P <= 8: ROPE_SPLIT writes the per-peer blocks the all-to-all sends */
+            ck_assert_int_eq(in->packed, P);
+            ck_assert_int_eq(out->packed, 0);
+            a2a_staging_t st = plan_a2a_staging(&p->layer, att - 3 + j);
+            ck_assert(!st.fwd_send && !st.fwd_recv && !st.bwd_send && !st.bwd_recv);
         }
         const graph_step_t *a = &g->s[att + 1];
         ck_assert_int_eq(a->op, OP_A2A_HEAD_TO_SEQ);
@@ -130,12 +137,20 @@ START_TEST(test_sp_collectives) {
         ck_assert_int_eq(g->t[a->out[0]].heads, 32);
         ck_assert_int_eq(g->s[att + 2].op, OP_MATMUL);
         ck_assert_int_eq(g->s[att + 2].in[0], a->out[0]);
+        /* o arrives packed and o_proj reads it so: no staging anywhere */
+        ck_assert_int_eq(g->t[a->out[0]].packed, P);
+        ck_assert_int_eq(g->t[a->in[0]].packed, 0);
+        a2a_staging_t st = plan_a2a_staging(&p->layer, att + 1);
+        ck_assert(!st.fwd_send && !st.fwd_recv && !st.bwd_send && !st.bwd_recv);
         int lse = find_tensor(g, "lse");
         ck_assert_int_eq(g->t[lse].rows, ROWS_GLOBAL);
         ck_assert_int_eq(g->t[lse].heads, 32 / P);
         ck_assert_int_eq(g->s[att].out[1], lse);
-        /* staging = the largest payload: q or o, seq_local * P * (32/P) * 128 * 2 bytes */
-        ck_assert_uint_eq(p->mem.a2a_send.bytes, (size_t)(65536 / P) * P * (32 / P) * 128 * 2);
+        /* every all-to-all sends and receives in place: no staging reserved */
+        ck_assert_uint_eq(p->mem.a2a_send.bytes, 0);
+        ck_assert_uint_eq(p->mem.a2a_recv.bytes, 0);
+        for (int t = 0; t < g->nt; t++)
+            if (g->t[t].packed) ck_assert(strchr("qkvo", g->t[t].name[0]) && g->t[t].name[1] == 0);
         /* prologue/epilogue untouched */
         ck_assert_int_eq(p->prologue.g.ns, 1);
         ck_assert_int_eq(p->epilogue.g.ns, 2);
@@ -161,11 +176,60 @@ START_TEST(test_sp_kv_replication) {
         ck_assert_int_eq(g->t[kh].width, 128);
         for (int s = 0; s < g->ns; s++)
             if (g->s[s].op == OP_A2A_SEQ_TO_HEAD && g->s[s].out[0] == kh) ck_assert_int_eq(g->s[s].heads, 8);
+        /* replicated k and v keep the plain layout and go through the staging buffers (packed in the
+         * forward, unpacked with the replicas summed in the backward); q and o stay packed */
+        ck_assert_int_eq(g->t[find_tensor(g, "q")].packed, Ps[i]);
+        ck_assert_int_eq(g->t[find_tensor(g, "o")].packed, Ps[i]);
+        ck_assert_int_eq(g->t[find_tensor(g, "k")].packed, 0);
+        ck_assert_int_eq(g->t[find_tensor(g, "v")].packed, 0);
+        int staged = 0;
+        for (int s = 0; s < g->ns; s++) {
+            if (g->s[s].op != OP_A2A_SEQ_TO_HEAD && g->s[s].op != OP_A2A_HEAD_TO_SEQ) continue;
+            a2a_staging_t st = plan_a2a_staging(&p->layer, s);
+            const char *name = g->t[g->s[s].in[0]].name;
+            int kv = g->s[s].op == OP_A2A_SEQ_TO_HEAD && (name[0] == 'k' || name[0] == 'v');
+            ck_assert_int_eq(st.fwd_send, kv);
+            ck_assert_int_eq(st.bwd_recv, kv);
+            ck_assert(!st.fwd_recv && !st.bwd_send);
+            staged += kv;
+        }
+        ck_assert_int_eq(staged, 2);
+        /* staging holds one k_h: 131072 tokens x 1 head x 128 x 2 bytes */
+        ck_assert_uint_eq(p->mem.a2a_send.bytes, (size_t)131072 * 128 * 2);
+        ck_assert_uint_eq(p->mem.a2a_recv.bytes, (size_t)131072 * 128 * 2);
     }
     /* 8B refuses P = 64 (32 query heads) and P = 12 */
     config_t c = make_cfg(m, 131072, 1, 64, SAC_SAVE_ALL);
     ck_assert_int_eq(compile(p, &c, m, 64, bf16_target(0), err), -1);
     ck_assert_msg(strstr(err, "valid sequence_parallel_size for world 64: 1, 2, 4, 8, 16, 32") != NULL, "%s", err);
+    free(p);
+}
+END_TEST
+
+/* A packed tensor whose gradient is not the first written there (no Llama
+ * graph has one, but the contract allows it) receives into staging and adds. */
+START_TEST(test_sp_staging_accumulate) {
+    model_t *m = get_model(M_TINY);
+    plan_t *p = new_plan();
+    char err[512];
+    config_t c = make_cfg(m, 64, 2, 2, SAC_SAVE_ALL);
+    ck_assert_msg(compile(p, &c, m, 2, bf16_target(0), err) == 0, "%s", err);
+    graph_plan_t *gp = &p->layer;
+    int q = find_tensor(&gp->g, "q"), s2h = -1;
+    for (int s = 0; s < gp->g.ns; s++)
+        if (gp->g.s[s].op == OP_A2A_SEQ_TO_HEAD && gp->g.s[s].in[0] == q) s2h = s;
+    ck_assert_int_ge(s2h, 0);
+    ck_assert_int_eq(gp->g.t[q].packed, 2);
+    ck_assert_int_eq(gp->grad_first[s2h][0], 1);
+    a2a_staging_t st = plan_a2a_staging(gp, s2h);
+    ck_assert(!st.fwd_send && !st.bwd_recv);
+    gp->grad_first[s2h][0] = 0;
+    st = plan_a2a_staging(gp, s2h);
+    ck_assert(!st.fwd_send && st.bwd_recv && !st.fwd_recv && !st.bwd_send);
+    /* the memory plan then reserves the receive side only */
+    memplan_regions(p, &c);
+    ck_assert_uint_eq(p->mem.a2a_send.bytes, 0);
+    ck_assert_uint_eq(p->mem.a2a_recv.bytes, gp->t[find_tensor(&gp->g, "q_h")].bytes);
     free(p);
 }
 END_TEST
@@ -498,26 +562,30 @@ START_TEST(test_memplan_hand) {
     ck_assert_uint_eq(p->mem.logits.bytes, logits);
     ck_assert_uint_eq(p->mem.logits.offset, p->mem.workspace.offset + 2 * tok);
     ck_assert(2 * tok + logits <= ws);
-    const size_t a2a = tok;     /* q and o: 16384 * 8 * 4 * 128 * 2 */
+    /* no all-to-all staging: q, k, v and o are stored packed (8 and 32 heads over 8 ranks) */
+    ck_assert_uint_eq(p->mem.a2a_send.bytes, 0);
+    ck_assert_uint_eq(p->mem.a2a_recv.bytes, 0);
     const size_t params_arena = N * 2 + N * 4;
     const size_t opt_arena = 3 * shard * 4;   /* master, m, v; gradients reduce in place */
     const size_t act_arena = 32 * slot + tok;
-    /* workspace arena: workspace (holding the logits), 2 resid grads, 2 a2a, 3 x int32[16384],
+    /* workspace arena: workspace (holding the logits), 2 resid grads, 3 x int32[16384],
      * rope fp64[64] (512), scalars 64 B rounded to 256 */
-    const size_t ws_arena = ws + 2 * tok + 2 * a2a + 3 * 65536 + 512 + 256;
+    const size_t ws_arena = ws + 2 * tok + 3 * 65536 + 512 + 256;
     ck_assert_uint_eq(p->mem.arena_bytes[ARENA_PARAMS], params_arena);
     ck_assert_uint_eq(p->mem.arena_bytes[ARENA_OPTIMIZER], opt_arena);
     ck_assert_uint_eq(p->mem.arena_bytes[ARENA_ACTIVATIONS], act_arena);
     ck_assert_uint_eq(p->mem.arena_bytes[ARENA_WORKSPACE], ws_arena);
     ck_assert_uint_eq(p->mem.arena_bytes[ARENA_HOST], 0);
     ck_assert_uint_eq(p->mem.device_total, params_arena + opt_arena + act_arena + ws_arena);
-    /* 144,358,736,640 B before the logits moved into the workspace and the
-     * reduced-gradient shard (shard * 4) went */
-    ck_assert_uint_eq(p->mem.device_total, 144358736640u - logits - shard * 4);
+    /* 144,358,736,640 B before the logits moved into the workspace, the
+     * reduced-gradient shard (shard * 4) went and q, k, v, o were packed in
+     * place (two staging buffers of tok bytes) */
+    const size_t total = 144358736640u - logits - shard * 4 - 2 * tok;
+    ck_assert_uint_eq(p->mem.device_total, total);
     /* reserved bytes count, regions are 256-aligned and disjoint within an arena */
     t.reserved_bytes = 3 * GiB;
     ck_assert(plan_compile(p, &c, m, 8, &t, err, sizeof err) == 0);
-    ck_assert_uint_eq(p->mem.device_total, 144358736640u - logits - shard * 4 + 3221225472u);
+    ck_assert_uint_eq(p->mem.device_total, total + 3221225472u);
     const region_t *r[] = {&p->mem.params, &p->mem.grads, &p->mem.master, &p->mem.adam_m, &p->mem.adam_v,
                            &p->mem.saved_layers, &p->mem.final_hidden, &p->mem.workspace,
                            &p->mem.resid_grad[0], &p->mem.resid_grad[1], &p->mem.a2a_send,
@@ -909,6 +977,19 @@ START_TEST(test_explain_70b) {
     ck_assert_ptr_nonnull(strstr(buf, "all-to-all o:"));
     ck_assert_ptr_nonnull(strstr(buf, "all-to-all dq:"));
     ck_assert_ptr_nonnull(strstr(buf, "all-to-all do:"));
+    /* auto picks SP 64 here: 64 query heads split (packed), 8 KV heads are replicated (staged) */
+    ck_assert_ptr_nonnull(strstr(buf, "world        64 ranks = SP 64"));
+    ck_assert_ptr_nonnull(strstr(buf, "layout       packed for the all-to-alls (per-peer blocks, no staging copy): "
+                                      "q, o; staged through heads_pack/heads_unpack (KV replication): k, v\n"));
+    ck_assert_ptr_nonnull(strstr(buf, "all-to-all q: [16384, 64, 128] -> [1048576, 1, 128], 256.00 MiB per rank, "
+                                      "sent from its packed buffer"));
+    ck_assert_ptr_nonnull(strstr(buf, "all-to-all k: [16384, 8, 128] -> [1048576, 1, 128], 256.00 MiB per rank, "
+                                      "staged through heads_pack"));
+    ck_assert_ptr_nonnull(strstr(buf, "all-to-all dk: [1048576, 1, 128] -> [16384, 8, 128], 256.00 MiB per rank, "
+                                      "staged through heads_unpack"));
+    ck_assert_ptr_nonnull(strstr(buf, "all-to-all do: [16384, 64, 128] -> [1048576, 1, 128], 256.00 MiB per rank, "
+                                      "sent from its packed buffer"));
+    ck_assert_uint_eq(p->mem.a2a_send.bytes, (size_t)1048576 * 128 * 2);
     ck_assert_ptr_nonnull(strstr(buf, "per rank"));
     ck_assert_ptr_nonnull(strstr(buf, "SAC"));
     ck_assert_ptr_nonnull(strstr(buf, "predicted device peak"));
@@ -969,6 +1050,7 @@ int main(void) {
     TCase *sp = tcase_create("sp");
     tcase_add_test(sp, test_sp_collectives);
     tcase_add_test(sp, test_sp_kv_replication);
+    tcase_add_test(sp, test_sp_staging_accumulate);
     tcase_add_test(sp, test_sp_refusals);
     tcase_add_test(sp, test_sp_padding);
     tcase_add_test(sp, test_sp_auto);

@@ -10,8 +10,13 @@
  *   matmul      out = x W^T, dx (+)= dout W, dw += dout^T x; all three are one
  *               "axpy" kernel C = A B with B row-major, so the inner loop runs
  *               over contiguous columns and vectorises without reassociation.
+ *               The blocked variant (x, dx packed) is the same kernel with A
+ *               read block by block, B and C at a leading dimension: its
+ *               results are bitwise those of the plain matmul.
  *   rope_split  rotate-half (Hugging Face Llama) on q and k, angles in fp64;
- *               backward is the transposed (inverse) rotation.
+ *               backward is the transposed (inverse) rotation. Packed q/k/v
+ *               (Ulysses layout) are written a block of heads at a time, so
+ *               the values are exactly those of the plain layout.
  *   attention   causal GQA, one query row at a time with s floats of scratch per
  *               thread (never an s x s matrix); lse saved for the backward,
  *               which recomputes P = exp(scale q.k - lse). dq is parallel over
@@ -232,13 +237,27 @@ static void cpu_add_rmsnorm_bwd(void *da, int acc_a, void *db, int acc_b, void *
 
 /* ------------------------------------------------------------ matmul */
 
-/* C[n,m] (+)= A B with A(i,p) = A[i*ars + p*acs] (so A may be a transposed view)
- * and B row-major [k, m]. Each C element is summed by one thread from 0 over
+/* C[n,m] (+)= A B with B row-major [k, m] (row stride ldb) and C row stride
+ * ldc. A(i,p) = A[(p / ablock) ablock_stride + i ars + (p % ablock) acs]:
+ * A may be a transposed view (acs != 1), and its columns may come in blocks
+ * of ablock that lie ablock_stride apart (the Ulysses packed layout; ablock
+ * = k is one block). Each C element is summed by one thread from 0 over
  * p = 0..k-1 in order, then stored (acc = 0) or added (acc = 1). The tiling
  * only decides which elements are computed together (a 4 x 8 tile kept in
- * registers, so loads of B are shared by 4 rows), never the arithmetic, so the
- * result does not depend on the tiling or on the thread count. */
+ * registers, so loads of B are shared by 4 rows), never the arithmetic, so
+ * the result does not depend on the tiling, the blocking of A or the thread
+ * count. */
 enum { MR = 4, NR = 8, MB = 64, NB = 256 };
+
+typedef struct {
+    const float *A;
+    int64_t ars, acs, ablock, ablock_stride;
+    const float *B;
+    int64_t ldb;
+    float *C;
+    int64_t ldc;
+    int acc;
+} gemm_t;
 
 static inline void store_row(float *c, const float *s, int64_t nj, int acc) {
     if (acc)
@@ -247,38 +266,45 @@ static inline void store_row(float *c, const float *s, int64_t nj, int acc) {
         for (int64_t j = 0; j < nj; j++) c[j] = s[j];
 }
 
-static void gemm_tile(float *C, int acc, const float *A, int64_t ars, int64_t acs, const float *B,
-                      int64_t i0, int64_t j0, int64_t k, int64_t m) {
+static void gemm_tile(const gemm_t *g, int64_t i0, int64_t j0, int64_t k) {
     float s[MR][NR] = {{0}};
-    const float *a0 = A + (i0 + 0) * ars, *a1 = A + (i0 + 1) * ars;
-    const float *a2 = A + (i0 + 2) * ars, *a3 = A + (i0 + 3) * ars;
-    for (int64_t p = 0; p < k; p++) {
-        const float *b = B + p * m + j0;
-        float x0 = a0[p * acs], x1 = a1[p * acs], x2 = a2[p * acs], x3 = a3[p * acs];
-        #pragma GCC unroll 8
-        for (int j = 0; j < NR; j++) {
-            s[0][j] += x0 * b[j];
-            s[1][j] += x1 * b[j];
-            s[2][j] += x2 * b[j];
-            s[3][j] += x3 * b[j];
+    const int64_t ars = g->ars, acs = g->acs;
+    for (int64_t p0 = 0; p0 < k; p0 += g->ablock) {
+        const float *blk = g->A + (p0 / g->ablock) * g->ablock_stride;
+        const float *a0 = blk + (i0 + 0) * ars, *a1 = blk + (i0 + 1) * ars;
+        const float *a2 = blk + (i0 + 2) * ars, *a3 = blk + (i0 + 3) * ars;
+        const float *b = g->B + p0 * g->ldb + j0;
+        int64_t np = min64(g->ablock, k - p0);
+        for (int64_t p = 0; p < np; p++, b += g->ldb) {
+            float x0 = a0[p * acs], x1 = a1[p * acs], x2 = a2[p * acs], x3 = a3[p * acs];
+            #pragma GCC unroll 8
+            for (int j = 0; j < NR; j++) {
+                s[0][j] += x0 * b[j];
+                s[1][j] += x1 * b[j];
+                s[2][j] += x2 * b[j];
+                s[3][j] += x3 * b[j];
+            }
         }
     }
-    for (int r = 0; r < MR; r++) store_row(C + (i0 + r) * m + j0, s[r], NR, acc);
+    for (int r = 0; r < MR; r++) store_row(g->C + (i0 + r) * g->ldc + j0, s[r], NR, g->acc);
 }
 
 /* Partial tiles at the edges: the same sums, one element at a time. */
-static void gemm_edge(float *C, int acc, const float *A, int64_t ars, int64_t acs, const float *B,
-                      int64_t i0, int64_t ni, int64_t j0, int64_t nj, int64_t k, int64_t m) {
+static void gemm_edge(const gemm_t *g, int64_t i0, int64_t ni, int64_t j0, int64_t nj, int64_t k) {
     for (int64_t i = i0; i < i0 + ni; i++)
         for (int64_t j = j0; j < j0 + nj; j++) {
             float s = 0.0f;
-            for (int64_t p = 0; p < k; p++) s += A[i * ars + p * acs] * B[p * m + j];
-            C[i * m + j] = acc ? C[i * m + j] + s : s;
+            for (int64_t p0 = 0; p0 < k; p0 += g->ablock) {
+                const float *a = g->A + (p0 / g->ablock) * g->ablock_stride + i * g->ars;
+                int64_t np = min64(g->ablock, k - p0);
+                for (int64_t p = 0; p < np; p++) s += a[p * g->acs] * g->B[(p0 + p) * g->ldb + j];
+            }
+            float *c = g->C + i * g->ldc + j;
+            *c = g->acc ? *c + s : s;
         }
 }
 
-static void gemm_axpy(float *C, int acc, const float *A, int64_t ars, int64_t acs, const float *B,
-                      int64_t n, int64_t k, int64_t m) {
+static void gemm_run(const gemm_t *g, int64_t n, int64_t k, int64_t m) {
     int64_t nrb = (n + MB - 1) / MB, ncb = (m + NB - 1) / NB;
     #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t ib = 0; ib < nrb; ib++) {
@@ -289,12 +315,19 @@ static void gemm_axpy(float *C, int acc, const float *A, int64_t ars, int64_t ac
                 int64_t nj = min64(NR, j1 - j);
                 for (int64_t i = ib * MB; i < i1; i += MR) {
                     int64_t ni = min64(MR, i1 - i);
-                    if (ni == MR && nj == NR) gemm_tile(C, acc, A, ars, acs, B, i, j, k, m);
-                    else gemm_edge(C, acc, A, ars, acs, B, i, ni, j, nj, k, m);
+                    if (ni == MR && nj == NR) gemm_tile(g, i, j, k);
+                    else gemm_edge(g, i, ni, j, nj, k);
                 }
             }
         }
     }
+}
+
+/* The common case: A(i,p) = A[i ars + p acs], B and C dense row-major. */
+static void gemm_axpy(float *C, int acc, const float *A, int64_t ars, int64_t acs, const float *B,
+                      int64_t n, int64_t k, int64_t m) {
+    gemm_t g = {A, ars, acs, k, 0, B, m, C, m, acc};
+    gemm_run(&g, n, k, m);
 }
 
 /* dst[c, r] = src[r, c] for src [rows, cols], in 32 x 32 blocks so both sides
@@ -332,6 +365,46 @@ static void cpu_matmul_bwd(void *dx, int acc, void *dw, const void *dout, const 
     }
 }
 
+static int64_t block_width(const char *op, int64_t k, int blocks) {
+    if (blocks < 1 || k % blocks != 0)
+        asp_die(ASP_EXIT_FAILURE, "cpu backend: %s: %lld input features do not split into %d equal blocks; the "
+                "packed layout needs the head count to be a multiple of the sequence-parallel degree",
+                op, (long long)k, blocks);
+    return k / blocks;
+}
+
+/* x in the packed layout: block j = x[j n kb ...] is [n, kb] and meets the
+ * weight's columns j kb .. j kb + kb - 1. One sum over all k columns in order,
+ * so the result is bitwise that of matmul_fwd on the unpacked x. */
+static void cpu_matmul_blocked_fwd(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m,
+                                   int blocks) {
+    int64_t kb = block_width("matmul_blocked_fwd", k, blocks);
+    float *wt = transpose(CF(w), m, k, "matmul_blocked_fwd transposed weight");
+    gemm_t g = {CF(x), kb, 1, kb, n * kb, wt, m, F(out), m, 0};
+    gemm_run(&g, n, k, m);
+    free(wt);
+}
+
+/* dx_j [n, kb] (+)= dout W[:, j kb ...] (row stride k) and dw[:, j kb ...]
+ * (row stride k) += dout^T x_j: the gradient comes out packed, the weight
+ * gradient in place, with matmul_bwd's sums. */
+static void cpu_matmul_blocked_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
+                                   int64_t n, int64_t k, int64_t m, int blocks) {
+    int64_t kb = block_width("matmul_blocked_bwd", k, blocks);
+    for (int64_t j = 0; dx && j < blocks; j++) {
+        gemm_t g = {CF(dout), m, 1, m, 0, CF(w) + j * kb, k, F(dx) + j * n * kb, kb, acc};
+        gemm_run(&g, n, m, kb);
+    }
+    if (dw) {
+        float *dt = transpose(CF(dout), n, m, "matmul_blocked_bwd transposed output gradient");
+        for (int64_t j = 0; j < blocks; j++) {
+            gemm_t g = {dt, n, 1, n, 0, CF(x) + j * n * kb, kb, F(dw) + j * kb, k, 1};
+            gemm_run(&g, m, n, kb);
+        }
+        free(dt);
+    }
+}
+
 /* ------------------------------------------------------------ rope + split */
 
 static void check_rope_dims(const char *op, int64_t hd) {
@@ -357,29 +430,53 @@ static void rope_heads(float *dst, const float *src, int64_t heads, int64_t hd, 
     }
 }
 
+/* Heads per block of the packed layout for P ranks (P = 1: all heads, plain layout). */
+static int64_t packed_hpr(const char *op, const char *what, int64_t heads, int P) {
+    if (P < 1 || heads % P != 0)
+        asp_die(ASP_EXIT_FAILURE, "cpu backend: %s: %s has %lld heads, which do not split into packed blocks "
+                "for %d ranks; the head count must be a multiple of the sequence-parallel degree",
+                op, what, (long long)heads, P);
+    return heads / P;
+}
+
+/* Offset of token t's heads h0 .. h0 + hpr - 1 (one block) in a packed tensor of n tokens. */
+static inline int64_t packed_at(int64_t j, int64_t t, int64_t n, int64_t hpr, int64_t hd) {
+    return (j * n + t) * hpr * hd;
+}
+
 static void cpu_rope_split_fwd(void *q, void *k, void *v, const void *qkv, const int32_t *pos,
-                               const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd) {
+                               const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int pq,
+                               int pkv) {
     check_rope_dims("rope_split_fwd", hd);
     int64_t row = (hq + 2 * hkv) * hd;
+    int64_t qb = packed_hpr("rope_split_fwd", "q", hq, pq), kb = packed_hpr("rope_split_fwd", "k, v", hkv, pkv);
     #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < n; t++) {
         const float *r = CF(qkv) + t * row;
-        rope_heads(F(q) + t * hq * hd, r, hq, hd, pos[t], inv_freq, 1.0f);
-        rope_heads(F(k) + t * hkv * hd, r + hq * hd, hkv, hd, pos[t], inv_freq, 1.0f);
-        memcpy(F(v) + t * hkv * hd, r + (hq + hkv) * hd, (size_t)(hkv * hd) * 4);
+        for (int64_t j = 0; j < pq; j++)
+            rope_heads(F(q) + packed_at(j, t, n, qb, hd), r + j * qb * hd, qb, hd, pos[t], inv_freq, 1.0f);
+        for (int64_t j = 0; j < pkv; j++) {
+            rope_heads(F(k) + packed_at(j, t, n, kb, hd), r + (hq + j * kb) * hd, kb, hd, pos[t], inv_freq, 1.0f);
+            memcpy(F(v) + packed_at(j, t, n, kb, hd), r + (hq + hkv + j * kb) * hd, (size_t)(kb * hd) * 4);
+        }
     }
 }
 
 static void cpu_rope_split_bwd(void *dqkv, const void *dq, const void *dk, const void *dv, const int32_t *pos,
-                               const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd) {
+                               const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int pq,
+                               int pkv) {
     check_rope_dims("rope_split_bwd", hd);
     int64_t row = (hq + 2 * hkv) * hd;
+    int64_t qb = packed_hpr("rope_split_bwd", "dq", hq, pq), kb = packed_hpr("rope_split_bwd", "dk, dv", hkv, pkv);
     #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < n; t++) {
         float *r = F(dqkv) + t * row;
-        rope_heads(r, CF(dq) + t * hq * hd, hq, hd, pos[t], inv_freq, -1.0f);
-        rope_heads(r + hq * hd, CF(dk) + t * hkv * hd, hkv, hd, pos[t], inv_freq, -1.0f);
-        memcpy(r + (hq + hkv) * hd, CF(dv) + t * hkv * hd, (size_t)(hkv * hd) * 4);
+        for (int64_t j = 0; j < pq; j++)
+            rope_heads(r + j * qb * hd, CF(dq) + packed_at(j, t, n, qb, hd), qb, hd, pos[t], inv_freq, -1.0f);
+        for (int64_t j = 0; j < pkv; j++) {
+            rope_heads(r + (hq + j * kb) * hd, CF(dk) + packed_at(j, t, n, kb, hd), kb, hd, pos[t], inv_freq, -1.0f);
+            memcpy(r + (hq + hkv + j * kb) * hd, CF(dv) + packed_at(j, t, n, kb, hd), (size_t)(kb * hd) * 4);
+        }
     }
 }
 
@@ -719,6 +816,8 @@ const backend_t backend_cpu = {
     .add_rmsnorm_bwd = cpu_add_rmsnorm_bwd,
     .matmul_fwd = cpu_matmul_fwd,
     .matmul_bwd = cpu_matmul_bwd,
+    .matmul_blocked_fwd = cpu_matmul_blocked_fwd,
+    .matmul_blocked_bwd = cpu_matmul_blocked_bwd,
     .rope_split_fwd = cpu_rope_split_fwd,
     .rope_split_bwd = cpu_rope_split_bwd,
     .attention_fwd = cpu_attention_fwd,

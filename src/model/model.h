@@ -65,6 +65,9 @@ typedef struct {
     tensor_dtype_t dtype;
     tensor_role_t role;
     int stats;          /* 1: stored [heads][rows] (lse), not [rows][width] */
+    int packed;         /* P > 1: stored (and its gradient too) in the Ulysses packed layout for P
+                           ranks, the per-peer blocks an all-to-all sends (src/backend.h); 0: plain.
+                           Set by the SP pass. */
 } tensor_desc_t;
 
 /* ------------------------------------------------------------------ parameters */

@@ -28,8 +28,15 @@ static void io_list(const plan_t *p, const graph_t *g, const int *ids, int n, ch
     if (n == 0) snprintf(buf, len, "-");
 }
 
-static void a2a_line(const plan_t *p, const graph_t *g, const graph_step_t *s, int backward, FILE *out) {
+/* The sequence-sharded side of an all-to-all (q, k, v, o), as the model knows it. */
+static const tensor_desc_t *a2a_seq_side(const graph_t *g, const graph_step_t *s) {
+    return s->op == OP_A2A_SEQ_TO_HEAD ? &g->t[s->in[0]] : &g->t[s->out[0]];
+}
+
+static void a2a_line(const plan_t *p, const graph_plan_t *gp, int si, int backward, FILE *out) {
     char a[64], b[64], sz[32];
+    const graph_t *g = &gp->g;
+    const graph_step_t *s = &g->s[si];
     const tensor_desc_t *src = &g->t[s->in[0]], *dst = &g->t[s->out[0]];
     const tensor_desc_t *glob = src->rows == ROWS_GLOBAL ? src : dst;
     if (backward) {
@@ -37,11 +44,18 @@ static void a2a_line(const plan_t *p, const graph_t *g, const graph_step_t *s, i
         src = dst;
         dst = x;
     }
-    /* named after the sequence-sharded side (q, k, v, o), as the model knows it */
-    const tensor_desc_t *loc = src->rows == ROWS_GLOBAL ? dst : src;
-    fprintf(out, "        all-to-all %s%s: %s -> %s, %s per rank\n", backward ? "d" : "", loc->name,
+    const tensor_desc_t *loc = a2a_seq_side(g, s);
+    /* how the sequence-sharded side meets the collective */
+    a2a_staging_t st = plan_a2a_staging(gp, si);
+    int to_heads = (s->op == OP_A2A_SEQ_TO_HEAD) != backward;   /* sending from the sequence side */
+    int staged = to_heads ? (backward ? st.bwd_send : st.fwd_send) : (backward ? st.bwd_recv : st.fwd_recv);
+    const char *how = !staged ? (to_heads ? "sent from its packed buffer" : "received into its packed buffer")
+                      : to_heads ? "staged through heads_pack"
+                      : loc->packed > 1 ? "staged, then added to the packed gradient"
+                      : "staged through heads_unpack";
+    fprintf(out, "        all-to-all %s%s: %s -> %s, %s per rank, %s\n", backward ? "d" : "", loc->name,
             shape(p, src, a, sizeof a), shape(p, dst, b, sizeof b),
-            fmtb(sz, sizeof sz, (double)plan_tensor_bytes(p, glob)));
+            fmtb(sz, sizeof sz, (double)plan_tensor_bytes(p, glob)), how);
 }
 
 static void graph_steps(const plan_t *p, const graph_plan_t *gp, FILE *out) {
@@ -53,7 +67,7 @@ static void graph_steps(const plan_t *p, const graph_plan_t *gp, FILE *out) {
         io_list(p, g, st->in, st->nin, in, sizeof in);
         io_list(p, g, st->out, st->nout, o, sizeof o);
         fprintf(out, "    %2d %-16s %-36s %s -> %s\n", s, op_name(st->op), st->label, in, o);
-        if (st->op == OP_A2A_SEQ_TO_HEAD || st->op == OP_A2A_HEAD_TO_SEQ) a2a_line(p, g, st, 0, out);
+        if (st->op == OP_A2A_SEQ_TO_HEAD || st->op == OP_A2A_HEAD_TO_SEQ) a2a_line(p, gp, s, 0, out);
     }
     int any = 0;
     for (int t = 0; t < g->nt; t++)
@@ -96,7 +110,7 @@ static void graph_steps(const plan_t *p, const graph_plan_t *gp, FILE *out) {
                 r += (size_t)w;
             }
         fprintf(out, "    %2d %-16s %-36s reads %s\n", s, op_name(st->op), st->label, r ? reads : "gradients only");
-        if (st->op == OP_A2A_SEQ_TO_HEAD || st->op == OP_A2A_HEAD_TO_SEQ) a2a_line(p, g, st, 1, out);
+        if (st->op == OP_A2A_SEQ_TO_HEAD || st->op == OP_A2A_HEAD_TO_SEQ) a2a_line(p, gp, s, 1, out);
     }
 }
 
@@ -122,6 +136,23 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
             (long long)p->seq_pad, (long long)p->seq_local);
     fprintf(out, "  heads        %lld query and %lld KV heads per rank in attention, KV replication %d\n",
             (long long)p->q_heads_local, (long long)p->kv_heads_local, p->kv_replication);
+    if (p->sp > 1) {
+        /* which all-to-alls send and receive in place (packed) and which are staged */
+        char packed[128] = "", staged[128] = "";
+        const graph_t *g = &p->layer.g;
+        for (int si = 0; si < g->ns; si++) {
+            const graph_step_t *st = &g->s[si];
+            if (st->op != OP_A2A_SEQ_TO_HEAD && st->op != OP_A2A_HEAD_TO_SEQ) continue;
+            const tensor_desc_t *t = a2a_seq_side(g, st);
+            char *list = t->packed > 1 ? packed : staged;
+            size_t o = strlen(list);
+            snprintf(list + o, sizeof packed - o, "%s%s", o ? ", " : "", t->name);
+        }
+        fprintf(out, "  layout       packed for the all-to-alls (per-peer blocks, no staging copy): %s",
+                packed[0] ? packed : "none");
+        if (staged[0]) fprintf(out, "; staged through heads_pack/heads_unpack (KV replication): %s", staged);
+        fprintf(out, "\n");
+    }
     fprintf(out, "  batch        global %lld samples, %lld micro-steps per DP rank per optimizer step\n",
             (long long)cfg->train.global_batch_size, (long long)p->micro_steps);
     fprintf(out, "  loss         LM head + cross entropy in chunks of %lld tokens; loss = sum over valid targets / "

@@ -217,10 +217,13 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     }
     p->loss_chunk = lc;
 
-    size_t a2a = 0;
+    /* staging only for the all-to-alls that cannot send or receive in place */
+    size_t a2a_send = 0, a2a_recv = 0;
     for (int s = 0; s < p->layer.g.ns; s++) {
         size_t c = sac_step_comm_bytes(p, &p->layer.g, s);
-        if (c > a2a) a2a = c;
+        a2a_staging_t st = plan_a2a_staging(&p->layer, s);
+        if ((st.fwd_send || st.bwd_send) && c > a2a_send) a2a_send = c;
+        if ((st.fwd_recv || st.bwd_recv) && c > a2a_recv) a2a_recv = c;
     }
     /* The three graphs share one workspace. The loss chunk's logits live
      * only inside the epilogue's LMHEAD_LOSS step, after every layer's
@@ -265,8 +268,8 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     mem->logits.arena = ARENA_WORKSPACE;
     mem->logits.offset = mem->workspace.offset + logits_off;
     mem->logits.bytes = logits_bytes;
-    mem->a2a_send = place(end, ARENA_WORKSPACE, a2a);
-    mem->a2a_recv = place(end, ARENA_WORKSPACE, a2a);
+    mem->a2a_send = place(end, ARENA_WORKSPACE, a2a_send);
+    mem->a2a_recv = place(end, ARENA_WORKSPACE, a2a_recv);
     mem->tokens = place(end, ARENA_WORKSPACE, sl * 4);
     mem->targets = place(end, ARENA_WORKSPACE, sl * 4);
     mem->positions = place(end, ARENA_WORKSPACE, sl * 4);

@@ -27,7 +27,9 @@ int sp_pass(plan_t *p, const config_t *cfg, const model_t *m, int world, int sp,
             const plan_target_t *target, char *err, size_t errlen);
 
 /* Rewrite one layer graph for P > 1 ranks (copy when P == 1): all-to-alls
- * around attention; attention works on hq_local / hkv_local heads. */
+ * around attention; attention works on hq_local / hkv_local heads; q, k, v
+ * and o are marked packed (tensor_desc_t.packed = P) where their head count
+ * divides by P, so the all-to-alls send and receive them in place. */
 void sp_rewrite_layer(const graph_t *in, graph_t *out, int64_t P, int64_t hq_local, int64_t hkv_local);
 
 /* Bytes of one tensor on one rank for the plan's sequence lengths and dtype. */

@@ -141,6 +141,17 @@ typedef struct {
  * plan all follow this). */
 int plan_recompute_norm_only(const graph_plan_t *gp, int si);
 
+/* Whether all-to-all step si of a graph plan goes through the staging
+ * buffers (a2a_send, a2a_recv) in its forward and in its backward. A tensor
+ * the SP pass stored packed is sent from, or received into, its own buffer
+ * (and its gradient likewise); the others are packed into a2a_send or
+ * unpacked from a2a_recv (KV replication), as is a gradient that must be
+ * added to one already there. The executor and the memory plan both ask. */
+typedef struct {
+    int fwd_send, fwd_recv, bwd_send, bwd_recv;
+} a2a_staging_t;
+a2a_staging_t plan_a2a_staging(const graph_plan_t *gp, int si);
+
 /* plan_compile's result when a plan exists but does not fit the budget: `p`
  * is then the leanest plan found (for --explain to show) and err says why. */
 #define PLAN_NO_FIT (-2)

@@ -34,6 +34,7 @@ static int new_tensor(graph_t *g, const tensor_desc_t *like, const char *name) {
     *t = *like;
     snprintf(t->name, sizeof t->name, "%s", name);
     t->role = TENSOR_INTERNAL;
+    t->packed = 0;
     return g->nt++;
 }
 
@@ -77,6 +78,9 @@ void sp_rewrite_layer(const graph_t *in, graph_t *out, int64_t P, int64_t hq_loc
         g->t[dst].heads = hl;
         g->t[dst].width = hl * ts->head_dim;
         graph_step_t s = a2a_step(OP_A2A_SEQ_TO_HEAD, src, dst, ts->heads, ts->head_dim, ts->name);
+        /* ROPE_SPLIT writes it as the all-to-all's per-peer blocks, unless
+         * the heads do not split evenly (KV replication: heads_pack stages it) */
+        if (g->t[src].heads % P == 0) g->t[src].packed = (int)P;
         insert_step(g, att, &s);
         att++;
         g->s[att].in[i] = dst;
@@ -95,8 +99,27 @@ void sp_rewrite_layer(const graph_t *in, graph_t *out, int64_t P, int64_t hq_loc
     g->t[lse].heads = hq_local;
     g->t[lse].width = hq_local;
     as->out[0] = oh;
+    /* the all-to-all receives o as per-peer blocks, which o_proj reads in place */
+    if (g->t[o].heads % P == 0) g->t[o].packed = (int)P;
     graph_step_t s = a2a_step(OP_A2A_HEAD_TO_SEQ, oh, o, g->t[o].heads, g->t[o].head_dim, "o");
     insert_step(g, att + 1, &s);
+}
+
+a2a_staging_t plan_a2a_staging(const graph_plan_t *gp, int si) {
+    a2a_staging_t st = {0, 0, 0, 0};
+    const graph_step_t *s = &gp->g.s[si];
+    if (s->op == OP_A2A_SEQ_TO_HEAD) {
+        int packed = gp->g.t[s->in[0]].packed > 1;
+        st.fwd_send = !packed;
+        /* the gradient arrives in the packed layout; it can land in place
+         * only when it is the first write of that gradient */
+        st.bwd_recv = !packed || !gp->grad_first[si][0];
+    } else if (s->op == OP_A2A_HEAD_TO_SEQ) {
+        int packed = gp->g.t[s->out[0]].packed > 1;
+        st.fwd_recv = !packed;
+        st.bwd_send = !packed;
+    }
+    return st;
 }
 
 static void reset_graph_plan(graph_plan_t *gp, const graph_t *g) {
