@@ -68,8 +68,8 @@ def autosp(run):
 print(f"== {name}, S = {S}")
 print(f"{'run':<28}{'tokens/s':>10}{'TFLOP/s/GPU':>13}{'MFU':>8}{'peak GiB':>10}")
 a1, an = autosp(f"bench-{name}-sp1"), autosp(f"bench-{name}-sp{np_}")
-for name, r in ((f"autosp-train SP=1 S={S}", a1), (f"autosp-train SP={np_} S={S}", an)):
-    print(f"{name:<28}" + (f"{r['tokens_per_s']:>10.0f}{r['tflops']:>13.1f}{100*r['mfu']:>7.1f}%{r['peak_gib']:>10.1f}" if r else "   failed"))
+for label, r in ((f"autosp-train SP=1 S={S}", a1), (f"autosp-train SP={np_} S={S}", an)):
+    print(f"{label:<28}" + (f"{r['tokens_per_s']:>10.0f}{r['tflops']:>13.1f}{100*r['mfu']:>7.1f}%{r['peak_gib']:>10.1f}" if r else "   failed"))
 t = [json.loads(l) for l in open(f"{d}/bench-{name}-torch-ulysses.jsonl") if l.startswith("{")]
 for r in t:
     print(f"{'torch Ulysses SP=%d' % np_:<28}" + (f"{r['tokens_per_s']:>10.0f}{r['tflops_per_gpu']:>13.1f}{100*r['mfu']:>7.1f}%{r['peak_gib']:>10.1f}" if not r.get("oom") else "   OOM"))
