@@ -6,6 +6,9 @@ any text round-trips exactly and no tokenizer files are needed. Standard
 library only. Shards are written atomically (temporary file in the same folder,
 fsync, rename), so an interrupted run never leaves a half-written shard.
 
+Other scripts import its writers: write_shard (tokens in memory) and ShardWriter
+(tokens appended piece by piece, for streams larger than memory).
+
 usage: text_to_shard.py INPUT.txt OUTPUT.tok [--val VAL.tok] [--val-fraction F]
 """
 import argparse
@@ -22,35 +25,116 @@ HEADER_BYTES = 64
 VOCAB = 256
 
 
+def shard_header(n_tokens, vocab_size):
+    """The 64-byte header of a shard of `n_tokens` tokens below `vocab_size`."""
+    header = struct.pack("<8sIIQI", MAGIC, VERSION, TOKEN_BYTES, n_tokens, vocab_size)
+    return header + b"\0" * (HEADER_BYTES - len(header))
+
+
+class ShardWriter:
+    """A shard written piece by piece, for token streams that need not fit in memory.
+
+    Tokens are appended to a temporary file in the destination folder; commit()
+    writes the header, fsyncs and renames the file into place. abort(), or leaving
+    a `with` block by an exception, removes the temporary file: until commit() the
+    destination is untouched. append() raises OverflowError for an id outside
+    [0, 2^32) and commit() ValueError for fewer than 2 tokens; max_id is the
+    largest id appended, for the caller to check against the vocab_size.
+    """
+
+    def __init__(self, path):
+        if array.array("I").itemsize != 4:
+            sys.exit("text_to_shard: this Python has no 4-byte array type 'I'; cannot write uint32 tokens")
+        self.path = path
+        self.n_tokens = 0
+        self.max_id = -1
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, self.tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        self.f = os.fdopen(fd, "w+b")
+        try:
+            self.f.write(b"\0" * HEADER_BYTES)  # no magic until commit()
+        except BaseException:
+            self.abort()
+            raise
+
+    def append(self, ids):
+        """Append a list (or iterable) of token ids; bytes count as one id per byte."""
+        # from a list: array("I", <bytes>) would reinterpret the raw bytes instead
+        tokens = array.array("I", ids if isinstance(ids, list) else list(ids))
+        if not tokens:
+            return
+        self.max_id = max(self.max_id, max(tokens))
+        if sys.byteorder != "little":
+            tokens.byteswap()
+        tokens.tofile(self.f)
+        self.n_tokens += len(tokens)
+
+    def move_tail(self, n, other):
+        """Move the last `n` tokens of this shard to the end of `other` (another ShardWriter)."""
+        keep = self.n_tokens - n
+        if not 0 <= keep <= self.n_tokens:
+            raise ValueError(f"cannot move {n} of {self.n_tokens} tokens")
+        self.f.flush()
+        self.f.seek(HEADER_BYTES + TOKEN_BYTES * keep)
+        while True:
+            block = self.f.read(1 << 24)
+            if not block:
+                break
+            other.f.write(block)
+        other.n_tokens += n
+        other.max_id = max(other.max_id, self.max_id)  # an upper bound, enough for the check
+        self.f.truncate(HEADER_BYTES + TOKEN_BYTES * keep)
+        self.f.seek(0, os.SEEK_END)
+        self.n_tokens = keep
+
+    def commit(self, vocab_size):
+        """Write the header and rename the shard into place."""
+        if self.n_tokens < 2:
+            raise ValueError(f"{self.path}: only {self.n_tokens} tokens; a shard needs at least 2 "
+                             "(one input and its target)")
+        try:
+            self.f.seek(0)
+            self.f.write(shard_header(self.n_tokens, vocab_size))
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+            os.chmod(self.tmp, 0o644)
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self.tmp = None
+
+    def abort(self):
+        """Remove the temporary file (nothing happens after commit())."""
+        if self.tmp is None:
+            return
+        try:
+            self.f.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+        self.tmp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.abort()
+        return False
+
+
 def write_shard(path, data, vocab_size):
     """Write bytes `data` as uint32 tokens (little-endian) to `path` atomically."""
     if len(data) < 2:
         sys.exit(f"text_to_shard: {path}: only {len(data)} tokens; a shard needs at least 2 "
                  "(one input and its target): use a longer text or a smaller --val-fraction")
-    header = struct.pack("<8sIIQI", MAGIC, VERSION, TOKEN_BYTES, len(data), vocab_size)
-    header += b"\0" * (HEADER_BYTES - len(header))
-    # from a list: array("I", <bytes>) would reinterpret the raw bytes instead
-    tokens = array.array("I", list(data))
-    if tokens.itemsize != 4:
-        sys.exit("text_to_shard: this Python has no 4-byte array type 'I'; cannot write uint32 tokens")
-    if sys.byteorder != "little":
-        tokens.byteswap()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            tokens.tofile(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with ShardWriter(path) as w:
+        w.append(data)
+        w.commit(vocab_size)
 
 
 def main():

@@ -1,0 +1,205 @@
+#!/bin/sh
+# scripts/prepare_data.py with a real Hugging Face tokenizer, built offline: a
+# byte-level BPE trained on data/english.txt (300 ids) plus the special token
+# <|end_of_text|> (id 300). The shard holds exactly the tokenizer's encoding of
+# each file (encoded in small overlapping chunks), EOS after each, splits off
+# the validation share, decodes back to the text and trains the tiny model; the
+# error paths exit 2 and leave no shard. Skipped (77) where python3 cannot
+# import tokenizers.
+. "${top_srcdir:-.}/tests/common.sh"
+python3 -c "import tokenizers" >/dev/null 2>&1 ||
+    { echo "python3 cannot import tokenizers (pip install tokenizers): skipped"; exit 77; }
+set +e  # some commands below are expected to fail
+PREP="$top_srcdir/scripts/prepare_data.py"
+RUN=""  # a prefix for the failing runs (env ...)
+fails=0
+ok() { echo "ok:   $1"; }
+bad() { echo "FAIL: $1"; fails=$((fails + 1)); }
+
+# The tokenizer, and two documents cut from the English text at line ends; the
+# second also has CRLF line ends, blank-line runs and non-ASCII characters.
+mkdir "$TMP/tok" "$TMP/docs"
+python3 - "$top_srcdir/data/english.txt" "$TMP" <<'PY'
+import sys
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+src, tmp = sys.argv[1], sys.argv[2]
+tok = Tokenizer(models.BPE())
+tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+tok.decoder = decoders.ByteLevel()
+tok.train([src], trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                     show_progress=False))
+tok.add_special_tokens(["<|end_of_text|>"])
+assert tok.get_vocab_size() == 301 and tok.token_to_id("<|end_of_text|>") == 300
+tok.save(f"{tmp}/tok/tokenizer.json")
+text = open(src, encoding="utf-8").read()
+a_end = text.index("\n", 30000) + 1
+b_end = text.index("\n", a_end + 20000) + 1
+b = text[a_end:b_end].replace("\n", "\r\n", 40) + "\n\n\n   café, naïve, 東京 — ok\n\n"
+for name, t in (("a.txt", text[:a_end]), ("b.txt", b)):
+    with open(f"{tmp}/docs/{name}", "w", encoding="utf-8", newline="") as f:
+        f.write(t)
+PY
+A="$TMP/docs/a.txt"
+B="$TMP/docs/b.txt"
+echo "not a document" >"$TMP/docs/notes.md"
+
+# 1. two files, EOS after each, 10% held out, encoded 2000 characters at a time
+if python3 "$PREP" --tokenizer "$TMP/tok" "$A" "$B" --output "$TMP/train.tok" --val "$TMP/val.tok" \
+        --val-fraction 0.1 --eos --chunk-chars 2000 >"$TMP/out1" 2>&1; then
+    cat "$TMP/out1"
+    python3 - "$TMP" "$A" "$B" <<'PY' && ok "shard = the tokenizer's encoding + EOS per file, val split, decodes back" || bad "shard contents"
+import array, struct, sys
+from tokenizers import Tokenizer
+tmp, a_path, b_path = sys.argv[1:]
+tok = Tokenizer.from_file(f"{tmp}/tok/tokenizer.json")
+def shard(path):
+    data = open(path, "rb").read()
+    magic, version, width, n, vocab = struct.unpack_from("<8sIIQI", data)
+    assert (magic, version, width, vocab) == (b"ASPTOKS1", 1, 4, 301), (path, magic, version, width, vocab)
+    assert data[28:64] == bytes(36) and len(data) == 64 + 4 * n, path
+    ids = array.array("I", data[64:])
+    if sys.byteorder != "little":
+        ids.byteswap()
+    return ids.tolist()
+train, val = shard(f"{tmp}/train.tok"), shard(f"{tmp}/val.tok")
+texts = [open(p, encoding="utf-8", newline="").read() for p in (a_path, b_path)]
+enc = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+EOS = 300
+want = enc[0] + [EOS] + enc[1] + [EOS]
+got = train + val
+first = next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), min(len(got), len(want)))
+assert got == want, f"{len(got)} tokens, the tokenizer's encoding {len(want)}: they differ from index {first}"
+assert len(val) == int(len(want) * 0.1), (len(val), len(want))
+assert got.count(EOS) == 2
+n0 = len(enc[0])
+assert tok.decode(got[:n0]) == texts[0] and tok.decode(got[n0 + 1:-1]) == texts[1]
+assert tok.decode(got, skip_special_tokens=False) == texts[0] + "<|end_of_text|>" + texts[1] + "<|end_of_text|>"
+summary = open(f"{tmp}/out1").read()
+assert "eos <|end_of_text|> = 300" in summary and f"{len(want)} tokens" in summary and "vocab_size 301" in summary, summary
+assert "warning" not in summary, summary   # every chunk join found a word both chunks encode alike
+print(f"{len(train)} + {len(val)} tokens, {max(got)} the largest id")
+PY
+else
+    cat "$TMP/out1"; bad "prepare_data.py failed"
+fi
+
+# 2. the folder (its .txt files by name), one piece per file, no EOS, vocab_size raised
+if python3 "$PREP" --tokenizer "$TMP/tok/tokenizer.json" "$TMP/docs" -o "$TMP/folder.tok" --vocab-size 512 \
+        >"$TMP/out2" 2>&1; then
+    python3 - "$TMP" "$A" "$B" <<'PY' && ok "a folder of .txt files, --vocab-size 512" || bad "folder input"
+import array, struct, sys
+from tokenizers import Tokenizer
+tmp, a_path, b_path = sys.argv[1:]
+tok = Tokenizer.from_file(f"{tmp}/tok/tokenizer.json")
+data = open(f"{tmp}/folder.tok", "rb").read()
+assert struct.unpack_from("<I", data, 24)[0] == 512
+want = []
+for p in (a_path, b_path):
+    want += tok.encode(open(p, encoding="utf-8", newline="").read(), add_special_tokens=False).ids
+assert array.array("I", data[64:]).tolist() == want
+assert "2 files" in open(f"{tmp}/out2").read()
+PY
+else
+    cat "$TMP/out2"; bad "prepare_data.py on a folder failed"
+fi
+
+# 3. the engine trains on it with the tokenizer's vocab_size, and refuses it with the bytes' 256
+export OMP_NUM_THREADS=2
+if "$BIN" "$top_srcdir/configs/tiny.yaml" --set data.path="$TMP/train.tok" --set model.vocab_size=301 \
+        --set train.steps=2 --set train.device=cpu --set io.run_dir="$TMP/run" --set io.save_at_end=false \
+        >"$TMP/train.log" 2>&1; then
+    python3 - "$TMP/run/metrics.jsonl" <<'PY' && ok "autosp-train trains 2 steps on it (model.vocab_size=301)" || bad "training metrics"
+import json, math, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows), rows
+assert abs(rows[0]["loss"] - math.log(301)) < 0.3, f"first loss {rows[0]['loss']}, ln 301 = {math.log(301)}"
+PY
+else
+    cat "$TMP/train.log"; bad "training on the shard failed"
+fi
+"$BIN" "$top_srcdir/configs/tiny.yaml" --set data.path="$TMP/train.tok" --set train.steps=1 --set train.device=cpu \
+    --set io.run_dir="$TMP/run256" >"$TMP/train256.log" 2>&1
+rc=$?
+if [ $rc -eq 2 ] && grep -q "model vocab_size 256" "$TMP/train256.log"; then
+    ok "model.vocab_size 256 refuses the shard (ids up to 300)"
+else
+    cat "$TMP/train256.log"; bad "model.vocab_size 256: status $rc"
+fi
+
+# 4. errors: status 2, a message, and no shard
+expect_fail() {  # WHAT PATTERN ARGS...: exit status 2, a message matching PATTERN, no $TMP/err.tok
+    what=$1 pattern=$2; shift 2
+    $RUN python3 "$PREP" "$@" >"$TMP/err.log" 2>&1
+    rc=$?
+    if [ $rc -eq 2 ] && grep -q -- "$pattern" "$TMP/err.log" && [ ! -e "$TMP/err.tok" ]; then
+        ok "$what: $(cat "$TMP/err.log")"
+    else
+        bad "$what: status $rc, expected 2 and '$pattern'"; cat "$TMP/err.log"
+    fi
+}
+mkdir "$TMP/empty"
+E="$TMP/err.tok"
+expect_fail "missing tokenizer" "tokenizer $TMP/nowhere does not exist" --tokenizer "$TMP/nowhere" "$A" -o "$E"
+expect_fail "folder without tokenizer.json" "no tokenizer.json in $TMP/empty" --tokenizer "$TMP/empty" "$A" -o "$E"
+expect_fail "--vocab-size too small" "vocab-size 100 is too small: the text has token id [0-9]*, so the vocab_size must be at least" \
+    --tokenizer "$TMP/tok" "$A" -o "$E" --vocab-size 100
+expect_fail "missing input" "input $TMP/missing.txt does not exist" --tokenizer "$TMP/tok" "$A" "$TMP/missing.txt" -o "$E"
+printf 'a' >"$TMP/one.txt"
+expect_fail "fewer than 2 tokens" "only 1 token; a shard needs at least 2" --tokenizer "$TMP/tok" "$TMP/one.txt" -o "$E"
+expect_fail "EOS token not in the vocabulary" "eos-token '<|nope|>' is not a token" \
+    --tokenizer "$TMP/tok" "$A" -o "$E" --eos --eos-token '<|nope|>'
+mkdir -p "$TMP/block/tokenizers" "$TMP/block/transformers"
+echo 'raise ImportError("hidden by the test")' >"$TMP/block/tokenizers/__init__.py"
+cp "$TMP/block/tokenizers/__init__.py" "$TMP/block/transformers/__init__.py"
+RUN="env PYTHONPATH=$TMP/block"
+expect_fail "no tokenizers library" "pip install tokenizers" --tokenizer "$TMP/tok" "$A" -o "$E"
+RUN=""
+
+# a failure in the second file leaves the old shard as it was, and no temporary file
+printf 'fine\n\377 not UTF-8\n' >"$TMP/bad.txt"
+cp "$TMP/folder.tok" "$TMP/keep.tok"
+python3 "$PREP" --tokenizer "$TMP/tok" "$A" "$TMP/bad.txt" -o "$TMP/keep.tok" >"$TMP/err.log" 2>&1
+rc=$?
+if [ $rc -eq 2 ] && grep -q "bad.txt is not UTF-8 text: byte 0xff at offset 5" "$TMP/err.log" &&
+        cmp -s "$TMP/folder.tok" "$TMP/keep.tok" && [ -z "$(ls "$TMP" | grep '\.tmp$')" ]; then
+    ok "invalid UTF-8 in the second file: status 2, old shard untouched, no temporary file"
+else
+    bad "invalid UTF-8: status $rc"; cat "$TMP/err.log"; ls "$TMP"
+fi
+
+# token ids must fit 32 bits (the writer refuses others; no tokenizer here makes them)
+python3 - "$top_srcdir/scripts/text_to_shard.py" "$TMP/big-id.tok" <<'PY' && ok "the writer refuses a token id >= 2^32" || bad "id >= 2^32"
+import glob, importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("text_to_shard", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+try:
+    with mod.ShardWriter(sys.argv[2]) as w:
+        w.append([1, 2 ** 32])
+        w.commit(2)
+    raise AssertionError("no error")
+except OverflowError:
+    pass
+assert not os.path.exists(sys.argv[2]) and not glob.glob(sys.argv[2] + ".*.tmp")
+PY
+
+# SIGTERM while it writes: status 143, no shard, no temporary file
+python3 "$PREP" --tokenizer "$TMP/tok" $(for i in 1 2 3 4 5 6 7 8; do echo "$top_srcdir/data/english.txt"; done) \
+    -o "$TMP/term.tok" --chunk-chars 4096 --batch 1 >"$TMP/term.log" 2>&1 &
+pid=$!
+i=0
+while [ $i -lt 200 ] && [ -z "$(ls "$TMP" | grep '^term\.tok\..*\.tmp$')" ]; do sleep 0.05; i=$((i + 1)); done
+sleep 0.3
+kill -TERM $pid 2>/dev/null
+wait $pid
+rc=$?
+if [ $rc -eq 143 ] && [ ! -e "$TMP/term.tok" ] && [ -z "$(ls "$TMP" | grep '\.tmp$')" ]; then
+    ok "SIGTERM while writing: status 143, no shard, no temporary file"
+elif [ $rc -eq 0 ]; then
+    echo "note: the run ended before SIGTERM reached it; interruption not checked"
+else
+    bad "SIGTERM: status $rc"; cat "$TMP/term.log"; ls "$TMP"
+fi
+
+[ $fails -eq 0 ] || { echo "$fails check(s) failed"; exit 1; }
+echo "ok: prepare_data.py"
