@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "config.h"
@@ -255,6 +256,25 @@ int main(int argc, char **argv) {
         if (planned != 0) usage_error(&ranks, "%s", err);
         par_finalize(&ranks);
         return 0;
+    }
+
+    /* Offloaded activations live in pinned host memory, which the plan does
+     * not budget: refuse a plan the node cannot hold rather than die in the
+     * allocation (ranks of a node share its memory; keep a fifth for the rest). */
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (plan.mem.host_total > 0 && pages > 0 && page > 0) {
+        double node = (double)pages * (double)page;
+        int local = ranks.local_size > 0 ? ranks.local_size : 1;
+        double mine = 0.8 * node / local;
+        if ((double)plan.mem.host_total > mine) {
+            char need[32], have[32];
+            usage_error(&ranks,
+                        "the plan offloads %s of activations per rank to pinned host memory, but this node's "
+                        "memory allows %s per rank (%d ranks on it); turn checkpointing.offload off, lower "
+                        "train.seq_len or add ranks",
+                        asp_fmt_bytes(need, sizeof need, (double)plan.mem.host_total),
+                        asp_fmt_bytes(have, sizeof have, mine), local);
+        }
     }
 
     if (par_set_groups(&ranks, plan.sp, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
