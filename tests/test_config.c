@@ -12,17 +12,10 @@
 
 static char tmpdir[256];
 
-static void make_tmpdir(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/test_config.XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
+static void make_tmpdir(void) { ck_assert_ptr_nonnull(test_mkdtemp(tmpdir, sizeof tmpdir, "test_config")); }
 
-static void remove_tmpdir(void) {
-    /* every test file goes through write_fixture or config_write_yaml into tmpdir */
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
-}
+/* every test file goes through write_fixture or config_write_yaml into tmpdir */
+static void remove_tmpdir(void) { ck_assert_int_eq(test_rmtree(tmpdir), 0); }
 
 static void write_fixture(const char *name, const char *text, char *path, size_t len) {
     snprintf(path, len, "%s/%s", tmpdir, name);

@@ -16,25 +16,9 @@
 static char tmpdir[256];
 static char errbuf[1024];
 
-static void setup_dir(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/asp_test_data.XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
+static void setup_dir(void) { ck_assert_ptr_nonnull(test_mkdtemp(tmpdir, sizeof tmpdir, "asp_test_data")); }
 
-static void teardown_dir(void) {
-    DIR *d = opendir(tmpdir);
-    if (d) {
-        struct dirent *e;
-        char p[512];
-        while ((e = readdir(d)) != NULL) {
-            if (e->d_name[0] == '.') continue;
-            snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
-            unlink(p);
-        }
-        closedir(d);
-    }
-    rmdir(tmpdir);
-}
+static void teardown_dir(void) { ck_assert_int_eq(test_rmtree(tmpdir), 0); }
 
 static const char *tpath(const char *name) {
     static char p[512];

@@ -17,16 +17,9 @@
 
 static char dir[256];
 
-static void setup(void) {
-    snprintf(dir, sizeof dir, "%s/hf-test.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
-}
+static void setup(void) { ck_assert_ptr_nonnull(test_mkdtemp(dir, sizeof dir, "hf-test")); }
 
-static void teardown(void) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
-}
+static void teardown(void) { ck_assert_int_eq(test_rmtree(dir), 0); }
 
 static void write_file(const char *name, const char *text) {
     char path[400];

@@ -15,16 +15,9 @@
 
 static char dir[256];
 
-static void setup(void) {
-    snprintf(dir, sizeof dir, "%s/st-test.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
-}
+static void setup(void) { ck_assert_ptr_nonnull(test_mkdtemp(dir, sizeof dir, "st-test")); }
 
-static void teardown(void) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
-}
+static void teardown(void) { ck_assert_int_eq(test_rmtree(dir), 0); }
 
 /* A file of an 8-byte length (as given), header text, then `data` bytes. */
 static const char *write_raw(const char *name, uint64_t hlen, const char *header, size_t data) {

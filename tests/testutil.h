@@ -5,10 +5,26 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 /* Automake's "skipped" exit status (GPU tests without a GPU). */
 #define TEST_SKIP 77
+
+/* A fresh folder PREFIX.XXXXXX under $TMPDIR (or /tmp), written into dir;
+ * NULL on failure. */
+static inline char *test_mkdtemp(char *dir, size_t len, const char *prefix) {
+    const char *base = getenv("TMPDIR");
+    snprintf(dir, len, "%s/%s.XXXXXX", base && *base ? base : "/tmp", prefix);
+    return mkdtemp(dir);
+}
+
+/* Remove a test folder and everything in it; 0 on success. */
+static inline int test_rmtree(const char *dir) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd);
+}
 
 typedef struct { uint64_t s; } trng_t;
 
