@@ -201,6 +201,19 @@ static __device__ __forceinline__ void st8(bf16 *p, int64_t i, int64_t d, const 
     }
 }
 
+/* p[i..i+8) = v (acc = 0) or p + v (acc = 1), rounded once */
+static __device__ __forceinline__ void st8_acc(bf16 *p, int64_t i, int64_t d, const float v[8], int acc, int vec) {
+    if (!acc) {
+        st8(p, i, d, v, vec);
+        return;
+    }
+    float t[8];
+    ld8(t, p, i, d, vec);
+#pragma unroll
+    for (int e = 0; e < 8; e++) t[e] += v[e];
+    st8(p, i, d, t, vec);
+}
+
 /* Element i.. i+7 of the norm's input row: a (b == NULL), or a + b rounded to
  * bf16, as add_fwd stores it. */
 static __device__ __forceinline__ void norm_input8(float v[8], const bf16 *a, const bf16 *b, int64_t i, int64_t d,
@@ -352,26 +365,8 @@ __global__ void __launch_bounds__(RMS_THREADS) k_add_rmsnorm_bwd(bf16 *da, int a
 #pragma unroll
                     for (int e = 0; e < 8; e++) g[e] = t[e] + g[e];
                 }
-                if (da) {
-                    if (acc_a) {
-                        ld8(t, da + off, 8 * c, d, vec);
-#pragma unroll
-                        for (int e = 0; e < 8; e++) t[e] += g[e];
-                        st8(da + off, 8 * c, d, t, vec);
-                    } else {
-                        st8(da + off, 8 * c, d, g, vec);
-                    }
-                }
-                if (db) {
-                    if (acc_b) {
-                        ld8(t, db + off, 8 * c, d, vec);
-#pragma unroll
-                        for (int e = 0; e < 8; e++) t[e] += g[e];
-                        st8(db + off, 8 * c, d, t, vec);
-                    } else {
-                        st8(db + off, 8 * c, d, g, vec);
-                    }
-                }
+                if (da) st8_acc(da + off, 8 * c, d, g, acc_a, vec);
+                if (db) st8_acc(db + off, 8 * c, d, g, acc_b, vec);
                 if (!part) continue;
                 if (cached) {
 #pragma unroll
