@@ -361,9 +361,9 @@ typedef struct {
 } walk_t;
 
 static uint8_t *layer_input(exec_t *e, int layer) {
-    const graph_plan_t *lp = &e->plan->layer;
     if (layer >= (int)e->model->L) return e->final_hidden;
-    return e->saved + (size_t)layer * lp->saved_bytes + lp->t[lp->g.input].saved_off;
+    const graph_plan_t *lp = plan_layer_plan(e->plan, layer);
+    return e->saved + plan_layer_saved_off(e->plan, layer) + lp->t[lp->g.input].saved_off;
 }
 
 static uint8_t *tensor_at(exec_t *e, const walk_t *w, int tid, phase_t ph) {
@@ -380,7 +380,7 @@ static uint8_t *tensor_at(exec_t *e, const walk_t *w, int tid, phase_t ph) {
     if (tp->keep == KEEP_SAVE) {
         if (!w->is_layer)
             asp_die(ASP_EXIT_FAILURE, "internal: %s tensor %s planned as saved", g->name, g->t[tid].name);
-        return e->saved + (size_t)w->layer * w->gp->saved_bytes + tp->saved_off;
+        return e->saved + plan_layer_saved_off(e->plan, w->layer) + tp->saved_off;
     }
     size_t off = ph == PHASE_FWD ? tp->fwd_off : tp->bwd_off;
     if (off == PLAN_NO_OFFSET)
@@ -646,7 +646,7 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
 /* ------------------------------------------------------------------ graphs */
 
 static walk_t walk_of(exec_t *e, const graph_plan_t *gp, int layer) {
-    walk_t w = {gp, layer, gp == &e->plan->layer, gp == &e->plan->prologue, gp == &e->plan->epilogue};
+    walk_t w = {gp, layer, layer >= 0, gp == &e->plan->prologue, gp == &e->plan->epilogue};
     return w;
 }
 
@@ -658,7 +658,7 @@ static void graph_forward(exec_t *e, const walk_t *w, float grad_scale) {
         prof_end(e, PROF_FWD, gp->g.s[si].op, t0);
     }
     if (!w->is_layer || !gp->offload_bytes) return;
-    uint8_t *host = e->offload + (size_t)w->layer * gp->offload_bytes;
+    uint8_t *host = e->offload + plan_layer_host_off(e->plan, w->layer);
     for (int t = 0; t < gp->g.nt; t++)
         if (gp->t[t].keep == KEEP_OFFLOAD)
             e->be->to_host(host + gp->t[t].saved_off, e->ws + gp->t[t].fwd_off, gp->t[t].bytes);
@@ -667,7 +667,7 @@ static void graph_forward(exec_t *e, const walk_t *w, float grad_scale) {
 static void graph_backward(exec_t *e, const walk_t *w) {
     const graph_plan_t *gp = w->gp;
     if (w->is_layer && gp->offload_bytes) {
-        const uint8_t *host = e->offload + (size_t)w->layer * gp->offload_bytes;
+        const uint8_t *host = e->offload + plan_layer_host_off(e->plan, w->layer);
         for (int t = 0; t < gp->g.nt; t++)
             if (gp->t[t].keep == KEEP_OFFLOAD)
                 e->be->to_device(e->ws + gp->t[t].bwd_off, host + gp->t[t].saved_off, gp->t[t].bytes);
@@ -710,7 +710,7 @@ static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
     walk_t pro = walk_of(e, &p->prologue, -1), epi = walk_of(e, &p->epilogue, -1);
     graph_forward(e, &pro, grad_scale);
     for (int l = 0; l < (int)e->model->L; l++) {
-        walk_t w = walk_of(e, &p->layer, l);
+        walk_t w = walk_of(e, plan_layer_plan(p, l), l);
         graph_forward(e, &w, grad_scale);
     }
     /* The epilogue has no output: its backward starts from the loss, whose
@@ -720,7 +720,7 @@ static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
     graph_backward(e, &epi);
     bucket_done(e, plan_n_buckets(p) - 1);  /* the tail; a tied LM head's gradient is the embedding's */
     for (int l = (int)e->model->L - 1; l >= 0; l--) {
-        walk_t w = walk_of(e, &p->layer, l);
+        walk_t w = walk_of(e, plan_layer_plan(p, l), l);
         graph_backward(e, &w);
         bucket_done(e, plan_layer_bucket(p, l));
     }

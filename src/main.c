@@ -284,6 +284,10 @@ int main(int argc, char **argv) {
                  cli.config, cfg.model.architecture, (double)model.n_params / 1e6, (long long)cfg.train.seq_len,
                  plan.world, plan.sp, plan.dp, plan.zero_stage, sac_policy_name(plan.policy),
                  mem > 0 ? asp_fmt_bytes(buf, sizeof buf, mem) : "unlimited");
+        if (plan_layers_mixed(&plan))
+            asp_info("SAC per layer: attention's outputs fit in %d of %lld layers; layers %d-%lld recompute attention "
+                     "too (--explain shows the plan)",
+                     plan.layers_rich, (long long)model.L, plan.layers_rich, (long long)model.L - 1);
     }
     train_opts_t opts = {cli.dump};
     /* One collectives table per memory kind: NCCL for GPU buffers, MPI for

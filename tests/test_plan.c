@@ -873,11 +873,92 @@ static void simulate_plan(const plan_t *p, const char *what) {
     simulate(p, &p->prologue, 0, w);
     snprintf(w, sizeof w, "%s layer", what);
     simulate(p, &p->layer, 0, w);
+    if (plan_layers_mixed(p)) {
+        snprintf(w, sizeof w, "%s lean layer", what);
+        simulate(p, &p->layer_lean, 0, w);
+    }
     snprintf(w, sizeof w, "%s epilogue", what);
     simulate(p, &p->epilogue, 1, w);
     ck_assert_uint_eq(p->epilogue.t[p->epilogue.g.input].bytes, p->mem.final_hidden.bytes);
-    ck_assert_uint_eq(p->mem.saved_layers.bytes, (size_t)p->model->L * p->layer.saved_bytes);
+    const size_t L = (size_t)p->model->L, n = (size_t)p->layers_rich;
+    ck_assert_uint_eq(p->mem.saved_layers.bytes,
+                      plan_layers_mixed(p) ? n * p->layer.saved_bytes + (L - n) * p->layer_lean.saved_bytes
+                                           : L * p->layer.saved_bytes);
+    /* the slots tile the region: each begins where the one before ends */
+    for (int l = 0; l < (int)L; l++)
+        ck_assert_uint_eq(plan_layer_saved_off(p, l + 1),
+                          plan_layer_saved_off(p, l) + plan_layer_plan(p, l)->saved_bytes);
 }
+
+/* 1 when graph plan gp keeps every output of attention (saved or offloaded). */
+static int keeps_attention(const graph_plan_t *gp) {
+    for (int s = 0; s < gp->g.ns; s++)
+        if (gp->g.s[s].op == OP_ATTENTION)
+            for (int i = 0; i < gp->g.s[s].nout; i++) {
+                keep_t k = gp->t[gp->g.s[s].out[i]].keep;
+                if (k != KEEP_SAVE && k != KEEP_OFFLOAD) return 0;
+            }
+    return 1;
+}
+
+/* Between the budget of full recompute and that of keeping attention's
+ * outputs in every layer, auto keeps them in as many layers as fit (the
+ * first layers_rich) and recomputes attention in the others. */
+START_TEST(test_sac_per_layer) {
+    struct { int model, world, sp; int64_t S; } cases[] = {{M_8B, 8, 8, 1 << 20}, {M_3B, 1, 1, 131072}, {M_8B, 2, 2, 65536}};
+    plan_t *p = new_plan(), *lo = new_plan(), *q = new_plan();
+    char err[512], what[160];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        model_t *m = get_model(cases[i].model);
+        const int L = (int)m->L;
+        config_t c = make_cfg(m, cases[i].S, cases[i].world, cases[i].sp, SAC_FULL);
+        ck_assert_msg(compile(lo, &c, m, cases[i].world, bf16_target(0), err) == 0, "%s", err);
+        ck_assert(!keeps_attention(&lo->layer));
+        /* budgets from full recompute upward until every layer keeps attention's outputs */
+        c.checkpointing.policy = SAC_AUTO;
+        const double step = (double)lo->layer.t[lo->layer.g.input].bytes / 4;
+        int prev_rich = 0, n_mixed = 0, reached_all = 0;
+        for (int k = 0; k < 16 * L && !reached_all; k++) {
+            double b = (double)lo->mem.device_total + k * step;
+            ck_assert_msg(compile(p, &c, m, cases[i].world, bf16_target(b), err) == 0, "%s", err);
+            ck_assert((double)p->mem.device_total <= b);
+            int rich = keeps_attention(&p->layer) ? p->layers_rich : 0;
+            ck_assert_msg(rich >= prev_rich, "case %zu: layers keeping attention fell from %d to %d as the budget grew",
+                          i, prev_rich, rich);
+            prev_rich = rich;
+            reached_all = rich == L;
+            if (!plan_layers_mixed(p)) continue;
+            n_mixed++;
+            snprintf(what, sizeof what, "case %zu per layer %d of %d", i, p->layers_rich, L);
+            simulate_plan(p, what);
+            /* the rich layers keep attention's outputs, the lean ones rebuild them as policy full does */
+            ck_assert(keeps_attention(&p->layer) && !keeps_attention(&p->layer_lean));
+            ck_assert_uint_eq(p->layer_lean.saved_bytes, lo->layer.saved_bytes);
+            ck_assert(p->layer_lean.saved_bytes < p->layer.saved_bytes);
+            for (int l = 0; l < L; l++)
+                ck_assert_ptr_eq(plan_layer_plan(p, l), l < p->layers_rich ? &p->layer : &p->layer_lean);
+            /* the largest count that fits: one more rich layer would not */
+            *q = *p;
+            q->layers_rich++;
+            ck_assert(!memplan_all(q, &c));
+            /* recompute costs add up per layer, between all-rich and all-lean */
+            double rr = 0, rl = 0;
+            for (int s = 0; s < p->layer.g.ns; s++) {
+                if (p->layer.recompute_step[s]) rr += sac_recompute_step_flops(p, &p->layer, s);
+                if (p->layer_lean.recompute_step[s]) rl += sac_recompute_step_flops(p, &p->layer_lean, s);
+            }
+            ck_assert(rr < rl);
+            double want = (rr * p->layers_rich + rl * (L - p->layers_rich)) * (double)p->micro_steps * p->world;
+            ck_assert(fabs(p->recompute_flops_per_step - want) <= 1e-9 * want);
+        }
+        ck_assert_msg(n_mixed > 0, "case %zu: no budget gave a per-layer plan", i);
+        ck_assert_msg(reached_all, "case %zu: no budget let every layer keep attention's outputs", i);
+    }
+    free(p);
+    free(lo);
+    free(q);
+}
+END_TEST
 
 START_TEST(test_workspace_walk) {
     struct { int model, world, sp; int64_t S; } cases[] = {
@@ -1062,6 +1143,7 @@ int main(void) {
     tcase_add_test(sac, test_sac_fits_when_possible);
     tcase_add_test(sac, test_sac_offload);
     tcase_add_test(sac, test_sac_add_rmsnorm);
+    tcase_add_test(sac, test_sac_per_layer);
     suite_add_tcase(s, sac);
     TCase *mem = tcase_create("memplan");
     tcase_set_timeout(mem, 60);

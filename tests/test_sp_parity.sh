@@ -22,8 +22,8 @@ run() { # name np args...
     fi || { echo "FAIL: run $name (np $np) failed:"; cat "$TMP/$name.log"; exit 1; }
 }
 
-check() { # what ref other
-    if "$top_builddir/tests/dump_compare" "$CFG" "$TMP/$2.bin" "$TMP/$3.bin" $TOL model.num_hidden_layers=2 >"$TMP/cmp-$3.log" 2>&1; then
+check() { # what ref other [layers]
+    if "$top_builddir/tests/dump_compare" "$CFG" "$TMP/$2.bin" "$TMP/$3.bin" $TOL model.num_hidden_layers=${4:-2} >"$TMP/cmp-$3.log" 2>&1; then
         echo "ok:   $1 ($(tail -1 "$TMP/cmp-$3.log"))"
     else
         echo "FAIL: $1"; cat "$TMP/cmp-$3.log"; fails=$((fails + 1))
@@ -65,6 +65,39 @@ if grep -q recompute "$TMP/tight.explain"; then echo "ok:   tight budget makes a
     echo "FAIL: tight budget did not make auto recompute"; cat "$TMP/tight.explain"; fails=$((fails + 1)); fi
 run tight 1 $B4 --set train.seq_len=64 $TIGHT
 check "SAC auto under a tight budget equals auto" ref tight
+
+# Per-layer SAC: find a budget (from the full-recompute plan's peak upward)
+# at which auto keeps attention's outputs in some layers and recomputes
+# attention in the others, and check that plan gives the same gradients.
+# (With 2 layers no budget does: the lean layers' larger workspace eats the
+# one layer's saving, so these runs have 4.)
+L4="--set model.num_hidden_layers=4"
+mixed_budget() { # np args...
+    np=$1; shift
+    x="$BIN $CFG $COMMON $L4 $B4 --set train.seq_len=64 --set train.device=cpu --world $np --explain $*"
+    lo=$($x --set checkpointing.policy=full 2>/dev/null | awk '/predicted device peak/ {print $4}')
+    [ -n "$lo" ] || return 1
+    k=0
+    while [ $k -lt 256 ]; do
+        g=$(awk -v b="$lo" -v k="$k" 'BEGIN { printf "%.12f", (b + k * 1024) / 1073741824 }')
+        if $x --set checkpointing.memory_budget_gib="$g" 2>/dev/null | grep -q "auto, per layer"; then echo "$g"; return 0; fi
+        k=$((k + 1))
+    done
+    return 1
+}
+for np in 1 2; do
+    SPn="--set parallel.sequence_parallel_size=$np"
+    if g=$(mixed_budget $np $SPn); then
+        echo "ok:   SP=$np: at $g GiB auto keeps attention's outputs in some layers only"
+        run "l4ref$np" $np $B4 $L4 --set train.seq_len=64 $SPn
+        run "mixed$np" $np $B4 $L4 --set train.seq_len=64 $SPn --set checkpointing.memory_budget_gib="$g"
+        grep -q "SAC per layer: attention's outputs fit in" "$TMP/mixed$np.log" ||
+            { echo "FAIL: the SP=$np run did not report its per-layer plan"; cat "$TMP/mixed$np.log"; fails=$((fails + 1)); }
+        check "per-layer SAC equals auto (SP=$np)" "l4ref$np" "mixed$np" 4
+    else
+        echo "FAIL: SP=$np: no budget gives a per-layer SAC plan"; fails=$((fails + 1))
+    fi
+done
 
 [ $fails = 0 ] || { echo "$fails parity check(s) failed"; exit 1; }
 echo "all parity checks passed"

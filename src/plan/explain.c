@@ -176,7 +176,13 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
     fprintf(out, "\nEPILOGUE (shapes per rank)\n");
     graph_steps(p, &p->epilogue, out);
 
-    fprintf(out, "\nSAC (one layer, one rank)\n");
+    const int mixed = plan_layers_mixed(p);
+    if (mixed && p->layers_rich == 1)
+        fprintf(out, "\nSAC (layer 0, one rank)\n");
+    else if (mixed)
+        fprintf(out, "\nSAC (layers 0-%d, one layer, one rank)\n", p->layers_rich - 1);
+    else
+        fprintf(out, "\nSAC (one layer, one rank)\n");
     fprintf(out, "  %-10s %12s  %-11s %14s %12s   %s\n", "tensor", "bytes", "decision", "recompute GF", "comm",
             "cost if rebuilt alone");
     const graph_plan_t *gp = &p->layer;
@@ -191,7 +197,7 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
                 tp->recompute_flops / 1e9, fmtb(b2, sizeof b2, (double)tp->recompute_comm_bytes), fl / 1e9,
                 fmtb(b3, sizeof b3, (double)cm));
     }
-    if (cfg->checkpointing.policy == SAC_AUTO)
+    if (cfg->checkpointing.policy == SAC_AUTO && !mixed)
         for (int s = 0; s < gp->g.ns; s++)
             if (gp->g.s[s].op == OP_ATTENTION && gp->t[gp->g.s[s].out[0]].keep != KEEP_SAVE)
                 fprintf(out, "  auto: no mix that keeps attention's outputs fits the budget; attention is "
@@ -199,6 +205,17 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
     fprintf(out, "  saved slot %s per layer, host slot %s per layer, workspace %s\n",
             fmtb(b1, sizeof b1, (double)gp->saved_bytes), fmtb(b2, sizeof b2, (double)gp->offload_bytes),
             fmtb(b3, sizeof b3, (double)gp->workspace_bytes));
+    if (mixed) {
+        const graph_plan_t *lp = &p->layer_lean;
+        double rc = 0;
+        for (int s = 0; s < lp->g.ns; s++)
+            if (lp->recompute_step[s]) rc += sac_recompute_step_flops(p, lp, s);
+        fprintf(out, "  auto, per layer: attention's outputs fit in %d of %lld layers; layers %d-%lld recompute "
+                     "everything from their input, attention included (%.2f GFLOP per layer): saved slot %s, "
+                     "workspace %s\n",
+                p->layers_rich, (long long)m->L, p->layers_rich, (long long)m->L - 1, rc / 1e9,
+                fmtb(b1, sizeof b1, (double)lp->saved_bytes), fmtb(b2, sizeof b2, (double)lp->workspace_bytes));
+    }
 
     fprintf(out, "\nMEMORY (per rank)\n");
     const memplan_t *mem = &p->mem;

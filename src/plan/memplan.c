@@ -218,13 +218,16 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     p->loss_chunk = lc;
 
     /* staging only for the all-to-alls that cannot send or receive in place */
+    const int mixed = plan_layers_mixed(p);
+    const graph_plan_t *lps[2] = {&p->layer, &p->layer_lean};
     size_t a2a_send = 0, a2a_recv = 0;
-    for (int s = 0; s < p->layer.g.ns; s++) {
-        size_t c = sac_step_comm_bytes(p, &p->layer.g, s);
-        a2a_staging_t st = plan_a2a_staging(&p->layer, s);
-        if ((st.fwd_send || st.bwd_send) && c > a2a_send) a2a_send = c;
-        if ((st.fwd_recv || st.bwd_recv) && c > a2a_recv) a2a_recv = c;
-    }
+    for (int k = 0; k < 1 + mixed; k++)
+        for (int s = 0; s < lps[k]->g.ns; s++) {
+            size_t c = sac_step_comm_bytes(p, &lps[k]->g, s);
+            a2a_staging_t st = plan_a2a_staging(lps[k], s);
+            if ((st.fwd_send || st.bwd_send) && c > a2a_send) a2a_send = c;
+            if ((st.fwd_recv || st.bwd_recv) && c > a2a_recv) a2a_recv = c;
+        }
     /* The three graphs share one workspace. The loss chunk's logits live
      * only inside the epilogue's LMHEAD_LOSS step, after every layer's
      * forward and before any layer's backward, so they sit in the workspace
@@ -233,6 +236,7 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     const size_t logits_off = asp_align_up(p->epilogue.workspace_bytes, PLAN_ALIGN);
     const size_t logits_bytes = (size_t)lc * V * act;
     size_t ws = p->layer.workspace_bytes;
+    if (mixed && p->layer_lean.workspace_bytes > ws) ws = p->layer_lean.workspace_bytes;
     if (p->prologue.workspace_bytes > ws) ws = p->prologue.workspace_bytes;
     if (logits_off + logits_bytes > ws) ws = logits_off + logits_bytes;
 
@@ -260,7 +264,7 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     mem->adam_v = place(end, ARENA_OPTIMIZER, p->shard_len * 4);
     /* No separate reduced-gradient shard: each bucket is reduce-scattered in
      * place, so rank r's reduced slice lands where its own slice was. */
-    mem->saved_layers = place(end, ARENA_ACTIVATIONS, (size_t)m->L * p->layer.saved_bytes);
+    mem->saved_layers = place(end, ARENA_ACTIVATIONS, plan_layer_saved_off(p, (int)m->L));
     mem->final_hidden = place(end, ARENA_ACTIVATIONS, sl * d * act);
     mem->workspace = place(end, ARENA_WORKSPACE, ws);
     mem->resid_grad[0] = place(end, ARENA_WORKSPACE, sl * d * act);
@@ -276,7 +280,7 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     mem->rope_freq = place(end, ARENA_WORKSPACE, (size_t)(m->hd / 2) * 8);
     mem->scalars = place(end, ARENA_WORKSPACE, 16 * 4);
     mem->scratch = place(end, ARENA_WORKSPACE, scratch);
-    mem->offload = place(end, ARENA_HOST, (size_t)m->L * p->layer.offload_bytes);
+    mem->offload = place(end, ARENA_HOST, plan_layer_host_off(p, (int)m->L));
     size_t dev = 0;
     for (int a = 0; a < ARENA__COUNT; a++) {
         mem->arena_bytes[a] = asp_align_up(end[a], PLAN_ALIGN);
@@ -289,9 +293,32 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
 int memplan_all(plan_t *p, const config_t *cfg) {
     memplan_graph(p, &p->prologue);
     memplan_graph(p, &p->layer);
+    if (plan_layers_mixed(p)) memplan_graph(p, &p->layer_lean);
     memplan_graph(p, &p->epilogue);
     memplan_regions(p, cfg);
     return p->target.memory_bytes <= 0 || (double)p->mem.device_total <= p->target.memory_bytes;
+}
+
+/* ------------------------------------------------------------------ per-layer plans */
+
+int plan_layers_mixed(const plan_t *p) { return p->layers_rich > 0 && p->layers_rich < (int)p->model->L; }
+
+const graph_plan_t *plan_layer_plan(const plan_t *p, int layer) {
+    return plan_layers_mixed(p) && layer >= p->layers_rich ? &p->layer_lean : &p->layer;
+}
+
+/* Slots of layers 0 .. layer-1: the rich ones, then the lean ones. */
+static size_t slots_before(const plan_t *p, int layer, size_t rich, size_t lean) {
+    if (!plan_layers_mixed(p) || layer <= p->layers_rich) return (size_t)layer * rich;
+    return (size_t)p->layers_rich * rich + (size_t)(layer - p->layers_rich) * lean;
+}
+
+size_t plan_layer_saved_off(const plan_t *p, int layer) {
+    return slots_before(p, layer, p->layer.saved_bytes, p->layer_lean.saved_bytes);
+}
+
+size_t plan_layer_host_off(const plan_t *p, int layer) {
+    return slots_before(p, layer, p->layer.offload_bytes, p->layer_lean.offload_bytes);
 }
 
 /* ------------------------------------------------------------------ gradient buckets */

@@ -128,6 +128,11 @@ typedef struct {
     size_t bucket_len[3];   /* padded lengths: the embedding bucket, each layer's, the tail's */
     /* graphs and decisions */
     graph_plan_t prologue, layer, epilogue;
+    /* Per-layer SAC: layers 0 .. layers_rich-1 run `layer`; the others run
+     * `layer_lean`, the full-recompute plan (attention rebuilt too). Equal to
+     * L unless memory only allows some layers to keep attention's outputs. */
+    graph_plan_t layer_lean;
+    int layers_rich;
     memplan_t mem;
     op_shapes_t op_shapes;  /* largest operand shapes, for the backend's scratch */
     /* cost figures */
@@ -190,6 +195,15 @@ void plan_bucket(const plan_t *p, int b, plan_bucket_t *out);
 int plan_layer_bucket(const plan_t *p, int layer);
 /* Flat buffer index of model parameter element `model_index`. */
 size_t plan_flat_index(const plan_t *p, size_t model_index);
+
+/* The graph plan layer l runs (`layer` or `layer_lean`, see layers_rich),
+ * and where its saved slot (in saved_layers) and host slot (in offload)
+ * begin: the rich layers' slots first, then the lean layers'. */
+const graph_plan_t *plan_layer_plan(const plan_t *p, int layer);
+size_t plan_layer_saved_off(const plan_t *p, int layer);
+size_t plan_layer_host_off(const plan_t *p, int layer);
+/* 1 when layers use two different plans (0 < layers_rich < L). */
+int plan_layers_mixed(const plan_t *p);
 
 /* Model FLOPs per token at sequence length S: 6*N + 6*L*S*d' where N are the
  * matmul weights (LM head included) and the second term is causal attention

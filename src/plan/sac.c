@@ -267,11 +267,25 @@ int sac_pass(plan_t *p, const config_t *cfg) {
         fits = memplan_all(p, cfg);
     }
     if (!fits) {
-        /* last resort: full recompute, attention included (fits whenever any policy does) */
+        /* Attention's outputs no longer fit in every layer. Per layer: the
+         * first n layers keep the plan found so far (attention's outputs
+         * saved), the others recompute attention too (policy full), with n
+         * as large as fits; the saved bytes grow with n, so the first n
+         * down from L that fits is the largest. Last resort: full recompute
+         * in every graph (fits whenever any policy does). */
         plan_t *trial = asp_malloc(sizeof *trial, "plan trial");
         *trial = *p;
         sac_apply_policy(trial, cfg, SAC_FULL);
-        if (memplan_all(trial, cfg) || trial->mem.device_total < p->mem.device_total) {
+        int full_fits = memplan_all(trial, cfg);
+        if (full_fits) {
+            p->layer_lean = trial->layer;
+            for (int n = (int)p->model->L - 1; n > 0 && !fits; n--) {
+                p->layers_rich = n;
+                fits = memplan_all(p, cfg);
+            }
+            if (!fits) p->layers_rich = (int)p->model->L;
+        }
+        if (!fits && (full_fits || trial->mem.device_total < p->mem.device_total)) {
             *p = *trial;
             fits = memplan_all(p, cfg);
         }
