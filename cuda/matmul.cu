@@ -114,10 +114,11 @@ extern "C" void cuda_matmul_fwd(void *out, const void *x, const void *w, int64_t
 
 extern "C" void cuda_matmul_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                                 int64_t n, int64_t k, int64_t m) {
-    /* dx^T [k,n] = W^T [k,m] (W stored as k x m col-major) * dout^T [m,n] */
-    if (dx) lt_gemm(0, 0, k, n, m, w, k, dout, m, dx, k, CUDA_R_16BF, acc ? 1.0f : 0.0f);
+    /* dw first: dx may overwrite x (backend.h) */
     /* dw^T [k,m] (fp32) += x^T [k,n] * dout [n,m] (dout stored m x n col-major, transposed) */
     if (dw) lt_gemm(0, 1, k, m, n, x, k, dout, m, dw, k, CUDA_R_32F, 1.0f);
+    /* dx^T [k,n] = W^T [k,m] (W stored as k x m col-major) * dout^T [m,n] */
+    if (dx) lt_gemm(0, 0, k, n, m, w, k, dout, m, dx, k, CUDA_R_16BF, acc ? 1.0f : 0.0f);
 }
 
 static int64_t block_width(const char *op, int64_t k, int blocks) {

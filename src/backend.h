@@ -89,7 +89,8 @@ typedef struct backend {
 
     /* out[n,m] = x[n,k] w[m,k]^T */
     void (*matmul_fwd)(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m);
-    /* dx[n,k] (+)= dout[n,m] w[m,k] (dx may be NULL); dw[m,k] += dout^T x (dw may be NULL) */
+    /* dw[m,k] += dout^T x (dw may be NULL), then dx[n,k] (+)= dout[n,m] w[m,k] (dx may be NULL);
+     * in that order, so that dx may be x when it is overwritten (acc 0) */
     void (*matmul_bwd)(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                        int64_t n, int64_t k, int64_t m);
 
@@ -126,7 +127,8 @@ typedef struct backend {
 
     /* gu[n, 2f] = [gate | up]; out[n,f] = silu(gate) * up */
     void (*swiglu_fwd)(void *out, const void *gu, int64_t n, int64_t f);
-    void (*swiglu_bwd)(void *dgu, const void *dout, const void *gu, int64_t n, int64_t f); /* overwrite */
+    /* dgu overwritten; dgu may be gu (in place: each gate/up pair is read before its gradient is written) */
+    void (*swiglu_bwd)(void *dgu, const void *dout, const void *gu, int64_t n, int64_t f);
 
     /* out = a + b over count elements (act) */
     void (*add_fwd)(void *out, const void *a, const void *b, size_t count);

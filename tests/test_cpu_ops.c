@@ -319,6 +319,13 @@ START_TEST(test_matmul_fd) {
         float *dw2 = fzeros((size_t)(m * k));
         be->matmul_bwd(NULL, 0, dw2, c.R, c.x, c.w, n, k, m);
         ck_assert_double_lt(rel_err(dw2, dw, (size_t)(m * k)), 1e-5);
+        /* in place (dx is x, overwritten): the same dx and dw (the weight gradient is formed first) */
+        float *xi = fcopy(c.x, (size_t)(n * k)), *dw3 = fcopy(dw0, (size_t)(m * k));
+        be->matmul_bwd(xi, 0, dw3, c.R, xi, c.w, n, k, m);
+        for (int64_t i = 0; i < m * k; i++) dw3[i] -= dw0[i];
+        ck_assert_double_lt(rel_err(xi, dx, (size_t)(n * k)), 1e-6);
+        ck_assert_double_lt(rel_err(dw3, dw, (size_t)(m * k)), 1e-6);
+        free(xi); free(dw3);
         free(c.x); free(c.w); free(c.R); free(c.out); free(dx); free(dw0); free(dw); free(ref);
         free(base); free(dx2); free(dw2);
     }
@@ -630,6 +637,11 @@ START_TEST(test_swiglu) {
     be->swiglu_bwd(dgu, c.R, c.gu, n, f);
     assert_finite("swiglu dgu", dgu, 2 * nf);
     fd_check("swiglu dgu", sw_loss, &c, c.gu, dgu, 2 * nf, FD_H, &r);
+    /* in place (dgu is gu): bitwise the same */
+    float *inplace = fcopy(c.gu, 2 * nf);
+    be->swiglu_bwd(inplace, c.R, inplace, n, f);
+    ck_assert_mem_eq(inplace, dgu, 2 * nf * sizeof(float));
+    free(inplace);
 
     double *ref = calloc(nf, sizeof(double));
     for (int64_t t = 0; t < n; t++)

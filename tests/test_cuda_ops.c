@@ -98,6 +98,26 @@ static double cmp(const char *what, buf_t *b, double tol) {
     return e;
 }
 
+/* A second device copy of b's initial values (b->h). */
+static void *gpu_copy(const buf_t *b) {
+    void *g = G->alloc(b->n * dtype_size(b->gt), "test tensor copy");
+    G->from_f32(g, b->gt, b->h, b->n);
+    return g;
+}
+
+/* The in-place result `got` must equal the out-of-place one `want`, bitwise. */
+static void same_device_bits(const char *what, const void *got, const void *want, const buf_t *like) {
+    size_t bytes = like->n * dtype_size(like->gt);
+    unsigned char *a = malloc(bytes ? bytes : 1), *b = malloc(bytes ? bytes : 1);
+    ck_assert(a && b);
+    G->to_host(a, got, bytes);
+    G->to_host(b, want, bytes);
+    printf("  %-58s n=%-8zu %s\n", what, like->n, memcmp(a, b, bytes) ? "DIFFERS" : "bitwise equal");
+    ck_assert_msg(memcmp(a, b, bytes) == 0, "%s: the in-place result differs from the out-of-place one", what);
+    free(a);
+    free(b);
+}
+
 static void drop(buf_t *b) {
     G->free(b->g);
     C->free(b->c);
@@ -281,6 +301,18 @@ START_TEST(t_matmul) {
             cmp(name, &dx, 1e-2);
             snprintf(name, sizeof name, "matmul_bwd dw n=%lld k=%lld m=%lld", (long long)n, (long long)k, (long long)m);
             cmp(name, &dw, 1e-4);   /* fp32 output of bf16 inputs: only summation order differs */
+            if (!acc) {   /* in place: dx written over x, as the plan does for a rebuilt input */
+                void *xi = gpu_copy(&x), *dwi = gpu_copy(&dw);
+                G->matmul_bwd(xi, 0, dwi, dout.g, xi, w.g, n, k, m);
+                snprintf(name, sizeof name, "matmul_bwd in place dx n=%lld k=%lld m=%lld", (long long)n, (long long)k,
+                         (long long)m);
+                same_device_bits(name, xi, dx.g, &dx);
+                snprintf(name, sizeof name, "matmul_bwd in place dw n=%lld k=%lld m=%lld", (long long)n, (long long)k,
+                         (long long)m);
+                same_device_bits(name, dwi, dw.g, &dw);
+                G->free(xi);
+                G->free(dwi);
+            }
             drop(&x); drop(&w); drop(&out); drop(&dout); drop(&dw); drop(&dx);
         }
 }
@@ -554,6 +586,11 @@ START_TEST(t_swiglu) {
             C->swiglu_bwd(dgu.c, dout.c, gu.c, n, f);
             snprintf(name, sizeof name, "swiglu_bwd f=%lld", (long long)f);
             cmp(name, &dgu, 1e-2);
+            void *gi = gpu_copy(&gu);
+            G->swiglu_bwd(gi, dout.g, gi, n, f);
+            snprintf(name, sizeof name, "swiglu_bwd in place f=%lld", (long long)f);
+            same_device_bits(name, gi, dgu.g, &dgu);
+            G->free(gi);
             drop(&gu); drop(&out); drop(&dout); drop(&dgu);
         }
 }

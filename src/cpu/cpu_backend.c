@@ -355,7 +355,7 @@ static void cpu_matmul_fwd(void *out, const void *x, const void *w, int64_t n, i
 
 static void cpu_matmul_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                            int64_t n, int64_t k, int64_t m) {
-    if (dx) gemm_axpy(F(dx), acc, CF(dout), m, 1, CF(w), n, m, k);   /* dx[n,k] = dout[n,m] W[m,k] */
+    /* dw first: dx may overwrite x (backend.h) */
     if (dw) {
         /* dw[m,k] += dout^T[m,n] x[n,k]; reading dout by columns strides m floats
          * per token, so transpose it once. */
@@ -363,6 +363,7 @@ static void cpu_matmul_bwd(void *dx, int acc, void *dw, const void *dout, const 
         gemm_axpy(F(dw), 1, dt, n, 1, CF(x), m, n, k);
         free(dt);
     }
+    if (dx) gemm_axpy(F(dx), acc, CF(dout), m, 1, CF(w), n, m, k);   /* dx[n,k] = dout[n,m] W[m,k] */
 }
 
 static int64_t block_width(const char *op, int64_t k, int blocks) {

@@ -85,6 +85,26 @@ static int recompute_reads(const graph_plan_t *gp, int s, int t) {
     return 0;
 }
 
+int plan_grad_in_place(const graph_plan_t *gp, int t) {
+    const graph_t *g = &gp->g;
+    const keep_t k = gp->t[t].keep;
+    if (t == g->input || t == g->output || g->t[t].dtype != TENSOR_ACT) return 0;
+    if (k != KEEP_RECOMPUTE && k != KEEP_OFFLOAD) return 0;
+    int reader = -1;
+    for (int s = 0; s < g->ns; s++)
+        for (int i = 0; i < g->s[s].nin; i++)
+            if (g->s[s].in[i] == t) {
+                if (reader >= 0 || i != 0) return 0;
+                if (g->s[s].op != OP_SWIGLU && !(g->s[s].op == OP_MATMUL && g->t[t].packed <= 1)) return 0;
+                reader = s;
+            }
+    if (reader < 0) return 0;
+    /* no other backward may read t afterwards (attention reads its output o) */
+    for (int s = 0; s < g->ns; s++)
+        if (s != reader && sac_bwd_reads(&g->s[s], t)) return 0;
+    return 1;
+}
+
 void memplan_graph(const plan_t *p, graph_plan_t *gp) {
     (void)p;
     const graph_t *g = &gp->g;
@@ -136,7 +156,9 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
             if (tp->keep == KEEP_OFFLOAD) en = imax(en, T_OFFLOAD);
             b[nb++] = (wbuf_t){t, WS_FWD, st, en, tp->bytes, 0};
         }
-        /* backward instance: reload or recompute to its last recompute/backward reader */
+        /* backward instance: reload or recompute to its last recompute/backward reader;
+         * with an in-place gradient, on to the producer's backward */
+        const int in_place = plan_grad_in_place(gp, t);
         if (tp->keep == KEEP_RECOMPUTE || tp->keep == KEEP_OFFLOAD ||
             (tp->keep != KEEP_SAVE && gp->recompute_step[prod[t]])) {
             int st = tp->keep == KEEP_OFFLOAD ? T_RELOAD : T_RECOMP(prod[t]), en = st;
@@ -144,10 +166,11 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
                 if (gp->recompute_step[s] && recompute_reads(gp, s, t)) en = imax(en, T_RECOMP(s));
                 if (sac_bwd_reads(&g->s[s], t)) en = imax(en, T_BWD(s));
             }
+            if (in_place) en = imax(en, T_BWD(prod[t]));
             b[nb++] = (wbuf_t){t, WS_BWD, st, en, tp->bytes, 0};
         }
         /* gradient: first backward writer (the last consumer) to the producer's backward */
-        if (g->t[t].dtype == TENSOR_ACT) {
+        if (g->t[t].dtype == TENSOR_ACT && !in_place) {
             int last = -1;
             for (int s = 0; s < ns; s++)
                 for (int i = 0; i < g->s[s].nin; i++)
@@ -170,6 +193,7 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
         if (b[i].kind == WS_FWD) tp->fwd_off = b[i].off;
         else if (b[i].kind == WS_BWD) tp->bwd_off = b[i].off;
         else tp->grad_off = b[i].off;
+        if (b[i].kind == WS_BWD && plan_grad_in_place(gp, b[i].t)) tp->grad_off = b[i].off;
     }
 }
 

@@ -146,6 +146,15 @@ typedef struct {
  * plan all follow this). */
 int plan_recompute_norm_only(const graph_plan_t *gp, int si);
 
+/* 1 when tensor t's gradient is written over t's own backward instance:
+ * t is rebuilt (recomputed or reloaded), its only reader is a SWIGLU (whose
+ * backward reads each gate/up pair before writing its gradient there) or a
+ * MATMUL on the unpacked layout (whose backward forms the weight gradient
+ * before the input gradient), and no other backward reads t. The backends'
+ * swiglu_bwd and matmul_bwd may run in place. At long S these are the
+ * largest buffers of the layer's backward (gu is [S, 2f], act [S, f]). */
+int plan_grad_in_place(const graph_plan_t *gp, int t);
+
 /* Whether all-to-all step si of a graph plan goes through the staging
  * buffers (a2a_send, a2a_recv) in its forward and in its backward. A tensor
  * the SP pass stored packed is sent from, or received into, its own buffer
