@@ -155,6 +155,10 @@ static const cfg_key_t cfg_keys[] = {
     {"checkpointing", "loss_chunk_tokens", KT_INT, FLD(checkpointing.loss_chunk_tokens),
      .ilo = 0, .ihi = BIG,
      .help = "tokens per LM-head and loss chunk; 0: chosen by the plan"},
+    {"checkpointing", "mlp_tile_tokens", KT_INT, FLD(checkpointing.mlp_tile_tokens),
+     .ilo = 0, .ihi = BIG,
+     .help = "tokens per tile when a recomputed MLP runs tile by tile over the sequence; "
+             "0: chosen by the plan"},
     /* ---------------------------------------------------------------- io */
     {"io", "run_dir", KT_STR, FLD(io.run_dir), .ilo = 1,
      .help = "folder for logs and the recorded config, relative to the current directory; "
@@ -241,6 +245,7 @@ void config_defaults(config_t *cfg) {
     cfg->checkpointing.memory_budget_gib = 0.0;
     cfg->checkpointing.offload = 0;
     cfg->checkpointing.loss_chunk_tokens = 0;
+    cfg->checkpointing.mlp_tile_tokens = 0;
     strcpy(cfg->io.run_dir, "runs/latest");
     cfg->io.log_every = 1;
     strcpy(cfg->io.resume, "auto");

@@ -75,6 +75,7 @@ typedef struct {
     double memory_budget_gib;   /* per-rank device memory the plan must fit; 0: the device's */
     int offload;                /* allow host offload of saved activations (auto policy) */
     int64_t loss_chunk_tokens;  /* tokens per LM-head/loss chunk; 0: auto */
+    int64_t mlp_tile_tokens;    /* tokens per tile of a recomputed MLP; 0: auto */
 } checkpointing_config_t;
 
 typedef struct {

@@ -358,7 +358,17 @@ typedef struct {
     const graph_plan_t *gp;
     int layer;              /* layer index for the layer graph, -1 for prologue/epilogue */
     int is_layer, is_prologue, is_epilogue;
+    /* inside the graph's tiled region: the tile's first row and row count
+     * (rows 0: the whole sequence). Whole-sequence tensors are seen from
+     * row0 on; the region's tiled intermediates hold just the tile. */
+    int64_t row0, rows;
 } walk_t;
+
+/* A pointer into a [rows, width] tensor at the walk's tile. */
+static uint8_t *at_tile(exec_t *e, const walk_t *w, int tid, uint8_t *base) {
+    if (!w->rows || w->gp->t[tid].tiled) return base;
+    return base + (size_t)w->row0 * (size_t)w->gp->g.t[tid].width * e->act;
+}
 
 static uint8_t *layer_input(exec_t *e, int layer) {
     if (layer >= (int)e->model->L) return e->final_hidden;
@@ -366,7 +376,7 @@ static uint8_t *layer_input(exec_t *e, int layer) {
     return e->saved + plan_layer_saved_off(e->plan, layer) + lp->t[lp->g.input].saved_off;
 }
 
-static uint8_t *tensor_at(exec_t *e, const walk_t *w, int tid, phase_t ph) {
+static uint8_t *tensor_at_whole(exec_t *e, const walk_t *w, int tid, phase_t ph) {
     const graph_t *g = &w->gp->g;
     const tensor_plan_t *tp = &w->gp->t[tid];
     if (tid == g->output) {
@@ -389,17 +399,21 @@ static uint8_t *tensor_at(exec_t *e, const walk_t *w, int tid, phase_t ph) {
     return e->ws + off;
 }
 
+static uint8_t *tensor_at(exec_t *e, const walk_t *w, int tid, phase_t ph) {
+    return at_tile(e, w, tid, tensor_at_whole(e, w, tid, ph));
+}
+
 /* Gradient of a tensor. The residual stream's gradient flows between graphs
  * in the two resid_grad buffers: the graph output's gradient is in
  * resid_grad[cur], the graph input's gradient goes to resid_grad[1 - cur]. */
 static uint8_t *grad_at(exec_t *e, const walk_t *w, int tid) {
     const graph_t *g = &w->gp->g;
-    if (tid == g->output) return e->resid_grad[e->cur_grad];
-    if (tid == g->input) return e->resid_grad[1 - e->cur_grad];
+    if (tid == g->output) return at_tile(e, w, tid, e->resid_grad[e->cur_grad]);
+    if (tid == g->input) return at_tile(e, w, tid, e->resid_grad[1 - e->cur_grad]);
     size_t off = w->gp->t[tid].grad_off;
     if (off == PLAN_NO_OFFSET)
         asp_die(ASP_EXIT_FAILURE, "internal: %s tensor %s has no gradient slot", g->name, g->t[tid].name);
-    return e->ws + off;
+    return at_tile(e, w, tid, e->ws + off);
 }
 
 static int64_t tensor_rows(const exec_t *e, const tensor_desc_t *t) {
@@ -452,7 +466,7 @@ static void run_forward(exec_t *e, const walk_t *w, int si, phase_t ph, float gr
     const graph_step_t *s = &g->s[si];
     const plan_t *p = e->plan;
     const tensor_desc_t *t0 = &g->t[s->out[0] >= 0 ? s->out[0] : s->in[0]];
-    int64_t n = tensor_rows(e, t0);
+    int64_t n = w->rows ? w->rows : tensor_rows(e, t0);
 #define IN(i) tensor_at(e, w, s->in[i], ph)
 #define OUT(i) tensor_at(e, w, s->out[i], ph)
     switch (s->op) {
@@ -552,7 +566,7 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
     const graph_step_t *s = &g->s[si];
     const plan_t *p = e->plan;
     const tensor_desc_t *t0 = &g->t[s->out[0] >= 0 ? s->out[0] : s->in[0]];
-    int64_t n = tensor_rows(e, t0);
+    int64_t n = w->rows ? w->rows : tensor_rows(e, t0);
     float eps = (float)e->model->cfg.rms_norm_eps;
 #define IN(i) tensor_at(e, w, s->in[i], PHASE_BWD)
 #define OUT(i) tensor_at(e, w, s->out[i], PHASE_BWD)
@@ -646,13 +660,35 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
 /* ------------------------------------------------------------------ graphs */
 
 static walk_t walk_of(exec_t *e, const graph_plan_t *gp, int layer) {
-    walk_t w = {gp, layer, layer >= 0, gp == &e->plan->prologue, gp == &e->plan->epilogue};
+    walk_t w = {gp, layer, layer >= 0, gp == &e->plan->prologue, gp == &e->plan->epilogue, 0, 0};
     return w;
+}
+
+/* The walk at tile row0 of the graph's tiled region. */
+static walk_t tile_walk(const exec_t *e, const walk_t *w, int64_t row0) {
+    walk_t t = *w;
+    int64_t n = e->plan->seq_local, r = w->gp->tile_rows;
+    t.row0 = row0;
+    t.rows = n - row0 < r ? n - row0 : r;
+    return t;
 }
 
 static void graph_forward(exec_t *e, const walk_t *w, float grad_scale) {
     const graph_plan_t *gp = w->gp;
     for (int si = 0; si < gp->g.ns; si++) {
+        if (gp->tile_rows && si == gp->tile_begin) {
+            /* the tiled region: its steps tile by tile */
+            for (int64_t r0 = 0; r0 < e->plan->seq_local; r0 += gp->tile_rows) {
+                walk_t t = tile_walk(e, w, r0);
+                for (int ti = gp->tile_begin; ti <= gp->tile_end; ti++) {
+                    double t0 = prof_begin(e);
+                    run_forward(e, &t, ti, PHASE_FWD, grad_scale);
+                    prof_end(e, PROF_FWD, gp->g.s[ti].op, t0);
+                }
+            }
+            si = gp->tile_end;
+            continue;
+        }
         double t0 = prof_begin(e);
         run_forward(e, w, si, PHASE_FWD, grad_scale);
         prof_end(e, PROF_FWD, gp->g.s[si].op, t0);
@@ -672,13 +708,33 @@ static void graph_backward(exec_t *e, const walk_t *w) {
             if (gp->t[t].keep == KEEP_OFFLOAD)
                 e->be->to_device(e->ws + gp->t[t].bwd_off, host + gp->t[t].saved_off, gp->t[t].bytes);
     }
+    const int tiled = gp->tile_rows > 0;
     for (int si = 0; si < gp->g.ns; si++) {
-        if (!gp->recompute_step[si]) continue;
+        if (!gp->recompute_step[si] || (tiled && si >= gp->tile_begin && si <= gp->tile_end)) continue;
         double t0 = prof_begin(e);
         run_forward(e, w, si, PHASE_BWD, 0.0f);
         prof_end(e, PROF_RECOMPUTE, gp->g.s[si].op, t0);
     }
     for (int si = gp->g.ns - 1; si >= 0; si--) {
+        if (tiled && si == gp->tile_end) {
+            /* the tiled region, tile by tile: rebuild the tile, then its backward */
+            for (int64_t r0 = 0; r0 < e->plan->seq_local; r0 += gp->tile_rows) {
+                walk_t t = tile_walk(e, w, r0);
+                for (int ti = gp->tile_begin; ti <= gp->tile_end; ti++) {
+                    if (!gp->recompute_step[ti]) continue;
+                    double t0 = prof_begin(e);
+                    run_forward(e, &t, ti, PHASE_BWD, 0.0f);
+                    prof_end(e, PROF_RECOMPUTE, gp->g.s[ti].op, t0);
+                }
+                for (int ti = gp->tile_end; ti >= gp->tile_begin; ti--) {
+                    double t0 = prof_begin(e);
+                    run_backward(e, &t, ti);
+                    prof_end(e, PROF_BWD, gp->g.s[ti].op, t0);
+                }
+            }
+            si = gp->tile_begin;
+            continue;
+        }
         double t0 = prof_begin(e);
         run_backward(e, w, si);
         prof_end(e, PROF_BWD, gp->g.s[si].op, t0);

@@ -691,29 +691,71 @@ enum { SP_WS = 0, SP_SLOT, SP_HOST };
 enum { K_ACT = 0, K_FWD, K_BWD, K_GRAD, K_LOGITS };
 
 typedef struct { int space, t, kind; size_t off, bytes; } vbuf_t;
-typedef struct { vbuf_t v[512]; int n; const graph_plan_t *gp; const char *what; } sim_t;
+typedef struct {
+    vbuf_t v[1024];
+    int n;
+    const graph_plan_t *gp;
+    const char *what;
+    int tile;           /* inside the tiled region: 0 or 1, the half of each whole-sequence tensor it touches; else -1 */
+} sim_t;
 
-static void sim_write(sim_t *s, int space, size_t off, size_t bytes, int t, int kind, size_t limit) {
-    ck_assert_msg(off != PLAN_NO_OFFSET, "%s: %s (kind %d) written without an offset", s->what, s->gp->g.t[t].name, kind);
-    ck_assert_msg(off % 256 == 0, "%s: %s offset %zu not 256-aligned", s->what, s->gp->g.t[t].name, off);
-    ck_assert_msg(off + bytes <= limit, "%s: %s [%zu,+%zu) beyond its area %zu", s->what, s->gp->g.t[t].name, off,
-                  bytes, limit);
+/* The bytes of tensor t at `off` that the current step touches: inside the
+ * tiled region, tile k's half of a whole-sequence tensor (a tiled
+ * intermediate's buffer is the tile itself). */
+static void sim_span(const sim_t *s, int t, size_t off, size_t bytes, size_t *o, size_t *n) {
+    *o = off;
+    *n = bytes;
+    if (s->tile < 0 || s->gp->t[t].tiled) return;
+    size_t h = bytes / 2;
+    *o = s->tile == 0 ? off : off + h;
+    *n = s->tile == 0 ? h : bytes - h;
+}
+
+/* A write clobbers whatever else occupied those bytes; what it leaves of a
+ * partly overwritten buffer stays readable. */
+static void sim_write(sim_t *s, int space, size_t off0, size_t bytes0, int t, int kind, size_t limit) {
+    ck_assert_msg(off0 != PLAN_NO_OFFSET, "%s: %s (kind %d) written without an offset", s->what, s->gp->g.t[t].name, kind);
+    ck_assert_msg(off0 % 256 == 0, "%s: %s offset %zu not 256-aligned", s->what, s->gp->g.t[t].name, off0);
+    ck_assert_msg(off0 + bytes0 <= limit, "%s: %s [%zu,+%zu) beyond its area %zu", s->what, s->gp->g.t[t].name, off0,
+                  bytes0, limit);
+    size_t off, bytes;
+    sim_span(s, t, off0, bytes0, &off, &bytes);
+    vbuf_t keep[1024];
     int k = 0;
     for (int i = 0; i < s->n; i++) {
-        vbuf_t *b = &s->v[i];
-        if (b->space == space && b->off < off + bytes && off < b->off + b->bytes) continue;  /* clobbered */
-        s->v[k++] = *b;
+        vbuf_t b = s->v[i];
+        if (b.space != space || b.off >= off + bytes || off >= b.off + b.bytes) {
+            keep[k++] = b;
+            continue;
+        }
+        if (b.off < off) keep[k++] = (vbuf_t){b.space, b.t, b.kind, b.off, off - b.off};
+        if (b.off + b.bytes > off + bytes)
+            keep[k++] = (vbuf_t){b.space, b.t, b.kind, off + bytes, b.off + b.bytes - (off + bytes)};
+        ck_assert(k < 1020);
     }
+    memcpy(s->v, keep, (size_t)k * sizeof keep[0]);
     s->n = k;
-    ck_assert(s->n < 512);
     s->v[s->n++] = (vbuf_t){space, t, kind, off, bytes};
 }
 
-static void sim_read(sim_t *s, int space, size_t off, int t, int kind, const char *when) {
-    for (int i = 0; i < s->n; i++)
-        if (s->v[i].space == space && s->v[i].t == t && s->v[i].kind == kind && s->v[i].off == off) return;
-    ck_abort_msg("%s: %s reads %s (kind %d) but it was never written or was overwritten", s->what, when,
-                 s->gp->g.t[t].name, kind);
+/* A read must find every byte it reads written by its own tensor and kind. */
+static void sim_read(sim_t *s, int space, size_t off0, size_t bytes0, int t, int kind, const char *when) {
+    size_t off, bytes;
+    sim_span(s, t, off0, bytes0, &off, &bytes);
+    size_t at = off;
+    for (int moved = 1; moved && at < off + bytes;) {
+        moved = 0;
+        for (int i = 0; i < s->n; i++) {
+            const vbuf_t *b = &s->v[i];
+            if (b->space == space && b->t == t && b->kind == kind && b->off <= at && at < b->off + b->bytes) {
+                at = b->off + b->bytes;
+                moved = 1;
+            }
+        }
+    }
+    if (at < off + bytes)
+        ck_abort_msg("%s: %s reads %s (kind %d) but it was never written or was overwritten", s->what, when,
+                     s->gp->g.t[t].name, kind);
 }
 
 static void sim_clear_workspace(sim_t *s) {
@@ -746,7 +788,12 @@ static int consumed(const graph_t *g, int t) {
     return 0;
 }
 
-static void sim_grad_write(sim_t *s, const graph_plan_t *gp, int st, int i, size_t ws) {
+/* Tensor bytes of t's workspace buffers: one tile for a tiled intermediate. */
+static size_t ws_bytes(const plan_t *p, const graph_plan_t *gp, int t) {
+    return gp->t[t].tiled ? gp->t[t].bytes / (size_t)p->seq_local * (size_t)gp->tile_rows : gp->t[t].bytes;
+}
+
+static void sim_grad_write(sim_t *s, const plan_t *p, const graph_plan_t *gp, int st, int i, size_t ws) {
     const graph_t *g = &gp->g;
     int t = g->s[st].in[i];
     if (!has_grad(g, t)) return;
@@ -754,13 +801,84 @@ static void sim_grad_write(sim_t *s, const graph_plan_t *gp, int st, int i, size
         ck_assert_uint_eq(gp->t[t].grad_off, PLAN_NO_OFFSET);
         return;
     }
-    if (!gp->grad_first[st][i]) sim_read(s, SP_WS, gp->t[t].grad_off, t, K_GRAD, "gradient accumulation");
-    sim_write(s, SP_WS, gp->t[t].grad_off, gp->t[t].bytes, t, K_GRAD, ws);
+    if (!gp->grad_first[st][i]) sim_read(s, SP_WS, gp->t[t].grad_off, ws_bytes(p, gp, t), t, K_GRAD, "gradient accumulation");
+    sim_write(s, SP_WS, gp->t[t].grad_off, ws_bytes(p, gp, t), t, K_GRAD, ws);
+}
+
+static void sim_forward_step(sim_t *s, const plan_t *p, const graph_plan_t *gp, int st, size_t ws, size_t slot) {
+    const graph_t *g = &gp->g;
+    const graph_step_t *x = &g->s[st];
+    for (int i = 0; i < x->nin; i++) {
+        int t = x->in[i];
+        if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, "forward");
+        else sim_read(s, SP_WS, gp->t[t].fwd_off, ws_bytes(p, gp, t), t, K_FWD, "forward");
+    }
+    for (int i = 0; i < x->nout; i++) {
+        int t = x->out[i];
+        if (t == g->output) continue;   /* goes to the next layer's input */
+        if (is_saved(gp, t)) sim_write(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, slot);
+        else sim_write(s, SP_WS, gp->t[t].fwd_off, ws_bytes(p, gp, t), t, K_FWD, ws);
+    }
+    if (x->op == OP_LMHEAD_LOSS) {      /* fused backward: writes d(input) now */
+        /* the chunk's logits live in the shared workspace next to the
+         * step's input and its gradient: all three must stay intact */
+        size_t lo = p->mem.logits.offset - p->mem.workspace.offset;
+        int t = x->in[0];
+        sim_write(s, SP_WS, lo, p->mem.logits.bytes, t, K_LOGITS, p->mem.workspace.bytes);
+        ck_assert_int_eq(gp->grad_first[st][0], 1);
+        sim_grad_write(s, p, gp, st, 0, ws);
+        sim_read(s, SP_WS, lo, p->mem.logits.bytes, t, K_LOGITS, "loss (logits)");
+        if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, "loss (input)");
+        else sim_read(s, SP_WS, gp->t[t].fwd_off, ws_bytes(p, gp, t), t, K_FWD, "loss (input)");
+    }
+}
+
+static void sim_recompute_step(sim_t *s, const plan_t *p, const graph_plan_t *gp, int st, size_t ws, size_t slot) {
+    const graph_t *g = &gp->g;
+    const graph_step_t *x = &g->s[st];
+    /* ADD_RMSNORM with h kept (saved or offloaded): the norm of h alone, writing hn */
+    int h = x->out[0];
+    int norm_only = x->op == OP_ADD_RMSNORM && (is_saved(gp, h) || gp->t[h].keep == KEEP_OFFLOAD);
+    if (norm_only) {
+        if (is_saved(gp, h)) sim_read(s, SP_SLOT, gp->t[h].saved_off, gp->t[h].bytes, h, K_ACT, "recompute (norm of h)");
+        else sim_read(s, SP_WS, gp->t[h].bwd_off, ws_bytes(p, gp, h), h, K_BWD, "recompute (norm of h)");
+    }
+    for (int i = 0; i < x->nin && !norm_only; i++) {
+        int t = x->in[i];
+        if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, "recompute");
+        else sim_read(s, SP_WS, gp->t[t].bwd_off, ws_bytes(p, gp, t), t, K_BWD, "recompute");
+    }
+    for (int i = norm_only; i < x->nout; i++) {
+        int t = x->out[i];
+        ck_assert_msg(t != g->output, "%s: recompute of the graph output", s->what);
+        if (is_saved(gp, t)) sim_write(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, slot);
+        else sim_write(s, SP_WS, gp->t[t].bwd_off, ws_bytes(p, gp, t), t, K_BWD, ws);
+    }
+}
+
+static void sim_backward_step(sim_t *s, const plan_t *p, const graph_plan_t *gp, int st, size_t ws) {
+    const graph_t *g = &gp->g;
+    const graph_step_t *x = &g->s[st];
+    for (int t = 0; t < g->nt; t++) {
+        if (!bwd_reads(x, t)) continue;
+        if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, "backward");
+        else sim_read(s, SP_WS, gp->t[t].bwd_off, ws_bytes(p, gp, t), t, K_BWD, "backward");
+    }
+    if (x->op == OP_LMHEAD_LOSS) return;
+    for (int i = 0; i < x->nout; i++) {
+        int t = x->out[i];
+        if (!has_grad(g, t) || in_resid(g, t)) continue;
+        /* ADD_RMSNORM takes h's gradient only when some step reads h (else it is zero) */
+        if (x->op == OP_ADD_RMSNORM && i == 0 && !consumed(g, t)) continue;
+        sim_read(s, SP_WS, gp->t[t].grad_off, ws_bytes(p, gp, t), t, K_GRAD, "backward (output gradient)");
+    }
+    for (int i = 0; i < x->nin; i++) sim_grad_write(s, p, gp, st, i, ws);
 }
 
 static void simulate(const plan_t *p, const graph_plan_t *gp, int is_epilogue, const char *what) {
     const graph_t *g = &gp->g;
     sim_t *s = calloc(1, sizeof *s);
+    s->tile = -1;
     s->gp = gp;
     s->what = what;
     const size_t ws = gp->workspace_bytes, slot = gp->saved_bytes, host = gp->offload_bytes;
@@ -785,84 +903,52 @@ static void simulate(const plan_t *p, const graph_plan_t *gp, int is_epilogue, c
                 }
     }
     if (g->input >= 0) sim_write(s, SP_SLOT, 0, gp->t[g->input].bytes, g->input, K_ACT, slot);
+    /* the tiled region runs its steps tile by tile: two tiles replay that
+     * interleaving (a tile's writes must not clobber what the next reads) */
+    const int tb = gp->tile_rows ? gp->tile_begin : -1, te = gp->tile_rows ? gp->tile_end : -2;
+    if (gp->tile_rows) {
+        ck_assert(tb >= 0 && te > tb && te < g->ns);
+        ck_assert(gp->tile_rows > 0 && gp->tile_rows < p->seq_local);
+    }
     /* forward */
     for (int st = 0; st < g->ns; st++) {
-        const graph_step_t *x = &g->s[st];
-        for (int i = 0; i < x->nin; i++) {
-            int t = x->in[i];
-            if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, t, K_ACT, "forward");
-            else sim_read(s, SP_WS, gp->t[t].fwd_off, t, K_FWD, "forward");
+        if (st == tb) {
+            for (s->tile = 0; s->tile < 2; s->tile++)
+                for (int x = tb; x <= te; x++) sim_forward_step(s, p, gp, x, ws, slot);
+            s->tile = -1;
+            st = te;
+            continue;
         }
-        for (int i = 0; i < x->nout; i++) {
-            int t = x->out[i];
-            if (t == g->output) continue;   /* goes to the next layer's input */
-            if (is_saved(gp, t)) sim_write(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, slot);
-            else sim_write(s, SP_WS, gp->t[t].fwd_off, gp->t[t].bytes, t, K_FWD, ws);
-        }
-        if (x->op == OP_LMHEAD_LOSS) {      /* fused backward: writes d(input) now */
-            /* the chunk's logits live in the shared workspace next to the
-             * step's input and its gradient: all three must stay intact */
-            size_t lo = p->mem.logits.offset - p->mem.workspace.offset;
-            int t = x->in[0];
-            sim_write(s, SP_WS, lo, p->mem.logits.bytes, t, K_LOGITS, p->mem.workspace.bytes);
-            ck_assert_int_eq(gp->grad_first[st][0], 1);
-            sim_grad_write(s, gp, st, 0, ws);
-            sim_read(s, SP_WS, lo, t, K_LOGITS, "loss (logits)");
-            if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, t, K_ACT, "loss (input)");
-            else sim_read(s, SP_WS, gp->t[t].fwd_off, t, K_FWD, "loss (input)");
-        }
+        sim_forward_step(s, p, gp, st, ws, slot);
     }
     for (int t = 0; t < g->nt; t++)
         if (gp->t[t].keep == KEEP_OFFLOAD) {
-            sim_read(s, SP_WS, gp->t[t].fwd_off, t, K_FWD, "offload copy");
+            sim_read(s, SP_WS, gp->t[t].fwd_off, ws_bytes(p, gp, t), t, K_FWD, "offload copy");
             sim_write(s, SP_HOST, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, host);
         }
     /* other layers run in between and reuse the whole workspace */
     if (!is_epilogue) sim_clear_workspace(s);
-    /* backward: (a) reload, (b) recompute, (c) backward steps in reverse */
+    /* backward: (a) reload, (b) recompute, (c) backward steps in reverse;
+     * the tiled region's recompute runs in its backward's tile loop */
     for (int t = 0; t < g->nt; t++)
         if (gp->t[t].keep == KEEP_OFFLOAD) {
-            sim_read(s, SP_HOST, gp->t[t].saved_off, t, K_ACT, "reload");
+            sim_read(s, SP_HOST, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, "reload");
             sim_write(s, SP_WS, gp->t[t].bwd_off, gp->t[t].bytes, t, K_BWD, ws);
         }
-    for (int st = 0; st < g->ns; st++) {
-        if (!gp->recompute_step[st]) continue;
-        const graph_step_t *x = &g->s[st];
-        /* ADD_RMSNORM with h kept (saved or offloaded): the norm of h alone, writing hn */
-        int h = x->out[0];
-        int norm_only = x->op == OP_ADD_RMSNORM && (is_saved(gp, h) || gp->t[h].keep == KEEP_OFFLOAD);
-        if (norm_only) {
-            if (is_saved(gp, h)) sim_read(s, SP_SLOT, gp->t[h].saved_off, h, K_ACT, "recompute (norm of h)");
-            else sim_read(s, SP_WS, gp->t[h].bwd_off, h, K_BWD, "recompute (norm of h)");
-        }
-        for (int i = 0; i < x->nin && !norm_only; i++) {
-            int t = x->in[i];
-            if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, t, K_ACT, "recompute");
-            else sim_read(s, SP_WS, gp->t[t].bwd_off, t, K_BWD, "recompute");
-        }
-        for (int i = norm_only; i < x->nout; i++) {
-            int t = x->out[i];
-            ck_assert_msg(t != g->output, "%s: recompute of the graph output", what);
-            if (is_saved(gp, t)) sim_write(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, slot);
-            else sim_write(s, SP_WS, gp->t[t].bwd_off, gp->t[t].bytes, t, K_BWD, ws);
-        }
-    }
+    for (int st = 0; st < g->ns; st++)
+        if (gp->recompute_step[st] && !(st >= tb && st <= te)) sim_recompute_step(s, p, gp, st, ws, slot);
     for (int st = g->ns - 1; st >= 0; st--) {
-        const graph_step_t *x = &g->s[st];
-        for (int t = 0; t < g->nt; t++) {
-            if (!bwd_reads(x, t)) continue;
-            if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, t, K_ACT, "backward");
-            else sim_read(s, SP_WS, gp->t[t].bwd_off, t, K_BWD, "backward");
+        if (st == te) {
+            for (s->tile = 0; s->tile < 2; s->tile++) {
+                for (int x = tb; x <= te; x++)
+                    if (gp->recompute_step[x]) sim_recompute_step(s, p, gp, x, ws, slot);
+                for (int x = te; x >= tb; x--) sim_backward_step(s, p, gp, x, ws);
+            }
+            s->tile = -1;
+            st = tb;
+            continue;
         }
-        if (x->op == OP_LMHEAD_LOSS) continue;
-        for (int i = 0; i < x->nout; i++) {
-            int t = x->out[i];
-            if (!has_grad(g, t) || in_resid(g, t)) continue;
-            /* ADD_RMSNORM takes h's gradient only when some step reads h (else it is zero) */
-            if (x->op == OP_ADD_RMSNORM && i == 0 && !consumed(g, t)) continue;
-            sim_read(s, SP_WS, gp->t[t].grad_off, t, K_GRAD, "backward (output gradient)");
-        }
-        for (int i = 0; i < x->nin; i++) sim_grad_write(s, gp, st, i, ws);
+        sim_backward_step(s, p, gp, st, ws);
     }
     free(s);
 }
@@ -998,6 +1084,33 @@ START_TEST(test_workspace_walk) {
         c.checkpointing.offload = 0;
     }
     ck_assert_int_gt(n_auto_mixed, 10);
+    /* tiled MLPs: full recompute of the tiny model with tiles that do and do not divide S */
+    model_t *m = get_model(M_TINY);
+    const int64_t tiles[] = {16, 37, 99};
+    for (int sp = 1; sp <= 2; sp++)
+        for (size_t i = 0; i < sizeof tiles / sizeof tiles[0]; i++) {
+            config_t c = make_cfg(m, 200, 2, sp, SAC_FULL);
+            c.checkpointing.mlp_tile_tokens = tiles[i];
+            ck_assert_msg(compile(p, &c, m, 2, bf16_target(0), err) == 0, "%s", err);
+            ck_assert_int_eq(p->layer.tile_rows, tiles[i]);
+            ck_assert_str_eq(p->layer.g.s[p->layer.tile_begin].label, "gate_proj+up_proj");
+            ck_assert_str_eq(p->layer.g.s[p->layer.tile_end].label, "down_proj");
+            snprintf(what, sizeof what, "tiny full sp %d tiles of %lld", sp, (long long)tiles[i]);
+            simulate_plan(p, what);
+            /* the tiles' intermediates take a tile of memory: less workspace than untiled */
+            c.checkpointing.mlp_tile_tokens = 1000;
+            ck_assert_msg(compile(lo, &c, m, 2, bf16_target(0), err) == 0, "%s", err);
+            ck_assert_int_eq(lo->layer.tile_rows, 0);
+            ck_assert(p->layer.workspace_bytes < lo->layer.workspace_bytes);
+        }
+    /* the plan tiles on its own at long S; saved intermediates are never tiled */
+    m = get_model(M_8B);
+    config_t c = make_cfg(m, 131072, 8, 8, SAC_FULL);
+    ck_assert_msg(compile(p, &c, m, 8, bf16_target(0), err) == 0, "%s", err);
+    ck_assert_int_eq(p->layer.tile_rows, 4096);   /* 16384 tokens per rank; 28672 / 4096 = 7 tiles, floor 4096 */
+    c.checkpointing.policy = SAC_SAVE_ALL;
+    ck_assert_msg(compile(p, &c, m, 8, bf16_target(0), err) == 0, "%s", err);
+    ck_assert_int_eq(p->layer.tile_rows, 0);
     free(p);
     free(lo);
     free(hi);

@@ -57,6 +57,14 @@ for pol in save_all full; do
     run "p2_$pol" 2 $B4 --set train.seq_len=64 --set checkpointing.policy=$pol --set parallel.sequence_parallel_size=2
     check "SAC $pol equals auto (SP=2)" sp2 "p2_$pol"
 done
+# The recomputed MLP run tile by tile (24 tokens: ragged last tile), alone and under SP.
+TILE="--set checkpointing.policy=full --set checkpointing.mlp_tile_tokens=24"
+"$BIN" "$CFG" $COMMON $B4 --set train.seq_len=64 $TILE --set train.device=cpu --explain 2>&1 | grep -q "run in 3 tiles of 24 tokens" &&
+    echo "ok:   the plan tiles the recomputed MLP" || { echo "FAIL: the plan did not tile the MLP"; fails=$((fails + 1)); }
+run tile1 1 $B4 --set train.seq_len=64 $TILE
+check "tiled MLP equals auto (SP=1)" ref tile1
+run tile2 2 $B4 --set train.seq_len=64 $TILE --set parallel.sequence_parallel_size=2
+check "tiled MLP equals auto (SP=2)" sp2 tile2
 # A tight budget makes auto drop (recompute) activations; see the plan it chose.
 TIGHT="--set checkpointing.memory_budget_gib=${TIGHT_GIB:-0.0062}"
 "$BIN" "$CFG" $COMMON $B4 --set train.seq_len=64 $TIGHT --set train.device=cpu --explain >"$TMP/tight.explain" 2>&1 ||

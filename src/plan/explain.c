@@ -205,6 +205,16 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
     fprintf(out, "  saved slot %s per layer, host slot %s per layer, workspace %s\n",
             fmtb(b1, sizeof b1, (double)gp->saved_bytes), fmtb(b2, sizeof b2, (double)gp->offload_bytes),
             fmtb(b3, sizeof b3, (double)gp->workspace_bytes));
+    const graph_plan_t *tps[2] = {gp, mixed ? &p->layer_lean : NULL};
+    for (int k = 0; k < 2; k++) {
+        const graph_plan_t *tp = tps[k];
+        if (!tp || !tp->tile_rows) continue;
+        int64_t tiles = (p->seq_local + tp->tile_rows - 1) / tp->tile_rows;
+        fprintf(out, "  %stiled: steps %d-%d (%s .. %s) run in %lld tiles of %lld tokens, forward and backward; their "
+                     "recomputed intermediates are held one tile at a time\n",
+                k ? "lean layers: " : "", tp->tile_begin, tp->tile_end, tp->g.s[tp->tile_begin].label,
+                tp->g.s[tp->tile_end].label, (long long)tiles, (long long)tp->tile_rows);
+    }
     if (mixed) {
         const graph_plan_t *lp = &p->layer_lean;
         double rc = 0;

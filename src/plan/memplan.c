@@ -105,10 +105,63 @@ int plan_grad_in_place(const graph_plan_t *gp, int t) {
     return 1;
 }
 
+static int consumers(const graph_t *g, int t) {
+    int n = 0;
+    for (int s = 0; s < g->ns; s++)
+        for (int i = 0; i < g->s[s].nin; i++) n += g->s[s].in[i] == t;
+    return n;
+}
+
+void plan_tile_region(const plan_t *p, graph_plan_t *gp) {
+    const graph_t *g = &gp->g;
+    gp->tile_begin = gp->tile_end = -1;
+    gp->tile_rows = 0;
+    for (int t = 0; t < g->nt; t++) gp->t[t].tiled = 0;
+    for (int s = 1; s + 1 < g->ns; s++) {
+        const graph_step_t *up = &g->s[s - 1], *sw = &g->s[s], *down = &g->s[s + 1];
+        if (sw->op != OP_SWIGLU || up->op != OP_MATMUL || down->op != OP_MATMUL) continue;
+        const int x = up->in[0], gu = sw->in[0], act = sw->out[0], y = down->out[0];
+        if (up->out[0] != gu || down->in[0] != act) continue;
+        if (gp->t[gu].keep != KEEP_RECOMPUTE || gp->t[act].keep != KEEP_RECOMPUTE) continue;
+        if (consumers(g, gu) != 1 || consumers(g, act) != 1 || gp->recompute_step[s + 1]) continue;
+        /* row-wise on this rank's tokens, plain layouts */
+        const int ts[4] = {x, gu, act, y};
+        int rowwise = 1;
+        for (int i = 0; i < 4; i++) rowwise &= g->t[ts[i]].rows == ROWS_LOCAL && g->t[ts[i]].packed <= 1;
+        if (!rowwise || x == g->input || y == g->output) continue;
+        const int64_t n = p->seq_local;
+        int64_t rows;
+        if (p->mlp_tile_tokens > 0) {
+            rows = p->mlp_tile_tokens;
+        } else {
+            int64_t tiles = (g->t[gu].width + g->t[x].width - 1) / g->t[x].width;
+            rows = (n + tiles - 1) / tiles;
+            if (rows < 4096) rows = 4096;
+        }
+        if (rows >= n) return;
+        gp->tile_begin = s - 1;
+        gp->tile_end = s + 1;
+        gp->tile_rows = rows;
+        gp->t[gu].tiled = gp->t[act].tiled = 1;
+        return;
+    }
+}
+
+/* 1 when step s reads or writes tensor t */
+static int step_touches(const graph_step_t *st, int t) {
+    for (int i = 0; i < st->nin; i++)
+        if (st->in[i] == t) return 1;
+    for (int i = 0; i < st->nout; i++)
+        if (st->out[i] == t) return 1;
+    return 0;
+}
+
 void memplan_graph(const plan_t *p, graph_plan_t *gp) {
-    (void)p;
     const graph_t *g = &gp->g;
     const int ns = g->ns;
+    plan_tile_region(p, gp);
+    const int tb = gp->tile_begin, te = gp->tile_end;
+#define IN_TILES(s) (gp->tile_rows && (s) >= tb && (s) <= te)
     /* the layer timeline: forward steps, offload copy, reload, recompute
      * steps in order, backward steps in reverse */
 #define T_FWD(s) (s)
@@ -147,6 +200,8 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
     for (int t = 0; t < g->nt; t++) {
         const tensor_plan_t *tp = &gp->t[t];
         if (t == g->input || t == g->output || prod[t] < 0) continue;
+        /* a tiled intermediate's buffers hold one tile */
+        const size_t bytes = tp->tiled ? tp->bytes / (size_t)p->seq_local * (size_t)gp->tile_rows : tp->bytes;
         /* forward instance: producer to last forward reader (or the offload copy) */
         if (tp->keep != KEEP_SAVE) {
             int st = T_FWD(prod[t]), en = st;
@@ -154,20 +209,22 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
                 for (int i = 0; i < g->s[s].nin; i++)
                     if (g->s[s].in[i] == t) en = imax(en, T_FWD(s));
             if (tp->keep == KEEP_OFFLOAD) en = imax(en, T_OFFLOAD);
-            b[nb++] = (wbuf_t){t, WS_FWD, st, en, tp->bytes, 0};
+            b[nb++] = (wbuf_t){t, WS_FWD, st, en, bytes, 0};
         }
         /* backward instance: reload or recompute to its last recompute/backward reader;
          * with an in-place gradient, on to the producer's backward */
         const int in_place = plan_grad_in_place(gp, t);
         if (tp->keep == KEEP_RECOMPUTE || tp->keep == KEEP_OFFLOAD ||
             (tp->keep != KEEP_SAVE && gp->recompute_step[prod[t]])) {
-            int st = tp->keep == KEEP_OFFLOAD ? T_RELOAD : T_RECOMP(prod[t]), en = st;
+            /* a tiled region's steps are rebuilt inside its backward's tile loop */
+            int st = tp->keep == KEEP_OFFLOAD ? T_RELOAD : IN_TILES(prod[t]) ? T_BWD(te) : T_RECOMP(prod[t]);
+            int en = st;
             for (int s = 0; s < ns; s++) {
-                if (gp->recompute_step[s] && recompute_reads(gp, s, t)) en = imax(en, T_RECOMP(s));
+                if (gp->recompute_step[s] && recompute_reads(gp, s, t)) en = imax(en, IN_TILES(s) ? T_BWD(tb) : T_RECOMP(s));
                 if (sac_bwd_reads(&g->s[s], t)) en = imax(en, T_BWD(s));
             }
             if (in_place) en = imax(en, T_BWD(prod[t]));
-            b[nb++] = (wbuf_t){t, WS_BWD, st, en, tp->bytes, 0};
+            b[nb++] = (wbuf_t){t, WS_BWD, st, en, bytes, 0};
         }
         /* gradient: first backward writer (the last consumer) to the producer's backward */
         if (g->t[t].dtype == TENSOR_ACT && !in_place) {
@@ -178,15 +235,31 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
             if (last >= 0) {
                 /* LMHEAD_LOSS writes its input's gradient in its forward */
                 int st = g->s[last].op == OP_LMHEAD_LOSS ? T_FWD(last) : T_BWD(last);
-                b[nb++] = (wbuf_t){t, WS_GRAD, st, T_BWD(prod[t]), tp->bytes, 0};
+                b[nb++] = (wbuf_t){t, WS_GRAD, st, T_BWD(prod[t]), bytes, 0};
             }
         }
     }
+    /* The tiled region's steps interleave tile by tile: every buffer of a
+     * tensor they touch that is live at some point of the region's forward
+     * (or backward) stays live through all of it. */
+    if (gp->tile_rows)
+        for (int i = 0; i < nb; i++) {
+            int touched = 0;
+            for (int s = tb; s <= te; s++) touched |= step_touches(&g->s[s], b[i].t);
+            if (!touched) continue;
+            const int win[2][2] = {{T_FWD(tb), T_FWD(te)}, {T_BWD(te), T_BWD(tb)}};
+            for (int k = 0; k < 2; k++)
+                if (b[i].start <= win[k][1] && win[k][0] <= b[i].end) {
+                    if (win[k][0] < b[i].start) b[i].start = win[k][0];
+                    if (win[k][1] > b[i].end) b[i].end = win[k][1];
+                }
+        }
 #undef T_FWD
 #undef T_OFFLOAD
 #undef T_RELOAD
 #undef T_RECOMP
 #undef T_BWD
+#undef IN_TILES
     gp->workspace_bytes = pack(b, nb);
     for (int i = 0; i < nb; i++) {
         tensor_plan_t *tp = &gp->t[b[i].t];

@@ -51,6 +51,7 @@ typedef struct {
     size_t grad_off;        /* workspace offset of its gradient; PLAN_NO_OFFSET if it has none */
     double recompute_flops; /* cost of rebuilding it (0 unless KEEP_RECOMPUTE) */
     size_t recompute_comm_bytes; /* all-to-all bytes a recompute moves */
+    int tiled;              /* 1: an intermediate of the graph's tiled region, its buffers one tile tall */
 } tensor_plan_t;
 
 typedef struct {
@@ -63,6 +64,12 @@ typedef struct {
     size_t saved_bytes;                 /* size of one saved slot (per layer for the layer graph) */
     size_t offload_bytes;               /* host bytes per layer */
     size_t workspace_bytes;             /* workspace this graph needs (its offsets are below this) */
+    /* Tiled region (plan_tile_region): steps tile_begin..tile_end run tile by
+     * tile over the sequence, tile_rows tokens at a time (the last tile may be
+     * shorter), forward and backward, their recompute inside the backward's
+     * tile loop. tile_rows 0: no region. */
+    int tile_begin, tile_end;
+    int64_t tile_rows;
 } graph_plan_t;
 
 typedef enum {
@@ -118,6 +125,7 @@ typedef struct {
     int kv_replication;     /* ranks holding each KV head (1: no replication) */
     int64_t micro_steps;    /* samples each DP rank processes per optimizer step */
     int64_t loss_chunk;     /* tokens per LM head + loss chunk */
+    int64_t mlp_tile_tokens;/* checkpointing.mlp_tile_tokens (0: the plan chooses) */
     /* parameters and ZeRO: the flat parameter and gradient buffers hold the
      * model's parameters in gradient buckets (plan_bucket), each padded to a
      * multiple of 64 * shards elements so that it splits evenly over the ranks */
@@ -154,6 +162,18 @@ int plan_recompute_norm_only(const graph_plan_t *gp, int si);
  * swiglu_bwd and matmul_bwd may run in place. At long S these are the
  * largest buffers of the layer's backward (gu is [S, 2f], act [S, f]). */
 int plan_grad_in_place(const graph_plan_t *gp, int t);
+
+/* The tiled region of a graph plan, from its keeps: a MATMUL -> SWIGLU ->
+ * MATMUL chain (the MLP) whose two intermediates are both recomputed and
+ * read by nothing else. Every op in it works row by row, so it can run over
+ * the sequence in tiles: its intermediates then take one tile of memory
+ * instead of the whole sequence, and their recompute moves into the
+ * backward's tile loop. Sets gp->tile_begin/tile_end/tile_rows and the
+ * tensors' `tiled` flags (tile_rows 0 when there is no such chain).
+ * tile_rows: mlp_tile_tokens if set, else seq_local / ceil(2f / d) (the
+ * intermediates' tiles no larger than a [seq_local, d] activation), never
+ * below 4096 tokens; no tiling when that is a single tile. */
+void plan_tile_region(const plan_t *p, graph_plan_t *gp);
 
 /* Whether all-to-all step si of a graph plan goes through the staging
  * buffers (a2a_send, a2a_recv) in its forward and in its backward. A tensor

@@ -178,6 +178,7 @@ int sp_pass(plan_t *p, const config_t *cfg, const model_t *m, int world, int sp,
     sp_rewrite_layer(&m->layer, &layer, sp, p->q_heads_local, p->kv_heads_local);
     reset_graph_plan(&p->layer, &layer);
     p->layers_rich = (int)m->L;
+    p->mlp_tile_tokens = cfg->checkpointing.mlp_tile_tokens;
     graph_plan_t *gps[3] = {&p->prologue, &p->layer, &p->epilogue};
     for (int i = 0; i < 3; i++)
         for (int t = 0; t < gps[i]->g.nt; t++) gps[i]->t[t].bytes = plan_tensor_bytes(p, &gps[i]->g.t[t]);
