@@ -22,6 +22,10 @@
 /* Device memory assumed by --explain for a GPU plan when no GPU is present
  * and none is given: an 80 GB H100. */
 #define EXPLAIN_DEFAULT_GPU_GIB 79.1
+/* What a run on the GPU reserves besides the arenas: the memory in use when
+ * it plans (the CUDA context and library handles: 0.65 GiB on an H100) plus
+ * its 2 GiB margin. --explain, which touches no GPU, assumes as much. */
+#define EXPLAIN_GPU_RESERVE_GIB 2.65
 
 static void usage(FILE *out) {
     fprintf(out,
@@ -147,6 +151,21 @@ static const backend_t *pick_backend(const config_t *cfg, ranks_t *r) {
     return &backend_cpu;
 }
 
+/* --explain touches no GPU, so it cannot ask cuDNN for its workspace. It
+ * estimates the cuda backend's largest op scratch at the plan's shapes:
+ * attention's backward, whose fp32 dQ accumulator [S, Hq, hd] and row sums
+ * [Hq, S] the backend allocates, plus a workspace of the accumulator's size
+ * that cuDNN 9.19 asked for with GQA on an H100 (none without GQA); at
+ * least the 32 MiB conversion staging. At long S this is several GiB. */
+static size_t explain_cuda_scratch(const op_shapes_t *sh) {
+    const size_t s = (size_t)sh->attn_rows, hq = (size_t)sh->hq, hd = (size_t)sh->hd;
+    const size_t acc = s * hq * hd * sizeof(float);
+    size_t need = acc + s * hq * sizeof(float) + (sh->hkv < sh->hq ? acc : 0);
+    const size_t stage = (size_t)32 << 20;
+    if (need < stage) need = stage;
+    return asp_align_up(need, (size_t)1 << 20);
+}
+
 int main(int argc, char **argv) {
     char err[4096];
     ranks_t ranks;
@@ -220,8 +239,12 @@ int main(int argc, char **argv) {
     }
     target.memory_bytes = mem;
     if (be) target.scratch_bytes = be->scratch_bytes;
-    if (explain_gpu_plan || (be && be->device_memory && be->device_memory() > 0))
+    if (be && be->device_memory && be->device_memory() > 0)
         target.reserved_bytes = 1.5 * GIB; /* CUDA context, cuBLASLt/cuDNN workspaces, NCCL buffers */
+    if (explain_gpu_plan) {
+        target.reserved_bytes = EXPLAIN_GPU_RESERVE_GIB * GIB;
+        target.scratch_bytes = explain_cuda_scratch;
+    }
 
     int world = cli.explain && cli.world > 0 ? cli.world : ranks.world_size;
     plan_t plan;
