@@ -316,10 +316,25 @@ static size_t cuda_scratch_bytes(const op_shapes_t *sh) {
     size_t need = ASP_STAGE_ELEMS * sizeof(float); /* from_f32 / to_f32 staging */
     size_t k = cuda_kernels_scratch_bytes(sh->rows, sh->d, sh->vocab, sh->loss_chunk);
     if (k > need) need = k;
+    return asp_align_up(need, (size_t)1 << 20);
+}
+
+/* Attention's scratch (cuDNN's graphs or the simple kernels), asked for
+ * apart: the plan places it in the layer workspace (backend.h). */
+static size_t cuda_attention_scratch_for(const op_shapes_t *sh) {
+    need_init("attention_scratch_bytes");
+    if (sh->attn_rows <= 0) return 0;
     size_t a = g_cuda.attention_cudnn ? cuda_attention_cudnn_scratch_bytes(sh->attn_rows, sh->hq, sh->hkv, sh->hd)
                                       : cuda_attention_scratch_bytes(sh->attn_rows, sh->hq, sh->hkv, sh->hd);
-    if (a > need) need = a;
-    return asp_align_up(need, (size_t)1 << 20);
+    return asp_align_up(a, (size_t)1 << 20);
+}
+
+static void cuda_use_scratch(void *p, size_t bytes) {
+    need_init("use_scratch");
+    if (!g_cuda.scratch_planned)
+        asp_die(ASP_EXIT_FAILURE, "internal: cuda use_scratch before set_scratch (the planned scratch)");
+    g_cuda.scratch = p;
+    g_cuda.scratch_bytes = bytes;
 }
 
 static void cuda_set_scratch(void *p, size_t bytes) {
@@ -371,6 +386,8 @@ static backend_t make_backend(void) {
     b.peak_tflops = cuda_peak_tflops;
     b.scratch_bytes = cuda_scratch_bytes;
     b.set_scratch = cuda_set_scratch;
+    b.attention_scratch_bytes = cuda_attention_scratch_for;
+    b.use_scratch = cuda_use_scratch;
     b.embed_fwd = cuda_embed_fwd;
     b.embed_bwd = cuda_embed_bwd;
     b.rmsnorm_fwd = cuda_rmsnorm_fwd;

@@ -59,11 +59,21 @@ typedef struct backend {
     void (*synchronize)(void);
     void *(*stream)(void);          /* the stream every op runs on (cudaStream_t); NULL for cpu */
     double (*peak_tflops)(void);    /* dense bf16 peak of the device for MFU (env ASP_PEAK_TFLOPS overrides); 0 unknown */
-    /* Device scratch the ops need at these shapes (library workspaces, partial
-     * sums, conversion staging); NULL or 0: none. The executor passes that much
-     * memory to set_scratch once, so no op allocates during training. */
+    /* Device scratch the ops other than attention need at these shapes
+     * (library workspaces, partial sums, conversion staging); NULL or 0: none.
+     * The executor passes that much memory to set_scratch once, so no op
+     * allocates during training. */
     size_t (*scratch_bytes)(const op_shapes_t *shapes);
     void (*set_scratch)(void *p, size_t bytes);
+    /* Scratch of attention_fwd / attention_bwd at these shapes (attn_rows, hq,
+     * hkv, hd); NULL or 0: none. It can be large (fp32 accumulators of
+     * [S, Hq, hd]), so the plan places it inside the layer workspace at the
+     * attention steps, and the executor hands it over with use_scratch before
+     * each attention call and gives the set_scratch memory back after. */
+    size_t (*attention_scratch_bytes)(const op_shapes_t *shapes);
+    /* Make [p, p + bytes) the op scratch from the next op on (stream order;
+     * memory the plan owns, so nothing is freed or synchronised). */
+    void (*use_scratch)(void *p, size_t bytes);
 
     /* ---- ops (forward / backward) */
     /* out[t,:] = wte[tokens[t],:] */

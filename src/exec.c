@@ -442,6 +442,22 @@ static uint8_t *staging(exec_t *e, uint8_t *buf, const char *which, const graph_
 
 /* ------------------------------------------------------------------ forward */
 
+/* Attention's scratch lives in the layer workspace, one buffer for each of
+ * its runs (0 forward, 1 recompute, 2 backward; graph_plan_t); -1 gives the
+ * backend its planned op scratch back. */
+static void attention_scratch(exec_t *e, const walk_t *w, int run) {
+    const graph_plan_t *gp = w->gp;
+    if (!gp->attn_scratch_bytes || !e->be->use_scratch) return;
+    if (run < 0) {
+        e->be->use_scratch(region_ptr(e, &e->plan->mem.scratch), e->plan->mem.scratch.bytes);
+        return;
+    }
+    size_t off = gp->attn_scratch_off[run];
+    if (off == PLAN_NO_OFFSET)
+        asp_die(ASP_EXIT_FAILURE, "internal: %s has no attention scratch for run %d", gp->g.name, run);
+    e->be->use_scratch(e->ws + off, gp->attn_scratch_bytes);
+}
+
 static void lmhead_loss(exec_t *e, const walk_t *w, const graph_step_t *s, float grad_scale) {
     const backend_t *be = e->be;
     const plan_t *p = e->plan;
@@ -488,8 +504,10 @@ static void run_forward(exec_t *e, const walk_t *w, int si, phase_t ph, float gr
                            s->head_dim, layout_p(g, s->out[0]), layout_p(g, s->out[1]));
         break;
     case OP_ATTENTION:
+        attention_scratch(e, w, ph == PHASE_FWD ? 0 : 1);
         be->attention_fwd(OUT(0), (float *)OUT(1), IN(0), IN(1), IN(2), n, s->heads, s->kv_heads, s->head_dim,
                           (float)(1.0 / sqrt((double)s->head_dim)));
+        attention_scratch(e, w, -1);
         break;
     case OP_ADD:
         be->add_fwd(OUT(0), IN(0), IN(1), (size_t)n * (size_t)t0->width);
@@ -596,8 +614,10 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
         break;
     case OP_ATTENTION:
         for (int i = 0; i < 3; i++) need_overwrite(w, si, i);
+        attention_scratch(e, w, 2);
         be->attention_bwd(DIN(0), DIN(1), DIN(2), DOUT(0), IN(0), IN(1), IN(2), OUT(0), (const float *)OUT(1), n,
                           s->heads, s->kv_heads, s->head_dim, (float)(1.0 / sqrt((double)s->head_dim)));
+        attention_scratch(e, w, -1);
         break;
     case OP_ADD: {
         size_t count = (size_t)n * (size_t)t0->width;

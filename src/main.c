@@ -152,18 +152,20 @@ static const backend_t *pick_backend(const config_t *cfg, ranks_t *r) {
 }
 
 /* --explain touches no GPU, so it cannot ask cuDNN for its workspace. It
- * estimates the cuda backend's largest op scratch at the plan's shapes:
- * attention's backward, whose fp32 dQ accumulator [S, Hq, hd] and row sums
- * [Hq, S] the backend allocates, plus a workspace of the accumulator's size
- * that cuDNN 9.19 asked for with GQA on an H100 (none without GQA); at
- * least the 32 MiB conversion staging. At long S this is several GiB. */
-static size_t explain_cuda_scratch(const op_shapes_t *sh) {
+ * estimates the cuda backend's scratch at the plan's shapes. Attention's
+ * backward: the fp32 dQ accumulator [S, Hq, hd] and row sums [Hq, S] the
+ * backend allocates, plus a workspace of the accumulator's size that cuDNN
+ * 9.19 asked for with GQA on an H100 (none without GQA); several GiB at
+ * long S. The other ops: the 32 MiB conversion staging. */
+static size_t explain_cuda_attention_scratch(const op_shapes_t *sh) {
     const size_t s = (size_t)sh->attn_rows, hq = (size_t)sh->hq, hd = (size_t)sh->hd;
     const size_t acc = s * hq * hd * sizeof(float);
-    size_t need = acc + s * hq * sizeof(float) + (sh->hkv < sh->hq ? acc : 0);
-    const size_t stage = (size_t)32 << 20;
-    if (need < stage) need = stage;
-    return asp_align_up(need, (size_t)1 << 20);
+    return asp_align_up(acc + s * hq * sizeof(float) + (sh->hkv < sh->hq ? acc : 0), (size_t)1 << 20);
+}
+
+static size_t explain_cuda_scratch(const op_shapes_t *sh) {
+    (void)sh;
+    return (size_t)32 << 20;
 }
 
 int main(int argc, char **argv) {
@@ -238,12 +240,16 @@ int main(int argc, char **argv) {
         mem_from = "assumed: an 80 GB GPU, as none is present; --gpu-memory sets it";
     }
     target.memory_bytes = mem;
-    if (be) target.scratch_bytes = be->scratch_bytes;
+    if (be) {
+        target.scratch_bytes = be->scratch_bytes;
+        target.attention_scratch_bytes = be->attention_scratch_bytes;
+    }
     if (be && be->device_memory && be->device_memory() > 0)
         target.reserved_bytes = 1.5 * GIB; /* CUDA context, cuBLASLt/cuDNN workspaces, NCCL buffers */
     if (explain_gpu_plan) {
         target.reserved_bytes = EXPLAIN_GPU_RESERVE_GIB * GIB;
         target.scratch_bytes = explain_cuda_scratch;
+        target.attention_scratch_bytes = explain_cuda_attention_scratch;
     }
 
     int world = cli.explain && cli.world > 0 ? cli.world : ranks.world_size;

@@ -53,6 +53,18 @@ static plan_target_t bf16_target(double budget) {
     return t;
 }
 
+/* Attention scratch as the cuda backend asks for it with GQA (two fp32
+ * [S, Hq, hd] buffers and row sums), for plans that place it in the workspace. */
+static size_t attn_scratch(const op_shapes_t *sh) {
+    return (size_t)sh->attn_rows * (size_t)sh->hq * ((size_t)sh->hd * 2 + 1) * 4;
+}
+
+static plan_target_t scratch_target(double budget) {
+    plan_target_t t = bf16_target(budget);
+    t.attention_scratch_bytes = attn_scratch;
+    return t;
+}
+
 static plan_t *new_plan(void) { return calloc(1, sizeof(plan_t)); }
 
 static int compile(plan_t *p, const config_t *c, const model_t *m, int world, plan_target_t t, char *err) {
@@ -688,7 +700,7 @@ END_TEST
  * whatever else occupied those bytes; every read must find its own, intact. */
 
 enum { SP_WS = 0, SP_SLOT, SP_HOST };
-enum { K_ACT = 0, K_FWD, K_BWD, K_GRAD, K_LOGITS };
+enum { K_ACT = 0, K_FWD, K_BWD, K_GRAD, K_LOGITS, K_SCRATCH };
 
 typedef struct { int space, t, kind; size_t off, bytes; } vbuf_t;
 typedef struct {
@@ -819,6 +831,16 @@ static void sim_forward_step(sim_t *s, const plan_t *p, const graph_plan_t *gp, 
         if (is_saved(gp, t)) sim_write(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, slot);
         else sim_write(s, SP_WS, gp->t[t].fwd_off, ws_bytes(p, gp, t), t, K_FWD, ws);
     }
+    if (x->op == OP_ATTENTION && gp->attn_scratch_bytes) {
+        /* the op's scratch, in use while it reads its inputs and writes its outputs */
+        sim_write(s, SP_WS, gp->attn_scratch_off[0], gp->attn_scratch_bytes, x->out[0], K_SCRATCH, ws);
+        for (int i = 0; i < x->nin + x->nout; i++) {
+            int t = i < x->nin ? x->in[i] : x->out[i - x->nin];
+            int out = i >= x->nin;
+            if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, "attention (scratch in use)");
+            else sim_read(s, SP_WS, gp->t[t].fwd_off, ws_bytes(p, gp, t), t, K_FWD, out ? "attention output (scratch in use)" : "attention input (scratch in use)");
+        }
+    }
     if (x->op == OP_LMHEAD_LOSS) {      /* fused backward: writes d(input) now */
         /* the chunk's logits live in the shared workspace next to the
          * step's input and its gradient: all three must stay intact */
@@ -854,6 +876,14 @@ static void sim_recompute_step(sim_t *s, const plan_t *p, const graph_plan_t *gp
         if (is_saved(gp, t)) sim_write(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, slot);
         else sim_write(s, SP_WS, gp->t[t].bwd_off, ws_bytes(p, gp, t), t, K_BWD, ws);
     }
+    if (x->op == OP_ATTENTION && gp->attn_scratch_bytes) {
+        sim_write(s, SP_WS, gp->attn_scratch_off[1], gp->attn_scratch_bytes, x->out[0], K_SCRATCH, ws);
+        for (int i = 0; i < x->nin + x->nout; i++) {
+            int t = i < x->nin ? x->in[i] : x->out[i - x->nin];
+            if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, "recomputed attention (scratch in use)");
+            else sim_read(s, SP_WS, gp->t[t].bwd_off, ws_bytes(p, gp, t), t, K_BWD, "recomputed attention (scratch in use)");
+        }
+    }
 }
 
 static void sim_backward_step(sim_t *s, const plan_t *p, const graph_plan_t *gp, int st, size_t ws) {
@@ -873,6 +903,21 @@ static void sim_backward_step(sim_t *s, const plan_t *p, const graph_plan_t *gp,
         sim_read(s, SP_WS, gp->t[t].grad_off, ws_bytes(p, gp, t), t, K_GRAD, "backward (output gradient)");
     }
     for (int i = 0; i < x->nin; i++) sim_grad_write(s, p, gp, st, i, ws);
+    if (x->op == OP_ATTENTION && gp->attn_scratch_bytes) {
+        /* in use while the backward reads q, k, v, o, lse and do and writes dq, dk, dv */
+        sim_write(s, SP_WS, gp->attn_scratch_off[2], gp->attn_scratch_bytes, x->out[0], K_SCRATCH, ws);
+        for (int t = 0; t < g->nt; t++) {
+            if (!bwd_reads(x, t)) continue;
+            if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, "attention backward (scratch in use)");
+            else sim_read(s, SP_WS, gp->t[t].bwd_off, ws_bytes(p, gp, t), t, K_BWD, "attention backward (scratch in use)");
+        }
+        for (int i = 0; i < x->nin; i++)
+            if (has_grad(g, x->in[i]) && !in_resid(g, x->in[i]))
+                sim_read(s, SP_WS, gp->t[x->in[i]].grad_off, ws_bytes(p, gp, x->in[i]), x->in[i], K_GRAD,
+                         "attention gradient (scratch in use)");
+        sim_read(s, SP_WS, gp->t[x->out[0]].grad_off, ws_bytes(p, gp, x->out[0]), x->out[0], K_GRAD,
+                 "attention output gradient (scratch in use)");
+    }
 }
 
 static void simulate(const plan_t *p, const graph_plan_t *gp, int is_epilogue, const char *what) {
@@ -998,7 +1043,7 @@ START_TEST(test_sac_per_layer) {
         model_t *m = get_model(cases[i].model);
         const int L = (int)m->L;
         config_t c = make_cfg(m, cases[i].S, cases[i].world, cases[i].sp, SAC_FULL);
-        ck_assert_msg(compile(lo, &c, m, cases[i].world, bf16_target(0), err) == 0, "%s", err);
+        ck_assert_msg(compile(lo, &c, m, cases[i].world, scratch_target(0), err) == 0, "%s", err);
         ck_assert(!keeps_attention(&lo->layer));
         /* budgets from full recompute upward until every layer keeps attention's outputs */
         c.checkpointing.policy = SAC_AUTO;
@@ -1006,7 +1051,7 @@ START_TEST(test_sac_per_layer) {
         int prev_rich = 0, n_mixed = 0, reached_all = 0;
         for (int k = 0; k < 16 * L && !reached_all; k++) {
             double b = (double)lo->mem.device_total + k * step;
-            ck_assert_msg(compile(p, &c, m, cases[i].world, bf16_target(b), err) == 0, "%s", err);
+            ck_assert_msg(compile(p, &c, m, cases[i].world, scratch_target(b), err) == 0, "%s", err);
             ck_assert((double)p->mem.device_total <= b);
             int rich = keeps_attention(&p->layer) ? p->layers_rich : 0;
             ck_assert_msg(rich >= prev_rich, "case %zu: layers keeping attention fell from %d to %d as the budget grew",
@@ -1057,11 +1102,11 @@ START_TEST(test_workspace_walk) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         model_t *m = get_model(cases[i].model);
         config_t c = make_cfg(m, cases[i].S, cases[i].world, cases[i].sp, SAC_SAVE_ALL);
-        ck_assert_msg(compile(hi, &c, m, cases[i].world, bf16_target(0), err) == 0, "%s", err);
+        ck_assert_msg(compile(hi, &c, m, cases[i].world, scratch_target(0), err) == 0, "%s", err);
         snprintf(what, sizeof what, "case %zu save_all", i);
         simulate_plan(hi, what);
         c.checkpointing.policy = SAC_FULL;
-        ck_assert_msg(compile(lo, &c, m, cases[i].world, bf16_target(0), err) == 0, "%s", err);
+        ck_assert_msg(compile(lo, &c, m, cases[i].world, scratch_target(0), err) == 0, "%s", err);
         snprintf(what, sizeof what, "case %zu full", i);
         simulate_plan(lo, what);
         /* auto at budgets between the two extremes, with and without offload */
@@ -1071,7 +1116,7 @@ START_TEST(test_workspace_walk) {
                            k / 8.0 * ((double)hi->mem.device_total - (double)lo->mem.device_total);
                 c.checkpointing.policy = SAC_AUTO;
                 c.checkpointing.offload = off;
-                if (compile(p, &c, m, cases[i].world, bf16_target(b), err) != 0) continue;
+                if (compile(p, &c, m, cases[i].world, scratch_target(b), err) != 0) continue;
                 snprintf(what, sizeof what, "case %zu auto offload %d budget %.0f", i, off, b);
                 simulate_plan(p, what);
                 int rec = 0, sav = 0;
@@ -1091,7 +1136,7 @@ START_TEST(test_workspace_walk) {
         for (size_t i = 0; i < sizeof tiles / sizeof tiles[0]; i++) {
             config_t c = make_cfg(m, 200, 2, sp, SAC_FULL);
             c.checkpointing.mlp_tile_tokens = tiles[i];
-            ck_assert_msg(compile(p, &c, m, 2, bf16_target(0), err) == 0, "%s", err);
+            ck_assert_msg(compile(p, &c, m, 2, scratch_target(0), err) == 0, "%s", err);
             ck_assert_int_eq(p->layer.tile_rows, tiles[i]);
             ck_assert_str_eq(p->layer.g.s[p->layer.tile_begin].label, "gate_proj+up_proj");
             ck_assert_str_eq(p->layer.g.s[p->layer.tile_end].label, "down_proj");
@@ -1099,17 +1144,17 @@ START_TEST(test_workspace_walk) {
             simulate_plan(p, what);
             /* the tiles' intermediates take a tile of memory: less workspace than untiled */
             c.checkpointing.mlp_tile_tokens = 1000;
-            ck_assert_msg(compile(lo, &c, m, 2, bf16_target(0), err) == 0, "%s", err);
+            ck_assert_msg(compile(lo, &c, m, 2, scratch_target(0), err) == 0, "%s", err);
             ck_assert_int_eq(lo->layer.tile_rows, 0);
             ck_assert(p->layer.workspace_bytes < lo->layer.workspace_bytes);
         }
     /* the plan tiles on its own at long S; saved intermediates are never tiled */
     m = get_model(M_8B);
     config_t c = make_cfg(m, 131072, 8, 8, SAC_FULL);
-    ck_assert_msg(compile(p, &c, m, 8, bf16_target(0), err) == 0, "%s", err);
+    ck_assert_msg(compile(p, &c, m, 8, scratch_target(0), err) == 0, "%s", err);
     ck_assert_int_eq(p->layer.tile_rows, 4096);   /* 16384 tokens per rank; 28672 / 4096 = 7 tiles, floor 4096 */
     c.checkpointing.policy = SAC_SAVE_ALL;
-    ck_assert_msg(compile(p, &c, m, 8, bf16_target(0), err) == 0, "%s", err);
+    ck_assert_msg(compile(p, &c, m, 8, scratch_target(0), err) == 0, "%s", err);
     ck_assert_int_eq(p->layer.tile_rows, 0);
     free(p);
     free(lo);

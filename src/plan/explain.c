@@ -205,6 +205,9 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
     fprintf(out, "  saved slot %s per layer, host slot %s per layer, workspace %s\n",
             fmtb(b1, sizeof b1, (double)gp->saved_bytes), fmtb(b2, sizeof b2, (double)gp->offload_bytes),
             fmtb(b3, sizeof b3, (double)gp->workspace_bytes));
+    if (gp->attn_scratch_bytes)
+        fprintf(out, "  attention scratch %s, inside the workspace at each run of the attention step (forward, "
+                     "recompute, backward)\n", fmtb(b1, sizeof b1, (double)gp->attn_scratch_bytes));
     const graph_plan_t *tps[2] = {gp, mixed ? &p->layer_lean : NULL};
     for (int k = 0; k < 2; k++) {
         const graph_plan_t *tp = tps[k];

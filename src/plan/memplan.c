@@ -55,7 +55,7 @@ static int imax(int a, int b) { return a > b ? a : b; }
  * offset clear of every placed buffer whose lifetime intersects its own. */
 static size_t pack(wbuf_t *b, int n) {
     qsort(b, (size_t)n, sizeof *b, wbuf_cmp);
-    wbuf_t *live[GRAPH_MAX_TENSORS * 3];
+    wbuf_t *live[GRAPH_MAX_TENSORS * 3 + 3];
     size_t top = 0;
     for (int i = 0; i < n; i++) {
         int nl = 0;
@@ -195,8 +195,29 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
     gp->saved_bytes = so;
     gp->offload_bytes = ho;
 
-    wbuf_t b[GRAPH_MAX_TENSORS * 3];
+    wbuf_t b[GRAPH_MAX_TENSORS * 3 + 3];
     int nb = 0;
+    /* attention's scratch, at each time the step runs (t is the step here) */
+    gp->attn_scratch_bytes = 0;
+    for (int k = 0; k < 3; k++) gp->attn_scratch_off[k] = PLAN_NO_OFFSET;
+    for (int s = 0; s < ns && p->target.attention_scratch_bytes; s++) {
+        const graph_step_t *st = &g->s[s];
+        if (st->op != OP_ATTENTION) continue;
+        op_shapes_t sh;
+        memset(&sh, 0, sizeof sh);
+        sh.rows = p->seq_local;
+        sh.attn_rows = g->t[st->in[0]].rows == ROWS_GLOBAL ? p->seq_pad : p->seq_local;
+        sh.hq = st->heads;
+        sh.hkv = st->kv_heads;
+        sh.hd = st->head_dim;
+        size_t a = p->target.attention_scratch_bytes(&sh);
+        if (!a) break;
+        gp->attn_scratch_bytes = a;
+        b[nb++] = (wbuf_t){s, WS_SCRATCH_FWD, T_FWD(s), T_FWD(s), a, 0};
+        if (gp->recompute_step[s]) b[nb++] = (wbuf_t){s, WS_SCRATCH_RECOMP, T_RECOMP(s), T_RECOMP(s), a, 0};
+        b[nb++] = (wbuf_t){s, WS_SCRATCH_BWD, T_BWD(s), T_BWD(s), a, 0};
+        break;  /* one attention step per graph */
+    }
     for (int t = 0; t < g->nt; t++) {
         const tensor_plan_t *tp = &gp->t[t];
         if (t == g->input || t == g->output || prod[t] < 0) continue;
@@ -244,6 +265,7 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
      * (or backward) stays live through all of it. */
     if (gp->tile_rows)
         for (int i = 0; i < nb; i++) {
+            if (b[i].kind >= WS_SCRATCH_FWD) continue;
             int touched = 0;
             for (int s = tb; s <= te; s++) touched |= step_touches(&g->s[s], b[i].t);
             if (!touched) continue;
@@ -262,6 +284,10 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
 #undef IN_TILES
     gp->workspace_bytes = pack(b, nb);
     for (int i = 0; i < nb; i++) {
+        if (b[i].kind >= WS_SCRATCH_FWD) {
+            gp->attn_scratch_off[b[i].kind - WS_SCRATCH_FWD] = b[i].off;
+            continue;
+        }
         tensor_plan_t *tp = &gp->t[b[i].t];
         if (b[i].kind == WS_FWD) tp->fwd_off = b[i].off;
         else if (b[i].kind == WS_BWD) tp->bwd_off = b[i].off;

@@ -81,7 +81,7 @@ void memplan_regions(plan_t *p, const config_t *cfg);
 int memplan_all(plan_t *p, const config_t *cfg);
 
 /* Interval model used for workspace liveness (documented in docs/plan.md). */
-enum { WS_FWD = 0, WS_BWD, WS_GRAD };
+enum { WS_FWD = 0, WS_BWD, WS_GRAD, WS_SCRATCH_FWD, WS_SCRATCH_RECOMP, WS_SCRATCH_BWD };
 
 const char *plan_policy_name(sac_policy_t s);
 

@@ -30,6 +30,9 @@ typedef struct {
     /* Scratch the target's ops need at the plan's shapes (e.g. the attention
      * library's workspace); NULL when unknown (planning without the device). */
     size_t (*scratch_bytes)(const op_shapes_t *shapes);
+    /* Attention's scratch at its shapes (attn_rows, hq, hkv, hd), placed in
+     * the layer workspace at the attention steps; NULL: none. */
+    size_t (*attention_scratch_bytes)(const op_shapes_t *shapes);
 } plan_target_t;
 
 typedef enum {
@@ -70,6 +73,12 @@ typedef struct {
      * tile loop. tile_rows 0: no region. */
     int tile_begin, tile_end;
     int64_t tile_rows;
+    /* Attention's scratch (target.attention_scratch_bytes) inside the
+     * workspace, one buffer for each time the attention step runs: its
+     * forward, its recompute, its backward (PLAN_NO_OFFSET where it does not
+     * run); attn_scratch_bytes 0: none. */
+    size_t attn_scratch_bytes;
+    size_t attn_scratch_off[3];
 } graph_plan_t;
 
 typedef enum {
