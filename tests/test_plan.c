@@ -817,6 +817,23 @@ static void sim_grad_write(sim_t *s, const plan_t *p, const graph_plan_t *gp, in
     sim_write(s, SP_WS, gp->t[t].grad_off, ws_bytes(p, gp, t), t, K_GRAD, ws);
 }
 
+/* Attention's scratch for its forward (run 0) or recompute (run 1): in use
+ * while the step reads its inputs and writes its outputs, so all of them
+ * must be intact after it is written. */
+static void sim_attention_scratch(sim_t *s, const plan_t *p, const graph_plan_t *gp, const graph_step_t *x, int run,
+                                  size_t ws) {
+    if (!gp->attn_scratch_bytes) return;
+    sim_write(s, SP_WS, gp->attn_scratch_off[run], gp->attn_scratch_bytes, x->out[0], K_SCRATCH, ws);
+    for (int i = 0; i < x->nin + x->nout; i++) {
+        int t = i < x->nin ? x->in[i] : x->out[i - x->nin];
+        if (is_saved(gp, t))
+            sim_read(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, "attention (scratch in use)");
+        else
+            sim_read(s, SP_WS, run ? gp->t[t].bwd_off : gp->t[t].fwd_off, ws_bytes(p, gp, t), t, run ? K_BWD : K_FWD,
+                     "attention (scratch in use)");
+    }
+}
+
 static void sim_forward_step(sim_t *s, const plan_t *p, const graph_plan_t *gp, int st, size_t ws, size_t slot) {
     const graph_t *g = &gp->g;
     const graph_step_t *x = &g->s[st];
@@ -831,16 +848,7 @@ static void sim_forward_step(sim_t *s, const plan_t *p, const graph_plan_t *gp, 
         if (is_saved(gp, t)) sim_write(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, slot);
         else sim_write(s, SP_WS, gp->t[t].fwd_off, ws_bytes(p, gp, t), t, K_FWD, ws);
     }
-    if (x->op == OP_ATTENTION && gp->attn_scratch_bytes) {
-        /* the op's scratch, in use while it reads its inputs and writes its outputs */
-        sim_write(s, SP_WS, gp->attn_scratch_off[0], gp->attn_scratch_bytes, x->out[0], K_SCRATCH, ws);
-        for (int i = 0; i < x->nin + x->nout; i++) {
-            int t = i < x->nin ? x->in[i] : x->out[i - x->nin];
-            int out = i >= x->nin;
-            if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, "attention (scratch in use)");
-            else sim_read(s, SP_WS, gp->t[t].fwd_off, ws_bytes(p, gp, t), t, K_FWD, out ? "attention output (scratch in use)" : "attention input (scratch in use)");
-        }
-    }
+    if (x->op == OP_ATTENTION) sim_attention_scratch(s, p, gp, x, 0, ws);
     if (x->op == OP_LMHEAD_LOSS) {      /* fused backward: writes d(input) now */
         /* the chunk's logits live in the shared workspace next to the
          * step's input and its gradient: all three must stay intact */
@@ -876,14 +884,7 @@ static void sim_recompute_step(sim_t *s, const plan_t *p, const graph_plan_t *gp
         if (is_saved(gp, t)) sim_write(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, slot);
         else sim_write(s, SP_WS, gp->t[t].bwd_off, ws_bytes(p, gp, t), t, K_BWD, ws);
     }
-    if (x->op == OP_ATTENTION && gp->attn_scratch_bytes) {
-        sim_write(s, SP_WS, gp->attn_scratch_off[1], gp->attn_scratch_bytes, x->out[0], K_SCRATCH, ws);
-        for (int i = 0; i < x->nin + x->nout; i++) {
-            int t = i < x->nin ? x->in[i] : x->out[i - x->nin];
-            if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, "recomputed attention (scratch in use)");
-            else sim_read(s, SP_WS, gp->t[t].bwd_off, ws_bytes(p, gp, t), t, K_BWD, "recomputed attention (scratch in use)");
-        }
-    }
+    if (x->op == OP_ATTENTION) sim_attention_scratch(s, p, gp, x, 1, ws);
 }
 
 static void sim_backward_step(sim_t *s, const plan_t *p, const graph_plan_t *gp, int st, size_t ws) {
