@@ -107,26 +107,6 @@ static int read_all_fd(int fd, void *buf, size_t n, off_t at) {
     return 0;
 }
 
-static int fsync_dir(const char *dir) {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
-static int mkdir_p(const char *path) {
-    char buf[CFG_PATH_MAX + 64];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return -1;
-    for (char *q = buf + 1; *q; q++) {
-        if (*q != '/') continue;
-        *q = 0;
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return -1;
-        *q = '/';
-    }
-    return mkdir(buf, 0777) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 /* Remove a folder of plain files (a checkpoint). */
 static int remove_tree(const char *dir) {
     DIR *d = opendir(dir);
@@ -538,7 +518,7 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
     file_sum_t sums[F__COUNT];
     int rc = 0;
     if (lead) {
-        if (mkdir_p(cdir) != 0)
+        if (asp_mkdir_p(cdir) != 0)
             rc = asp_errf(err, errlen, "cannot create %s: %s; check that io.run_dir is writable", cdir, strerror(errno));
         else {
             remove_tree(tmp);
@@ -588,7 +568,7 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
         wfile_t w;
         rc = wopen(&w, path, err, errlen) || wput(&w, text, (size_t)at, err, errlen) || wclose(&w, err, errlen) ? -1 : 0;
     }
-    if (lead && !rc && fsync_dir(tmp) != 0)
+    if (lead && !rc && asp_fsync_dir(tmp) != 0)
         rc = asp_errf(err, errlen, "cannot sync %s: %s", tmp, strerror(errno));
     if (lead && !rc) {
         /* a checkpoint of the same step (a rerun of a finished step) is replaced */
@@ -597,7 +577,7 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
         int had = rename(fin, old) == 0;
         if (rename(tmp, fin) != 0)
             rc = asp_errf(err, errlen, "cannot rename %s to %s: %s", tmp, fin, strerror(errno));
-        else if (fsync_dir(cdir) != 0)
+        else if (asp_fsync_dir(cdir) != 0)
             rc = asp_errf(err, errlen, "cannot sync %s: %s", cdir, strerror(errno));
         if (had) remove_tree(old);
     }

@@ -511,20 +511,8 @@ int hf_write_config(const char *path, const model_config_t *c, st_dtype_t dtype,
     return asp_write_atomic(path, fill_config, &o, err, errlen);
 }
 
-static int mkdir_p(const char *path) {
-    char buf[CFG_PATH_MAX + 16];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return -1;
-    for (char *q = buf + 1; *q; q++) {
-        if (*q != '/') continue;
-        *q = 0;
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return -1;
-        *q = '/';
-    }
-    return mkdir(buf, 0777) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 int hf_export(const char *dir, const model_t *m, const float *flat, st_dtype_t dtype, char *err, size_t errlen) {
-    if (mkdir_p(dir))
+    if (asp_mkdir_p(dir))
         return asp_errf(err, errlen, "%s: cannot create the export folder: %s", dir, strerror(errno));
     st_write_tensor_t *t = calloc((size_t)m->nparams, sizeof *t);
     if (!t) return asp_errf(err, errlen, "%s: out of memory", dir);

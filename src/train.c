@@ -33,19 +33,6 @@ double train_lr(const train_config_t *t, int64_t step) {
     return t->min_lr + 0.5 * (t->lr - t->min_lr) * (1.0 + cos(M_PI * progress));
 }
 
-static int mkdir_p(const char *path) {
-    char buf[CFG_PATH_MAX];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return -1;
-    for (char *q = buf + 1; *q; q++) {
-        if (*q != '/') continue;
-        *q = 0;
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return -1;
-        *q = '/';
-    }
-    if (mkdir(buf, 0777) != 0 && errno != EEXIST) return -1;
-    return 0;
-}
-
 typedef struct {
     const double *losses;
     int64_t steps;
@@ -192,7 +179,7 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     /* ---- run folder: the effective config and the metrics log */
     FILE *metrics = NULL;
     if (lead) {
-        if (mkdir_p(cfg->io.run_dir) != 0)
+        if (asp_mkdir_p(cfg->io.run_dir) != 0)
             asp_die(ASP_EXIT_USAGE, "cannot create io.run_dir %s: %s", cfg->io.run_dir, strerror(errno));
         char path[CFG_PATH_MAX + 32];
         snprintf(path, sizeof path, "%s/config.yaml", cfg->io.run_dir);

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,13 +128,32 @@ int asp_write_atomic(const char *path, int (*fill)(FILE *f, void *ctx, char *err
     if (!slash) strcpy(dir, ".");
     else if (slash == dir) dir[1] = 0;
     else *slash = 0;
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
+    asp_fsync_dir(dir);
     free(dir);
     return 0;
+}
+
+int asp_fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int asp_mkdir_p(const char *path) {
+    char buf[PATH_MAX];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *q = buf + 1; *q; q++) {
+        if (*q != '/') continue;
+        *q = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return -1;
+        *q = '/';
+    }
+    return mkdir(buf, 0777) != 0 && errno != EEXIST ? -1 : 0;
 }
 
 int asp_map_file(const char *path, const char *what, const char *hint, void **map, size_t *bytes, char *err,

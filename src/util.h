@@ -50,6 +50,15 @@ int asp_errf(char *err, size_t errlen, const char *fmt, ...) ASP_PRINTF(3, 4);
 int asp_write_atomic(const char *path, int (*fill)(FILE *f, void *ctx, char *err, size_t errlen), void *ctx,
                      char *err, size_t errlen);
 
+/* mkdir -p: create `path` and any missing parents (0777 before umask).
+ * Returns 0 (also when it exists), or -1 with errno set (ENAMETOOLONG for
+ * a path longer than PATH_MAX). */
+int asp_mkdir_p(const char *path);
+
+/* fsync a folder, so that renames and new entries in it are durable.
+ * Returns 0, or -1 with errno set. */
+int asp_fsync_dir(const char *dir);
+
 /* Map a regular file read-only. `what` names it in messages ("token shard"),
  * `hint` ends them ("create it with ..."). An empty file maps to *map = NULL, *bytes = 0 (callers say
  * what an empty file means for them). Returns 0, or -1 with a message.

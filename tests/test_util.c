@@ -1,7 +1,9 @@
 /* asp_write_atomic: a reader sees the old file or the new one, never half of
  * either, and a failed write leaves nothing behind. asp_map_file: mapping,
- * empty files, and the messages for what is not a file. */
+ * empty files, and the messages for what is not a file. asp_mkdir_p and
+ * asp_fsync_dir. */
 #include <check.h>
+#include <errno.h>
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +13,7 @@
 #include <unistd.h>
 
 #include "util.h"
+#include "testutil.h"
 
 static char dir[64];
 
@@ -107,11 +110,42 @@ START_TEST(t_map_file) {
 }
 END_TEST
 
+START_TEST(t_mkdir_p) {
+    char d[64], deep[256], file[256];
+    ck_assert_ptr_nonnull(test_mkdtemp(d, sizeof d, "asp_test_mkdir"));
+    snprintf(deep, sizeof deep, "%s/a/b/c", d);
+    ck_assert_int_eq(asp_mkdir_p(deep), 0);
+    struct stat st;
+    ck_assert(stat(deep, &st) == 0 && S_ISDIR(st.st_mode));
+    ck_assert_int_eq(asp_mkdir_p(deep), 0);             /* already there */
+    ck_assert_int_eq(asp_fsync_dir(deep), 0);
+    /* a file in the way */
+    snprintf(file, sizeof file, "%s/a/f", d);
+    FILE *f = fopen(file, "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    snprintf(deep, sizeof deep, "%s/a/f/x", d);
+    ck_assert_int_eq(asp_mkdir_p(deep), -1);
+    ck_assert_int_eq(asp_fsync_dir(file), -1);
+    /* longer than a path can be */
+    char *huge = malloc(8192);
+    memset(huge, 'x', 8191);
+    huge[0] = '/';
+    huge[8191] = 0;
+    errno = 0;
+    ck_assert_int_eq(asp_mkdir_p(huge), -1);
+    ck_assert_int_eq(errno, ENAMETOOLONG);
+    free(huge);
+    ck_assert_int_eq(test_rmtree(d), 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("util");
     TCase *tc = tcase_create("atomic write");
     tcase_add_test(tc, t_write_atomic);
     tcase_add_test(tc, t_map_file);
+    tcase_add_test(tc, t_mkdir_p);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
