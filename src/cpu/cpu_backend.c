@@ -172,28 +172,6 @@ static void rmsnorm_dw(float *dw, const float *X, const float *DY, const float *
     }
 }
 
-static void cpu_rmsnorm_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
-                            int64_t n, int64_t d, float eps) {
-    const float *X = CF(x), *DY = CF(dout), *W = CF(w);
-    float *rstd = cpu_alloc((size_t)n * 4, "rmsnorm_bwd row statistics");
-    #pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < n; t++) {
-        const float *xr = X + t * d, *dy = DY + t * d;
-        float r = row_rstd(xr, d, eps);
-        rstd[t] = r;
-        if (!dx) continue;
-        double dot = 0;
-        for (int64_t i = 0; i < d; i++) dot += (double)W[i] * dy[i] * xr[i];
-        float coef = (float)((double)r * r * r / (double)d * dot);
-        float *o = F(dx) + t * d;
-        for (int64_t i = 0; i < d; i++) {
-            float g = r * (W[i] * dy[i]) - xr[i] * coef;
-            o[i] = acc ? o[i] + g : g;
-        }
-    }
-    if (dw) rmsnorm_dw(F(dw), X, DY, rstd, n, d);
-    free(rstd);
-}
 
 /* Residual add + RMSNorm: the same arithmetic as add_fwd then rmsnorm_fwd
  * (bitwise equal results), one pass over each row. */
@@ -213,7 +191,7 @@ static void cpu_add_rmsnorm_fwd(void *h, void *hn, const void *a, const void *b,
 static void cpu_add_rmsnorm_bwd(void *da, int acc_a, void *db, int acc_b, void *dw, const void *dh,
                                 const void *dhn, const void *h, const void *w, int64_t n, int64_t d, float eps) {
     const float *X = CF(h), *DY = CF(dhn), *W = CF(w), *DH = CF(dh);
-    float *rstd = cpu_alloc((size_t)n * 4, "add_rmsnorm_bwd row statistics");
+    float *rstd = cpu_alloc((size_t)n * 4, "rmsnorm backward row statistics");
     #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < n; t++) {
         const float *xr = X + t * d, *dy = DY + t * d;
@@ -233,6 +211,12 @@ static void cpu_add_rmsnorm_bwd(void *da, int acc_a, void *db, int acc_b, void *
     }
     if (dw) rmsnorm_dw(F(dw), X, DY, rstd, n, d);
     free(rstd);
+}
+
+/* RMSNorm's backward is the fused one's with no residual gradient and one addend. */
+static void cpu_rmsnorm_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
+                            int64_t n, int64_t d, float eps) {
+    cpu_add_rmsnorm_bwd(dx, acc, NULL, 0, dw, NULL, dout, x, w, n, d, eps);
 }
 
 /* ------------------------------------------------------------ matmul */
