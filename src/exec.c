@@ -440,6 +440,22 @@ static uint8_t *staging(exec_t *e, uint8_t *buf, const char *which, const graph_
     return buf;
 }
 
+/* The sequence-sharded -> head-sharded all-to-all of step si's head
+ * tensor src into dst: sent as it is when src already holds per-peer blocks
+ * (packed), else packed into the a2a_send staging first (`staged`). The
+ * forward of SEQ_TO_HEAD and the backward of HEAD_TO_SEQ both send this way. */
+static void a2a_send_heads(exec_t *e, const walk_t *w, int si, const uint8_t *src, uint8_t *dst, int staged) {
+    const graph_step_t *s = &w->gp->g.s[si];
+    const plan_t *p = e->plan;
+    if (staged) {
+        uint8_t *send = staging(e, e->a2a_send, "a2a_send", &w->gp->g, si);
+        e->be->heads_pack(send, src, p->seq_local, s->heads, s->head_dim, p->sp);
+        src = send;
+    }
+    size_t count = (size_t)(p->seq_local * a2a_heads_per_rank(s->heads, p->sp) * s->head_dim);
+    e->coll->alltoall(e->ranks->sp, src, dst, count, e->be->act_dtype);
+}
+
 /* ------------------------------------------------------------------ forward */
 
 /* Attention's scratch lives in the layer workspace, one buffer for each of
@@ -526,18 +542,10 @@ static void run_forward(exec_t *e, const walk_t *w, int si, phase_t ph, float gr
     case OP_LMHEAD_LOSS:
         lmhead_loss(e, w, s, grad_scale);
         break;
-    case OP_A2A_SEQ_TO_HEAD: {
+    case OP_A2A_SEQ_TO_HEAD:
         /* a packed tensor is already the per-peer blocks: send it as it is */
-        int64_t hpr = a2a_heads_per_rank(s->heads, p->sp);
-        const uint8_t *src = IN(0);
-        if (plan_a2a_staging(w->gp, si).fwd_send) {
-            uint8_t *send = staging(e, e->a2a_send, "a2a_send", g, si);
-            be->heads_pack(send, src, p->seq_local, s->heads, s->head_dim, p->sp);
-            src = send;
-        }
-        e->coll->alltoall(e->ranks->sp, src, OUT(0), (size_t)(p->seq_local * hpr * s->head_dim), be->act_dtype);
+        a2a_send_heads(e, w, si, IN(0), OUT(0), plan_a2a_staging(w->gp, si).fwd_send);
         break;
-    }
     case OP_A2A_HEAD_TO_SEQ: {
         /* o is stored packed: receive straight into it */
         int64_t hpr = a2a_heads_per_rank(s->heads, p->sp);
@@ -654,19 +662,11 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
         else be->heads_unpack(DIN(0), recv, p->seq_local, s->heads, s->head_dim, p->sp, ACC(0));
         break;
     }
-    case OP_A2A_HEAD_TO_SEQ: {
+    case OP_A2A_HEAD_TO_SEQ:
         /* the gradient of a packed o is already the per-peer blocks */
-        int64_t hpr = a2a_heads_per_rank(s->heads, p->sp);
         need_overwrite(w, si, 0);
-        const uint8_t *src = DOUT(0);
-        if (plan_a2a_staging(w->gp, si).bwd_send) {
-            uint8_t *send = staging(e, e->a2a_send, "a2a_send", g, si);
-            be->heads_pack(send, src, p->seq_local, s->heads, s->head_dim, p->sp);
-            src = send;
-        }
-        e->coll->alltoall(e->ranks->sp, src, DIN(0), (size_t)(p->seq_local * hpr * s->head_dim), be->act_dtype);
+        a2a_send_heads(e, w, si, DOUT(0), DIN(0), plan_a2a_staging(w->gp, si).bwd_send);
         break;
-    }
     default:
         asp_die(ASP_EXIT_FAILURE, "internal: op %s has no backward in the executor", op_name(s->op));
     }
