@@ -220,9 +220,7 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
     }
     if (mixed) {
         const graph_plan_t *lp = &p->layer_lean;
-        double rc = 0;
-        for (int s = 0; s < lp->g.ns; s++)
-            if (lp->recompute_step[s]) rc += sac_recompute_step_flops(p, lp, s);
+        double rc = sac_graph_recompute_flops(p, lp);
         fprintf(out, "  auto, per layer: attention's outputs fit in %d of %lld layers; layers %d-%lld recompute "
                      "everything from their input, attention included (%.2f GFLOP per layer): saved slot %s, "
                      "workspace %s\n",

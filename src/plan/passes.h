@@ -47,6 +47,8 @@ size_t sac_step_comm_bytes(const plan_t *p, const graph_t *g, int s);
 /* FLOPs of recomputing step s under gp's keeps (a norm only, see
  * plan_recompute_norm_only, or the whole step). */
 double sac_recompute_step_flops(const plan_t *p, const graph_plan_t *gp, int s);
+/* FLOPs one run of gp's recompute steps costs (per rank). */
+double sac_graph_recompute_flops(const plan_t *p, const graph_plan_t *gp);
 
 /* Given keeps already set in gp->t[].keep, derive recompute_step (the closure
  * of steps that rebuild every KEEP_RECOMPUTE tensor), grad_first, and the

@@ -25,11 +25,7 @@ static int compile_at(plan_t *p, const config_t *cfg, const model_t *m, int worl
     if (sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen)) return -1;
     int fits = sac_pass(p, cfg);
     double rc = 0;
-    for (int l = 0; l < (int)m->L; l++) {
-        const graph_plan_t *lp = plan_layer_plan(p, l);
-        for (int s = 0; s < lp->g.ns; s++)
-            if (lp->recompute_step[s]) rc += sac_recompute_step_flops(p, lp, s);
-    }
+    for (int l = 0; l < (int)m->L; l++) rc += sac_graph_recompute_flops(p, plan_layer_plan(p, l));
     p->recompute_flops_per_step = rc * (double)p->micro_steps * (double)p->world;
     p->flops_per_step = plan_flops_per_token(m, seq_len) * (double)seq_len * (double)cfg->train.global_batch_size;
     return fits ? 0 : 1;

@@ -111,6 +111,13 @@ double sac_recompute_step_flops(const plan_t *p, const graph_plan_t *gp, int s) 
     return rebuild_flops(p, &gp->g, s, plan_recompute_norm_only(gp, s));
 }
 
+double sac_graph_recompute_flops(const plan_t *p, const graph_plan_t *gp) {
+    double rc = 0;
+    for (int s = 0; s < gp->g.ns; s++)
+        if (gp->recompute_step[s]) rc += sac_recompute_step_flops(p, gp, s);
+    return rc;
+}
+
 /* Mark (in rstep) every step needed to rebuild tensor t, given the keeps;
  * returns the cost of the steps newly marked. */
 static void closure_from(const plan_t *p, const graph_t *g, const keep_t *keep, int t, int *rstep, double *flops,
