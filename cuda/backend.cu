@@ -406,6 +406,7 @@ static backend_t make_backend(void) {
     b.swiglu_bwd = cuda_swiglu_bwd;
     b.add_fwd = cuda_add_fwd;
     b.accumulate = cuda_accumulate;
+    b.grad_accumulate = cuda_grad_accumulate;
     b.xent_fwd_bwd = cuda_xent_fwd_bwd;
     b.heads_pack = cuda_heads_pack;
     b.heads_unpack = cuda_heads_unpack;

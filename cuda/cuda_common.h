@@ -105,6 +105,7 @@ void cuda_swiglu_fwd(void *out, const void *gu, int64_t n, int64_t f);
 void cuda_swiglu_bwd(void *dgu, const void *dout, const void *gu, int64_t n, int64_t f);
 void cuda_add_fwd(void *out, const void *a, const void *b, size_t count);
 void cuda_accumulate(void *dst, const void *src, size_t count, int acc);
+void cuda_grad_accumulate(void *dst, const void *src, size_t count, int acc);
 void cuda_xent_fwd_bwd(void *logits, float *loss_sum, const int32_t *targets, int64_t n, int64_t vocab,
                        float grad_scale);
 void cuda_heads_pack(void *dst, const void *src, int64_t n, int64_t heads, int64_t hd, int P);

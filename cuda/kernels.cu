@@ -647,6 +647,22 @@ extern "C" void cuda_accumulate(void *dst, const void *src, size_t count, int ac
     else if (count) CUDA_CHECK(cudaMemcpyAsync(dst, src, count * sizeof(bf16), cudaMemcpyDeviceToDevice, g_cuda.stream));
 }
 
+/* fp32 gradient shard: dst += src */
+__global__ void k_add_f32(float *dst, const float *src, size_t count) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) dst[i] += src[i];
+}
+
+extern "C" void cuda_grad_accumulate(void *dst, const void *src, size_t count, int acc) {
+    if (!count) return;
+    if (!acc) {
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, count * sizeof(float), cudaMemcpyDeviceToDevice, g_cuda.stream));
+        return;
+    }
+    k_add_f32<<<cuda_blocks(count, 256), 256, 0, g_cuda.stream>>>((float *)dst, (const float *)src, count);
+    CUDA_CHECK_LAUNCH("grad_accumulate");
+}
+
 /* ------------------------------------------------------------ cross entropy */
 
 /* One block per row: max, then sum of exp, then the gradient written over the

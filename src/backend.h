@@ -160,6 +160,9 @@ typedef struct backend {
     void (*heads_unpack)(void *dst, const void *src, int64_t n, int64_t heads, int64_t hd, int P, int acc);
 
     /* ---- optimizer */
+    /* dst (+)= src over count gradient elements (grad_dtype): ZeRO 2-3 add each
+     * micro-step's reduced bucket into the rank's gradient shard */
+    void (*grad_accumulate)(void *dst, const void *src, size_t count, int acc);
     /* *sumsq (fp32 scalar) += sum of grad[i]^2 (grad_dtype) */
     void (*grad_sumsq)(float *sumsq, const void *grad, size_t n);
     /* One AdamW step (bias-corrected, decoupled weight decay) on n elements:

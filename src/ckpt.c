@@ -536,8 +536,8 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
 
     size_t n = plan->n_params;
     float *buf = lead ? asp_malloc(n * sizeof(float), "checkpoint buffer") : NULL;
+    exec_get_params(e, buf, 0);   /* collective under ZeRO-3 */
     if (lead) {
-        exec_get_params(e, buf);
         pathf(path, sizeof path, "%s/%s", tmp, file_names[F_WEIGHTS]);
         rc = write_array(path, plan->target.param_bytes == 2 ? DT_BF16 : DT_F32, buf, n, &sums[F_WEIGHTS], err, errlen);
     }

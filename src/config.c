@@ -26,6 +26,8 @@ typedef enum {
     KT_SAC,        /* sac_policy_t */
     KT_DEVICE,     /* device_kind_t */
     KT_SP,         /* int64_t; positive integer or auto (stored as 0) */
+    KT_AUTO,       /* int; integer in ilo..ihi or auto (stored as -1) */
+    KT_TRI,        /* int; true (1), false (0) or auto (-1) */
     KT_ROPE,       /* rope_scaling_t: a mapping, or null for plain RoPE */
     KT_ROPE_TYPE,  /* rope_scaling.rope_type: llama3 (no field: it enables scaling) */
 } key_type_t;
@@ -139,10 +141,16 @@ static const cfg_key_t cfg_keys[] = {
      .ilo = 1, .ihi = 1 << 20,
      .help = "ranks that share one sequence (Ulysses degree P); auto lets the plan pick it from "
              "the world size and head counts; the remaining factor of ranks is data parallel"},
-    {"parallel", "zero_stage", KT_INT, FLD(parallel.zero_stage), .ilo = 0, .ihi = 1,
-     .expect = "0 or 1 (ZeRO-2 and ZeRO-3 are not supported)",
-     .help = "0: every rank holds all optimizer state; 1: master weights and AdamW moments "
-             "sharded over all ranks"},
+    {"parallel", "zero_stage", KT_AUTO, FLD(parallel.zero_stage), .ilo = 0, .ihi = 3,
+     .expect = "0, 1, 2, 3 or auto",
+     .help = "how model state is sharded over all ranks: 0 nothing; 1 fp32 master weights and AdamW "
+             "moments; 2 also the gradients (each layer's produced in a bucket buffer and "
+             "reduce-scattered into the rank's shard); 3 also the weights (each layer's gathered just "
+             "before its forward and its backward); auto: the lowest stage that fits"},
+    /* ---------------------------------------------------------------- optimizer */
+    {"optimizer", "offload", KT_TRI, FLD(optimizer.offload),
+     .help = "keep the fp32 master weights, AdamW moments and gradient shard in pinned host memory "
+             "and run AdamW on the CPU, bucket by bucket; auto: only when the GPU cannot hold them"},
     /* ---------------------------------------------------------------- checkpointing */
     {"checkpointing", "policy", KT_SAC, FLD(checkpointing.policy),
      .help = "what the backward keeps: save_all every activation, full the fewest (the rest is "
@@ -185,6 +193,7 @@ static const struct { const char *name, *help; } cfg_sections[] = {
     {"train", "optimizer, schedule and batch"},
     {"data", "the token file"},
     {"parallel", "how ranks split the work"},
+    {"optimizer", "where the optimizer state lives (AdamW's hyperparameters are in train)"},
     {"checkpointing", "sequence-aware activation checkpointing (SAC)"},
     {"io", "where results go"},
 };
@@ -240,7 +249,8 @@ void config_defaults(config_t *cfg) {
     t->device = DEVICE_AUTO;
     cfg->data.shuffle = 1;
     cfg->parallel.sequence_parallel_size = 0;
-    cfg->parallel.zero_stage = 1;
+    cfg->parallel.zero_stage = -1;
+    cfg->optimizer.offload = -1;
     cfg->checkpointing.policy = SAC_AUTO;
     cfg->checkpointing.memory_budget_gib = 0.0;
     cfg->checkpointing.offload = 0;
@@ -461,6 +471,10 @@ static const char *expect_text(const cfg_key_t *k, int over_hi, char *buf, size_
             snprintf(buf, len, "a number %s %s", k->flo_open ? ">" : ">=", a);
         return buf;
     case KT_BOOL: return "true or false";
+    case KT_TRI: return "true, false or auto";
+    case KT_AUTO:
+        snprintf(buf, len, "an integer from %lld to %lld, or auto", (long long)k->ilo, (long long)k->ihi);
+        return buf;
     case KT_STR: return k->ilo ? "a non-empty string" : "a string";
     case KT_ARCH: return "llama (the supported model families)";
     case KT_SAC: return "one of auto, save_all, full";
@@ -506,6 +520,22 @@ static int set_value(config_t *cfg, const cfg_key_t *k, const char *text, int qu
         if (rc == -2) FAIL(text[0] != '-');
         if (!int_in_range(k, v, &over)) FAIL(over);
         set_int(cfg, k, v);
+        return 0;
+    }
+    case KT_AUTO: {
+        int64_t v;
+        if (quoted) FAIL(0);
+        if (!strcmp(text, "auto")) { *(int *)field(cfg, k) = -1; return 0; }
+        if (parse_int(text, &v) || v < k->ilo || v > k->ihi) FAIL(0);
+        *(int *)field(cfg, k) = (int)v;
+        return 0;
+    }
+    case KT_TRI: {
+        int v;
+        if (quoted) FAIL(0);
+        if (!strcmp(text, "auto")) { *(int *)field(cfg, k) = -1; return 0; }
+        if (parse_bool(text, &v)) FAIL(0);
+        *(int *)field(cfg, k) = v;
         return 0;
     }
     case KT_SEED: {
@@ -591,9 +621,16 @@ static int validate_impl(const config_t *cfg, char *err, size_t errlen, int *bla
             fmt_double(vbuf, sizeof vbuf, v);
             break;
         }
-        case KT_BOOL: {
+        case KT_BOOL:
+        case KT_TRI: {
             int v = *(const int *)cfield(cfg, k);
-            ok = v == 0 || v == 1;
+            ok = v == 0 || v == 1 || (k->type == KT_TRI && v == -1);
+            snprintf(vbuf, sizeof vbuf, "%d", v);
+            break;
+        }
+        case KT_AUTO: {
+            int v = *(const int *)cfield(cfg, k);
+            ok = v == -1 || (v >= k->ilo && v <= k->ihi);
             snprintf(vbuf, sizeof vbuf, "%d", v);
             break;
         }
@@ -1009,6 +1046,17 @@ static void value_text(const config_t *cfg, const cfg_key_t *k, char *buf, size_
     case KT_SEED: snprintf(buf, len, "%llu", (unsigned long long)*(const uint64_t *)cfield(cfg, k)); break;
     case KT_FLOAT: fmt_double(buf, len, *(const double *)cfield(cfg, k)); break;
     case KT_BOOL: snprintf(buf, len, "%s", *(const int *)cfield(cfg, k) ? "true" : "false"); break;
+    case KT_TRI: {
+        int v = *(const int *)cfield(cfg, k);
+        snprintf(buf, len, "%s", v < 0 ? "auto" : v ? "true" : "false");
+        break;
+    }
+    case KT_AUTO: {
+        int v = *(const int *)cfield(cfg, k);
+        if (v < 0) snprintf(buf, len, "auto");
+        else snprintf(buf, len, "%d", v);
+        break;
+    }
     case KT_STR:
     case KT_ARCH: {
         /* double-quoted YAML string */
@@ -1047,6 +1095,10 @@ static const char *type_text(const cfg_key_t *k, char *buf, size_t len) {
         snprintf(buf, len, "number %s %g", k->flo_open ? ">" : ">=", k->flo);
         return buf;
     case KT_BOOL: return "true | false";
+    case KT_TRI: return "true | false | auto";
+    case KT_AUTO:
+        snprintf(buf, len, "%lld..%lld or auto", (long long)k->ilo, (long long)k->ihi);
+        return buf;
     case KT_STR: return "string";
     case KT_ARCH: return "llama";
     case KT_SAC: return "auto | save_all | full";

@@ -67,8 +67,12 @@ typedef struct {
 
 typedef struct {
     int64_t sequence_parallel_size; /* 0 means "auto" */
-    int zero_stage;                 /* 0 or 1 */
+    int zero_stage;                 /* 0..3, or -1: auto (the lowest stage that fits) */
 } parallel_config_t;
+
+typedef struct {
+    int offload;                /* optimizer state on the host: 1, 0, or -1 auto (when the GPU cannot hold it) */
+} optimizer_config_t;
 
 typedef struct {
     sac_policy_t policy;        /* auto | save_all | full */
@@ -95,6 +99,7 @@ typedef struct {
     train_config_t train;
     data_config_t data;
     parallel_config_t parallel;
+    optimizer_config_t optimizer;
     checkpointing_config_t checkpointing;
     io_config_t io;
 } config_t;

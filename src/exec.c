@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/host_optim.h"
 #include "util.h"
 
 typedef enum { PHASE_FWD, PHASE_BWD } phase_t;
@@ -27,6 +28,19 @@ struct exec {
     double *rope_freq;
     float *scalars;             /* [0] loss sum, [1] gradient sum of squares */
     uint8_t *offload;
+    /* model-state pipeline (ZeRO 2-3, optimizer offload); see docs/plan.md */
+    uint8_t *param_buf[PLAN_BUCKET_SLOTS], *grad_buf[PLAN_BUCKET_SLOTS];
+    uint8_t *grad_shard, *grad_stage[PLAN_BUCKET_SLOTS], *param_stage[2];
+    int slot_holds[PLAN_BUCKET_SLOTS];      /* ZeRO-3: bucket whose weights param_buf[s] holds, -1 none */
+    int slot_waited[PLAN_BUCKET_SLOTS];     /* the compute stream already waits for that gather */
+    long long slot_ticket[PLAN_BUCKET_SLOTS];
+    int gslot_bucket[PLAN_BUCKET_SLOTS];    /* bucket whose gradient slot s holds, -1 none */
+    int gslot_done[PLAN_BUCKET_SLOTS];      /* its reduction and copy are issued (ticket valid) */
+    long long gslot_ticket[PLAN_BUCKET_SLOTS];
+    long long upload_ticket[2];             /* optimizer offload: param_stage[k]'s last copy to the device */
+    int upload_used[2];
+    int micro_index;                        /* micro-step of the optimizer step, from 0 */
+    double optim_host_s;                    /* host optimizer seconds of the last step (AdamW and copies) */
     int shards;                 /* ranks sharing the optimizer state (1 for ZeRO-0) */
     int shard_rank;             /* which slice of every bucket this rank owns (0 for ZeRO-0) */
     int last_micro;             /* the micro-step that completes the gradients: buckets reduce as they finish */
@@ -126,11 +140,13 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     e->profile = prof && *prof && strcmp(prof, "0") != 0;
 
     static const char *what[ARENA__COUNT] = {"parameters and gradients", "optimizer state",
-                                             "saved activations", "workspace", "host offload"};
+                                             "saved activations", "workspace", "host offload",
+                                             "host optimizer state"};
     for (int a = 0; a < ARENA__COUNT; a++) {
         size_t bytes = plan->mem.arena_bytes[a];
         if (!bytes) continue;
-        e->arena[a] = a == ARENA_HOST ? be->host_alloc(bytes, what[a]) : be->alloc(bytes, what[a]);
+        int host = a == ARENA_HOST || a == ARENA_HOST_STATE;
+        e->arena[a] = host ? be->host_alloc(bytes, what[a]) : be->alloc(bytes, what[a]);
     }
     const memplan_t *m = &plan->mem;
     e->params = region_ptr(e, &m->params);
@@ -152,6 +168,17 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     e->rope_freq = (double *)region_ptr(e, &m->rope_freq);
     e->scalars = (float *)region_ptr(e, &m->scalars);
     e->offload = region_ptr(e, &m->offload);
+    for (int k = 0; k < PLAN_BUCKET_SLOTS; k++) {
+        e->param_buf[k] = region_ptr(e, &m->param_buf[k]);
+        e->grad_buf[k] = region_ptr(e, &m->grad_buf[k]);
+        e->grad_stage[k] = region_ptr(e, &m->grad_stage[k]);
+        e->slot_holds[k] = e->gslot_bucket[k] = -1;
+    }
+    e->grad_shard = region_ptr(e, &m->grad_shard);
+    for (int k = 0; k < 2; k++) e->param_stage[k] = region_ptr(e, &m->param_stage[k]);
+    if ((plan->zero_stage >= 2 || plan->optim_offload) && e->grd != 4)
+        asp_die(ASP_EXIT_FAILURE, "internal: ZeRO-%d and the host optimizer need fp32 gradients", plan->zero_stage);
+    if (plan->optim_offload) host_optim_threads(r->local_size);
     /* the backend's op scratch comes from the plan: no op allocates while training */
     if (be->set_scratch) be->set_scratch(region_ptr(e, &m->scratch), m->scratch.bytes);
 
@@ -161,10 +188,24 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     /* Padding elements of the flat buffers must be zero: they take part in
      * the reduce-scatter and all-gather but belong to no parameter. */
     be->zero(e->params, m->params.bytes);
-    be->zero(e->grads, m->grads.bytes);
-    be->zero(e->adam_m, m->adam_m.bytes);
-    be->zero(e->adam_v, m->adam_v.bytes);
-    be->zero(e->master, m->master.bytes);
+    if (e->grads) be->zero(e->grads, m->grads.bytes);
+    for (int k = 0; k < PLAN_BUCKET_SLOTS; k++) {
+        if (e->param_buf[k]) be->zero(e->param_buf[k], m->param_buf[k].bytes);
+        if (e->grad_buf[k]) be->zero(e->grad_buf[k], m->grad_buf[k].bytes);
+    }
+    if (plan->optim_offload) {
+        /* host memory: padding of the shard and of the weight staging stays zero */
+        memset(e->adam_m, 0, m->adam_m.bytes);
+        memset(e->adam_v, 0, m->adam_v.bytes);
+        memset(e->master, 0, m->master.bytes);
+        memset(e->grad_shard, 0, m->grad_shard.bytes);
+        for (int k = 0; k < 2; k++) memset(e->param_stage[k], 0, m->param_stage[k].bytes);
+    } else {
+        be->zero(e->adam_m, m->adam_m.bytes);
+        be->zero(e->adam_v, m->adam_v.bytes);
+        be->zero(e->master, m->master.bytes);
+        if (e->grad_shard) be->zero(e->grad_shard, m->grad_shard.bytes);
+    }
 
     int64_t half = e->model->hd / 2;
     double *freq = asp_malloc((size_t)half * sizeof(double), "RoPE frequencies");
@@ -192,12 +233,54 @@ size_t exec_measured_bytes(const exec_t *e) {
 
 /* ------------------------------------------------------------------ parameters */
 
-static uint8_t *param_ptr(exec_t *e, int layer, int slot) {
-    return e->params + plan_flat_index(e->plan, model_param_offset(e->model, layer, slot)) * e->par;
+/* Bucket holding flat element fi. */
+static int flat_bucket(const plan_t *p, size_t fi) {
+    if (fi < p->bucket_len[0]) return 0;
+    size_t l = (fi - p->bucket_len[0]) / p->bucket_len[1];
+    return l < (size_t)p->model->L ? (int)l + 1 : (int)p->model->L + 1;
 }
 
+/* The compute weights of a parameter slot: in the full flat buffer, or
+ * (ZeRO-3) in the buffer its bucket was gathered into. */
+static uint8_t *param_ptr(exec_t *e, int layer, int slot) {
+    size_t fi = plan_flat_index(e->plan, model_param_offset(e->model, layer, slot));
+    if (e->plan->zero_stage < 3) return e->params + fi * e->par;
+    int b = flat_bucket(e->plan, fi), s = plan_bucket_slot(e->plan, b);
+    if (e->slot_holds[s] != b || !e->slot_waited[s])
+        asp_die(ASP_EXIT_FAILURE, "internal: ZeRO-3 weights of bucket %d used before they were gathered", b);
+    plan_bucket_t bk;
+    plan_bucket(e->plan, b, &bk);
+    return e->param_buf[s] + (fi - bk.flat_begin) * e->par;
+}
+
+/* Where the backward accumulates a parameter slot's gradient: the full flat
+ * buffer, or (ZeRO 2-3) its bucket's gradient buffer. */
 static uint8_t *grad_ptr(exec_t *e, int layer, int slot) {
-    return e->grads + plan_flat_index(e->plan, model_param_offset(e->model, layer, slot)) * e->grd;
+    size_t fi = plan_flat_index(e->plan, model_param_offset(e->model, layer, slot));
+    if (e->plan->zero_stage < 2) return e->grads + fi * e->grd;
+    int b = flat_bucket(e->plan, fi), s = plan_bucket_slot(e->plan, b);
+    if (e->gslot_bucket[s] != b)
+        asp_die(ASP_EXIT_FAILURE, "internal: gradient of bucket %d written outside its buffer", b);
+    plan_bucket_t bk;
+    plan_bucket(e->plan, b, &bk);
+    return e->grad_buf[s] + (fi - bk.flat_begin) * e->grd;
+}
+
+/* Optimizer state lives on the device or, with the optimizer on the host,
+ * in pinned host memory: copies in and out of it. */
+static void state_to_host(exec_t *e, void *dst, const void *src, size_t bytes) {
+    if (e->plan->optim_offload) memcpy(dst, src, bytes);
+    else e->be->to_host(dst, src, bytes);
+}
+
+static void state_to_dev(exec_t *e, void *dst, const void *src, size_t bytes) {
+    if (e->plan->optim_offload) memcpy(dst, src, bytes);
+    else e->be->to_device(dst, src, bytes);
+}
+
+/* ZeRO-3: no bucket is gathered any more (the shards changed). */
+static void weights_changed(exec_t *e) {
+    for (int k = 0; k < PLAN_BUCKET_SLOTS; k++) e->slot_holds[k] = -1;
 }
 
 /* This rank's slice of bucket b in model coordinates: [*lo, *hi) (empty when
@@ -210,18 +293,28 @@ static size_t slice_of(const exec_t *e, const plan_bucket_t *b, size_t *lo, size
     return b->flat_begin + first;
 }
 
-/* Copy fp32 model-ordered values into the flat compute weights, bucket by bucket. */
+/* Copy fp32 model-ordered values [model_begin, + n) into the compute
+ * weights, bucket by bucket: the flat buffer, or under ZeRO-3 the part of
+ * them in this rank's weight shard. */
 static void params_from_f32(exec_t *e, const float *in, size_t model_begin, size_t n) {
     const plan_t *p = e->plan;
     for (int bi = 0; bi < plan_n_buckets(p); bi++) {
         plan_bucket_t b;
         plan_bucket(p, bi, &b);
-        size_t lo = b.model_begin > model_begin ? b.model_begin : model_begin;
-        size_t hi = b.model_begin + b.model_len < model_begin + n ? b.model_begin + b.model_len : model_begin + n;
+        size_t blo = b.model_begin, bhi = b.model_begin + b.model_len, base;
+        if (p->zero_stage >= 3) {
+            slice_of(e, &b, &blo, &bhi);
+            base = b.shard_off;          /* shard position of model element blo */
+        } else {
+            base = b.flat_begin;         /* flat position of model element b.model_begin */
+            blo = b.model_begin;
+        }
+        size_t lo = blo > model_begin ? blo : model_begin;
+        size_t hi = bhi < model_begin + n ? bhi : model_begin + n;
         if (lo >= hi) continue;
-        e->be->from_f32(e->params + (b.flat_begin + lo - b.model_begin) * e->par, e->be->param_dtype,
-                        in + (lo - model_begin), hi - lo);
+        e->be->from_f32(e->params + (base + lo - blo) * e->par, e->be->param_dtype, in + (lo - model_begin), hi - lo);
     }
+    weights_changed(e);
 }
 
 void exec_init_params(exec_t *e, uint64_t seed) {
@@ -243,7 +336,7 @@ void exec_init_params(exec_t *e, uint64_t seed) {
         for (size_t b = lo; b < hi; b += chunk) {
             size_t n = hi - b < chunk ? hi - b : chunk;
             model_init_params(e->model, seed, b, n, buf);
-            e->be->to_device(e->master + (bk.shard_off + b - lo) * sizeof(float), buf, n * sizeof(float));
+            state_to_dev(e, e->master + (bk.shard_off + b - lo) * sizeof(float), buf, n * sizeof(float));
         }
     }
     free(buf);
@@ -260,7 +353,87 @@ static void flat_to_f32(exec_t *e, float *out, const uint8_t *flat, dtype_t t) {
     }
 }
 
-void exec_get_params(exec_t *e, float *out) { flat_to_f32(e, out, e->params, e->be->param_dtype); }
+/* What a sharded gather reads: the optimizer state, the ZeRO-3 weight shard
+ * or the reduced gradient shard. */
+typedef enum { SHARD_STATE, SHARD_PARAMS, SHARD_GRADS } shard_kind_t;
+
+static uint8_t *state_buf(exec_t *e, exec_state_t which) {
+    return which == EXEC_MASTER ? e->master : which == EXEC_ADAM_M ? e->adam_m : e->adam_v;
+}
+
+/* n fp32 values of this rank's shard from element `at` on. */
+static void shard_read(exec_t *e, shard_kind_t kind, exec_state_t which, float *out, size_t at, size_t n) {
+    const plan_t *p = e->plan;
+    switch (kind) {
+    case SHARD_STATE:
+        state_to_host(e, out, state_buf(e, which) + at * sizeof(float), n * sizeof(float));
+        return;
+    case SHARD_PARAMS:
+        e->be->to_f32(out, e->params + at * e->par, e->be->param_dtype, n);
+        return;
+    case SHARD_GRADS:
+        if (!p->optim_offload) {
+            e->be->to_f32(out, e->grad_shard + at * 4, DT_F32, n);
+        } else if (p->host_grad_bytes == 4) {
+            memcpy(out, e->grad_shard + at * 4, n * sizeof(float));
+        } else {
+            const uint16_t *g = (const uint16_t *)e->grad_shard + at;
+            for (size_t i = 0; i < n; i++) {
+                uint32_t u = (uint32_t)g[i] << 16;
+                memcpy(&out[i], &u, 4);
+            }
+        }
+        return;
+    }
+}
+
+/* A sharded quantity in model order (plan->n_params fp32) on rank `root`,
+ * or on every rank when root < 0. Collective when the state is sharded:
+ * bucket by bucket, in chunks, so no rank but the receivers needs a
+ * full-size buffer: chunk c of every rank's slice arrives as `world`
+ * consecutive pieces, and rank r's slice is the bucket's r-th part. */
+static void shard_gather(exec_t *e, shard_kind_t kind, exec_state_t which, float *out, int root) {
+    const plan_t *p = e->plan;
+    int here = root < 0 || e->ranks->world_rank == root;
+    if (e->shards == 1) {
+        if (!here) return;
+        for (int bi = 0; bi < plan_n_buckets(p); bi++) {
+            plan_bucket_t b;
+            plan_bucket(p, bi, &b);
+            shard_read(e, kind, which, out + b.model_begin, b.shard_off, b.model_len);
+        }
+        return;
+    }
+    int w = e->shards;
+    size_t chunk = (size_t)1 << 20;
+    float *tmp = asp_malloc((size_t)w * chunk * sizeof(float), "shard gather");
+    for (int bi = 0; bi < plan_n_buckets(p); bi++) {
+        plan_bucket_t b;
+        plan_bucket(p, bi, &b);
+        for (size_t c = 0; c < b.slice_len; c += chunk) {
+            size_t n = b.slice_len - c < chunk ? b.slice_len - c : chunk;
+            float *mine = tmp + (size_t)e->ranks->world_rank * n;
+            shard_read(e, kind, which, mine, b.shard_off + c, n);
+            e->host_coll->allgather(e->ranks->world, mine, tmp, n, DT_F32);
+            if (!here) continue;
+            for (int r = 0; r < w; r++) {
+                size_t at = (size_t)r * b.slice_len + c;   /* within the bucket */
+                if (at >= b.model_len) break;
+                size_t k = b.model_len - at < n ? b.model_len - at : n;
+                memcpy(out + b.model_begin + at, tmp + (size_t)r * n, k * sizeof(float));
+            }
+        }
+    }
+    free(tmp);
+}
+
+void exec_get_params(exec_t *e, float *out, int root) {
+    if (e->plan->zero_stage >= 3) {
+        shard_gather(e, SHARD_PARAMS, EXEC_MASTER, out, root);
+        return;
+    }
+    if (root < 0 || e->ranks->world_rank == root) flat_to_f32(e, out, e->params, e->be->param_dtype);
+}
 
 void exec_set_params(exec_t *e, const float *in) {
     const plan_t *p = e->plan;
@@ -270,7 +443,7 @@ void exec_set_params(exec_t *e, const float *in) {
         plan_bucket(p, bi, &b);
         size_t lo, hi;
         slice_of(e, &b, &lo, &hi);
-        if (hi > lo) e->be->to_device(e->master + b.shard_off * sizeof(float), in + lo, (hi - lo) * sizeof(float));
+        if (hi > lo) state_to_dev(e, e->master + b.shard_off * sizeof(float), in + lo, (hi - lo) * sizeof(float));
     }
 }
 
@@ -289,57 +462,24 @@ int exec_state_pieces(const exec_t *e, exec_piece_t *out) {
     return n;
 }
 
-static uint8_t *state_buf(exec_t *e, exec_state_t which) {
-    return which == EXEC_MASTER ? e->master : which == EXEC_ADAM_M ? e->adam_m : e->adam_v;
-}
-
 void exec_get_optimizer_state(exec_t *e, exec_state_t which, float *out, int root) {
-    const plan_t *p = e->plan;
-    const uint8_t *src = state_buf(e, which);
-    int root_here = e->ranks->world_rank == root;
-    if (e->shards == 1) {
-        if (!root_here) return;
-        for (int bi = 0; bi < plan_n_buckets(p); bi++) {
-            plan_bucket_t b;
-            plan_bucket(p, bi, &b);
-            e->be->to_host(out + b.model_begin, src + b.shard_off * sizeof(float), b.model_len * sizeof(float));
-        }
-        return;
-    }
-    /* Bucket by bucket, in chunks so no rank but the root needs a full-size
-     * buffer: chunk c of every rank's slice arrives as `world` consecutive
-     * pieces, and rank r's slice is the bucket's r-th part. */
-    int w = e->shards;
-    size_t chunk = (size_t)1 << 20;
-    float *tmp = asp_malloc((size_t)w * chunk * sizeof(float), "optimizer state gather");
-    for (int bi = 0; bi < plan_n_buckets(p); bi++) {
-        plan_bucket_t b;
-        plan_bucket(p, bi, &b);
-        for (size_t c = 0; c < b.slice_len; c += chunk) {
-            size_t n = b.slice_len - c < chunk ? b.slice_len - c : chunk;
-            float *mine = tmp + (size_t)e->ranks->world_rank * n;
-            e->be->to_host(mine, src + (b.shard_off + c) * sizeof(float), n * sizeof(float));
-            e->host_coll->allgather(e->ranks->world, mine, tmp, n, DT_F32);
-            if (!root_here) continue;
-            for (int r = 0; r < w; r++) {
-                size_t at = (size_t)r * b.slice_len + c;   /* within the bucket */
-                if (at >= b.model_len) break;
-                size_t k = b.model_len - at < n ? b.model_len - at : n;
-                memcpy(out + b.model_begin + at, tmp + (size_t)r * n, k * sizeof(float));
-            }
-        }
-    }
-    free(tmp);
+    shard_gather(e, SHARD_STATE, which, out, root);
 }
 
 void exec_set_optimizer_state(exec_t *e, exec_state_t which, const float *vals) {
-    e->be->to_device(state_buf(e, which), vals, e->plan->shard_len * sizeof(float));
+    state_to_dev(e, state_buf(e, which), vals, e->plan->shard_len * sizeof(float));
 }
 
 /* After the reduction each rank holds the reduced gradient of its slices
- * only: gather every bucket in place, then convert to the model's order. */
+ * only: gather every bucket in place (ZeRO 0-1 on the device), or gather
+ * the gradient shards (ZeRO 2-3, the host optimizer), then convert to the
+ * model's order. */
 void exec_gather_grads(exec_t *e, float *out) {
     const plan_t *p = e->plan;
+    if (p->zero_stage >= 2 || p->optim_offload) {
+        shard_gather(e, SHARD_GRADS, EXEC_MASTER, out, -1);
+        return;
+    }
     if (e->shards > 1)
         for (int bi = 0; bi < plan_n_buckets(p); bi++) {
             plan_bucket_t b;
@@ -763,45 +903,165 @@ static void graph_backward(exec_t *e, const walk_t *w) {
     if (gp->g.input >= 0) e->cur_grad = 1 - e->cur_grad;
 }
 
-/* Bucket bi's gradient is final (the backward has left its graph): in the
- * micro-step that completes the gradients, start its reduction over the
- * world on the communication stream, overlapping the rest of the backward. */
+/* ------------------------------------------------------------------ model-state pipeline */
+
+/* ZeRO-3: start gathering bucket b's weights into its slot's buffer on the
+ * communication stream (after all compute issued so far, so whatever last
+ * read that buffer is done with it). */
+static void gather_issue(exec_t *e, int b) {
+    const plan_t *p = e->plan;
+    int s = plan_bucket_slot(p, b);
+    if (e->slot_holds[s] == b) return;
+    plan_bucket_t bk;
+    plan_bucket(p, b, &bk);
+    e->coll->allgather_async(e->ranks->world, e->params + bk.shard_off * e->par, e->param_buf[s], bk.slice_len,
+                             e->be->param_dtype);
+    e->slot_ticket[s] = e->coll->mark();
+    e->slot_holds[s] = b;
+    e->slot_waited[s] = 0;
+}
+
+/* ZeRO-3: bucket b's weights are needed by the next compute: gathered, and
+ * the compute stream waits for them. */
+static void need_weights(exec_t *e, int b) {
+    if (e->plan->zero_stage < 3) return;
+    gather_issue(e, b);
+    int s = plan_bucket_slot(e->plan, b);
+    if (!e->slot_waited[s]) {
+        e->coll->wait_mark(e->slot_ticket[s]);
+        e->slot_waited[s] = 1;
+    }
+}
+
+/* ZeRO-3: gather bucket `next` while bucket `cur` computes (never into the
+ * buffer `cur` reads). */
+static void prefetch_weights(exec_t *e, int next, int cur) {
+    if (e->plan->zero_stage < 3 || next < 0 || next >= plan_n_buckets(e->plan)) return;
+    if (plan_bucket_slot(e->plan, next) == plan_bucket_slot(e->plan, cur)) return;
+    gather_issue(e, next);
+}
+
+static int grads_staged(const exec_t *e) { return e->plan->zero_stage >= 2 || e->plan->optim_offload; }
+
+/* The gradient of slot s's bucket is reduced and copied: add it into the
+ * rank's gradient shard (on the device, or on the host with the optimizer
+ * there) and free the slot. */
+static void grad_drain(exec_t *e, int s) {
+    const plan_t *p = e->plan;
+    int b = e->gslot_bucket[s];
+    if (b < 0) return;
+    if (!e->gslot_done[s]) asp_die(ASP_EXIT_FAILURE, "internal: gradient bucket %d drained before it was final", b);
+    plan_bucket_t bk;
+    plan_bucket(p, b, &bk);
+    int acc = p->zero_stage >= 2 && e->micro_index > 0;
+    if (p->optim_offload) {
+        e->coll->sync_mark(e->gslot_ticket[s]);
+        int direct = p->host_grad_bytes == 4 && p->micro_steps == 1;
+        if (!direct)
+            host_accumulate(e->grad_shard + bk.shard_off * (size_t)p->host_grad_bytes,
+                            p->host_grad_bytes == 4 ? DT_F32 : DT_BF16, (const float *)e->grad_stage[s], bk.slice_len,
+                            acc);
+    } else {
+        e->coll->wait_mark(e->gslot_ticket[s]);
+        e->be->grad_accumulate(e->grad_shard + bk.shard_off * 4,
+                               e->grad_buf[s] + (size_t)e->shard_rank * bk.slice_len * e->grd, bk.slice_len, acc);
+    }
+    e->gslot_bucket[s] = -1;
+    e->gslot_done[s] = 0;
+}
+
+/* Bucket b's backward is about to write its gradient: its slot (gradient
+ * buffer, host staging) is drained of the bucket before it and cleared. */
+static void grad_begin(exec_t *e, int b) {
+    const plan_t *p = e->plan;
+    if (!grads_staged(e)) return;
+    if (p->zero_stage < 2 && !e->last_micro) return;
+    int s = plan_bucket_slot(p, b);
+    if (e->gslot_bucket[s] == b) return;    /* a tied embedding's, claimed at the LM head */
+    grad_drain(e, s);
+    e->gslot_bucket[s] = b;
+    e->gslot_done[s] = 0;
+    if (p->zero_stage >= 2) e->be->zero(e->grad_buf[s], p->mem.grad_buf[s].bytes);
+}
+
+/* Bucket bi's gradient is final (the backward has left its graph): start
+ * its reduction over the world on the communication stream, overlapping the
+ * rest of the backward, in the micro-step that completes the gradients
+ * (ZeRO 0-1) or in every micro-step (ZeRO 2-3, whose buffers are reused);
+ * with the optimizer on the host, copy this rank's slice off the device
+ * behind it. */
 static void bucket_done(exec_t *e, int bi) {
-    if (!e->last_micro || e->ranks->world_size == 1) return;
+    const plan_t *p = e->plan;
+    if (p->zero_stage < 2 && !e->last_micro) return;
     plan_bucket_t b;
-    plan_bucket(e->plan, bi, &b);
-    uint8_t *buf = e->grads + b.flat_begin * e->grd;
-    if (e->shards > 1) e->coll->reduce_scatter_async(e->ranks->world, buf, b.slice_len, e->be->grad_dtype);
-    else e->coll->allreduce_async(e->ranks->world, buf, b.flat_len, e->be->grad_dtype);
+    plan_bucket(p, bi, &b);
+    int s = plan_bucket_slot(p, bi);
+    uint8_t *buf = p->zero_stage >= 2 ? e->grad_buf[s] : e->grads + b.flat_begin * e->grd;
+    if (e->ranks->world_size > 1) {
+        if (e->shards > 1) e->coll->reduce_scatter_async(e->ranks->world, buf, b.slice_len, e->be->grad_dtype);
+        else e->coll->allreduce_async(e->ranks->world, buf, b.flat_len, e->be->grad_dtype);
+    }
+    if (!grads_staged(e)) return;
+    if (e->gslot_bucket[s] != bi) asp_die(ASP_EXIT_FAILURE, "internal: gradient bucket %d finished outside its slot", bi);
+    const uint8_t *mine = buf + (size_t)e->shard_rank * b.slice_len * e->grd;
+    if (p->optim_offload) {
+        int direct = p->host_grad_bytes == 4 && p->micro_steps == 1;
+        uint8_t *dst = direct ? e->grad_shard + b.shard_off * 4 : e->grad_stage[s];
+        e->coll->to_host_async(dst, mine, b.slice_len * e->grd);
+    }
+    e->gslot_ticket[s] = e->coll->mark();
+    e->gslot_done[s] = 1;
+}
+
+static void grad_drain_all(exec_t *e) {
+    if (!grads_staged(e)) return;
+    for (int s = 0; s < PLAN_BUCKET_SLOTS; s++) grad_drain(e, s);
 }
 
 static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
     const plan_t *p = e->plan;
     const backend_t *be = e->be;
+    const int L = (int)e->model->L, tail = plan_n_buckets(p) - 1;
+    const int tied = e->model->cfg.tie_word_embeddings;
     size_t nbytes = (size_t)p->seq_local * sizeof(int32_t);
     be->to_device(e->tokens, b->tokens, nbytes);
     be->to_device(e->targets, b->targets, nbytes);
     be->to_device(e->positions, b->positions, nbytes);
 
     walk_t pro = walk_of(e, &p->prologue, -1), epi = walk_of(e, &p->epilogue, -1);
+    need_weights(e, 0);
+    prefetch_weights(e, 1, 0);
     graph_forward(e, &pro, grad_scale);
-    for (int l = 0; l < (int)e->model->L; l++) {
+    for (int l = 0; l < L; l++) {
         walk_t w = walk_of(e, plan_layer_plan(p, l), l);
+        need_weights(e, l + 1);
+        prefetch_weights(e, l + 2, l + 1);
         graph_forward(e, &w, grad_scale);
     }
     /* The epilogue has no output: its backward starts from the loss, whose
      * gradient its forward already produced. */
     e->cur_grad = 1;
+    need_weights(e, tail);
+    if (tied) need_weights(e, 0);
+    prefetch_weights(e, L, tail);
+    grad_begin(e, tail);
+    if (tied) grad_begin(e, 0);
     graph_forward(e, &epi, grad_scale);
     graph_backward(e, &epi);
-    bucket_done(e, plan_n_buckets(p) - 1);  /* the tail; a tied LM head's gradient is the embedding's */
-    for (int l = (int)e->model->L - 1; l >= 0; l--) {
+    bucket_done(e, tail);  /* a tied LM head's gradient is the embedding's */
+    for (int l = L - 1; l >= 0; l--) {
         walk_t w = walk_of(e, plan_layer_plan(p, l), l);
+        need_weights(e, l + 1);
+        prefetch_weights(e, l, l + 1);
+        grad_begin(e, l + 1);
         graph_backward(e, &w);
         bucket_done(e, plan_layer_bucket(p, l));
     }
+    need_weights(e, 0);
+    grad_begin(e, 0);
     graph_backward(e, &pro);
     bucket_done(e, 0);
+    grad_drain_all(e);
 }
 
 void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid,
@@ -817,13 +1077,15 @@ void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t
     if (valid < 1) asp_die(ASP_EXIT_USAGE, "the batch has no valid targets: check the data shard");
     float grad_scale = (float)(1.0 / valid);
 
-    be->zero(e->grads, p->mem.grads.bytes);
+    if (e->grads) be->zero(e->grads, p->mem.grads.bytes);
     be->zero(e->scalars, p->mem.scalars.bytes);
     /* Every rank holds a partial gradient of the full parameter set; the
      * last micro-step sums each bucket over the world as soon as it is
-     * final (reduce-scatter in place for ZeRO-1), and the step waits here. */
+     * final (reduce-scatter in place for ZeRO-1), and the step waits here.
+     * ZeRO 2-3 reduce every micro-step's buckets into the gradient shard. */
     for (int64_t i = 0; i < p->micro_steps; i++) {
         e->last_micro = i == p->micro_steps - 1;
+        e->micro_index = (int)i;
         micro_step(e, &batches[i], grad_scale);
     }
     e->last_micro = 0;
@@ -839,18 +1101,84 @@ void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t
     res->valid_targets = (int64_t)valid;
 }
 
+/* AdamW on the host over this rank's slice of every bucket: the updated
+ * weights go back through pinned staging on the communication stream, and
+ * (ZeRO 1-2) are gathered on the device as the device optimizer's are. */
+static void host_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res) {
+    const plan_t *p = e->plan;
+    const backend_t *be = e->be;
+    const model_t *m = e->model;
+    const int nb = plan_n_buckets(p);
+    const dtype_t gt = p->host_grad_bytes == 4 ? DT_F32 : DT_BF16;
+    double t0 = asp_now();
+    float sumsq = 0;
+    for (int bi = 0; bi < nb; bi++) {
+        plan_bucket_t b;
+        plan_bucket(p, bi, &b);
+        host_grad_sumsq(&sumsq, e->grad_shard + b.shard_off * (size_t)p->host_grad_bytes, gt, b.slice_len);
+    }
+    if (e->shards > 1) e->host_coll->allreduce_sum(e->ranks->world, &sumsq, 1, DT_F32);
+    long long last = -1;
+    for (int bi = 0; bi < nb; bi++) {
+        plan_bucket_t b;
+        plan_bucket(p, bi, &b);
+        size_t lo, hi;
+        size_t flat0 = slice_of(e, &b, &lo, &hi);
+        int k = bi % 2;
+        if (e->upload_used[k]) e->coll->sync_mark(e->upload_ticket[k]);
+        uint8_t *stage = e->param_stage[k];
+        for (int i = 0; i < m->nparams && lo < hi; i++) {
+            const param_t *pa = &m->params[i];
+            size_t a0 = pa->offset > lo ? pa->offset : lo;
+            size_t b0 = pa->offset + pa->numel < hi ? pa->offset + pa->numel : hi;
+            if (a0 >= b0) continue;
+            size_t sh = b.shard_off + (a0 - lo);
+            host_adamw((float *)e->master + sh, stage + (a0 - lo) * e->par, be->param_dtype, (float *)e->adam_m + sh,
+                       (float *)e->adam_v + sh, e->grad_shard + sh * (size_t)p->host_grad_bytes, gt, b0 - a0,
+                       (float)opt->lr, (float)opt->beta1, (float)opt->beta2, (float)opt->eps,
+                       pa->decay ? (float)opt->weight_decay : 0.0f, opt->step, sumsq, (float)opt->grad_clip);
+        }
+        if (hi > lo) {
+            uint8_t *dst = p->zero_stage >= 3 ? e->params + b.shard_off * e->par : e->params + flat0 * e->par;
+            e->coll->to_device_async(dst, stage, (hi - lo) * e->par);
+        }
+        e->upload_ticket[k] = last = e->coll->mark();
+        e->upload_used[k] = 1;
+        if (e->shards > 1 && p->zero_stage < 3) {
+            /* the compute stream waits for this slice, then gathers every rank's in place */
+            e->coll->wait_mark(last);
+            uint8_t *bucket = e->params + b.flat_begin * e->par;
+            e->coll->allgather(e->ranks->world, bucket + (size_t)e->shard_rank * b.slice_len * e->par, bucket,
+                               b.slice_len, be->param_dtype);
+        }
+    }
+    if (last >= 0) e->coll->wait_mark(last);
+    weights_changed(e);
+    e->optim_host_s = asp_now() - t0;
+    res->grad_norm = sqrt((double)sumsq);
+}
+
 void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res) {
     const plan_t *p = e->plan;
     const backend_t *be = e->be;
     const model_t *m = e->model;
     const int nb = plan_n_buckets(p);
+    if (p->optim_offload) {
+        double t0 = prof_begin(e);
+        host_optimizer_step(e, opt, res);
+        prof_end(e, PROF_BWD, PROF_OPTIMIZER, t0);
+        return;
+    }
     float *sumsq = &e->scalars[SCALAR_SUMSQ];
     double t0 = prof_begin(e);
-    /* the reduced gradient of this rank's slices (padding is zero) */
+    /* the reduced gradient of this rank's slices (padding is zero): in the
+     * flat buffer (ZeRO 0-1) or the gradient shard (ZeRO 2-3) */
     for (int bi = 0; bi < nb; bi++) {
         plan_bucket_t b;
         plan_bucket(p, bi, &b);
-        be->grad_sumsq(sumsq, e->grads + (b.flat_begin + (size_t)e->shard_rank * b.slice_len) * e->grd, b.slice_len);
+        const uint8_t *g = p->zero_stage >= 2 ? e->grad_shard + b.shard_off * 4
+                                              : e->grads + (b.flat_begin + (size_t)e->shard_rank * b.slice_len) * e->grd;
+        be->grad_sumsq(sumsq, g, b.slice_len);
     }
     if (e->shards > 1) e->coll->allreduce_sum(e->ranks->world, sumsq, 1, DT_F32);
 
@@ -867,18 +1195,20 @@ void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res)
             size_t b0 = pa->offset + pa->numel < hi ? pa->offset + pa->numel : hi;
             if (a0 >= b0) continue;
             size_t sh = b.shard_off + (a0 - lo), flat = flat0 + (a0 - lo);
-            be->adamw((float *)e->master + sh, e->params + flat * e->par, (float *)e->adam_m + sh,
-                      (float *)e->adam_v + sh, e->grads + flat * e->grd, b0 - a0, (float)opt->lr,
-                      (float)opt->beta1, (float)opt->beta2, (float)opt->eps,
+            uint8_t *w = p->zero_stage >= 3 ? e->params + sh * e->par : e->params + flat * e->par;
+            const uint8_t *g = p->zero_stage >= 2 ? e->grad_shard + sh * 4 : e->grads + flat * e->grd;
+            be->adamw((float *)e->master + sh, w, (float *)e->adam_m + sh, (float *)e->adam_v + sh, g, b0 - a0,
+                      (float)opt->lr, (float)opt->beta1, (float)opt->beta2, (float)opt->eps,
                       pa->decay ? (float)opt->weight_decay : 0.0f, opt->step, sumsq, (float)opt->grad_clip);
         }
-        /* every rank's updated slice, gathered in place */
-        if (e->shards > 1) {
+        /* every rank's updated slice, gathered in place (ZeRO-3 gathers when a bucket is used) */
+        if (e->shards > 1 && p->zero_stage < 3) {
             uint8_t *bucket = e->params + b.flat_begin * e->par;
             e->coll->allgather(e->ranks->world, bucket + (size_t)e->shard_rank * b.slice_len * e->par, bucket,
                                b.slice_len, be->param_dtype);
         }
     }
+    weights_changed(e);
 
     prof_end(e, PROF_BWD, PROF_OPTIMIZER, t0);
     float s = 0;
@@ -886,6 +1216,8 @@ void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res)
     be->to_host(&s, sumsq, sizeof s);
     res->grad_norm = sqrt((double)s);
 }
+
+double exec_host_optimizer_seconds(const exec_t *e) { return e->optim_host_s; }
 
 void exec_comm_times(exec_t *e, coll_times_t *out) {
     memset(out, 0, sizeof *out);

@@ -58,8 +58,10 @@ void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res)
 /* Full reduced gradient as fp32 (after exec_forward_backward; collective:
  * every rank must call it). `out` has plan->n_params elements, on every rank. */
 void exec_gather_grads(exec_t *e, float *out);
-/* Full compute weights as fp32 (local, no communication). */
-void exec_get_params(exec_t *e, float *out);
+/* Full compute weights as fp32 into `out` on rank `root` (every rank when
+ * root < 0; `out` may be NULL elsewhere). Collective under ZeRO-3, where
+ * each rank holds a shard of them: every rank must call it. */
+void exec_get_params(exec_t *e, float *out, int root);
 /* Replace the weights (compute copy and this rank's fp32 master shard) with
  * `in` (plan->n_params fp32 values, the same on every rank). */
 void exec_set_params(exec_t *e, const float *in);
@@ -97,6 +99,10 @@ void exec_profile_reset(exec_t *e);
  * reduction and the part of it the backward did not hide); call after a
  * step, once its results were read. */
 void exec_comm_times(exec_t *e, coll_times_t *out);
+
+/* Seconds the last exec_optimizer_step spent in the host optimizer (AdamW
+ * on the CPU and issuing the weights' copies back); 0 without it. */
+double exec_host_optimizer_seconds(const exec_t *e);
 
 /* Device memory the engine has taken since exec_create, as the backend
  * measures it (0 when it cannot). */

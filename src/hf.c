@@ -549,11 +549,11 @@ void hf_train_import(exec_t *e, const config_t *cfg, const model_t *m) {
 }
 
 void hf_train_export(exec_t *e, const config_t *cfg, const model_t *m, dtype_t param_dtype, int lead) {
-    if (!lead) return;
     char dir[CFG_PATH_MAX + 8], err[2048];
     snprintf(dir, sizeof dir, "%s/hf", cfg->io.run_dir);
-    float *w = asp_malloc(m->n_params * sizeof(float), "weights to export");
-    exec_get_params(e, w);
+    float *w = lead ? asp_malloc(m->n_params * sizeof(float), "weights to export") : NULL;
+    exec_get_params(e, w, 0);   /* collective under ZeRO-3: every rank calls it */
+    if (!lead) return;
     /* the weights as the backend holds them: bf16 on the GPU is exact in bf16 */
     st_dtype_t dt = param_dtype == DT_BF16 ? ST_BF16 : ST_F32;
     if (hf_export(dir, m, w, dt, err, sizeof err)) asp_die(ASP_EXIT_FAILURE, "io.export_hf: %s", err);

@@ -39,6 +39,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cpu/host_optim.h"
 #include "util.h"
 
 #define CPU_ALIGN 64
@@ -725,50 +726,13 @@ static void cpu_heads_unpack(void *dst, const void *src, int64_t n, int64_t head
 
 /* ------------------------------------------------------------ optimizer */
 
-static void cpu_grad_sumsq(float *sumsq, const void *grad, size_t n) {
-    /* Fixed-size blocks (not per-thread ranges), combined in block order, so the
-     * sum is the same for every thread count. */
-    enum { BLK = 1 << 16 };
-    size_t nb = (n + BLK - 1) / BLK;
-    if (nb == 0) return;
-    double *part = cpu_alloc(nb * 8, "grad_sumsq partial sums");
-    const float *g = CF(grad);
-    #pragma omp parallel for schedule(static)
-    for (size_t b = 0; b < nb; b++) {
-        size_t i0 = b * BLK, i1 = i0 + BLK < n ? i0 + BLK : n;
-        double s = 0;
-        for (size_t i = i0; i < i1; i++) s += (double)g[i] * g[i];
-        part[b] = s;
-    }
-    double total = 0;
-    for (size_t b = 0; b < nb; b++) total += part[b];
-    *sumsq = (float)((double)*sumsq + total);
-    free(part);
-}
+static void cpu_grad_sumsq(float *sumsq, const void *grad, size_t n) { host_grad_sumsq(sumsq, grad, DT_F32, n); }
 
 static void cpu_adamw(float *master, void *param, float *m, float *v, const void *grad, size_t n,
                       float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step,
                       const float *grad_sumsq, float max_norm) {
-    if (step < 1)
-        asp_die(ASP_EXIT_FAILURE, "cpu backend: adamw: step %lld must be >= 1 (bias correction divides by "
-                "1 - beta^step)", (long long)step);
-    double norm = grad_sumsq ? sqrt((double)*grad_sumsq) : 0.0;
-    float clip = (max_norm > 0 && norm > (double)max_norm) ? (float)((double)max_norm / norm) : 1.0f;
-    float bc1 = (float)(1.0 - pow((double)beta1, (double)step));
-    float bc2 = (float)(1.0 - pow((double)beta2, (double)step));
-    const float *G = CF(grad);
-    float *P = F(param);
-    #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float g = G[i] * clip;
-        float mi = beta1 * m[i] + (1.0f - beta1) * g;
-        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-        m[i] = mi;
-        v[i] = vi;
-        float upd = (mi / bc1) / (sqrtf(vi / bc2) + eps) + weight_decay * master[i];
-        master[i] -= lr * upd;
-        P[i] = master[i];
-    }
+    host_adamw(master, param, DT_F32, m, v, grad, DT_F32, n, lr, beta1, beta2, eps, weight_decay, step,
+               grad_sumsq ? *grad_sumsq : 0.0f, max_norm);
 }
 
 const backend_t backend_cpu = {
@@ -814,6 +778,7 @@ const backend_t backend_cpu = {
     .xent_fwd_bwd = cpu_xent_fwd_bwd,
     .heads_pack = cpu_heads_pack,
     .heads_unpack = cpu_heads_unpack,
+    .grad_accumulate = cpu_accumulate,
     .grad_sumsq = cpu_grad_sumsq,
     .adamw = cpu_adamw,
 };

@@ -1,5 +1,5 @@
 # src/cpu: sources and tests of this folder (included by Makefile.am)
-libautosp_a_SOURCES += src/cpu/cpu_backend.c
+libautosp_a_SOURCES += src/cpu/cpu_backend.c src/cpu/host_optim.c src/cpu/host_optim.h
 if HAVE_CHECK
 check_PROGRAMS += tests/test_cpu_ops
 TESTS += tests/test_cpu_ops

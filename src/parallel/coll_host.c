@@ -259,6 +259,18 @@ static void h_barrier(comm_t *c) {
 #endif
 }
 
+/* The bucket pipeline on host memory: every call completes at once. */
+static void h_allgather_async(comm_t *c, const void *send, void *recv, size_t count, dtype_t t) {
+    double t0 = asp_now();
+    h_allgather(c, send, recv, count, t);
+    h_times.grad_s += asp_now() - t0;
+}
+static void h_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes && dst != src) memmove(dst, src, bytes);
+}
+static long long h_mark(void) { return 0; }
+static void h_no_wait(long long ticket) { (void)ticket; }
+
 const coll_ops_t coll_host = {
     .name = "host",
     .allreduce_sum = h_allreduce_sum,
@@ -271,4 +283,10 @@ const coll_ops_t coll_host = {
     .allreduce_async = h_allreduce_async,
     .join = NULL,
     .take_times = h_take_times,
+    .allgather_async = h_allgather_async,
+    .to_host_async = h_copy,
+    .to_device_async = h_copy,
+    .mark = h_mark,
+    .wait_mark = h_no_wait,
+    .sync_mark = h_no_wait,
 };

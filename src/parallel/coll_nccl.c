@@ -268,6 +268,70 @@ static void nccl_barrier(comm_t *c) {
 #endif
 }
 
+static void nccl_allgather_async(comm_t *c, const void *send, void *recv, size_t count, dtype_t t) {
+    if (!count) return;
+    nccl_last_op = "ncclAllGather (weight bucket)";
+    side_fork_now();
+    int ti = timed_begin(TIMED_GRAD, nccl_side);
+    NCCL_CHECK(ncclAllGather(send, recv, count, nccl_type(t), nccl_of(c), nccl_side));
+    timed_end(ti, nccl_side);
+}
+
+static void nccl_to_host_async(void *host, const void *src, size_t bytes) {
+    if (!bytes) return;
+    side_fork_now();
+    CUDA_OK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, nccl_side));
+}
+
+static void nccl_to_device_async(void *dst, const void *host, size_t bytes) {
+    if (!bytes) return;
+    side_fork_now();
+    CUDA_OK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, nccl_side));
+}
+
+/* Tickets are events recorded on the side stream, from a ring: a ticket
+ * older than the ring is answered by a later event (waiting longer than
+ * needed, never less). */
+#define MARKS 256
+static cudaEvent_t marks[MARKS];
+static long long marks_issued;
+
+static long long nccl_mark(void) {
+    if (!marks[0])
+        for (int i = 0; i < MARKS; i++) CUDA_OK(cudaEventCreateWithFlags(&marks[i], cudaEventDisableTiming));
+    long long t = marks_issued++;
+    CUDA_OK(cudaEventRecord(marks[t % MARKS], nccl_side));
+    side_pending++;
+    return t;
+}
+
+static void nccl_wait_mark(long long t) {
+    if (t < 0 || t >= marks_issued) asp_die(ASP_EXIT_FAILURE, "internal: wait for ticket %lld of %lld", t, marks_issued);
+    CUDA_OK(cudaStreamWaitEvent(nccl_stream, marks[t % MARKS], 0));
+}
+
+static void nccl_sync_mark(long long t) {
+    if (t < 0 || t >= marks_issued) asp_die(ASP_EXIT_FAILURE, "internal: wait for ticket %lld of %lld", t, marks_issued);
+    double start = asp_now();
+    for (;;) {
+        cudaError_t q = cudaEventQuery(marks[t % MARKS]);
+        if (q == cudaSuccess) return;
+        if (q != cudaErrorNotReady) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "CUDA error in the bucket pipeline: %s", cudaGetErrorString(q));
+            nccl_fail(msg);
+        }
+        if (asp_now() - start > nccl_timeout_s) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "no progress for %.0f s in the bucket pipeline (a peer is gone or hung; "
+                     "ASP_NCCL_TIMEOUT sets the limit)", nccl_timeout_s);
+            nccl_fail(msg);
+        }
+        struct timespec ts = {0, 50000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 const coll_ops_t coll_nccl = {
     .name = "nccl",
     .allreduce_sum = nccl_allreduce,
@@ -281,5 +345,11 @@ const coll_ops_t coll_nccl = {
     .allreduce_async = nccl_allreduce_async,
     .join = nccl_join,
     .take_times = nccl_take_times,
+    .allgather_async = nccl_allgather_async,
+    .to_host_async = nccl_to_host_async,
+    .to_device_async = nccl_to_device_async,
+    .mark = nccl_mark,
+    .wait_mark = nccl_wait_mark,
+    .sync_mark = nccl_sync_mark,
 };
 #endif

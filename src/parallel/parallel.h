@@ -78,6 +78,23 @@ typedef struct coll_ops {
     /* Communication time since the previous call; call it once the work it
      * covers has finished (after wait or a synchronous read). */
     void (*take_times)(coll_times_t *out);
+
+    /* The bucket pipeline of ZeRO 2-3 and the host optimizer, on the same
+     * communication stream as the *_async calls (after all work issued so
+     * far on the compute stream, in issue order there):
+     *   allgather_async   allgather (ZeRO-3's weight gathers, prefetched)
+     *   to_host_async     backend buffer -> pinned host memory copy
+     *   to_device_async   pinned host memory -> backend buffer copy
+     *   mark              a ticket for everything issued there so far
+     *   wait_mark         compute-stream work issued later waits for the ticket
+     *   sync_mark         the host waits for it (watching for failed peers)
+     * The host table runs each at once (tickets then mean nothing). */
+    void (*allgather_async)(comm_t *c, const void *send, void *recv, size_t count, dtype_t t);
+    void (*to_host_async)(void *host, const void *src, size_t bytes);
+    void (*to_device_async)(void *dst, const void *host, size_t bytes);
+    long long (*mark)(void);
+    void (*wait_mark)(long long ticket);
+    void (*sync_mark)(long long ticket);
 } coll_ops_t;
 
 /* MPI on host memory (plain copies when the communicator has one rank). */

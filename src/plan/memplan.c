@@ -25,6 +25,7 @@ const char *arena_name(arena_t a) {
     case ARENA_ACTIVATIONS: return "activations";
     case ARENA_WORKSPACE: return "workspace";
     case ARENA_HOST: return "host";
+    case ARENA_HOST_STATE: return "host state";
     case ARENA__COUNT: break;
     }
     return "?";
@@ -312,9 +313,9 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     const size_t sl = (size_t)p->seq_local, d = (size_t)m->d, V = (size_t)m->V;
     memset(mem, 0, sizeof *mem);
 
-    /* ZeRO-1 shards every gradient bucket over all W ranks; each slice a
-     * multiple of 64 elements */
-    size_t shards = p->zero_stage == 1 ? (size_t)p->world : 1;
+    /* ZeRO 1-3 shard every gradient bucket's optimizer state over all W
+     * ranks (each slice a multiple of 64 elements); ZeRO-0 keeps it whole. */
+    size_t shards = p->zero_stage >= 1 ? (size_t)p->world : 1;
     p->shards = (int)shards;
     p->n_params = m->n_params;
     const size_t tail = m->n_params - (m->layer_base + (size_t)m->L * m->layer_stride);
@@ -380,13 +381,37 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     size_t scratch = p->target.scratch_bytes ? p->target.scratch_bytes(sh) : 0;
 
     size_t end[ARENA__COUNT] = {0};
-    mem->params = place(end, ARENA_PARAMS, p->n_params_padded * (size_t)p->target.param_bytes);
-    mem->grads = place(end, ARENA_PARAMS, p->n_params_padded * (size_t)p->target.grad_bytes);
-    mem->master = place(end, ARENA_OPTIMIZER, p->shard_len * 4);
-    mem->adam_m = place(end, ARENA_OPTIMIZER, p->shard_len * 4);
-    mem->adam_v = place(end, ARENA_OPTIMIZER, p->shard_len * 4);
-    /* No separate reduced-gradient shard: each bucket is reduce-scattered in
-     * place, so rank r's reduced slice lands where its own slice was. */
+    const size_t pb = (size_t)p->target.param_bytes, gb = (size_t)p->target.grad_bytes;
+    const int state_arena = p->optim_offload ? ARENA_HOST_STATE : ARENA_OPTIMIZER;
+    /* ZeRO-3 keeps only this rank's shard of the weights and gathers each
+     * bucket into its slot's buffer when it is used; ZeRO 2-3 produce each
+     * bucket's gradient in its slot's buffer and keep only the reduced shard. */
+    mem->params = place(end, ARENA_PARAMS, (p->zero_stage >= 3 ? p->shard_len : p->n_params_padded) * pb);
+    if (p->zero_stage <= 1) mem->grads = place(end, ARENA_PARAMS, p->n_params_padded * gb);
+    for (int k = 0; k < PLAN_BUCKET_SLOTS; k++) {
+        size_t n = plan_slot_len(p, k);
+        if (p->zero_stage >= 3) mem->param_buf[k] = place(end, ARENA_PARAMS, n * pb);
+        if (p->zero_stage >= 2) mem->grad_buf[k] = place(end, ARENA_PARAMS, n * gb);
+    }
+    if (p->optim_offload) {
+        size_t slice = 0;
+        for (int k = 0; k < PLAN_BUCKET_SLOTS; k++)
+            if (plan_slot_len(p, k) / shards > slice) slice = plan_slot_len(p, k) / shards;
+        mem->grad_shard = place(end, ARENA_HOST_STATE, p->shard_len * (size_t)p->host_grad_bytes);
+        /* gradients go straight into an fp32 shard when nothing is accumulated there */
+        int direct = p->host_grad_bytes == 4 && p->micro_steps == 1;
+        for (int k = 0; k < PLAN_BUCKET_SLOTS && !direct; k++)
+            mem->grad_stage[k] = place(end, ARENA_HOST_STATE, plan_slot_len(p, k) / shards * gb);
+        for (int k = 0; k < 2; k++) mem->param_stage[k] = place(end, ARENA_HOST_STATE, slice * pb);
+    } else if (p->zero_stage >= 2) {
+        mem->grad_shard = place(end, ARENA_PARAMS, p->shard_len * 4);
+    }
+    mem->master = place(end, state_arena, p->shard_len * 4);
+    mem->adam_m = place(end, state_arena, p->shard_len * 4);
+    mem->adam_v = place(end, state_arena, p->shard_len * 4);
+    /* No separate reduced-gradient shard for ZeRO 0-1: each bucket is
+     * reduce-scattered in place, so rank r's reduced slice lands where its
+     * own slice was. */
     mem->saved_layers = place(end, ARENA_ACTIVATIONS, plan_layer_saved_off(p, (int)m->L));
     mem->final_hidden = place(end, ARENA_ACTIVATIONS, sl * d * act);
     mem->workspace = place(end, ARENA_WORKSPACE, ws);
@@ -407,10 +432,22 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     size_t dev = 0;
     for (int a = 0; a < ARENA__COUNT; a++) {
         mem->arena_bytes[a] = asp_align_up(end[a], PLAN_ALIGN);
-        if (a != ARENA_HOST) dev += mem->arena_bytes[a];
+        if (a != ARENA_HOST && a != ARENA_HOST_STATE) dev += mem->arena_bytes[a];
     }
     mem->device_total = dev + (size_t)p->target.reserved_bytes;
-    mem->host_total = mem->arena_bytes[ARENA_HOST];
+    mem->host_state = mem->arena_bytes[ARENA_HOST_STATE];
+    mem->host_total = mem->arena_bytes[ARENA_HOST] + mem->host_state;
+    /* Model state over PCIe per optimizer step: with the optimizer on the
+     * host every bucket's gradient slice comes off the device once per
+     * micro-step under ZeRO 2-3 (once per step under 0-1) and its updated
+     * weights go back once. */
+    mem->pcie_bytes = 0;
+    if (p->optim_offload) {
+        double per = p->zero_stage >= 2 ? (double)p->micro_steps : 1.0;
+        mem->pcie_bytes = (double)p->shard_len * ((double)gb * per + (double)pb);
+    }
+    double rate = p->target.pcie_bytes_per_s > 0 ? p->target.pcie_bytes_per_s : PLAN_PCIE_BYTES_PER_S;
+    mem->pcie_s = mem->pcie_bytes / rate;
 }
 
 int memplan_all(plan_t *p, const config_t *cfg) {
@@ -419,7 +456,13 @@ int memplan_all(plan_t *p, const config_t *cfg) {
     if (plan_layers_mixed(p)) memplan_graph(p, &p->layer_lean);
     memplan_graph(p, &p->epilogue);
     memplan_regions(p, cfg);
-    return p->target.memory_bytes <= 0 || (double)p->mem.device_total <= p->target.memory_bytes;
+    return plan_fits(p);
+}
+
+int plan_fits(const plan_t *p) {
+    int dev = p->target.memory_bytes <= 0 || (double)p->mem.device_total <= p->target.memory_bytes;
+    int host = p->target.host_memory_bytes <= 0 || (double)p->mem.host_total <= p->target.host_memory_bytes;
+    return dev && host;
 }
 
 /* ------------------------------------------------------------------ per-layer plans */
@@ -447,6 +490,23 @@ size_t plan_layer_host_off(const plan_t *p, int layer) {
 /* ------------------------------------------------------------------ gradient buckets */
 
 int plan_n_buckets(const plan_t *p) { return (int)p->model->L + 2; }
+
+int plan_bucket_slot(const plan_t *p, int b) {
+    const int L = (int)p->model->L;
+    if (b == 0) return p->model->cfg.tie_word_embeddings ? 0 : 1;
+    if (b == L + 1) return 1;
+    return 2 + (b - 1) % 2;
+}
+
+size_t plan_slot_len(const plan_t *p, int s) {
+    size_t n = 0;
+    for (int b = 0; b < plan_n_buckets(p); b++) {
+        if (plan_bucket_slot(p, b) != s) continue;
+        size_t len = b == 0 ? p->bucket_len[0] : b == plan_n_buckets(p) - 1 ? p->bucket_len[2] : p->bucket_len[1];
+        if (len > n) n = len;
+    }
+    return n;
+}
 
 int plan_layer_bucket(const plan_t *p, int layer) {
     (void)p;

@@ -19,11 +19,52 @@ static plan_target_t effective_target(const config_t *cfg, const plan_target_t *
     return t;
 }
 
-/* 0: compiled and fits; 1: compiled, does not fit; -1: impossible (err set). */
+/* One placement of the model state: ZeRO stage, optimizer on the host or
+ * not, and the host gradient shard's element size. */
+typedef struct {
+    int stage, offload, host_grad_bytes;
+} placement_t;
+
+/* The placements plan_compile tries, in order: the configured ones, or for
+ * auto the lowest stage first, the optimizer on the GPU before the host, an
+ * fp32 host gradient before a bf16 one (only for a bf16 GPU run with one
+ * micro-step, where the gradient is not accumulated there). ZeRO 2-3 on
+ * one rank with the optimizer on the GPU only add bucket buffers, so auto
+ * skips them. */
+static int placements(const config_t *cfg, int world, int64_t micro_steps, const plan_target_t *t,
+                      placement_t *out) {
+    int n = 0;
+    const int want_stage = cfg->parallel.zero_stage, want_off = cfg->optimizer.offload;
+    for (int off = 0; off <= 1; off++) {
+        if (want_off >= 0 && off != want_off) continue;
+        for (int st = 0; st <= 3; st++) {
+            if (want_stage >= 0 && st != want_stage) continue;
+            if (want_stage < 0 && world == 1 && st >= 2 && !off) continue;
+            if (want_stage < 0 && world == 1 && st == 3) continue;
+            out[n++] = (placement_t){st, off, 4};
+            if (off && t->param_bytes == 2 && t->grad_bytes == 4 && micro_steps == 1)
+                out[n++] = (placement_t){st, off, 2};
+        }
+    }
+    return n;
+}
+
+/* 0: compiled and fits; 1: compiled, does not fit; -1: impossible (err set).
+ * Without a fit p is left at the last placement tried. */
 static int compile_at(plan_t *p, const config_t *cfg, const model_t *m, int world, const plan_target_t *t, int sp,
                       int64_t seq_len, char *err, size_t errlen) {
     if (sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen)) return -1;
-    int fits = sac_pass(p, cfg);
+    placement_t list[16];
+    int n = placements(cfg, world, p->micro_steps, t, list);
+    int fits = 0;
+    for (int i = 0; i < n && !fits; i++) {
+        if (i > 0 && sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen)) return -1;
+        p->zero_stage = list[i].stage;
+        p->optim_offload = list[i].offload;
+        p->host_grad_bytes = list[i].host_grad_bytes;
+        p->zero_auto = cfg->parallel.zero_stage < 0 || cfg->optimizer.offload < 0;
+        fits = sac_pass(p, cfg);
+    }
     double rc = 0;
     for (int l = 0; l < (int)m->L; l++) rc += sac_graph_recompute_flops(p, plan_layer_plan(p, l));
     p->recompute_flops_per_step = rc * (double)p->micro_steps * (double)p->world;
@@ -91,16 +132,23 @@ static void no_fit_message(const plan_t *p, const config_t *cfg, int64_t longest
                  (long long)longest, sp, p->world);
         return;
     }
-    /* Not even the shortest sequence fits: say what the fixed part costs. */
-    double weights = (double)(mem->params.bytes + mem->grads.bytes + mem->master.bytes + mem->adam_m.bytes +
-                              mem->adam_v.bytes);
-    asp_fmt_bytes(fixed, sizeof fixed, weights);
+    /* Not even the shortest sequence fits: say what the model state costs, per tier. */
+    double weights = (double)(mem->params.bytes + mem->grads.bytes + mem->grad_shard.bytes + mem->master.bytes +
+                              mem->adam_m.bytes + mem->adam_v.bytes);
+    for (int k = 0; k < PLAN_BUCKET_SLOTS; k++) weights += (double)(mem->param_buf[k].bytes + mem->grad_buf[k].bytes);
+    double host = (double)mem->host_state, dev = weights - host;
+    char hostb[32], hbudget[32];
+    asp_fmt_bytes(fixed, sizeof fixed, dev);
+    asp_fmt_bytes(hostb, sizeof hostb, host);
+    if (p->target.host_memory_bytes > 0) asp_fmt_bytes(hbudget, sizeof hbudget, p->target.host_memory_bytes);
+    else snprintf(hbudget, sizeof hbudget, "unlimited");
     asp_errf(err, errlen,
-             "this model does not fit %s per rank at any seq_len on %d ranks: weights, gradients and optimizer "
-             "state alone take %s per rank (ZeRO-%d shards the optimizer state; the weights and their gradients "
-             "stay whole on every rank); give more memory per rank (checkpointing.memory_budget_gib, "
-             "--gpu-memory) or train a smaller model",
-             budget, p->world, fixed, p->zero_stage);
+             "this model does not fit at any seq_len on %d ranks: its weights, gradients and optimizer state take "
+             "%s of device memory per rank (budget %s) and %s of pinned host memory (budget %s) with the "
+             "least-memory placement tried (ZeRO-%d, optimizer %s); give more memory per rank "
+             "(checkpointing.memory_budget_gib, --gpu-memory, --host-memory), add ranks, or set "
+             "parallel.zero_stage and optimizer.offload to auto",
+             p->world, fixed, budget, hostb, hbudget, p->zero_stage, p->optim_offload ? "on the host" : "on the GPU");
 }
 
 int plan_compile(plan_t *p, const config_t *cfg, const model_t *m, int world, const plan_target_t *target,

@@ -27,6 +27,8 @@ typedef struct {
     int grad_bytes;         /* gradient buffer element */
     double memory_bytes;    /* per-rank device memory the plan must fit in; 0 = unlimited */
     double reserved_bytes;  /* kept free for the device context, NCCL and library handles */
+    double host_memory_bytes; /* pinned host memory this rank may use (its share of the node); 0 = unlimited */
+    double pcie_bytes_per_s;  /* host <-> device copy rate the plan assumes for its cost figures; 0: 50 GB/s */
     /* Scratch the target's ops need at the plan's shapes (e.g. the attention
      * library's workspace); NULL when unknown (planning without the device). */
     size_t (*scratch_bytes)(const op_shapes_t *shapes);
@@ -87,10 +89,16 @@ typedef enum {
     ARENA_ACTIVATIONS,      /* saved activations of all layers, final hidden */
     ARENA_WORKSPACE,        /* reused per-layer workspace, loss chunk, staging, token ids */
     ARENA_HOST,             /* pinned host memory for offloaded activations */
+    ARENA_HOST_STATE,       /* pinned host memory for model state (optimizer offload) */
     ARENA__COUNT
 } arena_t;
 
 const char *arena_name(arena_t a);
+
+/* Bucket buffer slots: 0 the embedding's (tied embeddings keep it from the
+ * LM head's backward to the embedding's), 1 the tail's (and the embedding's
+ * when untied: they are never live together), 2 and 3 the layers', alternating. */
+#define PLAN_BUCKET_SLOTS 4
 
 typedef struct {
     int arena;
@@ -99,10 +107,19 @@ typedef struct {
 } region_t;
 
 typedef struct {
-    region_t params;        /* n_params_padded * param_bytes */
-    region_t grads;         /* n_params_padded * grad_bytes */
-    region_t master;        /* shard_len fp32 */
-    region_t adam_m, adam_v;/* shard_len fp32 each */
+    region_t params;        /* ZeRO 0-2: n_params_padded * param_bytes; ZeRO-3: this rank's shard, shard_len */
+    region_t grads;         /* ZeRO 0-1: n_params_padded * grad_bytes; ZeRO 2-3: none (bucket buffers) */
+    region_t master;        /* shard_len fp32 (device, or host with optimizer offload) */
+    region_t adam_m, adam_v;/* shard_len fp32 each (same tier as master) */
+    /* Bucket buffers, by slot (plan_bucket_slot): ZeRO-3 gathers a bucket's
+     * weights into param_buf[slot] just before they are used; ZeRO 2-3
+     * produce a bucket's gradient into grad_buf[slot]. */
+    region_t param_buf[PLAN_BUCKET_SLOTS], grad_buf[PLAN_BUCKET_SLOTS];
+    region_t grad_shard;    /* ZeRO 2-3, or optimizer offload: this rank's reduced gradient, shard_len elements
+                               of host_grad_bytes on the host with offload, else fp32 on the device */
+    region_t grad_stage[PLAN_BUCKET_SLOTS]; /* optimizer offload: pinned staging of each slot's slice of the
+                               gradient (fp32) coming off the device */
+    region_t param_stage[2];/* optimizer offload: pinned bucket-slice staging, updated weights going back */
     region_t saved_layers;  /* L slots of layer.saved_bytes, slot l at offset + l * layer.saved_bytes */
     region_t final_hidden;  /* epilogue input [seq_local, d] */
     region_t workspace;     /* graph workspaces (all three share it; size = max) */
@@ -116,7 +133,10 @@ typedef struct {
     region_t offload;       /* host: L slots of layer.offload_bytes */
     size_t arena_bytes[ARENA__COUNT];
     size_t device_total;    /* predicted peak device bytes of the engine's arenas */
-    size_t host_total;      /* pinned host bytes */
+    size_t host_total;      /* pinned host bytes (both host arenas) */
+    size_t host_state;      /* of which model state (ARENA_HOST_STATE) */
+    double pcie_bytes;      /* bytes the model state moves between host and device per optimizer step */
+    double pcie_s;          /* the time the plan expects them to take (target.pcie_bytes_per_s) */
 } memplan_t;
 
 typedef struct {
@@ -126,6 +146,9 @@ typedef struct {
     sac_policy_t policy;
     /* degrees */
     int world, sp, dp, zero_stage;
+    int zero_auto;          /* 1: the stage (and offload) were chosen by the plan */
+    int optim_offload;      /* 1: master, moments and gradient shard in pinned host memory, AdamW on the CPU */
+    int host_grad_bytes;    /* element size of the host gradient shard: 4, or 2 (bf16) when fp32 does not fit */
     int64_t seq_len;        /* S as configured */
     int64_t seq_pad;        /* S rounded up to a multiple of sp (padded targets are masked) */
     int64_t seq_local;      /* seq_pad / sp: tokens per rank */
@@ -195,6 +218,15 @@ typedef struct {
 } a2a_staging_t;
 a2a_staging_t plan_a2a_staging(const graph_plan_t *gp, int si);
 
+/* Host <-> device copy rate assumed when the target gives none: PCIe Gen5
+ * x16 moves about 50 GB/s each way with pinned memory (the GPU check script
+ * measures it on the card). */
+#define PLAN_PCIE_BYTES_PER_S 50e9
+
+/* 1 when the laid-out plan fits both tiers: device_total within
+ * target.memory_bytes and host_total within target.host_memory_bytes. */
+int plan_fits(const plan_t *p);
+
 /* plan_compile's result when a plan exists but does not fit the budget: `p`
  * is then the leanest plan found (for --explain to show) and err says why. */
 #define PLAN_NO_FIT (-2)
@@ -228,6 +260,10 @@ typedef struct {
 } plan_bucket_t;
 
 int plan_n_buckets(const plan_t *p);
+/* Slot of bucket b's buffers (param_buf / grad_buf, PLAN_BUCKET_SLOTS). */
+int plan_bucket_slot(const plan_t *p, int b);
+/* Elements of the largest padded bucket that uses slot s (0 when none does). */
+size_t plan_slot_len(const plan_t *p, int s);
 void plan_bucket(const plan_t *p, int b, plan_bucket_t *out);
 /* Bucket of a parameter graph: the layer graph's bucket is layer + 1. */
 int plan_layer_bucket(const plan_t *p, int layer);

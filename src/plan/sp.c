@@ -147,13 +147,17 @@ int sp_pass(plan_t *p, const config_t *cfg, const model_t *m, int world, int sp,
     }
     if (seq_len < 1)
         return asp_errf(err, errlen, "train.seq_len: %lld must be at least 1 token", (long long)seq_len);
-    if (cfg->parallel.zero_stage != 0 && cfg->parallel.zero_stage != 1)
-        return asp_errf(err, errlen, "parallel.zero_stage: %d is not supported; use 0 or 1",
+    if (cfg->parallel.zero_stage < -1 || cfg->parallel.zero_stage > 3)
+        return asp_errf(err, errlen, "parallel.zero_stage: %d is not a stage; use 0, 1, 2, 3 or auto",
                         cfg->parallel.zero_stage);
     p->world = world;
     p->sp = sp;
     p->dp = world / sp;
-    p->zero_stage = cfg->parallel.zero_stage;
+    /* the placement of model state: plan_compile sets it per candidate */
+    p->zero_stage = cfg->parallel.zero_stage >= 0 ? cfg->parallel.zero_stage : 1;
+    p->optim_offload = cfg->optimizer.offload > 0;
+    p->host_grad_bytes = 4;
+    p->zero_auto = 0;
     int64_t gbs = cfg->train.global_batch_size;
     if (gbs < 1 || gbs % p->dp)
         return asp_errf(err, errlen,
