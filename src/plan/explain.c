@@ -124,14 +124,34 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
             (long long)m->hd, (long long)m->V, m->cfg.tie_word_embeddings ? "tied" : "untied");
     fprintf(out, "  world        %d ranks = SP %d x DP %d%s\n", p->world, p->sp, p->dp,
             cfg->parallel.sequence_parallel_size == 0 ? " (SP chosen by auto)" : "");
-    fprintf(out, "  ZeRO         stage %d: optimizer state sharded over %d rank%s, %zu elements each (%zu padded)\n",
-            p->zero_stage, p->shards, p->shards > 1 ? "s" : "", p->shard_len, p->n_params_padded);
+    {
+        const char *what = p->zero_stage == 0 ? "nothing sharded: every rank holds all model state"
+                           : p->zero_stage == 1 ? "fp32 master weights and AdamW moments sharded"
+                           : p->zero_stage == 2 ? "optimizer state and gradients sharded"
+                                                : "optimizer state, gradients and weights sharded";
+        fprintf(out, "  ZeRO         stage %d (%s): %s over %d rank%s, %zu elements each (%zu padded)\n", p->zero_stage,
+                p->zero_auto ? "chosen by auto: the lowest placement that fits" : "as configured", what, p->shards,
+                p->shards > 1 ? "s" : "", p->shard_len, p->n_params_padded);
+        if (p->optim_offload)
+            fprintf(out, "  optimizer    on the host: master weights, AdamW moments and the %s gradient shard in pinned "
+                         "host memory; AdamW on the CPU bucket by bucket, each bucket's gradient copied off the "
+                         "device as soon as it is final and its updated weights copied back\n",
+                    p->host_grad_bytes == 4 ? "fp32" : "bf16 (fp32 does not fit the host)");
+        else
+            fprintf(out, "  optimizer    on the %s\n", p->target.param_bytes == 2 ? "GPU" : "backend's device");
+        if (p->zero_stage >= 3)
+            fprintf(out, "  weights      each bucket's gathered into a buffer just before its forward and its backward "
+                         "(prefetched one bucket ahead on the communication stream); %d buffers, not the model\n",
+                    PLAN_BUCKET_SLOTS);
+    }
     fprintf(out, "  gradients    %d buckets (embedding, one per layer, tail), each %s as soon as the backward "
-                 "leaves it\n",
+                 "leaves it%s\n",
             plan_n_buckets(p),
             p->world == 1 ? "final (one rank: nothing to reduce)"
-            : p->shards > 1 ? "reduce-scattered in place on the communication stream"
-                            : "all-reduced on the communication stream");
+            : p->shards > 1 ? "reduce-scattered on the communication stream"
+                            : "all-reduced on the communication stream",
+            p->zero_stage >= 2 ? ", produced in a bucket buffer and added to the rank's gradient shard (no "
+                                 "full-size gradient)" : "");
     fprintf(out, "  sequence     S %lld, padded %lld, %lld tokens per rank\n", (long long)p->seq_len,
             (long long)p->seq_pad, (long long)p->seq_local);
     fprintf(out, "  heads        %lld query and %lld KV heads per rank in attention, KV replication %d\n",
@@ -231,8 +251,15 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
     fprintf(out, "\nMEMORY (per rank)\n");
     const memplan_t *mem = &p->mem;
     struct { const char *name; const region_t *r; } rows[] = {
-        {"params", &mem->params},       {"grads", &mem->grads},           {"master", &mem->master},
-        {"adam_m", &mem->adam_m},       {"adam_v", &mem->adam_v},
+        {"params", &mem->params},       {"grads", &mem->grads},           {"grad_shard", &mem->grad_shard},
+        {"master", &mem->master},       {"adam_m", &mem->adam_m},         {"adam_v", &mem->adam_v},
+        {"param_buf[0]", &mem->param_buf[0]}, {"param_buf[1]", &mem->param_buf[1]},
+        {"param_buf[2]", &mem->param_buf[2]}, {"param_buf[3]", &mem->param_buf[3]},
+        {"grad_buf[0]", &mem->grad_buf[0]},   {"grad_buf[1]", &mem->grad_buf[1]},
+        {"grad_buf[2]", &mem->grad_buf[2]},   {"grad_buf[3]", &mem->grad_buf[3]},
+        {"grad_stage[0]", &mem->grad_stage[0]}, {"grad_stage[1]", &mem->grad_stage[1]},
+        {"grad_stage[2]", &mem->grad_stage[2]}, {"grad_stage[3]", &mem->grad_stage[3]},
+        {"param_stage[0]", &mem->param_stage[0]}, {"param_stage[1]", &mem->param_stage[1]},
         {"saved_layers", &mem->saved_layers}, {"final_hidden", &mem->final_hidden}, {"workspace", &mem->workspace},
         {"  logits", &mem->logits},   {"resid_grad[0]", &mem->resid_grad[0]}, {"resid_grad[1]", &mem->resid_grad[1]},
         {"a2a_send", &mem->a2a_send},   {"a2a_recv", &mem->a2a_recv},     {"tokens", &mem->tokens},
@@ -240,23 +267,50 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         {"scalars", &mem->scalars},     {"op scratch", &mem->scratch}, {"offload", &mem->offload},
     };
     /* the logits lie inside the workspace region (row above), so the rows do not add up to the arenas */
-    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
-        fprintf(out, "  %-14s %-12s %14zu B  %12s%s\n", rows[i].name, arena_name((arena_t)rows[i].r->arena),
-                rows[i].r->bytes, fmtb(b1, sizeof b1, (double)rows[i].r->bytes),
-                rows[i].r == &mem->logits ? "  (inside the workspace)" : "");
+    fprintf(out, "  %-14s %-6s %-12s %14s    %12s\n", "region", "tier", "arena", "bytes", "");
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        const region_t *r = rows[i].r;
+        if (!r->bytes && rows[i].name[0] != 'p' && rows[i].name[0] != 'm') continue; /* absent in this plan */
+        int host = r->arena == ARENA_HOST || r->arena == ARENA_HOST_STATE;
+        fprintf(out, "  %-14s %-6s %-12s %14zu B  %12s%s\n", rows[i].name, host ? "host" : "device",
+                arena_name((arena_t)r->arena), r->bytes, fmtb(b1, sizeof b1, (double)r->bytes),
+                r == &mem->logits ? "  (inside the workspace)" : "");
+    }
     for (int a = 0; a < ARENA__COUNT; a++)
         fprintf(out, "  arena %-20s %14zu B  %12s\n", arena_name((arena_t)a), mem->arena_bytes[a],
                 fmtb(b1, sizeof b1, (double)mem->arena_bytes[a]));
     fprintf(out, "  predicted device peak  %14zu B  %12s (arenas + %s reserved)\n", mem->device_total,
             fmtb(b1, sizeof b1, (double)mem->device_total), fmtb(b2, sizeof b2, p->target.reserved_bytes));
-    fprintf(out, "  pinned host            %14zu B  %12s\n", mem->host_total, fmtb(b1, sizeof b1, (double)mem->host_total));
-    if (p->target.memory_bytes > 0) {
-        fprintf(out, "  budget                 %14.0f B  %12s (%s)\n", p->target.memory_bytes,
+    fprintf(out, "  pinned host            %14zu B  %12s (activations %s, model state %s)\n", mem->host_total,
+            fmtb(b1, sizeof b1, (double)mem->host_total), fmtb(b2, sizeof b2, (double)mem->arena_bytes[ARENA_HOST]),
+            fmtb(b3, sizeof b3, (double)mem->host_state));
+    if (mem->pcie_bytes > 0) {
+        double rate = p->target.pcie_bytes_per_s > 0 ? p->target.pcie_bytes_per_s : PLAN_PCIE_BYTES_PER_S;
+        fprintf(out, "  PCIe (model state)     %14.0f B  %12s per optimizer step, %.2f s at %.0f GB/s (gradients "
+                     "off during the backward, weights back after AdamW)\n",
+                mem->pcie_bytes, fmtb(b1, sizeof b1, mem->pcie_bytes), mem->pcie_s, rate / 1e9);
+    }
+    if (p->target.memory_bytes > 0)
+        fprintf(out, "  budget (device)        %14.0f B  %12s (%s)\n", p->target.memory_bytes,
                 fmtb(b1, sizeof b1, p->target.memory_bytes),
                 (double)mem->device_total <= p->target.memory_bytes ? "fits" : "DOES NOT FIT");
+    if (p->target.host_memory_bytes > 0)
+        fprintf(out, "  budget (host)          %14.0f B  %12s (%s)\n", p->target.host_memory_bytes,
+                fmtb(b1, sizeof b1, p->target.host_memory_bytes),
+                (double)mem->host_total <= p->target.host_memory_bytes ? "fits" : "DOES NOT FIT");
+    if (p->target.memory_bytes > 0 || p->target.host_memory_bytes > 0) {
         int64_t g = (int64_t)p->sp * 1024;
-        int64_t longest = plan_longest_seq(cfg, m, p->world, &p->target, g);
-        fprintf(out, "\nLONGEST S that fits the budget on %d ranks (multiple of %lld): %lld tokens\n", p->world,
-                (long long)g, (long long)longest);
+        config_t fixed = *cfg;
+        fixed.parallel.zero_stage = p->zero_stage;
+        fixed.optimizer.offload = p->optim_offload;
+        int64_t longest = plan_longest_seq(&fixed, m, p->world, &p->target, g);
+        fprintf(out, "\nLONGEST S that fits the budget on %d ranks (multiple of %lld): %lld tokens with ZeRO-%d and the "
+                     "optimizer on the %s",
+                p->world, (long long)g, (long long)longest, p->zero_stage, p->optim_offload ? "host" : "device");
+        if (p->zero_auto) {
+            int64_t any = plan_longest_seq(cfg, m, p->world, &p->target, g);
+            fprintf(out, "; %lld tokens with the placement auto chooses there", (long long)any);
+        }
+        fprintf(out, "\n");
     }
 }
