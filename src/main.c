@@ -41,6 +41,9 @@ static void usage(FILE *out) {
             "  --world N                world size to plan for with --explain (default: ranks launched)\n"
             "  --gpu-memory GIB         device memory per rank to plan for (default: the device's;\n"
             "                           --explain without a GPU assumes %.1f GiB)\n"
+            "  --host-memory GIB        pinned host memory of one node to plan for (default: this node's\n"
+            "                           at run time; unlimited for --explain); --explain shares it among\n"
+            "                           min(world, 8) ranks of a node\n"
             "  --dump-grads FILE        write every step's loss and the first step's full gradient (fp32)\n"
             "                           to FILE, for parity checks between runs (format in src/train.h)\n"
             "  --help                   this text and every config key\n"
@@ -58,6 +61,7 @@ typedef struct {
     int explain;
     int world;
     double gpu_memory_gib;
+    double host_memory_gib;
     const char *dump;
 } cli_t;
 
@@ -118,6 +122,9 @@ static void parse_args(int argc, char **argv, cli_t *c, ranks_t *r) {
             i++;
         } else if (!strcmp(a, "--gpu-memory")) {
             c->gpu_memory_gib = parse_positive(r, a, next);
+            i++;
+        } else if (!strcmp(a, "--host-memory")) {
+            c->host_memory_gib = parse_positive(r, a, next);
             i++;
         } else if (!strcmp(a, "--dump-grads")) {
             if (!next) usage_error(r, "--dump-grads expects a file name");
@@ -253,6 +260,22 @@ int main(int argc, char **argv) {
     }
 
     int world = cli.explain && cli.world > 0 ? cli.world : ranks.world_size;
+    /* The host tier: pinned memory for offloaded activations and model
+     * state. A node's memory is shared by its ranks; at run time it is this
+     * node's, less a tenth (at least 6 GiB) for the system and the process. */
+    double host_node = 0;
+    int node_ranks = 1;
+    if (cli.host_memory_gib > 0) {
+        host_node = cli.host_memory_gib * GIB;
+        node_ranks = cli.explain ? (world < 8 ? world : 8) : (ranks.local_size > 0 ? ranks.local_size : 1);
+    } else if (!cli.explain) {
+        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+        if (pages > 0 && page > 0) host_node = (double)pages * (double)page;
+        node_ranks = ranks.local_size > 0 ? ranks.local_size : 1;
+    }
+    double host_keep = 0.1 * host_node > 6 * GIB ? 0.1 * host_node : 6 * GIB;
+    host_node = host_node > 2 * host_keep ? host_node - host_keep : 0.5 * host_node;
+    target.host_memory_bytes = host_node / node_ranks;
     plan_t plan;
     int planned = plan_compile(&plan, &cfg, &model, world, &target, err, sizeof err);
     if (planned != -1 && budget_is_device && be->memory_used) {
@@ -278,6 +301,12 @@ int main(int argc, char **argv) {
             char buf[32];
             printf("memory budget per rank: %s (%s)\n", mem > 0 ? asp_fmt_bytes(buf, sizeof buf, mem) : "unlimited",
                    mem_from);
+            if (target.host_memory_bytes > 0)
+                printf("host memory budget per rank: %s (a node's memory less a tenth, at least 6 GiB, for the "
+                       "system, shared by %d ranks)\n",
+                       asp_fmt_bytes(buf, sizeof buf, target.host_memory_bytes), node_ranks);
+            else
+                printf("host memory budget per rank: unlimited (--host-memory sets a node's)\n");
             plan_explain(&plan, &cfg, stdout);
             fflush(stdout);
         }
@@ -285,25 +314,6 @@ int main(int argc, char **argv) {
         if (planned != 0) usage_error(&ranks, "%s", err);
         par_finalize(&ranks);
         return 0;
-    }
-
-    /* Offloaded activations live in pinned host memory, which the plan does
-     * not budget: refuse a plan the node cannot hold rather than die in the
-     * allocation (ranks of a node share its memory; keep a fifth for the rest). */
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    if (plan.mem.host_total > 0 && pages > 0 && page > 0) {
-        double node = (double)pages * (double)page;
-        int local = ranks.local_size > 0 ? ranks.local_size : 1;
-        double mine = 0.8 * node / local;
-        if ((double)plan.mem.host_total > mine) {
-            char need[32], have[32];
-            usage_error(&ranks,
-                        "the plan offloads %s of activations per rank to pinned host memory, but this node's "
-                        "memory allows %s per rank (%d ranks on it); turn checkpointing.offload off, lower "
-                        "train.seq_len or add ranks",
-                        asp_fmt_bytes(need, sizeof need, (double)plan.mem.host_total),
-                        asp_fmt_bytes(have, sizeof have, mine), local);
-        }
     }
 
     if (par_set_groups(&ranks, plan.sp, err, sizeof err) != 0) usage_error(&ranks, "%s", err);

@@ -65,8 +65,26 @@ static const char *fmt_rate(char *buf, size_t len, double v) {
 
 /* After the first step every buffer the engine uses exists (arenas, library
  * workspaces grown on first use): compare with what the plan predicted. */
+/* Resident memory of this process (VmRSS), 0 when unknown: pinned host
+ * memory is resident from its allocation on. */
+static double resident_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    double kib = 0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6)) kib = atof(line + 6);
+    fclose(f);
+    return kib * 1024.0;
+}
+
 static void report_memory(exec_t *e, const plan_t *plan, int lead) {
     size_t measured = exec_measured_bytes(e);
+    if (lead && plan->mem.host_total > 0) {
+        char a[32], b[32];
+        asp_info("host memory: plan pins %s (activations and model state); this process has %s resident",
+                 asp_fmt_bytes(a, sizeof a, (double)plan->mem.host_total), asp_fmt_bytes(b, sizeof b, resident_bytes()));
+    }
     if (!lead || !measured) return;
     double arenas = (double)plan->mem.device_total - plan->target.reserved_bytes;
     char a[32], b[32], c[32];
@@ -292,25 +310,27 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         if (used > peak_bytes) peak_bytes = used;
         if (lead && (step % cfg->io.log_every == 0 || step == 1 || step == tc->steps)) {
             char rate[32];
-            char extra[96] = "", comm[96] = "";
+            char extra[96] = "", comm[96] = "", host[48] = "";
             if (peak_tflops > 0)
                 snprintf(extra, sizeof extra, " | MFU %.1f%% | peak %.2f GiB", 100 * mfu, (double)peak_bytes / GIB);
             if (r->world_size > 1)
                 snprintf(comm, sizeof comm, " | a2a %.1f ms | grad comm %.1f ms (%.1f exposed)", ct.a2a_s * 1e3,
                          ct.grad_s * 1e3, ct.grad_exposed_s * 1e3);
-            printf("step %6lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s | %.1f ms | %.3f TFLOP/s%s%s\n",
+            if (plan->optim_offload)
+                snprintf(host, sizeof host, " | host optimizer %.1f ms", exec_host_optimizer_seconds(e) * 1e3);
+            printf("step %6lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s | %.1f ms | %.3f TFLOP/s%s%s%s\n",
                    (long long)step, (long long)tc->steps, res.loss, opt.lr, res.grad_norm,
-                   fmt_rate(rate, sizeof rate, tps), dt * 1e3, tflops, extra, comm);
+                   fmt_rate(rate, sizeof rate, tps), dt * 1e3, tflops, extra, comm, host);
             fflush(stdout);
         }
         if (metrics) {
             fprintf(metrics,
                     "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
                     "\"ms\": %.3f, \"tflops\": %.4f, \"mfu\": %.4f, \"peak_gib\": %.3f, \"valid_targets\": %lld, "
-                    "\"a2a_ms\": %.3f, \"grad_comm_ms\": %.3f, \"grad_exposed_ms\": %.3f}\n",
+                    "\"a2a_ms\": %.3f, \"grad_comm_ms\": %.3f, \"grad_exposed_ms\": %.3f, \"host_optimizer_ms\": %.3f}\n",
                     (long long)step, res.loss, opt.lr, res.grad_norm, tps, dt * 1e3, tflops, mfu,
                     (double)peak_bytes / GIB, (long long)res.valid_targets, ct.a2a_s * 1e3, ct.grad_s * 1e3,
-                    ct.grad_exposed_s * 1e3);
+                    ct.grad_exposed_s * 1e3, exec_host_optimizer_seconds(e) * 1e3);
             fflush(metrics);
         }
         if (cfg->io.save_every > 0 && step % cfg->io.save_every == 0 && step < tc->steps &&

@@ -49,27 +49,49 @@ static int placements(const config_t *cfg, int world, int64_t micro_steps, const
     return n;
 }
 
+static double layers_recompute_flops(const plan_t *p) {
+    double rc = 0;
+    for (int l = 0; l < (int)p->model->L; l++) rc += sac_graph_recompute_flops(p, plan_layer_plan(p, l));
+    return rc;
+}
+
 /* 0: compiled and fits; 1: compiled, does not fit; -1: impossible (err set).
- * Without a fit p is left at the last placement tried. */
+ * With several placements to try (auto), the one that fits and recomputes
+ * least wins (within 0.1%: the earlier, lower one), since recompute is
+ * what memory buys back; without a fit p is left at the last one tried. */
 static int compile_at(plan_t *p, const config_t *cfg, const model_t *m, int world, const plan_target_t *t, int sp,
                       int64_t seq_len, char *err, size_t errlen) {
     if (sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen)) return -1;
     placement_t list[16];
     int n = placements(cfg, world, p->micro_steps, t, list);
-    int fits = 0;
-    for (int i = 0; i < n && !fits; i++) {
+    int best = -1;
+    double best_rc = 0;
+    for (int i = 0; i < n; i++) {
         if (i > 0 && sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen)) return -1;
         p->zero_stage = list[i].stage;
         p->optim_offload = list[i].offload;
         p->host_grad_bytes = list[i].host_grad_bytes;
         p->zero_auto = cfg->parallel.zero_stage < 0 || cfg->optimizer.offload < 0;
-        fits = sac_pass(p, cfg);
+        if (!sac_pass(p, cfg)) continue;
+        double rc = layers_recompute_flops(p);
+        if (best < 0 || rc < best_rc * 0.999) {
+            best = i;
+            best_rc = rc;
+        }
+        if (rc == 0) break;     /* nothing to gain from a higher placement */
     }
-    double rc = 0;
-    for (int l = 0; l < (int)m->L; l++) rc += sac_graph_recompute_flops(p, plan_layer_plan(p, l));
-    p->recompute_flops_per_step = rc * (double)p->micro_steps * (double)p->world;
+    if (best >= 0 && (p->zero_stage != list[best].stage || p->optim_offload != list[best].offload ||
+                      p->host_grad_bytes != list[best].host_grad_bytes)) {
+        sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen);
+        p->zero_stage = list[best].stage;
+        p->optim_offload = list[best].offload;
+        p->host_grad_bytes = list[best].host_grad_bytes;
+        p->zero_auto = cfg->parallel.zero_stage < 0 || cfg->optimizer.offload < 0;
+        sac_pass(p, cfg);
+    }
+    p->recompute_flops_per_step = layers_recompute_flops(p) * (double)p->micro_steps * (double)p->world;
     p->flops_per_step = plan_flops_per_token(m, seq_len) * (double)seq_len * (double)cfg->train.global_batch_size;
-    return fits ? 0 : 1;
+    return best >= 0 ? 0 : 1;
 }
 
 /* SP degrees `auto` may choose: valid for the model, dividing the world, with
