@@ -833,10 +833,10 @@ static int load_root(loader_t *L, yaml_node_t *root) {
     if (root->type != YAML_MAPPING_NODE) {
         if (root->type == YAML_SCALAR_NODE)
             return at_err(L, root->start_mark, "expected a mapping of sections (model:, train:, data:, "
-                          "parallel:, checkpointing:, io:) at the top level, got '%s'",
+                          "parallel:, optimizer:, checkpointing:, io:) at the top level, got '%s'",
                           shown(scalar_text(root), buf, sizeof buf));
         return at_err(L, root->start_mark, "expected a mapping of sections (model:, train:, data:, "
-                      "parallel:, checkpointing:, io:) at the top level, got %s", node_kind(root));
+                      "parallel:, optimizer:, checkpointing:, io:) at the top level, got %s", node_kind(root));
     }
     for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
         const char *name = pair_key(L, root, p, "");
@@ -896,7 +896,7 @@ static int load_file(loader_t *L) {
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     if (!root) {
         asp_errf(L->err, L->errlen, "%s: the config file is empty; expected a mapping of sections "
-                 "(model:, train:, data:, parallel:, checkpointing:, io:)", L->file);
+                 "(model:, train:, data:, parallel:, optimizer:, checkpointing:, io:)", L->file);
         goto out_doc;
     }
     if (load_root(L, root)) goto out_doc;

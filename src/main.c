@@ -276,6 +276,7 @@ int main(int argc, char **argv) {
     double host_keep = 0.1 * host_node > 6 * GIB ? 0.1 * host_node : 6 * GIB;
     host_node = host_node > 2 * host_keep ? host_node - host_keep : 0.5 * host_node;
     target.host_memory_bytes = host_node / node_ranks;
+    target.host_is_device = be ? be->device_memory && be->device_memory() == 0 : !explain_gpu_plan;
     plan_t plan;
     int planned = plan_compile(&plan, &cfg, &model, world, &target, err, sizeof err);
     if (planned != -1 && budget_is_device && be->memory_used) {
@@ -316,6 +317,23 @@ int main(int argc, char **argv) {
         return 0;
     }
 
+    /* On a backend whose device memory is host memory, the arenas and the
+     * pinned host regions share the node: refuse what it cannot hold rather
+     * than be killed allocating it. */
+    if (be && be->device_memory && be->device_memory() == 0 && target.host_memory_bytes > 0) {
+        double need = (double)plan.mem.device_total + (double)plan.mem.host_total;
+        if (need > target.host_memory_bytes) {
+            char a[32], b[32], c[32], d[32];
+            usage_error(&ranks,
+                        "the plan needs %s of this node's memory per rank (%s of arenas and %s of pinned host memory "
+                        "for offloaded activations and model state), but the node allows %s per rank (%d ranks on "
+                        "it); lower checkpointing.memory_budget_gib or train.seq_len, turn checkpointing.offload "
+                        "off, or add ranks",
+                        asp_fmt_bytes(a, sizeof a, need), asp_fmt_bytes(b, sizeof b, (double)plan.mem.device_total),
+                        asp_fmt_bytes(c, sizeof c, (double)plan.mem.host_total),
+                        asp_fmt_bytes(d, sizeof d, target.host_memory_bytes), node_ranks);
+        }
+    }
     if (par_set_groups(&ranks, plan.sp, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
     if (lead_rank) {
         char buf[32];

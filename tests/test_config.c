@@ -64,7 +64,8 @@ START_TEST(test_defaults_valid) {
     ck_assert_int_eq(c.train.device, DEVICE_AUTO);
     ck_assert_str_eq(c.data.path, "");
     ck_assert_int_eq(c.parallel.sequence_parallel_size, 0);
-    ck_assert_int_eq(c.parallel.zero_stage, 1);
+    ck_assert_int_eq(c.parallel.zero_stage, -1);   /* auto */
+    ck_assert_int_eq(c.optimizer.offload, -1);     /* auto */
     ck_assert_int_eq(c.checkpointing.policy, SAC_AUTO);
     ck_assert_str_eq(c.io.run_dir, "runs/latest");
     ck_assert_str_eq(sac_policy_name(SAC_SAVE_ALL), "save_all");
@@ -209,11 +210,13 @@ static const bad_t bad[] = {
     {"model:\n  hidden_size: [1, 2\n", ":3:1: ", "malformed YAML: did not find expected ',' or ']'"},
     {"model:\n hidden_size: 64\n  vocab_size: 2\n", ":3:13: ", "malformed YAML: mapping values are not allowed"},
     {"- model\n- train\n", ":1:1: ", "expected a mapping of sections (model:, train:, data:, parallel:, "
-                                     "checkpointing:, io:) at the top level, got a sequence"},
+                                     "optimizer:, checkpointing:, io:) at the top level, got a sequence"},
     {"hello\n", ":1:1: ", "at the top level, got 'hello'"},
     {"modle:\n  hidden_size: 64\n", ":1:1: ", "unknown section 'modle'; did you mean 'model'?"},
-    {"optimizer:\n  lr: 1\n", ":1:1: ", "unknown section 'optimizer'; expected one of: model, train, data, "
-                                        "parallel, checkpointing, io"},
+    {"optimiser:\n  lr: 1\n", ":1:1: ", "unknown section 'optimiser'; did you mean 'optimizer'?"},
+    {"optimizer:\n  lr: 1\n", ":2:3: ", "optimizer.lr: unknown key 'lr' in section optimizer; it is a key of "
+                                        "section train, move it there"},
+    {"optimizer:\n  offload: maybe\n", ":2:12: ", "optimizer.offload: expected true, false or auto, got 'maybe'"},
     {"model:\n  hiden_size: 64\n", ":2:3: ", "model.hiden_size: unknown key 'hiden_size' in section model; "
                                              "did you mean 'hidden_size'?"},
     {"train:\n  flux_capacitor: 1\n", ":2:3: ", "unknown key 'flux_capacitor' in section train; expected one "
@@ -236,8 +239,7 @@ static const bad_t bad[] = {
     {"train:\n  eps: 0\n", ":2:8: ", "train.eps: expected a positive number, got '0'"},
     {"train:\n  weight_decay: .nan\n", ":2:17: ", "train.weight_decay: expected a non-negative number, got '.nan'"},
     {"train:\n  grad_clip: inf\n", ":2:14: ", "expected a non-negative number, got 'inf'"},
-    {"parallel:\n  zero_stage: 2\n", ":2:15: ", "parallel.zero_stage: expected 0 or 1 (ZeRO-2 and ZeRO-3 are not "
-                                              "supported), got '2'"},
+    {"parallel:\n  zero_stage: 4\n", ":2:15: ", "parallel.zero_stage: expected 0, 1, 2, 3 or auto, got '4'"},
     {"parallel:\n  sequence_parallel_size: 0\n", ":2:27: ", "expected a positive integer or auto, got '0'"},
     {"train:\n  device: gpu\n", ":2:11: ", "train.device: expected one of auto, cpu, cuda, got 'gpu'"},
     {"checkpointing:\n  policy: selective\n", ":2:11: ", "expected one of auto, save_all, full, got 'selective'"},
@@ -365,7 +367,7 @@ static const bad_set_t bad_sets[] = {
                                     "by model.num_attention_heads (3)", 0},
     {"train.hidden_size=64", "--set train.hidden_size=64: unknown key 'hidden_size' in section train; it is a "
                              "key of section model, move it there", 1},
-    {"parallel.zero_stage=3", "expected 0 or 1 (ZeRO-2 and ZeRO-3 are not supported), got '3'", 0},
+    {"parallel.zero_stage=-1", "expected 0, 1, 2, 3 or auto, got '-1'", 0},
 };
 
 START_TEST(test_set_bad) {

@@ -37,6 +37,7 @@ static int placements(const config_t *cfg, int world, int64_t micro_steps, const
     const int want_stage = cfg->parallel.zero_stage, want_off = cfg->optimizer.offload;
     for (int off = 0; off <= 1; off++) {
         if (want_off >= 0 && off != want_off) continue;
+        if (want_off < 0 && off && t->host_is_device) continue;
         for (int st = 0; st <= 3; st++) {
             if (want_stage >= 0 && st != want_stage) continue;
             if (want_stage < 0 && world == 1 && st >= 2 && !off) continue;

@@ -29,6 +29,7 @@ typedef struct {
     double reserved_bytes;  /* kept free for the device context, NCCL and library handles */
     double host_memory_bytes; /* pinned host memory this rank may use (its share of the node); 0 = unlimited */
     double pcie_bytes_per_s;  /* host <-> device copy rate the plan assumes for its cost figures; 0: 50 GB/s */
+    int host_is_device;       /* 1: the device's memory is host memory (the cpu backend): auto never offloads */
     /* Scratch the target's ops need at the plan's shapes (e.g. the attention
      * library's workspace); NULL when unknown (planning without the device). */
     size_t (*scratch_bytes)(const op_shapes_t *shapes);
