@@ -4,6 +4,7 @@
 #include "exec.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,17 +31,33 @@ struct exec {
     uint8_t *offload;
     /* model-state pipeline (ZeRO 2-3, optimizer offload); see docs/plan.md */
     uint8_t *param_buf[PLAN_BUCKET_SLOTS], *grad_buf[PLAN_BUCKET_SLOTS];
-    uint8_t *grad_shard, *grad_stage[PLAN_BUCKET_SLOTS], *param_stage[2];
+    uint8_t *grad_shard, *grad_stage[PLAN_BUCKET_SLOTS], *param_stage[PLAN_PARAM_STAGES];
     int slot_holds[PLAN_BUCKET_SLOTS];      /* ZeRO-3: bucket whose weights param_buf[s] holds, -1 none */
     int slot_waited[PLAN_BUCKET_SLOTS];     /* the compute stream already waits for that gather */
     long long slot_ticket[PLAN_BUCKET_SLOTS];
     int gslot_bucket[PLAN_BUCKET_SLOTS];    /* bucket whose gradient slot s holds, -1 none */
     int gslot_done[PLAN_BUCKET_SLOTS];      /* its reduction and copy are issued (ticket valid) */
     long long gslot_ticket[PLAN_BUCKET_SLOTS];
-    long long upload_ticket[2];             /* optimizer offload: param_stage[k]'s last copy to the device */
-    int upload_used[2];
     int micro_index;                        /* micro-step of the optimizer step, from 0 */
-    double optim_host_s;                    /* host optimizer seconds of the last step (AdamW and copies) */
+    /* The host optimizer (optimizer.offload): a worker thread runs AdamW
+     * bucket by bucket in forward order into the param_stage ring while the
+     * next forward runs; the main thread issues each bucket's copy back to
+     * the device (and its gather) just before the forward needs it. */
+    struct {
+        pthread_t thread;
+        pthread_mutex_t mu;
+        pthread_cond_t cv;
+        int started, quit;
+        long long step_id, step_seen;       /* steps asked for / taken by the worker */
+        int pending;                        /* a step's weights are not all issued yet */
+        int done_upto;                      /* buckets [0, done_upto) computed into the ring */
+        int issued_upto;                    /* buckets whose copy back the main thread issued */
+        long long ticket[PLAN_PARAM_STAGES];/* each stage's last copy back */
+        exec_optim_t opt;
+        float sumsq;
+        double work_s, wait_s;              /* worker's AdamW time, main thread's wait, last step */
+    } ho;
+    double *bucket_sumsq;                   /* optimizer offload: fp64 sum of squares of each bucket's slice */
     int shards;                 /* ranks sharing the optimizer state (1 for ZeRO-0) */
     int shard_rank;             /* which slice of every bucket this rank owns (0 for ZeRO-0) */
     int last_micro;             /* the micro-step that completes the gradients: buckets reduce as they finish */
@@ -175,10 +192,13 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
         e->slot_holds[k] = e->gslot_bucket[k] = -1;
     }
     e->grad_shard = region_ptr(e, &m->grad_shard);
-    for (int k = 0; k < 2; k++) e->param_stage[k] = region_ptr(e, &m->param_stage[k]);
+    for (int k = 0; k < PLAN_PARAM_STAGES; k++) e->param_stage[k] = region_ptr(e, &m->param_stage[k]);
     if ((plan->zero_stage >= 2 || plan->optim_offload) && e->grd != 4)
         asp_die(ASP_EXIT_FAILURE, "internal: ZeRO-%d and the host optimizer need fp32 gradients", plan->zero_stage);
-    if (plan->optim_offload) host_optim_threads(r->local_size);
+    if (plan->optim_offload) {
+        host_optim_threads(r->local_size);
+        e->bucket_sumsq = asp_calloc((size_t)plan_n_buckets(plan), sizeof(double), "gradient norm per bucket");
+    }
     /* the backend's op scratch comes from the plan: no op allocates while training */
     if (be->set_scratch) be->set_scratch(region_ptr(e, &m->scratch), m->scratch.bytes);
 
@@ -199,7 +219,7 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
         memset(e->adam_v, 0, m->adam_v.bytes);
         memset(e->master, 0, m->master.bytes);
         memset(e->grad_shard, 0, m->grad_shard.bytes);
-        for (int k = 0; k < 2; k++) memset(e->param_stage[k], 0, m->param_stage[k].bytes);
+        for (int k = 0; k < PLAN_PARAM_STAGES; k++) memset(e->param_stage[k], 0, m->param_stage[k].bytes);
     } else {
         be->zero(e->adam_m, m->adam_m.bytes);
         be->zero(e->adam_v, m->adam_v.bytes);
@@ -215,13 +235,18 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     return e;
 }
 
+static void host_optimizer_stop(exec_t *e);
+static void host_optimizer_finish(exec_t *e);
+
 void exec_destroy(exec_t *e) {
     if (!e) return;
+    host_optimizer_stop(e);
     for (int a = 0; a < ARENA__COUNT; a++) {
         if (!e->arena[a]) continue;
-        if (a == ARENA_HOST) e->be->host_free(e->arena[a]);
+        if (a == ARENA_HOST || a == ARENA_HOST_STATE) e->be->host_free(e->arena[a]);
         else e->be->free(e->arena[a]);
     }
+    free(e->bucket_sumsq);
     free(e);
 }
 
@@ -428,6 +453,7 @@ static void shard_gather(exec_t *e, shard_kind_t kind, exec_state_t which, float
 }
 
 void exec_get_params(exec_t *e, float *out, int root) {
+    host_optimizer_finish(e);
     if (e->plan->zero_stage >= 3) {
         shard_gather(e, SHARD_PARAMS, EXEC_MASTER, out, root);
         return;
@@ -437,6 +463,7 @@ void exec_get_params(exec_t *e, float *out, int root) {
 
 void exec_set_params(exec_t *e, const float *in) {
     const plan_t *p = e->plan;
+    host_optimizer_finish(e);
     params_from_f32(e, in, 0, p->n_params);
     for (int bi = 0; bi < plan_n_buckets(p); bi++) {
         plan_bucket_t b;
@@ -463,10 +490,12 @@ int exec_state_pieces(const exec_t *e, exec_piece_t *out) {
 }
 
 void exec_get_optimizer_state(exec_t *e, exec_state_t which, float *out, int root) {
+    host_optimizer_finish(e);
     shard_gather(e, SHARD_STATE, which, out, root);
 }
 
 void exec_set_optimizer_state(exec_t *e, exec_state_t which, const float *vals) {
+    host_optimizer_finish(e);
     state_to_dev(e, state_buf(e, which), vals, e->plan->shard_len * sizeof(float));
 }
 
@@ -905,6 +934,9 @@ static void graph_backward(exec_t *e, const walk_t *w) {
 
 /* ------------------------------------------------------------------ model-state pipeline */
 
+static void need_updated(exec_t *e, int bi);
+static void host_optimizer_finish(exec_t *e);
+
 /* ZeRO-3: start gathering bucket b's weights into its slot's buffer on the
  * communication stream (after all compute issued so far, so whatever last
  * read that buffer is done with it). */
@@ -924,6 +956,7 @@ static void gather_issue(exec_t *e, int b) {
 /* ZeRO-3: bucket b's weights are needed by the next compute: gathered, and
  * the compute stream waits for them. */
 static void need_weights(exec_t *e, int b) {
+    need_updated(e, b);
     if (e->plan->zero_stage < 3) return;
     gather_issue(e, b);
     int s = plan_bucket_slot(e->plan, b);
@@ -938,6 +971,7 @@ static void need_weights(exec_t *e, int b) {
 static void prefetch_weights(exec_t *e, int next, int cur) {
     if (e->plan->zero_stage < 3 || next < 0 || next >= plan_n_buckets(e->plan)) return;
     if (plan_bucket_slot(e->plan, next) == plan_bucket_slot(e->plan, cur)) return;
+    need_updated(e, next);
     gather_issue(e, next);
 }
 
@@ -957,10 +991,15 @@ static void grad_drain(exec_t *e, int s) {
     if (p->optim_offload) {
         e->coll->sync_mark(e->gslot_ticket[s]);
         int direct = p->host_grad_bytes == 4 && p->micro_steps == 1;
+        uint8_t *shard = e->grad_shard + bk.shard_off * (size_t)p->host_grad_bytes;
+        /* the gradient norm from the fp32 values, before a bf16 shard rounds them */
+        if (e->last_micro && p->host_grad_bytes == 2)
+            e->bucket_sumsq[b] = host_grad_sumsq_total(e->grad_stage[s], DT_F32, bk.slice_len);
         if (!direct)
-            host_accumulate(e->grad_shard + bk.shard_off * (size_t)p->host_grad_bytes,
-                            p->host_grad_bytes == 4 ? DT_F32 : DT_BF16, (const float *)e->grad_stage[s], bk.slice_len,
-                            acc);
+            host_accumulate(shard, p->host_grad_bytes == 4 ? DT_F32 : DT_BF16, (const float *)e->grad_stage[s],
+                            bk.slice_len, acc);
+        if (e->last_micro && p->host_grad_bytes == 4)
+            e->bucket_sumsq[b] = host_grad_sumsq_total(shard, DT_F32, bk.slice_len);
     } else {
         e->coll->wait_mark(e->gslot_ticket[s]);
         e->be->grad_accumulate(e->grad_shard + bk.shard_off * 4,
@@ -1101,60 +1140,164 @@ void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t
     res->valid_targets = (int64_t)valid;
 }
 
-/* AdamW on the host over this rank's slice of every bucket: the updated
- * weights go back through pinned staging on the communication stream, and
- * (ZeRO 1-2) are gathered on the device as the device optimizer's are. */
+/* ------------------------------------------------------------------ host optimizer */
+
+/* AdamW on the host over this rank's slice of bucket bi, into the weights'
+ * staging ring. */
+static void host_adamw_bucket(exec_t *e, int bi, uint8_t *stage) {
+    const plan_t *p = e->plan;
+    const model_t *m = e->model;
+    const exec_optim_t *opt = &e->ho.opt;
+    const dtype_t gt = p->host_grad_bytes == 4 ? DT_F32 : DT_BF16;
+    plan_bucket_t b;
+    plan_bucket(p, bi, &b);
+    size_t lo, hi;
+    slice_of(e, &b, &lo, &hi);
+    for (int i = 0; i < m->nparams && lo < hi; i++) {
+        const param_t *pa = &m->params[i];
+        size_t a0 = pa->offset > lo ? pa->offset : lo;
+        size_t b0 = pa->offset + pa->numel < hi ? pa->offset + pa->numel : hi;
+        if (a0 >= b0) continue;
+        size_t sh = b.shard_off + (a0 - lo);
+        host_adamw((float *)e->master + sh, stage + (a0 - lo) * e->par, e->be->param_dtype, (float *)e->adam_m + sh,
+                   (float *)e->adam_v + sh, e->grad_shard + sh * (size_t)p->host_grad_bytes, gt, b0 - a0,
+                   (float)opt->lr, (float)opt->beta1, (float)opt->beta2, (float)opt->eps,
+                   pa->decay ? (float)opt->weight_decay : 0.0f, opt->step, e->ho.sumsq, (float)opt->grad_clip);
+    }
+}
+
+/* The worker: for each step asked for, every bucket in forward order, each
+ * into the next stage of the ring once the copy back of the bucket that
+ * used it last has finished. */
+static void *host_optimizer_main(void *arg) {
+    exec_t *e = arg;
+    const int nb = plan_n_buckets(e->plan);
+    pthread_mutex_lock(&e->ho.mu);
+    for (;;) {
+        while (!e->ho.quit && e->ho.step_seen == e->ho.step_id) pthread_cond_wait(&e->ho.cv, &e->ho.mu);
+        if (e->ho.quit) break;
+        e->ho.step_seen = e->ho.step_id;
+        double t0 = asp_now();
+        for (int bi = 0; bi < nb; bi++) {
+            int k = bi % PLAN_PARAM_STAGES;
+            /* the stage is free once the bucket before in it was copied back */
+            while (bi >= PLAN_PARAM_STAGES && e->ho.issued_upto <= bi - PLAN_PARAM_STAGES && !e->ho.quit)
+                pthread_cond_wait(&e->ho.cv, &e->ho.mu);
+            if (e->ho.quit) break;
+            long long t = bi >= PLAN_PARAM_STAGES ? e->ho.ticket[k] : -1;
+            pthread_mutex_unlock(&e->ho.mu);
+            if (t >= 0) e->coll->sync_mark(t);
+            host_adamw_bucket(e, bi, e->param_stage[k]);
+            pthread_mutex_lock(&e->ho.mu);
+            e->ho.done_upto = bi + 1;
+            pthread_cond_broadcast(&e->ho.cv);
+        }
+        e->ho.work_s = asp_now() - t0;
+    }
+    pthread_mutex_unlock(&e->ho.mu);
+    return NULL;
+}
+
+static void host_optimizer_stop(exec_t *e) {
+    if (!e->ho.started) return;
+    pthread_mutex_lock(&e->ho.mu);
+    e->ho.quit = 1;
+    pthread_cond_broadcast(&e->ho.cv);
+    pthread_mutex_unlock(&e->ho.mu);
+    pthread_join(e->ho.thread, NULL);
+    pthread_mutex_destroy(&e->ho.mu);
+    pthread_cond_destroy(&e->ho.cv);
+    e->ho.started = 0;
+}
+
+/* Copy bucket bi's updated weights back from its stage: to the full weights
+ * (ZeRO 0-2; gathered over the ranks on the compute stream under ZeRO 1-2)
+ * or to this rank's weight shard (ZeRO-3, gathered when the bucket is used).
+ * The compute stream waits for the copy; nothing in flight reads them (the
+ * previous backward has finished). */
+static void host_issue_upload(exec_t *e, int bi) {
+    const plan_t *p = e->plan;
+    plan_bucket_t b;
+    plan_bucket(p, bi, &b);
+    size_t lo, hi;
+    size_t flat0 = slice_of(e, &b, &lo, &hi);
+    int k = bi % PLAN_PARAM_STAGES;
+    if (hi > lo) {
+        uint8_t *dst = p->zero_stage >= 3 ? e->params + b.shard_off * e->par : e->params + flat0 * e->par;
+        e->coll->to_device_async(dst, e->param_stage[k], (hi - lo) * e->par);
+    }
+    long long t = e->coll->mark();
+    e->coll->wait_mark(t);
+    /* a gather of this bucket from before the copy holds its old weights */
+    int slot = plan_bucket_slot(p, bi);
+    if (e->slot_holds[slot] == bi) e->slot_holds[slot] = -1;
+    if (e->shards > 1 && p->zero_stage < 3) {
+        uint8_t *bucket = e->params + b.flat_begin * e->par;
+        e->coll->allgather(e->ranks->world, bucket + (size_t)e->shard_rank * b.slice_len * e->par, bucket,
+                           b.slice_len, e->be->param_dtype);
+    }
+    pthread_mutex_lock(&e->ho.mu);
+    e->ho.ticket[k] = t;
+    e->ho.issued_upto = bi + 1;
+    pthread_cond_broadcast(&e->ho.cv);
+    pthread_mutex_unlock(&e->ho.mu);
+}
+
+/* Bucket bi's weights of the step in flight are about to be used (up to the
+ * last bucket: all of them): wait for the worker, then issue every finished
+ * bucket's copy back, in order, up to bi at least. */
+static void need_updated(exec_t *e, int bi) {
+    if (!e->ho.pending) return;
+    const int nb = plan_n_buckets(e->plan);
+    if (bi >= nb) bi = nb - 1;
+    for (;;) {
+        pthread_mutex_lock(&e->ho.mu);
+        int issued = e->ho.issued_upto;
+        if (issued > bi) {
+            pthread_mutex_unlock(&e->ho.mu);
+            break;
+        }
+        double t0 = asp_now();
+        while (e->ho.done_upto <= issued) pthread_cond_wait(&e->ho.cv, &e->ho.mu);
+        e->ho.wait_s += asp_now() - t0;
+        int done = e->ho.done_upto;
+        pthread_mutex_unlock(&e->ho.mu);
+        /* A copy back that ends in a gather over the ranks is issued at the
+         * same point on every rank (collectives match by order); others as
+         * soon as they are ready. */
+        if (e->shards > 1 && e->plan->zero_stage < 3 && done > bi + 1) done = bi + 1;
+        for (int k = issued; k < done; k++) host_issue_upload(e, k);
+    }
+    if (bi == nb - 1) e->ho.pending = 0;
+}
+
+static void host_optimizer_finish(exec_t *e) { need_updated(e, plan_n_buckets(e->plan) - 1); }
+
+/* The host optimizer's step: the gradient norm from the buckets' sums (in
+ * bucket order, as the backend's grad_sumsq adds them), then AdamW handed
+ * to the worker; its weights go back as the next forward needs them. */
 static void host_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res) {
     const plan_t *p = e->plan;
-    const backend_t *be = e->be;
-    const model_t *m = e->model;
     const int nb = plan_n_buckets(p);
-    const dtype_t gt = p->host_grad_bytes == 4 ? DT_F32 : DT_BF16;
-    double t0 = asp_now();
+    host_optimizer_finish(e);
     float sumsq = 0;
-    for (int bi = 0; bi < nb; bi++) {
-        plan_bucket_t b;
-        plan_bucket(p, bi, &b);
-        host_grad_sumsq(&sumsq, e->grad_shard + b.shard_off * (size_t)p->host_grad_bytes, gt, b.slice_len);
-    }
+    for (int bi = 0; bi < nb; bi++) sumsq = (float)((double)sumsq + e->bucket_sumsq[bi]);
     if (e->shards > 1) e->host_coll->allreduce_sum(e->ranks->world, &sumsq, 1, DT_F32);
-    long long last = -1;
-    for (int bi = 0; bi < nb; bi++) {
-        plan_bucket_t b;
-        plan_bucket(p, bi, &b);
-        size_t lo, hi;
-        size_t flat0 = slice_of(e, &b, &lo, &hi);
-        int k = bi % 2;
-        if (e->upload_used[k]) e->coll->sync_mark(e->upload_ticket[k]);
-        uint8_t *stage = e->param_stage[k];
-        for (int i = 0; i < m->nparams && lo < hi; i++) {
-            const param_t *pa = &m->params[i];
-            size_t a0 = pa->offset > lo ? pa->offset : lo;
-            size_t b0 = pa->offset + pa->numel < hi ? pa->offset + pa->numel : hi;
-            if (a0 >= b0) continue;
-            size_t sh = b.shard_off + (a0 - lo);
-            host_adamw((float *)e->master + sh, stage + (a0 - lo) * e->par, be->param_dtype, (float *)e->adam_m + sh,
-                       (float *)e->adam_v + sh, e->grad_shard + sh * (size_t)p->host_grad_bytes, gt, b0 - a0,
-                       (float)opt->lr, (float)opt->beta1, (float)opt->beta2, (float)opt->eps,
-                       pa->decay ? (float)opt->weight_decay : 0.0f, opt->step, sumsq, (float)opt->grad_clip);
-        }
-        if (hi > lo) {
-            uint8_t *dst = p->zero_stage >= 3 ? e->params + b.shard_off * e->par : e->params + flat0 * e->par;
-            e->coll->to_device_async(dst, stage, (hi - lo) * e->par);
-        }
-        e->upload_ticket[k] = last = e->coll->mark();
-        e->upload_used[k] = 1;
-        if (e->shards > 1 && p->zero_stage < 3) {
-            /* the compute stream waits for this slice, then gathers every rank's in place */
-            e->coll->wait_mark(last);
-            uint8_t *bucket = e->params + b.flat_begin * e->par;
-            e->coll->allgather(e->ranks->world, bucket + (size_t)e->shard_rank * b.slice_len * e->par, bucket,
-                               b.slice_len, be->param_dtype);
-        }
+    if (!e->ho.started) {
+        pthread_mutex_init(&e->ho.mu, NULL);
+        pthread_cond_init(&e->ho.cv, NULL);
+        if (pthread_create(&e->ho.thread, NULL, host_optimizer_main, e) != 0)
+            asp_die(ASP_EXIT_FAILURE, "cannot start the host optimizer's thread");
+        e->ho.started = 1;
     }
-    if (last >= 0) e->coll->wait_mark(last);
-    weights_changed(e);
-    e->optim_host_s = asp_now() - t0;
+    pthread_mutex_lock(&e->ho.mu);
+    e->ho.opt = *opt;
+    e->ho.sumsq = sumsq;
+    e->ho.done_upto = e->ho.issued_upto = 0;
+    e->ho.pending = 1;
+    e->ho.step_id++;
+    pthread_cond_broadcast(&e->ho.cv);
+    pthread_mutex_unlock(&e->ho.mu);
     res->grad_norm = sqrt((double)sumsq);
 }
 
@@ -1217,7 +1360,15 @@ void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res)
     res->grad_norm = sqrt((double)s);
 }
 
-double exec_host_optimizer_seconds(const exec_t *e) { return e->optim_host_s; }
+void exec_host_optimizer_times(exec_t *e, double *work_s, double *exposed_s) {
+    *work_s = *exposed_s = 0;
+    if (!e->ho.started) return;
+    pthread_mutex_lock(&e->ho.mu);
+    *work_s = e->ho.work_s;
+    *exposed_s = e->ho.wait_s;
+    e->ho.wait_s = 0;
+    pthread_mutex_unlock(&e->ho.mu);
+}
 
 void exec_comm_times(exec_t *e, coll_times_t *out) {
     memset(out, 0, sizeof *out);

@@ -52,7 +52,10 @@ void exec_init_params(exec_t *e, uint64_t seed);
 void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid,
                            exec_result_t *res);
 
-/* Clip and AdamW on this rank's shard, then gather the weights. Fills grad_norm. */
+/* Clip and AdamW on this rank's shard, then gather the weights. Fills grad_norm.
+ * With the optimizer on the host, AdamW runs on a worker thread beside the
+ * next forward, which waits for each bucket's weights as it reaches them;
+ * every reader of weights or optimizer state waits for the whole update. */
 void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res);
 
 /* Full reduced gradient as fp32 (after exec_forward_backward; collective:
@@ -100,9 +103,11 @@ void exec_profile_reset(exec_t *e);
  * step, once its results were read. */
 void exec_comm_times(exec_t *e, coll_times_t *out);
 
-/* Seconds the last exec_optimizer_step spent in the host optimizer (AdamW
- * on the CPU and issuing the weights' copies back); 0 without it. */
-double exec_host_optimizer_seconds(const exec_t *e);
+/* The host optimizer (optimizer.offload): *work_s, the seconds its last
+ * finished AdamW took on the CPU (it runs beside the next forward); and
+ * *exposed_s, the seconds the step waited for it since the previous call
+ * (the part the forward did not hide). Both 0 without it. */
+void exec_host_optimizer_times(exec_t *e, double *work_s, double *exposed_s);
 
 /* Device memory the engine has taken since exec_create, as the backend
  * measures it (0 when it cannot). */

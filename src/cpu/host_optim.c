@@ -32,10 +32,15 @@ static void need_float(const char *what, dtype_t t) {
 }
 
 void host_grad_sumsq(float *sumsq, const void *grad, dtype_t t, size_t n) {
+    if (n == 0) return;
+    *sumsq = (float)((double)*sumsq + host_grad_sumsq_total(grad, t, n));
+}
+
+double host_grad_sumsq_total(const void *grad, dtype_t t, size_t n) {
     enum { BLK = 1 << 16 };
     need_float("gradient", t);
     size_t nb = (n + BLK - 1) / BLK;
-    if (nb == 0) return;
+    if (nb == 0) return 0;
     double *part = asp_malloc(nb * sizeof(double), "gradient norm partial sums");
     const float *g32 = grad;
     const uint16_t *g16 = grad;
@@ -54,8 +59,8 @@ void host_grad_sumsq(float *sumsq, const void *grad, dtype_t t, size_t n) {
     }
     double total = 0;
     for (size_t b = 0; b < nb; b++) total += part[b];
-    *sumsq = (float)((double)*sumsq + total);
     free(part);
+    return total;
 }
 
 void host_adamw(float *master, void *param, dtype_t pt, float *m, float *v, const void *grad, dtype_t gt, size_t n,

@@ -14,6 +14,8 @@
 /* *sumsq += sum of grad[i]^2: fixed blocks of 65536 summed in fp64 and
  * combined in block order, then rounded to fp32 once. */
 void host_grad_sumsq(float *sumsq, const void *grad, dtype_t grad_type, size_t n);
+/* The fp64 total host_grad_sumsq adds (the same blocks in the same order). */
+double host_grad_sumsq_total(const void *grad, dtype_t grad_type, size_t n);
 
 /* One AdamW step as backend.h's adamw describes it, with the gradient and
  * the weights in the given types; sumsq is the global sum of squares of the

@@ -285,7 +285,7 @@ static void nccl_to_host_async(void *host, const void *src, size_t bytes) {
 
 static void nccl_to_device_async(void *dst, const void *host, size_t bytes) {
     if (!bytes) return;
-    side_fork_now();
+    side_pending++;
     CUDA_OK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, nccl_side));
 }
 

@@ -84,7 +84,8 @@ typedef struct coll_ops {
      * far on the compute stream, in issue order there):
      *   allgather_async   allgather (ZeRO-3's weight gathers, prefetched)
      *   to_host_async     backend buffer -> pinned host memory copy
-     *   to_device_async   pinned host memory -> backend buffer copy
+     *   to_device_async   pinned host memory -> backend buffer copy, NOT ordered after the
+     *                     compute stream: the caller makes sure nothing in flight reads dst
      *   mark              a ticket for everything issued there so far
      *   wait_mark         compute-stream work issued later waits for the ticket
      *   sync_mark         the host waits for it (watching for failed peers)

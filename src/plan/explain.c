@@ -260,6 +260,7 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         {"grad_stage[0]", &mem->grad_stage[0]}, {"grad_stage[1]", &mem->grad_stage[1]},
         {"grad_stage[2]", &mem->grad_stage[2]}, {"grad_stage[3]", &mem->grad_stage[3]},
         {"param_stage[0]", &mem->param_stage[0]}, {"param_stage[1]", &mem->param_stage[1]},
+        {"param_stage[2]", &mem->param_stage[2]}, {"param_stage[3]", &mem->param_stage[3]},
         {"saved_layers", &mem->saved_layers}, {"final_hidden", &mem->final_hidden}, {"workspace", &mem->workspace},
         {"  logits", &mem->logits},   {"resid_grad[0]", &mem->resid_grad[0]}, {"resid_grad[1]", &mem->resid_grad[1]},
         {"a2a_send", &mem->a2a_send},   {"a2a_recv", &mem->a2a_recv},     {"tokens", &mem->tokens},

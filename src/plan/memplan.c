@@ -402,7 +402,7 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
         int direct = p->host_grad_bytes == 4 && p->micro_steps == 1;
         for (int k = 0; k < PLAN_BUCKET_SLOTS && !direct; k++)
             mem->grad_stage[k] = place(end, ARENA_HOST_STATE, plan_slot_len(p, k) / shards * gb);
-        for (int k = 0; k < 2; k++) mem->param_stage[k] = place(end, ARENA_HOST_STATE, slice * pb);
+        for (int k = 0; k < PLAN_PARAM_STAGES; k++) mem->param_stage[k] = place(end, ARENA_HOST_STATE, slice * pb);
     } else if (p->zero_stage >= 2) {
         mem->grad_shard = place(end, ARENA_PARAMS, p->shard_len * 4);
     }

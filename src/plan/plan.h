@@ -100,6 +100,7 @@ const char *arena_name(arena_t a);
  * LM head's backward to the embedding's), 1 the tail's (and the embedding's
  * when untied: they are never live together), 2 and 3 the layers', alternating. */
 #define PLAN_BUCKET_SLOTS 4
+#define PLAN_PARAM_STAGES 4
 
 typedef struct {
     int arena;
@@ -120,7 +121,8 @@ typedef struct {
                                of host_grad_bytes on the host with offload, else fp32 on the device */
     region_t grad_stage[PLAN_BUCKET_SLOTS]; /* optimizer offload: pinned staging of each slot's slice of the
                                gradient (fp32) coming off the device */
-    region_t param_stage[2];/* optimizer offload: pinned bucket-slice staging, updated weights going back */
+    region_t param_stage[PLAN_PARAM_STAGES]; /* optimizer offload: pinned bucket-slice staging, updated
+                               weights going back (a ring: AdamW runs ahead of the next forward) */
     region_t saved_layers;  /* L slots of layer.saved_bytes, slot l at offset + l * layer.saved_bytes */
     region_t final_hidden;  /* epilogue input [seq_local, d] */
     region_t workspace;     /* graph workspaces (all three share it; size = max) */
