@@ -6,6 +6,7 @@
 #   scripts/gpu-zero.sh parity        tiny model: every stage and placement against ZeRO-1 on the GPU
 #                                     (20 steps); Llama-3.1-8B at S = ZERO_SHORT_S (4096): the first
 #                                     5 losses with the optimizer on the host against it on the GPU
+#   scripts/gpu-zero.sh hostopt       only the host-optimizer run of parity's 8B check
 #   scripts/gpu-zero.sh long [S]      Llama-3.1-8B, all 32 layers, at S (default 262144), 2 steps with
 #                                     the placement the plan chooses: step time, MFU, plan vs measured
 #                                     memory (device and host) and the host optimizer's time
@@ -63,6 +64,12 @@ if [ "$MODE" = parity ]; then
         note "8B S=$S, optimizer on the host: FAILED ($(tail -1 "$LOG_DIR/8b-hostopt.log"))"
     grep -h "ZeRO-\|step " "$LOG_DIR"/8b-*.log | head -20
     note "8B S=$S, first 5 losses, optimizer on the host vs on the GPU: $(compare x 8b-gpuopt 8b-hostopt 1e-3)"
+elif [ "$MODE" = hostopt ]; then
+    # the host-optimizer half of parity's 8B check alone (its GPU-optimizer losses from an earlier call)
+    S=${ZERO_SHORT_S:-4096}
+    ./autosp-train configs/llama31_8b.yaml $DATA --set train.seq_len=$S --set train.steps=5 --set io.log_every=1 \
+        --set optimizer.offload=true --set io.run_dir="$LOG_DIR/8b-hostopt" 2>&1 | tee "$LOG_DIR/8b-hostopt.log"
+    note "8B S=$S, optimizer on the host, losses: $(losses "$LOG_DIR/8b-hostopt" | tr '\n' ' ')"
 elif [ "$MODE" = long ]; then
     S=${2:-262144}
     n="8b-long-$S"
