@@ -194,30 +194,67 @@ static void bf16_to_f32(float *out, const uint16_t *in, size_t n) {
     }
 }
 
-/* Write an array file: header then `n` values of `t` from fp32 `vals`. */
-static int write_array(const char *path, dtype_t t, const float *vals, size_t n, file_sum_t *sum, char *err,
-                       size_t errlen) {
+static int discard_sink(void *ctx, const float *vals, size_t n) {
+    (void)ctx, (void)vals, (void)n;
+    return 0;
+}
+
+/* An array file written as its values stream in (exec_stream_*): header,
+ * then the values converted to `t`. */
+typedef struct {
     wfile_t w;
-    if (wopen(&w, path, err, errlen) != 0) return -1;
+    dtype_t t;
+    uint16_t *tmp;
+    int64_t left;           /* values still expected */
+    char *err;
+    size_t errlen;
+} array_writer_t;
+
+static int array_begin(array_writer_t *a, const char *path, dtype_t t, size_t n, char *err, size_t errlen) {
+    a->t = t;
+    a->tmp = NULL;
+    a->left = (int64_t)n;
+    a->err = err;
+    a->errlen = errlen;
+    if (wopen(&a->w, path, err, errlen) != 0) return -1;
     uint8_t h[CKPT_HEADER_BYTES];
     put_header(h, t, (int64_t)n);
-    if (wput(&w, h, sizeof h, err, errlen) != 0) return -1;
-    if (t == DT_F32) {
-        for (size_t b = 0; b < n; b += IO_CHUNK) {
-            size_t k = n - b < IO_CHUNK ? n - b : IO_CHUNK;
-            if (wput(&w, vals + b, k * sizeof(float), err, errlen) != 0) return -1;
+    if (wput(&a->w, h, sizeof h, err, errlen) != 0) return -1;
+    if (t != DT_F32) a->tmp = asp_malloc(IO_CHUNK * sizeof(uint16_t), "checkpoint conversion");
+    return 0;
+}
+
+static int array_sink(void *ctx, const float *vals, size_t n) {
+    array_writer_t *a = ctx;
+    if ((int64_t)n > a->left)
+        return asp_errf(a->err, a->errlen, "internal: %s receives more values than its header counts", a->w.path);
+    for (size_t b = 0; b < n; b += IO_CHUNK) {
+        size_t k = n - b < IO_CHUNK ? n - b : IO_CHUNK;
+        int rc;
+        if (a->t == DT_F32) {
+            rc = wput(&a->w, vals + b, k * sizeof(float), a->err, a->errlen);
+        } else {
+            f32_to_bf16_exact(a->tmp, vals + b, k);
+            rc = wput(&a->w, a->tmp, k * sizeof(uint16_t), a->err, a->errlen);
         }
-    } else {
-        uint16_t *tmp = asp_malloc(IO_CHUNK * sizeof(uint16_t), "checkpoint conversion");
-        for (size_t b = 0; b < n; b += IO_CHUNK) {
-            size_t k = n - b < IO_CHUNK ? n - b : IO_CHUNK;
-            f32_to_bf16_exact(tmp, vals + b, k);
-            if (wput(&w, tmp, k * sizeof(uint16_t), err, errlen) != 0) { free(tmp); return -1; }
+        if (rc != 0) {
+            free(a->tmp);
+            a->tmp = NULL;
+            return -1;   /* wput closed the file */
         }
-        free(tmp);
     }
-    if (wclose(&w, err, errlen) != 0) return -1;
-    *sum = w.sum;
+    a->left -= (int64_t)n;
+    return 0;
+}
+
+static int array_end(array_writer_t *a, file_sum_t *sum) {
+    free(a->tmp);
+    if (a->left != 0) {
+        close(a->w.fd);
+        return asp_errf(a->err, a->errlen, "internal: %s is short of %lld values", a->w.path, (long long)a->left);
+    }
+    if (wclose(&a->w, a->err, a->errlen) != 0) return -1;
+    *sum = a->w.sum;
     return 0;
 }
 
@@ -534,24 +571,27 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
     }
     if (agree(r, host_coll, rc) != 0) goto fail;
 
+    /* Each array streams from the ranks one gradient bucket at a time (no
+     * model-sized buffer: 32 GB for 8B parameters). Every rank takes part in
+     * every gather even after a failure on rank 0, so the collectives stay
+     * matched; the result is agreed below. */
     size_t n = plan->n_params;
-    float *buf = lead ? asp_malloc(n * sizeof(float), "checkpoint buffer") : NULL;
-    exec_get_params(e, buf, 0);   /* collective under ZeRO-3 */
-    if (lead) {
-        pathf(path, sizeof path, "%s/%s", tmp, file_names[F_WEIGHTS]);
-        rc = write_array(path, plan->target.param_bytes == 2 ? DT_BF16 : DT_F32, buf, n, &sums[F_WEIGHTS], err, errlen);
-    }
     static const exec_state_t which[3] = {EXEC_MASTER, EXEC_ADAM_M, EXEC_ADAM_V};
-    for (int k = 0; k < 3; k++) {
-        /* every rank takes part in the gather even after a failure on rank 0,
-         * so the collectives stay matched; the result is agreed below */
-        exec_get_optimizer_state(e, which[k], buf, 0);
+    for (int k = -1; k < 3; k++) {
+        int f = k < 0 ? F_WEIGHTS : F_MASTER + k;
+        dtype_t dt = k < 0 && plan->target.param_bytes == 2 ? DT_BF16 : DT_F32;
+        array_writer_t a;
+        int open_ok = 0;
         if (lead && !rc) {
-            pathf(path, sizeof path, "%s/%s", tmp, file_names[F_MASTER + k]);
-            rc = write_array(path, DT_F32, buf, n, &sums[F_MASTER + k], err, errlen);
+            pathf(path, sizeof path, "%s/%s", tmp, file_names[f]);
+            rc = array_begin(&a, path, dt, n, err, errlen);
+            open_ok = !rc;
         }
+        exec_sink_t sink = open_ok ? array_sink : NULL;
+        int src = k < 0 ? exec_stream_params(e, 0, sink ? sink : discard_sink, &a)
+                        : exec_stream_optimizer_state(e, which[k], 0, sink ? sink : discard_sink, &a);
+        if (open_ok) rc = src ? -1 : array_end(&a, &sums[f]);
     }
-    free(buf);
     if (lead && !rc) {
         pathf(path, sizeof path, "%s/%s", tmp, file_names[F_STATE]);
         rc = write_state(path, cfg, plan, r, st, plan->target.param_bytes == 2 ? DT_BF16 : DT_F32, &sums[F_STATE],

@@ -412,44 +412,84 @@ static void shard_read(exec_t *e, shard_kind_t kind, exec_state_t which, float *
     }
 }
 
-/* A sharded quantity in model order (plan->n_params fp32) on rank `root`,
- * or on every rank when root < 0. Collective when the state is sharded:
- * bucket by bucket, in chunks, so no rank but the receivers needs a
- * full-size buffer: chunk c of every rank's slice arrives as `world`
- * consecutive pieces, and rank r's slice is the bucket's r-th part. */
-static void shard_gather(exec_t *e, shard_kind_t kind, exec_state_t which, float *out, int root) {
+/* A sharded quantity in model order, bucket by bucket, to sink(ctx, vals, n)
+ * on rank `root` (every rank when root < 0). Collective when the state is
+ * sharded: each bucket is gathered in chunks of every rank's slice (chunk c
+ * of every slice arrives as `world` consecutive pieces; rank r's slice is the
+ * bucket's r-th part), so the receivers hold one bucket, never the model. A
+ * sink that fails is not called again; the gathers go on, so the ranks stay
+ * matched. */
+static int shard_stream(exec_t *e, shard_kind_t kind, exec_state_t which, int root, exec_sink_t sink, void *ctx) {
     const plan_t *p = e->plan;
-    int here = root < 0 || e->ranks->world_rank == root;
-    if (e->shards == 1) {
-        if (!here) return;
-        for (int bi = 0; bi < plan_n_buckets(p); bi++) {
-            plan_bucket_t b;
-            plan_bucket(p, bi, &b);
-            shard_read(e, kind, which, out + b.model_begin, b.shard_off, b.model_len);
-        }
-        return;
-    }
-    int w = e->shards;
-    size_t chunk = (size_t)1 << 20;
-    float *tmp = asp_malloc((size_t)w * chunk * sizeof(float), "shard gather");
+    int here = root < 0 || e->ranks->world_rank == root, rc = 0;
+    size_t largest = 0;
     for (int bi = 0; bi < plan_n_buckets(p); bi++) {
         plan_bucket_t b;
         plan_bucket(p, bi, &b);
-        for (size_t c = 0; c < b.slice_len; c += chunk) {
-            size_t n = b.slice_len - c < chunk ? b.slice_len - c : chunk;
-            float *mine = tmp + (size_t)e->ranks->world_rank * n;
-            shard_read(e, kind, which, mine, b.shard_off + c, n);
-            e->host_coll->allgather(e->ranks->world, mine, tmp, n, DT_F32);
+        if (b.model_len > largest) largest = b.model_len;
+    }
+    float *bucket = here ? asp_malloc(largest * sizeof(float), "bucket gather") : NULL;
+    /* the weights are whole on every rank below ZeRO-3: the root reads its own */
+    int w = kind == SHARD_PARAMS && p->zero_stage < 3 ? 1 : e->shards;
+    size_t chunk = (size_t)1 << 20;
+    float *tmp = w > 1 ? asp_malloc((size_t)w * chunk * sizeof(float), "shard gather") : NULL;
+    for (int bi = 0; bi < plan_n_buckets(p); bi++) {
+        plan_bucket_t b;
+        plan_bucket(p, bi, &b);
+        if (w == 1) {
             if (!here) continue;
-            for (int r = 0; r < w; r++) {
-                size_t at = (size_t)r * b.slice_len + c;   /* within the bucket */
-                if (at >= b.model_len) break;
-                size_t k = b.model_len - at < n ? b.model_len - at : n;
-                memcpy(out + b.model_begin + at, tmp + (size_t)r * n, k * sizeof(float));
+            if (kind == SHARD_PARAMS && p->zero_stage < 3)
+                e->be->to_f32(bucket, e->params + b.flat_begin * e->par, e->be->param_dtype, b.model_len);
+            else
+                shard_read(e, kind, which, bucket, b.shard_off, b.model_len);
+        } else {
+            for (size_t c = 0; c < b.slice_len; c += chunk) {
+                size_t n = b.slice_len - c < chunk ? b.slice_len - c : chunk;
+                float *mine = tmp + (size_t)e->ranks->world_rank * n;
+                shard_read(e, kind, which, mine, b.shard_off + c, n);
+                e->host_coll->allgather(e->ranks->world, mine, tmp, n, DT_F32);
+                if (!here) continue;
+                for (int r = 0; r < w; r++) {
+                    size_t at = (size_t)r * b.slice_len + c;   /* within the bucket */
+                    if (at >= b.model_len) break;
+                    size_t k = b.model_len - at < n ? b.model_len - at : n;
+                    memcpy(bucket + at, tmp + (size_t)r * n, k * sizeof(float));
+                }
             }
         }
+        if (here && !rc) rc = sink(ctx, bucket, b.model_len);
     }
     free(tmp);
+    free(bucket);
+    return rc;
+}
+
+typedef struct {
+    float *out;
+    size_t at;
+} copy_sink_t;
+
+static int copy_to(void *ctx, const float *vals, size_t n) {
+    copy_sink_t *c = ctx;
+    memcpy(c->out + c->at, vals, n * sizeof(float));
+    c->at += n;
+    return 0;
+}
+
+/* The same into out (plan->n_params fp32). */
+static void shard_gather(exec_t *e, shard_kind_t kind, exec_state_t which, float *out, int root) {
+    copy_sink_t c = {out, 0};
+    shard_stream(e, kind, which, root, copy_to, &c);
+}
+
+int exec_stream_params(exec_t *e, int root, exec_sink_t sink, void *ctx) {
+    host_optimizer_finish(e);
+    return shard_stream(e, SHARD_PARAMS, EXEC_MASTER, root, sink, ctx);
+}
+
+int exec_stream_optimizer_state(exec_t *e, exec_state_t which, int root, exec_sink_t sink, void *ctx) {
+    host_optimizer_finish(e);
+    return shard_stream(e, SHARD_STATE, which, root, sink, ctx);
 }
 
 void exec_get_params(exec_t *e, float *out, int root) {

@@ -85,6 +85,16 @@ int exec_state_pieces(const exec_t *e, exec_piece_t *out);
 /* Full state `which` (plan->n_params fp32) into `out` on rank `root` of the
  * world; `out` may be NULL elsewhere. Collective: every rank must call it. */
 void exec_get_optimizer_state(exec_t *e, exec_state_t which, float *out, int root);
+/* The weights (as exec_get_params) or state `which` (as
+ * exec_get_optimizer_state) in model order, one gradient bucket at a time,
+ * to sink(ctx, vals, n) on rank `root`, so no rank holds a model-sized
+ * buffer (a checkpoint of 8B parameters would need 32 GB per array).
+ * Collective. Returns the first non-zero value the sink returned (it is not
+ * called again after one), else 0. */
+typedef int (*exec_sink_t)(void *ctx, const float *vals, size_t n);
+int exec_stream_params(exec_t *e, int root, exec_sink_t sink, void *ctx);
+int exec_stream_optimizer_state(exec_t *e, exec_state_t which, int root, exec_sink_t sink, void *ctx);
+
 /* Replace this rank's part of state `which` with `vals`: plan->shard_len
  * values laid out as the shard (each piece at its shard_off, padding zero).
  * Local: no communication. */
