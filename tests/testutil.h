@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 /* Automake's "skipped" exit status (GPU tests without a GPU). */
 #define TEST_SKIP 77
@@ -24,6 +25,13 @@ static inline int test_rmtree(const char *dir) {
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     return system(cmd);
+}
+
+/* Monotonic seconds, for "refused at once" checks. */
+static inline double test_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 typedef struct { uint64_t s; } trng_t;
