@@ -172,7 +172,7 @@ int asp_open_regular(const char *path, const char *what, const char *hint, char 
         const char *kind = S_ISDIR(st.st_mode) ? "a folder" : S_ISFIFO(st.st_mode) ? "a FIFO (named pipe)"
                          : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device" : S_ISSOCK(st.st_mode) ? "a socket"
                          : "not a regular file";
-        return asp_errf(err, errlen, "%s: is %s, not a regular file, so not a %s; %s", path, kind, what, hint);
+        return asp_errf(err, errlen, "%s: is %s, not a regular file (%s expected); %s", path, kind, what, hint);
     }
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
