@@ -2,6 +2,7 @@
 #include "autosp_config.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,7 +83,8 @@ static double parse_positive(ranks_t *r, const char *flag, const char *v) {
     char *end;
     errno = 0;
     double x = v ? strtod(v, &end) : 0;
-    if (!v || errno || *end || !(x > 0)) usage_error(r, "%s expects a positive number, got '%s'", flag, v ? v : "");
+    if (!v || errno || *end || !(x > 0) || !isfinite(x))
+        usage_error(r, "%s expects a positive finite number, got '%s'", flag, v ? v : "");
     return x;
 }
 

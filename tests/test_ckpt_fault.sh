@@ -95,6 +95,39 @@ fresh_bad; rm "$B/manifest"
 refuse "a checkpoint without manifest" "manifest: missing"
 fresh_bad
 refuse "a different model" "model.hidden_size is 64 in the checkpoint but 128" --set model.hidden_size=128 --set model.head_dim=32
+refuse "a different RoPE base" "model.rope_theta is 10000 in the checkpoint but 500000" --set model.rope_theta=500000
+refuse "a different norm epsilon" "model.rms_norm_eps is 1e-05 in the checkpoint but 1e-06" --set model.rms_norm_eps=1e-6
+refuse "a different max_position_embeddings" "model.max_position_embeddings is 4096 in the checkpoint but 8192" --set model.max_position_embeddings=8192
+refuse "RoPE scaling switched on" "model.rope_scaling.enabled is 0 in the checkpoint but 1" --set model.rope_scaling.factor=8
+# a crafted state (with a manifest that matches it): an empty step, a huge data position
+restate() { # sed-expression: edit the state, then give the manifest its new size and CRC-32C
+    sed -i "$1" "$B/state"
+    python3 - "$B" <<'PY'
+import os, sys
+d = sys.argv[1]
+def crc32c(b):
+    c = 0xFFFFFFFF
+    for x in b:
+        c ^= x
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    return c ^ 0xFFFFFFFF
+data = open(os.path.join(d, "state"), "rb").read()
+lines = open(os.path.join(d, "manifest")).read().splitlines()
+out = [l if not l.startswith("state ") else "state %d %08x" % (len(data), crc32c(data)) for l in lines]
+open(os.path.join(d, "manifest"), "w").write("\n".join(out) + "\n")
+PY
+}
+fresh_bad; restate 's/^step .*/step /'
+refuse "a state with an empty step" "state: 'step' is missing or not a number"
+fresh_bad; restate 's/^epoch .*/epoch 9223372036854775807/; s/^cursor .*/cursor 9223372036854775807/'
+refuse "a state with epoch and cursor at INT64_MAX" "state: step 2, epoch 9223372036854775807, cursor 9223372036854775807 is beyond any run"
+# a FIFO in place of a checkpoint file is refused, not waited on
+fresh_bad; rm "$B/manifest"; mkfifo "$B/manifest"
+start=$(date +%s)
+refuse "a FIFO as the manifest" "manifest: is a FIFO \(named pipe\), not a regular file"
+[ $(( $(date +%s) - start )) -lt 20 ] || fail "the FIFO took $(( $(date +%s) - start )) s to refuse"
+fresh_bad
 refuse "an explicit path that is no checkpoint" "io.resume: .* is not a checkpoint folder" --set io.resume="$TMP/nowhere"
 fresh_bad; rm "$B/weights.bin"
 refuse "an explicit damaged path" "weights.bin: missing" --set io.resume="$B"
