@@ -108,6 +108,18 @@ static int read_all_fd(int fd, void *buf, size_t n, off_t at) {
     return 0;
 }
 
+/* Test-only (docs/checkpoints.md): ASP_CKPT_KILL_AFTER=N kills the process
+ * (SIGKILL) right after the N-th file operation of checkpointing (a file
+ * written, removed or renamed), so a test can stop it at every one. */
+static void test_file_op(void) {
+    static long count = 0, kill_after = -1;
+    if (kill_after < 0) {
+        const char *s = getenv("ASP_CKPT_KILL_AFTER");
+        kill_after = s ? strtol(s, NULL, 10) : 0;
+    }
+    if (kill_after > 0 && ++count == kill_after) raise(SIGKILL);
+}
+
 /* Remove a folder of plain files (a checkpoint). */
 static int remove_tree(const char *dir) {
     DIR *d = opendir(dir);
@@ -118,6 +130,7 @@ static int remove_tree(const char *dir) {
         if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
         pathf(path, sizeof path, "%s/%s", dir, de->d_name);
         unlink(path);
+        test_file_op();
     }
     closedir(d);
     return rmdir(dir);
@@ -150,6 +163,7 @@ static int wopen(wfile_t *w, const char *path, char *err, size_t errlen) {
 }
 
 static int wput(wfile_t *w, const void *buf, size_t n, char *err, size_t errlen) {
+    par_service();   /* a long write: peers waiting for rank 0 know it is alive */
     if (write_all_fd(w->fd, buf, n) != 0) {
         int e = errno;
         close(w->fd);
@@ -166,6 +180,7 @@ static int wclose(wfile_t *w, char *err, size_t errlen) {
     if (close(w->fd) != 0 && !e) e = errno;
     if (e) return asp_errf(err, errlen, "cannot write %s: %s; check free space in io.run_dir", w->path, strerror(e));
     test_delay();
+    test_file_op();
     return 0;
 }
 
@@ -243,6 +258,7 @@ static int sum_file(const char *path, file_sum_t *sum, char *err, size_t errlen)
             return asp_errf(err, errlen, "%s: cannot read: %s", path, strerror(e));
         }
         if (got == 0) break;
+        par_service();
         sum->crc = ckpt_crc32c(sum->crc, buf, (size_t)got);
         sum->size += got;
     }
@@ -568,16 +584,29 @@ static void prune(const char *cdir, int64_t keep_last) {
     int64_t *steps;
     int n = list_steps(cdir, &steps);
     char path[CFG_PATH_MAX + 64];
+    char gone[CFG_PATH_MAX + 96];
     for (int i = (int)keep_last; i < n; i++) {
+        /* out of the final name first (one rename), then emptied: a kill in
+         * between leaves a .del- folder, never a final-named one without
+         * all its files */
         pathf(path, sizeof path, "%s/" NAME_FMT, cdir, steps[i]);
-        if (remove_tree(path) != 0) asp_warn("cannot delete old checkpoint %s: %s", path, strerror(errno));
+        pathf(gone, sizeof gone, "%s.del-%ld", path, (long)getpid());
+        if (rename(path, gone) != 0) {
+            asp_warn("cannot delete old checkpoint %s: %s", path, strerror(errno));
+            continue;
+        }
+        test_file_op();
+        if (remove_tree(gone) != 0) asp_warn("cannot delete old checkpoint %s: %s", gone, strerror(errno));
     }
     free(steps);
     DIR *d = opendir(cdir);
     if (!d) return;
     struct dirent *de;
     while ((de = readdir(d))) {
+        /* folders of writers and pruners that no longer run */
         const char *t = strstr(de->d_name, ".tmp-");
+        if (!t) t = strstr(de->d_name, ".old-");
+        if (!t) t = strstr(de->d_name, ".del-");
         if (strncmp(de->d_name, "step-", 5) || !t) continue;
         long pid = strtol(t + 5, NULL, 10);
         if (pid <= 0 || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
@@ -616,7 +645,7 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
             pathf(path, sizeof path, "%s/%s", tmp, file_names[F_CONFIG]);
             rc = config_write_yaml(cfg, path, err, errlen);
             if (!rc) rc = sum_file(path, &sums[F_CONFIG], err, errlen);
-            if (!rc) test_delay();
+            if (!rc) test_delay(), test_file_op();
         }
     }
     if (agree(r, host_coll, rc) != 0) goto fail;
@@ -662,9 +691,10 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
         char old[CFG_PATH_MAX + 96];
         pathf(old, sizeof old, "%s.old-%ld", fin, (long)getpid());
         int had = rename(fin, old) == 0;
+        if (had) test_file_op();
         if (rename(tmp, fin) != 0)
             rc = asp_errf(err, errlen, "cannot rename %s to %s: %s", tmp, fin, strerror(errno));
-        else if (asp_fsync_dir(cdir) != 0)
+        else if (test_file_op(), asp_fsync_dir(cdir) != 0)
             rc = asp_errf(err, errlen, "cannot sync %s: %s", cdir, strerror(errno));
         if (had) remove_tree(old);
     }

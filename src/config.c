@@ -184,6 +184,7 @@ static const cfg_key_t cfg_keys[] = {
      .help = "complete checkpoints kept in run_dir/checkpoints; older ones are deleted once a new one is complete"},
 };
 #define NKEYS ((int)(sizeof cfg_keys / sizeof cfg_keys[0]))
+_Static_assert(sizeof cfg_keys / sizeof cfg_keys[0] <= CFG_MAX_KEYS, "raise CFG_MAX_KEYS");
 
 static const struct { const char *name, *help; } cfg_sections[] = {
     {"model", "the network, with Hugging Face config.json names"},
@@ -1077,6 +1078,11 @@ int config_load(config_t *cfg, const char *path, char *const *sets, int nsets, c
     if (L.org[kv].kind == ORIGIN_DEFAULT && L.org[nh].kind != ORIGIN_DEFAULT)
         m->num_key_value_heads = m->num_attention_heads;
 
+    for (int i = 0; i < NKEYS; i++) {
+        cfg->origin[i].line = L.org[i].kind == ORIGIN_FILE ? L.org[i].line : 0;
+        cfg->origin[i].col = L.org[i].col;
+        cfg->origin[i].set = L.org[i].kind == ORIGIN_SET ? L.org[i].set : NULL;
+    }
     char msg[1024];
     int blame, blame2;
     if (validate_impl(cfg, msg, sizeof msg, &blame, &blame2)) {
@@ -1088,6 +1094,16 @@ int config_load(config_t *cfg, const char *path, char *const *sets, int nsets, c
         return asp_errf(err, errlen, "%s%s", pre, msg);
     }
     return 0;
+}
+
+const char *config_where(const config_t *cfg, const char *section, const char *key, char *buf, size_t len) {
+    int i = key_index(section, key);
+    if (i >= 0 && cfg->origin[i].set) snprintf(buf, len, "--set %s: ", cfg->origin[i].set);
+    else if (i >= 0 && cfg->origin[i].line > 0)
+        snprintf(buf, len, "%s:%d:%d: ", cfg->source, cfg->origin[i].line, cfg->origin[i].col);
+    else if (cfg->source[0]) snprintf(buf, len, "%s: ", cfg->source);
+    else buf[0] = 0;
+    return buf;
 }
 
 /* ------------------------------------------------------------------ paths */

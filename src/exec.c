@@ -775,6 +775,8 @@ static void bucket_done(exec_t *e, int bi) {
     else e->coll->allreduce_async(e->ranks->world, buf, b.flat_len, e->be->grad_dtype);
 }
 
+void (*exec_progress_hook)(int phase, int layer, int layers) = NULL;
+
 static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
     const plan_t *p = e->plan;
     const backend_t *be = e->be;
@@ -786,6 +788,7 @@ static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
     walk_t pro = walk_of(e, &p->prologue, -1), epi = walk_of(e, &p->epilogue, -1);
     graph_forward(e, &pro, grad_scale);
     for (int l = 0; l < (int)e->model->L; l++) {
+        if (exec_progress_hook) exec_progress_hook(0, l, (int)e->model->L);
         walk_t w = walk_of(e, plan_layer_plan(p, l), l);
         graph_forward(e, &w, grad_scale);
     }
@@ -796,6 +799,7 @@ static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
     graph_backward(e, &epi);
     bucket_done(e, plan_n_buckets(p) - 1);  /* the tail; a tied LM head's gradient is the embedding's */
     for (int l = (int)e->model->L - 1; l >= 0; l--) {
+        if (exec_progress_hook) exec_progress_hook(1, l, (int)e->model->L);
         walk_t w = walk_of(e, plan_layer_plan(p, l), l);
         graph_backward(e, &w);
         bucket_done(e, plan_layer_bucket(p, l));

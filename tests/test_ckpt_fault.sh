@@ -71,6 +71,47 @@ else fail "SIGKILL: expected a half-written temporary folder and no step-0000000
 ls -d "$R"/checkpoints/*.tmp-* >/dev/null 2>&1 && fail "SIGKILL: the dead writer's temporary folder was not cleaned up" ||
     ok "SIGKILL: the dead writer's temporary folder was removed"
 
+# ---- SIGKILL after every file operation of a save and its prune: a folder
+# with the final name always holds every file its manifest lists
+R="$TMP/prune"
+"$BIN" "$CFG" $COMMON --set train.steps=2 --set io.save_every=1 --set io.keep_last=2 --set io.run_dir="$R" \
+    >"$TMP/prune0.log" 2>&1 || fail "prune: first run failed"
+complete_or_absent() { # run dir: every step-NNNNNNNN folder is whole; at least one exists
+    whole=0
+    for d in "$1"/checkpoints/step-????????; do
+        [ -d "$d" ] || continue
+        [ -f "$d/manifest" ] || { echo "$d has no manifest"; return 1; }
+        tail -n +2 "$d/manifest" | while read -r name size crc; do
+            [ -f "$d/$name" ] && [ "$(wc -c <"$d/$name")" = "$size" ] || { echo "$d/$name missing or short"; exit 1; }
+        done || return 1
+        whole=$((whole + 1))
+    done
+    [ $whole -gt 0 ] || { echo "no complete checkpoint left"; return 1; }
+}
+n=1; killed=0; bad_at=""
+while [ $n -le 60 ]; do
+    rm -rf "$TMP/prune-k"; cp -r "$R" "$TMP/prune-k"
+    rc=0
+    ASP_CKPT_KILL_AFTER=$n "$BIN" "$CFG" $COMMON --set train.steps=3 --set io.save_every=1 --set io.keep_last=1 \
+        --set io.run_dir="$TMP/prune-k" >"$TMP/prune-k.log" 2>&1 || rc=$?
+    [ $rc = 0 ] && break
+    [ $rc = 137 ] || { bad_at="$bad_at $n(status $rc)"; break; }
+    killed=$((killed + 1))
+    complete_or_absent "$TMP/prune-k" >"$TMP/prune-why.log" || bad_at="$bad_at $n($(cat "$TMP/prune-why.log"))"
+    n=$((n + 1))
+done
+if [ -z "$bad_at" ] && [ $killed -ge 20 ]; then
+    ok "SIGKILL after each of the $killed file operations of a save + prune: every final-named folder is complete"
+else fail "kill during save/prune (killed $killed times): incomplete final-named folder at:$bad_at"; fi
+# the last killed state (in the middle of deleting the oldest) resumes
+rm -rf "$TMP/prune-k"; cp -r "$R" "$TMP/prune-k"
+ASP_CKPT_KILL_AFTER=$((killed - 2)) "$BIN" "$CFG" $COMMON --set train.steps=3 --set io.save_every=1 --set io.keep_last=1 \
+    --set io.run_dir="$TMP/prune-k" >/dev/null 2>&1 || true
+"$BIN" "$CFG" $COMMON --set train.steps=4 --set io.keep_last=1 --set io.run_dir="$TMP/prune-k" >"$TMP/prune-r.log" 2>&1 &&
+    grep -q "resumed from .*step-00000003" "$TMP/prune-r.log" && ! ls -d "$TMP"/prune-k/checkpoints/*.del-* >/dev/null 2>&1 &&
+    ok "after a kill mid-prune: resumed from the newest checkpoint, the half-deleted folder removed" ||
+    { fail "resume after a kill mid-prune"; cat "$TMP/prune-r.log"; ls "$TMP/prune-k/checkpoints"; }
+
 # ---- refused checkpoints: each case copies a good one and damages it
 R="$TMP/good"
 "$BIN" "$CFG" $COMMON --set train.steps=2 --set io.run_dir="$R" >"$TMP/good.log" 2>&1 || fail "good run failed"

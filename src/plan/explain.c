@@ -122,7 +122,7 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
                  "vocab %lld, %s embeddings)\n",
             m->n_params, (long long)m->d, (long long)m->f, (long long)m->L, (long long)m->hq, (long long)m->hkv,
             (long long)m->hd, (long long)m->V, m->cfg.tie_word_embeddings ? "tied" : "untied");
-    fprintf(out, "  world        %d ranks = SP %d x DP %d%s\n", p->world, p->sp, p->dp,
+    fprintf(out, "  world        %d rank%s = SP %d x DP %d%s\n", p->world, p->world == 1 ? "" : "s", p->sp, p->dp,
             cfg->parallel.sequence_parallel_size == 0 ? " (SP chosen by auto)" : "");
     fprintf(out, "  ZeRO         stage %d: optimizer state sharded over %d rank%s, %zu elements each (%zu padded)\n",
             p->zero_stage, p->shards, p->shards > 1 ? "s" : "", p->shard_len, p->n_params_padded);
@@ -256,7 +256,7 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
                 (double)mem->device_total <= p->target.memory_bytes ? "fits" : "DOES NOT FIT");
         int64_t g = (int64_t)p->sp * 1024;
         int64_t longest = plan_longest_seq(cfg, m, p->world, &p->target, g);
-        fprintf(out, "\nLONGEST S that fits the budget on %d ranks (multiple of %lld): %lld tokens\n", p->world,
-                (long long)g, (long long)longest);
+        fprintf(out, "\nLONGEST S that fits the budget on %d rank%s (multiple of %lld): %lld tokens\n", p->world,
+                p->world == 1 ? "" : "s", (long long)g, (long long)longest);
     }
 }

@@ -86,9 +86,9 @@ static void no_fit_message(const plan_t *p, const config_t *cfg, int64_t longest
         asp_errf(err, errlen,
                  "train.seq_len %lld does not fit: the plan needs %s per rank (sequence_parallel_size %d, policy %s) "
                  "but the budget is %s; the longest seq_len that fits is %lld with sequence_parallel_size %d on "
-                 "%d ranks; lower train.seq_len, use checkpointing.policy auto (with offload), or add ranks",
+                 "%d rank%s; lower train.seq_len, use checkpointing.policy auto (with offload), or add ranks",
                  (long long)cfg->train.seq_len, have, p->sp, plan_policy_name(cfg->checkpointing.policy), budget,
-                 (long long)longest, sp, p->world);
+                 (long long)longest, sp, p->world, p->world == 1 ? "" : "s");
         return;
     }
     /* Not even the shortest sequence fits: say what the fixed part costs. */
@@ -96,11 +96,11 @@ static void no_fit_message(const plan_t *p, const config_t *cfg, int64_t longest
                               mem->adam_v.bytes);
     asp_fmt_bytes(fixed, sizeof fixed, weights);
     asp_errf(err, errlen,
-             "this model does not fit %s per rank at any seq_len on %d ranks: weights, gradients and optimizer "
+             "this model does not fit %s per rank at any seq_len on %d rank%s: weights, gradients and optimizer "
              "state alone take %s per rank (ZeRO-%d shards the optimizer state; the weights and their gradients "
              "stay whole on every rank); give more memory per rank (checkpointing.memory_budget_gib, "
              "--gpu-memory) or train a smaller model",
-             budget, p->world, fixed, p->zero_stage);
+             budget, p->world, p->world == 1 ? "" : "s", fixed, p->zero_stage);
 }
 
 int plan_compile(plan_t *p, const config_t *cfg, const model_t *m, int world, const plan_target_t *target,
