@@ -101,9 +101,10 @@ static const char *fmt_rate(char *buf, size_t len, double v) {
     return buf;
 }
 
-/* "42s", "3m05s", "2h03m" */
+/* "4.2s", "42s", "3m05s", "2h03m" */
 static const char *fmt_duration(char *buf, size_t len, double s) {
     if (!(s >= 0) || s > 1e9) snprintf(buf, len, "?");
+    else if (s < 10) snprintf(buf, len, "%.1fs", s);
     else if (s < 60) snprintf(buf, len, "%.0fs", s);
     else if (s < 3600) snprintf(buf, len, "%dm%02ds", (int)(s / 60), (int)s % 60);
     else snprintf(buf, len, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);

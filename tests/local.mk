@@ -17,4 +17,6 @@ tests_test_model_grad_CFLAGS = $(ASP_TEST_CFLAGS)
 tests_test_model_grad_LDADD = $(ASP_TEST_LIBS)
 TESTS += tests/test_failures.sh
 EXTRA_DIST += tests/test_failures.sh
+TESTS += tests/test_first_hour.sh
+EXTRA_DIST += tests/test_first_hour.sh
 EXTRA_DIST += tests/testmodel.h
