@@ -5,7 +5,7 @@
 # at the same step boundary with status 0 and no abort; Ctrl-C with a grace
 # period checkpoints; impossible degrees are refused up front, located.
 . "${top_srcdir:-.}/tests/common.sh"
-have_mpirun || { echo "no mpirun: skipped"; exit 77; }
+have_mpirun || skip_test "no mpirun (build without MPI, or mpirun not found)"
 set +e  # the commands below are expected to fail
 ROOTF=""; [ "$(id -u)" = 0 ] && ROOTF=--allow-run-as-root
 SHARD=$(make_shard)

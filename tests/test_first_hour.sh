@@ -57,7 +57,7 @@ if [ -w /dev/full ]; then
     if [ $rc = 1 ] && grep -q "cannot write .*metrics.jsonl: No space left on device" "$TMP/s3.log"; then
         ok "metrics write failure reported (status 1): $(grep -o 'cannot write.*device' "$TMP/s3.log")"
     else fail "metrics write failure: status $rc"; cat "$TMP/s3.log"; fi
-else echo "skip: no /dev/full to write to"; fi
+else say_console "part skipped: no /dev/full to write to"; fi
 
 # 4. SIGTERM during start-up: a message and 128+15, not a silent death
 "$BIN" "$CFG" $COMMON --set train.steps=100000 --set io.run_dir="$TMP/s4" >"$TMP/s4.log" 2>&1 &

@@ -12,6 +12,23 @@
 /* Automake's "skipped" exit status (GPU tests without a GPU). */
 #define TEST_SKIP 77
 
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Say why a test skips, in its log (stdout) and on the console (fd 9, which
+ * Makefile.am's AM_TESTS_FD_REDIRECT opens), and return TEST_SKIP. */
+static inline int test_skip(const char *test, const char *why) {
+    printf("%s: skipped: %s\n", test, why);
+    fflush(stdout);
+    if (fcntl(9, F_GETFD) != -1) {
+        char line[512];
+        int n = snprintf(line, sizeof line, "  %s: skipped: %s\n", test, why);
+        if (n > 0 && write(9, line, (size_t)n) < 0) { /* the console is optional */ }
+    }
+    return TEST_SKIP;
+}
+
 /* A fresh folder PREFIX.XXXXXX under $TMPDIR (or /tmp), written into dir;
  * NULL on failure. */
 static inline char *test_mkdtemp(char *dir, size_t len, const char *prefix) {
