@@ -45,10 +45,13 @@ static void usage(FILE *out) {
             "  --dump-grads FILE        write every step's loss and the first step's full gradient (fp32)\n"
             "                           to FILE, for parity checks between runs (format in src/train.h)\n"
             "  --help                   this text and every config key\n"
-            "  --version                print the version\n"
+            "  --version                print the version and how this binary was built\n"
             "\n"
-            "exit status: 0 done, 1 runtime failure, 2 bad config, arguments or data,\n"
-            "             128+N stopped by signal N\n\n",
+            "exit status: 0 done (also a clean stop by SIGUSR2), 1 runtime failure,\n"
+            "             2 bad config, arguments, data or checkpoint, 128+N stopped by signal N\n"
+            "\n"
+            "A path given by --set is relative to the current directory; paths in the config file\n"
+            "are relative to the file's folder.\n\n",
             EXPLAIN_DEFAULT_GPU_GIB);
 }
 
