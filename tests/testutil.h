@@ -51,6 +51,14 @@ static inline double test_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Time limits in tests are multiplied by ASP_TEST_TIME_SCALE (default 1): the
+ * sanitizer build runs several times slower. */
+static inline double test_time_scale(void) {
+    const char *s = getenv("ASP_TEST_TIME_SCALE");
+    double v = s ? atof(s) : 0;
+    return v > 0 ? v : 1.0;
+}
+
 typedef struct { uint64_t s; } trng_t;
 
 static inline uint64_t trng_next(trng_t *r) {   /* splitmix64 */
