@@ -12,7 +12,7 @@
 static char fuzz_dir[256];
 
 /* The folder, made once per process. */
-static const char *fuzz_folder(void) {
+static inline const char *fuzz_folder(void) {
     if (!fuzz_dir[0]) {
         const char *base = getenv("TMPDIR");
         snprintf(fuzz_dir, sizeof fuzz_dir, "%s/asp-fuzz.XXXXXX", base && *base ? base : "/tmp");
@@ -22,7 +22,7 @@ static const char *fuzz_folder(void) {
 }
 
 /* Write the input as fuzz_folder()/name; returns the path (static buffer). */
-static const char *fuzz_write(const char *name, const uint8_t *data, size_t size) {
+static inline const char *fuzz_write(const char *name, const uint8_t *data, size_t size) {
     static char path[512];
     snprintf(path, sizeof path, "%s/%s", fuzz_folder(), name);
     FILE *f = fopen(path, "wb");
