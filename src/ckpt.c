@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -107,6 +108,18 @@ static int read_all_fd(int fd, void *buf, size_t n, off_t at) {
     return 0;
 }
 
+/* Test-only (docs/checkpoints.md): ASP_CKPT_KILL_AFTER=N kills the process
+ * (SIGKILL) right after the N-th file operation of checkpointing (a file
+ * written, removed or renamed), so a test can stop it at every one. */
+static void test_file_op(void) {
+    static long count = 0, kill_after = -1;
+    if (kill_after < 0) {
+        const char *s = getenv("ASP_CKPT_KILL_AFTER");
+        kill_after = s ? strtol(s, NULL, 10) : 0;
+    }
+    if (kill_after > 0 && ++count == kill_after) raise(SIGKILL);
+}
+
 /* Remove a folder of plain files (a checkpoint). */
 static int remove_tree(const char *dir) {
     DIR *d = opendir(dir);
@@ -117,6 +130,7 @@ static int remove_tree(const char *dir) {
         if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
         pathf(path, sizeof path, "%s/%s", dir, de->d_name);
         unlink(path);
+        test_file_op();
     }
     closedir(d);
     return rmdir(dir);
@@ -149,6 +163,7 @@ static int wopen(wfile_t *w, const char *path, char *err, size_t errlen) {
 }
 
 static int wput(wfile_t *w, const void *buf, size_t n, char *err, size_t errlen) {
+    par_service();   /* a long write: peers waiting for rank 0 know it is alive */
     if (write_all_fd(w->fd, buf, n) != 0) {
         int e = errno;
         close(w->fd);
@@ -165,6 +180,7 @@ static int wclose(wfile_t *w, char *err, size_t errlen) {
     if (close(w->fd) != 0 && !e) e = errno;
     if (e) return asp_errf(err, errlen, "cannot write %s: %s; check free space in io.run_dir", w->path, strerror(e));
     test_delay();
+    test_file_op();
     return 0;
 }
 
@@ -258,9 +274,14 @@ static int array_end(array_writer_t *a, file_sum_t *sum) {
     return 0;
 }
 
+/* Checkpoint files are opened without blocking on a FIFO or device. */
+static int open_ckpt_file(const char *path, char *err, size_t errlen) {
+    return asp_open_regular(path, "checkpoint file", "the checkpoint is damaged", err, errlen);
+}
+
 static int sum_file(const char *path, file_sum_t *sum, char *err, size_t errlen) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return asp_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    int fd = open_ckpt_file(path, err, errlen);
+    if (fd < 0) return -1;
     uint8_t *buf = asp_malloc(IO_CHUNK, "checkpoint read buffer");
     sum->size = 0;
     sum->crc = 0;
@@ -274,6 +295,7 @@ static int sum_file(const char *path, file_sum_t *sum, char *err, size_t errlen)
             return asp_errf(err, errlen, "%s: cannot read: %s", path, strerror(e));
         }
         if (got == 0) break;
+        par_service();
         sum->crc = ckpt_crc32c(sum->crc, buf, (size_t)got);
         sum->size += got;
     }
@@ -305,6 +327,38 @@ static int shape_of(const config_t *cfg, const plan_t *plan, shape_kv_t kv[10]) 
     return n;
 }
 
+/* The model's numeric settings a checkpoint must agree on too: the same
+ * shapes under another RoPE base, norm epsilon or scaling are another model. */
+typedef struct {
+    const char *name;
+    double value;
+} num_kv_t;
+
+/* The shortest of %.15g and %.17g that reads back as v, for messages. */
+static const char *short_double(char *buf, size_t len, double v) {
+    snprintf(buf, len, "%.15g", v);
+    if (strtod(buf, NULL) != v) snprintf(buf, len, "%.17g", v);
+    return buf;
+}
+
+static int numbers_of(const config_t *cfg, num_kv_t kv[10]) {
+    const model_config_t *m = &cfg->model;
+    const rope_scaling_t *r = &m->rope_scaling;
+    int n = 0;
+    kv[n++] = (num_kv_t){"model.rope_theta", m->rope_theta};
+    kv[n++] = (num_kv_t){"model.rms_norm_eps", m->rms_norm_eps};
+    kv[n++] = (num_kv_t){"model.max_position_embeddings", (double)m->max_position_embeddings};
+    kv[n++] = (num_kv_t){"model.rope_scaling.enabled", r->enabled ? 1.0 : 0.0};
+    if (r->enabled) {
+        kv[n++] = (num_kv_t){"model.rope_scaling.factor", r->factor};
+        kv[n++] = (num_kv_t){"model.rope_scaling.low_freq_factor", r->low_freq_factor};
+        kv[n++] = (num_kv_t){"model.rope_scaling.high_freq_factor", r->high_freq_factor};
+        kv[n++] = (num_kv_t){"model.rope_scaling.original_max_position_embeddings",
+                             (double)r->original_max_position_embeddings};
+    }
+    return n;
+}
+
 static int write_state(const char *path, const config_t *cfg, const plan_t *plan, const ranks_t *r,
                        const ckpt_state_t *st, dtype_t wdt, file_sum_t *sum, char *err, size_t errlen) {
     char buf[4096];
@@ -318,6 +372,10 @@ static int write_state(const char *path, const config_t *cfg, const plan_t *plan
     int n = shape_of(cfg, plan, kv);
     for (int i = 0; i < n; i++)
         at += snprintf(buf + at, sizeof buf - (size_t)at, "%s %" PRId64 "\n", kv[i].name, kv[i].value);
+    num_kv_t nk[10];
+    int nn = numbers_of(cfg, nk);
+    for (int i = 0; i < nn; i++)
+        at += snprintf(buf + at, sizeof buf - (size_t)at, "%s %.17g\n", nk[i].name, nk[i].value);
     wfile_t w;
     if (wopen(&w, path, err, errlen) != 0 || wput(&w, buf, (size_t)at, err, errlen) != 0 ||
         wclose(&w, err, errlen) != 0)
@@ -332,13 +390,32 @@ static int state_get(const char *text, const char *path, const char *key, int64_
     for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
         if (strncmp(l, key, kl) || l[kl] != ' ') continue;
         char *end;
+        const char *v0 = l + kl + 1;
         errno = 0;
-        long long v = strtoll(l + kl + 1, &end, 10);
-        if (errno || (*end != '\n' && *end)) break;
+        long long v = strtoll(v0, &end, 10);
+        /* digits only: strtoll reads "" and " 5" too */
+        if (errno || end == v0 || !((*v0 >= '0' && *v0 <= '9') || *v0 == '-') || (*end != '\n' && *end)) break;
         *out = v;
         return 0;
     }
     return asp_errf(err, errlen, "%s: '%s' is missing or not a number; the checkpoint is damaged", path, key);
+}
+
+static int state_get_double(const char *text, const char *path, const char *key, double *out, char *err,
+                            size_t errlen) {
+    size_t kl = strlen(key);
+    for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        if (strncmp(l, key, kl) || l[kl] != ' ') continue;
+        const char *v0 = l + kl + 1;
+        char *end;
+        errno = 0;
+        double v = strtod(v0, &end);
+        if (errno || end == v0 || !strchr("0123456789-.", *v0) || !isfinite(v) || (*end != '\n' && *end)) break;
+        *out = v;
+        return 0;
+    }
+    return asp_errf(err, errlen, "%s: '%s' is missing or not a number; the checkpoint was written by an older build "
+                    "or is damaged", path, key);
 }
 
 static int state_get_str(const char *text, const char *key, char *out, size_t len) {
@@ -358,8 +435,8 @@ static int state_get_str(const char *text, const char *key, char *out, size_t le
 /* ------------------------------------------------------------------ validation */
 
 static int read_text(const char *path, char *buf, size_t len, char *err, size_t errlen) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return asp_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    int fd = open_ckpt_file(path, err, errlen);
+    if (fd < 0) return -1;
     ssize_t n = read(fd, buf, len - 1);
     close(fd);
     if (n < 0) return asp_errf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
@@ -370,8 +447,8 @@ static int read_text(const char *path, char *buf, size_t len, char *err, size_t 
 
 static int check_array_header(const char *path, dtype_t want_dt_f32_or_any, int any_weight_dtype, int64_t n_params,
                               dtype_t *dt, char *err, size_t errlen) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return asp_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    int fd = open_ckpt_file(path, err, errlen);
+    if (fd < 0) return -1;
     uint8_t h[CKPT_HEADER_BYTES];
     int rc = read_all_fd(fd, h, sizeof h, 0);
     close(fd);
@@ -450,6 +527,12 @@ int ckpt_validate(const char *dir, const config_t *cfg, const plan_t *plan, ckpt
     st->seed = (uint64_t)seed;
     if (st->step < 0 || st->epoch < 0 || st->cursor < 0)
         return asp_errf(err, errlen, "%s: negative step or data position; the checkpoint is damaged", path);
+    /* no run takes 2^53 steps or samples: larger values are damage, and
+     * would overflow the loader's arithmetic */
+    const int64_t lim = (int64_t)1 << 53;
+    if (st->step > lim || st->epoch > lim || st->cursor > lim)
+        return asp_errf(err, errlen, "%s: step %" PRId64 ", epoch %" PRId64 ", cursor %" PRId64 " is beyond any "
+                        "run (limit 2^53); the checkpoint is damaged", path, st->step, st->epoch, st->cursor);
     shape_kv_t kv[10];
     int n = shape_of(cfg, plan, kv);
     for (int i = 0; i < n; i++) {
@@ -459,6 +542,26 @@ int ckpt_validate(const char *dir, const config_t *cfg, const plan_t *plan, ckpt
             return asp_errf(err, errlen, "%s: %s is %" PRId64 " in the checkpoint but %" PRId64
                             " in this run's config; resume with the same model, or set io.resume=never "
                             "(or another io.run_dir) to start fresh", path, kv[i].name, v, kv[i].value);
+    }
+    num_kv_t nk[10];
+    int nn = numbers_of(cfg, nk);
+    for (int i = 0; i < nn; i++) {
+        double v;
+        if (state_get_double(text, path, nk[i].name, &v, err, errlen)) return -1;
+        if (v != nk[i].value) {
+            char a[40], b[40];
+            return asp_errf(err, errlen, "%s: %s is %s in the checkpoint but %s in this run's config; resume with the "
+                            "same model, or set io.resume=never (or another io.run_dir) to start fresh", path,
+                            nk[i].name, short_double(a, sizeof a, v), short_double(b, sizeof b, nk[i].value));
+        }
+    }
+    if (!cfg->model.rope_scaling.enabled) {
+        double v;
+        char scratch[8];
+        if (!state_get_double(text, path, "model.rope_scaling.factor", &v, scratch, sizeof scratch))
+            return asp_errf(err, errlen, "%s: model.rope_scaling is on (llama3, factor %.15g) in the checkpoint but "
+                            "null in this run's config; resume with the same model, or set io.resume=never (or "
+                            "another io.run_dir) to start fresh", path, v);
     }
     char wdt[16];
     if (state_get_str(text, "weights_dtype", wdt, sizeof wdt) != 0)
@@ -518,16 +621,29 @@ static void prune(const char *cdir, int64_t keep_last) {
     int64_t *steps;
     int n = list_steps(cdir, &steps);
     char path[CFG_PATH_MAX + 64];
+    char gone[CFG_PATH_MAX + 96];
     for (int i = (int)keep_last; i < n; i++) {
+        /* out of the final name first (one rename), then emptied: a kill in
+         * between leaves a .del- folder, never a final-named one without
+         * all its files */
         pathf(path, sizeof path, "%s/" NAME_FMT, cdir, steps[i]);
-        if (remove_tree(path) != 0) asp_warn("cannot delete old checkpoint %s: %s", path, strerror(errno));
+        pathf(gone, sizeof gone, "%s.del-%ld", path, (long)getpid());
+        if (rename(path, gone) != 0) {
+            asp_warn("cannot delete old checkpoint %s: %s", path, strerror(errno));
+            continue;
+        }
+        test_file_op();
+        if (remove_tree(gone) != 0) asp_warn("cannot delete old checkpoint %s: %s", gone, strerror(errno));
     }
     free(steps);
     DIR *d = opendir(cdir);
     if (!d) return;
     struct dirent *de;
     while ((de = readdir(d))) {
+        /* folders of writers and pruners that no longer run */
         const char *t = strstr(de->d_name, ".tmp-");
+        if (!t) t = strstr(de->d_name, ".old-");
+        if (!t) t = strstr(de->d_name, ".del-");
         if (strncmp(de->d_name, "step-", 5) || !t) continue;
         long pid = strtol(t + 5, NULL, 10);
         if (pid <= 0 || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
@@ -566,7 +682,7 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
             pathf(path, sizeof path, "%s/%s", tmp, file_names[F_CONFIG]);
             rc = config_write_yaml(cfg, path, err, errlen);
             if (!rc) rc = sum_file(path, &sums[F_CONFIG], err, errlen);
-            if (!rc) test_delay();
+            if (!rc) test_delay(), test_file_op();
         }
     }
     if (agree(r, host_coll, rc) != 0) goto fail;
@@ -615,9 +731,10 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
         char old[CFG_PATH_MAX + 96];
         pathf(old, sizeof old, "%s.old-%ld", fin, (long)getpid());
         int had = rename(fin, old) == 0;
+        if (had) test_file_op();
         if (rename(tmp, fin) != 0)
             rc = asp_errf(err, errlen, "cannot rename %s to %s: %s", tmp, fin, strerror(errno));
-        else if (asp_fsync_dir(cdir) != 0)
+        else if (test_file_op(), asp_fsync_dir(cdir) != 0)
             rc = asp_errf(err, errlen, "cannot sync %s: %s", cdir, strerror(errno));
         if (had) remove_tree(old);
     }
@@ -680,8 +797,8 @@ static int choose(const config_t *cfg, const plan_t *plan, char *dir, size_t dir
 
 /* Read values [begin, begin + len) of an fp32 array file. */
 static int read_slice(const char *path, size_t begin, size_t len, float *out, char *err, size_t errlen) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return asp_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    int fd = open_ckpt_file(path, err, errlen);
+    if (fd < 0) return -1;
     int rc = read_all_fd(fd, out, len * sizeof(float), (off_t)(CKPT_HEADER_BYTES + begin * sizeof(float)));
     close(fd);
     if (rc != 0) return asp_errf(err, errlen, "%s: cannot read values %zu..%zu: the file is truncated", path, begin, begin + len);
@@ -718,7 +835,7 @@ int ckpt_resume(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_
     dtype_t dt = DT_F32;
     rc = check_array_header(path, DT_F32, 1, (int64_t)n, &dt, err, errlen);
     if (!rc) {
-        int fd = open(path, O_RDONLY);
+        int fd = open_ckpt_file(path, err, errlen);
         size_t es = dtype_size(dt);
         rc = fd < 0 || read_all_fd(fd, w, n * es, CKPT_HEADER_BYTES) != 0
                  ? asp_errf(err, errlen, "%s: cannot read the weights", path)

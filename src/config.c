@@ -16,6 +16,11 @@
 #include <unistd.h>
 #include <yaml.h>
 
+/* Limits on a config file: far above any real one, low enough that a damaged
+ * or hostile file is refused at once. */
+#define CONFIG_MAX_DEPTH 16
+#define CONFIG_MAX_FILE_BYTES (1 << 20)
+
 typedef enum {
     KT_INT,        /* int64_t or int (size says which), bounds ilo..ihi */
     KT_SEED,       /* uint64_t, any non-negative integer */
@@ -187,6 +192,7 @@ static const cfg_key_t cfg_keys[] = {
      .help = "complete checkpoints kept in run_dir/checkpoints; older ones are deleted once a new one is complete"},
 };
 #define NKEYS ((int)(sizeof cfg_keys / sizeof cfg_keys[0]))
+_Static_assert(sizeof cfg_keys / sizeof cfg_keys[0] <= CFG_MAX_KEYS, "raise CFG_MAX_KEYS");
 
 static const struct { const char *name, *help; } cfg_sections[] = {
     {"model", "the network, with Hugging Face config.json names"},
@@ -595,9 +601,9 @@ static int set_value(config_t *cfg, const cfg_key_t *k, const char *text, int qu
 
 /* Per-key bounds (for configs built in code) and cross-key rules. *blame is the
  * key the message is about (for a position), or -1. */
-static int validate_impl(const config_t *cfg, char *err, size_t errlen, int *blame) {
+static int validate_impl(const config_t *cfg, char *err, size_t errlen, int *blame, int *blame2) {
     char ebuf[160], vbuf[64];
-    *blame = -1;
+    *blame = *blame2 = -1;   /* blame2: the other key of a rule between two */
     for (int i = 0; i < NKEYS; i++) {
         const cfg_key_t *k = &cfg_keys[i];
         if (is_rope_sub(k) && !cfg->model.rope_scaling.enabled) continue;
@@ -662,6 +668,7 @@ static int validate_impl(const config_t *cfg, char *err, size_t errlen, int *bla
     const model_config_t *m = &cfg->model;
     if (m->num_attention_heads % m->num_key_value_heads) {
         *blame = key_index("model", "num_key_value_heads");
+        *blame2 = key_index("model", "num_attention_heads");
         return asp_errf(err, errlen,
                         "model.num_attention_heads (%lld) must be divisible by model.num_key_value_heads "
                         "(%lld); choose a number of key/value heads that divides the query heads",
@@ -673,6 +680,7 @@ static int validate_impl(const config_t *cfg, char *err, size_t errlen, int *bla
         fmt_double(a, sizeof a, r->low_freq_factor);
         fmt_double(b, sizeof b, r->high_freq_factor);
         *blame = key_index("model", "rope_scaling.high_freq_factor");
+        *blame2 = key_index("model", "rope_scaling.low_freq_factor");
         return asp_errf(err, errlen,
                         "model.rope_scaling.low_freq_factor (%s) must be smaller than "
                         "model.rope_scaling.high_freq_factor (%s); Llama 3 uses 1 and 4", a, b);
@@ -682,14 +690,15 @@ static int validate_impl(const config_t *cfg, char *err, size_t errlen, int *bla
         fmt_double(a, sizeof a, cfg->train.min_lr);
         fmt_double(b, sizeof b, cfg->train.lr);
         *blame = key_index("train", "min_lr");
+        *blame2 = key_index("train", "lr");
         return asp_errf(err, errlen, "train.min_lr (%s) must not exceed train.lr (%s); lower min_lr", a, b);
     }
     return 0;
 }
 
 int config_validate(const config_t *cfg, char *err, size_t errlen) {
-    int blame;
-    return validate_impl(cfg, err, errlen, &blame);
+    int blame, blame2;
+    return validate_impl(cfg, err, errlen, &blame, &blame2);
 }
 
 /* ------------------------------------------------------------------ loading */
@@ -875,19 +884,100 @@ static int parser_err(loader_t *L, const yaml_parser_t *ps) {
     return at_err(L, m, "malformed YAML: %s; fix the syntax there", problem);
 }
 
+/* Streaming checks before the document is built: nesting depth (libyaml
+ * takes deep nesting in quadratic time, so it is refused as it is met), tags
+ * (ignored by the loader, so "!!str 32" would read as the number 32),
+ * anchors and aliases (a config has no use for them), and NUL characters in
+ * a scalar (C strings would end there). */
+static int prescan(loader_t *L, const unsigned char *text, size_t len) {
+    yaml_parser_t ps;
+    if (!yaml_parser_initialize(&ps))
+        return asp_errf(L->err, L->errlen, "%s: cannot initialise the YAML parser (out of memory)", L->file);
+    yaml_parser_set_input_string(&ps, text, len);
+    int depth = 0, rc = 0;
+    for (;;) {
+        yaml_event_t ev;
+        if (!yaml_parser_parse(&ps, &ev)) {
+            rc = parser_err(L, &ps);
+            break;
+        }
+        const yaml_char_t *tag = NULL, *anchor = NULL;
+        int alias = 0;
+        char buf[80];
+        switch (ev.type) {
+        case YAML_SEQUENCE_START_EVENT:
+        case YAML_MAPPING_START_EVENT:
+            depth++;
+            tag = ev.type == YAML_SEQUENCE_START_EVENT ? ev.data.sequence_start.tag : ev.data.mapping_start.tag;
+            anchor = ev.type == YAML_SEQUENCE_START_EVENT ? ev.data.sequence_start.anchor : ev.data.mapping_start.anchor;
+            break;
+        case YAML_SEQUENCE_END_EVENT:
+        case YAML_MAPPING_END_EVENT: depth--; break;
+        case YAML_SCALAR_EVENT:
+            tag = ev.data.scalar.tag;
+            anchor = ev.data.scalar.anchor;
+            if (strlen((const char *)ev.data.scalar.value) != ev.data.scalar.length)
+                rc = at_err(L, ev.start_mark, "a value holds a NUL character (\\0); it would cut the string there: "
+                            "remove it");
+            break;
+        case YAML_ALIAS_EVENT: alias = 1; break;
+        default: break;
+        }
+        if (!rc && depth > CONFIG_MAX_DEPTH)
+            rc = at_err(L, ev.start_mark, "nested deeper than %d levels; a config has sections of keys (two levels, "
+                        "three under rope_scaling)", CONFIG_MAX_DEPTH);
+        else if (!rc && tag)
+            rc = at_err(L, ev.start_mark, "YAML tag '%s' is not read here; write the value without it (quote it to "
+                        "make it a string)", shown((const char *)tag, buf, sizeof buf));
+        else if (!rc && (anchor || alias))
+            rc = at_err(L, ev.start_mark, "YAML anchors and aliases (&name, *name) are not read here; write the "
+                        "value out");
+        int end = ev.type == YAML_STREAM_END_EVENT;
+        yaml_event_delete(&ev);
+        if (rc || end) break;
+    }
+    yaml_parser_delete(&ps);
+    return rc;
+}
+
 static int load_file(loader_t *L) {
-    FILE *f = fopen(L->file, "rb");
-    if (!f)
-        return asp_errf(L->err, L->errlen, "%s: cannot open the config file: %s; check the path",
-                        L->file, strerror(errno));
+    int fd = asp_open_regular(L->file, "the config file", "check the path", L->err, L->errlen);
+    if (fd < 0) return -1;
+    unsigned char *text = malloc(CONFIG_MAX_FILE_BYTES + 1);
+    if (!text) {
+        close(fd);
+        return asp_errf(L->err, L->errlen, "%s: out of memory reading the config file", L->file);
+    }
+    size_t len = 0;
+    for (;;) {
+        ssize_t got = read(fd, text + len, CONFIG_MAX_FILE_BYTES + 1 - len);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            int e = errno;
+            close(fd);
+            free(text);
+            return asp_errf(L->err, L->errlen, "%s: cannot read the config file: %s", L->file, strerror(e));
+        }
+        if (got == 0 || (len += (size_t)got) > CONFIG_MAX_FILE_BYTES) break;
+    }
+    close(fd);
+    if (len > CONFIG_MAX_FILE_BYTES) {
+        free(text);
+        return asp_errf(L->err, L->errlen, "%s: larger than %d KiB, too large for a config file; is it the right "
+                        "file?", L->file, CONFIG_MAX_FILE_BYTES >> 10);
+    }
+    if (prescan(L, text, len)) {
+        free(text);
+        return -1;
+    }
     yaml_parser_t ps;
     yaml_document_t doc, extra;
     int rc = -1;
     if (!yaml_parser_initialize(&ps)) {
-        fclose(f);
+        free(text);
         return asp_errf(L->err, L->errlen, "%s: cannot initialise the YAML parser (out of memory)", L->file);
     }
-    yaml_parser_set_input_file(&ps, f);
+    yaml_parser_set_input_string(&ps, text, len);
     if (!yaml_parser_load(&ps, &doc)) {
         parser_err(L, &ps);
         goto out_parser;
@@ -916,8 +1006,16 @@ out_doc:
     L->doc = NULL;
 out_parser:
     yaml_parser_delete(&ps);
-    fclose(f);
+    free(text);
     return rc;
+}
+
+/* Paths that a config file gives relative to its own folder: given by --set
+ * they are typed at the shell, so they are made absolute against the current
+ * directory. */
+static int is_file_relative_path(const cfg_key_t *k) {
+    return (!strcmp(k->section, "data") && strstr(k->name, "path")) ||
+           (!strcmp(k->section, "model") && !strcmp(k->name, "from_pretrained"));
 }
 
 /* One "section.key=value" override. */
@@ -958,6 +1056,13 @@ static int apply_set(loader_t *L, const char *arg) {
     rope_scaling_t *r = &L->cfg->model.rope_scaling;
     if (is_rope_sub(k) && !r->enabled) *r = rope_llama3_defaults;   /* switching scaling on */
     char why[512];
+    if (is_file_relative_path(k) && value[0] && value[0] != '/') {
+        char cwd[CFG_PATH_MAX], abs[2 * CFG_PATH_MAX + 8];
+        if (!getcwd(cwd, sizeof cwd) || snprintf(abs, sizeof abs, "%s/%s", cwd, value) >= (int)sizeof value)
+            return asp_errf(L->err, L->errlen, "--set %s: the path is too long once made absolute; use a shorter one",
+                            shown(arg, buf, sizeof buf));
+        strcpy(value, abs);
+    }
     if (set_value(L->cfg, k, value, quoted, why, sizeof why))
         return asp_errf(L->err, L->errlen, "--set %s: %s", shown(arg, buf, sizeof buf), why);
     L->org[ki] = (origin_t){ORIGIN_SET, 0, 0, arg};
@@ -1010,14 +1115,32 @@ int config_load(config_t *cfg, const char *path, char *const *sets, int nsets, c
     if (L.org[kv].kind == ORIGIN_DEFAULT && L.org[nh].kind != ORIGIN_DEFAULT)
         m->num_key_value_heads = m->num_attention_heads;
 
+    for (int i = 0; i < NKEYS; i++) {
+        cfg->origin[i].line = L.org[i].kind == ORIGIN_FILE ? L.org[i].line : 0;
+        cfg->origin[i].col = L.org[i].col;
+        cfg->origin[i].set = L.org[i].kind == ORIGIN_SET ? L.org[i].set : NULL;
+    }
     char msg[1024];
-    int blame;
-    if (validate_impl(cfg, msg, sizeof msg, &blame)) {
+    int blame, blame2;
+    if (validate_impl(cfg, msg, sizeof msg, &blame, &blame2)) {
         char pre[CFG_PATH_MAX + 64];
+        /* a rule between two keys is blamed on the one a --set changed */
+        if (blame2 >= 0 && L.org[blame2].kind == ORIGIN_SET && (blame < 0 || L.org[blame].kind != ORIGIN_SET))
+            blame = blame2;
         origin_prefix(&L, blame, pre, sizeof pre);
         return asp_errf(err, errlen, "%s%s", pre, msg);
     }
     return 0;
+}
+
+const char *config_where(const config_t *cfg, const char *section, const char *key, char *buf, size_t len) {
+    int i = key_index(section, key);
+    if (i >= 0 && cfg->origin[i].set) snprintf(buf, len, "--set %s: ", cfg->origin[i].set);
+    else if (i >= 0 && cfg->origin[i].line > 0)
+        snprintf(buf, len, "%s:%d:%d: ", cfg->source, cfg->origin[i].line, cfg->origin[i].col);
+    else if (cfg->source[0]) snprintf(buf, len, "%s: ", cfg->source);
+    else buf[0] = 0;
+    return buf;
 }
 
 /* ------------------------------------------------------------------ paths */

@@ -13,6 +13,7 @@
 #include <stdio.h>
 
 #define CFG_PATH_MAX 1024
+#define CFG_MAX_KEYS 128   /* room in config_t.origin */
 #define CFG_NAME_MAX 64
 
 typedef enum { SAC_AUTO = 0, SAC_SAVE_ALL, SAC_FULL } sac_policy_t;
@@ -102,7 +103,15 @@ typedef struct {
     optimizer_config_t optimizer;
     checkpointing_config_t checkpointing;
     io_config_t io;
+    /* Where each key's value came from (by key index; line 0: a default or
+     * --set), for messages after loading: config_where. */
+    struct { int line, col; const char *set; } origin[CFG_MAX_KEYS];
 } config_t;
+
+/* "FILE:LINE:COL: " of the value of section.key in the config file, "--set
+ * ARG: " when an override gave it, "FILE: " for a default (or "" without a
+ * file): the prefix for a message about that key. */
+const char *config_where(const config_t *cfg, const char *section, const char *key, char *buf, size_t len);
 
 /* Fill every key with its default. */
 void config_defaults(config_t *cfg);

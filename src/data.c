@@ -60,6 +60,12 @@ int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, siz
     uint32_t version = rd32(hdr + 8), token_bytes = rd32(hdr + 12);
     uint64_t n = rd64(hdr + 16);
     uint32_t vocab = rd32(hdr + 24);
+    for (int i = 28; i < SHARD_HEADER_BYTES; i++)
+        if (hdr[i]) {
+            asp_errf(err, errlen, "%s: header byte %d is 0x%02x, but bytes 28-63 are padding and must be zero "
+                     "(a damaged shard, or another format); " REMAKE, path, i, hdr[i]);
+            goto fail;
+        }
     if (version != SHARD_VERSION) {
         asp_errf(err, errlen, "%s: shard format version %" PRIu32 ", this build reads version %d; " REMAKE, path,
                  version, SHARD_VERSION);

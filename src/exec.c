@@ -1097,6 +1097,8 @@ static void grad_drain_all(exec_t *e) {
     for (int s = 0; s < PLAN_BUCKET_SLOTS; s++) grad_drain(e, s);
 }
 
+void (*exec_progress_hook)(int phase, int layer, int layers) = NULL;
+
 static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
     const plan_t *p = e->plan;
     const backend_t *be = e->be;
@@ -1112,6 +1114,7 @@ static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
     prefetch_weights(e, 1, 0);
     graph_forward(e, &pro, grad_scale);
     for (int l = 0; l < L; l++) {
+        if (exec_progress_hook) exec_progress_hook(0, l, L);
         walk_t w = walk_of(e, plan_layer_plan(p, l), l);
         need_weights(e, l + 1);
         prefetch_weights(e, l + 2, l + 1);
@@ -1129,6 +1132,7 @@ static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
     graph_backward(e, &epi);
     bucket_done(e, tail);  /* a tied LM head's gradient is the embedding's */
     for (int l = L - 1; l >= 0; l--) {
+        if (exec_progress_hook) exec_progress_hook(1, l, L);
         walk_t w = walk_of(e, plan_layer_plan(p, l), l);
         need_weights(e, l + 1);
         prefetch_weights(e, l, l + 1);

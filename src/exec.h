@@ -49,6 +49,12 @@ void exec_init_params(exec_t *e, uint64_t seed);
 /* Forward and backward over `micro_steps` samples (plan->micro_steps), with
  * `sample_valid[i]` the valid-target count of sample i (whole sample), then
  * gradient reduction over all ranks. Fills loss and valid_targets. */
+/* Called by exec_forward_backward as each layer's forward (phase 0) and
+ * backward (phase 1) begins, on the host (on the GPU: as the host issues the
+ * layer's work). The train loop uses it for progress lines in long steps;
+ * NULL: none. */
+extern void (*exec_progress_hook)(int phase, int layer, int layers);
+
 void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid,
                            exec_result_t *res);
 

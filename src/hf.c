@@ -120,7 +120,7 @@ int hf_read_config(const char *dir, model_config_t *out, char *err, size_t errle
     if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
         return asp_errf(err, errlen, "%.200s: path too long", dir);
     cfgread_t r = {.path = path, .err = err, .errlen = errlen};
-    if (json_parse_file(&r.j, path, CONFIG_MAX_BYTES, err, errlen)) return -1;
+    if (json_parse_file(&r.j, path, CONFIG_MAX_BYTES, JSON_LAST_KEY_WINS, err, errlen)) return -1;
     int rc = -1;
     const yaml_node_t *o = r.j.root;
     if (!json_is_object(o)) {
@@ -408,6 +408,16 @@ int hf_load_weights(const char *dir, const model_t *m, float *flat, char *err, s
             goto out;
         }
         st_read_f32(f, t, flat + p->offset);
+        /* a NaN or Inf weight would surface at step 1 as a diverged loss,
+         * far from its cause: name the tensor now */
+        const float *w = flat + p->offset;
+        for (size_t k = 0; k < p->numel; k++)
+            if (!isfinite(w[k])) {
+                asp_errf(err, errlen, "%s: tensor '%s' holds %s at element %zu (of %zu); the checkpoint is damaged or "
+                         "was saved from a diverged run: fix or re-download it", f->path, p->name,
+                         isnan(w[k]) ? "NaN" : w[k] > 0 ? "+Inf" : "-Inf", k, p->numel);
+                goto out;
+            }
     }
     for (int k = 0; k < c.nfiles; k++) {
         const st_file_t *f = &c.files[k];

@@ -1,7 +1,10 @@
 /* JSON documents (safetensors headers, Hugging Face config.json and index
- * files) read with libyaml: JSON is YAML flow style, so a real parser checks
- * the syntax, and these helpers check the JSON types on top of it (a quoted
- * scalar is a string, a plain one a number, true, false or null). */
+ * files): a strict RFC 8259 reader (UTF-8, no comments, single quotes,
+ * anchors, tags, trailing commas or escapes beyond JSON's) that builds a
+ * libyaml document, and helpers that read JSON types from it (a quoted
+ * scalar is a string, a plain one a number, true, false or null).
+ * Nesting is limited to JSON_MAX_DEPTH and the value count to JSON_MAX_NODES,
+ * both enforced while reading. */
 #ifndef AUTOSP_JSON_H
 #define AUTOSP_JSON_H
 
@@ -15,13 +18,21 @@ typedef struct {
     int loaded;
 } json_doc_t;
 
+#define JSON_MAX_DEPTH 64
+#define JSON_MAX_NODES (1 << 22)
+/* A key given twice in one object keeps its last value (as Python's json and
+ * transformers do) instead of being refused. */
+#define JSON_LAST_KEY_WINS 1
+
 /* Parse `len` bytes (need not be NUL-terminated). `what` names the source in
- * messages ("model.safetensors: header"). The text must start with '{' or '['
- * (after white space) and hold exactly one document. Returns 0, or -1 with a
- * message that says where the syntax is wrong. */
+ * messages ("model.safetensors: header"). The text must be one JSON object or
+ * array (white space around it allowed). A key given twice in an object is
+ * refused. Returns 0, or -1 with a message that says where the text is wrong. */
 int json_parse(json_doc_t *j, const char *text, size_t len, const char *what, char *err, size_t errlen);
-/* Read a whole file (at most max_bytes) and parse it. */
-int json_parse_file(json_doc_t *j, const char *path, size_t max_bytes, char *err, size_t errlen);
+int json_parse_flags(json_doc_t *j, const char *text, size_t len, const char *what, int flags, char *err,
+                     size_t errlen);
+/* Read a whole regular file (at most max_bytes) and parse it. */
+int json_parse_file(json_doc_t *j, const char *path, size_t max_bytes, int flags, char *err, size_t errlen);
 void json_free(json_doc_t *j);
 
 static inline int json_is_object(const yaml_node_t *n) { return n && n->type == YAML_MAPPING_NODE; }

@@ -2,6 +2,7 @@
 #include "autosp_config.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,10 +48,13 @@ static void usage(FILE *out) {
             "  --dump-grads FILE        write every step's loss and the first step's full gradient (fp32)\n"
             "                           to FILE, for parity checks between runs (format in src/train.h)\n"
             "  --help                   this text and every config key\n"
-            "  --version                print the version\n"
+            "  --version                print the version and how this binary was built\n"
             "\n"
-            "exit status: 0 done, 1 runtime failure, 2 bad config, arguments or data,\n"
-            "             128+N stopped by signal N\n\n",
+            "exit status: 0 done (also a clean stop by SIGUSR2), 1 runtime failure,\n"
+            "             2 bad config, arguments, data or checkpoint, 128+N stopped by signal N\n"
+            "\n"
+            "A path given by --set is relative to the current directory; paths in the config file\n"
+            "are relative to the file's folder.\n\n",
             EXPLAIN_DEFAULT_GPU_GIB);
 }
 
@@ -86,7 +90,8 @@ static double parse_positive(ranks_t *r, const char *flag, const char *v) {
     char *end;
     errno = 0;
     double x = v ? strtod(v, &end) : 0;
-    if (!v || errno || *end || !(x > 0)) usage_error(r, "%s expects a positive number, got '%s'", flag, v ? v : "");
+    if (!v || errno || *end || !(x > 0) || !isfinite(x))
+        usage_error(r, "%s expects a positive finite number, got '%s'", flag, v ? v : "");
     return x;
 }
 
@@ -103,7 +108,19 @@ static void parse_args(int argc, char **argv, cli_t *c, ranks_t *r) {
             par_finalize(r);
             exit(0);
         } else if (!strcmp(a, "--version")) {
-            if (lead_rank) printf("autosp-train %s\n", PACKAGE_VERSION);
+            if (lead_rank) {
+                printf("autosp-train %s (commit %s)\n", PACKAGE_VERSION, ASP_GIT_COMMIT);
+#ifdef HAVE_CUDA
+                printf("  backends: cpu, cuda (CUDA %s, compiled for %s)\n", ASP_CUDA_VERSION, ASP_CUDA_ARCH);
+#else
+                printf("  backends: cpu only (built without CUDA)\n");
+#endif
+#ifdef HAVE_MPI
+                printf("  MPI: yes (mpirun -np N for several ranks)\n");
+#else
+                printf("  MPI: no (one process only)\n");
+#endif
+            }
             par_finalize(r);
             exit(0);
         } else if (!strcmp(a, "--set")) {
@@ -175,7 +192,33 @@ static size_t explain_cuda_scratch(const op_shapes_t *sh) {
     return (size_t)32 << 20;
 }
 
+/* Where the key a plan error is about was given ("FILE:L:C: ", "--set ...: "),
+ * for the errors that name one key first ("parallel.sequence_parallel_size: ..."). */
+static const char *plan_error_where(const config_t *cfg, const char *err) {
+    static char where[CFG_PATH_MAX + 300];
+    static const char *const keys[][2] = {{"parallel", "sequence_parallel_size"}, {"train", "seq_len"},
+                                          {"train", "global_batch_size"}, {"parallel", "zero_stage"}};
+    where[0] = 0;
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        char name[96];
+        snprintf(name, sizeof name, "%s.%s:", keys[i][0], keys[i][1]);
+        if (!strncmp(err, name, strlen(name))) return config_where(cfg, keys[i][0], keys[i][1], where, sizeof where);
+    }
+    return where;
+}
+
+/* A stop signal that came before training began: say so and end. */
+static void early_stop(ranks_t *r) {
+    int sig = train_stop_signal();
+    if (!sig) return;
+    if (lead_rank) fprintf(stderr, "autosp-train: stopped by signal %d before training began; nothing to save\n", sig);
+    if (r) par_finalize(r);
+    exit(128 + sig);
+}
+
 int main(int argc, char **argv) {
+    /* first: a SIGTERM during start-up is reported, not silently fatal */
+    train_install_signals();
     char err[4096];
     ranks_t ranks;
     if (par_init(&argc, &argv, &ranks, err, sizeof err) != 0) {
@@ -186,12 +229,20 @@ int main(int argc, char **argv) {
     cli_t cli;
     parse_args(argc, argv, &cli, &ranks);
 
+    early_stop(&ranks);
     config_t cfg;
     if (config_load(&cfg, cli.config, cli.sets, cli.nsets, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
     /* model.from_pretrained: the model keys come from the folder's config.json */
     if (hf_apply_pretrained(&cfg, cli.sets, cli.nsets, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
     model_t model;
     if (model_build(&model, &cfg.model, err, sizeof err) != 0) usage_error(&ranks, "%s: %s", cli.config, err);
+    if (lead_rank && cfg.train.seq_len > cfg.model.max_position_embeddings) {
+        char where[CFG_PATH_MAX + 300];
+        asp_warn("%strain.seq_len (%lld) is longer than model.max_position_embeddings (%lld): the model has not seen "
+                 "positions this far (RoPE extrapolates; llama3 rope_scaling stretches it); raise "
+                 "max_position_embeddings if that is intended", config_where(&cfg, "train", "seq_len", where, sizeof where),
+                 (long long)cfg.train.seq_len, (long long)cfg.model.max_position_embeddings);
+    }
 
     const backend_t *be = NULL;
     int explain_gpu_plan = 0;
@@ -222,7 +273,7 @@ int main(int argc, char **argv) {
         unlimited.memory_bytes = 0;
         int world_now = ranks.world_size;
         if (plan_compile(&probe, &cfg, &model, world_now, &unlimited, err, sizeof err) == -1)
-            usage_error(&ranks, "%s", err);
+            usage_error(&ranks, "%s%s", plan_error_where(&cfg, err), err);
     }
     /* The device is initialised before planning so that the plan can use its memory size. */
     if (be) {
@@ -293,8 +344,9 @@ int main(int argc, char **argv) {
             planned = plan_compile(&plan, &cfg, &model, world, &target, err, sizeof err);
         }
     }
-    if (planned == -1 || (planned != 0 && !cli.explain)) usage_error(&ranks, "%s", err);
+    if (planned == -1 || (planned != 0 && !cli.explain)) usage_error(&ranks, "%s%s", plan_error_where(&cfg, err), err);
 
+    early_stop(&ranks);
     if (cli.explain) {
         /* A plan that does not fit is still shown (its memory table says by
          * how much); the exit status says it cannot run. */
@@ -326,7 +378,7 @@ int main(int argc, char **argv) {
             char a[32], b[32], c[32], d[32];
             usage_error(&ranks,
                         "the plan needs %s of this node's memory per rank (%s of arenas and %s of pinned host memory "
-                        "for offloaded activations and model state), but the node allows %s per rank (%d ranks on "
+                        "for offloaded activations and model state), but the node allows %s per rank (%d rank(s) on "
                         "it); lower checkpointing.memory_budget_gib or train.seq_len, turn checkpointing.offload "
                         "off, or add ranks",
                         asp_fmt_bytes(a, sizeof a, need), asp_fmt_bytes(b, sizeof b, (double)plan.mem.device_total),

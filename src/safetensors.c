@@ -96,7 +96,8 @@ static int cmp_name(const void *a, const void *b) {
 
 static int cmp_begin(const void *a, const void *b) {
     const st_tensor_t *x = *(const st_tensor_t *const *)a, *y = *(const st_tensor_t *const *)b;
-    return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : 0;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    return x->end < y->end ? -1 : x->end > y->end ? 1 : 0;
 }
 
 static void free_tensors(st_file_t *f) {
@@ -281,25 +282,42 @@ static int parse_header(st_file_t *f, const char *text, size_t len, char *err, s
                      shown(f->tensors[i].name, nb, sizeof nb));
             goto out;
         }
-    /* No two tensors share bytes (empty tensors take none). */
+    /* The tensors tile the data region exactly, as the reference reader
+     * requires: sorted by offsets, each begins where the one before ends
+     * (no overlap, no gap) and the last ends at the end of the file (empty
+     * tensors take no bytes but must sit on a boundary too). */
     st_tensor_t **by = malloc((size_t)(f->ntensors ? f->ntensors : 1) * sizeof *by);
     if (!by) {
         asp_errf(err, errlen, "%s: out of memory", f->path);
         goto out;
     }
-    int nb = 0;
-    for (int i = 0; i < f->ntensors; i++)
-        if (f->tensors[i].end > f->tensors[i].begin) by[nb++] = &f->tensors[i];
-    qsort(by, (size_t)nb, sizeof *by, cmp_begin);
-    for (int i = 1; i < nb; i++)
-        if (by[i]->begin < by[i - 1]->end) {
-            char a[96], b[96];
+    for (int i = 0; i < f->ntensors; i++) by[i] = &f->tensors[i];
+    qsort(by, (size_t)f->ntensors, sizeof *by, cmp_begin);
+    size_t at = 0;
+    for (int i = 0; i < f->ntensors; i++) {
+        char a[96], b[96];
+        if (by[i]->begin < at) {
             asp_errf(err, errlen, "%s: tensors '%s' [%zu, %zu) and '%s' [%zu, %zu) overlap in the data; the header "
                      "is damaged", f->path, shown(by[i - 1]->name, a, sizeof a), by[i - 1]->begin, by[i - 1]->end,
                      shown(by[i]->name, b, sizeof b), by[i]->begin, by[i]->end);
             free(by);
             goto out;
         }
+        if (by[i]->begin > at) {
+            asp_errf(err, errlen, "%s: tensor '%s' begins at data byte %zu, but the data before it ends at %zu: a "
+                     "gap of %zu bytes that no tensor owns; the header is damaged", f->path,
+                     shown(by[i]->name, b, sizeof b), by[i]->begin, at, by[i]->begin - at);
+            free(by);
+            goto out;
+        }
+        at = by[i]->end;
+    }
+    if (at != f->data_bytes) {
+        asp_errf(err, errlen, "%s: %zu bytes after the last tensor's data (the tensors end at data byte %zu of %zu); "
+                 "the file is damaged or was appended to", f->path, f->data_bytes - at, at, f->data_bytes);
+        free(by);
+        goto out;
+    }
     free(by);
     rc = 0;
 out:
@@ -397,7 +415,7 @@ static int join(char *out, size_t len, const char *dir, const char *name) {
  * checked against the file it names. */
 static int open_index(st_checkpoint_t *c, const char *dir, const char *ipath, char *err, size_t errlen) {
     json_doc_t j;
-    if (json_parse_file(&j, ipath, INDEX_MAX_BYTES, err, errlen)) return -1;
+    if (json_parse_file(&j, ipath, INDEX_MAX_BYTES, 0, err, errlen)) return -1;
     int rc = -1;
     char nb[96], fb[96];
     yaml_node_t *wm = json_get(&j, j.root, "weight_map");

@@ -19,10 +19,48 @@
 static volatile sig_atomic_t stop_signal = 0;
 static volatile sig_atomic_t save_request = 0;   /* SIGUSR1: checkpoint and go on */
 
-static void on_signal(int sig) {
-    if (sig == SIGUSR1) save_request = 1;
-    else stop_signal = sig;
+static void say(const char *s) {
+    ssize_t w = write(STDERR_FILENO, s, strlen(s));
+    (void)w;
 }
+
+/* Async-signal-safe: a flag, a line written with write(2), and for a second
+ * interrupt the default action. */
+static void on_signal(int sig) {
+    if (sig == SIGUSR1) {
+        save_request = 1;
+        return;
+    }
+    if (stop_signal && sig != SIGUSR2) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    if (!stop_signal) {
+        stop_signal = sig;
+        if (asp_msg_rank <= 0)
+            say(sig == SIGUSR2 ? "autosp-train: SIGUSR2: stopping at the end of this step with a checkpoint\n"
+                : sig == SIGINT ? "autosp-train: SIGINT: stopping at the end of this step with a checkpoint "
+                                  "(again to quit at once)\n"
+                : "autosp-train: SIGTERM: stopping at the end of this step with a checkpoint (again to quit at once)\n");
+    }
+}
+
+void train_install_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;  /* a signal during a checkpoint write must not fail it */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    /* mpirun gives its ranks only a second between SIGTERM and SIGKILL but
+     * passes SIGUSR2 through: launchers use it to ask for a clean stop. */
+    sigaction(SIGUSR2, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+}
+
+int train_stop_signal(void) { return (int)stop_signal; }
 
 double train_lr(const train_config_t *t, int64_t step) {
     if (t->warmup_steps > 0 && step <= t->warmup_steps) return t->lr * (double)step / (double)t->warmup_steps;
@@ -61,6 +99,48 @@ static const char *fmt_rate(char *buf, size_t len, double v) {
     else if (v >= 1e3) snprintf(buf, len, "%.1fK", v / 1e3);
     else snprintf(buf, len, "%.0f", v);
     return buf;
+}
+
+/* "4.2s", "42s", "3m05s", "2h03m" */
+static const char *fmt_duration(char *buf, size_t len, double s) {
+    if (!(s >= 0) || s > 1e9) snprintf(buf, len, "?");
+    else if (s < 10) snprintf(buf, len, "%.1fs", s);
+    else if (s < 60) snprintf(buf, len, "%.0fs", s);
+    else if (s < 3600) snprintf(buf, len, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else snprintf(buf, len, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+    return buf;
+}
+
+/* Progress inside a long step (rank 0): once a step has run `every` seconds
+ * (ASP_PROGRESS_S, default 10), a line at most that often says which layer it
+ * has reached, so that minutes-long steps at long S are not silent. */
+static struct {
+    int64_t step, steps, micro_steps;
+    int micro;
+    double t0, last, prev_dt, every;
+} progress;
+
+static void on_progress(int phase, int layer, int layers) {
+    if (phase == 0 && layer == 0) progress.micro++;
+    double now = asp_now();
+    if (now - progress.t0 < progress.every || now - progress.last < progress.every) return;
+    progress.last = now;
+    char a[24], b[24], mb[48] = "";
+    if (progress.micro_steps > 1)
+        snprintf(mb, sizeof mb, " of micro-batch %d/%lld", progress.micro, (long long)progress.micro_steps);
+    printf("  step %lld/%lld: %s layer %d/%d%s, %s into the step%s%s%s\n", (long long)progress.step,
+           (long long)progress.steps, phase ? "backward" : "forward", phase ? layers - layer : layer + 1, layers, mb,
+           fmt_duration(a, sizeof a, now - progress.t0), progress.prev_dt > 0 ? " (the previous step took " : "",
+           progress.prev_dt > 0 ? fmt_duration(b, sizeof b, progress.prev_dt) : "", progress.prev_dt > 0 ? ")" : "");
+    fflush(stdout);
+}
+
+/* A metrics line that cannot be written ends the run: on a full disk the log
+ * would otherwise stop mid-line while the run reports success. */
+static void metrics_failed(const config_t *cfg, int e) {
+    asp_die(ASP_EXIT_FAILURE, "cannot write %s/metrics.jsonl: %s; free space in io.run_dir (or fix its "
+            "permissions) and run again: training resumes from the last checkpoint", cfg->io.run_dir,
+            strerror(e ? e : EIO));
 }
 
 /* After the first step every buffer the engine uses exists (arenas, library
@@ -233,23 +313,24 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     double *losses = asp_calloc((size_t)tc->steps, sizeof(double), "loss history");
     float *dump_grads = NULL;
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESTART;  /* a signal during a checkpoint write must not fail it */
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    /* mpirun gives its ranks only a second between SIGTERM and SIGKILL but
-     * passes SIGUSR2 through: launchers use it to ask for a clean stop. */
-    sigaction(SIGUSR2, &sa, NULL);
-    sigaction(SIGUSR1, &sa, NULL);
+    train_install_signals();   /* main installed them already; harmless again */
 
     double tokens_per_step = (double)tc->global_batch_size * (double)tc->seq_len;
     /* MFU against the card's dense bf16 peak (0: unknown, not printed) */
     double peak_tflops = be->peak_tflops ? be->peak_tflops() : 0;
     size_t peak_bytes = 0;
     double t_start = asp_now(), t_timed = 0, tokens_timed = 0, first_loss = 0, last_loss = 0;
+    /* the step line averages over the steps since the previous line */
+    double win_time = 0, win_tokens = 0;
+    int64_t win_steps = 0, n_timed = 0;
     int64_t step = resumed.step, saved_step = resumed.step;
+    if (lead) {
+        progress.steps = tc->steps;
+        progress.micro_steps = mb;
+        const char *every = getenv("ASP_PROGRESS_S");
+        progress.every = every && atof(every) > 0 ? atof(every) : 10.0;
+        exec_progress_hook = on_progress;
+    }
     if (lead)
         asp_info("training %lld steps: %.0f tokens per step, %d rank(s) as SP %d x DP %d, %s backend",
                  (long long)tc->steps, tokens_per_step, r->world_size, r->sp_size, r->dp_size, be->name);
@@ -271,14 +352,20 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         }
         if (stop > 0) {
             if (!stop_signal) stop_signal = SIGTERM;
-            if (lead) asp_warn("stopped by signal %d after step %lld of %lld", (int)stop_signal, (long long)step,
-                               (long long)tc->steps);
+            if (lead && stop_signal == SIGUSR2)
+                asp_info("stopped on request (SIGUSR2) after step %lld of %lld", (long long)step, (long long)tc->steps);
+            else if (lead)
+                asp_warn("stopped by signal %d after step %lld of %lld", (int)stop_signal, (long long)step,
+                         (long long)tc->steps);
             break;
         }
         step++;
         if (fail_rank == r->world_rank && step == fail_step)
             asp_die(ASP_EXIT_FAILURE, "injected failure at step %lld (ASP_FAIL_RANK=%d)", (long long)step, fail_rank);
         double t0 = asp_now();
+        progress.step = step;
+        progress.micro = 0;
+        progress.t0 = progress.last = t0;
         for (int64_t i = 0; i < mb; i++) valid[i] = loader_next(&loader, tok + i * nl, tgt + i * nl, pos + i * nl);
         exec_result_t res;
         exec_forward_backward(e, batches, valid, &res);
@@ -305,26 +392,45 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
             if (tc->steps > step) exec_profile_reset(e);
         }
         last_loss = res.loss;
-        if (step > resumed.step + 1 || tc->steps == resumed.step + 1) { t_timed += dt; tokens_timed += tokens_per_step; }
+        if (step > resumed.step + 1 || tc->steps == resumed.step + 1) {
+            t_timed += dt;
+            tokens_timed += tokens_per_step;
+            n_timed++;
+        }
+        progress.prev_dt = dt;
+        win_time += dt;
+        win_tokens += tokens_per_step;
+        win_steps++;
         double tps = tokens_per_step / dt, tflops = plan->flops_per_step / dt / 1e12 / r->world_size;
         double mfu = peak_tflops > 0 ? tflops / peak_tflops : 0;
         size_t used = exec_measured_bytes(e);
         if (used > peak_bytes) peak_bytes = used;
         if (lead && (step % cfg->io.log_every == 0 || step == 1 || step == tc->steps)) {
-            char rate[32];
+            /* rates over the window since the previous line; ETA from the
+             * mean step after the first (which also builds library plans) */
+            double w_tps = win_tokens / win_time, w_ms = win_time / (double)win_steps * 1e3;
+            double w_tflops = plan->flops_per_step * (double)win_steps / win_time / 1e12 / r->world_size;
+            double mean_dt = n_timed > 0 ? t_timed / (double)n_timed : dt;
+            char rate[32], el[24], eta[24];
             char extra[96] = "", comm[96] = "", host[48] = "";
             if (peak_tflops > 0)
-                snprintf(extra, sizeof extra, " | MFU %.1f%% | peak %.2f GiB", 100 * mfu, (double)peak_bytes / GIB);
+                snprintf(extra, sizeof extra, " | MFU %.1f%% | peak %.2f GiB", 100 * w_tflops / peak_tflops,
+                         (double)peak_bytes / GIB);
             if (r->world_size > 1)
                 snprintf(comm, sizeof comm, " | a2a %.1f ms | grad comm %.1f ms (%.1f exposed)", ct.a2a_s * 1e3,
                          ct.grad_s * 1e3, ct.grad_exposed_s * 1e3);
             if (plan->optim_offload)
                 snprintf(host, sizeof host, " | host optimizer %.0f ms (%.0f exposed)", host_work * 1e3,
                          host_exposed * 1e3);
-            printf("step %6lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s | %.1f ms | %.3f TFLOP/s%s%s%s\n",
-                   (long long)step, (long long)tc->steps, res.loss, opt.lr, res.grad_norm,
-                   fmt_rate(rate, sizeof rate, tps), dt * 1e3, tflops, extra, comm, host);
+            printf("step %6lld/%lld (%.1f%%) | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s | %.1f ms | %.3f TFLOP/s%s%s%s"
+                   " | elapsed %s | ETA %s\n",
+                   (long long)step, (long long)tc->steps, 100.0 * (double)step / (double)tc->steps, res.loss, opt.lr,
+                   res.grad_norm, fmt_rate(rate, sizeof rate, w_tps), w_ms, w_tflops, extra, comm, host,
+                   fmt_duration(el, sizeof el, asp_now() - t_start),
+                   fmt_duration(eta, sizeof eta, mean_dt * (double)(tc->steps - step)));
             fflush(stdout);
+            win_time = win_tokens = 0;
+            win_steps = 0;
         }
         if (metrics) {
             fprintf(metrics,
@@ -335,7 +441,7 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
                     (long long)step, res.loss, opt.lr, res.grad_norm, tps, dt * 1e3, tflops, mfu,
                     (double)peak_bytes / GIB, (long long)res.valid_targets, ct.a2a_s * 1e3, ct.grad_s * 1e3,
                     ct.grad_exposed_s * 1e3, host_work * 1e3, host_exposed * 1e3);
-            fflush(metrics);
+            if (fflush(metrics) != 0 || ferror(metrics)) metrics_failed(cfg, errno);
         }
         if (cfg->io.save_every > 0 && step % cfg->io.save_every == 0 && step < tc->steps &&
             save_checkpoint(cfg, plan, e, r, host_coll, &loader, step) == 0)
@@ -361,7 +467,8 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     if (cfg->io.export_hf && !stop_signal) hf_train_export(e, cfg, m, be->param_dtype, lead);
     if (opts->dump_path && lead && dump_grads) write_dump(opts->dump_path, losses, step, dump_grads, plan->n_params);
 
-    if (metrics) fclose(metrics);
+    exec_progress_hook = NULL;
+    if (metrics && fclose(metrics) != 0) metrics_failed(cfg, errno);
     /* A stopped run exits non-zero, and mpirun kills the job when the first
      * rank does: meet here, after rank 0's last output and files, first. */
     host_coll->barrier(r->world);
@@ -375,5 +482,13 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     exec_destroy(e);
     loader_free(&loader);
     shard_close(&shard);
+    /* SIGUSR2 asks for a clean stop: with its checkpoint written that is a
+     * success (status 0), so mpirun does not report the job as aborted. */
+    if (stop_signal == SIGUSR2) {
+        if (lead && !ckpt_failed)
+            asp_info("stopped cleanly at step %lld: run the same command to resume from its checkpoint",
+                     (long long)step);
+        return ckpt_failed ? ASP_EXIT_FAILURE : 0;
+    }
     return stop_signal ? 128 + (int)stop_signal : ckpt_failed ? ASP_EXIT_FAILURE : 0;
 }

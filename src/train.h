@@ -13,6 +13,14 @@ typedef struct {
 
 /* Learning rate at 1-based step `step`: linear warmup from 0 to lr over
  * warmup_steps, then cosine decay to min_lr at the last step. */
+/* Install the SIGINT, SIGTERM, SIGUSR1 and SIGUSR2 handlers: first thing in
+ * main, so that a signal during start-up is not lost. A stop signal prints a
+ * line at once and stops at the next step boundary; a second SIGINT or
+ * SIGTERM ends the process at once. */
+void train_install_signals(void);
+/* The stop signal received so far (0: none). */
+int train_stop_signal(void);
+
 double train_lr(const train_config_t *t, int64_t step);
 
 /* Train with the compiled plan. Returns the process exit status. */

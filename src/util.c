@@ -156,11 +156,10 @@ int asp_mkdir_p(const char *path) {
     return mkdir(buf, 0777) != 0 && errno != EEXIST ? -1 : 0;
 }
 
-int asp_map_file(const char *path, const char *what, const char *hint, void **map, size_t *bytes, char *err,
-                 size_t errlen) {
-    *map = NULL;
-    *bytes = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+int asp_open_regular(const char *path, const char *what, const char *hint, char *err, size_t errlen) {
+    /* O_NONBLOCK: opening a FIFO for reading would wait for a writer, and a
+     * device may block too; fstat then says what the file is. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) return asp_errf(err, errlen, "%s: cannot open %s: %s; %s", path, what, strerror(errno), hint);
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -170,7 +169,31 @@ int asp_map_file(const char *path, const char *what, const char *hint, void **ma
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return asp_errf(err, errlen, "%s: not a regular file, so not a %s; %s", path, what, hint);
+        const char *kind = S_ISDIR(st.st_mode) ? "a folder" : S_ISFIFO(st.st_mode) ? "a FIFO (named pipe)"
+                         : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device" : S_ISSOCK(st.st_mode) ? "a socket"
+                         : "not a regular file";
+        return asp_errf(err, errlen, "%s: is %s, not a regular file (%s expected); %s", path, kind, what, hint);
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        close(fd);
+        return asp_errf(err, errlen, "%s: cannot read %s: %s", path, what, strerror(e));
+    }
+    return fd;
+}
+
+int asp_map_file(const char *path, const char *what, const char *hint, void **map, size_t *bytes, char *err,
+                 size_t errlen) {
+    *map = NULL;
+    *bytes = 0;
+    int fd = asp_open_regular(path, what, hint, err, errlen);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return asp_errf(err, errlen, "%s: cannot stat: %s", path, strerror(e));
     }
     size_t size = (size_t)st.st_size;
     if (size == 0) {

@@ -59,6 +59,12 @@ int asp_mkdir_p(const char *path);
  * Returns 0, or -1 with errno set. */
 int asp_fsync_dir(const char *dir);
 
+/* Open a regular file read-only; anything else (a folder, FIFO, device,
+ * socket) is refused without blocking, naming what it is. `what` and `hint`
+ * as for asp_map_file. Returns the descriptor (O_CLOEXEC), or -1 with a
+ * message. */
+int asp_open_regular(const char *path, const char *what, const char *hint, char *err, size_t errlen);
+
 /* Map a regular file read-only. `what` names it in messages ("token shard"),
  * `hint` ends them ("create it with ..."). An empty file maps to *map = NULL, *bytes = 0 (callers say
  * what an empty file means for them). Returns 0, or -1 with a message.

@@ -13,6 +13,19 @@ make_shard() {
     echo "$TMP/english.tok"
 }
 
+# Skip (exit 77), saying why in the log and on the console (fd 9, see Makefile.am).
+skip_test() {
+    echo "skipped: $*"
+    { echo "  $(basename "$0"): skipped: $*" >&9; } 2>/dev/null || true
+    exit 77
+}
+
+# A line for the console as well as the log (what a test installs, ...).
+say_console() {
+    echo "$*"
+    { echo "  $(basename "$0"): $*" >&9; } 2>/dev/null || true
+}
+
 have_mpirun() { [ -n "${MPIRUN:-}" ] && [ "$MPIRUN" != no ] && command -v "$MPIRUN" >/dev/null 2>&1; }
 
 # mpirun -np N ...: oversubscribed (CI has 2 cores), as root where CI runs.

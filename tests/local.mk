@@ -19,4 +19,11 @@ tests_test_model_grad_CFLAGS = $(ASP_TEST_CFLAGS)
 tests_test_model_grad_LDADD = $(ASP_TEST_LIBS)
 TESTS += tests/test_failures.sh
 EXTRA_DIST += tests/test_failures.sh
+TESTS += tests/test_first_hour.sh
+EXTRA_DIST += tests/test_first_hour.sh
+# libFuzzer harnesses and their seeds (built and run by tests/fuzz/run.sh, from
+# scripts/sanitize-check.sh in CI), and the LeakSanitizer suppressions
+EXTRA_DIST += tests/fuzz/fuzz_common.h tests/fuzz/fuzz_json.c tests/fuzz/fuzz_safetensors.c tests/fuzz/fuzz_config.c \
+              tests/fuzz/fuzz_hf_config.c tests/fuzz/fuzz_shard.c tests/fuzz/fuzz_ckpt_state.c tests/fuzz/run.sh \
+              tests/fuzz/corpus tests/lsan.supp
 EXTRA_DIST += tests/testmodel.h

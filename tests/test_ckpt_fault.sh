@@ -47,7 +47,9 @@ wait_steps "$R" 2 || fail "SIGUSR1 run did not start"
 kill -USR1 $pid
 i=0; while [ -z "$(newest "$R")" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 first=$(newest "$R")
-n1=$(wc -l <"$R/metrics.jsonl"); sleep 0.5; n2=$(wc -l <"$R/metrics.jsonl")
+# training goes on: a new metrics line within 20 s (a step is slow under the sanitizers)
+n1=$(wc -l <"$R/metrics.jsonl"); n2=$n1; i=0
+while [ "$n2" -le "$n1" ] && [ $i -lt 200 ]; do sleep 0.1; n2=$(wc -l <"$R/metrics.jsonl"); i=$((i + 1)); done
 if [ -n "$first" ] && kill -0 $pid 2>/dev/null && [ "$n2" -gt "$n1" ]; then
     ok "SIGUSR1: checkpoint $(basename "$first") written and training goes on"
 else fail "SIGUSR1: no checkpoint, or training stopped"; cat "$TMP/usr1.log"; fi
@@ -70,6 +72,47 @@ else fail "SIGKILL: expected a half-written temporary folder and no step-0000000
     { fail "SIGKILL: resume after the kill"; cat "$TMP/kill2.log"; }
 ls -d "$R"/checkpoints/*.tmp-* >/dev/null 2>&1 && fail "SIGKILL: the dead writer's temporary folder was not cleaned up" ||
     ok "SIGKILL: the dead writer's temporary folder was removed"
+
+# ---- SIGKILL after every file operation of a save and its prune: a folder
+# with the final name always holds every file its manifest lists
+R="$TMP/prune"
+"$BIN" "$CFG" $COMMON --set train.steps=2 --set io.save_every=1 --set io.keep_last=2 --set io.run_dir="$R" \
+    >"$TMP/prune0.log" 2>&1 || fail "prune: first run failed"
+complete_or_absent() { # run dir: every step-NNNNNNNN folder is whole; at least one exists
+    whole=0
+    for d in "$1"/checkpoints/step-????????; do
+        [ -d "$d" ] || continue
+        [ -f "$d/manifest" ] || { echo "$d has no manifest"; return 1; }
+        tail -n +2 "$d/manifest" | while read -r name size crc; do
+            [ -f "$d/$name" ] && [ "$(wc -c <"$d/$name")" = "$size" ] || { echo "$d/$name missing or short"; exit 1; }
+        done || return 1
+        whole=$((whole + 1))
+    done
+    [ $whole -gt 0 ] || { echo "no complete checkpoint left"; return 1; }
+}
+n=1; killed=0; bad_at=""
+while [ $n -le 60 ]; do
+    rm -rf "$TMP/prune-k"; cp -r "$R" "$TMP/prune-k"
+    rc=0
+    ASP_CKPT_KILL_AFTER=$n "$BIN" "$CFG" $COMMON --set train.steps=3 --set io.save_every=1 --set io.keep_last=1 \
+        --set io.run_dir="$TMP/prune-k" >"$TMP/prune-k.log" 2>&1 || rc=$?
+    [ $rc = 0 ] && break
+    [ $rc = 137 ] || { bad_at="$bad_at $n(status $rc)"; break; }
+    killed=$((killed + 1))
+    complete_or_absent "$TMP/prune-k" >"$TMP/prune-why.log" || bad_at="$bad_at $n($(cat "$TMP/prune-why.log"))"
+    n=$((n + 1))
+done
+if [ -z "$bad_at" ] && [ $killed -ge 20 ]; then
+    ok "SIGKILL after each of the $killed file operations of a save + prune: every final-named folder is complete"
+else fail "kill during save/prune (killed $killed times): incomplete final-named folder at:$bad_at"; fi
+# the last killed state (in the middle of deleting the oldest) resumes
+rm -rf "$TMP/prune-k"; cp -r "$R" "$TMP/prune-k"
+ASP_CKPT_KILL_AFTER=$((killed - 2)) "$BIN" "$CFG" $COMMON --set train.steps=3 --set io.save_every=1 --set io.keep_last=1 \
+    --set io.run_dir="$TMP/prune-k" >/dev/null 2>&1 || true
+"$BIN" "$CFG" $COMMON --set train.steps=4 --set io.keep_last=1 --set io.run_dir="$TMP/prune-k" >"$TMP/prune-r.log" 2>&1 &&
+    grep -q "resumed from .*step-00000003" "$TMP/prune-r.log" && ! ls -d "$TMP"/prune-k/checkpoints/*.del-* >/dev/null 2>&1 &&
+    ok "after a kill mid-prune: resumed from the newest checkpoint, the half-deleted folder removed" ||
+    { fail "resume after a kill mid-prune"; cat "$TMP/prune-r.log"; ls "$TMP/prune-k/checkpoints"; }
 
 # ---- refused checkpoints: each case copies a good one and damages it
 R="$TMP/good"
@@ -95,6 +138,39 @@ fresh_bad; rm "$B/manifest"
 refuse "a checkpoint without manifest" "manifest: missing"
 fresh_bad
 refuse "a different model" "model.hidden_size is 64 in the checkpoint but 128" --set model.hidden_size=128 --set model.head_dim=32
+refuse "a different RoPE base" "model.rope_theta is 10000 in the checkpoint but 500000" --set model.rope_theta=500000
+refuse "a different norm epsilon" "model.rms_norm_eps is 1e-05 in the checkpoint but 1e-06" --set model.rms_norm_eps=1e-6
+refuse "a different max_position_embeddings" "model.max_position_embeddings is 4096 in the checkpoint but 8192" --set model.max_position_embeddings=8192
+refuse "RoPE scaling switched on" "model.rope_scaling.enabled is 0 in the checkpoint but 1" --set model.rope_scaling.factor=8
+# a crafted state (with a manifest that matches it): an empty step, a huge data position
+restate() { # sed-expression: edit the state, then give the manifest its new size and CRC-32C
+    sed -i "$1" "$B/state"
+    python3 - "$B" <<'PY'
+import os, sys
+d = sys.argv[1]
+def crc32c(b):
+    c = 0xFFFFFFFF
+    for x in b:
+        c ^= x
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    return c ^ 0xFFFFFFFF
+data = open(os.path.join(d, "state"), "rb").read()
+lines = open(os.path.join(d, "manifest")).read().splitlines()
+out = [l if not l.startswith("state ") else "state %d %08x" % (len(data), crc32c(data)) for l in lines]
+open(os.path.join(d, "manifest"), "w").write("\n".join(out) + "\n")
+PY
+}
+fresh_bad; restate 's/^step .*/step /'
+refuse "a state with an empty step" "state: 'step' is missing or not a number"
+fresh_bad; restate 's/^epoch .*/epoch 9223372036854775807/; s/^cursor .*/cursor 9223372036854775807/'
+refuse "a state with epoch and cursor at INT64_MAX" "state: step 2, epoch 9223372036854775807, cursor 9223372036854775807 is beyond any run"
+# a FIFO in place of a checkpoint file is refused, not waited on
+fresh_bad; rm "$B/manifest"; mkfifo "$B/manifest"
+start=$(date +%s)
+refuse "a FIFO as the manifest" "manifest: is a FIFO \(named pipe\), not a regular file"
+[ $(( $(date +%s) - start )) -lt 20 ] || fail "the FIFO took $(( $(date +%s) - start )) s to refuse"
+fresh_bad
 refuse "an explicit path that is no checkpoint" "io.resume: .* is not a checkpoint folder" --set io.resume="$TMP/nowhere"
 fresh_bad; rm "$B/weights.bin"
 refuse "an explicit damaged path" "weights.bin: missing" --set io.resume="$B"

@@ -275,6 +275,13 @@ static const bad_t bad[] = {
     {"model:\n  hidden.size: 64\n", ":2:3: ", "unknown key 'hidden.size' in section model"},
     {"train:\n  seed: -1\n", ":2:9: ", "train.seed: expected a non-negative integer below 2^64, got '-1'"},
     {"model:\n  ? [a, b]\n  : 1\n", ":2:5: ", "model: expected a key name, got a sequence"},
+    /* YAML the loader would misread */
+    {"model:\n  hidden_size: !!str 32\n", ":2:16: ", "YAML tag 'tag:yaml.org,2002:str' is not read here"},
+    {"model:\n  hidden_size: !foo 32\n", ":2:16: ", "YAML tag '!foo'"},
+    {"model: !!map\n  hidden_size: 32\n", ":1:8: ", "YAML tag"},
+    {"data:\n  path: \"tok\\0rest\"\n", ":2:9: ", "a value holds a NUL character"},
+    {"model: &m\n  hidden_size: 32\ntrain: *m\n", ":1:8: ", "YAML anchors and aliases"},
+    {"model:\n  hidden_size: 32\n  x: [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]\n", ":3:", "nested deeper than 16 levels"},
 };
 
 START_TEST(test_bad_config) {
@@ -328,7 +335,10 @@ START_TEST(test_set_good) {
     ck_assert_double_eq(c.model.rope_scaling.high_freq_factor, 4.0);
     ck_assert_int_eq(c.model.rope_scaling.original_max_position_embeddings, 8192);
     ck_assert_int_eq(c.checkpointing.policy, SAC_FULL);
-    ck_assert_str_eq(c.data.path, "my data.tok");
+    char cwd[600], want[700];   /* a path given by --set is the shell's: made absolute */
+    ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
+    snprintf(want, sizeof want, "%s/my data.tok", cwd);
+    ck_assert_str_eq(c.data.path, want);
     ck_assert_int_eq(c.train.device, DEVICE_CPU);
     ck_assert_int_eq(c.data.shuffle, 0);
     ck_assert_str_eq(c.io.run_dir, "runs/x=1");
@@ -378,6 +388,74 @@ START_TEST(test_set_bad) {
     ck_assert_int_eq(config_load(&c, NULL, sets, 1, err, sizeof err), -1);
     if (b->exact) ck_assert_str_eq(err, b->msg);
     else ck_assert_msg(strstr(err, b->msg) != NULL, "message '%s' lacks '%s'", err, b->msg);
+}
+END_TEST
+
+/* A 200 KB config of nested flow sequences is refused at once (libyaml alone
+ * took over 40 s), and a FIFO given as the config is refused, not waited on. */
+START_TEST(test_hostile_files_fast) {
+    char path[512], err[2048];
+    config_t c;
+    make_tmpdir();
+    size_t depth = 100000;
+    char *text = malloc(2 * depth + 16);
+    size_t k = (size_t)sprintf(text, "model: ");
+    for (size_t i = 0; i < depth; i++) text[k++] = '[';
+    for (size_t i = 0; i < depth; i++) text[k++] = ']';
+    text[k++] = '\n';
+    text[k] = 0;
+    write_fixture("deep.yaml", text, path, sizeof path);
+    free(text);
+    double t0 = test_now();
+    ck_assert_int_eq(config_load(&c, path, NULL, 0, err, sizeof err), -1);
+    ck_assert_msg(test_now() - t0 < 0.5, "took %.2f s", test_now() - t0);
+    ck_assert_msg(strstr(err, "nested deeper than") != NULL, "%s", err);
+    snprintf(path, sizeof path, "%s/fifo.yaml", tmpdir);
+    ck_assert_int_eq(mkfifo(path, 0600), 0);
+    t0 = test_now();
+    ck_assert_int_eq(config_load(&c, path, NULL, 0, err, sizeof err), -1);
+    ck_assert(test_now() - t0 < 0.5);
+    ck_assert_msg(strstr(err, "is a FIFO (named pipe), not a regular file") != NULL, "%s", err);
+    ck_assert_int_eq(config_load(&c, tmpdir, NULL, 0, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "is a folder, not a regular file") != NULL, "%s", err);
+    /* too large */
+    snprintf(path, sizeof path, "%s/big.yaml", tmpdir);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < 70000; i++) fputs("# padding comment\n", f);
+    fclose(f);
+    ck_assert_int_eq(config_load(&c, path, NULL, 0, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "too large for a config file") != NULL, "%s", err);
+    remove_tmpdir();
+}
+END_TEST
+
+/* An error a --set caused names the --set, not a line of the file; a path
+ * given by --set is relative to the current directory. */
+START_TEST(test_set_blame_and_paths) {
+    char path[512], err[2048], src[1024];
+    config_t c;
+    snprintf(src, sizeof src, "%s/configs/tiny.yaml", srcdir());
+    char *sets[] = {"train.lr=1e-9"};
+    ck_assert_int_eq(config_load(&c, src, sets, 1, err, sizeof err), -1);
+    ck_assert_msg(!strncmp(err, "--set train.lr=1e-9: train.min_lr (0.0003) must not exceed", 55), "%s", err);
+    char *sets2[] = {"model.num_attention_heads=6"};
+    make_tmpdir();
+    write_fixture("kv.yaml", "model:\n  num_key_value_heads: 4\n  head_dim: 16\n", path, sizeof path);
+    ck_assert_int_eq(config_load(&c, path, sets2, 1, err, sizeof err), -1);
+    ck_assert_msg(!strncmp(err, "--set model.num_attention_heads=6: ", 35), "%s", err);
+    /* data.path: from the file, relative to the file's folder; from --set, to the shell's */
+    write_fixture("p.yaml", "data:\n  path: tokens/a.tok\n", path, sizeof path);
+    char *sets3[] = {"data.path=configs/data/b.tok"};
+    ck_assert_msg(config_load(&c, path, sets3, 1, err, sizeof err) == 0, "%s", err);
+    char cwd[512], want[1100], out[CFG_PATH_MAX];
+    ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
+    snprintf(want, sizeof want, "%s/configs/data/b.tok", cwd);
+    ck_assert_int_eq(config_resolve_path(&c, c.data.path, out, sizeof out), 0);
+    ck_assert_str_eq(out, want);
+    char *sets4[] = {"data.path=/abs/b.tok"};
+    ck_assert_msg(config_load(&c, path, sets4, 1, err, sizeof err) == 0, "%s", err);
+    ck_assert_str_eq(c.data.path, "/abs/b.tok");
+    remove_tmpdir();
 }
 END_TEST
 
@@ -488,6 +566,8 @@ int main(void) {
     tcase_add_test(tc, test_error_truncates_safely);
     tcase_add_test(tc, test_set_good);
     tcase_add_loop_test(tc, test_set_bad, 0, (int)(sizeof bad_sets / sizeof bad_sets[0]));
+    tcase_add_test(tc, test_hostile_files_fast);
+    tcase_add_test(tc, test_set_blame_and_paths);
     tcase_add_test(tc, test_round_trip);
     tcase_add_test(tc, test_resolve_path);
     tcase_add_test(tc, test_help_lists_every_key);

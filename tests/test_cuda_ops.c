@@ -759,8 +759,7 @@ END_TEST
 
 int main(void) {
     if (cuda_device_count() == 0) {
-        printf("test_cuda_ops: no CUDA device, skipping\n");
-        return TEST_SKIP;
+        return test_skip("test_cuda_ops", "no CUDA device (the GPU ops run on a machine with one)");
     }
     Suite *s = suite_create("cuda_ops");
     TCase *tc = tcase_create("ops");
@@ -793,5 +792,5 @@ int main(void) {
 }
 
 #else
-int main(void) { return TEST_SKIP; }
+int main(void) { return test_skip("test_cuda_ops", "built without CUDA (configure --with-cuda)"); }
 #endif

@@ -154,6 +154,22 @@ START_TEST(test_bad_files) {
     memcpy(c, b, bn);
     ((uint32_t *)(c + 64))[5] = 250;
     expect_open_error(c, bn, 0, "token 250 at index 5 is >= the vocab_size 200 recorded in the header");
+    /* header padding that is not zero */
+    memcpy(c, b, bn); c[28] = 1;
+    expect_open_error(c, bn, 0, "header byte 28 is 0x01, but bytes 28-63 are padding and must be zero");
+    memcpy(c, b, bn); c[63] = 0xff;
+    expect_open_error(c, bn, 0, "header byte 63 is 0xff");
+    /* a FIFO or a folder as data.path: refused without blocking */
+    const char *fifo = tpath("pipe.tok");
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    {
+        shard_t s;
+        double t0 = test_now();
+        ck_assert_int_eq(shard_open(&s, fifo, 0, errbuf, sizeof errbuf), -1);
+        ck_assert(test_now() - t0 < 0.5);
+        ck_assert_msg(strstr(errbuf, "is a FIFO (named pipe), not a regular file") != NULL, "%s", errbuf);
+        unlink(fifo);
+    }
     /* missing file */
     shard_t s;
     ck_assert_int_eq(shard_open(&s, tpath("nope.tok"), 0, errbuf, sizeof errbuf), -1);

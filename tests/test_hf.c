@@ -99,6 +99,10 @@ START_TEST(test_config_layouts) {
     read_cfg("{\"model_type\": \"llama\", \"rope_scaling\": {\"type\": \"llama3\", \"factor\": 8.0,"
              " \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}}", &c);
     ck_assert_double_eq(c.rope_scaling.factor, 8.0);
+    /* a key given twice: the last value, as transformers (Python's json) reads it */
+    read_cfg("{\"model_type\": \"llama\", \"hidden_size\": 32, \"num_attention_heads\": 4, \"hidden_size\": 64}", &c);
+    ck_assert_int_eq(c.hidden_size, 64);
+    ck_assert_int_eq(c.head_dim, 16);
 }
 END_TEST
 
@@ -113,6 +117,24 @@ static void expect_cfg_error(const char *json, const char *want) {
 }
 
 START_TEST(test_config_refusals) {
+    /* strict JSON: what Python's json module refuses is refused */
+    expect_cfg_error("{\"model_type\": 'llama'}", "no single quotes");
+    expect_cfg_error("{\"model_type\": \"llama\", // comment\n \"hidden_size\": 64}", "expected a key");
+    expect_cfg_error("{\"model_type\": \"llama\", \"hidden_size\": &h 64, \"intermediate_size\": *h}", "anchors");
+    expect_cfg_error("{\"model_type\": \"llama\", \"hidden_size\": 64,}", "trailing comma");
+    expect_cfg_error("{\"model_type\": \"llama\", \"hidden_size\": NaN}", "expected a value");
+    /* nested 100,000 deep: refused at once, not after a minute and a half */
+    size_t depth = 100000;
+    char *deep = malloc(2 * depth + 64);
+    size_t k = (size_t)sprintf(deep, "{\"model_type\": \"llama\", \"x\": ");
+    for (size_t i = 0; i < depth; i++) deep[k++] = '[';
+    for (size_t i = 0; i < depth; i++) deep[k++] = ']';
+    deep[k++] = '}';
+    deep[k] = 0;
+    double t0 = test_now();
+    expect_cfg_error(deep, "nested deeper than 64 levels");
+    ck_assert_msg(test_now() - t0 < 0.5, "took %.2f s", test_now() - t0);
+    free(deep);
     expect_cfg_error("{\"model_type\": \"mistral\"}", "model_type is \"mistral\"");
     expect_cfg_error("{\"hidden_size\": 64}", "model_type is missing");
     expect_cfg_error("{\"model_type\": \"llama\", \"attention_bias\": true}", "attention_bias is true");
@@ -187,12 +209,14 @@ START_TEST(test_export_import) {
 END_TEST
 
 /* Write the model's tensors with one change, and expect `want` on loading. */
-typedef enum { DROP, EXTRA, RESHAPE, HEAD_SAME, HEAD_DIFF } change_t;
+typedef enum { DROP, EXTRA, RESHAPE, HEAD_SAME, HEAD_DIFF, NAN_AT, INF_AT } change_t;
 
 static void try_change(int tied, change_t ch, int which, int expect_ok, const char *want) {
     model_t m;
     tiny(&m, tied, 0);
     float *w = random_weights(&m, 11), *back = calloc(m.n_params, sizeof(float));
+    if (ch == NAN_AT) w[m.params[which].offset + 5] = NAN;
+    if (ch == INF_AT) w[m.params[which].offset] = -INFINITY;
     float *head = malloc((size_t)(m.V * m.d) * sizeof(float));
     st_write_tensor_t *t = calloc((size_t)m.nparams + 1, sizeof *t);
     int n = 0;
@@ -233,6 +257,8 @@ START_TEST(test_mismatches) {
                                  "makes it [192, 64]");
     try_change(1, HEAD_SAME, 0, 1, NULL);   /* tied, lm_head saved as a copy: fine */
     try_change(1, HEAD_DIFF, 0, 0, "tie_word_embeddings true");
+    try_change(1, NAN_AT, 4, 0, "tensor 'model.layers.0.self_attn.v_proj.weight' holds NaN at element 5");
+    try_change(0, INF_AT, 20, 0, "tensor 'lm_head.weight' holds -Inf at element 0");
 }
 END_TEST
 

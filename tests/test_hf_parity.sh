@@ -7,7 +7,7 @@
 # checks the GPU engine (bf16 tolerances) on a machine with a GPU.
 . "${top_srcdir:-.}/tests/common.sh"
 python3 -c "import torch, transformers" >/dev/null 2>&1 ||
-    { echo "python3 cannot import torch and transformers: skipped"; exit 77; }
+    skip_test "python3 cannot import torch and transformers (the external reference)"
 MPIRUN=${MPIRUN:-mpirun}
 MPI=""
 have_mpirun && MPI=$MPIRUN

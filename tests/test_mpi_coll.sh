@@ -10,6 +10,7 @@ env -u OMPI_COMM_WORLD_SIZE -u OMPI_COMM_WORLD_RANK -u PMI_SIZE -u PMI_RANK -u P
 
 if [ -z "$MPIRUN" ] || [ "$MPIRUN" = no ]; then
     echo "test_mpi_coll: no mpirun (build without MPI): skipping the multi-rank runs"
+    { echo "  test_mpi_coll.sh: skipped: no mpirun (build without MPI)" >&9; } 2>/dev/null || true
     exit 77
 fi
 

@@ -4,19 +4,30 @@
 # <|end_of_text|> (id 300). The shard holds exactly the tokenizer's encoding of
 # each file (encoded in small overlapping chunks), EOS after each, splits off
 # the validation share, decodes back to the text and trains the tiny model; the
-# error paths exit 2 and leave no shard. When python3 cannot import
-# tokenizers, the test installs it with pip into tests/pydeps of the build
-# tree (nothing system-wide); skipped (77) only where that fails too.
+# error paths exit 2 and leave no shard. The script runs with the tokenizers
+# library only: transformers, wherever it is installed, is hidden (a stand-in
+# package that fails to import), so the result does not depend on what else
+# the machine has. When python3 cannot import tokenizers, the test installs it
+# with pip into tests/pydeps of the build tree (nothing system-wide) and says
+# so on the console; skipped (77) only where that fails too.
 . "${top_srcdir:-.}/tests/common.sh"
+mkdir -p "$TMP/hide/transformers"
+echo 'raise ImportError("transformers is hidden by the test: it reads tokenizers only")' \
+    >"$TMP/hide/transformers/__init__.py"
+export PYTHONPATH="$TMP/hide${PYTHONPATH:+:$PYTHONPATH}"
 if ! python3 -c "import tokenizers" >/dev/null 2>&1; then
     deps="$top_builddir/tests/pydeps"
-    export PYTHONPATH="$deps${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="$TMP/hide:$deps${PYTHONPATH#"$TMP/hide"}"
+    if ! python3 -c "import tokenizers" >/dev/null 2>&1; then
+        say_console "installing the Python package tokenizers (and its dependencies) with pip into $deps, for this test only"
+        python3 -m pip install --disable-pip-version-check --target "$deps" tokenizers >"$TMP/pip.log" 2>&1 ||
+            { tail -3 "$TMP/pip.log"; skip_test "python3 cannot import tokenizers and pip could not install it"; }
+        say_console "installed: $(sed -n 's/^Successfully installed //p' "$TMP/pip.log")"
+    fi
     python3 -c "import tokenizers" >/dev/null 2>&1 ||
-        python3 -m pip install --quiet --disable-pip-version-check --target "$deps" tokenizers >"$TMP/pip.log" 2>&1 ||
-        { echo "python3 cannot import tokenizers and pip could not install it:"; tail -3 "$TMP/pip.log"; echo skipped; exit 77; }
-    python3 -c "import tokenizers" >/dev/null 2>&1 ||
-        { echo "tokenizers installed in $deps but not importable: skipped"; exit 77; }
+        skip_test "tokenizers installed in $deps but not importable"
 fi
+python3 -c "import transformers" >/dev/null 2>&1 && { echo "FAIL: transformers is not hidden"; exit 1; }
 set +e  # some commands below are expected to fail
 PREP="$top_srcdir/scripts/prepare_data.py"
 RUN=""  # a prefix for the failing runs (env ...)
@@ -159,7 +170,7 @@ expect_fail "EOS token not in the vocabulary" "eos-token '<|nope|>' is not a tok
 mkdir -p "$TMP/block/tokenizers" "$TMP/block/transformers"
 echo 'raise ImportError("hidden by the test")' >"$TMP/block/tokenizers/__init__.py"
 cp "$TMP/block/tokenizers/__init__.py" "$TMP/block/transformers/__init__.py"
-RUN="env PYTHONPATH=$TMP/block"
+RUN="env PYTHONPATH=$TMP/block:$PYTHONPATH"
 expect_fail "no tokenizers library" "pip install tokenizers" --tokenizer "$TMP/tok" "$A" -o "$E"
 RUN=""
 

@@ -156,7 +156,7 @@ START_TEST(test_malformed) {
     expect_error(write_hdr("{} {}", 0), "malformed JSON", NULL);
     expect_error(write_raw("nul.safetensors", 4, "{}\0}", 0), "", NULL);
     expect_error(write_hdr("{\"t\": 5}", 0), "tensor 't': expected an object", NULL);
-    expect_error(write_hdr("{[1]: 5}", 0), "not a string", NULL);
+    expect_error(write_hdr("{[1]: 5}", 0), "expected a key in double quotes", NULL);
     expect_error(write_hdr("{\"__metadata__\": [1]}", 0), "__metadata__", "object of strings");
     expect_error(write_hdr("{\"__metadata__\": {\"a\": 1}}", 0), "__metadata__\" entry 'a' must be a string", NULL);
     /* missing and unknown keys */
@@ -166,7 +166,7 @@ START_TEST(test_malformed) {
     expect_error(write_hdr(T1("{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8],\"x\":1}"), 8),
                  "unknown key 'x'", NULL);
     expect_error(write_hdr(T1("{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}"), 8),
-                 "key 'dtype' given twice", NULL);
+                 "key \"dtype\" given twice", NULL);
     /* dtypes */
     expect_error(write_hdr(T1("{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}"), 8),
                  "tensor 't': dtype F64 is not supported", NULL);
@@ -210,13 +210,89 @@ START_TEST(test_malformed) {
     /* overlap and duplicates */
     expect_error(write_hdr("{\"a\":" OK_ENTRY ",\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12),
                  "tensors 'a' [0, 8) and 'b' [4, 12) overlap", NULL);
-    expect_error(write_hdr("{\"a\":" OK_ENTRY ",\"a\":" OK_ENTRY "}", 8), "tensor 'a' appears twice", NULL);
+    expect_error(write_hdr("{\"a\":" OK_ENTRY ",\"a\":" OK_ENTRY "}", 8), "key \"a\" given twice", NULL);
     expect_error(write_hdr("{\"\":" OK_ENTRY "}", 8), "empty name", NULL);
     /* a file that is not there, and a folder */
     char path[400];
     snprintf(path, sizeof path, "%s/absent.safetensors", dir);
     expect_error(path, "cannot open", NULL);
     expect_error(dir, "not a regular file", NULL);
+}
+END_TEST
+
+/* What the reference parser (the safetensors package) refuses is refused:
+ * YAML that is not JSON, gaps in the data and bytes after it. */
+START_TEST(test_strict) {
+    struct { const char *h; size_t data; const char *want; } cases[] = {
+        {"{'t':" OK_ENTRY "}", 8, "expected a key in double quotes"},
+        {"{\"t\":{'dtype':\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "expected a key"},
+        {"{\"t\":{\"dtype\":'F32',\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "no single quotes"},
+        {"{# comment\n\"t\":" OK_ENTRY "}", 8, "expected a key"},
+        {"{\"t\":" OK_ENTRY "} # comment", 8, "text after the JSON value"},
+        {"{\"t\":&a " OK_ENTRY ",\"u\":*a}", 8, "anchors"},
+        {"{\"t\":{\"dtype\":!!str F32,\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "tags"},
+        {"{\"t\":{\"dtype\":\"F\\x332\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "escape '\\x' is not JSON"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2,],\"data_offsets\":[0,8]}}", 8, "trailing comma before ']'"},
+        {"{\"t\":" OK_ENTRY ",}", 8, "trailing comma before '}'"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[02],\"data_offsets\":[0,8]}}", 8, "leading zero"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[0x2],\"data_offsets\":[0,8]}}", 8, "hex"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[+2],\"data_offsets\":[0,8]}}", 8, "expected a value"},
+        {"{\"t\":{\"dtype\":\"F3\\u00002\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "NUL"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}\xff", 8, "text after"},
+        {"{\"t\xc0\xaf\":" OK_ENTRY "}", 8, "invalid UTF-8"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 9, "1 bytes after the last tensor"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, "a gap of 4 bytes"},
+        {"{\"a\":" OK_ENTRY ",\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[12,16]}}", 16,
+         "gap of 4 bytes"},
+        {"{\"a\":" OK_ENTRY ",\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]}}", 8, "overlap"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) expect_error(write_hdr(cases[i].h, cases[i].data), cases[i].want, NULL);
+    /* still accepted: white space and an empty tensor on a boundary, escapes JSON has */
+    const char *ok = " {\"a\" : " OK_ENTRY " , \"\\u00e9\\/\\\"\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,8]}}\t\n  ";
+    st_file_t f;
+    char err[2048];
+    ck_assert_msg(st_open(&f, write_hdr(ok, 8), err, sizeof err) == 0, "%s", err);
+    ck_assert_ptr_nonnull(st_find(&f, "\xc3\xa9/\""));
+    st_close(&f);
+}
+END_TEST
+
+/* A header nested 100,000 deep is refused at once, not after minutes. */
+START_TEST(test_deep_nesting_fast) {
+    size_t depth = 100000;
+    char *h = malloc(2 * depth + 16);
+    size_t k = 0;
+    h[k++] = '{';
+    memcpy(h + k, "\"t\":", 4), k += 4;
+    for (size_t i = 0; i < depth; i++) h[k++] = '[';
+    for (size_t i = 0; i < depth; i++) h[k++] = ']';
+    h[k++] = '}';
+    h[k] = 0;
+    const char *p = write_hdr(h, 0);
+    free(h);
+    double t0 = test_now();
+    expect_error(p, "nested deeper than 64 levels", NULL);
+    ck_assert_msg(test_now() - t0 < 0.5, "took %.2f s", test_now() - t0);
+    /* 64 levels are fine for the parser (the entry is then refused for its type) */
+    char h2[512];
+    k = 0;
+    k += (size_t)snprintf(h2, sizeof h2, "{\"__metadata__\":{\"a\":\"b\"},\"t\":");
+    for (int i = 0; i < 63; i++) h2[k++] = '[';
+    for (int i = 0; i < 63; i++) h2[k++] = ']';
+    h2[k++] = '}';
+    h2[k] = 0;
+    expect_error(write_hdr(h2, 0), "tensor 't': expected an object", NULL);
+}
+END_TEST
+
+/* A FIFO given as a weights file is refused without waiting for a writer. */
+START_TEST(test_fifo_refused) {
+    char path[400];
+    snprintf(path, sizeof path, "%s/pipe.safetensors", dir);
+    ck_assert_int_eq(mkfifo(path, 0600), 0);
+    double t0 = test_now();
+    expect_error(path, "a FIFO", "not a regular file");
+    ck_assert(test_now() - t0 < 0.5);
 }
 END_TEST
 
@@ -347,6 +423,9 @@ int main(void) {
     tcase_add_test(tc, test_conversions);
     tcase_add_test(tc, test_reads_foreign_layout);
     tcase_add_test(tc, test_malformed);
+    tcase_add_test(tc, test_strict);
+    tcase_add_test(tc, test_deep_nesting_fast);
+    tcase_add_test(tc, test_fifo_refused);
     tcase_add_test(tc, test_fuzz);
     tcase_add_test(tc, test_sharded);
     suite_add_tcase(s, tc);

@@ -4,7 +4,7 @@
 # gradient after the first step, and the losses of the first 3 optimizer
 # steps, agree with the single-rank run to 1e-5 (fp32 CPU engine).
 . "${top_srcdir:-.}/tests/common.sh"
-have_mpirun || { echo "no mpirun: skipped"; exit 77; }
+have_mpirun || skip_test "no mpirun (build without MPI, or mpirun not found)"
 SHARD=$(make_shard)
 CFG="$top_srcdir/configs/tiny.yaml"
 TOL=1e-5

@@ -99,7 +99,18 @@ START_TEST(t_map_file) {
     ck_assert_ptr_null(m);
     ck_assert_uint_eq(n, 0);
     ck_assert_int_eq(asp_map_file(d, "thing", "give a file", &m, &n, err, sizeof err), -1);
-    ck_assert_msg(strstr(err, "not a regular file, so not a thing; give a file") != NULL, "%s", err);
+    ck_assert_msg(strstr(err, "is a folder, not a regular file (thing expected); give a file") != NULL, "%s", err);
+    /* a FIFO is refused at once, not waited on (open would block for a writer) */
+    char fifo[300];
+    snprintf(fifo, sizeof fifo, "%s/fifo", d);
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    double t0 = test_now();
+    ck_assert_int_eq(asp_map_file(fifo, "thing", "give a file", &m, &n, err, sizeof err), -1);
+    ck_assert(test_now() - t0 < 0.5);
+    ck_assert_msg(strstr(err, "is a FIFO (named pipe), not a regular file (thing expected)") != NULL, "%s", err);
+    ck_assert_int_eq(asp_open_regular("/dev/null", "thing", "hint", err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "/dev/null: is a device, not a regular file") != NULL, "%s", err);
+    unlink(fifo);
     snprintf(path, sizeof path, "%s/missing", d);
     ck_assert_int_eq(asp_map_file(path, "thing", "make one", &m, &n, err, sizeof err), -1);
     ck_assert_msg(strstr(err, "cannot open thing") && strstr(err, "make one"), "%s", err);

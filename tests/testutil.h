@@ -7,9 +7,27 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 /* Automake's "skipped" exit status (GPU tests without a GPU). */
 #define TEST_SKIP 77
+
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Say why a test skips, in its log (stdout) and on the console (fd 9, which
+ * Makefile.am's AM_TESTS_FD_REDIRECT opens), and return TEST_SKIP. */
+static inline int test_skip(const char *test, const char *why) {
+    printf("%s: skipped: %s\n", test, why);
+    fflush(stdout);
+    if (fcntl(9, F_GETFD) != -1) {
+        char line[512];
+        int n = snprintf(line, sizeof line, "  %s: skipped: %s\n", test, why);
+        if (n > 0 && write(9, line, (size_t)n) < 0) { /* the console is optional */ }
+    }
+    return TEST_SKIP;
+}
 
 /* A fresh folder PREFIX.XXXXXX under $TMPDIR (or /tmp), written into dir;
  * NULL on failure. */
@@ -24,6 +42,21 @@ static inline int test_rmtree(const char *dir) {
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     return system(cmd);
+}
+
+/* Monotonic seconds, for "refused at once" checks. */
+static inline double test_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Time limits in tests are multiplied by ASP_TEST_TIME_SCALE (default 1): the
+ * sanitizer build runs several times slower. */
+static inline double test_time_scale(void) {
+    const char *s = getenv("ASP_TEST_TIME_SCALE");
+    double v = s ? atof(s) : 0;
+    return v > 0 ? v : 1.0;
 }
 
 typedef struct { uint64_t s; } trng_t;

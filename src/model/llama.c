@@ -104,7 +104,9 @@ static void build_graphs(model_t *m) {
     step_io(s, 1, (int[]){xn}, 1, (int[]){qkv});
     s->m = (hq + 2 * hkv) * hd;
     s->k = d;
-    s = add_step(g, OP_ROPE_SPLIT, -1, "rotary_emb (llama3) + split q,k,v");
+    /* the RoPE this model has: Hugging Face's rope_type names */
+    s = add_step(g, OP_ROPE_SPLIT, -1, m->cfg.rope_scaling.enabled ? "rotary_emb (llama3) + split q,k,v"
+                                                                   : "rotary_emb (default) + split q,k,v");
     step_io(s, 1, (int[]){qkv}, 3, (int[]){q, k, v});
     s->heads = hq;
     s->kv_heads = hkv;

@@ -4,8 +4,11 @@
 #include "par_internal.h"
 
 #include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include "util.h"
 
@@ -66,6 +69,140 @@ static MPI_Datatype strided_block(MPI_Datatype base, size_t n, size_t stride, si
 }
 #endif
 
+#ifdef HAVE_MPI
+/* ------------------------------------------------------------------ deadline
+ *
+ * Every host collective is started non-blocking and polled. While it waits,
+ * a rank answers "are you there?" pings from its peers on a private copy of
+ * the world communicator. When a wait passes ASP_MPI_TIMEOUT seconds, the
+ * rank pings every peer: a peer that answers is alive (busy, or waiting
+ * too), and the wait goes on; one that stays silent for the grace period is
+ * stopped or hung, and the job ends with a message naming it, instead of
+ * waiting forever. */
+enum { TAG_PING = 1, TAG_PONG = 2 };
+static MPI_Comm ping_comm = MPI_COMM_NULL;
+static MPI_Request ping_req = MPI_REQUEST_NULL;
+static int ping_buf, ping_rank, ping_size;
+static double host_timeout_s = 600;
+
+static double env_seconds(const char *name, double dflt) {
+    const char *s = getenv(name);
+    double v = s ? atof(s) : 0;
+    return v > 0 ? v : dflt;
+}
+
+void coll_host_watch_init(MPI_Comm world) {
+    host_timeout_s = env_seconds("ASP_MPI_TIMEOUT", 600);
+    MPI_CHECK(MPI_Comm_dup(world, &ping_comm));
+    MPI_CHECK(MPI_Comm_set_errhandler(ping_comm, MPI_ERRORS_RETURN));
+    MPI_CHECK(MPI_Comm_rank(ping_comm, &ping_rank));
+    MPI_CHECK(MPI_Comm_size(ping_comm, &ping_size));
+    MPI_CHECK(MPI_Irecv(&ping_buf, 1, MPI_INT, MPI_ANY_SOURCE, TAG_PING, ping_comm, &ping_req));
+}
+
+void coll_host_watch_fini(void) {
+    if (ping_comm == MPI_COMM_NULL) return;
+    if (ping_req != MPI_REQUEST_NULL) {
+        MPI_Cancel(&ping_req);
+        MPI_Wait(&ping_req, MPI_STATUS_IGNORE);
+    }
+    MPI_Comm_free(&ping_comm);
+    ping_comm = MPI_COMM_NULL;
+}
+
+/* Answer the pings that have arrived (a pong echoes the ping's number). */
+static void service_pings(void) {
+    if (ping_comm == MPI_COMM_NULL) return;
+    for (;;) {
+        int done = 0;
+        MPI_Status st;
+        MPI_CHECK(MPI_Test(&ping_req, &done, &st));
+        if (!done) return;
+        int seq = ping_buf;
+        MPI_CHECK(MPI_Send(&seq, 1, MPI_INT, st.MPI_SOURCE, TAG_PONG, ping_comm));   /* one int: sent eagerly */
+        MPI_CHECK(MPI_Irecv(&ping_buf, 1, MPI_INT, MPI_ANY_SOURCE, TAG_PING, ping_comm, &ping_req));
+    }
+}
+
+/* Ping every peer and wait up to `grace` s for the answers; the ranks that
+ * stayed silent are listed in `out`. Returns how many. */
+static int probe_peers(double grace, char *out, size_t outlen) {
+    static int seq = 0;
+    int n = ping_size, silent = 0;
+    MPI_Request *rq = asp_calloc((size_t)n, sizeof *rq, "ping requests");
+    int *send = asp_calloc((size_t)n, sizeof *send, "ping numbers"), *got = asp_calloc((size_t)n, sizeof *got, "pongs");
+    seq++;
+    for (int p = 0; p < n; p++) {
+        rq[p] = MPI_REQUEST_NULL;
+        if (p == ping_rank) continue;
+        send[p] = seq;
+        MPI_CHECK(MPI_Send(&send[p], 1, MPI_INT, p, TAG_PING, ping_comm));
+        MPI_CHECK(MPI_Irecv(&got[p], 1, MPI_INT, p, TAG_PONG, ping_comm, &rq[p]));
+    }
+    double until = asp_now() + grace;
+    int pending = n - 1;
+    while (pending > 0 && asp_now() < until) {
+        service_pings();
+        pending = 0;
+        for (int p = 0; p < n; p++) {
+            if (rq[p] == MPI_REQUEST_NULL) continue;
+            int done = 0;
+            MPI_CHECK(MPI_Test(&rq[p], &done, MPI_STATUS_IGNORE));
+            /* a late pong of an earlier probe: wait for this one's */
+            if (done && got[p] != seq) MPI_CHECK(MPI_Irecv(&got[p], 1, MPI_INT, p, TAG_PONG, ping_comm, &rq[p]));
+            else if (!done) pending++;
+        }
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    out[0] = 0;
+    size_t at = 0;
+    for (int p = 0; p < n; p++) {
+        if (rq[p] == MPI_REQUEST_NULL) continue;
+        silent++;
+        if (at + 16 < outlen) at += (size_t)snprintf(out + at, outlen - at, "%s%d", at ? ", " : "", p);
+        /* its pong may still come: the job ends anyway, so the receive is
+         * left posted (cancelling a receive from a stopped rank can block) */
+    }
+    free(rq);
+    free(send);
+    free(got);
+    return silent;
+}
+
+/* Wait for a non-blocking host collective against the deadline. */
+static void host_wait(MPI_Request *req, const char *what) {
+    double start = asp_now(), check_at = start + host_timeout_s;
+    long spins = 0;
+    for (;;) {
+        int done = 0;
+        MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE));
+        if (done) return;
+        service_pings();
+        double now = asp_now();
+        if (now >= check_at) {
+            double grace = host_timeout_s < 20 ? host_timeout_s / 2 : 10;
+            char who[512];
+            int silent = probe_peers(grace, who, sizeof who);
+            if (silent)
+                asp_die(ASP_EXIT_FAILURE, "host %s waited %.0f s and world rank%s %s did not answer for %.0f s (stopped, "
+                        "hung or its node is gone); ending the job (ASP_MPI_TIMEOUT=%g s sets when ranks are checked)",
+                        what, asp_now() - start, silent > 1 ? "s" : "", who, grace, host_timeout_s);
+            check_at = asp_now() + host_timeout_s;   /* every peer is alive: busy, so wait on */
+        }
+        /* spin briefly (the CPU engine's all-to-alls are short), then poll gently */
+        if (++spins > 20000) {
+            struct timespec ts = {0, 100000};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+void coll_host_service(void) { service_pings(); }
+#else
+void coll_host_service(void) {}
+#endif
+
 #ifndef HAVE_MPI
 /* unreachable in practice: without MPI par_init only makes single-rank communicators */
 static void no_mpi(const char *op, const comm_t *c) {
@@ -81,7 +218,9 @@ static void h_allreduce_sum(comm_t *c, void *buf, size_t count, dtype_t t) {
     size_t es = dtype_size(t);
     for (size_t off = 0; off < count; off += max_count) {
         size_t n = count - off < max_count ? count - off : max_count;
-        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * es, (int)n, mpi_type(t), MPI_SUM, c->mpi));
+        MPI_Request rq;
+        MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + off * es, (int)n, mpi_type(t), MPI_SUM, c->mpi, &rq));
+        host_wait(&rq, "allreduce");
     }
 #else
     no_mpi("allreduce_sum", c);
@@ -100,7 +239,9 @@ static void h_reduce_scatter_sum(comm_t *c, const void *send, void *recv, size_t
         die_overlap("reduce_scatter_sum", "the result may not alias the input");
 #ifdef HAVE_MPI
     if (count <= max_count) {
-        MPI_CHECK(MPI_Reduce_scatter_block(send, recv, (int)count, mpi_type(t), MPI_SUM, c->mpi));
+        MPI_Request rq;
+        MPI_CHECK(MPI_Ireduce_scatter_block(send, recv, (int)count, mpi_type(t), MPI_SUM, c->mpi, &rq));
+        host_wait(&rq, "reduce-scatter");
         return;
     }
     /* Pieces of every rank's block are not contiguous, and predefined
@@ -111,7 +252,9 @@ static void h_reduce_scatter_sum(comm_t *c, const void *send, void *recv, size_t
         for (int j = 0; j < c->size; j++) {
             const char *src = (const char *)send + ((size_t)j * count + off) * es;
             void *dst = j == c->rank ? (char *)recv + off * es : NULL;
-            MPI_CHECK(MPI_Reduce(src, dst, (int)n, mpi_type(t), MPI_SUM, j, c->mpi));
+            MPI_Request rq;
+            MPI_CHECK(MPI_Ireduce(src, dst, (int)n, mpi_type(t), MPI_SUM, j, c->mpi, &rq));
+            host_wait(&rq, "reduce");
         }
     }
 #else
@@ -132,7 +275,9 @@ static void h_reduce_scatter_async(comm_t *c, void *buf, size_t count, dtype_t t
     char *mine = (char *)buf + (size_t)c->rank * count * es;
     if (count <= max_count) {
         /* in place, MPI puts the result at the start of the buffer */
-        MPI_CHECK(MPI_Reduce_scatter_block(MPI_IN_PLACE, buf, (int)count, mpi_type(t), MPI_SUM, c->mpi));
+        MPI_Request rq;
+        MPI_CHECK(MPI_Ireduce_scatter_block(MPI_IN_PLACE, buf, (int)count, mpi_type(t), MPI_SUM, c->mpi, &rq));
+        host_wait(&rq, "reduce-scatter");
         memmove(mine, buf, count * es);
     } else {
         /* each piece of every block reduced to its owner, in place there */
@@ -140,8 +285,10 @@ static void h_reduce_scatter_async(comm_t *c, void *buf, size_t count, dtype_t t
             size_t n = count - off < max_count ? count - off : max_count;
             for (int j = 0; j < c->size; j++) {
                 char *piece = (char *)buf + ((size_t)j * count + off) * es;
-                MPI_CHECK(MPI_Reduce(j == c->rank ? MPI_IN_PLACE : piece, j == c->rank ? piece : NULL, (int)n,
-                                     mpi_type(t), MPI_SUM, j, c->mpi));
+                MPI_Request rq;
+                MPI_CHECK(MPI_Ireduce(j == c->rank ? MPI_IN_PLACE : piece, j == c->rank ? piece : NULL, (int)n,
+                                      mpi_type(t), MPI_SUM, j, c->mpi, &rq));
+                host_wait(&rq, "reduce");
             }
         }
     }
@@ -181,14 +328,18 @@ static void h_allgather(comm_t *c, const void *send, void *recv, size_t count, d
 #ifdef HAVE_MPI
     MPI_Datatype base = mpi_type(t);
     if (count <= max_count) {
-        MPI_CHECK(MPI_Allgather(in_place ? MPI_IN_PLACE : send, (int)count, base, recv, (int)count, base, c->mpi));
+        MPI_Request rq;
+        MPI_CHECK(MPI_Iallgather(in_place ? MPI_IN_PLACE : send, (int)count, base, recv, (int)count, base, c->mpi, &rq));
+        host_wait(&rq, "allgather");
         return;
     }
     for (size_t off = 0; off < count; off += max_count) {
         size_t n = count - off < max_count ? count - off : max_count;
         MPI_Datatype blk = strided_block(base, n, count, es);
-        MPI_CHECK(MPI_Allgather(in_place ? MPI_IN_PLACE : (const char *)send + off * es, (int)n, base,
-                                (char *)recv + off * es, 1, blk, c->mpi));
+        MPI_Request rq;
+        MPI_CHECK(MPI_Iallgather(in_place ? MPI_IN_PLACE : (const char *)send + off * es, (int)n, base,
+                                 (char *)recv + off * es, 1, blk, c->mpi, &rq));
+        host_wait(&rq, "allgather");
         MPI_CHECK(MPI_Type_free(&blk));
     }
 #else
@@ -218,14 +369,18 @@ static void h_alltoall_impl(comm_t *c, const void *send, void *recv, size_t coun
 #ifdef HAVE_MPI
     MPI_Datatype base = mpi_type(t);
     if (count <= max_count) {
-        MPI_CHECK(MPI_Alltoall(in_place ? MPI_IN_PLACE : send, (int)count, base, recv, (int)count, base, c->mpi));
+        MPI_Request rq;
+        MPI_CHECK(MPI_Ialltoall(in_place ? MPI_IN_PLACE : send, (int)count, base, recv, (int)count, base, c->mpi, &rq));
+        host_wait(&rq, "all-to-all");
         return;
     }
     for (size_t off = 0; off < count; off += max_count) {
         size_t n = count - off < max_count ? count - off : max_count;
         MPI_Datatype blk = strided_block(base, n, count, es);
-        MPI_CHECK(MPI_Alltoall(in_place ? MPI_IN_PLACE : (const char *)send + off * es, 1, blk,
-                               (char *)recv + off * es, 1, blk, c->mpi));
+        MPI_Request rq;
+        MPI_CHECK(MPI_Ialltoall(in_place ? MPI_IN_PLACE : (const char *)send + off * es, 1, blk,
+                                (char *)recv + off * es, 1, blk, c->mpi, &rq));
+        host_wait(&rq, "all-to-all");
         MPI_CHECK(MPI_Type_free(&blk));
     }
 #else
@@ -241,7 +396,9 @@ static void h_bcast(comm_t *c, void *buf, size_t count, dtype_t t, int root) {
 #ifdef HAVE_MPI
     for (size_t off = 0; off < count; off += max_count) {
         size_t n = count - off < max_count ? count - off : max_count;
-        MPI_CHECK(MPI_Bcast((char *)buf + off * es, (int)n, mpi_type(t), root, c->mpi));
+        MPI_Request rq;
+        MPI_CHECK(MPI_Ibcast((char *)buf + off * es, (int)n, mpi_type(t), root, c->mpi, &rq));
+        host_wait(&rq, "broadcast");
     }
 #else
     (void)buf;
@@ -253,7 +410,9 @@ static void h_bcast(comm_t *c, void *buf, size_t count, dtype_t t, int root) {
 static void h_barrier(comm_t *c) {
     if (c->size == 1) return;
 #ifdef HAVE_MPI
-    MPI_CHECK(MPI_Barrier(c->mpi));
+    MPI_Request rq;
+    MPI_CHECK(MPI_Ibarrier(c->mpi, &rq));
+    host_wait(&rq, "barrier");
 #else
     no_mpi("barrier", c);
 #endif

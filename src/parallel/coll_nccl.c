@@ -162,6 +162,7 @@ static void nccl_wait(void) {
                      nccl_timeout_s);
             nccl_fail(msg);
         }
+        coll_host_service();   /* stay answerable to the host collectives' liveness checks */
         struct timespec ts = {0, 100000}; /* 0.1 ms: polling costs nothing measurable */
         nanosleep(&ts, NULL);
     }

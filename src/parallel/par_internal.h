@@ -41,4 +41,14 @@ extern void (*comm_nccl_free_hook)(void *nccl);
  * previous limit; 0 restores the default. */
 size_t coll_host_set_max_count(size_t max_count);
 
+/* Answer pending liveness pings (par_service). */
+void coll_host_service(void);
+
+#ifdef HAVE_MPI
+/* The host collectives' deadline (ASP_MPI_TIMEOUT): a private copy of the
+ * world on which ranks answer each other's liveness pings. Collective. */
+void coll_host_watch_init(MPI_Comm world);
+void coll_host_watch_fini(void);
+#endif
+
 #endif

@@ -140,9 +140,12 @@ static int init_mpi(int *argc, char ***argv, ranks_t *r, const launch_t *l, char
     MPI_CHECK(MPI_Comm_free(&node));
     r->launched = 1;
     if (r->world_size > 1) asp_msg_rank = r->world_rank;
+    coll_host_watch_init(world);
     return 0;
 }
 #endif
+
+void par_service(void) { coll_host_service(); }
 
 int par_init(int *argc, char ***argv, ranks_t *r, char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
@@ -179,9 +182,9 @@ int par_set_groups(ranks_t *r, int sp_size, char *err, size_t errlen) {
         for (int d = 1; d <= W && used + 16 < sizeof divs; d++)
             if (W % d == 0) used += (size_t)snprintf(divs + used, sizeof divs - used, "%s%d", used ? ", " : "", d);
         return asp_errf(err, errlen,
-                        "sequence-parallel size %d does not divide the %d ranks of the job; use one of %s "
+                        "sequence-parallel size %d does not divide the %d rank%s of the job; use one of %s "
                         "(or change the number of ranks)",
-                        sp_size, W, divs);
+                        sp_size, W, W == 1 ? "" : "s", divs);
     }
     comm_free(r->sp);
     comm_free(r->dp);
@@ -218,6 +221,7 @@ void par_finalize(ranks_t *r) {
     comm_free(r->world);
     r->sp = r->dp = r->world = NULL;
 #ifdef HAVE_MPI
+    coll_host_watch_fini();
     if (mpi_owned) {
         int fin = 0;
         MPI_Finalized(&fin);

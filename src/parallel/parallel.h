@@ -37,6 +37,11 @@ int par_set_groups(ranks_t *r, int sp_size, char *err, size_t errlen);
 
 void par_finalize(ranks_t *r);
 
+/* Answer peers' liveness checks (see ASP_MPI_TIMEOUT in docs/launch.md):
+ * called by work that keeps a rank away from collectives for long (rank 0
+ * writing or checking a checkpoint), so its peers know it is alive. Cheap. */
+void par_service(void);
+
 int comm_rank(const comm_t *c);
 int comm_size(const comm_t *c);
 

@@ -122,7 +122,7 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
                  "vocab %lld, %s embeddings)\n",
             m->n_params, (long long)m->d, (long long)m->f, (long long)m->L, (long long)m->hq, (long long)m->hkv,
             (long long)m->hd, (long long)m->V, m->cfg.tie_word_embeddings ? "tied" : "untied");
-    fprintf(out, "  world        %d ranks = SP %d x DP %d%s\n", p->world, p->sp, p->dp,
+    fprintf(out, "  world        %d rank%s = SP %d x DP %d%s\n", p->world, p->world == 1 ? "" : "s", p->sp, p->dp,
             cfg->parallel.sequence_parallel_size == 0 ? " (SP chosen by auto)" : "");
     {
         const char *what = p->zero_stage == 0 ? "nothing sharded: every rank holds all model state"
@@ -305,9 +305,9 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         fixed.parallel.zero_stage = p->zero_stage;
         fixed.optimizer.offload = p->optim_offload;
         int64_t longest = plan_longest_seq(&fixed, m, p->world, &p->target, g);
-        fprintf(out, "\nLONGEST S that fits the budget on %d ranks (multiple of %lld): %lld tokens with ZeRO-%d and the "
+        fprintf(out, "\nLONGEST S that fits the budget on %d rank%s (multiple of %lld): %lld tokens with ZeRO-%d and the "
                      "optimizer on the %s",
-                p->world, (long long)g, (long long)longest, p->zero_stage, p->optim_offload ? "host" : "device");
+                p->world, p->world == 1 ? "" : "s", (long long)g, (long long)longest, p->zero_stage, p->optim_offload ? "host" : "device");
         if (p->zero_auto) {
             int64_t any = plan_longest_seq(cfg, m, p->world, &p->target, g);
             fprintf(out, "; %lld tokens with the placement auto chooses there", (long long)any);

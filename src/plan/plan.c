@@ -150,9 +150,9 @@ static void no_fit_message(const plan_t *p, const config_t *cfg, int64_t longest
         asp_errf(err, errlen,
                  "train.seq_len %lld does not fit: the plan needs %s per rank (sequence_parallel_size %d, policy %s) "
                  "but the budget is %s; the longest seq_len that fits is %lld with sequence_parallel_size %d on "
-                 "%d ranks; lower train.seq_len, use checkpointing.policy auto (with offload), or add ranks",
+                 "%d rank%s; lower train.seq_len, use checkpointing.policy auto (with offload), or add ranks",
                  (long long)cfg->train.seq_len, have, p->sp, plan_policy_name(cfg->checkpointing.policy), budget,
-                 (long long)longest, sp, p->world);
+                 (long long)longest, sp, p->world, p->world == 1 ? "" : "s");
         return;
     }
     /* Not even the shortest sequence fits: say what the model state costs, per tier. */
@@ -166,12 +166,12 @@ static void no_fit_message(const plan_t *p, const config_t *cfg, int64_t longest
     if (p->target.host_memory_bytes > 0) asp_fmt_bytes(hbudget, sizeof hbudget, p->target.host_memory_bytes);
     else snprintf(hbudget, sizeof hbudget, "unlimited");
     asp_errf(err, errlen,
-             "this model does not fit at any seq_len on %d ranks: its weights, gradients and optimizer state take "
+             "this model does not fit at any seq_len on %d rank%s: its weights, gradients and optimizer state take "
              "%s of device memory per rank (budget %s) and %s of pinned host memory (budget %s) with the "
              "least-memory placement tried (ZeRO-%d, optimizer %s); give more memory per rank "
              "(checkpointing.memory_budget_gib, --gpu-memory, --host-memory), add ranks, or set "
              "parallel.zero_stage and optimizer.offload to auto",
-             p->world, fixed, budget, hostb, hbudget, p->zero_stage, p->optim_offload ? "on the host" : "on the GPU");
+             p->world, p->world == 1 ? "" : "s", fixed, budget, hostb, hbudget, p->zero_stage, p->optim_offload ? "on the host" : "on the GPU");
 }
 
 int plan_compile(plan_t *p, const config_t *cfg, const model_t *m, int world, const plan_target_t *target,

@@ -142,8 +142,9 @@ int sp_pass(plan_t *p, const config_t *cfg, const model_t *m, int world, int sp,
         sp_valid_degrees(m, world, valid, sizeof valid);
         return asp_errf(err, errlen,
                         "parallel.sequence_parallel_size: %d is not possible with %lld query heads and %lld KV "
-                        "heads on %d ranks; valid sequence_parallel_size for world %d: %s (or auto)",
-                        sp, (long long)m->hq, (long long)m->hkv, world, world, valid[0] ? valid : "none");
+                        "heads on %d rank%s; valid sequence_parallel_size for world %d: %s (or auto)",
+                        sp, (long long)m->hq, (long long)m->hkv, world, world == 1 ? "" : "s", world,
+                        valid[0] ? valid : "none");
     }
     if (seq_len < 1)
         return asp_errf(err, errlen, "train.seq_len: %lld must be at least 1 token", (long long)seq_len);

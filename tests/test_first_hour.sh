@@ -1,0 +1,91 @@
+#!/bin/sh
+# What a new user sees (CPU engine): the step line's progress, elapsed time,
+# ETA and window averages; progress lines inside long steps; a metrics log
+# that cannot be written ends the run with a message; a SIGTERM right at
+# start-up is reported; --version says how the binary was built; a seq_len
+# beyond max_position_embeddings warns; --explain names the model's RoPE.
+. "${top_srcdir:-.}/tests/common.sh"
+SHARD=$(make_shard)
+CFG="$top_srcdir/configs/tiny.yaml"
+COMMON="--set data.path=$SHARD --set model.num_hidden_layers=2 --set train.seq_len=64 --set train.global_batch_size=4
+        --set train.device=cpu"
+fails=0
+ok() { echo "ok:   $1"; }
+fail() { echo "FAIL: $1"; fails=$((fails + 1)); }
+
+# 1. the step line: percentage, elapsed, ETA; with log_every 5 its ms is the
+#    mean of the five steps it covers (metrics.jsonl has each step's own)
+"$BIN" "$CFG" $COMMON --set train.steps=20 --set io.log_every=5 --set io.run_dir="$TMP/s1" >"$TMP/s1.log" 2>&1 ||
+    { fail "20-step run failed"; cat "$TMP/s1.log"; }
+if python3 - "$TMP/s1.log" "$TMP/s1/metrics.jsonl" <<'PY'
+import json, re, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith("step ")]
+rows = [json.loads(l) for l in open(sys.argv[2])]
+pat = re.compile(r"^step +(\d+)/20 \(([\d.]+)%\) \|.* \| ([\d.]+) ms \|.*\| elapsed \S+ \| ETA \S+$")
+seen = []
+for l in lines:
+    m = pat.match(l.strip())
+    assert m, "step line without progress, elapsed or ETA: " + l
+    step, pct, ms = int(m.group(1)), float(m.group(2)), float(m.group(3))
+    assert abs(pct - 100.0 * step / 20) < 0.06, l
+    seen.append((step, ms))
+assert [s for s, _ in seen] == [1, 5, 10, 15, 20], seen
+prev = 1
+for step, ms in seen[1:]:
+    window = [r["ms"] for r in rows[prev:step]]
+    mean = sum(window) / len(window)
+    assert abs(ms - mean) <= 0.051 + 1e-3 * mean, f"step {step}: line says {ms} ms, mean of its window {mean:.3f}"
+    prev = step
+print("step line ok:", lines[-1].strip())
+PY
+then ok "step line: progress, elapsed, ETA; ms is the window's mean"; else fail "step line"; fi
+
+# 2. progress lines inside a step that runs long (ASP_PROGRESS_S lowered)
+ASP_PROGRESS_S=0.001 "$BIN" "$CFG" --set data.path="$SHARD" --set train.device=cpu --set train.steps=2 \
+    --set train.seq_len=512 --set io.run_dir="$TMP/s2" >"$TMP/s2.log" 2>&1 || fail "progress run failed"
+if grep -Eq "^  step 2/2: (forward|backward) layer [1-4]/4( of micro-batch [1-8]/8)?, [0-9.]+s into the step \(the previous step took" "$TMP/s2.log"; then
+    ok "progress inside a step: $(grep -E '^  step 2/2' "$TMP/s2.log" | tail -1)"
+else fail "no progress line inside the step"; cat "$TMP/s2.log"; fi
+"$BIN" "$CFG" $COMMON --set train.steps=2 --set io.run_dir="$TMP/s2b" >"$TMP/s2b.log" 2>&1
+grep -q "^  step" "$TMP/s2b.log" && fail "progress lines in short steps" || ok "short steps print no progress lines"
+
+# 3. metrics.jsonl on a full disk (a symlink to /dev/full): status 1 and a message
+if [ -w /dev/full ]; then
+    mkdir -p "$TMP/s3"; ln -s /dev/full "$TMP/s3/metrics.jsonl"
+    rc=0
+    "$BIN" "$CFG" $COMMON --set train.steps=3 --set io.run_dir="$TMP/s3" >"$TMP/s3.log" 2>&1 || rc=$?
+    if [ $rc = 1 ] && grep -q "cannot write .*metrics.jsonl: No space left on device" "$TMP/s3.log"; then
+        ok "metrics write failure reported (status 1): $(grep -o 'cannot write.*device' "$TMP/s3.log")"
+    else fail "metrics write failure: status $rc"; cat "$TMP/s3.log"; fi
+else say_console "part skipped: no /dev/full to write to"; fi
+
+# 4. SIGTERM during start-up: a message and 128+15, not a silent death
+"$BIN" "$CFG" $COMMON --set train.steps=100000 --set io.run_dir="$TMP/s4" >"$TMP/s4.log" 2>&1 &
+pid=$!
+# as soon as the handler is there (SigCgt has SIGTERM, bit 15), long before training starts
+i=0
+while [ $i -lt 2000 ]; do
+    cgt=$(sed -n 's/^SigCgt:\t*//p' /proc/$pid/status 2>/dev/null)
+    [ -n "$cgt" ] && [ $(( 0x$cgt >> 14 & 1 )) = 1 ] && break
+    i=$((i + 1))
+done
+early=$(grep -c "training .* steps" "$TMP/s4.log" || true)
+kill -TERM $pid
+rc=0; wait $pid || rc=$?
+if [ $rc = 143 ] && [ "$early" = 0 ] && grep -q "SIGTERM: stopping at the end of this step" "$TMP/s4.log" &&
+   grep -q "stopped by signal 15 before training began\|stopped by signal 15 after step 0" "$TMP/s4.log"; then
+    ok "SIGTERM at start-up: status 143 with a message ($(tail -1 "$TMP/s4.log" | cut -c1-100))"
+else fail "SIGTERM at start-up: status $rc"; cat "$TMP/s4.log"; fi
+
+# 5. --version, the seq_len warning, the RoPE --explain prints
+"$BIN" --version >"$TMP/v.log" 2>&1
+grep -q "^autosp-train .* (commit [0-9a-f]\{7,\}\|^autosp-train .* (commit unknown" "$TMP/v.log" && grep -q "backends: cpu" "$TMP/v.log" &&
+    ok "--version: $(tr '\n' ' ' <"$TMP/v.log")" || { fail "--version"; cat "$TMP/v.log"; }
+"$BIN" "$CFG" --explain --set train.seq_len=8192 >"$TMP/e.log" 2>&1
+grep -q "warning: --set train.seq_len=8192: train.seq_len (8192) is longer than model.max_position_embeddings (4096)" "$TMP/e.log" &&
+    ok "seq_len beyond max_position_embeddings warns" || { fail "no seq_len warning"; head -3 "$TMP/e.log"; }
+grep -q "rotary_emb (default)" "$TMP/e.log" && "$BIN" "$top_srcdir/configs/llama32_1b.yaml" --explain 2>&1 | grep -q "rotary_emb (llama3)" &&
+    ok "--explain names the RoPE: default for tiny, llama3 for Llama 3.2" || fail "--explain RoPE type"
+
+[ $fails = 0 ] || { echo "$fails check(s) failed"; exit 1; }
+echo "all first-hour checks passed"
