@@ -128,12 +128,26 @@ static const cfg_key_t cfg_keys[] = {
      .help = "seed of the weight initialisation and the data order"},
     {"train", "device", KT_DEVICE, FLD(train.device),
      .help = "where to train; auto picks cuda when built with it and a GPU is present"},
+    {"train", "eval_every", KT_INT, FLD(train.eval_every), .ilo = 0, .ihi = BIG,
+     .help = "optimizer steps between validation losses (data.val_path); 0: only after the last step"},
+    {"train", "eval_tokens", KT_INT, FLD(train.eval_tokens), .ilo = 0, .ihi = BIG,
+     .help = "validation tokens per evaluation, rounded up to whole global batches of seq_len samples, "
+             "always the first ones of the shard; 0: one global batch"},
     /* ---------------------------------------------------------------- data */
     {"data", "path", KT_STR, FLD(data.path),
      .help = "token file to train on, relative to the config file's folder; "
              "required to train, not for --explain"},
     {"data", "shuffle", KT_BOOL, FLD(data.shuffle),
      .help = "visit samples in a seeded random order each epoch"},
+    {"data", "documents", KT_STR, FLD(data.documents), .ilo = 1, .expect = "none or eos",
+     .help = "none: every sample is one causal stream; eos: the EOS token ends a document, and attention, "
+             "RoPE positions and targets stay within documents (docs/data.md)"},
+    {"data", "eos_token_id", KT_INT, FLD(data.eos_token_id), .ilo = -1, .ihi = INT32_MAX,
+     .help = "the EOS token id for documents: eos; -1: the id the shard's header records "
+             "(scripts/prepare_data.py --eos)"},
+    {"data", "val_path", KT_STR, FLD(data.val_path),
+     .help = "validation token shard, relative to the config file's folder: its loss is measured every "
+             "train.eval_every steps and at the end; empty: none"},
     /* ---------------------------------------------------------------- parallel */
     {"parallel", "sequence_parallel_size", KT_SP, FLD(parallel.sequence_parallel_size),
      .ilo = 1, .ihi = 1 << 20,
@@ -239,6 +253,8 @@ void config_defaults(config_t *cfg) {
     t->seed = 1234;
     t->device = DEVICE_AUTO;
     cfg->data.shuffle = 1;
+    strcpy(cfg->data.documents, "none");
+    cfg->data.eos_token_id = -1;
     cfg->parallel.sequence_parallel_size = 0;
     cfg->parallel.zero_stage = 1;
     cfg->checkpointing.policy = SAC_AUTO;
@@ -640,6 +656,10 @@ static int validate_impl(const config_t *cfg, char *err, size_t errlen, int *bla
                         "model.rope_scaling.low_freq_factor (%s) must be smaller than "
                         "model.rope_scaling.high_freq_factor (%s); Llama 3 uses 1 and 4", a, b);
     }
+    if (strcmp(cfg->data.documents, "none") && strcmp(cfg->data.documents, "eos")) {
+        *blame = key_index("data", "documents");
+        return asp_errf(err, errlen, "data.documents: expected none or eos, got '%.32s'", cfg->data.documents);
+    }
     if (cfg->train.min_lr > cfg->train.lr) {
         char a[40], b[40];
         fmt_double(a, sizeof a, cfg->train.min_lr);
@@ -972,6 +992,7 @@ int config_load(config_t *cfg, const char *path, char *const *sets, int nsets, c
     }
     if (L.org[kv].kind == ORIGIN_DEFAULT && L.org[nh].kind != ORIGIN_DEFAULT)
         m->num_key_value_heads = m->num_attention_heads;
+    m->vocab_size_given = L.org[key_index("model", "vocab_size")].kind != ORIGIN_DEFAULT;
 
     char msg[1024];
     int blame;
@@ -982,6 +1003,8 @@ int config_load(config_t *cfg, const char *path, char *const *sets, int nsets, c
     }
     return 0;
 }
+
+int config_documents_eos(const config_t *cfg) { return !strcmp(cfg->data.documents, "eos"); }
 
 /* ------------------------------------------------------------------ paths */
 

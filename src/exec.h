@@ -20,7 +20,9 @@ typedef struct exec exec_t;
 typedef struct {
     const int32_t *tokens;
     const int32_t *targets;     /* -1: no loss at this position */
-    const int32_t *positions;   /* global positions (RoPE) */
+    const int32_t *positions;   /* RoPE positions (global, or within the document) */
+    const int32_t *doc_start;   /* packed documents: plan->seq_pad entries for the WHOLE sample, the first
+                                 * position of each position's document (loader_next_docs); NULL: one causal stream */
 } exec_batch_t;
 
 typedef struct {
@@ -51,6 +53,11 @@ void exec_init_params(exec_t *e, uint64_t seed);
  * gradient reduction over all ranks. Fills loss and valid_targets. */
 void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid,
                            exec_result_t *res);
+
+/* Forward only over `micro_steps` samples, as exec_forward_backward computes
+ * the loss (the same plan and buffers, nothing saved for a backward, no
+ * gradient touched): the validation loss. Fills loss and valid_targets. */
+void exec_eval(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid, exec_result_t *res);
 
 /* Clip and AdamW on this rank's shard, then gather the weights. Fills grad_norm. */
 void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res);

@@ -545,7 +545,7 @@ END_TEST
 typedef struct { float *q, *k, *v, *R, *out, *lse; int64_t s, hq, hkv, hd; float scale; } attn_ctx;
 static double attn_loss(void *c) {
     attn_ctx *a = c;
-    be->attention_fwd(a->out, a->lse, a->q, a->k, a->v, a->s, a->hq, a->hkv, a->hd, a->scale);
+    be->attention_fwd(a->out, a->lse, a->q, a->k, a->v, a->s, a->hq, a->hkv, a->hd, a->scale, NULL);
     return dotd(a->R, a->out, (size_t)(a->s * a->hq * a->hd));
 }
 
@@ -562,7 +562,7 @@ START_TEST(test_attention_fd) {
     attn_loss(&c);
     float *dq = fzeros(nq), *dk = fzeros(nk), *dv = fzeros(nk);
     poison(dq, nq); poison(dk, nk); poison(dv, nk);
-    be->attention_bwd(dq, dk, dv, c.R, c.q, c.k, c.v, c.out, c.lse, s, hq, hkv, hd, c.scale);
+    be->attention_bwd(dq, dk, dv, c.R, c.q, c.k, c.v, c.out, c.lse, s, hq, hkv, hd, c.scale, NULL);
     assert_finite("attention dq", dq, nq);
     assert_finite("attention dk", dk, nk);
     assert_finite("attention dv", dv, nk);
@@ -607,7 +607,7 @@ START_TEST(test_attention_fwd) {
     }
     poison(out, nq);
     poison(lse, (size_t)(hq * s));
-    be->attention_fwd(out, lse, q, k, v, s, hq, hkv, hd, (float)scale);
+    be->attention_fwd(out, lse, q, k, v, s, hq, hkv, hd, (float)scale, NULL);
     ck_assert_double_lt(rel_err_d(out, ref, nq), 1e-5);
     ck_assert_double_lt(rel_err_d(lse, lref, (size_t)(hq * s)), 1e-6);
     /* the first query sees only the first key */
@@ -892,8 +892,8 @@ static void run_attn_mm(int threads, float *outs[6], const float *q, const float
                         int64_t hd, int64_t n, int64_t kk, int64_t m) {
     omp_set_num_threads(threads);
     float *lse = fzeros((size_t)(hq * s));
-    be->attention_fwd(outs[0], lse, q, k, v, s, hq, hkv, hd, 0.3f);
-    be->attention_bwd(outs[1], outs[2], outs[3], dout, q, k, v, outs[0], lse, s, hq, hkv, hd, 0.3f);
+    be->attention_fwd(outs[0], lse, q, k, v, s, hq, hkv, hd, 0.3f, NULL);
+    be->attention_bwd(outs[1], outs[2], outs[3], dout, q, k, v, outs[0], lse, s, hq, hkv, hd, 0.3f, NULL);
     be->matmul_fwd(outs[4], x, w, n, kk, m);
     memset(outs[5], 0, (size_t)(n * kk + m * kk) * 4);
     be->matmul_bwd(outs[5], 0, outs[5] + n * kk, dmm, x, w, n, kk, m);

@@ -458,8 +458,8 @@ static void attention_cases_variant(const char *impl, const char *graph) {
                 buf_t q = mk((size_t)(s * hq * hd), DT_BF16, 1.0, 0), k = mk((size_t)(s * hkv * hd), DT_BF16, 1.0, 0),
                       v = mk((size_t)(s * hkv * hd), DT_BF16, 1.0, 0);
                 buf_t out = mk_out((size_t)(s * hq * hd), DT_BF16), lse = mk_out((size_t)(hq * s), DT_F32);
-                G->attention_fwd(out.g, lse.g, q.g, k.g, v.g, s, hq, hkv, hd, scale);
-                C->attention_fwd(out.c, lse.c, q.c, k.c, v.c, s, hq, hkv, hd, scale);
+                G->attention_fwd(out.g, lse.g, q.g, k.g, v.g, s, hq, hkv, hd, scale, NULL);
+                C->attention_fwd(out.c, lse.c, q.c, k.c, v.c, s, hq, hkv, hd, scale, NULL);
                 char name[160];
                 snprintf(name, sizeof name, "attention_fwd[%s] out s=%lld hq=%lld hkv=%lld hd=%lld", label,
                          (long long)s, (long long)hq, (long long)hkv, (long long)hd);
@@ -473,8 +473,8 @@ static void attention_cases_variant(const char *impl, const char *graph) {
                 G->from_f32(lse.g, DT_F32, lse.c, lse.n);
                 buf_t dout = mk((size_t)(s * hq * hd), DT_BF16, 1.0, 0);
                 buf_t dq = mk_out(q.n, DT_BF16), dk = mk_out(k.n, DT_BF16), dv = mk_out(v.n, DT_BF16);
-                G->attention_bwd(dq.g, dk.g, dv.g, dout.g, q.g, k.g, v.g, out.g, lse.g, s, hq, hkv, hd, scale);
-                C->attention_bwd(dq.c, dk.c, dv.c, dout.c, q.c, k.c, v.c, out.c, lse.c, s, hq, hkv, hd, scale);
+                G->attention_bwd(dq.g, dk.g, dv.g, dout.g, q.g, k.g, v.g, out.g, lse.g, s, hq, hkv, hd, scale, NULL);
+                C->attention_bwd(dq.c, dk.c, dv.c, dout.c, q.c, k.c, v.c, out.c, lse.c, s, hq, hkv, hd, scale, NULL);
                 const char *nm[3] = {"dq", "dk", "dv"};
                 buf_t *gb[3] = {&dq, &dk, &dv};
                 if (cudnn) check_plans(graph, s, hq, hkv, hd);
@@ -545,13 +545,13 @@ START_TEST(t_attention_cudnn_vs_simple) {
         rng = saved;
         void *out = G->alloc(nq * 2, "out"), *lse = G->alloc(nl * 4, "lse");
         void *dq = G->alloc(nq * 2, "dq"), *dk = G->alloc(nk * 2, "dk"), *dv = G->alloc(nk * 2, "dv");
-        G->attention_fwd(out, lse, q.g, k.g, v.g, s, hq, hkv, hd, scale);
+        G->attention_fwd(out, lse, q.g, k.g, v.g, s, hq, hkv, hd, scale, NULL);
         res[0] = fetch(out, DT_BF16, nq);
         res[1] = fetch(lse, DT_F32, nl);
         /* the backward of both passes sees the simple forward's out and lse */
         G->from_f32(out, DT_BF16, ref[0], nq);
         G->from_f32(lse, DT_F32, ref[1], nl);
-        G->attention_bwd(dq, dk, dv, dout.g, q.g, k.g, v.g, out, lse, s, hq, hkv, hd, scale);
+        G->attention_bwd(dq, dk, dv, dout.g, q.g, k.g, v.g, out, lse, s, hq, hkv, hd, scale, NULL);
         res[2] = fetch(dq, DT_BF16, nq);
         res[3] = fetch(dk, DT_BF16, nk);
         res[4] = fetch(dv, DT_BF16, nk);
