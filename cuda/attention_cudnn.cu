@@ -69,6 +69,7 @@ typedef struct {
     int ragged;
     int64_t b;
     desc_t ro_q, ro_kv, ro_stats, seq_len;
+    desc_t neg_inf;       /* the -inf scalar, one tensor per graph however many masks use it */
     desc_t *all;
     int nall, capall;
     desc_t ops[40];
@@ -269,7 +270,8 @@ static desc_t causal_mask(graph_t *g, desc_t x) {
     pointwise(g, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, x, NULL, NULL, row, 2);
     pointwise(g, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, x, NULL, NULL, col, 3);
     pointwise(g, CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, row, col, NULL, keep, 0);
-    pointwise(g, CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, x, scalar(g, UID_NEG_INF), keep, y, 0);
+    if (!g->neg_inf) g->neg_inf = scalar(g, UID_NEG_INF);
+    pointwise(g, CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, x, g->neg_inf, keep, y, 0);
     return y;
 }
 
@@ -284,7 +286,8 @@ static desc_t padding_mask(graph_t *g, desc_t x) {
     pointwise(g, CUDNN_POINTWISE_CMP_LT, CUDNN_DATA_BOOLEAN, row, g->seq_len, NULL, rin, 0);
     pointwise(g, CUDNN_POINTWISE_CMP_LT, CUDNN_DATA_BOOLEAN, col, g->seq_len, NULL, cin, 0);
     pointwise(g, CUDNN_POINTWISE_LOGICAL_AND, CUDNN_DATA_BOOLEAN, rin, cin, NULL, keep, 0);
-    pointwise(g, CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, x, scalar(g, UID_NEG_INF), keep, y, 0);
+    if (!g->neg_inf) g->neg_inf = scalar(g, UID_NEG_INF);
+    pointwise(g, CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, x, g->neg_inf, keep, y, 0);
     return y;
 }
 
@@ -830,6 +833,10 @@ static size_t ragged_index_bytes(int64_t b) { return asp_align_up((size_t)(4 * (
 static ragged_call_t ragged_setup(int bwd, int64_t T, int64_t hq, int64_t hkv, int64_t hd, const attn_docs_t *docs,
                                   size_t extra) {
     int64_t b = pow2_at_least(docs->n_docs, 2), sp = pow2_at_least(docs->max_len, 64);
+    if (T * hq * hd > INT32_MAX)
+        asp_die(ASP_EXIT_FAILURE, "cudnn attention: %lld rows x %lld heads x %lld do not fit the ragged graphs' int32 "
+                "offsets; raise the SP degree (fewer heads per rank) or run with ASP_ATTENTION=simple",
+                (long long)T, (long long)hq, (long long)hd);
     char err[1200];
     graph_t *g = get_plan_r(bwd, 1, b, sp, hq, hkv, hd, err, sizeof err);
     if (!g)

@@ -577,6 +577,52 @@ START_TEST(test_attention_fd) {
 }
 END_TEST
 
+/* Attention over packed documents equals attention over each document
+ * alone (its rows copied out), forward and backward: lengths 5, 1, 13, 1, 17
+ * with GQA. Nothing of one document reaches another. */
+START_TEST(test_attention_documents) {
+    trng_t r = {481};
+    const int64_t s = 37, hq = 4, hkv = 2, hd = 8;
+    const int32_t cu[6] = {0, 5, 6, 19, 20, 37};
+    int32_t start[37];
+    for (int d = 0; d < 5; d++)
+        for (int32_t t = cu[d]; t < cu[d + 1]; t++) start[t] = cu[d];
+    attn_docs_t docs = {5, 17, cu, cu, start};
+    size_t nq = (size_t)(s * hq * hd), nk = (size_t)(s * hkv * hd);
+    float scale = 0.35f;
+    float *q = frand(&r, nq, 1.5), *k = frand(&r, nk, 1.5), *v = frand(&r, nk, 1.0), *dout = frand(&r, nq, 1.0);
+    float *out = fzeros(nq), *lse = fzeros((size_t)(hq * s)), *dq = fzeros(nq), *dk = fzeros(nk), *dv = fzeros(nk);
+    poison(out, nq); poison(lse, (size_t)(hq * s)); poison(dq, nq); poison(dk, nk); poison(dv, nk);
+    be->attention_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale, &docs);
+    be->attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale, &docs);
+    for (int d = 0; d < 5; d++) {
+        int64_t a = cu[d], n = cu[d + 1] - cu[d];
+        size_t mq = (size_t)(n * hq * hd), mk = (size_t)(n * hkv * hd);
+        float *o1 = fzeros(mq), *l1 = fzeros((size_t)(hq * n)), *q1 = fzeros(mq), *k1 = fzeros(mk), *v1 = fzeros(mk);
+        poison(o1, mq); poison(l1, (size_t)(hq * n)); poison(q1, mq); poison(k1, mk); poison(v1, mk);
+        be->attention_fwd(o1, l1, q + a * hq * hd, k + a * hkv * hd, v + a * hkv * hd, n, hq, hkv, hd, scale, NULL);
+        be->attention_bwd(q1, k1, v1, dout + a * hq * hd, q + a * hq * hd, k + a * hkv * hd, v + a * hkv * hd, o1, l1,
+                          n, hq, hkv, hd, scale, NULL);
+        for (size_t i = 0; i < mq; i++) {
+            ck_assert_float_eq_tol(out[a * hq * hd + (int64_t)i], o1[i], 1e-6);
+            ck_assert_float_eq_tol(dq[a * hq * hd + (int64_t)i], q1[i], 1e-6);
+        }
+        for (size_t i = 0; i < mk; i++) {
+            ck_assert_float_eq_tol(dk[a * hkv * hd + (int64_t)i], k1[i], 1e-6);
+            ck_assert_float_eq_tol(dv[a * hkv * hd + (int64_t)i], v1[i], 1e-6);
+        }
+        for (int64_t h = 0; h < hq; h++)
+            for (int64_t t = 0; t < n; t++) ck_assert_float_eq_tol(lse[h * s + a + t], l1[h * n + t], 1e-6);
+        free(o1); free(l1); free(q1); free(k1); free(v1);
+    }
+    /* a one-row document attends to itself only: its output is its value row */
+    for (int64_t h = 0; h < hq; h++)
+        for (int64_t i = 0; i < hd; i++)
+            ck_assert_float_eq_tol(out[(5 * hq + h) * hd + i], v[(5 * hkv + h * hkv / hq) * hd + i], 1e-6);
+    free(q); free(k); free(v); free(dout); free(out); free(lse); free(dq); free(dk); free(dv);
+}
+END_TEST
+
 START_TEST(test_attention_fwd) {
     trng_t r = {451 + (uint64_t)_i};
     int64_t s = attn_shapes[_i][0], hq = attn_shapes[_i][1], hkv = attn_shapes[_i][2], hd = attn_shapes[_i][3];
@@ -944,6 +990,7 @@ static Suite *cpu_suite(void) {
     tcase_add_test(tc, test_rope_packed);
     int nshapes = (int)(sizeof attn_shapes / sizeof attn_shapes[0]);
     tcase_add_loop_test(tc, test_attention_fwd, 0, nshapes);
+    tcase_add_test(tc, test_attention_documents);
     tcase_add_loop_test(tc, test_attention_fd, 0, nshapes);
     tcase_add_test(tc, test_swiglu);
     tcase_add_test(tc, test_embedding);
