@@ -67,7 +67,9 @@ static const cfg_key_t cfg_keys[] = {
      .default_text = "hidden_size / num_attention_heads (16)",
      .help = "width of one attention head; even, since RoPE rotates pairs"},
     {"model", "vocab_size", KT_INT, FLD(model.vocab_size), .ilo = 2, .ihi = INT32_MAX,
-     .help = "vocabulary size V (token ids are 0..V-1)"},
+     .default_text = "the data shard's header (256 without one)",
+     .help = "vocabulary size V (token ids are 0..V-1); left out, the shard's header gives it; given, a header "
+             "above it is refused"},
     {"model", "max_position_embeddings", KT_INT, FLD(model.max_position_embeddings), .ilo = 1, .ihi = BIG,
      .help = "context length the model was built for; longer seq_len only warns"},
     {"model", "rms_norm_eps", KT_FLOAT, FLD(model.rms_norm_eps), .flo = 0, .flo_open = 1, .fhi = INFINITY,
