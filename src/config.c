@@ -994,7 +994,7 @@ int config_load(config_t *cfg, const char *path, char *const *sets, int nsets, c
     }
     if (L.org[kv].kind == ORIGIN_DEFAULT && L.org[nh].kind != ORIGIN_DEFAULT)
         m->num_key_value_heads = m->num_attention_heads;
-    m->vocab_size_given = L.org[key_index("model", "vocab_size")].kind != ORIGIN_DEFAULT;
+    cfg->vocab_size_given = L.org[key_index("model", "vocab_size")].kind != ORIGIN_DEFAULT;
 
     char msg[1024];
     int blame;

@@ -44,7 +44,6 @@ typedef struct {
     int tie_word_embeddings;           /* LM head shares the embedding matrix */
     double initializer_range;          /* std of the normal init of weights */
     char from_pretrained[CFG_PATH_MAX];/* Hugging Face folder: hyperparameters and initial weights; "" none */
-    int vocab_size_given;              /* vocab_size came from the file, --set or from_pretrained (else the shard's header) */
 } model_config_t;
 
 typedef struct {
@@ -103,6 +102,7 @@ typedef struct {
     parallel_config_t parallel;
     checkpointing_config_t checkpointing;
     io_config_t io;
+    int vocab_size_given;       /* model.vocab_size came from the file, --set or from_pretrained (else the shard's header) */
 } config_t;
 
 /* Fill every key with its default. */

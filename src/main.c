@@ -186,13 +186,13 @@ int main(int argc, char **argv) {
     if (hf_apply_pretrained(&cfg, cli.sets, cli.nsets, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
     /* The vocabulary comes from the shard's header unless the config (or the
      * Hugging Face folder) gives it; a header above the model's is refused. */
-    if (cfg.model.from_pretrained[0]) cfg.model.vocab_size_given = 1;
+    if (cfg.model.from_pretrained[0]) cfg.vocab_size_given = 1;
     char shard_path[CFG_PATH_MAX];
     uint32_t shard_vocab = 0;
     int64_t shard_eos = -1;
     if (cfg.data.path[0] && config_resolve_path(&cfg, cfg.data.path, shard_path, sizeof shard_path) == 0 &&
         shard_peek(shard_path, &shard_vocab, &shard_eos, err, sizeof err) == 0) {
-        if (!cfg.model.vocab_size_given) {
+        if (!cfg.vocab_size_given) {
             cfg.model.vocab_size = shard_vocab;
         } else if ((int64_t)shard_vocab > cfg.model.vocab_size) {
             usage_error(&ranks, "%s: the header of %s records vocab_size %u, above the model vocab_size %lld: token "

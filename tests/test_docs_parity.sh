@@ -121,5 +121,22 @@ else
     echo "FAIL: no validation loss in the checkpoint's state"; fails=$((fails + 1))
 fi
 
+# Bad input: exit status 2 and a message that says what to do.
+refuse() { # what pattern args...
+    what=$1 pattern=$2; shift 2
+    set +e
+    "$BIN" "$CFG" $COMMON --set io.run_dir="$TMP/run-refuse" "$@" >"$TMP/refuse.log" 2>&1
+    rc=$?
+    set -e
+    if [ $rc = 2 ] && grep -q "$pattern" "$TMP/refuse.log"; then echo "ok:   refused: $what"; else
+        echo "FAIL: $what (status $rc)"; cat "$TMP/refuse.log"; fails=$((fails + 1)); fi
+}
+refuse "documents without an EOS id" "records no EOS id; make the shard with scripts/prepare_data.py --eos or set data.eos_token_id" \
+    --set data.path="$TMP/packed.tok" --set train.seq_len=$S --set data.documents=eos
+refuse "an EOS id outside the vocabulary" "data.eos_token_id 300 is >= the model vocab_size 256" \
+    --set data.path="$TMP/packed.tok" --set train.seq_len=$S --set data.documents=eos --set data.eos_token_id=300
+refuse "an unknown documents mode" "data.documents: expected none or eos, got 'newline'" \
+    --set data.path="$TMP/packed.tok" --set train.seq_len=$S --set data.documents=newline
+
 [ $fails = 0 ] || { echo "$fails check(s) failed"; exit 1; }
 echo "all packed-document and validation checks passed"
