@@ -54,9 +54,9 @@ void exec_init_params(exec_t *e, uint64_t seed);
 void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid,
                            exec_result_t *res);
 
-/* Forward only over `micro_steps` samples, as exec_forward_backward computes
- * the loss (the same plan and buffers, nothing saved for a backward, no
- * gradient touched): the validation loss. Fills loss and valid_targets. */
+/* Forward only over `micro_steps` samples, the loss as exec_forward_backward
+ * computes it (the same plan and buffers; no backward, no gradient touched):
+ * the validation loss. Fills loss and valid_targets. */
 void exec_eval(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid, exec_result_t *res);
 
 /* Clip and AdamW on this rank's shard, then gather the weights. Fills grad_norm. */
