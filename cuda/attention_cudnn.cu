@@ -826,7 +826,9 @@ typedef struct {
     char *rest;            /* what follows (the backward's accumulators) */
 } ragged_call_t;
 
-static size_t ragged_index_bytes(int64_t b) { return asp_align_up((size_t)(4 * (b + 1)) * sizeof(int32_t), ALIGN_BYTES); }
+/* Each index tensor starts 16-byte aligned, as every tensor of the graphs declares. */
+static size_t ragged_index_stride(int64_t b) { return asp_align_up((size_t)(b + 1) * sizeof(int32_t), 16); }
+static size_t ragged_index_bytes(int64_t b) { return asp_align_up(4 * ragged_index_stride(b), ALIGN_BYTES); }
 
 /* The plan for the call's documents and the scratch laid out for it:
  * workspace, index tensors, stats, then `extra` bytes. */
@@ -850,10 +852,11 @@ static ragged_call_t ragged_setup(int bwd, int64_t T, int64_t hq, int64_t hkv, i
     ragged_call_t c;
     c.g = g;
     c.ws = base;
+    size_t is = ragged_index_stride(b);
     c.ro_q = (int32_t *)(base + wsb);
-    c.ro_kv = c.ro_q + (b + 1);
-    c.ro_st = c.ro_kv + (b + 1);
-    c.len = c.ro_st + (b + 1);
+    c.ro_kv = (int32_t *)(base + wsb + is);
+    c.ro_st = (int32_t *)(base + wsb + 2 * is);
+    c.len = (int32_t *)(base + wsb + 3 * is);
     c.stats = (float *)(base + wsb + ib);
     c.rest = base + wsb + ib + stb;
     k_ragged_index<<<cuda_blocks((size_t)b + 1, 256), 256, 0, g_cuda.stream>>>(c.ro_q, c.ro_kv, c.ro_st, c.len, docs->cu,
@@ -995,6 +998,7 @@ extern "C" size_t cuda_attention_cudnn_scratch_bytes(int64_t s, int64_t hq, int6
     size_t bwd = asp_align_up((size_t)b->ws_bytes, ALIGN_BYTES) + b->extra_bytes;
     /* packed documents (the ragged graphs) also keep token-major stats [s, hq]
      * and their index tensors there */
-    size_t ragged = asp_align_up((size_t)s * (size_t)hq * sizeof(float), ALIGN_BYTES) + ((size_t)1 << 20);
+    size_t ragged = asp_align_up((size_t)s * (size_t)hq * sizeof(float), ALIGN_BYTES) +
+                    ragged_index_bytes(2 * s);   /* at most s documents, a batch below 2 s */
     return (fwd > bwd ? fwd : bwd) + ragged;
 }
