@@ -42,8 +42,23 @@ static __device__ __forceinline__ float dot_vec(const float a[ATT_PER_LANE], con
     return warp_sum(s);
 }
 
+/* Row t attends to j in [start[t], t] (start NULL: from 0). Key j is seen by
+ * the rows t >= j whose document starts at or before j: t < end, found by a
+ * scan that stops at the next document (starts never decrease). */
+static __device__ __forceinline__ int64_t row_first(const int32_t *start, int64_t t) { return start ? start[t] : 0; }
+static __device__ __forceinline__ int64_t key_last(const int32_t *start, int64_t j, int64_t s) {
+    if (!start) return s;
+    int64_t lo = j + 1, hi = s;   /* first t > j with start[t] > j, by bisection */
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (start[mid] <= j) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
 __global__ void k_att_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int64_t s, int64_t hq,
-                          int64_t hkv, int64_t hd, float scale) {
+                          int64_t hkv, int64_t hd, float scale, const int32_t *start) {
     int lane = threadIdx.x & 31;
     int64_t wid = (int64_t)blockIdx.x * ATT_WARPS + (threadIdx.x >> 5);
     if (wid >= s * hq) return;
@@ -53,7 +68,7 @@ __global__ void k_att_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, c
 #pragma unroll
     for (int e = 0; e < ATT_PER_LANE; e++) acc[e] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    for (int64_t j = 0; j <= t; j++) {
+    for (int64_t j = row_first(start, t); j <= t; j++) {
         float sc = scale * dot_vec(qr, k + (j * hkv + kvh) * hd, hd, lane);
         float mn = fmaxf(m, sc);
         float corr = expf(m - mn), p = expf(sc - mn);
@@ -89,7 +104,8 @@ __global__ void k_att_rowdot(float *D, const bf16 *dout, const bf16 *out, int64_
 }
 
 __global__ void k_att_dq(bf16 *dq, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v, const float *lse,
-                         const float *D, int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale) {
+                         const float *D, int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale,
+                         const int32_t *start) {
     int lane = threadIdx.x & 31;
     int64_t wid = (int64_t)blockIdx.x * ATT_WARPS + (threadIdx.x >> 5);
     if (wid >= s * hq) return;
@@ -100,7 +116,7 @@ __global__ void k_att_dq(bf16 *dq, const bf16 *dout, const bf16 *q, const bf16 *
 #pragma unroll
     for (int e = 0; e < ATT_PER_LANE; e++) acc[e] = 0.0f;
     float L = lse[h * s + t], Dt = D[h * s + t];
-    for (int64_t j = 0; j <= t; j++) {
+    for (int64_t j = row_first(start, t); j <= t; j++) {
         const bf16 *kr = k + (j * hkv + kvh) * hd;
         float p = expf(scale * dot_vec(qr, kr, hd, lane) - L);
         float dp = dot_vec(gr, v + (j * hkv + kvh) * hd, hd, lane);
@@ -123,7 +139,7 @@ __global__ void k_att_dq(bf16 *dq, const bf16 *dout, const bf16 *q, const bf16 *
  * the rows t >= j, in (head, t) order. */
 __global__ void k_att_dkdv(bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
                            const float *lse, const float *D, int64_t s, int64_t hq, int64_t hkv, int64_t hd,
-                           float scale) {
+                           float scale, const int32_t *start) {
     int lane = threadIdx.x & 31;
     int64_t wid = (int64_t)blockIdx.x * ATT_WARPS + (threadIdx.x >> 5);
     if (wid >= s * hkv) return;
@@ -133,8 +149,9 @@ __global__ void k_att_dkdv(bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, 
     load_vec(vr, v + (j * hkv + kvh) * hd, hd, lane);
 #pragma unroll
     for (int e = 0; e < ATT_PER_LANE; e++) dka[e] = dva[e] = 0.0f;
+    const int64_t t_end = key_last(start, j, s);
     for (int64_t h = kvh * g; h < (kvh + 1) * g; h++) {
-        for (int64_t t = j; t < s; t++) {
+        for (int64_t t = j; t < t_end; t++) {
             const bf16 *qt = q + (t * hq + h) * hd, *gt = dout + (t * hq + h) * hd;
             float p = expf(scale * dot_vec(kr, qt, hd, lane) - lse[h * s + t]);
             float dp = dot_vec(vr, gt, hd, lane);
@@ -172,48 +189,51 @@ static void att_check(int64_t s, int64_t hq, int64_t hkv, int64_t hd) {
 }
 
 extern "C" void cuda_attention_simple_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
-                                          int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale) {
+                                          int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale,
+                                          const attn_docs_t *docs) {
     att_check(s, hq, hkv, hd);
     unsigned nb = cuda_blocks((size_t)s * (size_t)hq, ATT_WARPS);
     k_att_fwd<<<nb, 32 * ATT_WARPS, 0, g_cuda.stream>>>((bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k,
-                                                        (const bf16 *)v, s, hq, hkv, hd, scale);
+                                                        (const bf16 *)v, s, hq, hkv, hd, scale,
+                                                        docs ? docs->start : NULL);
     CUDA_CHECK_LAUNCH("attention_simple_fwd");
 }
 
 extern "C" void cuda_attention_simple_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q,
                                           const void *k, const void *v, const void *out, const float *lse, int64_t s,
-                                          int64_t hq, int64_t hkv, int64_t hd, float scale) {
+                                          int64_t hq, int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs) {
     att_check(s, hq, hkv, hd);
+    const int32_t *start = docs ? docs->start : NULL;
     float *D = (float *)cuda_scratch((size_t)s * (size_t)hq * sizeof(float));
     unsigned nq = cuda_blocks((size_t)s * (size_t)hq, ATT_WARPS);
     k_att_rowdot<<<nq, 32 * ATT_WARPS, 0, g_cuda.stream>>>(D, (const bf16 *)dout, (const bf16 *)out, s, hq, hd);
     CUDA_CHECK_LAUNCH("attention_simple_bwd rowdot");
     k_att_dq<<<nq, 32 * ATT_WARPS, 0, g_cuda.stream>>>((bf16 *)dq, (const bf16 *)dout, (const bf16 *)q,
                                                        (const bf16 *)k, (const bf16 *)v, lse, D, s, hq, hkv, hd,
-                                                       scale);
+                                                       scale, start);
     CUDA_CHECK_LAUNCH("attention_simple_bwd dq");
     unsigned nk = cuda_blocks((size_t)s * (size_t)hkv, ATT_WARPS);
     k_att_dkdv<<<nk, 32 * ATT_WARPS, 0, g_cuda.stream>>>((bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, (const bf16 *)q,
                                                          (const bf16 *)k, (const bf16 *)v, lse, D, s, hq, hkv, hd,
-                                                         scale);
+                                                         scale, start);
     CUDA_CHECK_LAUNCH("attention_simple_bwd dkdv");
 }
 
 extern "C" void cuda_attention_fwd(void *out, float *lse, const void *q, const void *k, const void *v, int64_t s,
-                                   int64_t hq, int64_t hkv, int64_t hd, float scale) {
+                                   int64_t hq, int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs) {
     if (g_cuda.attention_cudnn)
-        cuda_attention_cudnn_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale);
+        cuda_attention_cudnn_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale, docs);
     else
-        cuda_attention_simple_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale);
+        cuda_attention_simple_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale, docs);
 }
 
 extern "C" void cuda_attention_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                                    const void *v, const void *out, const float *lse, int64_t s, int64_t hq,
-                                   int64_t hkv, int64_t hd, float scale) {
+                                   int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs) {
     if (g_cuda.attention_cudnn)
-        cuda_attention_cudnn_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale);
+        cuda_attention_cudnn_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale, docs);
     else
-        cuda_attention_simple_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale);
+        cuda_attention_simple_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale, docs);
 }
 
 /* The simple kernels' scratch: the backward's row terms D[s, hq]. */

@@ -43,6 +43,10 @@ enum {
     UID_ONE,
     UID_DSUM,      /* bwd: rowsum(dO * O), fp32 [1, hq, s, 1] in the workspace */
     UID_DQ_ACCUM,  /* bwd: fp32 dQ accumulator [1, hq, s, hd] in the workspace */
+    UID_RO_Q,      /* ragged: element offsets of each document in q, o, dq, dO (b + 1 int32) */
+    UID_RO_KV,     /* ragged: the same in k, v, dk, dv */
+    UID_RO_STATS,  /* ragged: the same in the [T, hq] stats and row sums */
+    UID_SEQ_LEN,   /* ragged: each document's length (b int32; 0 for the batch's padding) */
     UID_VIRTUAL = 100
 };
 
@@ -60,6 +64,12 @@ typedef struct {
     int bwd;
     int variant;          /* CUDNN_GRAPH_* it was built for */
     int64_t s, hq, hkv, hd;
+    /* ragged graphs (packed documents as the batch): b documents of at most
+     * s rows each, addressed through ragged offsets; b = 1 for the dense ones */
+    int ragged;
+    int64_t b;
+    desc_t ro_q, ro_kv, ro_stats, seq_len;
+    desc_t neg_inf;       /* the -inf scalar, one tensor per graph however many masks use it */
     desc_t *all;
     int nall, capall;
     desc_t ops[40];
@@ -110,9 +120,10 @@ static void set_desc(desc_t d, cudnnBackendAttributeName_t a, desc_t v) {
 
 /* ---- tensors ---- */
 
-static desc_t tensor(graph_t *g, int64_t uid, cudnnDataType_t dt, int nd, const int64_t *dims, const int64_t *strides,
-                     bool is_virtual, bool by_value) {
+static desc_t tensor_r(graph_t *g, int64_t uid, cudnnDataType_t dt, int nd, const int64_t *dims,
+                       const int64_t *strides, bool is_virtual, bool by_value, desc_t ragged) {
     desc_t t = create(g, CUDNN_BACKEND_TENSOR_DESCRIPTOR);
+    if (ragged) set_desc(t, CUDNN_ATTR_TENSOR_RAGGED_OFFSET_DESC, ragged);
     int64_t align = 16;
     CUDNN_CHECK(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt));
     CUDNN_CHECK(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, nd, dims));
@@ -123,6 +134,18 @@ static desc_t tensor(graph_t *g, int64_t uid, cudnnDataType_t dt, int nd, const 
     if (by_value) CUDNN_CHECK(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &by_value));
     CUDNN_CHECK(cudnnBackendFinalize(t));
     return t;
+}
+
+static desc_t tensor(graph_t *g, int64_t uid, cudnnDataType_t dt, int nd, const int64_t *dims, const int64_t *strides,
+                     bool is_virtual, bool by_value) {
+    return tensor_r(g, uid, dt, nd, dims, strides, is_virtual, by_value, NULL);
+}
+
+/* A 4-d tensor bound in the variant pack, its batches at ragged offsets. */
+static desc_t ragged4(graph_t *g, int64_t uid, cudnnDataType_t dt, desc_t ro, int64_t d0, int64_t d1, int64_t d2,
+                      int64_t d3, int64_t s0, int64_t s1, int64_t s2, int64_t s3) {
+    const int64_t dims[4] = {d0, d1, d2, d3}, strides[4] = {s0, s1, s2, s3};
+    return tensor_r(g, uid, dt, 4, dims, strides, uid >= UID_VIRTUAL, false, ro);
 }
 
 /* A 4-d tensor bound in the variant pack. */
@@ -149,13 +172,13 @@ static desc_t scalar(graph_t *g, int64_t uid) {
 /* The [1, hq, s, s] score-shaped intermediate (row-major in the last two dims). */
 static desc_t scores(graph_t *g, cudnnDataType_t dt) {
     int64_t s = g->s, hq = g->hq;
-    return virt4(g, dt, 1, hq, s, s, hq * s * s, s * s, s, 1);
+    return virt4(g, dt, g->b, hq, s, s, hq * s * s, s * s, s, 1);
 }
 
 /* A per-row [1, hq, s, 1] intermediate. */
 static desc_t rows(graph_t *g) {
     int64_t s = g->s, hq = g->hq;
-    return virt4(g, CUDNN_DATA_FLOAT, 1, hq, s, 1, hq * s, s, 1, 1);
+    return virt4(g, CUDNN_DATA_FLOAT, g->b, hq, s, 1, hq * s, s, 1, 1);
 }
 
 /* ---- operations ---- */
@@ -208,8 +231,11 @@ static void reduction(graph_t *g, cudnnReduceTensorOp_t rop, desc_t x, desc_t y)
     add_op(g, op);
 }
 
-/* c = a b over the last two dims; batch dims broadcast (GQA: hq over hkv) */
-static void matmul(graph_t *g, desc_t a, desc_t b, desc_t c) {
+/* c = a b over the last two dims; batch dims broadcast (GQA: hq over hkv).
+ * In a ragged graph the m, n or k extent of each batch is its document's
+ * length (the seq_len tensor) where `over` says so (bits 1 m, 2 n, 4 k). */
+enum { OV_M = 1, OV_N = 2, OV_K = 4 };
+static void matmul_ov(graph_t *g, desc_t a, desc_t b, desc_t c, int over) {
     desc_t m = create(g, CUDNN_BACKEND_MATMUL_DESCRIPTOR);
     cudnnDataType_t f = CUDNN_DATA_FLOAT;
     CUDNN_CHECK(cudnnBackendSetAttribute(m, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f));
@@ -219,9 +245,14 @@ static void matmul(graph_t *g, desc_t a, desc_t b, desc_t c) {
     set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, b);
     set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, c);
     set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_DESC, m);
+    if (g->ragged && (over & OV_M)) set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC, g->seq_len);
+    if (g->ragged && (over & OV_N)) set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC, g->seq_len);
+    if (g->ragged && (over & OV_K)) set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC, g->seq_len);
     CUDNN_CHECK(cudnnBackendFinalize(op));
     add_op(g, op);
 }
+
+static void matmul(graph_t *g, desc_t a, desc_t b, desc_t c) { matmul_ov(g, a, b, c, 0); }
 
 /* y views x with other dims/strides (the transposes of the backward) */
 static void reshape(graph_t *g, desc_t x, desc_t y) {
@@ -239,8 +270,34 @@ static desc_t causal_mask(graph_t *g, desc_t x) {
     pointwise(g, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, x, NULL, NULL, row, 2);
     pointwise(g, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, x, NULL, NULL, col, 3);
     pointwise(g, CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, row, col, NULL, keep, 0);
-    pointwise(g, CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, x, scalar(g, UID_NEG_INF), keep, y, 0);
+    if (!g->neg_inf) g->neg_inf = scalar(g, UID_NEG_INF);
+    pointwise(g, CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, x, g->neg_inf, keep, y, 0);
     return y;
+}
+
+/* Ragged graphs: scores outside the batch's document (row or column at or
+ * past its length) are -inf, as cudnn-frontend's padding mask builds it. */
+static desc_t padding_mask(graph_t *g, desc_t x) {
+    desc_t row = scores(g, CUDNN_DATA_INT32), col = scores(g, CUDNN_DATA_INT32);
+    desc_t rin = scores(g, CUDNN_DATA_BOOLEAN), cin = scores(g, CUDNN_DATA_BOOLEAN), keep = scores(g, CUDNN_DATA_BOOLEAN);
+    desc_t y = scores(g, CUDNN_DATA_FLOAT);
+    pointwise(g, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, x, NULL, NULL, row, 2);
+    pointwise(g, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, x, NULL, NULL, col, 3);
+    pointwise(g, CUDNN_POINTWISE_CMP_LT, CUDNN_DATA_BOOLEAN, row, g->seq_len, NULL, rin, 0);
+    pointwise(g, CUDNN_POINTWISE_CMP_LT, CUDNN_DATA_BOOLEAN, col, g->seq_len, NULL, cin, 0);
+    pointwise(g, CUDNN_POINTWISE_LOGICAL_AND, CUDNN_DATA_BOOLEAN, rin, cin, NULL, keep, 0);
+    if (!g->neg_inf) g->neg_inf = scalar(g, UID_NEG_INF);
+    pointwise(g, CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, x, g->neg_inf, keep, y, 0);
+    return y;
+}
+
+/* The index tensors of a ragged graph: [b + 1] offsets and [b] lengths. */
+static void ragged_index(graph_t *g) {
+    int64_t b = g->b;
+    g->ro_q = real4(g, UID_RO_Q, CUDNN_DATA_INT32, b + 1, 1, 1, 1, 1, 1, 1, 1);
+    g->ro_kv = real4(g, UID_RO_KV, CUDNN_DATA_INT32, b + 1, 1, 1, 1, 1, 1, 1, 1);
+    g->ro_stats = real4(g, UID_RO_STATS, CUDNN_DATA_INT32, b + 1, 1, 1, 1, 1, 1, 1, 1);
+    g->seq_len = real4(g, UID_SEQ_LEN, CUDNN_DATA_INT32, b, 1, 1, 1, 1, 1, 1, 1);
 }
 
 /* ---- the two graphs ---- */
@@ -338,6 +395,102 @@ static void build_bwd(graph_t *g) {
     desc_t kr = virt4(g, f, 1, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
     reshape(g, kt, kr);
     matmul(g, ds, kr, dq_acc);
+    pw2(g, CUDNN_POINTWISE_IDENTITY, dq_acc, NULL, dq);
+}
+
+/* The forward over packed documents (THD layout): batch i is document i,
+ * rows at its ragged offset in q [T, hq, hd] (k, v [T, hkv, hd]), at most s
+ * rows long; stats are [T, hq] (token-major) at ragged offsets too. The same
+ * graph as build_fwd with each document's length bounding its matmuls and a
+ * padding mask before the causal one. */
+static void build_fwd_ragged(graph_t *g) {
+    int64_t s = g->s, hq = g->hq, hkv = g->hkv, hd = g->hd, b = g->b;
+    const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f = CUDNN_DATA_FLOAT;
+    ragged_index(g);
+    desc_t q = ragged4(g, UID_Q, bf, g->ro_q, b, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t kt = ragged4(g, UID_K, bf, g->ro_kv, b, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
+    desc_t v = ragged4(g, UID_V, bf, g->ro_kv, b, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
+    desc_t o = ragged4(g, UID_O, bf, g->ro_q, b, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t stats = ragged4(g, UID_STATS, f, g->ro_stats, b, hq, s, 1, s * hq, 1, hq, 1);
+    desc_t scale = scalar(g, UID_SCALE);
+
+    desc_t sc = scores(g, f), sc1 = scores(g, f);
+    matmul_ov(g, q, kt, sc, OV_M | OV_N);
+    pw2(g, CUDNN_POINTWISE_MUL, sc, scale, sc1);
+    desc_t sm = causal_mask(g, padding_mask(g, sc1));
+    desc_t mx = rows(g), sub = scores(g, f), ex = scores(g, f), sum = rows(g), lg = rows(g);
+    reduction(g, CUDNN_REDUCE_TENSOR_MAX, sm, mx);
+    pw2(g, CUDNN_POINTWISE_SUB, sm, mx, sub);
+    pw2(g, CUDNN_POINTWISE_EXP, sub, NULL, ex);
+    reduction(g, CUDNN_REDUCE_TENSOR_ADD, ex, sum);
+    pw2(g, CUDNN_POINTWISE_LOG, sum, NULL, lg);
+    pw2(g, CUDNN_POINTWISE_ADD, mx, lg, stats);
+    desc_t p = scores(g, bf);
+    pw2(g, CUDNN_POINTWISE_DIV, ex, sum, p);
+    matmul_ov(g, p, v, o, OV_M | OV_K);
+}
+
+/* The backward over packed documents; dsum ([T, hq]) and the fp32 dQ
+ * accumulator ([T, hq, hd]) are at the same ragged offsets as stats and q. */
+static void build_bwd_ragged(graph_t *g) {
+    int64_t s = g->s, hq = g->hq, hkv = g->hkv, hd = g->hd, b = g->b;
+    const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f = CUDNN_DATA_FLOAT;
+    ragged_index(g);
+    desc_t q = ragged4(g, UID_Q, bf, g->ro_q, b, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t kt = ragged4(g, UID_K, bf, g->ro_kv, b, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
+    desc_t vt = ragged4(g, UID_V, bf, g->ro_kv, b, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
+    desc_t o = ragged4(g, UID_O, bf, g->ro_q, b, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t dout = ragged4(g, UID_DO, bf, g->ro_q, b, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t stats = ragged4(g, UID_STATS, f, g->ro_stats, b, hq, s, 1, s * hq, 1, hq, 1);
+    desc_t dq = ragged4(g, UID_DQ, bf, g->ro_q, b, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t dk = ragged4(g, UID_DK, bf, g->ro_kv, b, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
+    desc_t dv = ragged4(g, UID_DV, bf, g->ro_kv, b, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
+    desc_t dsum = ragged4(g, UID_DSUM, f, g->ro_stats, b, hq, s, 1, s * hq, 1, hq, 1);
+    desc_t dq_acc = ragged4(g, UID_DQ_ACCUM, f, g->ro_q, b, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t scale = scalar(g, UID_SCALE);
+
+    desc_t doo = virt4(g, f, b, hq, s, hd, hq * s * hd, s * hd, hd, 1), dr = rows(g);
+    pw2(g, CUDNN_POINTWISE_MUL, dout, o, doo);
+    reduction(g, CUDNN_REDUCE_TENSOR_ADD, doo, dr);
+    pw2(g, CUDNN_POINTWISE_MUL, dr, scalar(g, UID_ONE), dsum);
+
+    desc_t sc = scores(g, f), sc1 = scores(g, f), sc2 = scores(g, f);
+    matmul_ov(g, q, kt, sc, OV_M | OV_N);
+    pw2(g, CUDNN_POINTWISE_MUL, sc, scale, sc1);
+    pw2(g, CUDNN_POINTWISE_SUB, padding_mask(g, sc1), stats, sc2);
+    desc_t sm = causal_mask(g, sc2);
+    desc_t p = scores(g, f);
+    pw2(g, CUDNN_POINTWISE_EXP, sm, NULL, p);
+
+    desc_t pt = virt4(g, bf, b, hq, s, s, hq * s * s, s * s, 1, s);
+    reshape(g, p, pt);
+    if (hq == hkv) {
+        matmul_ov(g, pt, dout, dv, OV_M | OV_K);
+    } else {
+        desc_t dvf = virt4(g, bf, b, hq, s, hd, hq * s * hd, s * hd, hd, 1);
+        matmul_ov(g, pt, dout, dvf, OV_M | OV_K);
+        reduction(g, CUDNN_REDUCE_TENSOR_ADD, dvf, dv);
+    }
+
+    desc_t dp = scores(g, f), ds1 = scores(g, f), ds2 = scores(g, f), ds = scores(g, f);
+    matmul_ov(g, dout, vt, dp, OV_M | OV_N);
+    pw2(g, CUDNN_POINTWISE_SUB, dp, dsum, ds1);
+    pw2(g, CUDNN_POINTWISE_MUL, ds1, p, ds2);
+    pw2(g, CUDNN_POINTWISE_MUL, ds2, scale, ds);
+
+    desc_t dst = virt4(g, bf, b, hq, s, s, hq * s * s, s * s, 1, s);
+    reshape(g, ds, dst);
+    if (hq == hkv) {
+        matmul_ov(g, dst, q, dk, OV_M | OV_K);
+    } else {
+        desc_t dkf = virt4(g, bf, b, hq, s, hd, hq * s * hd, s * hd, hd, 1);
+        matmul_ov(g, dst, q, dkf, OV_M | OV_K);
+        reduction(g, CUDNN_REDUCE_TENSOR_ADD, dkf, dk);
+    }
+
+    desc_t kr = ragged4(g, g->next_uid++, f, g->ro_kv, b, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
+    reshape(g, kt, kr);
+    matmul_ov(g, ds, kr, dq_acc, OV_M | OV_K);
     pw2(g, CUDNN_POINTWISE_IDENTITY, dq_acc, NULL, dq);
 }
 
@@ -503,7 +656,8 @@ static int shape_supported(int64_t s, int64_t hq, int64_t hkv, int64_t hd, char 
 
 /* The cached plan for the shape, built on first use. NULL with err set when
  * the shape is refused or no engine takes the graph. */
-static graph_t *get_plan(int bwd, int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *err, size_t errlen) {
+static graph_t *get_plan_r(int bwd, int ragged, int64_t b, int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *err,
+                           size_t errlen) {
     int free_slot = -1, oldest = 0;
     for (int i = 0; i < CACHE_MAX; i++) {
         graph_t *c = g_cache[i];
@@ -512,7 +666,7 @@ static graph_t *get_plan(int bwd, int64_t s, int64_t hq, int64_t hkv, int64_t hd
             continue;
         }
         if (c->bwd == bwd && c->variant == g_cuda.cudnn_graph && c->s == s && c->hq == hq && c->hkv == hkv &&
-            c->hd == hd) {
+            c->hd == hd && c->ragged == ragged && c->b == b) {
             c->last_use = ++g_clock;
             return c;
         }
@@ -527,15 +681,21 @@ static graph_t *get_plan(int bwd, int64_t s, int64_t hq, int64_t hkv, int64_t hd
     g->hq = hq;
     g->hkv = hkv;
     g->hd = hd;
+    g->ragged = ragged;
+    g->b = b;
     g->next_uid = UID_VIRTUAL;
     double t0 = asp_now();
-    if (bwd) build_bwd(g); else build_fwd(g);
+    if (ragged) {
+        if (bwd) build_bwd_ragged(g); else build_fwd_ragged(g);
+    } else {
+        if (bwd) build_bwd(g); else build_fwd(g);
+    }
     if (make_plan(g, err, errlen) != 0) {
         graph_free(g);
         return NULL;
     }
     g->build_s = asp_now() - t0;
-    if (bwd) {
+    if (bwd && !ragged) {   /* a ragged graph's accumulators are sized by the call's rows */
         size_t dsum = asp_align_up((size_t)hq * (size_t)s * sizeof(float), ALIGN_BYTES);
         g->extra_bytes = dsum + asp_align_up((size_t)hq * (size_t)s * (size_t)hd * sizeof(float), ALIGN_BYTES);
     }
@@ -549,6 +709,10 @@ static graph_t *get_plan(int bwd, int64_t s, int64_t hq, int64_t hkv, int64_t hd
     g->last_use = ++g_clock;
     g_cache[slot] = g;
     return g;
+}
+
+static graph_t *get_plan(int bwd, int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *err, size_t errlen) {
+    return get_plan_r(bwd, 0, 1, s, hq, hkv, hd, err, errlen);
 }
 
 static graph_t *need_plan(int bwd, int64_t s, int64_t hq, int64_t hkv, int64_t hd) {
@@ -615,10 +779,132 @@ static void check_aligned(const char *graph, const char *name, const void *p) {
                 "allocate it with backend alloc or run with ASP_ATTENTION=simple", graph, name, p);
 }
 
+/* ---- packed documents: the ragged graphs ---- */
+
+/* A ragged plan serves b_pad >= n documents of at most s_pad rows: both
+ * rounded up to powers of two (s_pad at least 64) so that a few plans serve
+ * every sample; the batches past n have length 0. */
+static int64_t pow2_at_least(int64_t x, int64_t lo) {
+    int64_t p = lo;
+    while (p < x) p *= 2;
+    return p;
+}
+
+/* The index tensors from the document starts cu[0..n]: element offsets in
+ * q-like ([T, hq, hd]), kv-like ([T, hkv, hd]) and stats-like ([T, hq])
+ * tensors, and lengths; batches n..b-1 are empty documents at the end. */
+__global__ void k_ragged_index(int32_t *ro_q, int32_t *ro_kv, int32_t *ro_st, int32_t *len, const int32_t *cu,
+                               int64_t n, int64_t b, int64_t hq, int64_t hkv, int64_t hd) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i > b) return;
+    int64_t at = cu[i < n ? i : n];
+    ro_q[i] = (int32_t)(at * hq * hd);
+    ro_kv[i] = (int32_t)(at * hkv * hd);
+    ro_st[i] = (int32_t)(at * hq);
+    if (i < b) len[i] = i < n ? (int32_t)(cu[i + 1] - cu[i]) : 0;
+}
+
+/* lse [hq, T] <-> the graphs' token-major stats [T, hq] */
+__global__ void k_stats_to_lse(float *lse, const float *st, int64_t T, int64_t hq) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= T * hq) return;
+    int64_t t = i / hq, h = i % hq;
+    lse[h * T + t] = st[i];
+}
+__global__ void k_lse_to_stats(float *st, const float *lse, int64_t T, int64_t hq) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= T * hq) return;
+    int64_t t = i / hq, h = i % hq;
+    st[i] = lse[h * T + t];
+}
+
+typedef struct {
+    graph_t *g;
+    char *ws;              /* the plan's workspace */
+    int32_t *ro_q, *ro_kv, *ro_st, *len;
+    float *stats;          /* [T, hq] */
+    char *rest;            /* what follows (the backward's accumulators) */
+} ragged_call_t;
+
+/* Each index tensor starts 16-byte aligned, as every tensor of the graphs declares. */
+static size_t ragged_index_stride(int64_t b) { return asp_align_up((size_t)(b + 1) * sizeof(int32_t), 16); }
+static size_t ragged_index_bytes(int64_t b) { return asp_align_up(4 * ragged_index_stride(b), ALIGN_BYTES); }
+
+/* The plan for the call's documents and the scratch laid out for it:
+ * workspace, index tensors, stats, then `extra` bytes. */
+static ragged_call_t ragged_setup(int bwd, int64_t T, int64_t hq, int64_t hkv, int64_t hd, const attn_docs_t *docs,
+                                  size_t extra) {
+    int64_t b = pow2_at_least(docs->n_docs, 2), sp = pow2_at_least(docs->max_len, 64);
+    if (T * hq * hd > INT32_MAX)
+        asp_die(ASP_EXIT_FAILURE, "cudnn attention: %lld rows x %lld heads x %lld do not fit the ragged graphs' int32 "
+                "offsets; raise the SP degree (fewer heads per rank) or run with ASP_ATTENTION=simple",
+                (long long)T, (long long)hq, (long long)hd);
+    char err[1200];
+    graph_t *g = get_plan_r(bwd, 1, b, sp, hq, hkv, hd, err, sizeof err);
+    if (!g)
+        asp_die(ASP_EXIT_FAILURE, "cudnn attention: no cuDNN engine for the ragged (packed documents) causal GQA %s "
+                "graph with %lld documents (batch %lld of at most %lld rows) hq=%lld hkv=%lld hd=%lld (bf16, %s): %s; "
+                "run with ASP_ATTENTION=simple for packed documents", graph_name(bwd), (long long)docs->n_docs,
+                (long long)b, (long long)sp, (long long)hq, (long long)hkv, (long long)hd, g_cuda.name, err);
+    size_t wsb = asp_align_up((size_t)(g->ws_bytes > 0 ? g->ws_bytes : 1), ALIGN_BYTES), ib = ragged_index_bytes(b);
+    size_t stb = asp_align_up((size_t)T * (size_t)hq * sizeof(float), ALIGN_BYTES);
+    char *base = (char *)cuda_scratch(wsb + ib + stb + extra);
+    ragged_call_t c;
+    c.g = g;
+    c.ws = base;
+    size_t is = ragged_index_stride(b);
+    c.ro_q = (int32_t *)(base + wsb);
+    c.ro_kv = (int32_t *)(base + wsb + is);
+    c.ro_st = (int32_t *)(base + wsb + 2 * is);
+    c.len = (int32_t *)(base + wsb + 3 * is);
+    c.stats = (float *)(base + wsb + ib);
+    c.rest = base + wsb + ib + stb;
+    k_ragged_index<<<cuda_blocks((size_t)b + 1, 256), 256, 0, g_cuda.stream>>>(c.ro_q, c.ro_kv, c.ro_st, c.len, docs->cu,
+                                                                             docs->n_docs, b, hq, hkv, hd);
+    CUDA_CHECK_LAUNCH("cudnn attention ragged index");
+    return c;
+}
+
+static void ragged_fwd(void *out, float *lse, const void *q, const void *k, const void *v, int64_t T, int64_t hq,
+                       int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs) {
+    ragged_call_t c = ragged_setup(0, T, hq, hkv, hd, docs, 0);
+    float sc = scale, neg_inf = -INFINITY;
+    const int64_t uids[11] = {UID_Q, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_NEG_INF,
+                              UID_RO_Q, UID_RO_KV, UID_RO_STATS, UID_SEQ_LEN};
+    void *ptrs[11] = {(void *)q, (void *)k, (void *)v, out, c.stats, &sc, &neg_inf, c.ro_q, c.ro_kv, c.ro_st, c.len};
+    execute(c.g, 11, uids, ptrs, c.ws, NULL, 0);
+    size_t n = (size_t)T * (size_t)hq;
+    k_stats_to_lse<<<cuda_blocks(n, 256), 256, 0, g_cuda.stream>>>(lse, c.stats, T, hq);
+    CUDA_CHECK_LAUNCH("cudnn attention ragged stats");
+}
+
+static void ragged_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k, const void *v,
+                       const void *out, const float *lse, int64_t T, int64_t hq, int64_t hkv, int64_t hd, float scale,
+                       const attn_docs_t *docs) {
+    size_t dsum_b = asp_align_up((size_t)T * (size_t)hq * sizeof(float), ALIGN_BYTES);
+    size_t acc_b = (size_t)T * (size_t)hq * (size_t)hd * sizeof(float);
+    ragged_call_t c = ragged_setup(1, T, hq, hkv, hd, docs, dsum_b + acc_b);
+    size_t n = (size_t)T * (size_t)hq;
+    k_lse_to_stats<<<cuda_blocks(n, 256), 256, 0, g_cuda.stream>>>(c.stats, lse, T, hq);
+    CUDA_CHECK_LAUNCH("cudnn attention ragged stats");
+    char *dsum = c.rest, *dq_acc = c.rest + dsum_b;
+    float sc = scale, neg_inf = -INFINITY, one = 1.0f;
+    const int64_t uids[18] = {UID_Q,  UID_K,  UID_V,  UID_O,  UID_STATS, UID_SCALE, UID_NEG_INF, UID_DO,     UID_DQ,
+                              UID_DK, UID_DV, UID_ONE, UID_DSUM, UID_DQ_ACCUM, UID_RO_Q, UID_RO_KV, UID_RO_STATS,
+                              UID_SEQ_LEN};
+    void *ptrs[18] = {(void *)q, (void *)k, (void *)v, (void *)out, c.stats, &sc, &neg_inf, (void *)dout, dq,
+                      dk, dv, &one, dsum, dq_acc, c.ro_q, c.ro_kv, c.ro_st, c.len};
+    execute(c.g, 18, uids, ptrs, c.ws, dq_acc, acc_b);
+}
+
 extern "C" {
 
 void cuda_attention_cudnn_fwd(void *out, float *lse, const void *q, const void *k, const void *v, int64_t s,
-                              int64_t hq, int64_t hkv, int64_t hd, float scale) {
+                              int64_t hq, int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs) {
+    if (docs && docs->n_docs > 1) {
+        ragged_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale, docs);
+        return;
+    }
     check_aligned("forward", "q", q);
     check_aligned("forward", "k", k);
     check_aligned("forward", "v", v);
@@ -634,7 +920,11 @@ void cuda_attention_cudnn_fwd(void *out, float *lse, const void *q, const void *
 
 void cuda_attention_cudnn_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                               const void *v, const void *out, const float *lse, int64_t s, int64_t hq, int64_t hkv,
-                              int64_t hd, float scale) {
+                              int64_t hd, float scale, const attn_docs_t *docs) {
+    if (docs && docs->n_docs > 1) {
+        ragged_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale, docs);
+        return;
+    }
     const void *chk[9] = {dq, dk, dv, dout, q, k, v, out, lse};
     const char *nm[9] = {"dq", "dk", "dv", "dout", "q", "k", "v", "out", "lse"};
     for (int i = 0; i < 9; i++) check_aligned("backward", nm[i], chk[i]);
@@ -706,5 +996,9 @@ extern "C" size_t cuda_attention_cudnn_scratch_bytes(int64_t s, int64_t hq, int6
     graph_t *b = need_plan(1, s, hq, hkv, hd);
     size_t fwd = f->ws_bytes > 0 ? (size_t)f->ws_bytes : 1;
     size_t bwd = asp_align_up((size_t)b->ws_bytes, ALIGN_BYTES) + b->extra_bytes;
-    return fwd > bwd ? fwd : bwd;
+    /* packed documents (the ragged graphs) also keep token-major stats [s, hq]
+     * and their index tensors there */
+    size_t ragged = asp_align_up((size_t)s * (size_t)hq * sizeof(float), ALIGN_BYTES) +
+                    ragged_index_bytes(2 * s);   /* at most s documents, a batch below 2 s */
+    return (fwd > bwd ? fwd : bwd) + ragged;
 }

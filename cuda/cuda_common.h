@@ -128,22 +128,24 @@ void cuda_matmul_shutdown(void);
 
 /* cuda/attention.cu (simple kernels) */
 void cuda_attention_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
-                        int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
+                        int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs);
 void cuda_attention_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                         const void *v, const void *out, const float *lse,
-                        int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
+                        int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs);
+/* docs NULL: one causal sequence; else docs->start (device) bounds every row */
 void cuda_attention_simple_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
-                               int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
+                               int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs);
 void cuda_attention_simple_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                                const void *v, const void *out, const float *lse,
-                               int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
+                               int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs);
 
 /* cuda/attention_cudnn.cu (cuDNN fused flash attention, plans cached per shape) */
+/* docs with several documents run the ragged graphs (documents as the batch) */
 void cuda_attention_cudnn_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
-                              int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
+                              int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs);
 void cuda_attention_cudnn_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                               const void *v, const void *out, const float *lse,
-                              int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
+                              int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs);
 /* 1 when cuDNN builds both graphs for the shape (plans then cached), else 0
  * with the reason in why; never dies on an unsupported shape. */
 int cuda_attention_cudnn_supported(int64_t s, int64_t hq, int64_t hkv, int64_t hd, char *why, size_t whylen);

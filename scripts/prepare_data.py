@@ -465,8 +465,8 @@ def main():
                          "use a longer text or another --val-fraction")
                 with shard.ShardWriter(a.val) as val:
                     out.move_tail(n_val, val)
-                    val.commit(vocab)
-            out.commit(vocab)
+                    val.commit(vocab, eos[1] if eos else None)
+            out.commit(vocab, eos[1] if eos else None)
     except OverflowError:
         fail("a token id does not fit in 32 bits (ids must be below 2^32); this tokenizer cannot be "
              "stored in the shard format")

@@ -25,9 +25,13 @@ HEADER_BYTES = 64
 VOCAB = 256
 
 
-def shard_header(n_tokens, vocab_size):
-    """The 64-byte header of a shard of `n_tokens` tokens below `vocab_size`."""
+def shard_header(n_tokens, vocab_size, eos_id=None):
+    """The 64-byte header of a shard of `n_tokens` tokens below `vocab_size`;
+    `eos_id`, when given, is recorded as the token that ends documents (flags
+    bit 0 at offset 28, the id at offset 32)."""
     header = struct.pack("<8sIIQI", MAGIC, VERSION, TOKEN_BYTES, n_tokens, vocab_size)
+    if eos_id is not None:
+        header += struct.pack("<II", 1, eos_id)
     return header + b"\0" * (HEADER_BYTES - len(header))
 
 
@@ -87,14 +91,14 @@ class ShardWriter:
         self.f.seek(0, os.SEEK_END)
         self.n_tokens = keep
 
-    def commit(self, vocab_size):
-        """Write the header and rename the shard into place."""
+    def commit(self, vocab_size, eos_id=None):
+        """Write the header (with the EOS id when given) and rename the shard into place."""
         if self.n_tokens < 2:
             raise ValueError(f"{self.path}: only {self.n_tokens} tokens; a shard needs at least 2 "
                              "(one input and its target)")
         try:
             self.f.seek(0)
-            self.f.write(shard_header(self.n_tokens, vocab_size))
+            self.f.write(shard_header(self.n_tokens, vocab_size, eos_id))
             self.f.flush()
             os.fsync(self.f.fileno())
             self.f.close()

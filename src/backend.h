@@ -36,6 +36,18 @@
 #include "dtype.h"
 #include "opshapes.h"
 
+/* The documents one attention sequence of s rows is packed from: document i
+ * is rows [cu_host[i], cu_host[i+1]), cu_host[0] = 0, cu_host[n_docs] = s.
+ * cu and start are the same in backend memory: cu (n_docs + 1 int32) and
+ * start[t] (s int32), the first row of row t's document. */
+typedef struct {
+    int64_t n_docs;
+    int64_t max_len;            /* the longest document */
+    const int32_t *cu_host;     /* host memory */
+    const int32_t *cu;          /* backend memory */
+    const int32_t *start;       /* backend memory */
+} attn_docs_t;
+
 typedef struct backend {
     const char *name;               /* "cpu" or "cuda" */
     dtype_t act_dtype, param_dtype, grad_dtype;
@@ -125,15 +137,18 @@ typedef struct backend {
     void (*rope_split_bwd)(void *dqkv, const void *dq, const void *dk, const void *dv, const int32_t *pos,
                            const double *inv_freq, int64_t n, int64_t hq, int64_t hkv, int64_t hd, int pq, int pkv);
 
-    /* Causal grouped-query attention over one sequence of s tokens.
+    /* Causal grouped-query attention over one sequence of s tokens, or over the
+     * packed documents `docs` tiles it into (NULL: one document).
      * q, out [s, hq, hd]; k, v [s, hkv, hd]; query head h uses kv head h / (hq/hkv).
-     * lse[h, t] = log sum_j exp(scale * q_t . k_j) over j <= t (natural log, fp32). */
+     * Row t attends to rows j with start(t) <= j <= t, start(t) the first row of
+     * t's document (0 without documents):
+     * lse[h, t] = log sum_j exp(scale * q_t . k_j) over those j (natural log, fp32). */
     void (*attention_fwd)(void *out, float *lse, const void *q, const void *k, const void *v,
-                          int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
+                          int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs);
     /* dq, dk, dv overwritten */
     void (*attention_bwd)(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                           const void *v, const void *out, const float *lse,
-                          int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale);
+                          int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs);
 
     /* gu[n, 2f] = [gate | up]; out[n,f] = silu(gate) * up */
     void (*swiglu_fwd)(void *out, const void *gu, int64_t n, int64_t f);

@@ -376,6 +376,9 @@ static int write_state(const char *path, const config_t *cfg, const plan_t *plan
     int nn = numbers_of(cfg, nk);
     for (int i = 0; i < nn; i++)
         at += snprintf(buf + at, sizeof buf - (size_t)at, "%s %.17g\n", nk[i].name, nk[i].value);
+    if (st->val_step > 0)   /* the latest validation loss (data.val_path), for the record */
+        at += snprintf(buf + at, sizeof buf - (size_t)at, "val_step %" PRId64 "\nval_loss %.9g\n", st->val_step,
+                       st->val_loss);
     wfile_t w;
     if (wopen(&w, path, err, errlen) != 0 || wput(&w, buf, (size_t)at, err, errlen) != 0 ||
         wclose(&w, err, errlen) != 0)

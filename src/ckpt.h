@@ -27,6 +27,8 @@ typedef struct {
     int64_t step;               /* optimizer steps done */
     int64_t epoch, cursor;      /* loader position after `step` steps */
     uint64_t seed;              /* weight init and data order */
+    int64_t val_step;           /* step of the latest validation loss (0: none); recorded, not read back */
+    double val_loss;
 } ckpt_state_t;
 
 /* CRC-32C (Castagnoli, reflected 0x82F63B78) of `n` bytes continuing `crc`

@@ -74,7 +74,9 @@ static const cfg_key_t cfg_keys[] = {
      .default_text = "hidden_size / num_attention_heads (16)",
      .help = "width of one attention head; even, since RoPE rotates pairs"},
     {"model", "vocab_size", KT_INT, FLD(model.vocab_size), .ilo = 2, .ihi = INT32_MAX,
-     .help = "vocabulary size V (token ids are 0..V-1)"},
+     .default_text = "the data shard's header (256 without one)",
+     .help = "vocabulary size V (token ids are 0..V-1); left out, the shard's header gives it; given, a header "
+             "above it is refused"},
     {"model", "max_position_embeddings", KT_INT, FLD(model.max_position_embeddings), .ilo = 1, .ihi = BIG,
      .help = "context length the model was built for; longer seq_len only warns"},
     {"model", "rms_norm_eps", KT_FLOAT, FLD(model.rms_norm_eps), .flo = 0, .flo_open = 1, .fhi = INFINITY,
@@ -135,12 +137,26 @@ static const cfg_key_t cfg_keys[] = {
      .help = "seed of the weight initialisation and the data order"},
     {"train", "device", KT_DEVICE, FLD(train.device),
      .help = "where to train; auto picks cuda when built with it and a GPU is present"},
+    {"train", "eval_every", KT_INT, FLD(train.eval_every), .ilo = 0, .ihi = BIG,
+     .help = "optimizer steps between validation losses (data.val_path); 0: only after the last step"},
+    {"train", "eval_tokens", KT_INT, FLD(train.eval_tokens), .ilo = 0, .ihi = BIG,
+     .help = "validation tokens per evaluation, rounded up to whole global batches of seq_len samples, "
+             "always the first ones of the shard; 0: one global batch"},
     /* ---------------------------------------------------------------- data */
     {"data", "path", KT_STR, FLD(data.path),
      .help = "token file to train on, relative to the config file's folder; "
              "required to train, not for --explain"},
     {"data", "shuffle", KT_BOOL, FLD(data.shuffle),
      .help = "visit samples in a seeded random order each epoch"},
+    {"data", "documents", KT_STR, FLD(data.documents), .ilo = 1, .expect = "none or eos",
+     .help = "none: every sample is one causal stream; eos: the EOS token ends a document, and attention, "
+             "RoPE positions and targets stay within documents (docs/data.md)"},
+    {"data", "eos_token_id", KT_INT, FLD(data.eos_token_id), .ilo = -1, .ihi = INT32_MAX,
+     .help = "the EOS token id for documents: eos; -1: the id the shard's header records "
+             "(scripts/prepare_data.py --eos)"},
+    {"data", "val_path", KT_STR, FLD(data.val_path),
+     .help = "validation token shard, relative to the config file's folder: its loss is measured every "
+             "train.eval_every steps and at the end; empty: none"},
     /* ---------------------------------------------------------------- parallel */
     {"parallel", "sequence_parallel_size", KT_SP, FLD(parallel.sequence_parallel_size),
      .ilo = 1, .ihi = 1 << 20,
@@ -254,6 +270,8 @@ void config_defaults(config_t *cfg) {
     t->seed = 1234;
     t->device = DEVICE_AUTO;
     cfg->data.shuffle = 1;
+    strcpy(cfg->data.documents, "none");
+    cfg->data.eos_token_id = -1;
     cfg->parallel.sequence_parallel_size = 0;
     cfg->parallel.zero_stage = -1;
     cfg->optimizer.offload = -1;
@@ -685,6 +703,10 @@ static int validate_impl(const config_t *cfg, char *err, size_t errlen, int *bla
                         "model.rope_scaling.low_freq_factor (%s) must be smaller than "
                         "model.rope_scaling.high_freq_factor (%s); Llama 3 uses 1 and 4", a, b);
     }
+    if (strcmp(cfg->data.documents, "none") && strcmp(cfg->data.documents, "eos")) {
+        *blame = key_index("data", "documents");
+        return asp_errf(err, errlen, "data.documents: expected none or eos, got '%.32s'", cfg->data.documents);
+    }
     if (cfg->train.min_lr > cfg->train.lr) {
         char a[40], b[40];
         fmt_double(a, sizeof a, cfg->train.min_lr);
@@ -1114,6 +1136,7 @@ int config_load(config_t *cfg, const char *path, char *const *sets, int nsets, c
     }
     if (L.org[kv].kind == ORIGIN_DEFAULT && L.org[nh].kind != ORIGIN_DEFAULT)
         m->num_key_value_heads = m->num_attention_heads;
+    cfg->vocab_size_given = L.org[key_index("model", "vocab_size")].kind != ORIGIN_DEFAULT;
 
     for (int i = 0; i < NKEYS; i++) {
         cfg->origin[i].line = L.org[i].kind == ORIGIN_FILE ? L.org[i].line : 0;
@@ -1142,6 +1165,8 @@ const char *config_where(const config_t *cfg, const char *section, const char *k
     else buf[0] = 0;
     return buf;
 }
+
+int config_documents_eos(const config_t *cfg) { return !strcmp(cfg->data.documents, "eos"); }
 
 /* ------------------------------------------------------------------ paths */
 

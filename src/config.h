@@ -59,11 +59,16 @@ typedef struct {
     double grad_clip;           /* max global gradient L2 norm; 0 disables */
     uint64_t seed;              /* weight init and data order */
     device_kind_t device;       /* auto: cuda when built with it and a GPU is present */
+    int64_t eval_every;         /* steps between validation losses (0: only at the end); needs data.val_path */
+    int64_t eval_tokens;        /* validation tokens per evaluation (0: one global batch) */
 } train_config_t;
 
 typedef struct {
     char path[CFG_PATH_MAX];    /* token shard (docs/data.md); relative to the config file's folder */
     int shuffle;                /* visit samples in a seeded random order each epoch */
+    char documents[16];         /* none | eos: the EOS token ends a document (attention and positions per document) */
+    int64_t eos_token_id;       /* -1: the id the shard's header records */
+    char val_path[CFG_PATH_MAX];/* validation shard; "" none */
 } data_config_t;
 
 typedef struct {
@@ -106,6 +111,7 @@ typedef struct {
     /* Where each key's value came from (by key index; line 0: a default or
      * --set), for messages after loading: config_where. */
     struct { int line, col; const char *set; } origin[CFG_MAX_KEYS];
+    int vocab_size_given;       /* model.vocab_size came from the file, --set or from_pretrained (else the shard's header) */
 } config_t;
 
 /* "FILE:LINE:COL: " of the value of section.key in the config file, "--set
@@ -134,6 +140,9 @@ void config_print_help(FILE *out);
 
 /* Write the effective config back as YAML (recorded in the run folder). */
 int config_write_yaml(const config_t *cfg, const char *path, char *err, size_t errlen);
+
+/* data.documents is eos */
+int config_documents_eos(const config_t *cfg);
 
 const char *sac_policy_name(sac_policy_t p);
 const char *device_kind_name(device_kind_t d);

@@ -19,6 +19,9 @@
 #endif
 
 #define REMAKE "re-create it with scripts/text_to_shard.py"
+#define HDR_FLAGS 28            /* bit 0: the EOS id at HDR_EOS is recorded */
+#define HDR_EOS 32
+#define FLAG_EOS 1u
 
 static uint32_t rd32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -60,12 +63,22 @@ int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, siz
     uint32_t version = rd32(hdr + 8), token_bytes = rd32(hdr + 12);
     uint64_t n = rd64(hdr + 16);
     uint32_t vocab = rd32(hdr + 24);
-    for (int i = 28; i < SHARD_HEADER_BYTES; i++)
+    /* flags (only bit 0 is defined), the EOS id when that bit says so, then padding */
+    uint32_t flags = rd32(hdr + HDR_FLAGS);
+    if (flags & ~FLAG_EOS) {
+        asp_errf(err, errlen, "%s: header flags 0x%08" PRIx32 " set bits this build does not know (only bit 0, an "
+                 "EOS id, is defined): a damaged shard, or another format; " REMAKE, path, flags);
+        goto fail;
+    }
+    for (int i = HDR_EOS; i < SHARD_HEADER_BYTES; i++) {
+        if (i < HDR_EOS + 4 && (flags & FLAG_EOS)) continue;
         if (hdr[i]) {
-            asp_errf(err, errlen, "%s: header byte %d is 0x%02x, but bytes 28-63 are padding and must be zero "
-                     "(a damaged shard, or another format); " REMAKE, path, i, hdr[i]);
+            asp_errf(err, errlen, "%s: header byte %d is 0x%02x, but it is %s and must be zero (a damaged shard, or "
+                     "another format); " REMAKE, path, i, hdr[i], i < HDR_EOS + 4 ? "the EOS id of a shard that "
+                     "records none" : "padding (bytes 36-63)");
             goto fail;
         }
+    }
     if (version != SHARD_VERSION) {
         asp_errf(err, errlen, "%s: shard format version %" PRIu32 ", this build reads version %d; " REMAKE, path,
                  version, SHARD_VERSION);
@@ -121,6 +134,16 @@ int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, siz
             goto fail;
         }
     }
+    s->eos_token_id = -1;
+    if (rd32(hdr + HDR_FLAGS) & FLAG_EOS) {
+        uint32_t eos = rd32(hdr + HDR_EOS);
+        if (eos >= vocab) {
+            asp_errf(err, errlen, "%s: the header's EOS id %" PRIu32 " is >= its vocab_size %" PRIu32
+                     " (corrupt shard); " REMAKE, path, eos, vocab);
+            goto fail;
+        }
+        s->eos_token_id = eos;
+    }
     s->n_tokens = (int64_t)n;
     s->vocab_size = vocab;
     s->tokens = tok;
@@ -130,6 +153,22 @@ int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, siz
 fail:
     munmap(map, fsize);
     return -1;
+}
+
+int shard_peek(const char *path, uint32_t *vocab_size, int64_t *eos_token_id, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return asp_errf(err, errlen, "%s: cannot open the token shard: %s; create it with scripts/text_to_shard.py",
+                        path, strerror(errno));
+    unsigned char hdr[SHARD_HEADER_BYTES];
+    size_t got = fread(hdr, 1, sizeof hdr, f);
+    fclose(f);
+    if (got < sizeof hdr || memcmp(hdr, SHARD_MAGIC, 8) != 0)
+        return asp_errf(err, errlen, "%s: not a token shard (no %d-byte \"%s\" header); " REMAKE, path,
+                        SHARD_HEADER_BYTES, SHARD_MAGIC);
+    *vocab_size = rd32(hdr + 24);
+    *eos_token_id = rd32(hdr + HDR_FLAGS) & FLAG_EOS ? (int64_t)rd32(hdr + HDR_EOS) : -1;
+    return 0;
 }
 
 void shard_close(shard_t *s) {
@@ -143,6 +182,7 @@ typedef struct {
     const uint32_t *tokens;
     int64_t n;
     uint32_t vocab_size;
+    int64_t eos;
 } shard_out_t;
 
 static int fill_shard(FILE *f, void *ctx, char *err, size_t errlen) {
@@ -153,6 +193,10 @@ static int fill_shard(FILE *f, void *ctx, char *err, size_t errlen) {
     wr32(hdr + 12, 4);
     wr64(hdr + 16, (uint64_t)o->n);
     wr32(hdr + 24, o->vocab_size);
+    if (o->eos >= 0) {
+        wr32(hdr + HDR_FLAGS, FLAG_EOS);
+        wr32(hdr + HDR_EOS, (uint32_t)o->eos);
+    }
     if (fwrite(hdr, 1, sizeof hdr, f) != sizeof hdr) return -1;
     if (o->n > 0 && fwrite(o->tokens, sizeof *o->tokens, (size_t)o->n, f) != (size_t)o->n) return -1;
     return 0;
@@ -160,6 +204,14 @@ static int fill_shard(FILE *f, void *ctx, char *err, size_t errlen) {
 
 int shard_write(const char *path, const uint32_t *tokens, int64_t n, uint32_t vocab_size, char *err,
                 size_t errlen) {
+    return shard_write_eos(path, tokens, n, vocab_size, -1, err, errlen);
+}
+
+int shard_write_eos(const char *path, const uint32_t *tokens, int64_t n, uint32_t vocab_size, int64_t eos_token_id,
+                    char *err, size_t errlen) {
+    if (eos_token_id >= (int64_t)vocab_size)
+        return asp_errf(err, errlen, "%s: EOS id %" PRId64 " is >= vocab_size %" PRIu32, path, eos_token_id,
+                        vocab_size);
     if (n < 0) return asp_errf(err, errlen, "%s: negative token count %" PRId64, path, n);
     if (vocab_size == 0) return asp_errf(err, errlen, "%s: vocab_size must be at least 1", path);
     for (int64_t i = 0; i < n; i++)
@@ -168,7 +220,7 @@ int shard_write(const char *path, const uint32_t *tokens, int64_t n, uint32_t vo
                             "; pass the tokenizer's vocabulary size",
                             path, tokens[i], i, vocab_size);
     /* readers see the old shard or the new one, never half of one */
-    shard_out_t o = {tokens, n, vocab_size};
+    shard_out_t o = {tokens, n, vocab_size, eos_token_id};
     return asp_write_atomic(path, fill_shard, &o, err, errlen);
 }
 
@@ -242,6 +294,7 @@ int loader_init(loader_t *l, const shard_t *s, int64_t seq_len, int64_t seq_pad,
     l->seed = seed;
     l->n_samples = n_samples;
     l->order = asp_malloc((size_t)n_samples * sizeof *l->order, "loader sample order");
+    l->eos = -1;
     l->epoch = 0;
     l->cursor = 0;
     build_order(l);
@@ -253,7 +306,14 @@ void loader_free(loader_t *l) {
     l->order = NULL;
 }
 
+void loader_set_documents(loader_t *l, int64_t eos) { l->eos = eos; }
+
 int64_t loader_next(loader_t *l, int32_t *tokens, int32_t *targets, int32_t *positions) {
+    return loader_next_docs(l, tokens, targets, positions, NULL, NULL);
+}
+
+int64_t loader_next_docs(loader_t *l, int32_t *tokens, int32_t *targets, int32_t *positions, int32_t *doc_start,
+                         double *len_sq) {
     if (l->cursor < 0 || l->epoch < 0)
         asp_die(ASP_EXIT_USAGE, "loader: invalid stream position (epoch %" PRId64 ", cursor %" PRId64
                 "); the checkpoint's data position is corrupt", l->epoch, l->cursor);
@@ -269,16 +329,57 @@ int64_t loader_next(loader_t *l, int32_t *tokens, int32_t *targets, int32_t *pos
 
     const uint32_t *src = l->shard->tokens + sample * l->seq_len;
     int64_t S = l->seq_len, first = (int64_t)l->sp_rank * l->seq_local;
-    for (int64_t t = 0; t < l->seq_local; t++) {
-        int64_t p = first + t;
-        positions[t] = (int32_t)p;
-        if (p < S) {
-            tokens[t] = (int32_t)src[p];
-            targets[t] = (int32_t)src[p + 1];   /* shifted before the SP split */
-        } else {
-            tokens[t] = 0;
-            targets[t] = -1;
+    if (l->eos < 0) {
+        for (int64_t t = 0; t < l->seq_local; t++) {
+            int64_t p = first + t;
+            positions[t] = (int32_t)p;
+            if (p < S) {
+                tokens[t] = (int32_t)src[p];
+                targets[t] = (int32_t)src[p + 1];   /* shifted before the SP split */
+            } else {
+                tokens[t] = 0;
+                targets[t] = -1;
+            }
+        }
+        if (doc_start)   /* one document, and the padding after it */
+            for (int64_t p = 0; p < l->seq_pad; p++) doc_start[p] = p < S ? 0 : (int32_t)S;
+        if (len_sq) *len_sq = (double)S * (double)S;
+        return S;
+    }
+    /* Documents: every rank walks the whole sample, so all ranks of the SP
+     * group agree on the boundaries (attention sees the whole sequence). A
+     * document starts at 0 and after every EOS input; padding starts one. */
+    uint32_t eos = (uint32_t)l->eos;
+    int64_t start = 0, valid = 0, last = first + l->seq_local;
+    double sq = 0;
+    for (int64_t p = 0; p < l->seq_pad; p++) {
+        if (p == S || (p > 0 && p < S && src[p - 1] == eos)) {
+            if (p <= S) sq += (double)(p - start) * (double)(p - start);
+            start = p;
+        }
+        if (doc_start) doc_start[p] = (int32_t)start;
+        int masked = p >= S || src[p] == eos;   /* EOS predicts nothing across the boundary */
+        if (!masked) valid++;
+        if (p >= first && p < last) {
+            int64_t t = p - first;
+            positions[t] = (int32_t)(p - start);
+            tokens[t] = p < S ? (int32_t)src[p] : 0;
+            targets[t] = masked ? -1 : (int32_t)src[p + 1];
         }
     }
-    return S;
+    if (start < S) sq += (double)(S - start) * (double)(S - start);
+    if (len_sq) *len_sq = sq;
+    return valid;
+}
+
+int64_t docs_from_starts(const int32_t *doc_start, int64_t n_rows, int32_t *cu, int64_t *max_len) {
+    int64_t n = 0, mx = 0;
+    cu[0] = 0;
+    for (int64_t p = 1; p <= n_rows; p++)
+        if (p == n_rows || doc_start[p] != doc_start[p - 1]) {
+            cu[++n] = (int32_t)p;
+            if (p - cu[n - 1] > mx) mx = p - cu[n - 1];
+        }
+    if (max_len) *max_len = mx;
+    return n;
 }

@@ -19,6 +19,7 @@ typedef struct {
     char path[1024];
     int64_t n_tokens;
     uint32_t vocab_size;        /* as recorded by the writer (max token id + 1 at least) */
+    int64_t eos_token_id;       /* the EOS id the writer recorded (header flag bit 0), else -1 */
     const uint32_t *tokens;     /* mapped read-only */
     void *map;
     size_t map_bytes;
@@ -30,9 +31,16 @@ typedef struct {
 int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, size_t errlen);
 void shard_close(shard_t *s);
 
-/* Write a shard atomically (temporary file + rename). */
+/* The header fields of a shard without mapping its tokens: its vocab_size
+ * and recorded EOS id (-1 when none). 0, or -1 with a message. */
+int shard_peek(const char *path, uint32_t *vocab_size, int64_t *eos_token_id, char *err, size_t errlen);
+
+/* Write a shard atomically (temporary file + rename). eos_token_id >= 0 is
+ * recorded in the header (flag bit 0 at offset 28, the id at offset 32). */
 int shard_write(const char *path, const uint32_t *tokens, int64_t n, uint32_t vocab_size,
                 char *err, size_t errlen);
+int shard_write_eos(const char *path, const uint32_t *tokens, int64_t n, uint32_t vocab_size, int64_t eos_token_id,
+                    char *err, size_t errlen);
 
 typedef struct {
     const shard_t *shard;
@@ -46,6 +54,7 @@ typedef struct {
     /* position in the stream (what a checkpoint records) */
     int64_t epoch;
     int64_t cursor;             /* global sample index within the epoch */
+    int64_t eos;                /* >= 0: documents end with this token (loader_set_documents); -1: none */
 } loader_t;
 
 int loader_init(loader_t *l, const shard_t *s, int64_t seq_len, int64_t seq_pad,
@@ -59,5 +68,24 @@ void loader_free(loader_t *l);
  * the number of valid targets in the WHOLE sample (identical on every SP
  * rank of the group). */
 int64_t loader_next(loader_t *l, int32_t *tokens, int32_t *targets, int32_t *positions);
+
+/* Packed documents: token `eos` ends a document. Every sample then starts a
+ * document at position 0 and after every EOS input; positions count from 0
+ * within each document, the EOS input's target (the next document's first
+ * token) is masked, and padding (p >= S) is a document of its own. */
+void loader_set_documents(loader_t *l, int64_t eos);
+
+/* loader_next with the sample's documents: doc_start[p] (seq_pad entries,
+ * the WHOLE sample, the same on every SP rank) is the first position of the
+ * document of position p; NULL skips it. *len_sq (may be NULL) gets the sum
+ * over the sample's documents within S of their squared lengths (the
+ * attention work); S * S without documents. */
+int64_t loader_next_docs(loader_t *l, int32_t *tokens, int32_t *targets, int32_t *positions, int32_t *doc_start,
+                         double *len_sq);
+
+/* Document starts of one sample from its doc_start array: cu[0] = 0 <
+ * cu[1] < ... < cu[n] = n_rows. Returns n (cu has n_rows + 1 entries at
+ * most) and the longest document in *max_len. */
+int64_t docs_from_starts(const int32_t *doc_start, int64_t n_rows, int32_t *cu, int64_t *max_len);
 
 #endif

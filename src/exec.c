@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cpu/host_optim.h"
+#include "data.h"
 #include "util.h"
 
 typedef enum { PHASE_FWD, PHASE_BWD } phase_t;
@@ -26,6 +27,11 @@ struct exec {
     uint8_t *params, *grads, *master, *adam_m, *adam_v;
     uint8_t *saved, *final_hidden, *ws, *resid_grad[2], *logits, *a2a_send, *a2a_recv;
     int32_t *tokens, *targets, *positions;
+    int32_t *doc_start, *doc_cu;    /* backend memory (data.documents eos), NULL otherwise */
+    int32_t *doc_cu_host;
+    attn_docs_t docs;           /* the current sample's documents */
+    int docs_on;                /* the current sample has documents: attention takes &docs */
+    int eval;                   /* forward only (exec_eval): the loss without its gradient */
     double *rope_freq;
     float *scalars;             /* [0] loss sum, [1] gradient sum of squares */
     uint8_t *offload;
@@ -182,6 +188,10 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     e->tokens = (int32_t *)region_ptr(e, &m->tokens);
     e->targets = (int32_t *)region_ptr(e, &m->targets);
     e->positions = (int32_t *)region_ptr(e, &m->positions);
+    e->doc_start = (int32_t *)region_ptr(e, &m->doc_start);
+    e->doc_cu = (int32_t *)region_ptr(e, &m->doc_cu);
+    if (e->doc_cu)
+        e->doc_cu_host = asp_malloc((size_t)(plan->seq_pad + 1) * sizeof(int32_t), "document starts");
     e->rope_freq = (double *)region_ptr(e, &m->rope_freq);
     e->scalars = (float *)region_ptr(e, &m->scalars);
     e->offload = region_ptr(e, &m->offload);
@@ -247,6 +257,7 @@ void exec_destroy(exec_t *e) {
         else e->be->free(e->arena[a]);
     }
     free(e->bucket_sumsq);
+    free(e->doc_cu_host);
     free(e);
 }
 
@@ -690,14 +701,14 @@ static void lmhead_loss(exec_t *e, const walk_t *w, const graph_step_t *s, float
     const uint8_t *x = tensor_at(e, w, tx, PHASE_FWD);
     uint8_t *dx = grad_at(e, w, tx);
     const uint8_t *W = step_param(e, w, s);
-    uint8_t *dW = step_param_grad(e, w, s);
+    uint8_t *dW = e->eval ? NULL : step_param_grad(e, w, s);   /* validation touches no gradient */
     int64_t d = w->gp->g.t[tx].width, V = e->model->V, n = p->seq_local;
     for (int64_t c = 0; c < n; c += p->loss_chunk) {
         int64_t rows = n - c < p->loss_chunk ? n - c : p->loss_chunk;
         size_t xoff = (size_t)c * (size_t)d * e->act;
         be->matmul_fwd(e->logits, x + xoff, W, rows, d, V);
         be->xent_fwd_bwd(e->logits, &e->scalars[SCALAR_LOSS], e->targets + c, rows, V, grad_scale);
-        be->matmul_bwd(dx + xoff, 0, dW, e->logits, x + xoff, W, rows, d, V);
+        if (!e->eval) be->matmul_bwd(dx + xoff, 0, dW, e->logits, x + xoff, W, rows, d, V);
     }
 }
 
@@ -731,7 +742,7 @@ static void run_forward(exec_t *e, const walk_t *w, int si, phase_t ph, float gr
     case OP_ATTENTION:
         attention_scratch(e, w, ph == PHASE_FWD ? 0 : 1);
         be->attention_fwd(OUT(0), (float *)OUT(1), IN(0), IN(1), IN(2), n, s->heads, s->kv_heads, s->head_dim,
-                          (float)(1.0 / sqrt((double)s->head_dim)));
+                          (float)(1.0 / sqrt((double)s->head_dim)), e->docs_on ? &e->docs : NULL);
         attention_scratch(e, w, -1);
         break;
     case OP_ADD:
@@ -833,7 +844,8 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
         for (int i = 0; i < 3; i++) need_overwrite(w, si, i);
         attention_scratch(e, w, 2);
         be->attention_bwd(DIN(0), DIN(1), DIN(2), DOUT(0), IN(0), IN(1), IN(2), OUT(0), (const float *)OUT(1), n,
-                          s->heads, s->kv_heads, s->head_dim, (float)(1.0 / sqrt((double)s->head_dim)));
+                          s->heads, s->kv_heads, s->head_dim, (float)(1.0 / sqrt((double)s->head_dim)),
+                          e->docs_on ? &e->docs : NULL);
         attention_scratch(e, w, -1);
         break;
     case OP_ADD: {
@@ -1099,16 +1111,32 @@ static void grad_drain_all(exec_t *e) {
 
 void (*exec_progress_hook)(int phase, int layer, int layers) = NULL;
 
-static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
+/* The sample's inputs into the plan's buffers; its documents, when it has
+ * them, become the attention's (the whole sample's, on every SP rank). */
+static void load_batch(exec_t *e, const exec_batch_t *b) {
     const plan_t *p = e->plan;
     const backend_t *be = e->be;
-    const int L = (int)e->model->L, tail = plan_n_buckets(p) - 1;
-    const int tied = e->model->cfg.tie_word_embeddings;
     size_t nbytes = (size_t)p->seq_local * sizeof(int32_t);
     be->to_device(e->tokens, b->tokens, nbytes);
     be->to_device(e->targets, b->targets, nbytes);
     be->to_device(e->positions, b->positions, nbytes);
+    e->docs_on = 0;
+    if (!b->doc_start) return;
+    if (!e->doc_start)
+        asp_die(ASP_EXIT_FAILURE, "internal: a batch carries documents but the plan has no document buffers "
+                "(compiled without data.documents: eos)");
+    int64_t max_len = 0, n = docs_from_starts(b->doc_start, p->seq_pad, e->doc_cu_host, &max_len);
+    be->to_device(e->doc_start, b->doc_start, (size_t)p->seq_pad * sizeof(int32_t));
+    be->to_device(e->doc_cu, e->doc_cu_host, (size_t)(n + 1) * sizeof(int32_t));
+    e->docs = (attn_docs_t){n, max_len, e->doc_cu_host, e->doc_cu, e->doc_start};
+    e->docs_on = 1;
+}
 
+/* Forward over the prologue, the layers and the epilogue (the loss). */
+static void forward_all(exec_t *e, float grad_scale) {
+    const plan_t *p = e->plan;
+    const int L = (int)e->model->L, tail = plan_n_buckets(p) - 1;
+    const int tied = e->model->cfg.tie_word_embeddings;
     walk_t pro = walk_of(e, &p->prologue, -1), epi = walk_of(e, &p->epilogue, -1);
     need_weights(e, 0);
     prefetch_weights(e, 1, 0);
@@ -1126,9 +1154,19 @@ static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
     need_weights(e, tail);
     if (tied) need_weights(e, 0);
     prefetch_weights(e, L, tail);
-    grad_begin(e, tail);
-    if (tied) grad_begin(e, 0);
+    if (!e->eval) {
+        grad_begin(e, tail);
+        if (tied) grad_begin(e, 0);
+    }
     graph_forward(e, &epi, grad_scale);
+}
+
+static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
+    const plan_t *p = e->plan;
+    const int L = (int)e->model->L, tail = plan_n_buckets(p) - 1;
+    load_batch(e, b);
+    forward_all(e, grad_scale);
+    walk_t pro = walk_of(e, &p->prologue, -1), epi = walk_of(e, &p->epilogue, -1);
     graph_backward(e, &epi);
     bucket_done(e, tail);  /* a tied LM head's gradient is the embedding's */
     for (int l = L - 1; l >= 0; l--) {
@@ -1343,6 +1381,30 @@ static void host_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_
     pthread_cond_broadcast(&e->ho.cv);
     pthread_mutex_unlock(&e->ho.mu);
     res->grad_norm = sqrt((double)sumsq);
+}
+
+void exec_eval(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid, exec_result_t *res) {
+    const plan_t *p = e->plan;
+    const backend_t *be = e->be;
+    double valid = 0;
+    for (int64_t i = 0; i < p->micro_steps; i++) valid += (double)sample_valid[i];
+    e->host_coll->allreduce_sum(e->ranks->dp, &valid, 1, DT_F64);
+    if (valid < 1) asp_die(ASP_EXIT_USAGE, "the validation batch has no valid targets: check data.val_path");
+    be->zero(e->scalars, p->mem.scalars.bytes);
+    /* the gradient buffers stay as they are: the next step zeroes them anyway */
+    e->eval = 1;
+    for (int64_t i = 0; i < p->micro_steps; i++) {
+        load_batch(e, &batches[i]);
+        forward_all(e, 0.0f);
+    }
+    e->eval = 0;
+    e->coll->allreduce_sum(e->ranks->world, &e->scalars[SCALAR_LOSS], 1, DT_F32);
+    float loss_sum = 0;
+    coll_wait(e);
+    be->to_host(&loss_sum, &e->scalars[SCALAR_LOSS], sizeof loss_sum);
+    res->loss = (double)loss_sum / valid;
+    res->valid_targets = (int64_t)valid;
+    res->grad_norm = 0;
 }
 
 void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res) {

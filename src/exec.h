@@ -20,7 +20,9 @@ typedef struct exec exec_t;
 typedef struct {
     const int32_t *tokens;
     const int32_t *targets;     /* -1: no loss at this position */
-    const int32_t *positions;   /* global positions (RoPE) */
+    const int32_t *positions;   /* RoPE positions (global, or within the document) */
+    const int32_t *doc_start;   /* packed documents: plan->seq_pad entries for the WHOLE sample, the first
+                                 * position of each position's document (loader_next_docs); NULL: one causal stream */
 } exec_batch_t;
 
 typedef struct {
@@ -57,6 +59,11 @@ extern void (*exec_progress_hook)(int phase, int layer, int layers);
 
 void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid,
                            exec_result_t *res);
+
+/* Forward only over `micro_steps` samples, the loss as exec_forward_backward
+ * computes it (the same plan and buffers; no backward, no gradient touched):
+ * the validation loss. Fills loss and valid_targets. */
+void exec_eval(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid, exec_result_t *res);
 
 /* Clip and AdamW on this rank's shard, then gather the weights. Fills grad_norm.
  * With the optimizer on the host, AdamW runs on a worker thread beside the

@@ -11,6 +11,7 @@
 
 #include "backend.h"
 #include "config.h"
+#include "data.h"
 #include "hf.h"
 #include "model/model.h"
 #include "parallel/parallel.h"
@@ -234,6 +235,23 @@ int main(int argc, char **argv) {
     if (config_load(&cfg, cli.config, cli.sets, cli.nsets, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
     /* model.from_pretrained: the model keys come from the folder's config.json */
     if (hf_apply_pretrained(&cfg, cli.sets, cli.nsets, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
+    /* The vocabulary comes from the shard's header unless the config (or the
+     * Hugging Face folder) gives it; a header above the model's is refused. */
+    if (cfg.model.from_pretrained[0]) cfg.vocab_size_given = 1;
+    char shard_path[CFG_PATH_MAX];
+    uint32_t shard_vocab = 0;
+    int64_t shard_eos = -1;
+    if (cfg.data.path[0] && config_resolve_path(&cfg, cfg.data.path, shard_path, sizeof shard_path) == 0 &&
+        shard_peek(shard_path, &shard_vocab, &shard_eos, err, sizeof err) == 0) {
+        if (!cfg.vocab_size_given) {
+            cfg.model.vocab_size = shard_vocab;
+        } else if ((int64_t)shard_vocab > cfg.model.vocab_size) {
+            usage_error(&ranks, "%s: the header of %s records vocab_size %u, above the model vocab_size %lld: token "
+                        "ids up to %u would not fit the model; leave model.vocab_size out to take the shard's, or "
+                        "tokenize with the model's tokenizer", cli.config, shard_path, (unsigned)shard_vocab,
+                        (long long)cfg.model.vocab_size, (unsigned)shard_vocab - 1);
+        }
+    }
     model_t model;
     if (model_build(&model, &cfg.model, err, sizeof err) != 0) usage_error(&ranks, "%s: %s", cli.config, err);
     if (lead_rank && cfg.train.seq_len > cfg.model.max_position_embeddings) {

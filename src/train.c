@@ -181,10 +181,14 @@ static void report_memory(exec_t *e, const plan_t *plan, int lead) {
 
 /* Write the checkpoint of `step` (collective). A failure is reported, and
  * training goes on: the previous checkpoint is still whole. */
+/* The latest validation loss, recorded in checkpoints. */
+static int64_t val_step_last;
+static double val_loss_last;
+
 static int save_checkpoint(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t *r,
                            const coll_ops_t *host_coll, const loader_t *loader, int64_t step) {
     char err[4096];
-    ckpt_state_t st = {step, loader->epoch, loader->cursor, loader->seed};
+    ckpt_state_t st = {step, loader->epoch, loader->cursor, loader->seed, val_step_last, val_loss_last};
     double t0 = asp_now();
     if (ckpt_save(cfg, plan, e, r, host_coll, &st, err, sizeof err) != 0) {
         if (r->world_rank == 0) asp_warn("checkpoint of step %lld failed: %s", (long long)step, err);
@@ -253,6 +257,46 @@ static int resume_run(const config_t *cfg, const plan_t *plan, exec_t *e, const 
     return rs;
 }
 
+/* The EOS id that ends documents (data.documents: eos): data.eos_token_id,
+ * else the one the shard's header records. */
+static int64_t documents_eos(const config_t *cfg, const shard_t *shard, const model_t *m) {
+    int64_t eos = cfg->data.eos_token_id >= 0 ? cfg->data.eos_token_id : shard->eos_token_id;
+    if (eos < 0)
+        asp_die(ASP_EXIT_USAGE, "data.documents is eos, but data.eos_token_id is not set and %s records no EOS id; "
+                "make the shard with scripts/prepare_data.py --eos or set data.eos_token_id", shard->path);
+    if (eos >= m->V)
+        asp_die(ASP_EXIT_USAGE, "data.eos_token_id %lld is >= the model vocab_size %lld; give the id of the "
+                "tokenizer's EOS token", (long long)eos, (long long)m->V);
+    return eos;
+}
+
+/* Validation: the first rounds of val_loader's shard (in order), one global
+ * batch per round, forward only; the mean over all their valid targets. */
+typedef struct {
+    shard_t shard;
+    loader_t loader;
+    int64_t rounds;
+} val_t;
+
+static double run_eval(exec_t *e, const plan_t *plan, val_t *v, exec_batch_t *batches, int32_t *tok, int32_t *tgt,
+                       int32_t *pos, int32_t *docs, int64_t *valid, int64_t *tokens_out) {
+    int64_t mb = plan->micro_steps, nl = plan->seq_local;
+    v->loader.epoch = 0;
+    v->loader.cursor = 0;
+    double sum = 0, count = 0;
+    for (int64_t round = 0; round < v->rounds; round++) {
+        for (int64_t i = 0; i < mb; i++)
+            valid[i] = loader_next_docs(&v->loader, tok + i * nl, tgt + i * nl, pos + i * nl,
+                                        docs ? docs + i * plan->seq_pad : NULL, NULL);
+        exec_result_t res;
+        exec_eval(e, batches, valid, &res);
+        sum += res.loss * (double)res.valid_targets;
+        count += (double)res.valid_targets;
+    }
+    *tokens_out = v->rounds * mb * plan->dp * plan->seq_len;
+    return sum / count;
+}
+
 int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, const coll_ops_t *coll,
               const coll_ops_t *host_coll, const ranks_t *r, const train_opts_t *opts) {
     char err[2048];
@@ -273,6 +317,36 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     if (loader_init(&loader, &shard, plan->seq_len, plan->seq_pad, r->sp_rank, r->sp_size, r->dp_rank, r->dp_size,
                     cfg->data.shuffle, tc->seed, err, sizeof err) != 0)
         asp_die(ASP_EXIT_USAGE, "%s", err);
+    const int documents = config_documents_eos(cfg);
+    int64_t eos = documents ? documents_eos(cfg, &shard, m) : -1;
+    loader_set_documents(&loader, eos);
+
+    /* ---- validation shard (data.val_path) */
+    val_t val;
+    int have_val = cfg->data.val_path[0] != 0;
+    memset(&val, 0, sizeof val);
+    if (have_val) {
+        char val_path[CFG_PATH_MAX];
+        if (config_resolve_path(cfg, cfg->data.val_path, val_path, sizeof val_path) != 0)
+            asp_die(ASP_EXIT_USAGE, "data.val_path is too long");
+        if (shard_open(&val.shard, val_path, m->V, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
+        if (loader_init(&val.loader, &val.shard, plan->seq_len, plan->seq_pad, r->sp_rank, r->sp_size, r->dp_rank,
+                        r->dp_size, 0, tc->seed, err, sizeof err) != 0)
+            asp_die(ASP_EXIT_USAGE, "data.val_path: %s", err);
+        loader_set_documents(&val.loader, eos);
+        int64_t per_round = tc->global_batch_size * tc->seq_len;
+        int64_t want = tc->eval_tokens > 0 ? tc->eval_tokens : per_round;
+        val.rounds = (want + per_round - 1) / per_round;
+        int64_t have = val.loader.n_samples / tc->global_batch_size;
+        if (val.rounds > have) {
+            if (lead)
+                asp_warn("data.val_path %s holds %lld samples of %lld tokens, fewer than train.eval_tokens %lld ask "
+                         "for: evaluating on %lld tokens", val_path, (long long)val.loader.n_samples,
+                         (long long)tc->seq_len, (long long)want,
+                         (long long)((have > 0 ? have : 1) * per_round));
+            val.rounds = have > 0 ? have : 1;
+        }
+    }
 
     /* ---- run folder: the effective config and the metrics log */
     FILE *metrics = NULL;
@@ -290,7 +364,7 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     if (cfg->model.from_pretrained[0]) hf_train_import(e, cfg, m);
 
     /* ---- resume (io.resume) and the metrics log */
-    ckpt_state_t resumed = {0, 0, 0, tc->seed};
+    ckpt_state_t resumed = {0, 0, 0, tc->seed, 0, 0};
     int rs = resume_run(cfg, plan, e, r, host_coll, &loader, &resumed, &metrics);
     if (rs < 0) {
         exec_destroy(e);
@@ -304,12 +378,17 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     int32_t *tgt = asp_malloc((size_t)(mb * nl) * sizeof(int32_t), "batch targets");
     int32_t *pos = asp_malloc((size_t)(mb * nl) * sizeof(int32_t), "batch positions");
     int64_t *valid = asp_malloc((size_t)mb * sizeof(int64_t), "batch counts");
+    /* documents: every rank holds the whole sample's document starts */
+    int32_t *docs = documents ? asp_malloc((size_t)(mb * plan->seq_pad) * sizeof(int32_t), "batch documents") : NULL;
     exec_batch_t *batches = asp_malloc((size_t)mb * sizeof(exec_batch_t), "batches");
     for (int64_t i = 0; i < mb; i++) {
         batches[i].tokens = tok + i * nl;
         batches[i].targets = tgt + i * nl;
         batches[i].positions = pos + i * nl;
+        batches[i].doc_start = docs ? docs + i * plan->seq_pad : NULL;
     }
+    /* FLOPs of a step with documents: 6N per token plus each document's causal attention */
+    const double attn_flops_per_sq = 6.0 * (double)m->L * (double)(m->hq * m->hd);
     double *losses = asp_calloc((size_t)tc->steps, sizeof(double), "loss history");
     float *dump_grads = NULL;
 
@@ -321,7 +400,7 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     size_t peak_bytes = 0;
     double t_start = asp_now(), t_timed = 0, tokens_timed = 0, first_loss = 0, last_loss = 0;
     /* the step line averages over the steps since the previous line */
-    double win_time = 0, win_tokens = 0;
+    double win_time = 0, win_tokens = 0, win_flops = 0;
     int64_t win_steps = 0, n_timed = 0;
     int64_t step = resumed.step, saved_step = resumed.step;
     if (lead) {
@@ -366,7 +445,19 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         progress.step = step;
         progress.micro = 0;
         progress.t0 = progress.last = t0;
-        for (int64_t i = 0; i < mb; i++) valid[i] = loader_next(&loader, tok + i * nl, tgt + i * nl, pos + i * nl);
+        double len_sq = 0;
+        for (int64_t i = 0; i < mb; i++) {
+            double sq = 0;
+            valid[i] = loader_next_docs(&loader, tok + i * nl, tgt + i * nl, pos + i * nl,
+                                        docs ? docs + i * plan->seq_pad : NULL, &sq);
+            len_sq += sq;
+        }
+        double step_flops = plan->flops_per_step;
+        if (documents) {
+            /* SP ranks of a group hold the same samples: sum over DP */
+            host_coll->allreduce_sum(r->dp, &len_sq, 1, DT_F64);
+            step_flops = plan_flops_per_token(m, 0) * tokens_per_step + attn_flops_per_sq * len_sq;
+        }
         exec_result_t res;
         exec_forward_backward(e, batches, valid, &res);
         if (opts->dump_path && step == resumed.step + 1) {
@@ -401,7 +492,8 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         win_time += dt;
         win_tokens += tokens_per_step;
         win_steps++;
-        double tps = tokens_per_step / dt, tflops = plan->flops_per_step / dt / 1e12 / r->world_size;
+        win_flops += step_flops;
+        double tps = tokens_per_step / dt, tflops = step_flops / dt / 1e12 / r->world_size;
         double mfu = peak_tflops > 0 ? tflops / peak_tflops : 0;
         size_t used = exec_measured_bytes(e);
         if (used > peak_bytes) peak_bytes = used;
@@ -409,7 +501,7 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
             /* rates over the window since the previous line; ETA from the
              * mean step after the first (which also builds library plans) */
             double w_tps = win_tokens / win_time, w_ms = win_time / (double)win_steps * 1e3;
-            double w_tflops = plan->flops_per_step * (double)win_steps / win_time / 1e12 / r->world_size;
+            double w_tflops = win_flops / win_time / 1e12 / r->world_size;
             double mean_dt = n_timed > 0 ? t_timed / (double)n_timed : dt;
             char rate[32], el[24], eta[24];
             char extra[96] = "", comm[96] = "", host[48] = "";
@@ -429,7 +521,7 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
                    fmt_duration(el, sizeof el, asp_now() - t_start),
                    fmt_duration(eta, sizeof eta, mean_dt * (double)(tc->steps - step)));
             fflush(stdout);
-            win_time = win_tokens = 0;
+            win_time = win_tokens = win_flops = 0;
             win_steps = 0;
         }
         if (metrics) {
@@ -442,6 +534,27 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
                     (double)peak_bytes / GIB, (long long)res.valid_targets, ct.a2a_s * 1e3, ct.grad_s * 1e3,
                     ct.grad_exposed_s * 1e3, host_work * 1e3, host_exposed * 1e3);
             if (fflush(metrics) != 0 || ferror(metrics)) metrics_failed(cfg, errno);
+        }
+        if (have_val && ((tc->eval_every > 0 && step % tc->eval_every == 0) || step == tc->steps)) {
+            double te = asp_now();
+            int64_t vt = 0;
+            double vl = run_eval(e, plan, &val, batches, tok, tgt, pos, docs, valid, &vt);
+            if (!isfinite(vl))
+                asp_die(ASP_EXIT_FAILURE, "validation loss is %f at step %lld: training diverged (lower train.lr?)", vl,
+                        (long long)step);
+            val_step_last = step;
+            val_loss_last = vl;
+            double ms = (asp_now() - te) * 1e3;
+            if (lead) {
+                printf("eval %6lld/%lld | val loss %.4f | %lld tokens | %.1f ms\n", (long long)step,
+                       (long long)tc->steps, vl, (long long)vt, ms);
+                fflush(stdout);
+            }
+            if (metrics) {
+                fprintf(metrics, "{\"step\": %lld, \"val_loss\": %.6f, \"val_tokens\": %lld, \"val_ms\": %.3f}\n",
+                        (long long)step, vl, (long long)vt, ms);
+                fflush(metrics);
+            }
         }
         if (cfg->io.save_every > 0 && step % cfg->io.save_every == 0 && step < tc->steps &&
             save_checkpoint(cfg, plan, e, r, host_coll, &loader, step) == 0)
@@ -475,6 +588,7 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     free(dump_grads);
     free(losses);
     free(batches);
+    free(docs);
     free(valid);
     free(pos);
     free(tgt);
@@ -482,6 +596,10 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     exec_destroy(e);
     loader_free(&loader);
     shard_close(&shard);
+    if (have_val) {
+        loader_free(&val.loader);
+        shard_close(&val.shard);
+    }
     /* SIGUSR2 asks for a clean stop: with its checkpoint written that is a
      * success (status 0), so mpirun does not report the job as aborted. */
     if (stop_signal == SIGUSR2) {

@@ -110,14 +110,14 @@ int main(int argc, char **argv) {
         /* the first call builds (and maybe tunes) the plan: timed on the host */
         G->synchronize();
         double t0 = asp_now();
-        if (bwd) G->attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale);
-        else G->attention_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale);
+        if (bwd) G->attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale, NULL);
+        else G->attention_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale, NULL);
         G->synchronize();
         double first = asp_now() - t0;
         for (int i = 0; i < warmup + runs; i++) {
             void *a = cuda_event_record();
-            if (bwd) G->attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale);
-            else G->attention_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale);
+            if (bwd) G->attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale, NULL);
+            else G->attention_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale, NULL);
             float t = cuda_event_elapsed_ms(a, cuda_event_record());
             if (i >= warmup) ms[i - warmup] = t;
         }

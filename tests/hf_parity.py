@@ -7,7 +7,11 @@ saved in shards), autosp-train loads the folder (model.from_pretrained), runs
 one step on the same tokens (--dump-grads) with SP = 1 and SP = 2, and its
 loss and every parameter's gradient must match transformers' to 1e-4
 (relative). Then a few training steps with io.export_hf: transformers loads
-the exported folder and computes the same loss as autosp-train on it.
+the exported folder and computes the same loss as autosp-train on it. And
+packed documents (data.documents: eos): transformers with per-document
+position_ids and a block-diagonal causal mask gives the loss and gradients of
+the engine on the packed sample (SP = 1 and 2), and both equal transformers
+run on each document alone.
 
 Exit status 77 (skipped) when torch or transformers cannot be imported.
 With --devices cpu,cuda the engine also runs each model on the GPU in bf16,
@@ -97,6 +101,47 @@ def hf_loss_and_grads(model, tokens, S):
     return loss.item()
 
 
+def hf_packed_loss_and_grads(model, tokens, S, eos):
+    """The packed sample as one sequence: positions restart after every EOS
+    input, attention stays in the document (an additive block-diagonal causal
+    mask, which eager attention adds to its scores), the EOS input's target is
+    ignored."""
+    model.zero_grad(set_to_none=True)
+    ids = torch.tensor(tokens[:S + 1], dtype=torch.long)
+    doc = torch.zeros(S, dtype=torch.long)
+    for p in range(1, S):
+        doc[p] = doc[p - 1] + (1 if tokens[p - 1] == eos else 0)
+    first = torch.tensor([min(q for q in range(S) if doc[q] == doc[p]) for p in range(S)])
+    pos = torch.arange(S) - first
+    allowed = (doc[:, None] == doc[None, :]) & (torch.arange(S)[None, :] <= torch.arange(S)[:, None])
+    mask = torch.zeros(S, S).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
+    labels = ids[1:S + 1].clone()
+    labels[ids[:S] == eos] = -100
+    logits = model(input_ids=ids[None, :S], position_ids=pos[None], attention_mask=mask).logits[0].float()
+    loss = F.cross_entropy(logits, labels, ignore_index=-100)
+    loss.backward()
+    return loss.item()
+
+
+def hf_docs_alone(model, tokens, S, eos):
+    """Each document as its own sequence; loss and gradients summed with the
+    global count of valid targets (what the packed sample must equal)."""
+    model.zero_grad(set_to_none=True)
+    starts = [0] + [p + 1 for p in range(S - 1) if tokens[p] == eos]
+    ends = starts[1:] + [S + 1]
+    total = sum(e - b - 1 for b, e in zip(starts, ends))
+    loss_sum = 0.0
+    for b, e in zip(starts, ends):
+        if e - b < 2:
+            continue
+        ids = torch.tensor(tokens[b:e], dtype=torch.long)
+        logits = model(input_ids=ids[None, :-1]).logits[0].float()
+        loss = F.cross_entropy(logits, ids[1:], reduction="sum") / total
+        loss.backward()
+        loss_sum += loss.item()
+    return loss_sum
+
+
 class Runner:
     def __init__(self, args):
         self.args = args
@@ -177,6 +222,47 @@ class Runner:
                          TOL_BF16_LOSS, TOL_BF16_GRAD)
         return model_dir, shard, tokens
 
+    def packed(self, name, spec, lens, eos):
+        """Documents of `lens` tokens (each ended by EOS) packed into one sample."""
+        torch.manual_seed(sum(map(ord, name)))
+        cfg = make_config(spec)
+        model = LlamaForCausalLM(cfg).float()
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "norm" in n:
+                    p.add_(0.1 * torch.randn_like(p))
+        model_dir = os.path.join(self.tmp, "hf-" + name)
+        model.save_pretrained(model_dir)
+        g = torch.Generator().manual_seed(11)
+        tokens = []
+        for n in lens:
+            body = torch.randint(0, cfg.vocab_size - 1, (n - 1,), generator=g)
+            tokens += [t + 1 if t >= eos else t for t in body.tolist()] + [eos]   # no EOS inside a document
+        S = len(tokens) - 1
+        shard = os.path.join(self.tmp, name + ".tok")
+        self.write_shard(shard, tokens, cfg.vocab_size)
+        hf_loss = hf_packed_loss_and_grads(model, tokens, S, eos)
+        params = dict(model.named_parameters())
+        packed_grads = {n: params[n].grad.detach().clone() for n in param_names(cfg)}
+        alone_loss = hf_docs_alone(model, tokens, S, eos)
+        worst = max(((packed_grads[n] - params[n].grad).norm() / params[n].grad.norm()).item()
+                    for n in param_names(cfg))
+        self.check(f"{name}: transformers packed (position_ids + block-diagonal mask) = each document alone",
+                   abs(hf_loss - alone_loss) <= TOL * abs(alone_loss) and worst <= TOL,
+                   f"loss {hf_loss:.7f} vs {alone_loss:.7f}, worst gradient rel {worst:.1e}")
+        hf_loss = hf_packed_loss_and_grads(model, tokens, S, eos)   # the packed gradients again, for compare
+        docs = ["--set", "data.documents=eos", "--set", f"data.eos_token_id={eos}"]
+        (losses, grad), _ = self.engine(name, model_dir, shard, S, 1, extra=docs)
+        self.compare(f"{name} packed documents SP=1", model, cfg, hf_loss, losses, grad)
+        if self.args.mpirun:
+            (losses, grad), _ = self.engine(name + "-sp2", model_dir, shard, S, 1, np=2,
+                                            extra=docs + ["--set", "parallel.sequence_parallel_size=2"])
+            self.compare(f"{name} packed documents SP=2 (S={S} padded)", model, cfg, hf_loss, losses, grad)
+        if "cuda" in self.args.devices:
+            (losses, grad), _ = self.engine(name + "-cuda", model_dir, shard, S, 1, device="cuda", extra=docs)
+            self.compare(f"{name} packed documents on the GPU (bf16)", model, cfg, hf_loss, losses, grad,
+                         TOL_BF16_LOSS, TOL_BF16_GRAD)
+
     def export(self, name, model_dir, shard, tokens, S, device="cpu"):
         """Train 3 steps (on `device`) and export; transformers and autosp-train (fp32) agree on the exported model."""
         name = name if device == "cpu" else f"{name}-{device}"
@@ -210,6 +296,8 @@ def main():
     d, sh, tok = r.case("tied", dict(tiny, tie_word_embeddings=True), S)
     r.export("tied", d, sh, tok, S)
     r.case("untied", dict(tiny, tie_word_embeddings=False), S)
+    # packed documents: lengths that P = 2 does not divide, an EOS-only document; S = 65 (padded to 66 on 2 ranks)
+    r.packed("packed", dict(tiny, tie_word_embeddings=False), [20, 1, 9, 31, 2, 3], eos=3)
     d, sh, tok = r.case("llama3-rope", dict(tiny, tie_word_embeddings=False, rope=llama3), S)
     r.export("llama3-rope", d, sh, tok, S)
     if "cuda" in args.devices:

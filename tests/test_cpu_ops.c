@@ -545,7 +545,7 @@ END_TEST
 typedef struct { float *q, *k, *v, *R, *out, *lse; int64_t s, hq, hkv, hd; float scale; } attn_ctx;
 static double attn_loss(void *c) {
     attn_ctx *a = c;
-    be->attention_fwd(a->out, a->lse, a->q, a->k, a->v, a->s, a->hq, a->hkv, a->hd, a->scale);
+    be->attention_fwd(a->out, a->lse, a->q, a->k, a->v, a->s, a->hq, a->hkv, a->hd, a->scale, NULL);
     return dotd(a->R, a->out, (size_t)(a->s * a->hq * a->hd));
 }
 
@@ -562,7 +562,7 @@ START_TEST(test_attention_fd) {
     attn_loss(&c);
     float *dq = fzeros(nq), *dk = fzeros(nk), *dv = fzeros(nk);
     poison(dq, nq); poison(dk, nk); poison(dv, nk);
-    be->attention_bwd(dq, dk, dv, c.R, c.q, c.k, c.v, c.out, c.lse, s, hq, hkv, hd, c.scale);
+    be->attention_bwd(dq, dk, dv, c.R, c.q, c.k, c.v, c.out, c.lse, s, hq, hkv, hd, c.scale, NULL);
     assert_finite("attention dq", dq, nq);
     assert_finite("attention dk", dk, nk);
     assert_finite("attention dv", dv, nk);
@@ -574,6 +574,52 @@ START_TEST(test_attention_fd) {
     snprintf(what, sizeof what, "attention dv (s=%lld hq=%lld hkv=%lld)", (long long)s, (long long)hq, (long long)hkv);
     fd_check(what, attn_loss, &c, c.v, dv, nk, FD_H, &r);
     free(c.q); free(c.k); free(c.v); free(c.R); free(c.out); free(c.lse); free(dq); free(dk); free(dv);
+}
+END_TEST
+
+/* Attention over packed documents equals attention over each document
+ * alone (its rows copied out), forward and backward: lengths 5, 1, 13, 1, 17
+ * with GQA. Nothing of one document reaches another. */
+START_TEST(test_attention_documents) {
+    trng_t r = {481};
+    const int64_t s = 37, hq = 4, hkv = 2, hd = 8;
+    const int32_t cu[6] = {0, 5, 6, 19, 20, 37};
+    int32_t start[37];
+    for (int d = 0; d < 5; d++)
+        for (int32_t t = cu[d]; t < cu[d + 1]; t++) start[t] = cu[d];
+    attn_docs_t docs = {5, 17, cu, cu, start};
+    size_t nq = (size_t)(s * hq * hd), nk = (size_t)(s * hkv * hd);
+    float scale = 0.35f;
+    float *q = frand(&r, nq, 1.5), *k = frand(&r, nk, 1.5), *v = frand(&r, nk, 1.0), *dout = frand(&r, nq, 1.0);
+    float *out = fzeros(nq), *lse = fzeros((size_t)(hq * s)), *dq = fzeros(nq), *dk = fzeros(nk), *dv = fzeros(nk);
+    poison(out, nq); poison(lse, (size_t)(hq * s)); poison(dq, nq); poison(dk, nk); poison(dv, nk);
+    be->attention_fwd(out, lse, q, k, v, s, hq, hkv, hd, scale, &docs);
+    be->attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, s, hq, hkv, hd, scale, &docs);
+    for (int d = 0; d < 5; d++) {
+        int64_t a = cu[d], n = cu[d + 1] - cu[d];
+        size_t mq = (size_t)(n * hq * hd), mk = (size_t)(n * hkv * hd);
+        float *o1 = fzeros(mq), *l1 = fzeros((size_t)(hq * n)), *q1 = fzeros(mq), *k1 = fzeros(mk), *v1 = fzeros(mk);
+        poison(o1, mq); poison(l1, (size_t)(hq * n)); poison(q1, mq); poison(k1, mk); poison(v1, mk);
+        be->attention_fwd(o1, l1, q + a * hq * hd, k + a * hkv * hd, v + a * hkv * hd, n, hq, hkv, hd, scale, NULL);
+        be->attention_bwd(q1, k1, v1, dout + a * hq * hd, q + a * hq * hd, k + a * hkv * hd, v + a * hkv * hd, o1, l1,
+                          n, hq, hkv, hd, scale, NULL);
+        for (size_t i = 0; i < mq; i++) {
+            ck_assert_float_eq_tol(out[a * hq * hd + (int64_t)i], o1[i], 1e-6);
+            ck_assert_float_eq_tol(dq[a * hq * hd + (int64_t)i], q1[i], 1e-6);
+        }
+        for (size_t i = 0; i < mk; i++) {
+            ck_assert_float_eq_tol(dk[a * hkv * hd + (int64_t)i], k1[i], 1e-6);
+            ck_assert_float_eq_tol(dv[a * hkv * hd + (int64_t)i], v1[i], 1e-6);
+        }
+        for (int64_t h = 0; h < hq; h++)
+            for (int64_t t = 0; t < n; t++) ck_assert_float_eq_tol(lse[h * s + a + t], l1[h * n + t], 1e-6);
+        free(o1); free(l1); free(q1); free(k1); free(v1);
+    }
+    /* a one-row document attends to itself only: its output is its value row */
+    for (int64_t h = 0; h < hq; h++)
+        for (int64_t i = 0; i < hd; i++)
+            ck_assert_float_eq_tol(out[(5 * hq + h) * hd + i], v[(5 * hkv + h * hkv / hq) * hd + i], 1e-6);
+    free(q); free(k); free(v); free(dout); free(out); free(lse); free(dq); free(dk); free(dv);
 }
 END_TEST
 
@@ -607,7 +653,7 @@ START_TEST(test_attention_fwd) {
     }
     poison(out, nq);
     poison(lse, (size_t)(hq * s));
-    be->attention_fwd(out, lse, q, k, v, s, hq, hkv, hd, (float)scale);
+    be->attention_fwd(out, lse, q, k, v, s, hq, hkv, hd, (float)scale, NULL);
     ck_assert_double_lt(rel_err_d(out, ref, nq), 1e-5);
     ck_assert_double_lt(rel_err_d(lse, lref, (size_t)(hq * s)), 1e-6);
     /* the first query sees only the first key */
@@ -892,8 +938,8 @@ static void run_attn_mm(int threads, float *outs[6], const float *q, const float
                         int64_t hd, int64_t n, int64_t kk, int64_t m) {
     omp_set_num_threads(threads);
     float *lse = fzeros((size_t)(hq * s));
-    be->attention_fwd(outs[0], lse, q, k, v, s, hq, hkv, hd, 0.3f);
-    be->attention_bwd(outs[1], outs[2], outs[3], dout, q, k, v, outs[0], lse, s, hq, hkv, hd, 0.3f);
+    be->attention_fwd(outs[0], lse, q, k, v, s, hq, hkv, hd, 0.3f, NULL);
+    be->attention_bwd(outs[1], outs[2], outs[3], dout, q, k, v, outs[0], lse, s, hq, hkv, hd, 0.3f, NULL);
     be->matmul_fwd(outs[4], x, w, n, kk, m);
     memset(outs[5], 0, (size_t)(n * kk + m * kk) * 4);
     be->matmul_bwd(outs[5], 0, outs[5] + n * kk, dmm, x, w, n, kk, m);
@@ -944,6 +990,7 @@ static Suite *cpu_suite(void) {
     tcase_add_test(tc, test_rope_packed);
     int nshapes = (int)(sizeof attn_shapes / sizeof attn_shapes[0]);
     tcase_add_loop_test(tc, test_attention_fwd, 0, nshapes);
+    tcase_add_test(tc, test_attention_documents);
     tcase_add_loop_test(tc, test_attention_fd, 0, nshapes);
     tcase_add_test(tc, test_swiglu);
     tcase_add_test(tc, test_embedding);

@@ -458,8 +458,8 @@ static void attention_cases_variant(const char *impl, const char *graph) {
                 buf_t q = mk((size_t)(s * hq * hd), DT_BF16, 1.0, 0), k = mk((size_t)(s * hkv * hd), DT_BF16, 1.0, 0),
                       v = mk((size_t)(s * hkv * hd), DT_BF16, 1.0, 0);
                 buf_t out = mk_out((size_t)(s * hq * hd), DT_BF16), lse = mk_out((size_t)(hq * s), DT_F32);
-                G->attention_fwd(out.g, lse.g, q.g, k.g, v.g, s, hq, hkv, hd, scale);
-                C->attention_fwd(out.c, lse.c, q.c, k.c, v.c, s, hq, hkv, hd, scale);
+                G->attention_fwd(out.g, lse.g, q.g, k.g, v.g, s, hq, hkv, hd, scale, NULL);
+                C->attention_fwd(out.c, lse.c, q.c, k.c, v.c, s, hq, hkv, hd, scale, NULL);
                 char name[160];
                 snprintf(name, sizeof name, "attention_fwd[%s] out s=%lld hq=%lld hkv=%lld hd=%lld", label,
                          (long long)s, (long long)hq, (long long)hkv, (long long)hd);
@@ -473,8 +473,8 @@ static void attention_cases_variant(const char *impl, const char *graph) {
                 G->from_f32(lse.g, DT_F32, lse.c, lse.n);
                 buf_t dout = mk((size_t)(s * hq * hd), DT_BF16, 1.0, 0);
                 buf_t dq = mk_out(q.n, DT_BF16), dk = mk_out(k.n, DT_BF16), dv = mk_out(v.n, DT_BF16);
-                G->attention_bwd(dq.g, dk.g, dv.g, dout.g, q.g, k.g, v.g, out.g, lse.g, s, hq, hkv, hd, scale);
-                C->attention_bwd(dq.c, dk.c, dv.c, dout.c, q.c, k.c, v.c, out.c, lse.c, s, hq, hkv, hd, scale);
+                G->attention_bwd(dq.g, dk.g, dv.g, dout.g, q.g, k.g, v.g, out.g, lse.g, s, hq, hkv, hd, scale, NULL);
+                C->attention_bwd(dq.c, dk.c, dv.c, dout.c, q.c, k.c, v.c, out.c, lse.c, s, hq, hkv, hd, scale, NULL);
                 const char *nm[3] = {"dq", "dk", "dv"};
                 buf_t *gb[3] = {&dq, &dk, &dv};
                 if (cudnn) check_plans(graph, s, hq, hkv, hd);
@@ -500,6 +500,73 @@ START_TEST(t_attention_cudnn_tuned) {
     attention_cases_variant("cudnn", "tuned");
     select_attention("cudnn");
 }
+END_TEST
+
+/* Packed documents: the CUDA attention (simple kernels, cuDNN's ragged
+ * graphs) against the CPU reference with the same documents. Lengths that
+ * are not multiples of any tile, one-row documents, a document count that is
+ * not a power of two; and at 8192 rows documents of 500 to 2500 rows. */
+static void attention_docs_cases(const char *impl) {
+    select_attention(impl);
+    const int64_t lens_a[] = {1, 7, 100, 33, 250, 1};
+    const int64_t lens_b[] = {517, 2500, 1203, 64, 1999, 811, 998};   /* 8192 rows */
+    const int64_t *lens[2] = {lens_a, lens_b};
+    const int nlen[2] = {6, 7};
+    const int64_t hh[][3] = {{8, 2, 64}, {4, 4, 128}, {8, 1, 64}};
+    for (int c = 0; c < 2; c++)
+        for (int a = 0; a < 3; a++) {
+            if (c == 1 && a != 0) continue;   /* the CPU reference's time */
+            int64_t hq = hh[a][0], hkv = hh[a][1], hd = hh[a][2], n = nlen[c], s = 0;
+            int32_t cu[8];
+            cu[0] = 0;
+            for (int i = 0; i < n; i++) cu[i + 1] = (int32_t)(s += lens[c][i]);
+            int32_t *start = malloc((size_t)s * sizeof(int32_t));
+            int64_t max_len = 0;
+            for (int i = 0; i < n; i++) {
+                for (int32_t t = cu[i]; t < cu[i + 1]; t++) start[t] = cu[i];
+                if (cu[i + 1] - cu[i] > max_len) max_len = cu[i + 1] - cu[i];
+            }
+            int32_t *cu_g = G->alloc(sizeof cu, "test document starts"), *start_g = G->alloc((size_t)s * 4, "test starts");
+            G->to_device(cu_g, cu, sizeof cu);
+            G->to_device(start_g, start, (size_t)s * 4);
+            attn_docs_t dc = {n, max_len, cu, cu, start}, dg = {n, max_len, cu, cu_g, start_g};
+            float scale = 1.0f / sqrtf((float)hd);
+            buf_t q = mk((size_t)(s * hq * hd), DT_BF16, 1.0, 0), k = mk((size_t)(s * hkv * hd), DT_BF16, 1.0, 0),
+                  v = mk((size_t)(s * hkv * hd), DT_BF16, 1.0, 0);
+            buf_t out = mk_out((size_t)(s * hq * hd), DT_BF16), lse = mk_out((size_t)(hq * s), DT_F32);
+            G->attention_fwd(out.g, lse.g, q.g, k.g, v.g, s, hq, hkv, hd, scale, &dg);
+            C->attention_fwd(out.c, lse.c, q.c, k.c, v.c, s, hq, hkv, hd, scale, &dc);
+            char name[160];
+            snprintf(name, sizeof name, "attention_fwd[%s, %lld documents] out s=%lld hq=%lld hkv=%lld hd=%lld", impl,
+                     (long long)n, (long long)s, (long long)hq, (long long)hkv, (long long)hd);
+            cmp(name, &out, 1e-2);
+            snprintf(name, sizeof name, "attention_fwd[%s, %lld documents] lse s=%lld", impl, (long long)n, (long long)s);
+            cmp(name, &lse, 1e-3);
+            for (size_t i = 0; i < out.n; i++) out.c[i] = bf16_round(out.c[i]);
+            G->from_f32(out.g, DT_BF16, out.c, out.n);
+            G->from_f32(lse.g, DT_F32, lse.c, lse.n);
+            buf_t dout = mk((size_t)(s * hq * hd), DT_BF16, 1.0, 0);
+            buf_t dq = mk_out(q.n, DT_BF16), dk = mk_out(k.n, DT_BF16), dv = mk_out(v.n, DT_BF16);
+            G->attention_bwd(dq.g, dk.g, dv.g, dout.g, q.g, k.g, v.g, out.g, lse.g, s, hq, hkv, hd, scale, &dg);
+            C->attention_bwd(dq.c, dk.c, dv.c, dout.c, q.c, k.c, v.c, out.c, lse.c, s, hq, hkv, hd, scale, &dc);
+            const char *nm[3] = {"dq", "dk", "dv"};
+            buf_t *gb[3] = {&dq, &dk, &dv};
+            for (int i = 0; i < 3; i++) {
+                snprintf(name, sizeof name, "attention_bwd[%s, %lld documents] %s s=%lld hq=%lld hkv=%lld hd=%lld",
+                         impl, (long long)n, nm[i], (long long)s, (long long)hq, (long long)hkv, (long long)hd);
+                cmp(name, gb[i], 2e-2);
+            }
+            drop(&q); drop(&k); drop(&v); drop(&out); drop(&lse); drop(&dout); drop(&dq); drop(&dk); drop(&dv);
+            G->free(cu_g);
+            G->free(start_g);
+            free(start);
+        }
+}
+
+START_TEST(t_attention_docs_simple) { attention_docs_cases("simple"); }
+END_TEST
+
+START_TEST(t_attention_docs_cudnn) { attention_docs_cases("cudnn"); }
 END_TEST
 
 /* Host copy of n elements of a device tensor, as fp32. */
@@ -545,13 +612,13 @@ START_TEST(t_attention_cudnn_vs_simple) {
         rng = saved;
         void *out = G->alloc(nq * 2, "out"), *lse = G->alloc(nl * 4, "lse");
         void *dq = G->alloc(nq * 2, "dq"), *dk = G->alloc(nk * 2, "dk"), *dv = G->alloc(nk * 2, "dv");
-        G->attention_fwd(out, lse, q.g, k.g, v.g, s, hq, hkv, hd, scale);
+        G->attention_fwd(out, lse, q.g, k.g, v.g, s, hq, hkv, hd, scale, NULL);
         res[0] = fetch(out, DT_BF16, nq);
         res[1] = fetch(lse, DT_F32, nl);
         /* the backward of both passes sees the simple forward's out and lse */
         G->from_f32(out, DT_BF16, ref[0], nq);
         G->from_f32(lse, DT_F32, ref[1], nl);
-        G->attention_bwd(dq, dk, dv, dout.g, q.g, k.g, v.g, out, lse, s, hq, hkv, hd, scale);
+        G->attention_bwd(dq, dk, dv, dout.g, q.g, k.g, v.g, out, lse, s, hq, hkv, hd, scale, NULL);
         res[2] = fetch(dq, DT_BF16, nq);
         res[3] = fetch(dk, DT_BF16, nk);
         res[4] = fetch(dv, DT_BF16, nk);
@@ -781,6 +848,8 @@ int main(void) {
     tcase_add_test(tc, t_attention_cudnn);
     tcase_add_test(tc, t_attention_cudnn_tuned);
     tcase_add_test(tc, t_attention_cudnn_vs_simple);
+    tcase_add_test(tc, t_attention_docs_simple);
+    tcase_add_test(tc, t_attention_docs_cudnn);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     /* one process: the CUDA context is not fork-safe */

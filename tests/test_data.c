@@ -402,6 +402,74 @@ START_TEST(test_python_writer) {
 }
 END_TEST
 
+/* Packed documents: token 3 ends a document. Sample 0 (S = 10, padded to
+ * 12 for 4 SP ranks) holds documents [0,3) [3,5) [5,6) [6,10) and padding
+ * [10,12); sample 1 has no EOS. Every rank gets its slice of positions
+ * (restarting per document), tokens and targets (the EOS input's masked),
+ * and the same whole-sample document starts and valid count. */
+START_TEST(test_documents) {
+    const uint32_t E = 3;
+    uint32_t t[21] = {5, 6, E, 7, E, E, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22};
+    const char *p = tpath("docs.tok");
+    ck_assert_int_eq(shard_write_eos(p, t, 21, 256, E, errbuf, sizeof errbuf), 0);
+    shard_t sh;
+    ck_assert_int_eq(shard_open(&sh, p, 256, errbuf, sizeof errbuf), 0);
+    ck_assert_int_eq(sh.eos_token_id, E);
+    uint32_t vocab = 0;
+    int64_t eos = 0;
+    ck_assert_int_eq(shard_peek(p, &vocab, &eos, errbuf, sizeof errbuf), 0);
+    ck_assert_uint_eq(vocab, 256);
+    ck_assert_int_eq(eos, E);
+
+    const int32_t want_start[12] = {0, 0, 0, 3, 3, 5, 6, 6, 6, 6, 10, 10};
+    const int32_t want_pos[12] = {0, 1, 2, 0, 1, 0, 0, 1, 2, 3, 0, 1};
+    const int32_t want_tok[12] = {5, 6, 3, 7, 3, 3, 8, 9, 10, 11, 0, 0};
+    const int32_t want_tgt[12] = {6, 3, -1, 3, -1, -1, 9, 10, 11, 12, -1, -1};
+    for (int r = 0; r < 4; r++) {
+        loader_t l;
+        ck_assert_int_eq(loader_init(&l, &sh, 10, 0, r, 4, 0, 1, 0, 1, errbuf, sizeof errbuf), 0);
+        ck_assert_int_eq(l.seq_pad, 12);
+        loader_set_documents(&l, E);
+        int32_t tok[3], tgt[3], pos[3], start[12];
+        double sq = 0;
+        ck_assert_int_eq(loader_next_docs(&l, tok, tgt, pos, start, &sq), 7);
+        ck_assert(sq == 9 + 4 + 1 + 16);
+        for (int i = 0; i < 12; i++) ck_assert_int_eq(start[i], want_start[i]);
+        for (int i = 0; i < 3; i++) {
+            ck_assert_int_eq(pos[i], want_pos[3 * r + i]);
+            ck_assert_int_eq(tok[i], want_tok[3 * r + i]);
+            ck_assert_int_eq(tgt[i], want_tgt[3 * r + i]);
+        }
+        /* sample 1: no EOS, one document over all of S; padding its own */
+        ck_assert_int_eq(loader_next_docs(&l, tok, tgt, pos, start, &sq), 10);
+        ck_assert(sq == 100);
+        for (int i = 0; i < 12; i++) ck_assert_int_eq(start[i], i < 10 ? 0 : 10);
+        for (int i = 0; i < 3; i++) {
+            int g = 3 * r + i;
+            ck_assert_int_eq(pos[i], g < 10 ? g : g - 10);
+            ck_assert_int_eq(tgt[i], g < 10 ? (int32_t)t[10 + g + 1] : -1);
+        }
+        loader_free(&l);
+    }
+    int32_t cu[13];
+    int64_t max_len = 0;
+    ck_assert_int_eq(docs_from_starts(want_start, 12, cu, &max_len), 5);
+    const int32_t want_cu[6] = {0, 3, 5, 6, 10, 12};
+    for (int i = 0; i < 6; i++) ck_assert_int_eq(cu[i], want_cu[i]);
+    ck_assert_int_eq(max_len, 4);
+    shard_close(&sh);
+
+    /* a shard without a recorded EOS, and an EOS id the vocabulary lacks */
+    ck_assert_int_eq(shard_write(p, t, 21, 256, errbuf, sizeof errbuf), 0);
+    ck_assert_int_eq(shard_peek(p, &vocab, &eos, errbuf, sizeof errbuf), 0);
+    ck_assert_int_eq(eos, -1);
+    ck_assert_int_eq(shard_write_eos(p, t, 21, 256, 256, errbuf, sizeof errbuf), -1);
+    ck_assert_ptr_nonnull(strstr(errbuf, "EOS id 256"));
+    ck_assert_int_eq(shard_peek(tpath("none.tok"), &vocab, &eos, errbuf, sizeof errbuf), -1);
+    ck_assert_ptr_nonnull(strstr(errbuf, "none.tok"));
+}
+END_TEST
+
 static Suite *data_suite(void) {
     Suite *su = suite_create("data");
     TCase *tc = tcase_create("shard");
@@ -417,6 +485,7 @@ static Suite *data_suite(void) {
     tcase_add_test(tc, test_dp_order);
     tcase_add_test(tc, test_shuffle_epochs);
     tcase_add_test(tc, test_epoch_wrap_dp);
+    tcase_add_test(tc, test_documents);
     suite_add_tcase(su, tc);
     return su;
 }

@@ -84,7 +84,7 @@ static void setup_keeps(fx_t *f, const char *policy, keeps_t k) {
             f->pos[b * n + i] = (int32_t)i;
         }
         f->valid[b] = n - 1;
-        f->batch[b] = (exec_batch_t){f->tok + b * n, f->tgt + b * n, f->pos + b * n};
+        f->batch[b] = (exec_batch_t){f->tok + b * n, f->tgt + b * n, f->pos + b * n, NULL};
     }
 }
 

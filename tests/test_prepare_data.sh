@@ -75,7 +75,9 @@ def shard(path):
     data = open(path, "rb").read()
     magic, version, width, n, vocab = struct.unpack_from("<8sIIQI", data)
     assert (magic, version, width, vocab) == (b"ASPTOKS1", 1, 4, 301), (path, magic, version, width, vocab)
-    assert data[28:64] == bytes(36) and len(data) == 64 + 4 * n, path
+    # --eos records its id: flags bit 0 at offset 28, the id at 32, the rest zero
+    assert struct.unpack_from("<II", data, 28) == (1, 300), (path, data[28:36])
+    assert data[36:64] == bytes(28) and len(data) == 64 + 4 * n, path
     ids = array.array("I", data[64:])
     if sys.byteorder != "little":
         ids.byteswap()
@@ -112,6 +114,7 @@ tmp, a_path, b_path = sys.argv[1:]
 tok = Tokenizer.from_file(f"{tmp}/tok/tokenizer.json")
 data = open(f"{tmp}/folder.tok", "rb").read()
 assert struct.unpack_from("<I", data, 24)[0] == 512
+assert data[28:64] == bytes(36)   # no --eos: no EOS id recorded
 want = []
 for p in (a_path, b_path):
     want += tok.encode(open(p, encoding="utf-8", newline="").read(), add_special_tokens=False).ids
@@ -122,25 +125,28 @@ else
     cat "$TMP/out2"; bad "prepare_data.py on a folder failed"
 fi
 
-# 3. the engine trains on it with the tokenizer's vocab_size, and refuses it with the bytes' 256
+# 3. the engine takes its vocab_size from the shard's header (301), trains on
+#    it with the recorded EOS ending documents, and refuses a smaller model
+#    vocab_size naming both
 export OMP_NUM_THREADS=2
-if "$BIN" "$top_srcdir/configs/tiny.yaml" --set data.path="$TMP/train.tok" --set model.vocab_size=301 \
+if "$BIN" "$top_srcdir/configs/tiny.yaml" --set data.path="$TMP/train.tok" --set data.documents=eos \
         --set train.steps=2 --set train.device=cpu --set io.run_dir="$TMP/run" --set io.save_at_end=false \
         >"$TMP/train.log" 2>&1; then
-    python3 - "$TMP/run/metrics.jsonl" <<'PY' && ok "autosp-train trains 2 steps on it (model.vocab_size=301)" || bad "training metrics"
+    python3 - "$TMP/run/metrics.jsonl" "$TMP/run/config.yaml" <<'PY' && ok "autosp-train trains 2 steps on it (vocab_size 301 and EOS 300 from the header)" || bad "training metrics"
 import json, math, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows), rows
 assert abs(rows[0]["loss"] - math.log(301)) < 0.3, f"first loss {rows[0]['loss']}, ln 301 = {math.log(301)}"
+assert "vocab_size: 301" in open(sys.argv[2]).read()
 PY
 else
     cat "$TMP/train.log"; bad "training on the shard failed"
 fi
-"$BIN" "$top_srcdir/configs/tiny.yaml" --set data.path="$TMP/train.tok" --set train.steps=1 --set train.device=cpu \
-    --set io.run_dir="$TMP/run256" >"$TMP/train256.log" 2>&1
+"$BIN" "$top_srcdir/configs/tiny.yaml" --set data.path="$TMP/train.tok" --set model.vocab_size=256 --set train.steps=1 \
+    --set train.device=cpu --set io.run_dir="$TMP/run256" >"$TMP/train256.log" 2>&1
 rc=$?
-if [ $rc -eq 2 ] && grep -q "model vocab_size 256" "$TMP/train256.log"; then
-    ok "model.vocab_size 256 refuses the shard (ids up to 300)"
+if [ $rc -eq 2 ] && grep -q "records vocab_size 301, above the model vocab_size 256" "$TMP/train256.log"; then
+    ok "model.vocab_size 256 refuses the shard's 301, naming both"
 else
     cat "$TMP/train256.log"; bad "model.vocab_size 256: status $rc"
 fi

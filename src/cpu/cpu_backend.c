@@ -481,9 +481,22 @@ static inline float dotf(const float *a, const float *b, int64_t n) {
     return s;
 }
 
+/* First row of row t's document (0 without documents). */
+static inline int64_t doc_first(const attn_docs_t *docs, int64_t t) { return docs ? docs->start[t] : 0; }
+
+static void check_docs(const char *op, const attn_docs_t *docs, int64_t s) {
+    if (!docs) return;
+    for (int64_t t = 0; t < s; t++)
+        if (docs->start[t] < 0 || docs->start[t] > t || (t > 0 && docs->start[t] < docs->start[t - 1]))
+            asp_die(ASP_EXIT_FAILURE, "cpu backend: %s: document start %d of row %lld is not a row at or before it "
+                    "that follows the previous row's; the document table is corrupt", op, (int)docs->start[t],
+                    (long long)t);
+}
+
 static void cpu_attention_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
-                              int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale) {
+                              int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs) {
     check_gqa("attention_fwd", hq, hkv);
+    check_docs("attention_fwd", docs, s);
     int64_t group = hq / hkv;
     #pragma omp parallel
     {
@@ -496,18 +509,19 @@ static void cpu_attention_fwd(void *out, float *lse, const void *q, const void *
             for (int64_t t = 0; t < s; t++) {
                 int64_t g = h / group;
                 const float *qr = CF(q) + (t * hq + h) * hd;
+                const int64_t j0 = doc_first(docs, t);
                 float mx = -INFINITY;
-                for (int64_t j = 0; j <= t; j++) {
+                for (int64_t j = j0; j <= t; j++) {
                     sc[j] = scale * dotf(qr, CF(k) + (j * hkv + g) * hd, hd);
                     if (sc[j] > mx) mx = sc[j];
                 }
                 double sum = 0;
-                for (int64_t j = 0; j <= t; j++) {
+                for (int64_t j = j0; j <= t; j++) {
                     sc[j] = expf(sc[j] - mx);
                     sum += sc[j];
                 }
                 for (int64_t i = 0; i < hd; i++) acc[i] = 0.0f;
-                for (int64_t j = 0; j <= t; j++) {
+                for (int64_t j = j0; j <= t; j++) {
                     const float *vr = CF(v) + (j * hkv + g) * hd;
                     float p = sc[j];
                     for (int64_t i = 0; i < hd; i++) acc[i] += p * vr[i];
@@ -525,8 +539,9 @@ static void cpu_attention_fwd(void *out, float *lse, const void *q, const void *
 
 static void cpu_attention_bwd(void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                               const void *v, const void *out, const float *lse,
-                              int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale) {
+                              int64_t s, int64_t hq, int64_t hkv, int64_t hd, float scale, const attn_docs_t *docs) {
     check_gqa("attention_bwd", hq, hkv);
+    check_docs("attention_bwd", docs, s);
     int64_t group = hq / hkv;
     const float *Q = CF(q), *K = CF(k), *V = CF(v), *DO = CF(dout), *O = CF(out);
     /* D[h,t] = dout_t . out_t, the softmax backward's row term. */
@@ -551,7 +566,7 @@ static void cpu_attention_bwd(void *dq, void *dk, void *dv, const void *dout, co
                 const float *qr = Q + (t * hq + h) * hd, *dor = DO + (t * hq + h) * hd;
                 float l = lse[h * s + t], Dt = D[h * s + t];
                 for (int64_t i = 0; i < hd; i++) acc[i] = 0.0f;
-                for (int64_t j = 0; j <= t; j++) {
+                for (int64_t j = doc_first(docs, t); j <= t; j++) {
                     const float *kr = K + (j * hkv + g) * hd, *vr = V + (j * hkv + g) * hd;
                     float p = expf(scale * dotf(qr, kr, hd) - l);
                     float ds = p * (dotf(dor, vr, hd) - Dt);
@@ -575,8 +590,11 @@ static void cpu_attention_bwd(void *dq, void *dk, void *dv, const void *dout, co
             for (int64_t j = 0; j < s; j++) {
                 const float *kr = K + (j * hkv + g) * hd, *vr = V + (j * hkv + g) * hd;
                 for (int64_t i = 0; i < hd; i++) ak[i] = av[i] = 0.0f;
+                /* the query rows of j's document from j on (starts never decrease) */
+                int64_t t_end = docs ? j + 1 : s;
+                while (t_end < s && doc_first(docs, t_end) <= j) t_end++;
                 for (int64_t h = g * group; h < (g + 1) * group; h++) {
-                    for (int64_t t = j; t < s; t++) {
+                    for (int64_t t = j; t < t_end; t++) {
                         const float *qr = Q + (t * hq + h) * hd, *dor = DO + (t * hq + h) * hd;
                         float p = expf(scale * dotf(qr, kr, hd) - lse[h * s + t]);
                         float ds = p * (dotf(dor, vr, hd) - D[h * s + t]);

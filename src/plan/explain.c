@@ -178,16 +178,24 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
     fprintf(out, "  loss         LM head + cross entropy in chunks of %lld tokens; loss = sum over valid targets / "
                  "global count of valid targets (padded targets masked)\n",
             (long long)p->loss_chunk);
-    fprintf(out, "  rope         global positions: rank r's tokens are r*%lld .. r*%lld+%lld\n",
-            (long long)p->seq_local, (long long)p->seq_local, (long long)p->seq_local - 1);
+    if (config_documents_eos(cfg)) {
+        fprintf(out, "  documents    the EOS token ends a document: attention block-diagonal causal over the whole "
+                     "sample's documents (every SP rank holds their %lld starts), the EOS input's target masked\n",
+                (long long)p->seq_pad);
+        fprintf(out, "  rope         positions restart at 0 at every document start\n");
+    } else {
+        fprintf(out, "  rope         global positions: rank r's tokens are r*%lld .. r*%lld+%lld\n",
+                (long long)p->seq_local, (long long)p->seq_local, (long long)p->seq_local - 1);
+    }
     fprintf(out, "  checkpoint   policy %s%s\n", plan_policy_name(cfg->checkpointing.policy),
             cfg->checkpointing.offload ? ", host offload allowed" : "");
     if (p->target.memory_bytes > 0)
         fprintf(out, "  budget       %s per rank (%s reserved for libraries)\n",
                 fmtb(b1, sizeof b1, p->target.memory_bytes), fmtb(b2, sizeof b2, p->target.reserved_bytes));
     else fprintf(out, "  budget       unlimited\n");
-    fprintf(out, "  flops        %.3e per optimizer step (6N + causal attention), recompute adds %.3e\n",
-            p->flops_per_step, p->recompute_flops_per_step);
+    fprintf(out, "  flops        %.3e per optimizer step (6N + causal attention%s), recompute adds %.3e\n",
+            p->flops_per_step, config_documents_eos(cfg) ? " as one document: a step counts its documents' own" : "",
+            p->recompute_flops_per_step);
 
     fprintf(out, "\nPROLOGUE (shapes per rank)\n");
     graph_steps(p, &p->prologue, out);

@@ -425,6 +425,10 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     mem->tokens = place(end, ARENA_WORKSPACE, sl * 4);
     mem->targets = place(end, ARENA_WORKSPACE, sl * 4);
     mem->positions = place(end, ARENA_WORKSPACE, sl * 4);
+    if (config_documents_eos(cfg)) {   /* every rank holds the whole sample's documents */
+        mem->doc_start = place(end, ARENA_WORKSPACE, (size_t)p->seq_pad * 4);
+        mem->doc_cu = place(end, ARENA_WORKSPACE, (size_t)(p->seq_pad + 1) * 4);
+    }
     mem->rope_freq = place(end, ARENA_WORKSPACE, (size_t)(m->hd / 2) * 8);
     mem->scalars = place(end, ARENA_WORKSPACE, 16 * 4);
     mem->scratch = place(end, ARENA_WORKSPACE, scratch);

@@ -130,6 +130,7 @@ typedef struct {
     region_t logits;        /* one loss chunk [loss_chunk, V]: inside the workspace, after the epilogue's buffers */
     region_t a2a_send, a2a_recv; /* Ulysses staging for the largest all-to-all */
     region_t tokens, targets, positions; /* int32 [seq_local] */
+    region_t doc_start, doc_cu; /* data.documents eos: int32 [seq_pad] and [seq_pad + 1] (attn_docs_t) */
     region_t rope_freq;     /* fp64 [hd/2] inverse frequencies */
     region_t scalars;       /* fp32 scalars: loss sum, gradient sum of squares (16 floats) */
     region_t scratch;       /* the backend's op scratch (target.scratch_bytes at op_shapes) */
