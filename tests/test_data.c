@@ -154,9 +154,13 @@ START_TEST(test_bad_files) {
     memcpy(c, b, bn);
     ((uint32_t *)(c + 64))[5] = 250;
     expect_open_error(c, bn, 0, "token 250 at index 5 is >= the vocab_size 200 recorded in the header");
-    /* header padding that is not zero */
-    memcpy(c, b, bn); c[28] = 1;
-    expect_open_error(c, bn, 0, "header byte 28 is 0x01, but bytes 28-63 are padding and must be zero");
+    /* header flags beyond the EOS bit, an EOS id the flags do not record, padding that is not zero */
+    memcpy(c, b, bn); c[28] = 2;
+    expect_open_error(c, bn, 0, "header flags 0x00000002 set bits this build does not know");
+    memcpy(c, b, bn); c[32] = 7;
+    expect_open_error(c, bn, 0, "header byte 32 is 0x07, but it is the EOS id of a shard that records none");
+    memcpy(c, b, bn); c[36] = 1;
+    expect_open_error(c, bn, 0, "header byte 36 is 0x01, but it is padding (bytes 36-63) and must be zero");
     memcpy(c, b, bn); c[63] = 0xff;
     expect_open_error(c, bn, 0, "header byte 63 is 0xff");
     /* a FIFO or a folder as data.path: refused without blocking */
