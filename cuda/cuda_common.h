@@ -58,7 +58,7 @@ typedef struct {
     /* activation offload: copies on their own stream, ordered by events */
     cudaStream_t copy_stream;
     cudaEvent_t copy_issue;         /* the compute point a copy starts after */
-    cudaEvent_t copy_tag[8];        /* the last copy of each tag (BACKEND_COPY_TAGS) */
+    cudaEvent_t copy_tag[BACKEND_COPY_TAGS]; /* the last copy of each tag */
     cudaEvent_t *copy_ev;           /* timing pairs: copies (busy) and waits (exposed) */
     int *copy_ev_kind;              /* per pair: 0 copy, 1 wait */
     int copy_ev_n, copy_ev_cap;     /* events in use, allocated */

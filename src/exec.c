@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -26,7 +27,8 @@ struct exec {
     int32_t *tokens, *targets, *positions;
     double *rope_freq;
     float *scalars;             /* [0] loss sum, [1] gradient sum of squares */
-    uint8_t *offload;
+    uint8_t *offload, *offload_stage; /* host slots; device staging slots (memplan_t) */
+    size_t host_bytes;          /* pinned host memory this rank allocated */
     int shards;                 /* ranks sharing the optimizer state (1 for ZeRO-0) */
     int shard_rank;             /* which slice of every bucket this rank owns (0 for ZeRO-0) */
     int last_micro;             /* the micro-step that completes the gradients: buckets reduce as they finish */
@@ -130,7 +132,23 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     for (int a = 0; a < ARENA__COUNT; a++) {
         size_t bytes = plan->mem.arena_bytes[a];
         if (!bytes) continue;
-        e->arena[a] = a == ARENA_HOST ? be->host_alloc(bytes, what[a]) : be->alloc(bytes, what[a]);
+        if (a != ARENA_HOST) {
+            e->arena[a] = be->alloc(bytes, what[a]);
+            continue;
+        }
+        /* before the first step: a node that cannot give the host tier is a clear refusal */
+        e->arena[a] = be->host_alloc(bytes, what[a]);
+        if (!e->arena[a]) {
+            char need[32], phys[32];
+            long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+            asp_die(ASP_EXIT_USAGE,
+                    "cannot allocate %s of pinned host memory for %s on rank %d (this node has %s in all, shared "
+                    "by its ranks); lower checkpointing.host_budget_gib, set checkpointing.offload false, lower "
+                    "train.seq_len or add ranks",
+                    asp_fmt_bytes(need, sizeof need, (double)bytes), what[a], r->world_rank,
+                    pages > 0 && page > 0 ? asp_fmt_bytes(phys, sizeof phys, (double)pages * (double)page) : "?");
+        }
+        e->host_bytes = bytes;
     }
     const memplan_t *m = &plan->mem;
     e->params = region_ptr(e, &m->params);
@@ -152,6 +170,7 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     e->rope_freq = (double *)region_ptr(e, &m->rope_freq);
     e->scalars = (float *)region_ptr(e, &m->scalars);
     e->offload = region_ptr(e, &m->offload);
+    e->offload_stage = region_ptr(e, &m->offload_stage);
     /* the backend's op scratch comes from the plan: no op allocates while training */
     if (be->set_scratch) be->set_scratch(region_ptr(e, &m->scratch), m->scratch.bytes);
 
@@ -693,6 +712,55 @@ static walk_t tile_walk(const exec_t *e, const walk_t *w, int64_t row0) {
     return t;
 }
 
+/* ------------------------------------------------------------------ offload
+ * Layer l's offloaded tensors pass through device staging slot
+ * l % PLAN_OFFLOAD_SLOTS (copy tag = slot). Forward: at the end of the
+ * layer, wait until the slot's previous copy to the host is done, copy the
+ * tensors into the slot, and send the slot to the host on the copy stream.
+ * Backward: wait for the slot's copy back, take the tensors from it, then
+ * start the copy back of the layer below into its slot, which the layer
+ * above has just emptied. The last PLAN_OFFLOAD_SLOTS layers never leave
+ * their slots. */
+
+static uint8_t *stage_slot(exec_t *e, int layer) {
+    return e->offload_stage + (size_t)(layer % PLAN_OFFLOAD_SLOTS) * e->plan->mem.offload_slot_bytes;
+}
+
+static int goes_to_host(const exec_t *e, int layer) {
+    return layer >= 0 && layer < e->plan->mem.offload_host_layers && plan_layer_plan(e->plan, layer)->offload_bytes;
+}
+
+static void offload_layer(exec_t *e, int layer) {
+    const graph_plan_t *gp = plan_layer_plan(e->plan, layer);
+    const int tag = layer % PLAN_OFFLOAD_SLOTS;
+    uint8_t *slot = stage_slot(e, layer);
+    if (goes_to_host(e, layer - PLAN_OFFLOAD_SLOTS)) e->be->copy_wait(tag);
+    for (int t = 0; t < gp->g.nt; t++)
+        if (gp->t[t].keep == KEEP_OFFLOAD) e->be->copy(slot + gp->t[t].saved_off, e->ws + gp->t[t].fwd_off, gp->t[t].bytes);
+    if (goes_to_host(e, layer))
+        e->be->copy_async(e->offload + plan_layer_host_off(e->plan, layer), slot, gp->offload_bytes, 1, tag);
+}
+
+static void prefetch_layer(exec_t *e, int layer) {
+    if (!goes_to_host(e, layer)) return;
+    const graph_plan_t *gp = plan_layer_plan(e->plan, layer);
+    e->be->copy_async(stage_slot(e, layer), e->offload + plan_layer_host_off(e->plan, layer), gp->offload_bytes, 0,
+                      layer % PLAN_OFFLOAD_SLOTS);
+}
+
+static void reload_layer(exec_t *e, int layer) {
+    const graph_plan_t *gp = plan_layer_plan(e->plan, layer);
+    if (gp->offload_bytes) {
+        const uint8_t *slot = stage_slot(e, layer);
+        if (goes_to_host(e, layer)) e->be->copy_wait(layer % PLAN_OFFLOAD_SLOTS);
+        for (int t = 0; t < gp->g.nt; t++)
+            if (gp->t[t].keep == KEEP_OFFLOAD)
+                e->be->copy(e->ws + gp->t[t].bwd_off, slot + gp->t[t].saved_off, gp->t[t].bytes);
+    }
+    /* one layer ahead of its backward */
+    prefetch_layer(e, layer - 1);
+}
+
 static void graph_forward(exec_t *e, const walk_t *w, float grad_scale) {
     const graph_plan_t *gp = w->gp;
     for (int si = 0; si < gp->g.ns; si++) {
@@ -713,21 +781,12 @@ static void graph_forward(exec_t *e, const walk_t *w, float grad_scale) {
         run_forward(e, w, si, PHASE_FWD, grad_scale);
         prof_end(e, PROF_FWD, gp->g.s[si].op, t0);
     }
-    if (!w->is_layer || !gp->offload_bytes) return;
-    uint8_t *host = e->offload + plan_layer_host_off(e->plan, w->layer);
-    for (int t = 0; t < gp->g.nt; t++)
-        if (gp->t[t].keep == KEEP_OFFLOAD)
-            e->be->to_host(host + gp->t[t].saved_off, e->ws + gp->t[t].fwd_off, gp->t[t].bytes);
+    if (w->is_layer && gp->offload_bytes) offload_layer(e, w->layer);
 }
 
 static void graph_backward(exec_t *e, const walk_t *w) {
     const graph_plan_t *gp = w->gp;
-    if (w->is_layer && gp->offload_bytes) {
-        const uint8_t *host = e->offload + plan_layer_host_off(e->plan, w->layer);
-        for (int t = 0; t < gp->g.nt; t++)
-            if (gp->t[t].keep == KEEP_OFFLOAD)
-                e->be->to_device(e->ws + gp->t[t].bwd_off, host + gp->t[t].saved_off, gp->t[t].bytes);
-    }
+    if (w->is_layer) reload_layer(e, w->layer);
     const int tiled = gp->tile_rows > 0;
     for (int si = 0; si < gp->g.ns; si++) {
         if (!gp->recompute_step[si] || (tiled && si >= gp->tile_begin && si <= gp->tile_end)) continue;
@@ -886,6 +945,13 @@ void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res)
     be->to_host(&s, sumsq, sizeof s);
     res->grad_norm = sqrt((double)s);
 }
+
+void exec_copy_times(exec_t *e, exec_copy_times_t *out) {
+    memset(out, 0, sizeof *out);
+    if (e->be->copy_times) e->be->copy_times(&out->bytes, &out->busy_s, &out->exposed_s);
+}
+
+size_t exec_host_bytes(const exec_t *e) { return e->host_bytes; }
 
 void exec_comm_times(exec_t *e, coll_times_t *out) {
     memset(out, 0, sizeof *out);

@@ -41,6 +41,9 @@ static void usage(FILE *out) {
             "  --world N                world size to plan for with --explain (default: ranks launched)\n"
             "  --gpu-memory GIB         device memory per rank to plan for (default: the device's;\n"
             "                           --explain without a GPU assumes %.1f GiB)\n"
+            "  --host-memory GIB        host memory of a node, shared by its ranks, to plan the host\n"
+            "                           tier for with --explain (default: unlimited; a run uses the\n"
+            "                           node's own); the plan offloads to four fifths of it\n"
             "  --dump-grads FILE        write every step's loss and the first step's full gradient (fp32)\n"
             "                           to FILE, for parity checks between runs (format in src/train.h)\n"
             "  --help                   this text and every config key\n"
@@ -58,6 +61,7 @@ typedef struct {
     int explain;
     int world;
     double gpu_memory_gib;
+    double host_memory_gib;
     const char *dump;
 } cli_t;
 
@@ -118,6 +122,9 @@ static void parse_args(int argc, char **argv, cli_t *c, ranks_t *r) {
             i++;
         } else if (!strcmp(a, "--gpu-memory")) {
             c->gpu_memory_gib = parse_positive(r, a, next);
+            i++;
+        } else if (!strcmp(a, "--host-memory")) {
+            c->host_memory_gib = parse_positive(r, a, next);
             i++;
         } else if (!strcmp(a, "--dump-grads")) {
             if (!next) usage_error(r, "--dump-grads expects a file name");
@@ -253,6 +260,36 @@ int main(int argc, char **argv) {
     }
 
     int world = cli.explain && cli.world > 0 ? cli.world : ranks.world_size;
+    /* The host tier: a node's memory shared by its ranks, keeping a fifth
+     * for everything else (the node's own at run time, --host-memory for
+     * --explain, where the node holds the --world ranks); a budget in the
+     * config may ask for less, never for more than the node can give. */
+    double node_host = 0;
+    int node_ranks = ranks.local_size > 0 ? ranks.local_size : 1;
+    if (cli.explain) {
+        node_host = cli.host_memory_gib * GIB;
+        node_ranks = world;
+    } else {
+        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+        if (pages > 0 && page > 0) node_host = (double)pages * (double)page;
+    }
+    double host_share = node_host > 0 ? 0.8 * node_host / node_ranks : 0;
+    const char *host_from = node_host > 0 ? (cli.explain ? "--host-memory" : "the node") : "unlimited";
+    target.host_memory_bytes = host_share;
+    if (cfg.checkpointing.host_budget_gib > 0) {
+        double want = cfg.checkpointing.host_budget_gib * GIB;
+        if (host_share > 0 && want > host_share) {
+            char w[32], h[32], n[32];
+            usage_error(&ranks,
+                        "checkpointing.host_budget_gib asks for %s of pinned host memory per rank, but the node "
+                        "(%s in all, %d rank%s on it, four fifths shared among them) gives %s per rank; lower "
+                        "checkpointing.host_budget_gib or set it to 0 (the node's share)",
+                        asp_fmt_bytes(w, sizeof w, want), asp_fmt_bytes(n, sizeof n, node_host), node_ranks,
+                        node_ranks == 1 ? "" : "s", asp_fmt_bytes(h, sizeof h, host_share));
+        }
+        target.host_memory_bytes = want;
+        host_from = "checkpointing.host_budget_gib";
+    }
     plan_t plan;
     int planned = plan_compile(&plan, &cfg, &model, world, &target, err, sizeof err);
     if (planned != -1 && budget_is_device && be->memory_used) {
@@ -278,6 +315,9 @@ int main(int argc, char **argv) {
             char buf[32];
             printf("memory budget per rank: %s (%s)\n", mem > 0 ? asp_fmt_bytes(buf, sizeof buf, mem) : "unlimited",
                    mem_from);
+            printf("host budget per rank: %s (%s)\n",
+                   target.host_memory_bytes > 0 ? asp_fmt_bytes(buf, sizeof buf, target.host_memory_bytes) : "unlimited",
+                   host_from);
             plan_explain(&plan, &cfg, stdout);
             fflush(stdout);
         }
@@ -285,25 +325,6 @@ int main(int argc, char **argv) {
         if (planned != 0) usage_error(&ranks, "%s", err);
         par_finalize(&ranks);
         return 0;
-    }
-
-    /* Offloaded activations live in pinned host memory, which the plan does
-     * not budget: refuse a plan the node cannot hold rather than die in the
-     * allocation (ranks of a node share its memory; keep a fifth for the rest). */
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    if (plan.mem.host_total > 0 && pages > 0 && page > 0) {
-        double node = (double)pages * (double)page;
-        int local = ranks.local_size > 0 ? ranks.local_size : 1;
-        double mine = 0.8 * node / local;
-        if ((double)plan.mem.host_total > mine) {
-            char need[32], have[32];
-            usage_error(&ranks,
-                        "the plan offloads %s of activations per rank to pinned host memory, but this node's "
-                        "memory allows %s per rank (%d ranks on it); turn checkpointing.offload off, lower "
-                        "train.seq_len or add ranks",
-                        asp_fmt_bytes(need, sizeof need, (double)plan.mem.host_total),
-                        asp_fmt_bytes(have, sizeof have, mine), local);
-        }
     }
 
     if (par_set_groups(&ranks, plan.sp, err, sizeof err) != 0) usage_error(&ranks, "%s", err);

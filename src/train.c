@@ -65,8 +65,28 @@ static const char *fmt_rate(char *buf, size_t len, double v) {
 
 /* After the first step every buffer the engine uses exists (arenas, library
  * workspaces grown on first use): compare with what the plan predicted. */
+/* Peak resident memory of this process (VmHWM), bytes; 0 when unknown. */
+static double host_peak_resident(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    double kib = 0;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) kib = atof(line + 6);
+    fclose(f);
+    return kib * 1024;
+}
+
 static void report_memory(exec_t *e, const plan_t *plan, int lead) {
     size_t measured = exec_measured_bytes(e);
+    if (lead && plan_host_bytes(plan)) {
+        char a[32], b[32], c[32];
+        asp_info("host memory: plan places %s (%zu B) in pinned host memory per rank; allocated %s (%zu B); process "
+                 "peak resident %s",
+                 asp_fmt_bytes(a, sizeof a, (double)plan_host_bytes(plan)), plan_host_bytes(plan),
+                 asp_fmt_bytes(b, sizeof b, (double)exec_host_bytes(e)), exec_host_bytes(e),
+                 asp_fmt_bytes(c, sizeof c, host_peak_resident()));
+    }
     if (!lead || !measured) return;
     double arenas = (double)plan->mem.device_total - plan->target.reserved_bytes;
     char a[32], b[32], c[32];
@@ -274,6 +294,8 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         double dt = asp_now() - t0;
         coll_times_t ct;
         exec_comm_times(e, &ct);
+        exec_copy_times_t cp;
+        exec_copy_times(e, &cp);
         if (!isfinite(res.loss))
             asp_die(ASP_EXIT_FAILURE, "loss is %f at step %lld: training diverged (lower train.lr?)", res.loss,
                     (long long)step);
@@ -292,25 +314,31 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         if (used > peak_bytes) peak_bytes = used;
         if (lead && (step % cfg->io.log_every == 0 || step == 1 || step == tc->steps)) {
             char rate[32];
-            char extra[96] = "", comm[96] = "";
+            char extra[96] = "", comm[96] = "", copy[96] = "";
             if (peak_tflops > 0)
                 snprintf(extra, sizeof extra, " | MFU %.1f%% | peak %.2f GiB", 100 * mfu, (double)peak_bytes / GIB);
             if (r->world_size > 1)
                 snprintf(comm, sizeof comm, " | a2a %.1f ms | grad comm %.1f ms (%.1f exposed)", ct.a2a_s * 1e3,
                          ct.grad_s * 1e3, ct.grad_exposed_s * 1e3);
-            printf("step %6lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s | %.1f ms | %.3f TFLOP/s%s%s\n",
+            if (plan->mem.offload_slot_bytes) {
+                char moved[32];
+                snprintf(copy, sizeof copy, " | offload %s, copy %.1f ms (%.1f exposed)",
+                         asp_fmt_bytes(moved, sizeof moved, cp.bytes), cp.busy_s * 1e3, cp.exposed_s * 1e3);
+            }
+            printf("step %6lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s | %.1f ms | %.3f TFLOP/s%s%s%s\n",
                    (long long)step, (long long)tc->steps, res.loss, opt.lr, res.grad_norm,
-                   fmt_rate(rate, sizeof rate, tps), dt * 1e3, tflops, extra, comm);
+                   fmt_rate(rate, sizeof rate, tps), dt * 1e3, tflops, extra, comm, copy);
             fflush(stdout);
         }
         if (metrics) {
             fprintf(metrics,
                     "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
                     "\"ms\": %.3f, \"tflops\": %.4f, \"mfu\": %.4f, \"peak_gib\": %.3f, \"valid_targets\": %lld, "
-                    "\"a2a_ms\": %.3f, \"grad_comm_ms\": %.3f, \"grad_exposed_ms\": %.3f}\n",
+                    "\"a2a_ms\": %.3f, \"grad_comm_ms\": %.3f, \"grad_exposed_ms\": %.3f, "
+                    "\"offload_gib\": %.4f, \"copy_ms\": %.3f, \"copy_exposed_ms\": %.3f}\n",
                     (long long)step, res.loss, opt.lr, res.grad_norm, tps, dt * 1e3, tflops, mfu,
                     (double)peak_bytes / GIB, (long long)res.valid_targets, ct.a2a_s * 1e3, ct.grad_s * 1e3,
-                    ct.grad_exposed_s * 1e3);
+                    ct.grad_exposed_s * 1e3, cp.bytes / GIB, cp.busy_s * 1e3, cp.exposed_s * 1e3);
             fflush(metrics);
         }
         if (cfg->io.save_every > 0 && step % cfg->io.save_every == 0 && step < tc->steps &&

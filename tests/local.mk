@@ -7,6 +7,8 @@ TESTS += tests/test_sp_parity.sh
 EXTRA_DIST += tests/common.sh tests/testutil.h tests/test_sp_parity.sh
 TESTS += tests/test_train_tiny.sh
 EXTRA_DIST += tests/test_train_tiny.sh
+TESTS += tests/test_offload.sh
+EXTRA_DIST += tests/test_offload.sh
 TESTS += tests/test_prepare_data.sh
 EXTRA_DIST += tests/test_prepare_data.sh
 # Whole-model finite differences through the executor (CPU engine)

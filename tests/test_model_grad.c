@@ -58,7 +58,7 @@ static void setup_keeps(fx_t *f, const char *policy, keeps_t k) {
     char **argv = NULL;
     ck_assert_msg(par_init(&argc, &argv, &f->ranks, err, sizeof err) == 0, "%s", err);
     ck_assert_msg(par_set_groups(&f->ranks, 1, err, sizeof err) == 0, "%s", err);
-    plan_target_t t = {4, 4, 4, 0, 0, NULL, NULL};
+    plan_target_t t = {.act_bytes = 4, .param_bytes = 4, .grad_bytes = 4};
     ck_assert_msg(plan_compile(&f->plan, &f->cfg, &f->model, 1, &t, err, sizeof err) == 0, "%s", err);
     if (k.h != KEEP_NOT_NEEDED) {
         graph_plan_t *gp = &f->plan.layer;

@@ -403,7 +403,16 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     mem->rope_freq = place(end, ARENA_WORKSPACE, (size_t)(m->hd / 2) * 8);
     mem->scalars = place(end, ARENA_WORKSPACE, 16 * 4);
     mem->scratch = place(end, ARENA_WORKSPACE, scratch);
-    mem->offload = place(end, ARENA_HOST, plan_layer_host_off(p, (int)m->L));
+    /* offload: the staging slots on the device, the host slots of the layers that leave them */
+    size_t slot = p->layer.offload_bytes;
+    if (mixed && p->layer_lean.offload_bytes > slot) slot = p->layer_lean.offload_bytes;
+    if (slot) {
+        mem->offload_slot_bytes = asp_align_up(slot, PLAN_ALIGN);
+        int stage_layers = (int)m->L < PLAN_OFFLOAD_SLOTS ? (int)m->L : PLAN_OFFLOAD_SLOTS;
+        mem->offload_stage = place(end, ARENA_ACTIVATIONS, (size_t)stage_layers * mem->offload_slot_bytes);
+        mem->offload_host_layers = (int)m->L - stage_layers;
+    }
+    mem->offload = place(end, ARENA_HOST, plan_layer_host_off(p, mem->offload_host_layers));
     size_t dev = 0;
     for (int a = 0; a < ARENA__COUNT; a++) {
         mem->arena_bytes[a] = asp_align_up(end[a], PLAN_ALIGN);
@@ -419,8 +428,12 @@ int memplan_all(plan_t *p, const config_t *cfg) {
     if (plan_layers_mixed(p)) memplan_graph(p, &p->layer_lean);
     memplan_graph(p, &p->epilogue);
     memplan_regions(p, cfg);
-    return p->target.memory_bytes <= 0 || (double)p->mem.device_total <= p->target.memory_bytes;
+    int device_fits = p->target.memory_bytes <= 0 || (double)p->mem.device_total <= p->target.memory_bytes;
+    int host_fits = p->target.host_memory_bytes <= 0 || (double)plan_host_bytes(p) <= p->target.host_memory_bytes;
+    return device_fits && host_fits;
 }
+
+size_t plan_host_bytes(const plan_t *p) { return p->mem.arena_bytes[ARENA_HOST]; }
 
 /* ------------------------------------------------------------------ per-layer plans */
 

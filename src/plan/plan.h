@@ -20,6 +20,14 @@
 #include "opshapes.h"
 
 #define PLAN_NO_OFFSET ((size_t)-1)
+/* Device slots the offloaded activations pass through (see memplan_t). Two:
+ * a layer's copy to the host runs during the next layer's forward, its copy
+ * back during the backward of the layer above it. */
+#define PLAN_OFFLOAD_SLOTS 2
+/* PCIe bandwidth each way between a GPU and its host, bytes/s, when the
+ * config gives none (checkpointing.host_bandwidth_gbs): PCIe Gen5 x16 as an
+ * H100/H200 reaches it with pinned memory (about 50 GB/s of the 64 GB/s). */
+#define PLAN_HOST_BANDWIDTH 50e9
 
 typedef struct {
     int act_bytes;          /* bytes per activation element: 4 (cpu fp32) or 2 (cuda bf16) */
@@ -33,6 +41,7 @@ typedef struct {
     /* Attention's scratch at its shapes (attn_rows, hq, hkv, hd), placed in
      * the layer workspace at the attention steps; NULL: none. */
     size_t (*attention_scratch_bytes)(const op_shapes_t *shapes);
+    double host_memory_bytes; /* per-rank pinned host memory the plan may use; 0 = unknown/unlimited */
 } plan_target_t;
 
 typedef enum {
@@ -113,10 +122,18 @@ typedef struct {
     region_t rope_freq;     /* fp64 [hd/2] inverse frequencies */
     region_t scalars;       /* fp32 scalars: loss sum, gradient sum of squares (16 floats) */
     region_t scratch;       /* the backend's op scratch (target.scratch_bytes at op_shapes) */
-    region_t offload;       /* host: L slots of layer.offload_bytes */
+    region_t offload;       /* host: one slot per layer 0 .. offload_host_layers-1 (plan_layer_host_off) */
+    /* Device staging of the offloaded tensors: PLAN_OFFLOAD_SLOTS slots of
+     * offload_slot_bytes, layer l in slot l % PLAN_OFFLOAD_SLOTS. A layer's
+     * offloaded tensors are copied there at the end of its forward and go to
+     * the host from there on the copy stream; the last PLAN_OFFLOAD_SLOTS
+     * layers' never leave it (their backward comes first). */
+    region_t offload_stage;
+    size_t offload_slot_bytes;
+    int offload_host_layers;
     size_t arena_bytes[ARENA__COUNT];
     size_t device_total;    /* predicted peak device bytes of the engine's arenas */
-    size_t host_total;      /* pinned host bytes */
+    size_t host_total;      /* pinned host bytes (plan_host_bytes) */
 } memplan_t;
 
 typedef struct {
@@ -155,6 +172,7 @@ typedef struct {
     /* cost figures */
     double flops_per_step;  /* model FLOPs of one optimizer step, whole job (6N + attention, see docs) */
     double recompute_flops_per_step; /* extra FLOPs the SAC choice spends, whole job */
+    double host_bandwidth;  /* bytes/s each way to the host tier (checkpointing.host_bandwidth_gbs) */
 } plan_t;
 
 /* 1 when recomputing step si of gp runs only a norm: an ADD_RMSNORM whose h
@@ -213,6 +231,9 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out);
  * same config, world and target; 0 if none. */
 int64_t plan_longest_seq(const config_t *cfg, const model_t *m, int world,
                          const plan_target_t *target, int64_t granule);
+/* The same, counting only plans in which no layer recomputes attention. */
+int64_t plan_longest_seq_no_attention_recompute(const config_t *cfg, const model_t *m, int world,
+                                                const plan_target_t *target, int64_t granule);
 
 /* Gradient buckets, in the order of the flat buffers: 0 the embedding
  * (model.embed_tokens), 1..L layer l-1, L+1 the tail (final norm, and the LM
@@ -240,6 +261,14 @@ size_t plan_flat_index(const plan_t *p, size_t model_index);
 const graph_plan_t *plan_layer_plan(const plan_t *p, int layer);
 size_t plan_layer_saved_off(const plan_t *p, int layer);
 size_t plan_layer_host_off(const plan_t *p, int layer);
+/* Host bytes the plan uses per rank (every region of the host arena); what
+ * target.host_memory_bytes bounds. */
+size_t plan_host_bytes(const plan_t *p);
+/* 1 when some layer's plan recomputes attention. */
+int plan_recomputes_attention(const plan_t *p);
+/* The expected time of one layer's offload copies (per rank, seconds) at the
+ * plan's PCIe figure, and the part of it the layer's compute does not hide. */
+void plan_offload_times(const plan_t *p, const graph_plan_t *gp, double *copy_s, double *exposed_s);
 /* 1 when layers use two different plans (0 < layers_rich < L). */
 int plan_layers_mixed(const plan_t *p);
 
