@@ -85,6 +85,23 @@ for np in 1 2; do
     [ -n "$h" ] || { bad "SP=$np: no host budget gives attention's outputs to the host in some layers only"; continue; }
     ok "SP=$np: a $h GiB host budget sends $(sed -n 's/.*, in \([0-9]* of [0-9]*\) layers.*/\1/p' "$TMP/some$np.explain") layers' outputs to the host, the others recompute"
 
+    # Below the full policy's peak: the layer inputs (the checkpoints) go to
+    # the host as well, and attention's outputs still are not recomputed.
+    gi="" k=1
+    while [ $k -lt 32 ]; do
+        try=$(gib $((lo - k * 32768)))
+        explain $np $SPn --set checkpointing.memory_budget_gib="$try" >"$TMP/in$np.explain"
+        if awk '/^  layer inputs/ && $4 > 0 {f = 1} END {exit !f}' "$TMP/in$np.explain" &&
+            grep -q "attention never recomputed" "$TMP/in$np.explain"; then
+            gi=$try
+        else
+            break
+        fi
+        k=$((k + 1))
+    done
+    [ -n "$gi" ] && ok "SP=$np: at $gi GiB, below the full policy's peak, the layer inputs go to the host too" ||
+        bad "SP=$np: no budget below the full policy's peak sends the layer inputs to the host"
+
     run "ref$np" $np $SPn
     run "dev$np" $np $SPn $B --set checkpointing.offload=false
     run "some$np" $np $SPn $B --set checkpointing.host_budget_gib="$h"
@@ -92,6 +109,12 @@ for np in 1 2; do
     same "SP=$np all on the device (offload off, attention recomputed in some layers)" "ref$np" "dev$np"
     same "SP=$np some layers on the host" "ref$np" "some$np"
     same "SP=$np every layer that can leave the device on the host" "ref$np" "all$np"
+    if [ -n "$gi" ]; then
+        explain $np $SPn --set checkpointing.memory_budget_gib="$gi" >"$TMP/in$np.explain"
+        run "in$np" $np $SPn --set checkpointing.memory_budget_gib="$gi"
+        same "SP=$np layer inputs on the host too" "ref$np" "in$np"
+        host_bytes_match "SP=$np layer inputs" "in$np" "$TMP/in$np.explain"
+    fi
     host_bytes_match "SP=$np some layers" "some$np" "$TMP/some$np.explain"
     host_bytes_match "SP=$np all layers" "all$np" "$TMP/all$np.explain"
     grep -q "offload .* copy .* exposed" "$TMP/all$np.log" && grep -q '"copy_exposed_ms"' "$TMP/run-all$np/metrics.jsonl" &&

@@ -196,9 +196,10 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         double fl;
         size_t cm;
         sac_standalone_cost(p, gp, t, &fl, &cm);
-        const char *tier = t == gp->g.input || tp->keep == KEEP_SAVE ? "device" : tp->keep == KEEP_OFFLOAD ? "host" : "-";
+        const int in_host = tp->keep == KEEP_OFFLOAD || (t == gp->g.input && plan_input_offloaded(p, gp));
+        const char *tier = in_host ? "host" : t == gp->g.input || tp->keep == KEEP_SAVE ? "device" : "-";
         char copy[32] = "-";
-        if (tp->keep == KEEP_OFFLOAD) snprintf(copy, sizeof copy, "%.1f", 1e3 * (double)tp->bytes / p->host_bandwidth);
+        if (in_host) snprintf(copy, sizeof copy, "%.1f", 1e3 * (double)tp->bytes / p->host_bandwidth);
         fprintf(out, "  %-10s %12s  %-11s %-7s %14.2f %12s %10s   %.2f GFLOP, %s all-to-all\n", gp->g.t[t].name,
                 fmtb(b1, sizeof b1, (double)tp->bytes), t == gp->g.input ? "save (in)" : keep_name(tp->keep), tier,
                 tp->recompute_flops / 1e9, fmtb(b2, sizeof b2, (double)tp->recompute_comm_bytes), copy, fl / 1e9,
@@ -258,6 +259,7 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         {"a2a_send", &mem->a2a_send},   {"a2a_recv", &mem->a2a_recv},     {"tokens", &mem->tokens},
         {"targets", &mem->targets},     {"positions", &mem->positions},   {"rope_freq", &mem->rope_freq},
         {"scalars", &mem->scalars},     {"op scratch", &mem->scratch}, {"offload stage", &mem->offload_stage},
+        {"layer inputs", &mem->layer_inputs},
         {"offload", &mem->offload},
     };
     /* the logits lie inside the workspace region (row above), so the rows do not add up to the arenas */

@@ -179,7 +179,8 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
     if (g->input >= 0) {
         gp->t[g->input].keep = KEEP_SAVE;
         gp->t[g->input].saved_off = 0;
-        so = asp_align_up(gp->t[g->input].bytes, PLAN_ALIGN);
+        if (plan_input_offloaded(p, gp)) ho = asp_align_up(gp->t[g->input].bytes, PLAN_ALIGN);
+        else so = asp_align_up(gp->t[g->input].bytes, PLAN_ALIGN);
     }
     for (int t = 0; t < g->nt; t++) {
         tensor_plan_t *tp = &gp->t[t];
@@ -412,6 +413,7 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
         mem->offload_stage = place(end, ARENA_ACTIVATIONS, (size_t)stage_layers * mem->offload_slot_bytes);
         mem->offload_host_layers = (int)m->L - stage_layers;
     }
+    if (p->inputs_offloaded) mem->layer_inputs = place(end, ARENA_ACTIVATIONS, 2 * sl * d * act);
     mem->offload = place(end, ARENA_HOST, plan_layer_host_off(p, mem->offload_host_layers));
     size_t dev = 0;
     for (int a = 0; a < ARENA__COUNT; a++) {
@@ -431,6 +433,10 @@ int memplan_all(plan_t *p, const config_t *cfg) {
     int device_fits = p->target.memory_bytes <= 0 || (double)p->mem.device_total <= p->target.memory_bytes;
     int host_fits = p->target.host_memory_bytes <= 0 || (double)plan_host_bytes(p) <= p->target.host_memory_bytes;
     return device_fits && host_fits;
+}
+
+int plan_input_offloaded(const plan_t *p, const graph_plan_t *gp) {
+    return p->inputs_offloaded && (gp == &p->layer || gp == &p->layer_lean);
 }
 
 size_t plan_host_bytes(const plan_t *p) { return p->mem.arena_bytes[ARENA_HOST]; }

@@ -129,6 +129,10 @@ typedef struct {
      * the host from there on the copy stream; the last PLAN_OFFLOAD_SLOTS
      * layers' never leave it (their backward comes first). */
     region_t offload_stage;
+    /* With the layer inputs on the host: the two device buffers that hold a
+     * layer's input during the forward (layer l in l % 2); its backward
+     * reads it from the staging slot. */
+    region_t layer_inputs;
     size_t offload_slot_bytes;
     int offload_host_layers;
     size_t arena_bytes[ARENA__COUNT];
@@ -167,6 +171,9 @@ typedef struct {
      * L unless memory only allows some layers to keep attention's outputs. */
     graph_plan_t layer_lean;
     int layers_rich;
+    /* 1: every layer's input (the checkpoint, saved_off 0 of its host slot)
+     * goes to the host tier like the offloaded tensors */
+    int inputs_offloaded;
     memplan_t mem;
     op_shapes_t op_shapes;  /* largest operand shapes, for the backend's scratch */
     /* cost figures */
@@ -261,6 +268,8 @@ size_t plan_flat_index(const plan_t *p, size_t model_index);
 const graph_plan_t *plan_layer_plan(const plan_t *p, int layer);
 size_t plan_layer_saved_off(const plan_t *p, int layer);
 size_t plan_layer_host_off(const plan_t *p, int layer);
+/* 1 when graph plan gp (one of p's) keeps its input in its host slot. */
+int plan_input_offloaded(const plan_t *p, const graph_plan_t *gp);
 /* Host bytes the plan uses per rank (every region of the host arena); what
  * target.host_memory_bytes bounds. */
 size_t plan_host_bytes(const plan_t *p);

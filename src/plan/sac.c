@@ -236,6 +236,7 @@ static double keeps_cost(const plan_t *p, const graph_t *g, const keep_t *keep) 
         if (keep[t] == KEEP_RECOMPUTE) closure_from(p, g, keep, t, rstep, &flops, &comm, NULL);
         if (keep[t] == KEEP_OFFLOAD) offload += (double)plan_tensor_bytes(p, &g->t[t]);
     }
+    if (p->inputs_offloaded && g->input >= 0) offload += (double)plan_tensor_bytes(p, &g->t[g->input]);
     double cost = flops + COMM_FLOP_PER_BYTE * (double)comm;
     if (offload > 0) {
         double fwd = graph_fwd_flops(p, g), copy_s, exposed_s;
@@ -249,6 +250,7 @@ void plan_offload_times(const plan_t *p, const graph_plan_t *gp, double *copy_s,
     double bytes = 0;
     for (int t = 0; t < gp->g.nt; t++)
         if (gp->t[t].keep == KEEP_OFFLOAD) bytes += (double)gp->t[t].bytes;
+    if (plan_input_offloaded(p, gp)) bytes += (double)gp->t[gp->g.input].bytes;
     *copy_s = *exposed_s = 0;
     if (bytes <= 0) return;
     double fwd = graph_fwd_flops(p, &gp->g), rc = sac_graph_recompute_flops(p, gp);
@@ -284,45 +286,72 @@ static int host_room(const plan_t *p, const graph_plan_t *gp, int t) {
     return (double)plan_host_bytes(p) + more <= p->target.host_memory_bytes;
 }
 
-/* Set the layer tensor t to `k` and lay the plan out again; 1 if it fits. */
-static int try_keep(plan_t *p, const config_t *cfg, int t, keep_t k, const int *order, int norder) {
-    p->layer.t[t].keep = k;
+/* The tensors that move with t from `from`: t and the other outputs of its
+ * producing step kept the same way (q, k and v come from one rope step:
+ * saving one of them alone saves no rebuild). */
+static int group_of(const plan_t *p, int t, keep_t from, int *members) {
+    const graph_t *g = &p->layer.g;
+    int n = 0, s = sac_producer(g, t);
+    members[n++] = t;
+    for (int i = 0; s >= 0 && i < g->s[s].nout; i++) {
+        int u = g->s[s].out[i];
+        if (u != t && u >= 0 && u != g->output && p->layer.t[u].keep == from) members[n++] = u;
+    }
+    return n;
+}
+
+/* Set the layer tensors `members` to `k` and lay the plan out again; 1 if it fits. */
+static int try_keep_group(plan_t *p, const config_t *cfg, const int *members, int n, keep_t k, const int *order,
+                          int norder) {
+    for (int i = 0; i < n; i++) p->layer.t[members[i]].keep = k;
     sac_derive(p, &p->layer, order, norder);
     return memplan_all(p, cfg);
 }
 
-/* The change in the layer's cost if tensor t became `k`. */
-static double cost_delta(const plan_t *p, int t, keep_t k) {
+static int try_keep(plan_t *p, const config_t *cfg, int t, keep_t k, const int *order, int norder) {
+    return try_keep_group(p, cfg, &t, 1, k, order, norder);
+}
+
+/* The change in the layer's cost if the tensors `members` became `k`. */
+static double cost_delta(const plan_t *p, const int *members, int n, keep_t k) {
     const graph_t *g = &p->layer.g;
     keep_t keep[GRAPH_MAX_TENSORS];
     for (int u = 0; u < g->nt; u++) keep[u] = p->layer.t[u].keep;
     double base = keeps_cost(p, g, keep);
-    keep[t] = k;
+    for (int i = 0; i < n; i++) keep[members[i]] = k;
     return keeps_cost(p, g, keep) - base;
 }
 
 /* One pass of improvements that must keep the plan fitting: among the
- * tensors kept `from`, take the one whose change to `to` saves the most
- * time, try it, keep it if the plan still fits (device and host), and go on
- * until none is left to try. */
+ * tensors kept `from` (with the rest of their step's outputs), take the one
+ * whose change to `to` saves the most time, try it, keep it if the plan
+ * still fits (device and host), and go on until none is left to try. */
 static void improve(plan_t *p, const config_t *cfg, keep_t from, keep_t to, int *order, int norder) {
     int tried[GRAPH_MAX_TENSORS] = {0};
     const graph_t *g = &p->layer.g;
     for (;;) {
-        int best = -1;
+        int best = -1, members[GRAPH_MAX_IO + 1], nm = 0;
         double best_gain = 0;
         for (int t = 0; t < g->nt; t++) {
             if (tried[t] || t == g->input || p->layer.t[t].keep != from) continue;
             if (to == KEEP_OFFLOAD && !host_room(p, &p->layer, t)) continue;
-            double gain = -cost_delta(p, t, to);
+            int grp[GRAPH_MAX_IO + 1], n = group_of(p, t, from, grp);
+            double gain = -cost_delta(p, grp, n, to);
             if (gain > 0 && (best < 0 || gain > best_gain)) {
                 best = t;
                 best_gain = gain;
+                nm = n;
+                memcpy(members, grp, sizeof grp);
             }
         }
         if (best < 0) return;
         tried[best] = 1;
-        if (!try_keep(p, cfg, best, to, order, norder)) try_keep(p, cfg, best, from, order, norder);
+        if (!try_keep_group(p, cfg, members, nm, to, order, norder)) {
+            try_keep_group(p, cfg, members, nm, from, order, norder);
+            /* alone, then */
+            if (nm > 1 && -cost_delta(p, &best, 1, to) > 0 && !try_keep(p, cfg, best, to, order, norder))
+                try_keep(p, cfg, best, from, order, norder);
+        }
     }
 }
 
@@ -336,6 +365,7 @@ int sac_pass(plan_t *p, const config_t *cfg) {
     p->host_bandwidth = cfg->checkpointing.host_bandwidth_gbs > 0 ? cfg->checkpointing.host_bandwidth_gbs * 1e9
                                                                   : PLAN_HOST_BANDWIDTH;
     sac_policy_t policy = cfg->checkpointing.policy;
+    p->inputs_offloaded = 0;
     if (policy != SAC_AUTO) {
         sac_apply_policy(p, cfg, policy);
         return memplan_all(p, cfg);
@@ -388,6 +418,12 @@ int sac_pass(plan_t *p, const config_t *cfg) {
                     (protect[t] == protect[best] && gp->t[t].bytes > gp->t[best].bytes))
                     best = t;
             }
+            /* the layer inputs (the checkpoints) right after attention's outputs */
+            if (!p->inputs_offloaded && (best < 0 || !protect[best])) {
+                p->inputs_offloaded = 1;
+                fits = memplan_all(p, cfg);
+                continue;
+            }
             if (best < 0) break;
             order[norder++] = best;
             fits = try_keep(p, cfg, best, KEEP_OFFLOAD, order, norder);
@@ -399,6 +435,13 @@ int sac_pass(plan_t *p, const config_t *cfg) {
     if (fits) {
         improve(p, cfg, KEEP_OFFLOAD, KEEP_SAVE, order, norder);
         improve(p, cfg, KEEP_RECOMPUTE, KEEP_SAVE, order, norder);
+        if (p->inputs_offloaded) {
+            p->inputs_offloaded = 0;
+            if (!memplan_all(p, cfg)) {
+                p->inputs_offloaded = 1;
+                memplan_all(p, cfg);
+            }
+        }
     }
     if (!fits) {
         /* Attention's outputs no longer fit in every layer. Per layer: the
