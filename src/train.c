@@ -90,9 +90,10 @@ static void report_memory(exec_t *e, const plan_t *plan, int lead) {
     if (!lead || !measured) return;
     double arenas = (double)plan->mem.device_total - plan->target.reserved_bytes;
     char a[32], b[32], c[32];
-    asp_info("device memory: plan predicts %s of arenas (+ %s reserved for libraries); measured %s allocated by the engine",
+    asp_info("device memory: plan predicts %s of arenas (+ %s reserved for libraries; %.0f B in all); measured %s "
+             "allocated by the engine",
              asp_fmt_bytes(a, sizeof a, arenas), asp_fmt_bytes(b, sizeof b, plan->target.reserved_bytes),
-             asp_fmt_bytes(c, sizeof c, (double)measured));
+             (double)plan->mem.device_total, asp_fmt_bytes(c, sizeof c, (double)measured));
     /* Allocation granularity dominates tiny plans: judge only real sizes. */
     double ratio = (double)measured / arenas;
     if (arenas > 256.0 * 1024 * 1024 && (ratio > 1.1 || ratio < 0.9))

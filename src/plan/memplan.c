@@ -405,6 +405,7 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     mem->scalars = place(end, ARENA_WORKSPACE, 16 * 4);
     mem->scratch = place(end, ARENA_WORKSPACE, scratch);
     /* offload: the staging slots on the device, the host slots of the layers that leave them */
+    mem->offload_stage.arena = mem->layer_inputs.arena = ARENA_ACTIVATIONS;  /* where they go when used */
     size_t slot = p->layer.offload_bytes;
     if (mixed && p->layer_lean.offload_bytes > slot) slot = p->layer_lean.offload_bytes;
     if (slot) {
