@@ -334,6 +334,13 @@ int main(int argc, char **argv) {
                  cli.config, cfg.model.architecture, (double)model.n_params / 1e6, (long long)cfg.train.seq_len,
                  plan.world, plan.sp, plan.dp, plan.zero_stage, sac_policy_name(plan.policy),
                  mem > 0 ? asp_fmt_bytes(buf, sizeof buf, mem) : "unlimited");
+        if (plan_host_bytes(&plan)) {
+            char hb[32], hl[32];
+            asp_info("host tier: the plan offloads %s per rank to pinned host memory (budget %s, %s)%s",
+                     asp_fmt_bytes(hb, sizeof hb, (double)plan_host_bytes(&plan)),
+                     asp_fmt_bytes(hl, sizeof hl, target.host_memory_bytes), host_from,
+                     plan.inputs_offloaded ? "; the layer inputs too" : "");
+        }
         if (plan_layers_mixed(&plan))
             asp_info("SAC per layer: attention's outputs fit in %d of %lld layers; layers %d-%lld recompute attention "
                      "too (--explain shows the plan)",
