@@ -6,7 +6,8 @@
  * before its copy to the host was, then gives different gradients. With
  * attention's outputs, h and the layer inputs offloaded the losses and
  * gradients must be bitwise those of the all-saved plan, over two steps of
- * two micro-steps. A backend that never waits must be caught. */
+ * two micro-steps. A backend that never waits must be caught. And a failed
+ * host allocation is a refusal (exit 2), not a crash mid-training. */
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,14 +166,35 @@ START_TEST(t_late_copies_exact) {
 }
 END_TEST
 
+/* A node that cannot give the host tier: the run is refused before its
+ * first step, exit status 2 (the message names the bytes and the node). */
+static void *no_host_alloc(size_t bytes, const char *what) {
+    (void)bytes;
+    (void)what;
+    return NULL;
+}
+
+START_TEST(t_host_alloc_failure_refused) {
+    setup_model();
+    plan_t *off = calloc(1, sizeof *off);
+    make_plan(off, 1);
+    ck_assert_uint_gt(plan_host_bytes(off), 0);
+    backend_t b = backend_cpu;
+    b.host_alloc = no_host_alloc;
+    exec_create(off, &b, &coll_host, &coll_host, &ranks);   /* exits 2 */
+    ck_abort_msg("exec_create went on without its host memory");
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("offload_order");
     TCase *tc = tcase_create("late copies");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, t_late_copies_exact);
+    tcase_add_exit_test(tc, t_host_alloc_failure_refused, 2);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_set_fork_status(sr, CK_FORK);   /* the refusal exits its process */
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
