@@ -28,7 +28,6 @@ struct exec {
     double *rope_freq;
     float *scalars;             /* [0] loss sum, [1] gradient sum of squares */
     uint8_t *offload, *offload_stage; /* host slots; device staging slots (memplan_t) */
-    uint8_t *layer_inputs;      /* with the inputs on the host: their forward buffers */
     size_t host_bytes;          /* pinned host memory this rank allocated */
     int shards;                 /* ranks sharing the optimizer state (1 for ZeRO-0) */
     int shard_rank;             /* which slice of every bucket this rank owns (0 for ZeRO-0) */
@@ -172,7 +171,6 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     e->scalars = (float *)region_ptr(e, &m->scalars);
     e->offload = region_ptr(e, &m->offload);
     e->offload_stage = region_ptr(e, &m->offload_stage);
-    e->layer_inputs = region_ptr(e, &m->layer_inputs);
     /* the backend's op scratch comes from the plan: no op allocates while training */
     if (be->set_scratch) be->set_scratch(region_ptr(e, &m->scratch), m->scratch.bytes);
 
@@ -393,16 +391,13 @@ static uint8_t *at_tile(exec_t *e, const walk_t *w, int tid, uint8_t *base) {
 
 static uint8_t *stage_slot(exec_t *e, int layer);
 
-/* Layer `layer`'s input: in its saved slot; with the inputs on the host, in
- * a forward buffer during the forward and in its staging slot (brought back
- * from the host) during the backward. */
-static uint8_t *layer_input(exec_t *e, int layer, phase_t ph) {
+/* Layer `layer`'s input: in its saved slot, or with the inputs on the host
+ * in its staging slot (written there by the layer below, brought back from
+ * the host before its backward). */
+static uint8_t *layer_input(exec_t *e, int layer) {
     if (layer >= (int)e->model->L) return e->final_hidden;
     const graph_plan_t *lp = plan_layer_plan(e->plan, layer);
-    if (plan_input_offloaded(e->plan, lp)) {
-        if (ph == PHASE_BWD) return stage_slot(e, layer) + lp->t[lp->g.input].saved_off;
-        return e->layer_inputs + (size_t)(layer % 2) * (e->plan->mem.layer_inputs.bytes / 2);
-    }
+    if (plan_input_offloaded(e->plan, lp)) return stage_slot(e, layer) + lp->t[lp->g.input].saved_off;
     return e->saved + plan_layer_saved_off(e->plan, layer) + lp->t[lp->g.input].saved_off;
 }
 
@@ -410,12 +405,12 @@ static uint8_t *tensor_at_whole(exec_t *e, const walk_t *w, int tid, phase_t ph)
     const graph_t *g = &w->gp->g;
     const tensor_plan_t *tp = &w->gp->t[tid];
     if (tid == g->output) {     /* written by the forward only */
-        if (w->is_prologue) return layer_input(e, 0, PHASE_FWD);
-        return layer_input(e, w->layer + 1, PHASE_FWD);
+        if (w->is_prologue) return layer_input(e, 0);
+        return layer_input(e, w->layer + 1);
     }
     if (tid == g->input) {
         if (w->is_epilogue) return e->final_hidden;
-        return layer_input(e, w->layer, ph);
+        return layer_input(e, w->layer);
     }
     if (tp->keep == KEEP_SAVE) {
         if (!w->is_layer)
@@ -733,6 +728,12 @@ static walk_t tile_walk(const exec_t *e, const walk_t *w, int64_t row0) {
  * above has just emptied. The last PLAN_OFFLOAD_SLOTS layers never leave
  * their slots. */
 
+static int step_writes(const graph_step_t *s, int t) {
+    for (int i = 0; i < s->nout; i++)
+        if (s->out[i] == t) return 1;
+    return 0;
+}
+
 static uint8_t *stage_slot(exec_t *e, int layer) {
     return e->offload_stage + (size_t)(layer % PLAN_OFFLOAD_SLOTS) * e->plan->mem.offload_slot_bytes;
 }
@@ -748,10 +749,6 @@ static void offload_layer(exec_t *e, int layer) {
     if (goes_to_host(e, layer - PLAN_OFFLOAD_SLOTS)) e->be->copy_wait(tag);
     for (int t = 0; t < gp->g.nt; t++)
         if (gp->t[t].keep == KEEP_OFFLOAD) e->be->copy(slot + gp->t[t].saved_off, e->ws + gp->t[t].fwd_off, gp->t[t].bytes);
-    if (plan_input_offloaded(e->plan, gp)) {
-        const int in = gp->g.input;
-        e->be->copy(slot + gp->t[in].saved_off, layer_input(e, layer, PHASE_FWD), gp->t[in].bytes);
-    }
     if (goes_to_host(e, layer))
         e->be->copy_async(e->offload + plan_layer_host_off(e->plan, layer), slot, gp->offload_bytes, 1, tag);
 }
@@ -776,9 +773,18 @@ static void reload_layer(exec_t *e, int layer) {
     prefetch_layer(e, layer - 1);
 }
 
+/* Before a graph writes the next layer's input into that layer's staging
+ * slot: the slot's previous layer must have reached the host. */
+static void before_next_input(exec_t *e, const walk_t *w) {
+    const int next = w->is_prologue ? 0 : w->layer + 1;
+    if (next >= (int)e->model->L || !plan_input_offloaded(e->plan, plan_layer_plan(e->plan, next))) return;
+    if (goes_to_host(e, next - PLAN_OFFLOAD_SLOTS)) e->be->copy_wait(next % PLAN_OFFLOAD_SLOTS);
+}
+
 static void graph_forward(exec_t *e, const walk_t *w, float grad_scale) {
     const graph_plan_t *gp = w->gp;
     for (int si = 0; si < gp->g.ns; si++) {
+        if ((w->is_layer || w->is_prologue) && step_writes(&gp->g.s[si], gp->g.output)) before_next_input(e, w);
         if (gp->tile_rows && si == gp->tile_begin) {
             /* the tiled region: its steps tile by tile */
             for (int64_t r0 = 0; r0 < e->plan->seq_local; r0 += gp->tile_rows) {

@@ -71,19 +71,26 @@ for np in 1 2; do
     [ -n "$g" ] || { bad "SP=$np: no device budget makes the host take attention's outputs"; continue; }
     B="--set checkpointing.memory_budget_gib=$g"
     ok "SP=$np: at $g GiB per rank, without offload attention is recomputed in some layers; with it in none"
-    # A host budget that holds attention's outputs of some layers only.
-    full=$(awk '/^  pinned host/ {print $3}' "$TMP/all$np.explain")
-    h=""
-    for f in 0.9 0.8 0.7 0.6 0.5 0.4 0.3; do
-        try=$(awk -v b="$full" -v f="$f" 'BEGIN { printf "%.12f", b * f / 1073741824 }')
-        explain $np $SPn $B --set checkpointing.host_budget_gib="$try" >"$TMP/some$np.explain"
-        if grep -q "^  offload:" "$TMP/some$np.explain" && grep -q "auto, per layer" "$TMP/some$np.explain"; then
-            h=$try
-            break
-        fi
+    # A host budget that holds attention's outputs of some layers only (at
+    # a device budget, from that one up, where the layer inputs can stay).
+    h="" gs=""
+    for k in 0 1 2 3 4 5 6 7 8 9 10 11 12; do
+        b=$(gib $((lo + k * 65536)))
+        explain $np $SPn --set checkpointing.memory_budget_gib="$b" >"$TMP/s$np.explain"
+        grep -q "^  offload:" "$TMP/s$np.explain" || continue
+        full=$(awk '/^  pinned host/ {print $3}' "$TMP/s$np.explain")
+        for f in 0.9 0.8 0.7 0.6 0.5 0.4 0.3; do
+            try=$(awk -v b="$full" -v f="$f" 'BEGIN { printf "%.12f", b * f / 1073741824 }')
+            explain $np $SPn --set checkpointing.memory_budget_gib="$b" --set checkpointing.host_budget_gib="$try" \
+                >"$TMP/some$np.explain"
+            if grep -q "^  offload:" "$TMP/some$np.explain" && grep -q "auto, per layer" "$TMP/some$np.explain"; then
+                h=$try gs=$b
+                break 2
+            fi
+        done
     done
     [ -n "$h" ] || { bad "SP=$np: no host budget gives attention's outputs to the host in some layers only"; continue; }
-    ok "SP=$np: a $h GiB host budget sends $(sed -n 's/.*, in \([0-9]* of [0-9]*\) layers.*/\1/p' "$TMP/some$np.explain") layers' outputs to the host, the others recompute"
+    ok "SP=$np: at $gs GiB, a $h GiB host budget sends $(sed -n 's/.*, in \([0-9]* of [0-9]*\) layers.*/\1/p' "$TMP/some$np.explain") layers' outputs to the host, the others recompute"
 
     # Below the full policy's peak: the layer inputs (the checkpoints) go to
     # the host as well, and attention's outputs still are not recomputed.
@@ -91,7 +98,7 @@ for np in 1 2; do
     while [ $k -lt 32 ]; do
         try=$(gib $((lo - k * 32768)))
         explain $np $SPn --set checkpointing.memory_budget_gib="$try" >"$TMP/in$np.explain"
-        if awk '/^  layer inputs/ && $4 > 0 {f = 1} END {exit !f}' "$TMP/in$np.explain" &&
+        if grep -q "^  x .* save (in)   host" "$TMP/in$np.explain" &&
             grep -q "attention never recomputed" "$TMP/in$np.explain"; then
             gi=$try
         else
@@ -104,7 +111,7 @@ for np in 1 2; do
 
     run "ref$np" $np $SPn
     run "dev$np" $np $SPn $B --set checkpointing.offload=false
-    run "some$np" $np $SPn $B --set checkpointing.host_budget_gib="$h"
+    run "some$np" $np $SPn --set checkpointing.memory_budget_gib="$gs" --set checkpointing.host_budget_gib="$h"
     run "all$np" $np $SPn $B
     same "SP=$np all on the device (offload off, attention recomputed in some layers)" "ref$np" "dev$np"
     same "SP=$np some layers on the host" "ref$np" "some$np"

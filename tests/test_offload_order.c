@@ -89,7 +89,8 @@ static int find_tensor(const graph_t *g, const char *name) {
     return -1;
 }
 
-/* The save_all plan, or with o, lse, h and the layer inputs on the host. */
+/* The save_all plan (offload 0), with o, lse and h on the host (1), and
+ * the layer inputs too (2). */
 static void make_plan(plan_t *p, int offload) {
     char err[2048];
     plan_target_t t = {.act_bytes = 4, .param_bytes = 4, .grad_bytes = 4};
@@ -98,11 +99,11 @@ static void make_plan(plan_t *p, int offload) {
     graph_plan_t *gp = &p->layer;
     const char *names[] = {"o", "lse", "h"};
     for (int i = 0; i < 3; i++) gp->t[find_tensor(&gp->g, names[i])].keep = KEEP_OFFLOAD;
-    p->inputs_offloaded = 1;
+    p->inputs_offloaded = offload == 2;
     sac_derive(p, gp, NULL, 0);
     memplan_all(p, &cfg);
     ck_assert_int_eq(p->mem.offload_host_layers, 6 - PLAN_OFFLOAD_SLOTS);
-    ck_assert(plan_input_offloaded(p, gp));
+    ck_assert_int_eq(plan_input_offloaded(p, gp), offload == 2);
 }
 
 /* Two optimizer steps; the loss of each and the gradients after the second. */
@@ -141,7 +142,7 @@ START_TEST(t_late_copies_exact) {
     setup_model();
     plan_t *ref = calloc(1, sizeof *ref), *off = calloc(1, sizeof *off);
     make_plan(ref, 0);
-    make_plan(off, 1);
+    make_plan(off, 2);
     ck_assert_int_eq(ref->micro_steps, 2);
     const size_t n = ref->n_params;
     float *g0 = malloc(n * sizeof(float)), *g1 = malloc(n * sizeof(float)), *g2 = malloc(n * sizeof(float));
@@ -149,10 +150,16 @@ START_TEST(t_late_copies_exact) {
     backend_t late = late_backend();
     train2(ref, &backend_cpu, l0, g0);
     waits_work = 1;
-    train2(off, &late, l1, g1);
-    ck_assert_int_eq(npend, 0);
-    for (int s = 0; s < 2; s++) ck_assert_msg(l0[s] == l1[s], "step %d loss %.9g vs %.9g", s + 1, l0[s], l1[s]);
-    ck_assert_msg(memcmp(g0, g1, n * sizeof(float)) == 0, "gradients differ with late copies");
+    for (int mode = 1; mode <= 2; mode++) {
+        plan_t *m = calloc(1, sizeof *m);
+        make_plan(m, mode);
+        train2(m, &late, l1, g1);
+        free(m);
+        ck_assert_int_eq(npend, 0);
+        for (int s = 0; s < 2; s++)
+            ck_assert_msg(l0[s] == l1[s], "plan %d step %d loss %.9g vs %.9g", mode, s + 1, l0[s], l1[s]);
+        ck_assert_msg(memcmp(g0, g1, n * sizeof(float)) == 0, "plan %d: gradients differ with late copies", mode);
+    }
     /* the control: copies that arrive only at the end of the step are caught */
     waits_work = 0;
     train2(off, &late, l2, g2);
@@ -177,7 +184,7 @@ static void *no_host_alloc(size_t bytes, const char *what) {
 START_TEST(t_host_alloc_failure_refused) {
     setup_model();
     plan_t *off = calloc(1, sizeof *off);
-    make_plan(off, 1);
+    make_plan(off, 2);
     ck_assert_uint_gt(plan_host_bytes(off), 0);
     backend_t b = backend_cpu;
     b.host_alloc = no_host_alloc;

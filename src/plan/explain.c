@@ -259,7 +259,6 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         {"a2a_send", &mem->a2a_send},   {"a2a_recv", &mem->a2a_recv},     {"tokens", &mem->tokens},
         {"targets", &mem->targets},     {"positions", &mem->positions},   {"rope_freq", &mem->rope_freq},
         {"scalars", &mem->scalars},     {"op scratch", &mem->scratch}, {"offload stage", &mem->offload_stage},
-        {"layer inputs", &mem->layer_inputs},
         {"offload", &mem->offload},
     };
     /* the logits lie inside the workspace region (row above), so the rows do not add up to the arenas */

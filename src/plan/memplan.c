@@ -405,7 +405,7 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     mem->scalars = place(end, ARENA_WORKSPACE, 16 * 4);
     mem->scratch = place(end, ARENA_WORKSPACE, scratch);
     /* offload: the staging slots on the device, the host slots of the layers that leave them */
-    mem->offload_stage.arena = mem->layer_inputs.arena = ARENA_ACTIVATIONS;  /* where they go when used */
+    mem->offload_stage.arena = ARENA_ACTIVATIONS;   /* where it goes when used */
     size_t slot = p->layer.offload_bytes;
     if (mixed && p->layer_lean.offload_bytes > slot) slot = p->layer_lean.offload_bytes;
     if (slot) {
@@ -414,7 +414,6 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
         mem->offload_stage = place(end, ARENA_ACTIVATIONS, (size_t)stage_layers * mem->offload_slot_bytes);
         mem->offload_host_layers = (int)m->L - stage_layers;
     }
-    if (p->inputs_offloaded) mem->layer_inputs = place(end, ARENA_ACTIVATIONS, 2 * sl * d * act);
     mem->offload = place(end, ARENA_HOST, plan_layer_host_off(p, mem->offload_host_layers));
     size_t dev = 0;
     for (int a = 0; a < ARENA__COUNT; a++) {

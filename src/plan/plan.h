@@ -129,10 +129,6 @@ typedef struct {
      * the host from there on the copy stream; the last PLAN_OFFLOAD_SLOTS
      * layers' never leave it (their backward comes first). */
     region_t offload_stage;
-    /* With the layer inputs on the host: the two device buffers that hold a
-     * layer's input during the forward (layer l in l % 2); its backward
-     * reads it from the staging slot. */
-    region_t layer_inputs;
     size_t offload_slot_bytes;
     int offload_host_layers;
     size_t arena_bytes[ARENA__COUNT];
@@ -172,7 +168,9 @@ typedef struct {
     graph_plan_t layer_lean;
     int layers_rich;
     /* 1: every layer's input (the checkpoint, saved_off 0 of its host slot)
-     * goes to the host tier like the offloaded tensors */
+     * goes to the host tier like the offloaded tensors: the layer below
+     * writes it straight into its staging slot, where its forward and
+     * backward read it */
     int inputs_offloaded;
     memplan_t mem;
     op_shapes_t op_shapes;  /* largest operand shapes, for the backend's scratch */
