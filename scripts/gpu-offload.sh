@@ -6,8 +6,9 @@
 #
 #   scripts/gpu-offload.sh MODE
 #
-#   tiny       the tiny model with a budget that offloads, against the same run
-#              without offload: losses and gradients (about 1 minute)
+#   tiny       the op tests (the copy stream among them), then the tiny model
+#              with a budget that offloads against the run without a budget:
+#              losses and gradients (about 3 minutes)
 #   262k       S = 262,144 under checkpointing.memory_budget_gib: 60, 3 steps
 #              each, offload on and off, plus the measured PCIe bandwidth
 #              (about 5 minutes)
@@ -129,9 +130,12 @@ PY
 
 case "$MODE" in
 tiny)
-    # The tiny model, 8 layers at S = 4096, with a budget at which the run
+    # The copy stream alone (t_copy_stream among the op tests), then the tiny model, 8 layers at S = 4096, with a budget at which the run
     # offloads attention's outputs: found from the full policy's planned
     # peak upward, one-step runs, as the budget depends on the device's reserve.
+    ./tests/test_cuda_ops >"$LOG_DIR/ops.log" 2>&1
+    echo "op tests: exit $? ($(grep -c ':P:' "$LOG_DIR/ops.log") passed, $(grep -c ':[EF]:' "$LOG_DIR/ops.log") failed)"
+    grep -h "copy stream:\|t_copy_stream" "$LOG_DIR/ops.log"
     T="configs/tiny.yaml --set data.path=$PWD/data/english.tok --set io.log_every=1 --set io.save_at_end=false"
     T="$T --set train.device=cuda --set train.seq_len=4096 --set model.num_hidden_layers=8 --set train.global_batch_size=1"
     ./autosp-train $T --set train.steps=1 --set checkpointing.policy=full --set io.run_dir="$LOG_DIR/tiny-probe" \
