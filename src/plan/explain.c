@@ -244,9 +244,10 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         double rc = sac_graph_recompute_flops(p, lp);
         fprintf(out, "  auto, per layer: attention's outputs fit in %d of %lld layers; layers %d-%lld recompute "
                      "everything from their input, attention included (%.2f GFLOP per layer): saved slot %s, "
-                     "workspace %s\n",
+                     "host slot %s, workspace %s\n",
                 p->layers_rich, (long long)m->L, p->layers_rich, (long long)m->L - 1, rc / 1e9,
-                fmtb(b1, sizeof b1, (double)lp->saved_bytes), fmtb(b2, sizeof b2, (double)lp->workspace_bytes));
+                fmtb(b1, sizeof b1, (double)lp->saved_bytes), fmtb(b3, sizeof b3, (double)lp->offload_bytes),
+                fmtb(b2, sizeof b2, (double)lp->workspace_bytes));
     }
 
     fprintf(out, "\nMEMORY (per rank)\n");
