@@ -274,7 +274,8 @@ int main(int argc, char **argv) {
         if (pages > 0 && page > 0) node_host = (double)pages * (double)page;
     }
     double host_share = node_host > 0 ? 0.8 * node_host / node_ranks : 0;
-    const char *host_from = node_host > 0 ? (cli.explain ? "--host-memory" : "the node") : "unlimited";
+    const char *host_from = node_host > 0 ? (cli.explain ? "--host-memory" : "the node")
+                            : cli.explain ? "--host-memory sets a node's" : "the node's size is unknown";
     target.host_memory_bytes = host_share;
     if (cfg.checkpointing.host_budget_gib > 0) {
         double want = cfg.checkpointing.host_budget_gib * GIB;
