@@ -126,7 +126,7 @@ double sac_graph_recompute_flops(const plan_t *p, const graph_plan_t *gp) {
 /* Mark (in rstep) every step needed to rebuild tensor t, given the keeps;
  * returns the cost of the steps newly marked. */
 static void closure_from(const plan_t *p, const graph_t *g, const keep_t *keep, int t, int *rstep, double *flops,
-                         size_t *comm, int *expensive) {
+                         size_t *comm) {
     int stack[GRAPH_MAX_TENSORS * GRAPH_MAX_IO + 1], sp = 0;
     int seen[GRAPH_MAX_TENSORS] = {0};
     stack[sp++] = t;
@@ -139,10 +139,6 @@ static void closure_from(const plan_t *p, const graph_t *g, const keep_t *keep, 
         int only_norm = norm_only(g, keep, s);
         if (flops) *flops += rebuild_flops(p, g, s, only_norm);
         if (comm) *comm += sac_step_comm_bytes(p, g, s);
-        op_kind_t op = g->s[s].op;
-        if (expensive && (op == OP_MATMUL || op == OP_ATTENTION || op == OP_A2A_SEQ_TO_HEAD ||
-                          op == OP_A2A_HEAD_TO_SEQ))
-            *expensive = 1;
         if (only_norm) continue;    /* reads only the kept h */
         for (int i = 0; i < g->s[s].nin; i++) {
             int v = g->s[s].in[i];
@@ -172,7 +168,7 @@ void sac_derive(const plan_t *p, graph_plan_t *gp, const int *order, int norder)
             if (done[t] || keep[t] != KEEP_RECOMPUTE) continue;
             done[t] = 1;
             closure_from(p, g, keep, t, gp->recompute_step, &gp->t[t].recompute_flops,
-                         &gp->t[t].recompute_comm_bytes, NULL);
+                         &gp->t[t].recompute_comm_bytes);
         }
     }
     /* grad_first: the consumer with the highest step index runs its backward first */
@@ -233,7 +229,7 @@ static double keeps_cost(const plan_t *p, const graph_t *g, const keep_t *keep) 
     double flops = 0, offload = 0;
     size_t comm = 0;
     for (int t = 0; t < g->nt; t++) {
-        if (keep[t] == KEEP_RECOMPUTE) closure_from(p, g, keep, t, rstep, &flops, &comm, NULL);
+        if (keep[t] == KEEP_RECOMPUTE) closure_from(p, g, keep, t, rstep, &flops, &comm);
         if (keep[t] == KEEP_OFFLOAD) offload += (double)plan_tensor_bytes(p, &g->t[t]);
     }
     if (p->inputs_offloaded && g->input >= 0) offload += (double)plan_tensor_bytes(p, &g->t[g->input]);
@@ -274,7 +270,7 @@ void sac_standalone_cost(const plan_t *p, const graph_plan_t *gp, int t, double 
     keep[t] = KEEP_RECOMPUTE;
     *flops = 0;
     *comm = 0;
-    closure_from(p, g, keep, t, rstep, flops, comm, NULL);
+    closure_from(p, g, keep, t, rstep, flops, comm);
 }
 
 /* 1 when the host tier has room for tensor t of the layer graph in every
