@@ -1,9 +1,10 @@
 /* The executor's offload copies are ordered by its waits alone. The cpu
  * backend copies at once, which hides a missing wait; here the copies run
- * as late as the backend contract allows (at the first copy_wait that covers
- * them, in the order they were enqueued, as one in-order copy stream would): a read of a
- * staging slot before its copy back was waited for, or a slot overwritten
- * before its copy to the host was, then gives different gradients. With
+ * as late as the backend contract allows (at the first copy_wait that
+ * covers them, in the order they were enqueued, as one in-order copy stream
+ * would): a read of a staging slot before its copy back was waited for, or
+ * a slot overwritten before its copy to the host was, then gives different
+ * gradients. With
  * attention's outputs, h and the layer inputs offloaded the losses and
  * gradients must be bitwise those of the all-saved plan, over two steps of
  * two micro-steps. A backend that never waits must be caught. And a failed
