@@ -131,6 +131,10 @@ static int cuda_init(int device_index, char *err, size_t errlen) {
     snprintf(g_cuda.name, sizeof g_cuda.name, "%s", prop.name);
     g_cuda.sm_count = prop.multiProcessorCount;
     INIT_TRY(cudaStreamCreateWithFlags(&g_cuda.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    INIT_TRY(cudaStreamCreateWithFlags(&g_cuda.copy_stream, cudaStreamNonBlocking), "cudaStreamCreate (copies)");
+    INIT_TRY(cudaEventCreateWithFlags(&g_cuda.copy_issue, cudaEventDisableTiming), "cudaEventCreate");
+    for (int i = 0; i < BACKEND_COPY_TAGS; i++)
+        INIT_TRY(cudaEventCreateWithFlags(&g_cuda.copy_tag[i], cudaEventDisableTiming), "cudaEventCreate");
     cublasStatus_t bs = cublasLtCreate(&g_cuda.lt);
     if (bs != CUBLAS_STATUS_SUCCESS) {
         asp_errf(err, errlen, "cuda init: cublasLtCreate failed: %s", cublasLtGetStatusName(bs));
@@ -175,9 +179,19 @@ static int cuda_init(int device_index, char *err, size_t errlen) {
     return 0;
 }
 
+static void copy_fold_times(void);
+
 static void cuda_shutdown(void) {
     if (!g_cuda.initialised) return;
     CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
+    CUDA_CHECK(cudaStreamSynchronize(g_cuda.copy_stream));
+    copy_fold_times();
+    for (int i = 0; i < g_cuda.copy_ev_cap; i++) CUDA_CHECK(cudaEventDestroy(g_cuda.copy_ev[i]));
+    free(g_cuda.copy_ev);
+    free(g_cuda.copy_ev_kind);
+    for (int i = 0; i < BACKEND_COPY_TAGS; i++) CUDA_CHECK(cudaEventDestroy(g_cuda.copy_tag[i]));
+    CUDA_CHECK(cudaEventDestroy(g_cuda.copy_issue));
+    CUDA_CHECK(cudaStreamDestroy(g_cuda.copy_stream));
     cuda_matmul_shutdown();
     cuda_attention_cudnn_shutdown();
     if (g_cuda.scratch && !g_cuda.scratch_planned) CUDA_CHECK(cudaFree(g_cuda.scratch));
@@ -234,11 +248,90 @@ static void *cuda_host_alloc(size_t bytes, const char *what) {
     if (e != cudaSuccess) {
         cudaGetLastError();
         char b1[32];
-        asp_die(ASP_EXIT_FAILURE, "cuda: cannot allocate %s of pinned host memory for %s: %s; lower the offload "
-                "volume or raise the memlock limit", asp_fmt_bytes(b1, sizeof b1, (double)bytes),
-                what ? what : "?", cudaGetErrorString(e));
+        asp_warn("cuda: cudaMallocHost of %s for %s failed: %s", asp_fmt_bytes(b1, sizeof b1, (double)bytes),
+                 what ? what : "?", cudaGetErrorString(e));
+        return NULL;
     }
     return p;
+}
+
+/* ---- copies beside compute. Each copy and each wait is bracketed by a
+ * pair of timing events from a pool; copy_times reads them once the
+ * streams are idle. */
+static void copy_fold_times(void) {
+    for (int i = 0; i + 1 < g_cuda.copy_ev_n; i += 2) {
+        float ms = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, g_cuda.copy_ev[i], g_cuda.copy_ev[i + 1]));
+        if (g_cuda.copy_ev_kind[i / 2]) g_cuda.copy_exposed_s += ms * 1e-3;
+        else g_cuda.copy_busy_s += ms * 1e-3;
+    }
+    g_cuda.copy_ev_n = 0;
+}
+
+/* The next pair of timing events (kind 0 a copy, 1 a wait). A full pool is
+ * read first, which waits for the streams: it holds a few steps' worth. */
+static cudaEvent_t *copy_pair(int kind) {
+    if (g_cuda.copy_ev_n + 2 > g_cuda.copy_ev_cap) {
+        if (g_cuda.copy_ev_cap >= 8192) {
+            CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
+            CUDA_CHECK(cudaStreamSynchronize(g_cuda.copy_stream));
+            copy_fold_times();
+        } else {
+            int cap = g_cuda.copy_ev_cap ? 2 * g_cuda.copy_ev_cap : 256;
+            cudaEvent_t *ev = (cudaEvent_t *)realloc(g_cuda.copy_ev, (size_t)cap * sizeof *ev);
+            int *kinds = (int *)realloc(g_cuda.copy_ev_kind, (size_t)(cap / 2) * sizeof *kinds);
+            if (!ev || !kinds) asp_die(ASP_EXIT_FAILURE, "cuda: out of host memory for %d copy timing events", cap);
+            g_cuda.copy_ev = ev;
+            g_cuda.copy_ev_kind = kinds;
+            for (int i = g_cuda.copy_ev_cap; i < cap; i++) CUDA_CHECK(cudaEventCreate(&g_cuda.copy_ev[i]));
+            g_cuda.copy_ev_cap = cap;
+        }
+    }
+    g_cuda.copy_ev_kind[g_cuda.copy_ev_n / 2] = kind;
+    cudaEvent_t *p = &g_cuda.copy_ev[g_cuda.copy_ev_n];
+    g_cuda.copy_ev_n += 2;
+    return p;
+}
+
+static void need_tag(int tag) {
+    if (tag < 0 || tag >= BACKEND_COPY_TAGS)
+        asp_die(ASP_EXIT_FAILURE, "internal: copy tag %d outside 0..%d", tag, BACKEND_COPY_TAGS - 1);
+}
+
+static void cuda_copy_async(void *dst, const void *src, size_t bytes, int to_host, int tag) {
+    need_init("copy_async");
+    need_tag(tag);
+    if (!bytes) return;
+    cudaEvent_t *ev = copy_pair(0);
+    CUDA_CHECK(cudaEventRecord(g_cuda.copy_issue, g_cuda.stream));
+    CUDA_CHECK(cudaStreamWaitEvent(g_cuda.copy_stream, g_cuda.copy_issue, 0));
+    CUDA_CHECK(cudaEventRecord(ev[0], g_cuda.copy_stream));
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice,
+                               g_cuda.copy_stream));
+    CUDA_CHECK(cudaEventRecord(ev[1], g_cuda.copy_stream));
+    CUDA_CHECK(cudaEventRecord(g_cuda.copy_tag[tag], g_cuda.copy_stream));
+    g_cuda.copy_bytes += (double)bytes;
+}
+
+static void cuda_copy_wait(int tag) {
+    need_init("copy_wait");
+    need_tag(tag);
+    /* the compute stream idles between the pair only as long as the copy holds it */
+    cudaEvent_t *ev = copy_pair(1);
+    CUDA_CHECK(cudaEventRecord(ev[0], g_cuda.stream));
+    CUDA_CHECK(cudaStreamWaitEvent(g_cuda.stream, g_cuda.copy_tag[tag], 0));
+    CUDA_CHECK(cudaEventRecord(ev[1], g_cuda.stream));
+}
+
+static void cuda_copy_times(double *bytes, double *busy_s, double *exposed_s) {
+    need_init("copy_times");
+    CUDA_CHECK(cudaStreamSynchronize(g_cuda.copy_stream));
+    CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
+    copy_fold_times();
+    *bytes = g_cuda.copy_bytes;
+    *busy_s = g_cuda.copy_busy_s;
+    *exposed_s = g_cuda.copy_exposed_s;
+    g_cuda.copy_bytes = g_cuda.copy_busy_s = g_cuda.copy_exposed_s = 0;
 }
 
 static void cuda_host_free(void *p) {
@@ -307,6 +400,7 @@ static void cuda_to_f32(float *host, const void *src, dtype_t src_type, size_t n
 static void cuda_synchronize(void) {
     need_init("synchronize");
     CUDA_CHECK(cudaStreamSynchronize(g_cuda.stream));
+    CUDA_CHECK(cudaStreamSynchronize(g_cuda.copy_stream));
 }
 
 /* Largest scratch any op asks for at the plan's shapes; keep in step with
@@ -383,6 +477,9 @@ static backend_t make_backend(void) {
     b.to_f32 = cuda_to_f32;
     b.synchronize = cuda_synchronize;
     b.stream = cuda_stream_handle;
+    b.copy_async = cuda_copy_async;
+    b.copy_wait = cuda_copy_wait;
+    b.copy_times = cuda_copy_times;
     b.peak_tflops = cuda_peak_tflops;
     b.scratch_bytes = cuda_scratch_bytes;
     b.set_scratch = cuda_set_scratch;

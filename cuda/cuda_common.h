@@ -55,6 +55,14 @@ typedef struct {
     int device;
     int initialised;
     cudaStream_t stream;
+    /* activation offload: copies on their own stream, ordered by events */
+    cudaStream_t copy_stream;
+    cudaEvent_t copy_issue;         /* the compute point a copy starts after */
+    cudaEvent_t copy_tag[BACKEND_COPY_TAGS]; /* the last copy of each tag */
+    cudaEvent_t *copy_ev;           /* timing pairs: copies (busy) and waits (exposed) */
+    int *copy_ev_kind;              /* per pair: 0 copy, 1 wait */
+    int copy_ev_n, copy_ev_cap;     /* events in use, allocated */
+    double copy_bytes, copy_busy_s, copy_exposed_s;
     cublasLtHandle_t lt;
     cudnnHandle_t cudnn;
     void *lt_workspace;

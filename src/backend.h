@@ -15,7 +15,8 @@
  *   - `acc` = 0 overwrites the output, 1 adds to it. Weight gradients (dw)
  *     ALWAYS accumulate (they sum over layers' micro-steps and chunks).
  *   - Work is ordered: an op sees the effects of every earlier op (the cuda
- *     backend runs all on one stream). synchronize() waits for completion.
+ *     backend runs all on one stream); only copy_async runs beside them, on
+ *     a copy stream, ordered by copy_wait. synchronize() waits for both.
  *   - Errors (allocation, library calls) are fatal: the backend prints the
  *     failing call, file and line and exits; ops never return errors.
  *   - The Ulysses packed layout of a tensor [n][heads][hd] for P ranks
@@ -48,6 +49,8 @@ typedef struct {
     const int32_t *start;       /* backend memory */
 } attn_docs_t;
 
+#define BACKEND_COPY_TAGS 8
+
 typedef struct backend {
     const char *name;               /* "cpu" or "cuda" */
     dtype_t act_dtype, param_dtype, grad_dtype;
@@ -60,7 +63,9 @@ typedef struct backend {
     size_t (*memory_used)(void);    /* bytes in use on the device now (all processes); 0 for host */
     void *(*alloc)(size_t bytes, const char *what);     /* never NULL: dies naming `what` */
     void (*free)(void *p);
-    void *(*host_alloc)(size_t bytes, const char *what);/* pinned host memory (offload) */
+    /* pinned host memory (activation offload); NULL when the node cannot give
+     * it, so that the caller can refuse the run with its own figures */
+    void *(*host_alloc)(size_t bytes, const char *what);
     void (*host_free)(void *p);
     void (*zero)(void *p, size_t bytes);
     void (*copy)(void *dst, const void *src, size_t bytes);        /* backend -> backend */
@@ -70,6 +75,21 @@ typedef struct backend {
     void (*to_f32)(float *host, const void *src, dtype_t src_type, size_t n);   /* backend -> host fp32, converted */
     void (*synchronize)(void);
     void *(*stream)(void);          /* the stream every op runs on (cudaStream_t); NULL for cpu */
+    /* ---- copies beside compute (activation offload and prefetch)
+     * copy_async enqueues a raw copy between backend memory and pinned host
+     * memory (to_host: backend -> host, else host -> backend) on a copy
+     * stream, after every op issued so far, and returns at once; it joins
+     * `tag`'s work (tags 0 .. BACKEND_COPY_TAGS-1). copy_wait makes every op
+     * issued from now on wait for the copies issued so far under `tag`; the
+     * host never waits. The cpu backend copies at once (memcpy) and its
+     * waits are no-ops, so both backends walk the same paths.
+     * copy_times: bytes copied, seconds the copy stream was busy and seconds
+     * the ops stood waiting in copy_wait (the part of the copy time the
+     * compute did not hide) since the previous call; call it after
+     * synchronize(). */
+    void (*copy_async)(void *dst, const void *src, size_t bytes, int to_host, int tag);
+    void (*copy_wait)(int tag);
+    void (*copy_times)(double *bytes, double *busy_s, double *exposed_s);
     double (*peak_tflops)(void);    /* dense bf16 peak of the device for MFU (env ASP_PEAK_TFLOPS overrides); 0 unknown */
     /* Device scratch the ops other than attention need at these shapes
      * (library workspaces, partial sums, conversion staging); NULL or 0: none.

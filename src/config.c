@@ -180,7 +180,17 @@ static const cfg_key_t cfg_keys[] = {
      .flo = 0, .fhi = INFINITY,
      .help = "per-rank device memory (GiB) the plan must fit; 0: the device's memory"},
     {"checkpointing", "offload", KT_BOOL, FLD(checkpointing.offload),
-     .help = "allow the auto policy to offload saved activations to host memory"},
+     .help = "let the auto policy offload saved activations to pinned host memory (copied "
+             "beside compute, back one layer ahead of their backward) where that is cheaper "
+             "than recomputing them; false keeps them on the device"},
+    {"checkpointing", "host_budget_gib", KT_FLOAT, FLD(checkpointing.host_budget_gib),
+     .flo = 0, .fhi = INFINITY,
+     .help = "per-rank pinned host memory (GiB) the plan may offload to; 0: the node's memory "
+             "(four fifths of it) shared by its ranks; more than that is refused"},
+    {"checkpointing", "host_bandwidth_gbs", KT_FLOAT, FLD(checkpointing.host_bandwidth_gbs),
+     .flo = 0, .flo_open = 1, .fhi = INFINITY,
+     .help = "GB/s each way between a GPU and host memory, for the offload cost model "
+             "(PCIe Gen5 x16: 50)"},
     {"checkpointing", "loss_chunk_tokens", KT_INT, FLD(checkpointing.loss_chunk_tokens),
      .ilo = 0, .ihi = BIG,
      .help = "tokens per LM-head and loss chunk; 0: chosen by the plan"},
@@ -277,7 +287,9 @@ void config_defaults(config_t *cfg) {
     cfg->optimizer.offload = -1;
     cfg->checkpointing.policy = SAC_AUTO;
     cfg->checkpointing.memory_budget_gib = 0.0;
-    cfg->checkpointing.offload = 0;
+    cfg->checkpointing.offload = 1;
+    cfg->checkpointing.host_budget_gib = 0.0;
+    cfg->checkpointing.host_bandwidth_gbs = 50.0;
     cfg->checkpointing.loss_chunk_tokens = 0;
     cfg->checkpointing.mlp_tile_tokens = 0;
     strcpy(cfg->io.run_dir, "runs/latest");

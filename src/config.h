@@ -83,7 +83,9 @@ typedef struct {
 typedef struct {
     sac_policy_t policy;        /* auto | save_all | full */
     double memory_budget_gib;   /* per-rank device memory the plan must fit; 0: the device's */
-    int offload;                /* allow host offload of saved activations (auto policy) */
+    int offload;                /* allow host offload of saved activations (auto policy; default on) */
+    double host_budget_gib;     /* per-rank pinned host memory the plan may use; 0: the node's share */
+    double host_bandwidth_gbs;  /* GB/s each way between a GPU and the host, for the offload cost */
     int64_t loss_chunk_tokens;  /* tokens per LM-head/loss chunk; 0: auto */
     int64_t mlp_tile_tokens;    /* tokens per tile of a recomputed MLP; 0: auto */
 } checkpointing_config_t;

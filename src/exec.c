@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cpu/host_optim.h"
 #include "data.h"
@@ -34,7 +35,8 @@ struct exec {
     int eval;                   /* forward only (exec_eval): the loss without its gradient */
     double *rope_freq;
     float *scalars;             /* [0] loss sum, [1] gradient sum of squares */
-    uint8_t *offload;
+    uint8_t *offload, *offload_stage; /* host slots; device staging slots (memplan_t) */
+    size_t host_bytes;          /* pinned host memory this rank allocated */
     /* model-state pipeline (ZeRO 2-3, optimizer offload); see docs/plan.md */
     uint8_t *param_buf[PLAN_BUCKET_SLOTS], *grad_buf[PLAN_BUCKET_SLOTS];
     uint8_t *grad_shard, *grad_stage[PLAN_BUCKET_SLOTS], *param_stage[PLAN_PARAM_STAGES];
@@ -168,8 +170,23 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     for (int a = 0; a < ARENA__COUNT; a++) {
         size_t bytes = plan->mem.arena_bytes[a];
         if (!bytes) continue;
-        int host = a == ARENA_HOST || a == ARENA_HOST_STATE;
-        e->arena[a] = host ? be->host_alloc(bytes, what[a]) : be->alloc(bytes, what[a]);
+        if (a != ARENA_HOST && a != ARENA_HOST_STATE) {
+            e->arena[a] = be->alloc(bytes, what[a]);
+            continue;
+        }
+        /* before the first step: a node that cannot give the host tier is a clear refusal */
+        e->arena[a] = be->host_alloc(bytes, what[a]);
+        if (!e->arena[a]) {
+            char need[32], phys[32];
+            long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+            asp_die(ASP_EXIT_USAGE,
+                    "cannot allocate %s of pinned host memory for %s on rank %d (this node has %s in all, shared "
+                    "by its ranks); lower checkpointing.host_budget_gib, set checkpointing.offload or "
+                    "optimizer.offload false, lower train.seq_len or add ranks",
+                    asp_fmt_bytes(need, sizeof need, (double)bytes), what[a], r->world_rank,
+                    pages > 0 && page > 0 ? asp_fmt_bytes(phys, sizeof phys, (double)pages * (double)page) : "?");
+        }
+        e->host_bytes += bytes;
     }
     const memplan_t *m = &plan->mem;
     e->params = region_ptr(e, &m->params);
@@ -195,6 +212,7 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     e->rope_freq = (double *)region_ptr(e, &m->rope_freq);
     e->scalars = (float *)region_ptr(e, &m->scalars);
     e->offload = region_ptr(e, &m->offload);
+    e->offload_stage = region_ptr(e, &m->offload_stage);
     for (int k = 0; k < PLAN_BUCKET_SLOTS; k++) {
         e->param_buf[k] = region_ptr(e, &m->param_buf[k]);
         e->grad_buf[k] = region_ptr(e, &m->grad_buf[k]);
@@ -590,16 +608,22 @@ static uint8_t *at_tile(exec_t *e, const walk_t *w, int tid, uint8_t *base) {
     return base + (size_t)w->row0 * (size_t)w->gp->g.t[tid].width * e->act;
 }
 
+static uint8_t *stage_slot(exec_t *e, int layer);
+
+/* Layer `layer`'s input: in its saved slot, or with the inputs on the host
+ * in its staging slot (written there by the layer below, brought back from
+ * the host before its backward). */
 static uint8_t *layer_input(exec_t *e, int layer) {
     if (layer >= (int)e->model->L) return e->final_hidden;
     const graph_plan_t *lp = plan_layer_plan(e->plan, layer);
+    if (plan_input_offloaded(e->plan, lp)) return stage_slot(e, layer) + lp->t[lp->g.input].saved_off;
     return e->saved + plan_layer_saved_off(e->plan, layer) + lp->t[lp->g.input].saved_off;
 }
 
 static uint8_t *tensor_at_whole(exec_t *e, const walk_t *w, int tid, phase_t ph) {
     const graph_t *g = &w->gp->g;
     const tensor_plan_t *tp = &w->gp->t[tid];
-    if (tid == g->output) {
+    if (tid == g->output) {     /* written by the forward only */
         if (w->is_prologue) return layer_input(e, 0);
         return layer_input(e, w->layer + 1);
     }
@@ -914,9 +938,73 @@ static walk_t tile_walk(const exec_t *e, const walk_t *w, int64_t row0) {
     return t;
 }
 
+/* ------------------------------------------------------------------ offload
+ * Layer l's offloaded tensors pass through device staging slot
+ * l % PLAN_OFFLOAD_SLOTS (copy tag = slot). Forward: at the end of the
+ * layer, wait until the slot's previous copy to the host is done, copy the
+ * tensors into the slot, and send the slot to the host on the copy stream.
+ * Backward: wait for the slot's copy back, take the tensors from it, then
+ * start the copy back of the layer below into its slot, which the layer
+ * above has just emptied. The last PLAN_OFFLOAD_SLOTS layers never leave
+ * their slots. */
+
+static int step_writes(const graph_step_t *s, int t) {
+    for (int i = 0; i < s->nout; i++)
+        if (s->out[i] == t) return 1;
+    return 0;
+}
+
+static uint8_t *stage_slot(exec_t *e, int layer) {
+    return e->offload_stage + (size_t)(layer % PLAN_OFFLOAD_SLOTS) * e->plan->mem.offload_slot_bytes;
+}
+
+static int goes_to_host(const exec_t *e, int layer) {
+    return layer >= 0 && layer < e->plan->mem.offload_host_layers && plan_layer_plan(e->plan, layer)->offload_bytes;
+}
+
+static void offload_layer(exec_t *e, int layer) {
+    const graph_plan_t *gp = plan_layer_plan(e->plan, layer);
+    const int tag = layer % PLAN_OFFLOAD_SLOTS;
+    uint8_t *slot = stage_slot(e, layer);
+    if (goes_to_host(e, layer - PLAN_OFFLOAD_SLOTS)) e->be->copy_wait(tag);
+    for (int t = 0; t < gp->g.nt; t++)
+        if (gp->t[t].keep == KEEP_OFFLOAD) e->be->copy(slot + gp->t[t].saved_off, e->ws + gp->t[t].fwd_off, gp->t[t].bytes);
+    if (goes_to_host(e, layer))
+        e->be->copy_async(e->offload + plan_layer_host_off(e->plan, layer), slot, gp->offload_bytes, 1, tag);
+}
+
+static void prefetch_layer(exec_t *e, int layer) {
+    if (!goes_to_host(e, layer)) return;
+    const graph_plan_t *gp = plan_layer_plan(e->plan, layer);
+    e->be->copy_async(stage_slot(e, layer), e->offload + plan_layer_host_off(e->plan, layer), gp->offload_bytes, 0,
+                      layer % PLAN_OFFLOAD_SLOTS);
+}
+
+static void reload_layer(exec_t *e, int layer) {
+    const graph_plan_t *gp = plan_layer_plan(e->plan, layer);
+    if (gp->offload_bytes) {
+        const uint8_t *slot = stage_slot(e, layer);
+        if (goes_to_host(e, layer)) e->be->copy_wait(layer % PLAN_OFFLOAD_SLOTS);
+        for (int t = 0; t < gp->g.nt; t++)
+            if (gp->t[t].keep == KEEP_OFFLOAD)
+                e->be->copy(e->ws + gp->t[t].bwd_off, slot + gp->t[t].saved_off, gp->t[t].bytes);
+    }
+    /* one layer ahead of its backward */
+    prefetch_layer(e, layer - 1);
+}
+
+/* Before a graph writes the next layer's input into that layer's staging
+ * slot: the slot's previous layer must have reached the host. */
+static void before_next_input(exec_t *e, const walk_t *w) {
+    const int next = w->is_prologue ? 0 : w->layer + 1;
+    if (next >= (int)e->model->L || !plan_input_offloaded(e->plan, plan_layer_plan(e->plan, next))) return;
+    if (goes_to_host(e, next - PLAN_OFFLOAD_SLOTS)) e->be->copy_wait(next % PLAN_OFFLOAD_SLOTS);
+}
+
 static void graph_forward(exec_t *e, const walk_t *w, float grad_scale) {
     const graph_plan_t *gp = w->gp;
     for (int si = 0; si < gp->g.ns; si++) {
+        if ((w->is_layer || w->is_prologue) && step_writes(&gp->g.s[si], gp->g.output)) before_next_input(e, w);
         if (gp->tile_rows && si == gp->tile_begin) {
             /* the tiled region: its steps tile by tile */
             for (int64_t r0 = 0; r0 < e->plan->seq_local; r0 += gp->tile_rows) {
@@ -934,21 +1022,12 @@ static void graph_forward(exec_t *e, const walk_t *w, float grad_scale) {
         run_forward(e, w, si, PHASE_FWD, grad_scale);
         prof_end(e, PROF_FWD, gp->g.s[si].op, t0);
     }
-    if (!w->is_layer || !gp->offload_bytes) return;
-    uint8_t *host = e->offload + plan_layer_host_off(e->plan, w->layer);
-    for (int t = 0; t < gp->g.nt; t++)
-        if (gp->t[t].keep == KEEP_OFFLOAD)
-            e->be->to_host(host + gp->t[t].saved_off, e->ws + gp->t[t].fwd_off, gp->t[t].bytes);
+    if (w->is_layer && gp->offload_bytes) offload_layer(e, w->layer);
 }
 
 static void graph_backward(exec_t *e, const walk_t *w) {
     const graph_plan_t *gp = w->gp;
-    if (w->is_layer && gp->offload_bytes) {
-        const uint8_t *host = e->offload + plan_layer_host_off(e->plan, w->layer);
-        for (int t = 0; t < gp->g.nt; t++)
-            if (gp->t[t].keep == KEEP_OFFLOAD)
-                e->be->to_device(e->ws + gp->t[t].bwd_off, host + gp->t[t].saved_off, gp->t[t].bytes);
-    }
+    if (w->is_layer) reload_layer(e, w->layer);
     const int tiled = gp->tile_rows > 0;
     for (int si = 0; si < gp->g.ns; si++) {
         if (!gp->recompute_step[si] || (tiled && si >= gp->tile_begin && si <= gp->tile_end)) continue;
@@ -1475,6 +1554,13 @@ void exec_host_optimizer_times(exec_t *e, double *work_s, double *exposed_s) {
     e->ho.wait_s = 0;
     pthread_mutex_unlock(&e->ho.mu);
 }
+
+void exec_copy_times(exec_t *e, exec_copy_times_t *out) {
+    memset(out, 0, sizeof *out);
+    if (e->be->copy_times) e->be->copy_times(&out->bytes, &out->busy_s, &out->exposed_s);
+}
+
+size_t exec_host_bytes(const exec_t *e) { return e->host_bytes; }
 
 void exec_comm_times(exec_t *e, coll_times_t *out) {
     memset(out, 0, sizeof *out);

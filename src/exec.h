@@ -132,6 +132,18 @@ void exec_comm_times(exec_t *e, coll_times_t *out);
  * (the part the forward did not hide). Both 0 without it. */
 void exec_host_optimizer_times(exec_t *e, double *work_s, double *exposed_s);
 
+/* Activation offload since the previous call: bytes copied between the
+ * device and the host, seconds the copy stream was busy, and seconds the
+ * compute stood waiting for it (the part the compute did not hide). Call
+ * after a step, once its results were read. */
+typedef struct {
+    double bytes, busy_s, exposed_s;
+} exec_copy_times_t;
+void exec_copy_times(exec_t *e, exec_copy_times_t *out);
+
+/* Pinned host memory this rank allocated for the plan's host tier. */
+size_t exec_host_bytes(const exec_t *e);
+
 /* Device memory the engine has taken since exec_create, as the backend
  * measures it (0 when it cannot). */
 size_t exec_measured_bytes(const exec_t *e);

@@ -43,9 +43,10 @@ static void usage(FILE *out) {
             "  --world N                world size to plan for with --explain (default: ranks launched)\n"
             "  --gpu-memory GIB         device memory per rank to plan for (default: the device's;\n"
             "                           --explain without a GPU assumes %.1f GiB)\n"
-            "  --host-memory GIB        pinned host memory of one node to plan for (default: this node's\n"
-            "                           at run time; unlimited for --explain); --explain shares it among\n"
-            "                           min(world, 8) ranks of a node\n"
+            "  --host-memory GIB        host memory of one node to plan the host tier for (default: this\n"
+            "                           node's at run time; unlimited for --explain, which shares it among\n"
+            "                           min(world, 8) ranks of a node); a tenth (at least 6 GiB) is kept\n"
+            "                           for the system\n"
             "  --dump-grads FILE        write every step's loss and the first step's full gradient (fp32)\n"
             "                           to FILE, for parity checks between runs (format in src/train.h)\n"
             "  --help                   this text and every config key\n"
@@ -331,7 +332,8 @@ int main(int argc, char **argv) {
     int world = cli.explain && cli.world > 0 ? cli.world : ranks.world_size;
     /* The host tier: pinned memory for offloaded activations and model
      * state. A node's memory is shared by its ranks; at run time it is this
-     * node's, less a tenth (at least 6 GiB) for the system and the process. */
+     * node's, less a tenth (at least 6 GiB) for the system and the process;
+     * a budget in the config may ask for less, never for more. */
     double host_node = 0;
     int node_ranks = 1;
     if (cli.host_memory_gib > 0) {
@@ -343,8 +345,24 @@ int main(int argc, char **argv) {
         node_ranks = ranks.local_size > 0 ? ranks.local_size : 1;
     }
     double host_keep = 0.1 * host_node > 6 * GIB ? 0.1 * host_node : 6 * GIB;
-    host_node = host_node > 2 * host_keep ? host_node - host_keep : 0.5 * host_node;
-    target.host_memory_bytes = host_node / node_ranks;
+    double host_share = host_node > 2 * host_keep ? (host_node - host_keep) / node_ranks : 0.5 * host_node / node_ranks;
+    const char *host_from = host_node > 0 ? (cli.host_memory_gib > 0 ? "--host-memory" : "the node")
+                            : cli.explain ? "--host-memory sets a node's" : "the node's size is unknown";
+    target.host_memory_bytes = host_share;
+    if (cfg.checkpointing.host_budget_gib > 0) {
+        double want = cfg.checkpointing.host_budget_gib * GIB;
+        if (host_share > 0 && want > host_share) {
+            char w[32], h[32], n[32];
+            usage_error(&ranks,
+                        "checkpointing.host_budget_gib asks for %s of pinned host memory per rank, but the node "
+                        "(%s in all, less a tenth for the system, %d rank%s on it) gives %s per rank; lower "
+                        "checkpointing.host_budget_gib or set it to 0 (the node's share)",
+                        asp_fmt_bytes(w, sizeof w, want), asp_fmt_bytes(n, sizeof n, host_node), node_ranks,
+                        node_ranks == 1 ? "" : "s", asp_fmt_bytes(h, sizeof h, host_share));
+        }
+        target.host_memory_bytes = want;
+        host_from = "checkpointing.host_budget_gib";
+    }
     target.host_is_device = be ? be->device_memory && be->device_memory() == 0 : !explain_gpu_plan;
     plan_t plan;
     int planned = plan_compile(&plan, &cfg, &model, world, &target, err, sizeof err);
@@ -373,11 +391,12 @@ int main(int argc, char **argv) {
             printf("memory budget per rank: %s (%s)\n", mem > 0 ? asp_fmt_bytes(buf, sizeof buf, mem) : "unlimited",
                    mem_from);
             if (target.host_memory_bytes > 0)
-                printf("host memory budget per rank: %s (a node's memory less a tenth, at least 6 GiB, for the "
-                       "system, shared by %d ranks)\n",
-                       asp_fmt_bytes(buf, sizeof buf, target.host_memory_bytes), node_ranks);
+                printf("host budget per rank: %s (%s: a node's memory less a tenth, at least 6 GiB, for the "
+                       "system, shared by %d rank%s)\n",
+                       asp_fmt_bytes(buf, sizeof buf, target.host_memory_bytes), host_from, node_ranks,
+                       node_ranks == 1 ? "" : "s");
             else
-                printf("host memory budget per rank: unlimited (--host-memory sets a node's)\n");
+                printf("host budget per rank: unlimited (%s)\n", host_from);
             plan_explain(&plan, &cfg, stdout);
             fflush(stdout);
         }
@@ -411,6 +430,13 @@ int main(int argc, char **argv) {
                  cli.config, cfg.model.architecture, (double)model.n_params / 1e6, (long long)cfg.train.seq_len,
                  plan.world, plan.sp, plan.dp, plan.zero_stage, sac_policy_name(plan.policy),
                  mem > 0 ? asp_fmt_bytes(buf, sizeof buf, mem) : "unlimited");
+        if (plan_host_bytes(&plan)) {
+            char hb[32], hl[32];
+            asp_info("host tier: the plan offloads %s per rank to pinned host memory (budget %s, %s)%s",
+                     asp_fmt_bytes(hb, sizeof hb, (double)plan_host_bytes(&plan)),
+                     asp_fmt_bytes(hl, sizeof hl, target.host_memory_bytes), host_from,
+                     plan.inputs_offloaded ? "; the layer inputs too" : "");
+        }
         if (plan_layers_mixed(&plan))
             asp_info("SAC per layer: attention's outputs fit in %d of %lld layers; layers %d-%lld recompute attention "
                      "too (--explain shows the plan)",

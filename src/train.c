@@ -145,32 +145,35 @@ static void metrics_failed(const config_t *cfg, int e) {
 
 /* After the first step every buffer the engine uses exists (arenas, library
  * workspaces grown on first use): compare with what the plan predicted. */
-/* Resident memory of this process (VmRSS), 0 when unknown: pinned host
- * memory is resident from its allocation on. */
-static double resident_bytes(void) {
+/* Peak resident memory of this process (VmHWM), bytes; 0 when unknown. */
+static double host_peak_resident(void) {
     FILE *f = fopen("/proc/self/status", "r");
     if (!f) return 0;
     char line[256];
     double kib = 0;
     while (fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmRSS:", 6)) kib = atof(line + 6);
+        if (strncmp(line, "VmHWM:", 6) == 0) kib = atof(line + 6);
     fclose(f);
-    return kib * 1024.0;
+    return kib * 1024;
 }
 
 static void report_memory(exec_t *e, const plan_t *plan, int lead) {
     size_t measured = exec_measured_bytes(e);
-    if (lead && plan->mem.host_total > 0) {
-        char a[32], b[32];
-        asp_info("host memory: plan pins %s (activations and model state); this process has %s resident",
-                 asp_fmt_bytes(a, sizeof a, (double)plan->mem.host_total), asp_fmt_bytes(b, sizeof b, resident_bytes()));
+    if (lead && plan_host_bytes(plan)) {
+        char a[32], b[32], c[32];
+        asp_info("host memory: plan places %s (%zu B) in pinned host memory per rank; allocated %s (%zu B); process "
+                 "peak resident %s",
+                 asp_fmt_bytes(a, sizeof a, (double)plan_host_bytes(plan)), plan_host_bytes(plan),
+                 asp_fmt_bytes(b, sizeof b, (double)exec_host_bytes(e)), exec_host_bytes(e),
+                 asp_fmt_bytes(c, sizeof c, host_peak_resident()));
     }
     if (!lead || !measured) return;
     double arenas = (double)plan->mem.device_total - plan->target.reserved_bytes;
     char a[32], b[32], c[32];
-    asp_info("device memory: plan predicts %s of arenas (+ %s reserved for libraries); measured %s allocated by the engine",
+    asp_info("device memory: plan predicts %s of arenas (+ %s reserved for libraries; %.0f B in all); measured %s "
+             "allocated by the engine",
              asp_fmt_bytes(a, sizeof a, arenas), asp_fmt_bytes(b, sizeof b, plan->target.reserved_bytes),
-             asp_fmt_bytes(c, sizeof c, (double)measured));
+             (double)plan->mem.device_total, asp_fmt_bytes(c, sizeof c, (double)measured));
     /* Allocation granularity dominates tiny plans: judge only real sizes. */
     double ratio = (double)measured / arenas;
     if (arenas > 256.0 * 1024 * 1024 && (ratio > 1.1 || ratio < 0.9))
@@ -472,6 +475,8 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         exec_comm_times(e, &ct);
         double host_work = 0, host_exposed = 0;
         exec_host_optimizer_times(e, &host_work, &host_exposed);
+        exec_copy_times_t cp;
+        exec_copy_times(e, &cp);
         if (!isfinite(res.loss))
             asp_die(ASP_EXIT_FAILURE, "loss is %f at step %lld: training diverged (lower train.lr?)", res.loss,
                     (long long)step);
@@ -504,20 +509,25 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
             double w_tflops = win_flops / win_time / 1e12 / r->world_size;
             double mean_dt = n_timed > 0 ? t_timed / (double)n_timed : dt;
             char rate[32], el[24], eta[24];
-            char extra[96] = "", comm[96] = "", host[48] = "";
+            char extra[96] = "", comm[96] = "", host[48] = "", copy[96] = "";
             if (peak_tflops > 0)
                 snprintf(extra, sizeof extra, " | MFU %.1f%% | peak %.2f GiB", 100 * w_tflops / peak_tflops,
                          (double)peak_bytes / GIB);
             if (r->world_size > 1)
                 snprintf(comm, sizeof comm, " | a2a %.1f ms | grad comm %.1f ms (%.1f exposed)", ct.a2a_s * 1e3,
                          ct.grad_s * 1e3, ct.grad_exposed_s * 1e3);
+            if (plan->mem.offload_slot_bytes) {
+                char moved[32];
+                snprintf(copy, sizeof copy, " | offload %s, copy %.1f ms (%.1f exposed)",
+                         asp_fmt_bytes(moved, sizeof moved, cp.bytes), cp.busy_s * 1e3, cp.exposed_s * 1e3);
+            }
             if (plan->optim_offload)
                 snprintf(host, sizeof host, " | host optimizer %.0f ms (%.0f exposed)", host_work * 1e3,
                          host_exposed * 1e3);
-            printf("step %6lld/%lld (%.1f%%) | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s | %.1f ms | %.3f TFLOP/s%s%s%s"
+            printf("step %6lld/%lld (%.1f%%) | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s | %.1f ms | %.3f TFLOP/s%s%s%s%s"
                    " | elapsed %s | ETA %s\n",
                    (long long)step, (long long)tc->steps, 100.0 * (double)step / (double)tc->steps, res.loss, opt.lr,
-                   res.grad_norm, fmt_rate(rate, sizeof rate, w_tps), w_ms, w_tflops, extra, comm, host,
+                   res.grad_norm, fmt_rate(rate, sizeof rate, w_tps), w_ms, w_tflops, extra, comm, copy, host,
                    fmt_duration(el, sizeof el, asp_now() - t_start),
                    fmt_duration(eta, sizeof eta, mean_dt * (double)(tc->steps - step)));
             fflush(stdout);
@@ -529,10 +539,11 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
                     "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
                     "\"ms\": %.3f, \"tflops\": %.4f, \"mfu\": %.4f, \"peak_gib\": %.3f, \"valid_targets\": %lld, "
                     "\"a2a_ms\": %.3f, \"grad_comm_ms\": %.3f, \"grad_exposed_ms\": %.3f, \"host_optimizer_ms\": %.3f, "
-                    "\"host_optimizer_exposed_ms\": %.3f}\n",
+                    "\"host_optimizer_exposed_ms\": %.3f, \"offload_gib\": %.4f, \"copy_ms\": %.3f, \"copy_exposed_ms\": %.3f}\n",
                     (long long)step, res.loss, opt.lr, res.grad_norm, tps, dt * 1e3, tflops, mfu,
                     (double)peak_bytes / GIB, (long long)res.valid_targets, ct.a2a_s * 1e3, ct.grad_s * 1e3,
-                    ct.grad_exposed_s * 1e3, host_work * 1e3, host_exposed * 1e3);
+                    ct.grad_exposed_s * 1e3, host_work * 1e3, host_exposed * 1e3, cp.bytes / GIB, cp.busy_s * 1e3,
+                    cp.exposed_s * 1e3);
             if (fflush(metrics) != 0 || ferror(metrics)) metrics_failed(cfg, errno);
         }
         if (have_val && ((tc->eval_every > 0 && step % tc->eval_every == 0) || step == tc->steps)) {

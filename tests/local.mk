@@ -11,6 +11,8 @@ TESTS += tests/test_docs_parity.sh
 EXTRA_DIST += tests/test_docs_parity.sh tests/docs_parity.py
 TESTS += tests/test_train_tiny.sh
 EXTRA_DIST += tests/test_train_tiny.sh
+TESTS += tests/test_offload.sh
+EXTRA_DIST += tests/test_offload.sh
 TESTS += tests/test_prepare_data.sh
 EXTRA_DIST += tests/test_prepare_data.sh
 # Whole-model finite differences through the executor (CPU engine)
@@ -19,6 +21,12 @@ TESTS += tests/test_model_grad
 tests_test_model_grad_SOURCES = tests/test_model_grad.c
 tests_test_model_grad_CFLAGS = $(ASP_TEST_CFLAGS)
 tests_test_model_grad_LDADD = $(ASP_TEST_LIBS)
+# Offload copies as late as the backend contract allows (CPU engine)
+check_PROGRAMS += tests/test_offload_order
+TESTS += tests/test_offload_order
+tests_test_offload_order_SOURCES = tests/test_offload_order.c
+tests_test_offload_order_CFLAGS = $(ASP_TEST_CFLAGS)
+tests_test_offload_order_LDADD = $(ASP_TEST_LIBS)
 TESTS += tests/test_failures.sh
 EXTRA_DIST += tests/test_failures.sh
 TESTS += tests/test_first_hour.sh

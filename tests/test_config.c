@@ -547,7 +547,7 @@ START_TEST(test_help_lists_every_key) {
                           "rope_scaling.original_max_position_embeddings", "tie_word_embeddings",
                           "initializer_range", "global_batch_size", "warmup_steps", "grad_clip", "seed",
                           "device", "shuffle", "sequence_parallel_size", "zero_stage", "policy",
-                          "memory_budget_gib", "offload", "loss_chunk_tokens", "mlp_tile_tokens", "run_dir", "log_every",
+                          "memory_budget_gib", "offload", "host_budget_gib", "host_bandwidth_gbs", "loss_chunk_tokens", "mlp_tile_tokens", "run_dir", "log_every",
                           "default 64", "default 0.003", "default auto", "default \"runs/latest\""};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         ck_assert_msg(strstr(buf, want[i]) != NULL, "help lacks '%s'", want[i]);

@@ -824,6 +824,42 @@ START_TEST(t_determinism) {
 }
 END_TEST
 
+/* Copies beside compute: host -> device on the copy stream, an op that
+ * reads the result after copy_wait, device -> host after that op, the
+ * source overwritten only after waiting for it; the bytes come back whole,
+ * and copy_times counts them. */
+START_TEST(t_copy_stream) {
+    const size_t n = (size_t)64 << 20;
+    uint8_t *h1 = G->host_alloc(n, "copy test source"), *h2 = G->host_alloc(n, "copy test result");
+    ck_assert_ptr_nonnull(h1);
+    ck_assert_ptr_nonnull(h2);
+    for (size_t i = 0; i < n; i++) h1[i] = (uint8_t)(i * 2654435761u >> 13);
+    memset(h2, 0, n);
+    void *d1 = G->alloc(n, "copy test d1"), *d2 = G->alloc(n, "copy test d2");
+    double bytes, busy, exposed;
+    G->synchronize();
+    G->copy_times(&bytes, &busy, &exposed);   /* forget earlier copies */
+    G->copy_async(d1, h1, n, 0, 3);
+    G->copy_wait(3);
+    G->copy(d2, d1, n);                        /* reads d1 once it has arrived */
+    G->copy_async(h2, d2, n, 1, 4);            /* after the op above */
+    G->copy_wait(4);
+    G->zero(d2, n);                            /* only once d2 has left */
+    G->zero(d1, n);
+    G->synchronize();
+    ck_assert_msg(memcmp(h1, h2, n) == 0, "the bytes that went to the device and back differ");
+    G->copy_times(&bytes, &busy, &exposed);
+    ck_assert_msg(bytes == 2.0 * (double)n, "copy_times counted %.0f bytes, expected %.0f", bytes, 2.0 * (double)n);
+    ck_assert_msg(busy > 0 && exposed >= 0 && exposed <= busy * 1.5 + 1e-3, "busy %.6f s, exposed %.6f s", busy, exposed);
+    printf("copy stream: 2 x 64 MiB, busy %.3f ms (%.1f GB/s), exposed %.3f ms\n", busy * 1e3, 2.0 * (double)n / busy / 1e9,
+           exposed * 1e3);
+    G->free(d1);
+    G->free(d2);
+    G->host_free(h1);
+    G->host_free(h2);
+}
+END_TEST
+
 int main(void) {
     if (cuda_device_count() == 0) {
         return test_skip("test_cuda_ops", "no CUDA device (the GPU ops run on a machine with one)");
@@ -844,6 +880,7 @@ int main(void) {
     tcase_add_test(tc, t_heads);
     tcase_add_test(tc, t_optimizer);
     tcase_add_test(tc, t_determinism);
+    tcase_add_test(tc, t_copy_stream);
     tcase_add_test(tc, t_attention_simple);
     tcase_add_test(tc, t_attention_cudnn);
     tcase_add_test(tc, t_attention_cudnn_tuned);

@@ -16,17 +16,18 @@
 
 #define GiB 1073741824.0
 
-enum { M_TINY, M_3B, M_8B, M_70B };
+enum { M_TINY, M_3B, M_8B, M_70B, M_1B };
 
 static model_t *get_model(int which) {
-    static model_t models[4];
-    static int built[4];
+    static model_t models[5];
+    static int built[5];
     if (!built[which]) {
         model_config_t c;
         switch (which) {
         case M_TINY: c = test_llama_cfg(64, 160, 2, 4, 2, 16, 256, 1, 8.0); break;
         case M_3B: c = test_llama_cfg(3072, 8192, 28, 24, 8, 128, 128256, 1, 8.0); break;
         case M_8B: c = test_llama_cfg(4096, 14336, 32, 32, 8, 128, 128256, 0, 8.0); break;
+        case M_1B: c = test_llama_cfg(2048, 8192, 16, 32, 8, 64, 128256, 1, 32.0); break;
         default: c = test_llama_cfg(8192, 28672, 80, 64, 8, 128, 128256, 0, 8.0); break;
         }
         char err[256];
@@ -335,7 +336,7 @@ static size_t saved_of(model_t *m, int64_t S, double budget, sac_policy_t pol, i
     config_t c = make_cfg(m, S, 8, 8, pol);
     c.checkpointing.offload = offload;
     *ok = compile(p, &c, m, 8, bf16_target(budget), err) == 0;
-    size_t r = p->layer.saved_bytes;
+    size_t r = p->layer.saved_bytes;   /* on the device */
     if (set) {
         *set = 0;
         for (int t = 0; t < p->layer.g.nt; t++)
@@ -378,7 +379,8 @@ START_TEST(test_sac_extremes) {
     for (double gib = 20; gib <= 120; gib += 10) {
         for (int off = 0; off < 2; off++) {
             size_t a = saved_of(m, 131072, gib * GiB, SAC_AUTO, off, &ok, NULL);
-            ck_assert(a <= all && a >= full);
+            /* with offload the checkpoint itself may go to the host */
+            ck_assert(a <= all && (off || a >= full));
         }
     }
     /* auto always keeps attention's outputs */
@@ -410,17 +412,15 @@ START_TEST(test_sac_monotone) {
             prev_set = set;
         }
         ck_assert(dropped);     /* the choice did change with S */
-        /* smaller budget at a fixed S: never more saved */
+        /* smaller budget at a fixed S: never more saved bytes (which
+         * tensors stay may change: what tiling frees is taken back by
+         * the dearest rebuild that fits) */
         prev = 1e300;
-        prev_set = ~0ull;
         for (double gib = 160; gib >= 20; gib -= 5) {
             int ok;
-            uint64_t set;
-            size_t b = saved_of(m, 262144, gib * GiB, SAC_AUTO, off, &ok, &set);
+            size_t b = saved_of(m, 262144, gib * GiB, SAC_AUTO, off, &ok, NULL);
             ck_assert((double)b <= prev);
-            ck_assert((set & ~prev_set) == 0);
             prev = (double)b;
-            prev_set = set;
         }
     }
 }
@@ -461,11 +461,102 @@ START_TEST(test_sac_offload) {
             ck_assert_uint_ne(p->layer.t[t].saved_off, PLAN_NO_OFFSET);
         }
     ck_assert_int_gt(n_off, 0);
-    ck_assert_uint_eq(p->mem.offload.bytes, 32 * p->layer.offload_bytes);
+    /* the last layers' activations stay in their staging slots */
+    ck_assert_uint_eq(p->mem.offload.bytes, (32 - PLAN_OFFLOAD_SLOTS) * p->layer.offload_bytes);
+    ck_assert_uint_eq(p->mem.offload_stage.bytes, PLAN_OFFLOAD_SLOTS * p->mem.offload_slot_bytes);
+    ck_assert_int_eq(p->mem.offload_stage.arena, ARENA_ACTIVATIONS);
     ck_assert_uint_eq(p->mem.host_total, p->mem.arena_bytes[ARENA_HOST]);
     ck_assert_int_eq(p->mem.offload.arena, ARENA_HOST);
     /* cheap elementwise results are recomputed, not offloaded */
     ck_assert_int_eq(p->layer.t[find_tensor(&p->layer.g, "act")].keep, KEEP_RECOMPUTE);
+    free(p);
+}
+END_TEST
+
+/* Take back: wherever auto recomputes or offloads a tensor of a single
+ * layer plan, saving it instead would not fit (nothing that fits is left
+ * dropped, e.g. after tiling freed room); with the host tier, the same for
+ * sending the layer inputs back to the device. */
+START_TEST(test_sac_takes_back) {
+    struct { int model, world, sp; int64_t S; double gib; int off; } cases[] = {
+        {M_1B, 1, 1, 131072, 139, 0}, {M_1B, 1, 1, 131072, 139, 1}, {M_1B, 1, 1, 262144, 60, 1},
+        {M_1B, 1, 1, 786432, 139, 1}, {M_8B, 8, 8, 262144, 70, 1}, {M_8B, 8, 8, 262144, 60, 0},
+    };
+    plan_t *p = new_plan(), *q = new_plan();
+    char err[512];
+    int checked = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        model_t *m = get_model(cases[i].model);
+        config_t c = make_cfg(m, cases[i].S, cases[i].world, cases[i].sp, SAC_AUTO);
+        c.checkpointing.offload = cases[i].off;
+        plan_target_t t = scratch_target(cases[i].gib * GiB);
+        t.reserved_bytes = 2.65 * GiB;
+        t.host_memory_bytes = 100 * GiB;
+        ck_assert_msg(compile(p, &c, m, cases[i].world, t, err) == 0, "case %zu: %s", i, err);
+        ck_assert((double)plan_host_bytes(p) <= t.host_memory_bytes);
+        if (plan_layers_mixed(p)) continue;
+        const graph_t *g = &p->layer.g;
+        for (int u = 0; u < g->nt; u++) {
+            keep_t k = p->layer.t[u].keep;
+            if (k != KEEP_RECOMPUTE && k != KEEP_OFFLOAD) continue;
+            *q = *p;
+            q->layer.t[u].keep = KEEP_SAVE;
+            sac_derive(q, &q->layer, NULL, 0);
+            /* a recompute that saving would not shorten (k alone, while q and
+             * v still need the rope step) may stay */
+            int shorter = k == KEEP_OFFLOAD ||
+                          sac_graph_recompute_flops(q, &q->layer) < sac_graph_recompute_flops(p, &p->layer);
+            ck_assert_msg(!shorter || !memplan_all(q, &c), "case %zu: %s is %s but saving it fits too", i,
+                          g->t[u].name, keep_name(k));
+            checked++;
+        }
+        if (p->inputs_offloaded) {
+            *q = *p;
+            q->inputs_offloaded = 0;
+            ck_assert_msg(!memplan_all(q, &c), "case %zu: the layer inputs are on the host but fit on the device", i);
+        }
+    }
+    ck_assert_int_gt(checked, 0);
+    free(p);
+    free(q);
+}
+END_TEST
+
+/* The host tier: with offload, Llama-3.2-1B at S = 262,144 under a 60 GiB
+ * budget and at 786,432 on a whole 139 GiB card keeps attention's outputs
+ * in every layer (without offload it recomputes attention in some); the
+ * plan never places more on the host than its budget, and with no host room
+ * it falls back to the device-only plan. */
+START_TEST(test_sac_host_tier) {
+    model_t *m = get_model(M_1B);
+    plan_t *p = new_plan();
+    char err[512];
+    struct { int64_t S; double gib; } cases[] = {{262144, 60}, {786432, 139}};
+    for (size_t i = 0; i < 2; i++) {
+        config_t c = make_cfg(m, cases[i].S, 1, 1, SAC_AUTO);
+        plan_target_t t = scratch_target(cases[i].gib * GiB);
+        t.reserved_bytes = 2.65 * GiB;
+        c.checkpointing.offload = 0;
+        ck_assert_msg(compile(p, &c, m, 1, t, err) == 0, "%s", err);
+        ck_assert_msg(plan_recomputes_attention(p), "S %lld without offload", (long long)cases[i].S);
+        ck_assert_uint_eq(plan_host_bytes(p), 0);
+        c.checkpointing.offload = 1;
+        double budgets[] = {0, 102.4 * GiB, 40 * GiB, 8 * GiB, 1 << 20};
+        for (size_t b = 0; b < sizeof budgets / sizeof budgets[0]; b++) {
+            t.host_memory_bytes = budgets[b];
+            ck_assert_msg(compile(p, &c, m, 1, t, err) == 0, "%s", err);
+            if (budgets[b] > 0)
+                ck_assert_msg((double)plan_host_bytes(p) <= budgets[b], "S %lld: %zu host bytes over %g",
+                              (long long)cases[i].S, plan_host_bytes(p), budgets[b]);
+            if (b < 2) ck_assert_msg(!plan_recomputes_attention(p), "S %lld host %g", (long long)cases[i].S, budgets[b]);
+            ck_assert_uint_eq(plan_host_bytes(p), p->mem.offload.bytes);
+            ck_assert_uint_eq(p->mem.offload.bytes,
+                              plan_layer_host_off(p, p->mem.offload_host_layers));
+        }
+        /* a host tier too small for any layer: the device-only plan */
+        ck_assert_uint_eq(plan_host_bytes(p), 0);
+        ck_assert(plan_recomputes_attention(p));
+    }
     free(p);
 }
 END_TEST
@@ -1198,7 +1289,8 @@ START_TEST(test_explain_70b) {
     plan_t *p = new_plan();
     char err[512];
     config_t c = make_cfg(m, 1 << 20, 32, 0, SAC_AUTO);
-    c.checkpointing.offload = 1;
+    /* on the device alone (an unlimited host tier would let a lower SP degree fit) */
+    c.checkpointing.offload = 0;
     /* ZeRO-1 keeps full bf16 weights and gradients on every rank: 263 GiB for 70B */
     plan_target_t t = bf16_target(320 * GiB);
     t.reserved_bytes = 4 * GiB;
@@ -1301,6 +1393,8 @@ int main(void) {
     tcase_add_test(sac, test_sac_monotone);
     tcase_add_test(sac, test_sac_fits_when_possible);
     tcase_add_test(sac, test_sac_offload);
+    tcase_add_test(sac, test_sac_takes_back);
+    tcase_add_test(sac, test_sac_host_tier);
     tcase_add_test(sac, test_sac_add_rmsnorm);
     tcase_add_test(sac, test_sac_per_layer);
     suite_add_tcase(s, sac);

@@ -70,6 +70,28 @@ static void *cpu_alloc(size_t bytes, const char *what) {
     return p;
 }
 static void cpu_free(void *p) { free(p); }
+/* The offload tier: NULL when the memory is not there (the executor refuses the run). */
+static void *cpu_host_alloc(size_t bytes, const char *what) {
+    (void)what;
+    void *p = NULL;
+    size_t sz = asp_align_up(bytes ? bytes : 1, CPU_ALIGN);
+    if (posix_memalign(&p, CPU_ALIGN, sz) != 0) return NULL;
+    return p;
+}
+/* Copies beside compute happen at once on the host: the same calls, no overlap. */
+static double cpu_copied_bytes;
+static void cpu_copy_async(void *dst, const void *src, size_t bytes, int to_host, int tag) {
+    (void)to_host;
+    (void)tag;
+    if (bytes) memcpy(dst, src, bytes);
+    cpu_copied_bytes += (double)bytes;
+}
+static void cpu_copy_wait(int tag) { (void)tag; }
+static void cpu_copy_times(double *bytes, double *busy_s, double *exposed_s) {
+    *bytes = cpu_copied_bytes;
+    *busy_s = *exposed_s = 0;
+    cpu_copied_bytes = 0;
+}
 static void cpu_zero(void *p, size_t bytes) { if (bytes) memset(p, 0, bytes); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { if (bytes && dst != src) memmove(dst, src, bytes); }
 static void cpu_synchronize(void) {}
@@ -765,7 +787,7 @@ const backend_t backend_cpu = {
     .memory_used = cpu_memory_used,
     .alloc = cpu_alloc,
     .free = cpu_free,
-    .host_alloc = cpu_alloc,
+    .host_alloc = cpu_host_alloc,
     .host_free = cpu_free,
     .zero = cpu_zero,
     .copy = cpu_copy,
@@ -775,6 +797,9 @@ const backend_t backend_cpu = {
     .to_f32 = cpu_to_f32,
     .synchronize = cpu_synchronize,
     .stream = NULL, /* host memory: no stream */
+    .copy_async = cpu_copy_async,
+    .copy_wait = cpu_copy_wait,
+    .copy_times = cpu_copy_times,
     .embed_fwd = cpu_embed_fwd,
     .embed_bwd = cpu_embed_bwd,
     .rmsnorm_fwd = cpu_rmsnorm_fwd,

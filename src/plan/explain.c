@@ -188,7 +188,11 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
                 (long long)p->seq_local, (long long)p->seq_local, (long long)p->seq_local - 1);
     }
     fprintf(out, "  checkpoint   policy %s%s\n", plan_policy_name(cfg->checkpointing.policy),
-            cfg->checkpointing.offload ? ", host offload allowed" : "");
+            cfg->checkpointing.offload ? ", host offload allowed" : ", host offload off");
+    if (cfg->checkpointing.offload)
+        fprintf(out, "  host tier    %s per rank, PCIe %.0f GB/s each way, %d device staging slots\n",
+                p->target.host_memory_bytes > 0 ? fmtb(b1, sizeof b1, p->target.host_memory_bytes) : "unlimited",
+                p->host_bandwidth / 1e9, PLAN_OFFLOAD_SLOTS);
     if (p->target.memory_bytes > 0)
         fprintf(out, "  budget       %s per rank (%s reserved for libraries)\n",
                 fmtb(b1, sizeof b1, p->target.memory_bytes), fmtb(b2, sizeof b2, p->target.reserved_bytes));
@@ -211,8 +215,8 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         fprintf(out, "\nSAC (layers 0-%d, one layer, one rank)\n", p->layers_rich - 1);
     else
         fprintf(out, "\nSAC (one layer, one rank)\n");
-    fprintf(out, "  %-10s %12s  %-11s %14s %12s   %s\n", "tensor", "bytes", "decision", "recompute GF", "comm",
-            "cost if rebuilt alone");
+    fprintf(out, "  %-10s %12s  %-11s %-7s %14s %12s %10s   %s\n", "tensor", "bytes", "decision", "tier", "recompute GF",
+            "comm", "copy ms", "cost if rebuilt alone");
     const graph_plan_t *gp = &p->layer;
     for (int t = 0; t < gp->g.nt; t++) {
         const tensor_plan_t *tp = &gp->t[t];
@@ -220,14 +224,31 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         double fl;
         size_t cm;
         sac_standalone_cost(p, gp, t, &fl, &cm);
-        fprintf(out, "  %-10s %12s  %-11s %14.2f %12s   %.2f GFLOP, %s all-to-all\n", gp->g.t[t].name,
-                fmtb(b1, sizeof b1, (double)tp->bytes), t == gp->g.input ? "save (in)" : keep_name(tp->keep),
-                tp->recompute_flops / 1e9, fmtb(b2, sizeof b2, (double)tp->recompute_comm_bytes), fl / 1e9,
+        const int in_host = tp->keep == KEEP_OFFLOAD || (t == gp->g.input && plan_input_offloaded(p, gp));
+        const char *tier = in_host ? "host" : t == gp->g.input || tp->keep == KEEP_SAVE ? "device" : "-";
+        char copy[32] = "-";
+        if (in_host) snprintf(copy, sizeof copy, "%.1f", 1e3 * (double)tp->bytes / p->host_bandwidth);
+        fprintf(out, "  %-10s %12s  %-11s %-7s %14.2f %12s %10s   %.2f GFLOP, %s all-to-all\n", gp->g.t[t].name,
+                fmtb(b1, sizeof b1, (double)tp->bytes), t == gp->g.input ? "save (in)" : keep_name(tp->keep), tier,
+                tp->recompute_flops / 1e9, fmtb(b2, sizeof b2, (double)tp->recompute_comm_bytes), copy, fl / 1e9,
                 fmtb(b3, sizeof b3, (double)cm));
+    }
+    if (gp->offload_bytes) {
+        double copy_s, exposed_s;
+        plan_offload_times(p, gp, &copy_s, &exposed_s);
+        const int out_layers = p->mem.offload_host_layers < (mixed ? p->layers_rich : (int)m->L)
+                                   ? p->mem.offload_host_layers : (mixed ? p->layers_rich : (int)m->L);
+        fprintf(out, "  offload: %s per layer to the host and back (%.1f ms each way at %.0f GB/s), in %d of %lld "
+                     "layers (the last %d stay in their device staging slots); expected %.1f ms of copies per layer, "
+                     "%.1f ms not hidden by the layer's compute (%.1f ms per step)\n",
+                fmtb(b1, sizeof b1, (double)gp->offload_bytes), 1e3 * (double)gp->offload_bytes / p->host_bandwidth,
+                p->host_bandwidth / 1e9, out_layers, (long long)m->L,
+                PLAN_OFFLOAD_SLOTS, copy_s * 1e3, exposed_s * 1e3,
+                exposed_s * 1e3 * (double)out_layers * (double)p->micro_steps);
     }
     if (cfg->checkpointing.policy == SAC_AUTO && !mixed)
         for (int s = 0; s < gp->g.ns; s++)
-            if (gp->g.s[s].op == OP_ATTENTION && gp->t[gp->g.s[s].out[0]].keep != KEEP_SAVE)
+            if (gp->g.s[s].op == OP_ATTENTION && gp->recompute_step[s])
                 fprintf(out, "  auto: no mix that keeps attention's outputs fits the budget; attention is "
                              "recomputed too (as policy full)\n");
     fprintf(out, "  saved slot %s per layer, host slot %s per layer, workspace %s\n",
@@ -251,9 +272,10 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         double rc = sac_graph_recompute_flops(p, lp);
         fprintf(out, "  auto, per layer: attention's outputs fit in %d of %lld layers; layers %d-%lld recompute "
                      "everything from their input, attention included (%.2f GFLOP per layer): saved slot %s, "
-                     "workspace %s\n",
+                     "host slot %s, workspace %s\n",
                 p->layers_rich, (long long)m->L, p->layers_rich, (long long)m->L - 1, rc / 1e9,
-                fmtb(b1, sizeof b1, (double)lp->saved_bytes), fmtb(b2, sizeof b2, (double)lp->workspace_bytes));
+                fmtb(b1, sizeof b1, (double)lp->saved_bytes), fmtb(b3, sizeof b3, (double)lp->offload_bytes),
+                fmtb(b2, sizeof b2, (double)lp->workspace_bytes));
     }
 
     fprintf(out, "\nMEMORY (per rank)\n");
@@ -273,7 +295,8 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         {"  logits", &mem->logits},   {"resid_grad[0]", &mem->resid_grad[0]}, {"resid_grad[1]", &mem->resid_grad[1]},
         {"a2a_send", &mem->a2a_send},   {"a2a_recv", &mem->a2a_recv},     {"tokens", &mem->tokens},
         {"targets", &mem->targets},     {"positions", &mem->positions},   {"rope_freq", &mem->rope_freq},
-        {"scalars", &mem->scalars},     {"op scratch", &mem->scratch}, {"offload", &mem->offload},
+        {"scalars", &mem->scalars},     {"op scratch", &mem->scratch}, {"offload stage", &mem->offload_stage},
+        {"offload", &mem->offload},
     };
     /* the logits lie inside the workspace region (row above), so the rows do not add up to the arenas */
     fprintf(out, "  %-14s %-6s %-12s %14s    %12s\n", "region", "tier", "arena", "bytes", "");
@@ -294,7 +317,7 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
             fmtb(b1, sizeof b1, (double)mem->host_total), fmtb(b2, sizeof b2, (double)mem->arena_bytes[ARENA_HOST]),
             fmtb(b3, sizeof b3, (double)mem->host_state));
     if (mem->pcie_bytes > 0) {
-        double rate = p->target.pcie_bytes_per_s > 0 ? p->target.pcie_bytes_per_s : PLAN_PCIE_BYTES_PER_S;
+        double rate = p->host_bandwidth > 0 ? p->host_bandwidth : PLAN_HOST_BANDWIDTH;
         fprintf(out, "  PCIe (model state)     %14.0f B  %12s per optimizer step, %.2f s at %.0f GB/s (gradients "
                      "off during the backward, weights back after AdamW)\n",
                 mem->pcie_bytes, fmtb(b1, sizeof b1, mem->pcie_bytes), mem->pcie_s, rate / 1e9);
@@ -306,7 +329,10 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
     if (p->target.host_memory_bytes > 0)
         fprintf(out, "  budget (host)          %14.0f B  %12s (%s)\n", p->target.host_memory_bytes,
                 fmtb(b1, sizeof b1, p->target.host_memory_bytes),
-                (double)mem->host_total <= p->target.host_memory_bytes ? "fits" : "DOES NOT FIT");
+                (double)plan_host_bytes(p) <= p->target.host_memory_bytes ? "fits" : "DOES NOT FIT");
+    fprintf(out, "  tiers                  device %s, host %s; attention %s\n",
+            fmtb(b1, sizeof b1, (double)mem->device_total), fmtb(b2, sizeof b2, (double)plan_host_bytes(p)),
+            plan_recomputes_attention(p) ? "recomputed in some layers" : "never recomputed");
     if (p->target.memory_bytes > 0 || p->target.host_memory_bytes > 0) {
         int64_t g = (int64_t)p->sp * 1024;
         config_t fixed = *cfg;
@@ -315,11 +341,14 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         int64_t longest = plan_longest_seq(&fixed, m, p->world, &p->target, g);
         fprintf(out, "\nLONGEST S that fits the budget on %d rank%s (multiple of %lld): %lld tokens with ZeRO-%d and the "
                      "optimizer on the %s",
-                p->world, p->world == 1 ? "" : "s", (long long)g, (long long)longest, p->zero_stage, p->optim_offload ? "host" : "device");
+                p->world, p->world == 1 ? "" : "s", (long long)g, (long long)longest, p->zero_stage,
+                p->optim_offload ? "host" : "device");
         if (p->zero_auto) {
             int64_t any = plan_longest_seq(cfg, m, p->world, &p->target, g);
             fprintf(out, "; %lld tokens with the placement auto chooses there", (long long)any);
         }
         fprintf(out, "\n");
+        int64_t kept = plan_longest_seq_no_attention_recompute(cfg, m, p->world, &p->target, g);
+        fprintf(out, "LONGEST S with no layer recomputing attention: %lld tokens\n", (long long)kept);
     }
 }

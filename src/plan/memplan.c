@@ -180,7 +180,8 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
     if (g->input >= 0) {
         gp->t[g->input].keep = KEEP_SAVE;
         gp->t[g->input].saved_off = 0;
-        so = asp_align_up(gp->t[g->input].bytes, PLAN_ALIGN);
+        if (plan_input_offloaded(p, gp)) ho = asp_align_up(gp->t[g->input].bytes, PLAN_ALIGN);
+        else so = asp_align_up(gp->t[g->input].bytes, PLAN_ALIGN);
     }
     for (int t = 0; t < g->nt; t++) {
         tensor_plan_t *tp = &gp->t[t];
@@ -432,7 +433,17 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     mem->rope_freq = place(end, ARENA_WORKSPACE, (size_t)(m->hd / 2) * 8);
     mem->scalars = place(end, ARENA_WORKSPACE, 16 * 4);
     mem->scratch = place(end, ARENA_WORKSPACE, scratch);
-    mem->offload = place(end, ARENA_HOST, plan_layer_host_off(p, (int)m->L));
+    /* offload: the staging slots on the device, the host slots of the layers that leave them */
+    mem->offload_stage.arena = ARENA_ACTIVATIONS;   /* where it goes when used */
+    size_t slot = p->layer.offload_bytes;
+    if (mixed && p->layer_lean.offload_bytes > slot) slot = p->layer_lean.offload_bytes;
+    if (slot) {
+        mem->offload_slot_bytes = asp_align_up(slot, PLAN_ALIGN);
+        int stage_layers = (int)m->L < PLAN_OFFLOAD_SLOTS ? (int)m->L : PLAN_OFFLOAD_SLOTS;
+        mem->offload_stage = place(end, ARENA_ACTIVATIONS, (size_t)stage_layers * mem->offload_slot_bytes);
+        mem->offload_host_layers = (int)m->L - stage_layers;
+    }
+    mem->offload = place(end, ARENA_HOST, plan_layer_host_off(p, mem->offload_host_layers));
     size_t dev = 0;
     for (int a = 0; a < ARENA__COUNT; a++) {
         mem->arena_bytes[a] = asp_align_up(end[a], PLAN_ALIGN);
@@ -450,7 +461,8 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
         double per = p->zero_stage >= 2 ? (double)p->micro_steps : 1.0;
         mem->pcie_bytes = (double)p->shard_len * ((double)gb * per + (double)pb);
     }
-    double rate = p->target.pcie_bytes_per_s > 0 ? p->target.pcie_bytes_per_s : PLAN_PCIE_BYTES_PER_S;
+    double rate = cfg->checkpointing.host_bandwidth_gbs > 0 ? cfg->checkpointing.host_bandwidth_gbs * 1e9
+                                                            : PLAN_HOST_BANDWIDTH;
     mem->pcie_s = mem->pcie_bytes / rate;
 }
 
@@ -465,9 +477,15 @@ int memplan_all(plan_t *p, const config_t *cfg) {
 
 int plan_fits(const plan_t *p) {
     int dev = p->target.memory_bytes <= 0 || (double)p->mem.device_total <= p->target.memory_bytes;
-    int host = p->target.host_memory_bytes <= 0 || (double)p->mem.host_total <= p->target.host_memory_bytes;
+    int host = p->target.host_memory_bytes <= 0 || (double)plan_host_bytes(p) <= p->target.host_memory_bytes;
     return dev && host;
 }
+
+int plan_input_offloaded(const plan_t *p, const graph_plan_t *gp) {
+    return p->inputs_offloaded && (gp == &p->layer || gp == &p->layer_lean);
+}
+
+size_t plan_host_bytes(const plan_t *p) { return p->mem.arena_bytes[ARENA_HOST] + p->mem.arena_bytes[ARENA_HOST_STATE]; }
 
 /* ------------------------------------------------------------------ per-layer plans */
 

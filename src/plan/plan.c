@@ -104,41 +104,63 @@ static int auto_degrees(const model_t *m, int world, int64_t gbs, int *list) {
     return n;
 }
 
-static int64_t longest_fixed(plan_t *scratch, const config_t *cfg, const model_t *m, int world,
-                             const plan_target_t *t, int sp, int64_t granule) {
+/* compile_at == 0, and with `kept` also no layer recomputing attention */
+static int good_at(plan_t *p, const config_t *cfg, const model_t *m, int world, const plan_target_t *t, int sp,
+                   int64_t seq_len, int kept) {
     char err[512];
+    if (compile_at(p, cfg, m, world, t, sp, seq_len, err, sizeof err) != 0) return 0;
+    return !kept || !plan_recomputes_attention(p);
+}
+
+static int64_t longest_fixed_kept(plan_t *scratch, const config_t *cfg, const model_t *m, int world,
+                                  const plan_target_t *t, int sp, int64_t granule, int kept) {
     if (granule < 1) granule = 1;
     int64_t lo = 0, hi = LONGEST_SEQ_MAX / granule;
-    if (compile_at(scratch, cfg, m, world, t, sp, hi * granule, err, sizeof err) == 0) return hi * granule;
-    while (hi - lo > 1) {   /* fits(lo) (or lo == 0), !fits(hi) */
+    if (good_at(scratch, cfg, m, world, t, sp, hi * granule, kept)) return hi * granule;
+    while (hi - lo > 1) {   /* good(lo) (or lo == 0), !good(hi) */
         int64_t mid = lo + (hi - lo) / 2;
-        if (compile_at(scratch, cfg, m, world, t, sp, mid * granule, err, sizeof err) == 0) lo = mid;
+        if (good_at(scratch, cfg, m, world, t, sp, mid * granule, kept)) lo = mid;
         else hi = mid;
     }
     return lo * granule;
+}
+
+static int64_t longest_fixed(plan_t *scratch, const config_t *cfg, const model_t *m, int world,
+                             const plan_target_t *t, int sp, int64_t granule) {
+    return longest_fixed_kept(scratch, cfg, m, world, t, sp, granule, 0);
 }
 
 static int64_t granule_for(int sp, int64_t seq_len) {
     return seq_len >= (int64_t)sp * 1024 ? (int64_t)sp * 1024 : sp;
 }
 
-int64_t plan_longest_seq(const config_t *cfg, const model_t *m, int world, const plan_target_t *target,
-                         int64_t granule) {
+static int64_t longest_seq(const config_t *cfg, const model_t *m, int world, const plan_target_t *target,
+                           int64_t granule, int kept) {
     plan_target_t t = effective_target(cfg, target);
     plan_t *scratch = asp_malloc(sizeof *scratch, "plan search");
     int64_t best = 0;
     if (cfg->parallel.sequence_parallel_size > 0) {
-        best = longest_fixed(scratch, cfg, m, world, &t, (int)cfg->parallel.sequence_parallel_size, granule);
+        best = longest_fixed_kept(scratch, cfg, m, world, &t, (int)cfg->parallel.sequence_parallel_size, granule, kept);
     } else {
         int list[1024];
         int n = world <= 1024 ? auto_degrees(m, world, cfg->train.global_batch_size, list) : 0;
         for (int i = 0; i < n; i++) {
-            int64_t s = longest_fixed(scratch, cfg, m, world, &t, list[i], granule);
+            int64_t s = longest_fixed_kept(scratch, cfg, m, world, &t, list[i], granule, kept);
             if (s > best) best = s;
         }
     }
     free(scratch);
     return best;
+}
+
+int64_t plan_longest_seq(const config_t *cfg, const model_t *m, int world, const plan_target_t *target,
+                         int64_t granule) {
+    return longest_seq(cfg, m, world, target, granule, 0);
+}
+
+int64_t plan_longest_seq_no_attention_recompute(const config_t *cfg, const model_t *m, int world,
+                                                const plan_target_t *target, int64_t granule) {
+    return longest_seq(cfg, m, world, target, granule, 1);
 }
 
 static void no_fit_message(const plan_t *p, const config_t *cfg, int64_t longest, int sp, char *err, size_t errlen) {

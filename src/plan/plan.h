@@ -20,6 +20,14 @@
 #include "opshapes.h"
 
 #define PLAN_NO_OFFSET ((size_t)-1)
+/* Device slots the offloaded activations pass through (see memplan_t). Two:
+ * a layer's copy to the host runs during the next layer's forward, its copy
+ * back during the backward of the layer above it. */
+#define PLAN_OFFLOAD_SLOTS 2
+/* PCIe bandwidth each way between a GPU and its host, bytes/s, when the
+ * config gives none (checkpointing.host_bandwidth_gbs): PCIe Gen5 x16 as an
+ * H100/H200 reaches it with pinned memory (about 50 GB/s of the 64 GB/s). */
+#define PLAN_HOST_BANDWIDTH 50e9
 
 typedef struct {
     int act_bytes;          /* bytes per activation element: 4 (cpu fp32) or 2 (cuda bf16) */
@@ -28,7 +36,6 @@ typedef struct {
     double memory_bytes;    /* per-rank device memory the plan must fit in; 0 = unlimited */
     double reserved_bytes;  /* kept free for the device context, NCCL and library handles */
     double host_memory_bytes; /* pinned host memory this rank may use (its share of the node); 0 = unlimited */
-    double pcie_bytes_per_s;  /* host <-> device copy rate the plan assumes for its cost figures; 0: 50 GB/s */
     int host_is_device;       /* 1: the device's memory is host memory (the cpu backend): auto never offloads */
     /* Scratch the target's ops need at the plan's shapes (e.g. the attention
      * library's workspace); NULL when unknown (planning without the device). */
@@ -134,13 +141,21 @@ typedef struct {
     region_t rope_freq;     /* fp64 [hd/2] inverse frequencies */
     region_t scalars;       /* fp32 scalars: loss sum, gradient sum of squares (16 floats) */
     region_t scratch;       /* the backend's op scratch (target.scratch_bytes at op_shapes) */
-    region_t offload;       /* host: L slots of layer.offload_bytes */
+    region_t offload;       /* host: one slot per layer 0 .. offload_host_layers-1 (plan_layer_host_off) */
+    /* Device staging of the offloaded tensors: PLAN_OFFLOAD_SLOTS slots of
+     * offload_slot_bytes, layer l in slot l % PLAN_OFFLOAD_SLOTS. A layer's
+     * offloaded tensors are copied there at the end of its forward and go to
+     * the host from there on the copy stream; the last PLAN_OFFLOAD_SLOTS
+     * layers' never leave it (their backward comes first). */
+    region_t offload_stage;
+    size_t offload_slot_bytes;
+    int offload_host_layers;
     size_t arena_bytes[ARENA__COUNT];
     size_t device_total;    /* predicted peak device bytes of the engine's arenas */
-    size_t host_total;      /* pinned host bytes (both host arenas) */
+    size_t host_total;      /* pinned host bytes (both host arenas: plan_host_bytes) */
     size_t host_state;      /* of which model state (ARENA_HOST_STATE) */
     double pcie_bytes;      /* bytes the model state moves between host and device per optimizer step */
-    double pcie_s;          /* the time the plan expects them to take (target.pcie_bytes_per_s) */
+    double pcie_s;          /* the time the plan expects them to take (at plan_t.host_bandwidth) */
 } memplan_t;
 
 typedef struct {
@@ -177,11 +192,17 @@ typedef struct {
      * L unless memory only allows some layers to keep attention's outputs. */
     graph_plan_t layer_lean;
     int layers_rich;
+    /* 1: every layer's input (the checkpoint, saved_off 0 of its host slot)
+     * goes to the host tier like the offloaded tensors: the layer below
+     * writes it straight into its staging slot, where its forward and
+     * backward read it */
+    int inputs_offloaded;
     memplan_t mem;
     op_shapes_t op_shapes;  /* largest operand shapes, for the backend's scratch */
     /* cost figures */
     double flops_per_step;  /* model FLOPs of one optimizer step, whole job (6N + attention, see docs) */
     double recompute_flops_per_step; /* extra FLOPs the SAC choice spends, whole job */
+    double host_bandwidth;  /* bytes/s each way to the host tier (checkpointing.host_bandwidth_gbs) */
 } plan_t;
 
 /* 1 when recomputing step si of gp runs only a norm: an ADD_RMSNORM whose h
@@ -222,11 +243,6 @@ typedef struct {
 } a2a_staging_t;
 a2a_staging_t plan_a2a_staging(const graph_plan_t *gp, int si);
 
-/* Host <-> device copy rate assumed when the target gives none: PCIe Gen5
- * x16 moves about 50 GB/s each way with pinned memory (the GPU check script
- * measures it on the card). */
-#define PLAN_PCIE_BYTES_PER_S 50e9
-
 /* 1 when the laid-out plan fits both tiers: device_total within
  * target.memory_bytes and host_total within target.host_memory_bytes. */
 int plan_fits(const plan_t *p);
@@ -249,6 +265,9 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out);
  * same config, world and target; 0 if none. */
 int64_t plan_longest_seq(const config_t *cfg, const model_t *m, int world,
                          const plan_target_t *target, int64_t granule);
+/* The same, counting only plans in which no layer recomputes attention. */
+int64_t plan_longest_seq_no_attention_recompute(const config_t *cfg, const model_t *m, int world,
+                                                const plan_target_t *target, int64_t granule);
 
 /* Gradient buckets, in the order of the flat buffers: 0 the embedding
  * (model.embed_tokens), 1..L layer l-1, L+1 the tail (final norm, and the LM
@@ -280,6 +299,16 @@ size_t plan_flat_index(const plan_t *p, size_t model_index);
 const graph_plan_t *plan_layer_plan(const plan_t *p, int layer);
 size_t plan_layer_saved_off(const plan_t *p, int layer);
 size_t plan_layer_host_off(const plan_t *p, int layer);
+/* 1 when graph plan gp (one of p's) keeps its input in its host slot. */
+int plan_input_offloaded(const plan_t *p, const graph_plan_t *gp);
+/* Host bytes the plan uses per rank (every region of the host arena); what
+ * target.host_memory_bytes bounds. */
+size_t plan_host_bytes(const plan_t *p);
+/* 1 when some layer's plan recomputes attention. */
+int plan_recomputes_attention(const plan_t *p);
+/* The expected time of one layer's offload copies (per rank, seconds) at the
+ * plan's PCIe figure, and the part of it the layer's compute does not hide. */
+void plan_offload_times(const plan_t *p, const graph_plan_t *gp, double *copy_s, double *exposed_s);
 /* 1 when layers use two different plans (0 < layers_rich < L). */
 int plan_layers_mixed(const plan_t *p);
 
