@@ -409,9 +409,9 @@ int main(int argc, char **argv) {
     /* On a backend whose device memory is host memory, the arenas and the
      * pinned host regions share the node: refuse what it cannot hold rather
      * than be killed allocating it. */
-    if (be && be->device_memory && be->device_memory() == 0 && target.host_memory_bytes > 0) {
+    if (be && be->device_memory && be->device_memory() == 0 && host_share > 0) {
         double need = (double)plan.mem.device_total + (double)plan.mem.host_total;
-        if (need > target.host_memory_bytes) {
+        if (need > host_share) {
             char a[32], b[32], c[32], d[32];
             usage_error(&ranks,
                         "the plan needs %s of this node's memory per rank (%s of arenas and %s of pinned host memory "
@@ -420,7 +420,7 @@ int main(int argc, char **argv) {
                         "off, or add ranks",
                         asp_fmt_bytes(a, sizeof a, need), asp_fmt_bytes(b, sizeof b, (double)plan.mem.device_total),
                         asp_fmt_bytes(c, sizeof c, (double)plan.mem.host_total),
-                        asp_fmt_bytes(d, sizeof d, target.host_memory_bytes), node_ranks);
+                        asp_fmt_bytes(d, sizeof d, host_share), node_ranks);
         }
     }
     if (par_set_groups(&ranks, plan.sp, err, sizeof err) != 0) usage_error(&ranks, "%s", err);

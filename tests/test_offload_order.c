@@ -125,7 +125,7 @@ static void train2(const plan_t *p, const backend_t *be, double *loss, float *gr
                 pos[b * n + i] = (int32_t)i;
             }
             valid[b] = n;
-            batch[b] = (exec_batch_t){tok + b * n, tgt + b * n, pos + b * n};
+            batch[b] = (exec_batch_t){tok + b * n, tgt + b * n, pos + b * n, NULL};
         }
         exec_result_t res;
         exec_forward_backward(e, batch, valid, &res);
