@@ -30,7 +30,9 @@ fi
 PY=${PYTHON:-$( [ -x /opt/torch/.venv/bin/python ] && echo /opt/torch/.venv/bin/python || echo python3)}
 [ -f data/english.tok ] || python3 scripts/text_to_shard.py data/english.txt data/english.tok >/dev/null
 CFG=configs/llama32_1b.yaml
-DATA="--set data.path=$PWD/data/english.tok --set io.log_every=1 --set io.save_at_end=false --set train.device=cuda"
+# the optimizer stays on the GPU at ZeRO-1 in every run: only the activations' placement differs
+DATA="--set data.path=$PWD/data/english.tok --set io.log_every=1 --set io.save_at_end=false --set train.device=cuda
+      --set parallel.zero_stage=1 --set optimizer.offload=false"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOG_DIR/gpu.txt"
 free -g | tee "$LOG_DIR/host.txt"
 
