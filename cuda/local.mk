@@ -2,6 +2,12 @@
 if HAVE_CUDA
 libautosp_a_SOURCES += cuda/cuda_common.h cuda/backend.cu cuda/kernels.cu cuda/matmul.cu \
 	cuda/attention.cu cuda/attention_cudnn.cu
+# The .cu.o rule tracks no headers: every CUDA object depends on the ones
+# they include, so a change of a shared struct rebuilds them all.
+ASP_CUDA_DEPS = $(srcdir)/cuda/cuda_common.h $(srcdir)/src/backend.h $(srcdir)/src/dtype.h \
+	$(srcdir)/src/opshapes.h $(srcdir)/src/util.h autosp_config.h
+cuda/backend.$(OBJEXT) cuda/kernels.$(OBJEXT) cuda/matmul.$(OBJEXT) cuda/attention.$(OBJEXT) \
+	cuda/attention_cudnn.$(OBJEXT): $(ASP_CUDA_DEPS)
 endif
 
 if HAVE_CHECK
