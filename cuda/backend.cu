@@ -442,6 +442,13 @@ static void cuda_set_scratch(void *p, size_t bytes) {
 
 static void *cuda_stream_handle(void) { return (void *)g_cuda.stream; }
 
+static int cuda_idle(void) {
+    cudaError_t q = cudaStreamQuery(g_cuda.stream);
+    if (q == cudaSuccess) return 1;
+    if (q != cudaErrorNotReady) CUDA_CHECK(q);
+    return 0;
+}
+
 /* Dense bf16 tensor-core peak in TFLOP/s (no sparsity), for MFU. */
 static double cuda_peak_tflops(void) {
     const char *env = getenv("ASP_PEAK_TFLOPS");
@@ -477,6 +484,7 @@ static backend_t make_backend(void) {
     b.to_f32 = cuda_to_f32;
     b.synchronize = cuda_synchronize;
     b.stream = cuda_stream_handle;
+    b.idle = cuda_idle;
     b.copy_async = cuda_copy_async;
     b.copy_wait = cuda_copy_wait;
     b.copy_times = cuda_copy_times;

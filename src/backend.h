@@ -75,6 +75,9 @@ typedef struct backend {
     void (*to_f32)(float *host, const void *src, dtype_t src_type, size_t n);   /* backend -> host fp32, converted */
     void (*synchronize)(void);
     void *(*stream)(void);          /* the stream every op runs on (cudaStream_t); NULL for cpu */
+    /* 1 when every op issued so far has finished (the device stands idle);
+     * NULL: ops finish as they are called (cpu) */
+    int (*idle)(void);
     /* ---- copies beside compute (activation offload and prefetch)
      * copy_async enqueues a raw copy between backend memory and pinned host
      * memory (to_host: backend -> host, else host -> backend) on a copy

@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -63,7 +64,8 @@ struct exec {
         long long ticket[PLAN_PARAM_STAGES];/* each stage's last copy back */
         exec_optim_t opt;
         float sumsq;
-        double work_s, wait_s;              /* worker's AdamW time, main thread's wait, last step */
+        double work_s, wait_s, idle_s;      /* worker's AdamW time; main thread's wait, and the part of it with the
+                                               device idle (exposed), since they were last read */
     } ho;
     double *bucket_sumsq;                   /* optimizer offload: fp64 sum of squares of each bucket's slice */
     int shards;                 /* ranks sharing the optimizer state (1 for ZeRO-0) */
@@ -1418,8 +1420,19 @@ static void need_updated(exec_t *e, int bi) {
             pthread_mutex_unlock(&e->ho.mu);
             break;
         }
-        double t0 = asp_now();
-        while (e->ho.done_upto <= issued) pthread_cond_wait(&e->ho.cv, &e->ho.mu);
+        /* The host waits for the worker; what the step loses is the part of
+         * that wait in which the device has run out of queued work. */
+        double t0 = asp_now(), last = t0;
+        while (e->ho.done_upto <= issued) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 500000;
+            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            pthread_cond_timedwait(&e->ho.cv, &e->ho.mu, &ts);
+            double now = asp_now();
+            if (!e->be->idle || e->be->idle()) e->ho.idle_s += now - last;
+            last = now;
+        }
         e->ho.wait_s += asp_now() - t0;
         int done = e->ho.done_upto;
         pthread_mutex_unlock(&e->ho.mu);
@@ -1550,8 +1563,8 @@ void exec_host_optimizer_times(exec_t *e, double *work_s, double *exposed_s) {
     if (!e->ho.started) return;
     pthread_mutex_lock(&e->ho.mu);
     *work_s = e->ho.work_s;
-    *exposed_s = e->ho.wait_s;
-    e->ho.wait_s = 0;
+    *exposed_s = e->ho.idle_s;
+    e->ho.wait_s = e->ho.idle_s = 0;
     pthread_mutex_unlock(&e->ho.mu);
 }
 

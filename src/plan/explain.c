@@ -130,7 +130,7 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
                            : p->zero_stage == 2 ? "optimizer state and gradients sharded"
                                                 : "optimizer state, gradients and weights sharded";
         fprintf(out, "  ZeRO         stage %d (%s): %s over %d rank%s, %zu elements each (%zu padded)\n", p->zero_stage,
-                p->zero_auto ? "chosen by auto: of the placements that fit, the one that recomputes least" : "as configured", what, p->shards,
+                p->zero_auto ? "chosen by auto: of the placements that fit, the one expected to cost least" : "as configured", what, p->shards,
                 p->shards > 1 ? "s" : "", p->shard_len, p->n_params_padded);
         if (p->optim_offload)
             fprintf(out, "  optimizer    on the host: master weights, AdamW moments and the %s gradient shard in pinned "

@@ -56,17 +56,35 @@ static double layers_recompute_flops(const plan_t *p) {
     return rc;
 }
 
+/* What a placement is expected to cost a step beyond the model's FLOPs, in
+ * seconds per rank: its recompute at the rate long-S layers reach (about
+ * 400 TFLOP/s on an H100/H200), plus, with the optimizer on the host, the
+ * part of its AdamW the next forward cannot hide. AdamW streams about 28
+ * bytes a parameter through host memory (fp32 master, moments, gradient in;
+ * master, moments, weight out): 6.4-7.6 s for 8.03e9 parameters on a
+ * 16-core H200 host (bench/RESULTS.md), about 30 GB/s; the first bucket
+ * (the embedding) is always waited for, and a short forward hides little,
+ * so a quarter of it is counted. */
+#define PLACEMENT_FLOP_PER_S 400e12
+#define HOST_ADAMW_BYTES_PER_S 30e9
+static double placement_cost_s(const plan_t *p) {
+    double rc = layers_recompute_flops(p) * (double)p->micro_steps;
+    double cost = rc / PLACEMENT_FLOP_PER_S;
+    if (p->optim_offload) cost += 0.25 * (double)p->shard_len * 28.0 / HOST_ADAMW_BYTES_PER_S;
+    return cost;
+}
+
 /* 0: compiled and fits; 1: compiled, does not fit; -1: impossible (err set).
- * With several placements to try (auto), the one that fits and recomputes
- * least wins (within 0.1%: the earlier, lower one), since recompute is
- * what memory buys back; without a fit p is left at the last one tried. */
+ * With several placements to try (auto), the one that fits at the least
+ * expected cost wins (placement_cost_s; within 0.1%, the earlier, lower
+ * one); without a fit p is left at the last one tried. */
 static int compile_at(plan_t *p, const config_t *cfg, const model_t *m, int world, const plan_target_t *t, int sp,
                       int64_t seq_len, char *err, size_t errlen) {
     if (sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen)) return -1;
     placement_t list[16];
     int n = placements(cfg, world, p->micro_steps, t, list);
     int best = -1;
-    double best_rc = 0;
+    double best_cost = 0;
     for (int i = 0; i < n; i++) {
         if (i > 0 && sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen)) return -1;
         p->zero_stage = list[i].stage;
@@ -74,12 +92,12 @@ static int compile_at(plan_t *p, const config_t *cfg, const model_t *m, int worl
         p->host_grad_bytes = list[i].host_grad_bytes;
         p->zero_auto = cfg->parallel.zero_stage < 0 || cfg->optimizer.offload < 0;
         if (!sac_pass(p, cfg)) continue;
-        double rc = layers_recompute_flops(p);
-        if (best < 0 || rc < best_rc * 0.999) {
+        double cost = placement_cost_s(p);
+        if (best < 0 || cost < best_cost * 0.999) {
             best = i;
-            best_rc = rc;
+            best_cost = cost;
         }
-        if (rc == 0) break;     /* nothing to gain from a higher placement */
+        if (cost == 0) break;   /* nothing to gain from a higher placement */
     }
     if (best >= 0 && (p->zero_stage != list[best].stage || p->optim_offload != list[best].offload ||
                       p->host_grad_bytes != list[best].host_grad_bytes)) {
