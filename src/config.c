@@ -167,11 +167,13 @@ static const cfg_key_t cfg_keys[] = {
      .help = "how model state is sharded over all ranks: 0 nothing; 1 fp32 master weights and AdamW "
              "moments; 2 also the gradients (each layer's produced in a bucket buffer and "
              "reduce-scattered into the rank's shard); 3 also the weights (each layer's gathered just "
-             "before its forward and its backward); auto: the lowest stage that fits"},
+             "before its forward and its backward); auto: of the placements that fit, the one expected to "
+             "cost least (recompute, and the host optimizer's unhidden time), the lowest stage on a tie"},
     /* ---------------------------------------------------------------- optimizer */
     {"optimizer", "offload", KT_TRI, FLD(optimizer.offload),
      .help = "keep the fp32 master weights, AdamW moments and gradient shard in pinned host memory "
-             "and run AdamW on the CPU, bucket by bucket; auto: only when the GPU cannot hold them"},
+             "and run AdamW on the CPU, bucket by bucket, beside the next forward; auto: when that is the "
+             "placement expected to cost least (never on the CPU engine)"},
     /* ---------------------------------------------------------------- checkpointing */
     {"checkpointing", "policy", KT_SAC, FLD(checkpointing.policy),
      .help = "what the backward keeps: save_all every activation, full the fewest (the rest is "
