@@ -825,44 +825,53 @@ int ckpt_resume(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_
     host_coll->bcast(r->world, pos, 4 * sizeof(int64_t), DT_U8, 0);
     st->step = pos[0], st->epoch = pos[1], st->cursor = pos[2], st->seed = (uint64_t)pos[3];
 
-    /* Everything was validated by rank 0: read on every rank into host
-     * buffers first, so a read failure leaves the engine untouched. */
+    /* Everything was validated by rank 0 (sizes, checksums). Each rank
+     * reads what it holds chunk by chunk straight into the engine: no
+     * model-sized buffer (4 x 32 GB for 8B parameters, beside the pinned
+     * optimizer state). A read that fails midway leaves the engine partly
+     * loaded, and the run is refused (the caller ends it). */
     size_t n = plan->n_params;
     exec_piece_t *pieces = asp_malloc((size_t)plan_n_buckets(plan) * sizeof *pieces, "checkpoint pieces");
     int npieces = exec_state_pieces(e, pieces);
     char path[CFG_PATH_MAX + 96];
-    float *w = asp_malloc(n * sizeof(float), "checkpoint weights");
-    float *s[3];
-    for (int k = 0; k < 3; k++) s[k] = asp_calloc(plan->shard_len, sizeof(float), "checkpoint optimizer state");
+    const size_t chunk = (size_t)1 << 22;
+    float *buf = asp_malloc(chunk * sizeof(float), "checkpoint read buffer");
     pathf(path, sizeof path, "%s/%s", dir, file_names[F_WEIGHTS]);
     dtype_t dt = DT_F32;
     rc = check_array_header(path, DT_F32, 1, (int64_t)n, &dt, err, errlen);
     if (!rc) {
         int fd = open_ckpt_file(path, err, errlen);
         size_t es = dtype_size(dt);
-        rc = fd < 0 || read_all_fd(fd, w, n * es, CKPT_HEADER_BYTES) != 0
-                 ? asp_errf(err, errlen, "%s: cannot read the weights", path)
-                 : 0;
+        if (fd < 0) rc = -1;
+        for (size_t b = 0; b < n && !rc; b += chunk) {
+            size_t k = n - b < chunk ? n - b : chunk;
+            if (read_all_fd(fd, buf, k * es, (off_t)(CKPT_HEADER_BYTES + b * es)) != 0) {
+                rc = asp_errf(err, errlen, "%s: cannot read the weights", path);
+                break;
+            }
+            if (dt == DT_BF16) bf16_to_f32(buf, (const uint16_t *)buf, k);
+            exec_set_params_range(e, buf, b, k);
+        }
         if (fd >= 0) close(fd);
-        if (!rc && dt == DT_BF16) bf16_to_f32(w, (const uint16_t *)w, n);
     }
+    static const exec_state_t which[3] = {EXEC_MASTER, EXEC_ADAM_M, EXEC_ADAM_V};
     for (int k = 0; k < 3 && !rc; k++) {
         pathf(path, sizeof path, "%s/%s", dir, file_names[F_MASTER + k]);
         for (int i = 0; i < npieces && !rc; i++)
-            rc = read_slice(path, pieces[i].model_begin, pieces[i].len, s[k] + pieces[i].shard_off, err, errlen);
+            for (size_t c = 0; c < pieces[i].len && !rc; c += chunk) {
+                size_t m = pieces[i].len - c < chunk ? pieces[i].len - c : chunk;
+                rc = read_slice(path, pieces[i].model_begin + c, m, buf, err, errlen);
+                if (!rc) exec_set_optimizer_state_range(e, which[k], pieces[i].shard_off + c, buf, m);
+            }
     }
     double bad = rc ? 1 : 0;
     host_coll->allreduce_sum(r->world, &bad, 1, DT_F64);
     if (bad == 0) {
-        exec_set_params(e, w);
-        static const exec_state_t which[3] = {EXEC_MASTER, EXEC_ADAM_M, EXEC_ADAM_V};
-        for (int k = 0; k < 3; k++) exec_set_optimizer_state(e, which[k], s[k]);
         if (loaded) snprintf(loaded, loadedlen, "%s", dir);
     } else if (!rc) {
         asp_errf(err, errlen, "reading checkpoint %s failed on another rank", dir);
     }
-    free(w);
+    free(buf);
     free(pieces);
-    for (int k = 0; k < 3; k++) free(s[k]);
     return bad == 0 ? 1 : -1;
 }

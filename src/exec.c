@@ -532,18 +532,23 @@ void exec_get_params(exec_t *e, float *out, int root) {
     if (root < 0 || e->ranks->world_rank == root) flat_to_f32(e, out, e->params, e->be->param_dtype);
 }
 
-void exec_set_params(exec_t *e, const float *in) {
+void exec_set_params_range(exec_t *e, const float *vals, size_t begin, size_t n) {
     const plan_t *p = e->plan;
     host_optimizer_finish(e);
-    params_from_f32(e, in, 0, p->n_params);
+    params_from_f32(e, vals, begin, n);
     for (int bi = 0; bi < plan_n_buckets(p); bi++) {
         plan_bucket_t b;
         plan_bucket(p, bi, &b);
         size_t lo, hi;
         slice_of(e, &b, &lo, &hi);
-        if (hi > lo) state_to_dev(e, e->master + b.shard_off * sizeof(float), in + lo, (hi - lo) * sizeof(float));
+        size_t a = lo > begin ? lo : begin, z = hi < begin + n ? hi : begin + n;
+        if (a < z)
+            state_to_dev(e, e->master + (b.shard_off + (a - lo)) * sizeof(float), vals + (a - begin),
+                         (z - a) * sizeof(float));
     }
 }
+
+void exec_set_params(exec_t *e, const float *in) { exec_set_params_range(e, in, 0, e->plan->n_params); }
 
 int exec_state_pieces(const exec_t *e, exec_piece_t *out) {
     const plan_t *p = e->plan;
@@ -566,8 +571,15 @@ void exec_get_optimizer_state(exec_t *e, exec_state_t which, float *out, int roo
 }
 
 void exec_set_optimizer_state(exec_t *e, exec_state_t which, const float *vals) {
+    exec_set_optimizer_state_range(e, which, 0, vals, e->plan->shard_len);
+}
+
+void exec_set_optimizer_state_range(exec_t *e, exec_state_t which, size_t shard_at, const float *vals, size_t n) {
     host_optimizer_finish(e);
-    state_to_dev(e, state_buf(e, which), vals, e->plan->shard_len * sizeof(float));
+    if (shard_at > e->plan->shard_len || n > e->plan->shard_len - shard_at)
+        asp_die(ASP_EXIT_FAILURE, "internal: optimizer state [%zu, +%zu) outside the shard of %zu", shard_at, n,
+                e->plan->shard_len);
+    state_to_dev(e, state_buf(e, which) + shard_at * sizeof(float), vals, n * sizeof(float));
 }
 
 /* After the reduction each rank holds the reduced gradient of its slices

@@ -105,6 +105,13 @@ void exec_get_optimizer_state(exec_t *e, exec_state_t which, float *out, int roo
  * Collective. Returns the first non-zero value the sink returned (it is not
  * called again after one), else 0. */
 typedef int (*exec_sink_t)(void *ctx, const float *vals, size_t n);
+/* Piecewise exec_set_params and exec_set_optimizer_state, so a checkpoint
+ * loads without model-sized buffers: the weights of model elements
+ * [begin, begin + n) (the compute copy where this rank holds it, the master
+ * where its shard does), and state `which` at shard elements
+ * [shard_at, shard_at + n). Local. */
+void exec_set_params_range(exec_t *e, const float *vals, size_t begin, size_t n);
+void exec_set_optimizer_state_range(exec_t *e, exec_state_t which, size_t shard_at, const float *vals, size_t n);
 int exec_stream_params(exec_t *e, int root, exec_sink_t sink, void *ctx);
 int exec_stream_optimizer_state(exec_t *e, exec_state_t which, int root, exec_sink_t sink, void *ctx);
 
