@@ -1278,17 +1278,32 @@ static void micro_step(exec_t *e, const exec_batch_t *b, float grad_scale) {
     grad_drain_all(e);
 }
 
+/* The loss is the sum over valid targets divided by the GLOBAL valid count,
+ * so each rank's gradient is a plain partial sum. SP ranks of a group see
+ * the same samples, so the count is summed over DP only. */
+static double global_valid(exec_t *e, const int64_t *sample_valid, const char *none) {
+    double valid = 0;
+    for (int64_t i = 0; i < e->plan->micro_steps; i++) valid += (double)sample_valid[i];
+    e->host_coll->allreduce_sum(e->ranks->dp, &valid, 1, DT_F64);
+    if (valid < 1) asp_die(ASP_EXIT_USAGE, "%s", none);
+    return valid;
+}
+
+/* The loss sums of every rank, over the global valid count. */
+static void read_loss(exec_t *e, double valid, exec_result_t *res) {
+    e->coll->allreduce_sum(e->ranks->world, &e->scalars[SCALAR_LOSS], 1, DT_F32);
+    float loss_sum = 0;
+    coll_wait(e);
+    e->be->to_host(&loss_sum, &e->scalars[SCALAR_LOSS], sizeof loss_sum);
+    res->loss = (double)loss_sum / valid;
+    res->valid_targets = (int64_t)valid;
+}
+
 void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid,
                            exec_result_t *res) {
     const plan_t *p = e->plan;
     const backend_t *be = e->be;
-    /* The loss is the sum over valid targets divided by the GLOBAL valid
-     * count, so each rank's gradient is a plain partial sum. SP ranks of a
-     * group see the same samples, so the count is summed over DP only. */
-    double valid = 0;
-    for (int64_t i = 0; i < p->micro_steps; i++) valid += (double)sample_valid[i];
-    e->host_coll->allreduce_sum(e->ranks->dp, &valid, 1, DT_F64);
-    if (valid < 1) asp_die(ASP_EXIT_USAGE, "the batch has no valid targets: check the data shard");
+    double valid = global_valid(e, sample_valid, "the batch has no valid targets: check the data shard");
     float grad_scale = (float)(1.0 / valid);
 
     if (e->grads) be->zero(e->grads, p->mem.grads.bytes);
@@ -1306,13 +1321,7 @@ void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t
     double t0 = prof_begin(e);
     if (e->coll->join) e->coll->join();
     prof_end(e, PROF_BWD, PROF_REDUCE, t0);
-
-    e->coll->allreduce_sum(e->ranks->world, &e->scalars[SCALAR_LOSS], 1, DT_F32);
-    float loss_sum = 0;
-    coll_wait(e);
-    be->to_host(&loss_sum, &e->scalars[SCALAR_LOSS], sizeof loss_sum);
-    res->loss = (double)loss_sum / valid;
-    res->valid_targets = (int64_t)valid;
+    read_loss(e, valid, res);
 }
 
 /* ------------------------------------------------------------------ host optimizer */
@@ -1490,10 +1499,7 @@ static void host_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_
 void exec_eval(exec_t *e, const exec_batch_t *batches, const int64_t *sample_valid, exec_result_t *res) {
     const plan_t *p = e->plan;
     const backend_t *be = e->be;
-    double valid = 0;
-    for (int64_t i = 0; i < p->micro_steps; i++) valid += (double)sample_valid[i];
-    e->host_coll->allreduce_sum(e->ranks->dp, &valid, 1, DT_F64);
-    if (valid < 1) asp_die(ASP_EXIT_USAGE, "the validation batch has no valid targets: check data.val_path");
+    double valid = global_valid(e, sample_valid, "the validation batch has no valid targets: check data.val_path");
     be->zero(e->scalars, p->mem.scalars.bytes);
     /* the gradient buffers stay as they are: the next step zeroes them anyway */
     e->eval = 1;
@@ -1502,12 +1508,7 @@ void exec_eval(exec_t *e, const exec_batch_t *batches, const int64_t *sample_val
         forward_all(e, 0.0f);
     }
     e->eval = 0;
-    e->coll->allreduce_sum(e->ranks->world, &e->scalars[SCALAR_LOSS], 1, DT_F32);
-    float loss_sum = 0;
-    coll_wait(e);
-    be->to_host(&loss_sum, &e->scalars[SCALAR_LOSS], sizeof loss_sum);
-    res->loss = (double)loss_sum / valid;
-    res->valid_targets = (int64_t)valid;
+    read_loss(e, valid, res);
     res->grad_norm = 0;
 }
 
