@@ -43,7 +43,7 @@ static void setup(void) {
     if (par_init(&argc, &argv, &r, err, sizeof err) || backend_cpu.init(0, err, sizeof err)) abort();
     exec_t *e = exec_create(&plan, &backend_cpu, &coll_host, &coll_host, &r);
     exec_init_params(e, 1);
-    ckpt_state_t st = {7, 1, 4, 1234};
+    ckpt_state_t st = {.step = 7, .epoch = 1, .cursor = 4, .seed = 1234};
     if (ckpt_save(&cfg, &plan, e, &r, &coll_host, &st, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         abort();

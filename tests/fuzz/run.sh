@@ -29,12 +29,12 @@ sources() {
         json) echo src/json.c src/util.c ;;
         safetensors) echo src/safetensors.c src/json.c src/util.c ;;
         config) echo src/config.c src/util.c ;;
-        hf_config) echo src/hf.c src/safetensors.c src/json.c src/config.c src/util.c src/model/llama.c src/exec.c \
+        hf_config) echo src/hf.c src/safetensors.c src/json.c src/config.c src/util.c src/model/llama.c src/exec.c src/data.c src/cpu/host_optim.c \
                         src/plan/plan.c src/plan/sp.c src/plan/sac.c src/plan/memplan.c src/parallel/parallel.c src/parallel/coll_host.c ;;
         shard) echo src/data.c src/util.c ;;
         ckpt_state) echo src/ckpt.c src/config.c src/util.c src/model/llama.c src/exec.c src/plan/plan.c src/plan/sp.c \
                          src/plan/sac.c src/plan/memplan.c src/parallel/parallel.c src/parallel/coll_host.c \
-                         src/cpu/cpu_backend.c ;;
+                         src/cpu/cpu_backend.c src/cpu/host_optim.c src/data.c ;;
         *) echo "unknown harness '$1' (json safetensors config hf_config shard ckpt_state)" >&2; exit 2 ;;
     esac
 }
