@@ -485,7 +485,7 @@ int plan_input_offloaded(const plan_t *p, const graph_plan_t *gp) {
     return p->inputs_offloaded && (gp == &p->layer || gp == &p->layer_lean);
 }
 
-size_t plan_host_bytes(const plan_t *p) { return p->mem.arena_bytes[ARENA_HOST] + p->mem.arena_bytes[ARENA_HOST_STATE]; }
+size_t plan_host_bytes(const plan_t *p) { return p->mem.host_total; }
 
 /* ------------------------------------------------------------------ per-layer plans */
 
