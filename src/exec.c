@@ -64,8 +64,8 @@ struct exec {
         long long ticket[PLAN_PARAM_STAGES];/* each stage's last copy back */
         exec_optim_t opt;
         float sumsq;
-        double work_s, wait_s, idle_s;      /* worker's AdamW time; main thread's wait, and the part of it with the
-                                               device idle (exposed), since they were last read */
+        double work_s, idle_s;              /* worker's AdamW time; the main thread's wait while the device
+                                               stood idle (exposed), since last read */
     } ho;
     double *bucket_sumsq;                   /* optimizer offload: fp64 sum of squares of each bucket's slice */
     int shards;                 /* ranks sharing the optimizer state (1 for ZeRO-0) */
@@ -525,11 +525,7 @@ int exec_stream_optimizer_state(exec_t *e, exec_state_t which, int root, exec_si
 
 void exec_get_params(exec_t *e, float *out, int root) {
     host_optimizer_finish(e);
-    if (e->plan->zero_stage >= 3) {
-        shard_gather(e, SHARD_PARAMS, EXEC_MASTER, out, root);
-        return;
-    }
-    if (root < 0 || e->ranks->world_rank == root) flat_to_f32(e, out, e->params, e->be->param_dtype);
+    shard_gather(e, SHARD_PARAMS, EXEC_MASTER, out, root);
 }
 
 void exec_set_params_range(exec_t *e, const float *vals, size_t begin, size_t n) {
@@ -1326,6 +1322,15 @@ void exec_forward_backward(exec_t *e, const exec_batch_t *batches, const int64_t
 
 /* ------------------------------------------------------------------ host optimizer */
 
+/* The part [*a0, *b0) of parameter pa inside a slice [lo, hi) of model
+ * elements: AdamW runs per parameter part, so weight decay follows the
+ * parameter. 0 when they do not meet. */
+static int param_part(const param_t *pa, size_t lo, size_t hi, size_t *a0, size_t *b0) {
+    *a0 = pa->offset > lo ? pa->offset : lo;
+    *b0 = pa->offset + pa->numel < hi ? pa->offset + pa->numel : hi;
+    return *a0 < *b0;
+}
+
 /* AdamW on the host over this rank's slice of bucket bi, into the weights'
  * staging ring. */
 static void host_adamw_bucket(exec_t *e, int bi, uint8_t *stage) {
@@ -1339,9 +1344,8 @@ static void host_adamw_bucket(exec_t *e, int bi, uint8_t *stage) {
     slice_of(e, &b, &lo, &hi);
     for (int i = 0; i < m->nparams && lo < hi; i++) {
         const param_t *pa = &m->params[i];
-        size_t a0 = pa->offset > lo ? pa->offset : lo;
-        size_t b0 = pa->offset + pa->numel < hi ? pa->offset + pa->numel : hi;
-        if (a0 >= b0) continue;
+        size_t a0, b0;
+        if (!param_part(pa, lo, hi, &a0, &b0)) continue;
         size_t sh = b.shard_off + (a0 - lo);
         host_adamw((float *)e->master + sh, stage + (a0 - lo) * e->par, e->be->param_dtype, (float *)e->adam_m + sh,
                    (float *)e->adam_v + sh, e->grad_shard + sh * (size_t)p->host_grad_bytes, gt, b0 - a0,
@@ -1443,7 +1447,7 @@ static void need_updated(exec_t *e, int bi) {
         }
         /* The host waits for the worker; what the step loses is the part of
          * that wait in which the device has run out of queued work. */
-        double t0 = asp_now(), last = t0;
+        double last = asp_now();
         while (e->ho.done_upto <= issued) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
@@ -1454,7 +1458,6 @@ static void need_updated(exec_t *e, int bi) {
             if (!e->be->idle || e->be->idle()) e->ho.idle_s += now - last;
             last = now;
         }
-        e->ho.wait_s += asp_now() - t0;
         int done = e->ho.done_upto;
         pthread_mutex_unlock(&e->ho.mu);
         /* A copy back that ends in a gather over the ranks is issued at the
@@ -1545,9 +1548,8 @@ void exec_optimizer_step(exec_t *e, const exec_optim_t *opt, exec_result_t *res)
         size_t flat0 = slice_of(e, &b, &lo, &hi);
         for (int i = 0; i < m->nparams && lo < hi; i++) {
             const param_t *pa = &m->params[i];
-            size_t a0 = pa->offset > lo ? pa->offset : lo;
-            size_t b0 = pa->offset + pa->numel < hi ? pa->offset + pa->numel : hi;
-            if (a0 >= b0) continue;
+            size_t a0, b0;
+            if (!param_part(pa, lo, hi, &a0, &b0)) continue;
             size_t sh = b.shard_off + (a0 - lo), flat = flat0 + (a0 - lo);
             uint8_t *w = p->zero_stage >= 3 ? e->params + sh * e->par : e->params + flat * e->par;
             const uint8_t *g = p->zero_stage >= 2 ? e->grad_shard + sh * 4 : e->grads + flat * e->grd;
@@ -1577,7 +1579,7 @@ void exec_host_optimizer_times(exec_t *e, double *work_s, double *exposed_s) {
     pthread_mutex_lock(&e->ho.mu);
     *work_s = e->ho.work_s;
     *exposed_s = e->ho.idle_s;
-    e->ho.wait_s = e->ho.idle_s = 0;
+    e->ho.idle_s = 0;
     pthread_mutex_unlock(&e->ho.mu);
 }
 
