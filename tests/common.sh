@@ -35,3 +35,17 @@ mpi() {
     [ "$(id -u)" = 0 ] && extra="--allow-run-as-root"
     "$MPIRUN" -np "$np" --oversubscribe $extra -x OMP_NUM_THREADS "$@"
 }
+
+# run NAME NP ARGS...: the engine on NP ranks with $CFG and $COMMON, its run
+# folder $TMP/${RUN_PREFIX}NAME (RUN_PREFIX defaults to "run-"), every step's
+# loss and the first step's gradient in $TMP/NAME.bin (--dump-grads), its
+# output in $TMP/NAME.log; a failed run ends the test.
+run() {
+    name=$1; np=$2; shift 2
+    dir="$TMP/${RUN_PREFIX-run-}$name"
+    if [ "$np" = 1 ]; then
+        "$BIN" "$CFG" $COMMON --set io.run_dir="$dir" --dump-grads "$TMP/$name.bin" "$@" >"$TMP/$name.log" 2>&1
+    else
+        mpi "$np" "$BIN" "$CFG" $COMMON --set io.run_dir="$dir" --dump-grads "$TMP/$name.bin" "$@" >"$TMP/$name.log" 2>&1
+    fi || { echo "FAIL: run $name (np $np) failed:"; cat "$TMP/$name.log"; exit 1; }
+}

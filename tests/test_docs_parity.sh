@@ -18,14 +18,6 @@ COMMON="--set train.steps=1 --set train.global_batch_size=1 --set model.num_hidd
 fails=0
 S=$(python3 "$HELP" shards "$TMP" $EOS 7 $LENS)
 
-run() { # name np args...
-    name=$1; np=$2; shift 2
-    if [ "$np" = 1 ]; then
-        "$BIN" "$CFG" $COMMON --set io.run_dir="$TMP/run-$name" --dump-grads "$TMP/$name.bin" "$@" >"$TMP/$name.log" 2>&1
-    else
-        mpi "$np" "$BIN" "$CFG" $COMMON --set io.run_dir="$TMP/run-$name" --dump-grads "$TMP/$name.bin" "$@" >"$TMP/$name.log" 2>&1
-    fi || { echo "FAIL: run $name (np $np) failed:"; cat "$TMP/$name.log"; exit 1; }
-}
 
 check() { # what ref other
     if "$top_builddir/tests/dump_compare" "$CFG" "$TMP/$2.bin" "$TMP/$3.bin" $TOL model.num_hidden_layers=2 >"$TMP/cmp-$3.log" 2>&1; then

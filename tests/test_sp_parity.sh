@@ -13,14 +13,6 @@ TOL=1e-5
 COMMON="--set data.path=$SHARD --set train.steps=3 --set model.num_hidden_layers=2 --set io.log_every=1000 --set parallel.zero_stage=1"
 fails=0
 
-run() { # name np args...
-    name=$1; np=$2; shift 2
-    if [ "$np" = 1 ]; then
-        "$BIN" "$CFG" $COMMON --set io.run_dir="$TMP/run-$name" --dump-grads "$TMP/$name.bin" "$@" >"$TMP/$name.log" 2>&1
-    else
-        mpi "$np" "$BIN" "$CFG" $COMMON --set io.run_dir="$TMP/run-$name" --dump-grads "$TMP/$name.bin" "$@" >"$TMP/$name.log" 2>&1
-    fi || { echo "FAIL: run $name (np $np) failed:"; cat "$TMP/$name.log"; exit 1; }
-}
 
 check() { # what ref other [layers]
     if "$top_builddir/tests/dump_compare" "$CFG" "$TMP/$2.bin" "$TMP/$3.bin" $TOL model.num_hidden_layers=${4:-2} >"$TMP/cmp-$3.log" 2>&1; then

@@ -18,14 +18,7 @@ COMMON="--set data.path=$SHARD --set model.num_hidden_layers=2 --set train.seq_l
 fails=0
 ok() { echo "ok:   $1"; }
 fail() { echo "FAIL: $1"; fails=$((fails + 1)); }
-run() { # name np args...
-    name=$1; np=$2; shift 2
-    if [ "$np" = 1 ]; then
-        "$BIN" "$CFG" $COMMON --set io.run_dir="$TMP/$name" --dump-grads "$TMP/$name.bin" "$@" >"$TMP/$name.log" 2>&1
-    else
-        mpi "$np" "$BIN" "$CFG" $COMMON --set io.run_dir="$TMP/$name" --dump-grads "$TMP/$name.bin" "$@" >"$TMP/$name.log" 2>&1
-    fi || { echo "FAIL: run $name (np $np) failed:"; cat "$TMP/$name.log"; exit 1; }
-}
+RUN_PREFIX=""   # run folders are $TMP/NAME (end() below)
 end() { echo "$TMP/$1/checkpoints/step-0000000$N"; }
 compare() { # what ref other tol
     if $PY/dump_losses.py "$TMP/$2.bin" "$TMP/$3.bin" 1 $N "$4" >"$TMP/$3-loss.cmp" &&
