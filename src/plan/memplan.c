@@ -461,9 +461,7 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
         double per = p->zero_stage >= 2 ? (double)p->micro_steps : 1.0;
         mem->pcie_bytes = (double)p->shard_len * ((double)gb * per + (double)pb);
     }
-    double rate = cfg->checkpointing.host_bandwidth_gbs > 0 ? cfg->checkpointing.host_bandwidth_gbs * 1e9
-                                                            : PLAN_HOST_BANDWIDTH;
-    mem->pcie_s = mem->pcie_bytes / rate;
+    mem->pcie_s = mem->pcie_bytes / (p->host_bandwidth > 0 ? p->host_bandwidth : PLAN_HOST_BANDWIDTH);
 }
 
 int memplan_all(plan_t *p, const config_t *cfg) {
