@@ -13,7 +13,8 @@
 # on the CPU and the GPU), and Llama-3.2-1B at S = 131072 made of documents
 # of 4K-32K tokens against the same tokens as one causal stream. DOCS_HF=0
 # leaves out the transformers parity (its CPU cases take the longest);
-# DOCS_SEQ and DOCS_STEPS change the Llama run (131072, 4 steps).
+# DOCS_SEQ and DOCS_STEPS change the Llama run (131072, 4 steps); DOCS_PARTS
+# picks the parts to run (default "ops tiny hf 1b").
 #
 # Environment: SEQS (sequence lengths, default 65536), BENCH_CONFIGS (configs, default
 # configs/llama32_1b.yaml), BENCH_STEPS,
@@ -45,13 +46,22 @@ CARD=$(head -1 "$LOG_DIR/gpu.txt" | cut -d, -f1)
 COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}  # COMMIT= where the copy has no history
 
 # Packed documents (--docs): correctness on the GPU, then the speed it buys.
+docs_part() { case " ${DOCS_PARTS:-ops tiny hf 1b} " in *" $1 "*) return 0 ;; esac; return 1; }
 docs_checks() {
-    if ./tests/test_cuda_ops >"$LOG_DIR/docs-ops.log" 2>&1; then
+    if ! docs_part ops; then
+        :
+    elif ./tests/test_cuda_ops >"$LOG_DIR/docs-ops.log" 2>&1; then
         note "ops with documents: PASS ($(grep -c 'documents' "$LOG_DIR/docs-ops.log") document lines, all ops run)"
     else
         note "ops with documents: FAIL (see $LOG_DIR/docs-ops.log)"; grep -E "documents|Failure|FAIL" "$LOG_DIR/docs-ops.log" | tail -30
     fi
     # the tiny model, documents at newlines (english.txt's paragraphs), GPU against the CPU
+    docs_part tiny && docs_tiny
+    docs_part hf && docs_hf
+    docs_part 1b && docs_1b
+}
+
+docs_tiny() {
     common="--set data.path=$PWD/data/english.tok --set train.steps=100 --set io.log_every=10 --set data.documents=eos --set data.eos_token_id=10"
     ./autosp-train configs/tiny.yaml $common --set train.device=cpu --set io.run_dir="$LOG_DIR/docs-tiny-cpu" \
         --dump-grads "$LOG_DIR/docs-tiny-cpu.bin" >"$LOG_DIR/docs-tiny-cpu.log" 2>&1
@@ -70,6 +80,9 @@ PY
             >"$LOG_DIR/docs-tiny-grads-$att.txt" 2>&1
         note "tiny with documents, gpu ($att) vs cpu: $(tail -1 "$LOG_DIR/docs-tiny-$att.txt"); first-step gradients: $(tail -1 "$LOG_DIR/docs-tiny-grads-$att.txt")"
     done
+}
+
+docs_hf() {
     # transformers on a packed sample (fp32 CPU engine, and the GPU engine in bf16); DOCS_HF=0 skips it
     if [ "${DOCS_HF:-1}" = 0 ]; then
         note "hf_parity: skipped (DOCS_HF=0)"
@@ -78,6 +91,9 @@ PY
                 sh tests/test_hf_parity.sh >"$LOG_DIR/docs-hf.log" 2>&1; then r=PASS; else r=FAIL; fi
         note "hf_parity (packed documents included): $r; $(grep -c '^ok' "$LOG_DIR/docs-hf.log") ok, $(grep -c '^FAIL' "$LOG_DIR/docs-hf.log") failed; packed: $(grep 'packed' "$LOG_DIR/docs-hf.log" | sed 's/ (.*//' | tr '\n' ';')"
     fi
+}
+
+docs_1b() {
     # Llama-3.2-1B, S = 131072 of documents of 4K-32K tokens against the same tokens as one stream
     local S=${DOCS_SEQ:-131072} steps=${DOCS_STEPS:-4} shard
     shard="$(cd "$LOG_DIR" && pwd)/docs-4k32k.tok"
