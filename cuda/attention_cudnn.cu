@@ -781,18 +781,25 @@ static void check_aligned(const char *graph, const char *name, const void *p) {
 
 /* ---- packed documents: the ragged graphs ---- */
 
-/* A ragged plan serves b_pad >= n documents of at most s_pad rows: both
- * rounded up to powers of two (s_pad at least 64) so that a few plans serve
- * every sample; the batches past n have length 0. */
+/* A ragged plan serves b documents of at most sp rows each, addressed through
+ * ragged offsets; the batches past the call's documents have length 0. Its
+ * workspace grows with b x sp, so the documents of a sample go to the graphs
+ * in groups: contiguous runs of documents with sp the longest one's rows
+ * rounded up to a power of two (at least 64) and b = cap / sp, where cap =
+ * 2 x pow2(T) bounds b x sp. One plan per sp serves every sample, and the
+ * scratch the plan reserves (cuda_attention_cudnn_scratch_bytes with
+ * documents) holds the largest group, a single document of up to T rows
+ * (b = 2, sp = cap / 2). */
 static int64_t pow2_at_least(int64_t x, int64_t lo) {
     int64_t p = lo;
     while (p < x) p *= 2;
     return p;
 }
 
-/* The index tensors from the document starts cu[0..n]: element offsets in
- * q-like ([T, hq, hd]), kv-like ([T, hkv, hd]) and stats-like ([T, hq])
- * tensors, and lengths; batches n..b-1 are empty documents at the end. */
+static int64_t ragged_cap(int64_t T) { return 2 * pow2_at_least(T, 64); }
+
+/* The index tensors of documents cu[0..n] (element offsets into the whole
+ * sample's buffers, so a group is addressed in place), padded to b. */
 __global__ void k_ragged_index(int32_t *ro_q, int32_t *ro_kv, int32_t *ro_st, int32_t *len, const int32_t *cu,
                                int64_t n, int64_t b, int64_t hq, int64_t hkv, int64_t hd) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -818,51 +825,117 @@ __global__ void k_lse_to_stats(float *st, const float *lse, int64_t T, int64_t h
     st[i] = lse[h * T + t];
 }
 
-typedef struct {
-    graph_t *g;
-    char *ws;              /* the plan's workspace */
-    int32_t *ro_q, *ro_kv, *ro_st, *len;
-    float *stats;          /* [T, hq] */
-    char *rest;            /* what follows (the backward's accumulators) */
-} ragged_call_t;
-
 /* Each index tensor starts 16-byte aligned, as every tensor of the graphs declares. */
 static size_t ragged_index_stride(int64_t b) { return asp_align_up((size_t)(b + 1) * sizeof(int32_t), 16); }
 static size_t ragged_index_bytes(int64_t b) { return asp_align_up(4 * ragged_index_stride(b), ALIGN_BYTES); }
 
-/* The plan for the call's documents and the scratch laid out for it:
- * workspace, index tensors, stats, then `extra` bytes. */
-static ragged_call_t ragged_setup(int bwd, int64_t T, int64_t hq, int64_t hkv, int64_t hd, const attn_docs_t *docs,
-                                  size_t extra) {
-    int64_t b = pow2_at_least(docs->n_docs, 2), sp = pow2_at_least(docs->max_len, 64);
-    if (T * hq * hd > INT32_MAX)
-        asp_die(ASP_EXIT_FAILURE, "cudnn attention: %lld rows x %lld heads x %lld do not fit the ragged graphs' int32 "
-                "offsets; raise the SP degree (fewer heads per rank) or run with ASP_ATTENTION=simple",
-                (long long)T, (long long)hq, (long long)hd);
+/* The scratch of a ragged call: the plan's workspace, the index tensors, the
+ * whole sample's token-major stats [T, hq], then `extra` bytes (the
+ * backward's row sums and dQ accumulator, also the whole sample's). */
+static size_t ragged_need(const graph_t *g, int64_t T, int64_t hq, size_t extra) {
+    return asp_align_up((size_t)(g->ws_bytes > 0 ? g->ws_bytes : 1), ALIGN_BYTES) + ragged_index_bytes(g->b) +
+           asp_align_up((size_t)T * (size_t)hq * sizeof(float), ALIGN_BYTES) + extra;
+}
+
+static graph_t *ragged_plan(int bwd, int64_t b, int64_t sp, int64_t hq, int64_t hkv, int64_t hd, int64_t n_docs) {
     char err[1200];
     graph_t *g = get_plan_r(bwd, 1, b, sp, hq, hkv, hd, err, sizeof err);
     if (!g)
         asp_die(ASP_EXIT_FAILURE, "cudnn attention: no cuDNN engine for the ragged (packed documents) causal GQA %s "
-                "graph with %lld documents (batch %lld of at most %lld rows) hq=%lld hkv=%lld hd=%lld (bf16, %s): %s; "
-                "run with ASP_ATTENTION=simple for packed documents", graph_name(bwd), (long long)docs->n_docs,
+                "graph for %lld documents (batch %lld of at most %lld rows) hq=%lld hkv=%lld hd=%lld (bf16, %s): %s; "
+                "run with ASP_ATTENTION=simple for packed documents", graph_name(bwd), (long long)n_docs,
                 (long long)b, (long long)sp, (long long)hq, (long long)hkv, (long long)hd, g_cuda.name, err);
-    size_t wsb = asp_align_up((size_t)(g->ws_bytes > 0 ? g->ws_bytes : 1), ALIGN_BYTES), ib = ragged_index_bytes(b);
-    size_t stb = asp_align_up((size_t)T * (size_t)hq * sizeof(float), ALIGN_BYTES);
-    char *base = (char *)cuda_scratch(wsb + ib + stb + extra);
+    return g;
+}
+
+/* The batch for groups of documents of at most sp rows: cap / sp, halved
+ * while its plan's scratch exceeds what the plan reserved (a workspace that
+ * is not linear in b x sp); at least 2. */
+static int64_t ragged_batch(int bwd, int64_t T, int64_t sp, int64_t hq, int64_t hkv, int64_t hd, size_t extra,
+                            int64_t n_docs) {
+    int64_t b = ragged_cap(T) / sp;
+    if (b < 2) b = 2;
+    while (g_cuda.scratch_planned && b > 2 &&
+           ragged_need(ragged_plan(bwd, b, sp, hq, hkv, hd, n_docs), T, hq, extra) > g_cuda.scratch_bytes)
+        b /= 2;
+    return b;
+}
+
+/* One group of documents [i, j) and the plan that runs it. */
+typedef struct {
+    graph_t *g;
+    int64_t i, j;
+} ragged_group_t;
+
+/* The groups of the sample's documents, greedy and in order, in a buffer
+ * kept between calls; their scratch laid out: the largest group's workspace
+ * and index tensors first, then the whole sample's stats and `extra` bytes,
+ * the same for every group. */
+typedef struct {
+    ragged_group_t *grp;
+    int64_t n;
+    char *base;        /* workspace, then index tensors */
+    float *stats;      /* [T, hq] */
+    char *rest;        /* `extra` bytes */
+} ragged_call_t;
+
+static ragged_group_t *g_groups;
+static int64_t g_groups_cap;
+
+static ragged_call_t ragged_setup(int bwd, int64_t T, int64_t hq, int64_t hkv, int64_t hd, const attn_docs_t *docs,
+                                  size_t extra) {
+    if (T * hq * hd > INT32_MAX)
+        asp_die(ASP_EXIT_FAILURE, "cudnn attention: %lld rows x %lld heads x %lld do not fit the ragged graphs' int32 "
+                "offsets; raise the SP degree (fewer heads per rank) or run with ASP_ATTENTION=simple",
+                (long long)T, (long long)hq, (long long)hd);
+    const int32_t *cu = docs->cu_host;
+    const int64_t n = docs->n_docs;
+    if (n > g_groups_cap) {
+        ragged_group_t *grp = (ragged_group_t *)realloc(g_groups, (size_t)n * sizeof *grp);
+        if (!grp) asp_die(ASP_EXIT_FAILURE, "cudnn attention: out of host memory for %lld document groups", (long long)n);
+        g_groups = grp;
+        g_groups_cap = n;
+    }
     ragged_call_t c;
-    c.g = g;
-    c.ws = base;
-    size_t is = ragged_index_stride(b);
-    c.ro_q = (int32_t *)(base + wsb);
-    c.ro_kv = (int32_t *)(base + wsb + is);
-    c.ro_st = (int32_t *)(base + wsb + 2 * is);
-    c.len = (int32_t *)(base + wsb + 3 * is);
-    c.stats = (float *)(base + wsb + ib);
-    c.rest = base + wsb + ib + stb;
-    k_ragged_index<<<cuda_blocks((size_t)b + 1, 256), 256, 0, g_cuda.stream>>>(c.ro_q, c.ro_kv, c.ro_st, c.len, docs->cu,
-                                                                             docs->n_docs, b, hq, hkv, hd);
-    CUDA_CHECK_LAUNCH("cudnn attention ragged index");
+    memset(&c, 0, sizeof c);
+    c.grp = g_groups;
+    size_t head = 0;
+    for (int64_t i = 0; i < n;) {
+        int64_t sp = pow2_at_least(cu[i + 1] - cu[i], 64), b = ragged_batch(bwd, T, sp, hq, hkv, hd, extra, n);
+        int64_t j = i + 1;
+        for (; j < n; j++) {
+            int64_t sp2 = pow2_at_least(cu[j + 1] - cu[j], 64);
+            if (sp2 < sp) sp2 = sp;
+            int64_t b2 = sp2 == sp ? b : ragged_batch(bwd, T, sp2, hq, hkv, hd, extra, n);
+            if (j - i + 1 > b2) break;
+            sp = sp2;
+            b = b2;
+        }
+        graph_t *g = ragged_plan(bwd, b, sp, hq, hkv, hd, n);
+        size_t h = asp_align_up((size_t)(g->ws_bytes > 0 ? g->ws_bytes : 1), ALIGN_BYTES) + ragged_index_bytes(b);
+        if (h > head) head = h;
+        c.grp[c.n++] = (ragged_group_t){g, i, j};
+        i = j;
+    }
+    size_t stb = asp_align_up((size_t)T * (size_t)hq * sizeof(float), ALIGN_BYTES);
+    c.base = (char *)cuda_scratch(head + stb + extra);
+    c.stats = (float *)(c.base + head);
+    c.rest = c.base + head + stb;
     return c;
+}
+
+/* Group k's index tensors, written behind its workspace; returns them in ix[4]
+ * (ro_q, ro_kv, ro_stats, seq_len). */
+static void ragged_index(const ragged_call_t *c, int64_t k, const attn_docs_t *docs, int64_t hq, int64_t hkv,
+                         int64_t hd, int32_t *ix[4]) {
+    const ragged_group_t *gr = &c->grp[k];
+    const int64_t b = gr->g->b;
+    size_t is = ragged_index_stride(b);
+    char *at = c->base + asp_align_up((size_t)(gr->g->ws_bytes > 0 ? gr->g->ws_bytes : 1), ALIGN_BYTES);
+    for (int t = 0; t < 4; t++) ix[t] = (int32_t *)(at + (size_t)t * is);
+    k_ragged_index<<<cuda_blocks((size_t)b + 1, 256), 256, 0, g_cuda.stream>>>(
+        ix[0], ix[1], ix[2], ix[3], docs->cu + gr->i, gr->j - gr->i, b, hq, hkv, hd);
+    CUDA_CHECK_LAUNCH("cudnn attention ragged index");
 }
 
 static void ragged_fwd(void *out, float *lse, const void *q, const void *k, const void *v, int64_t T, int64_t hq,
@@ -871,8 +944,12 @@ static void ragged_fwd(void *out, float *lse, const void *q, const void *k, cons
     float sc = scale, neg_inf = -INFINITY;
     const int64_t uids[11] = {UID_Q, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_NEG_INF,
                               UID_RO_Q, UID_RO_KV, UID_RO_STATS, UID_SEQ_LEN};
-    void *ptrs[11] = {(void *)q, (void *)k, (void *)v, out, c.stats, &sc, &neg_inf, c.ro_q, c.ro_kv, c.ro_st, c.len};
-    execute(c.g, 11, uids, ptrs, c.ws, NULL, 0);
+    for (int64_t g = 0; g < c.n; g++) {
+        int32_t *ix[4];
+        ragged_index(&c, g, docs, hq, hkv, hd, ix);
+        void *ptrs[11] = {(void *)q, (void *)k, (void *)v, out, c.stats, &sc, &neg_inf, ix[0], ix[1], ix[2], ix[3]};
+        execute(c.grp[g].g, 11, uids, ptrs, c.base, NULL, 0);
+    }
     size_t n = (size_t)T * (size_t)hq;
     k_stats_to_lse<<<cuda_blocks(n, 256), 256, 0, g_cuda.stream>>>(lse, c.stats, T, hq);
     CUDA_CHECK_LAUNCH("cudnn attention ragged stats");
@@ -892,9 +969,16 @@ static void ragged_bwd(void *dq, void *dk, void *dv, const void *dout, const voi
     const int64_t uids[18] = {UID_Q,  UID_K,  UID_V,  UID_O,  UID_STATS, UID_SCALE, UID_NEG_INF, UID_DO,     UID_DQ,
                               UID_DK, UID_DV, UID_ONE, UID_DSUM, UID_DQ_ACCUM, UID_RO_Q, UID_RO_KV, UID_RO_STATS,
                               UID_SEQ_LEN};
-    void *ptrs[18] = {(void *)q, (void *)k, (void *)v, (void *)out, c.stats, &sc, &neg_inf, (void *)dout, dq,
-                      dk, dv, &one, dsum, dq_acc, c.ro_q, c.ro_kv, c.ro_st, c.len};
-    execute(c.g, 18, uids, ptrs, c.ws, dq_acc, acc_b);
+    const size_t row_acc = (size_t)hq * (size_t)hd * sizeof(float);
+    for (int64_t g = 0; g < c.n; g++) {
+        int32_t *ix[4];
+        ragged_index(&c, g, docs, hq, hkv, hd, ix);
+        void *ptrs[18] = {(void *)q, (void *)k, (void *)v, (void *)out, c.stats, &sc, &neg_inf, (void *)dout, dq,
+                          dk, dv, &one, dsum, dq_acc, ix[0], ix[1], ix[2], ix[3]};
+        /* the group's rows of the accumulator are cleared before it runs */
+        const int64_t r0 = docs->cu_host[c.grp[g].i], r1 = docs->cu_host[c.grp[g].j];
+        execute(c.grp[g].g, 18, uids, ptrs, c.base, dq_acc + (size_t)r0 * row_acc, (size_t)(r1 - r0) * row_acc);
+    }
 }
 
 extern "C" {
@@ -991,14 +1075,22 @@ void cuda_attention_cudnn_shutdown(void) {
 
 /* Scratch of the fused graphs at this shape: builds (and caches) both plans,
  * which the first step would build anyway, to learn their workspaces. */
-extern "C" size_t cuda_attention_cudnn_scratch_bytes(int64_t s, int64_t hq, int64_t hkv, int64_t hd) {
+extern "C" size_t cuda_attention_cudnn_scratch_bytes(int64_t s, int64_t hq, int64_t hkv, int64_t hd, int documents) {
     graph_t *f = need_plan(0, s, hq, hkv, hd);
     graph_t *b = need_plan(1, s, hq, hkv, hd);
     size_t fwd = f->ws_bytes > 0 ? (size_t)f->ws_bytes : 1;
     size_t bwd = asp_align_up((size_t)b->ws_bytes, ALIGN_BYTES) + b->extra_bytes;
-    /* packed documents (the ragged graphs) also keep token-major stats [s, hq]
-     * and their index tensors there */
-    size_t ragged = asp_align_up((size_t)s * (size_t)hq * sizeof(float), ALIGN_BYTES) +
-                    ragged_index_bytes(2 * s);   /* at most s documents, a batch below 2 s */
-    return (fwd > bwd ? fwd : bwd) + ragged;
+    size_t need = fwd > bwd ? fwd : bwd;
+    if (!documents) return need;
+    /* packed documents: the largest group the ragged graphs run, one document
+     * of up to s rows (b = 2, sp = cap / 2; ragged_setup); a sample with no
+     * EOS runs the dense graphs above */
+    const int64_t sp = ragged_cap(s) / 2;
+    size_t dsum_b = asp_align_up((size_t)s * (size_t)hq * sizeof(float), ALIGN_BYTES);
+    size_t acc_b = (size_t)s * (size_t)hq * (size_t)hd * sizeof(float);
+    size_t rf = ragged_need(ragged_plan(0, 2, sp, hq, hkv, hd, 1), s, hq, 0);
+    size_t rb = ragged_need(ragged_plan(1, 2, sp, hq, hkv, hd, 1), s, hq, dsum_b + acc_b);
+    if (rf > need) need = rf;
+    if (rb > need) need = rb;
+    return need;
 }

@@ -418,7 +418,7 @@ static size_t cuda_scratch_bytes(const op_shapes_t *sh) {
 static size_t cuda_attention_scratch_for(const op_shapes_t *sh) {
     need_init("attention_scratch_bytes");
     if (sh->attn_rows <= 0) return 0;
-    size_t a = g_cuda.attention_cudnn ? cuda_attention_cudnn_scratch_bytes(sh->attn_rows, sh->hq, sh->hkv, sh->hd)
+    size_t a = g_cuda.attention_cudnn ? cuda_attention_cudnn_scratch_bytes(sh->attn_rows, sh->hq, sh->hkv, sh->hd, sh->documents)
                                       : cuda_attention_scratch_bytes(sh->attn_rows, sh->hq, sh->hkv, sh->hd);
     return asp_align_up(a, (size_t)1 << 20);
 }

@@ -88,7 +88,7 @@ void *cuda_scratch(size_t bytes);
 /* Scratch each op family needs at the given shapes (see cuda_scratch_bytes). */
 size_t cuda_kernels_scratch_bytes(int64_t rows, int64_t d, int64_t vocab, int64_t loss_chunk);
 size_t cuda_attention_scratch_bytes(int64_t s, int64_t hq, int64_t hkv, int64_t hd);
-size_t cuda_attention_cudnn_scratch_bytes(int64_t s, int64_t hq, int64_t hkv, int64_t hd);
+size_t cuda_attention_cudnn_scratch_bytes(int64_t s, int64_t hq, int64_t hkv, int64_t hd, int documents);
 /* A CUDA event recorded on the backend's stream now, and the milliseconds
  * between two such events (waits for `stop`, then destroys both). For
  * timing programs. */

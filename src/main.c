@@ -182,11 +182,21 @@ static const backend_t *pick_backend(const config_t *cfg, ranks_t *r) {
  * backward: the fp32 dQ accumulator [S, Hq, hd] and row sums [Hq, S] the
  * backend allocates, plus a workspace of the accumulator's size that cuDNN
  * 9.19 asked for with GQA on an H100 (none without GQA); several GiB at
- * long S. The other ops: the 32 MiB conversion staging. */
+ * long S. With packed documents the ragged graphs' workspace grows with the
+ * padded batch (up to 2 x pow2(S) rows, see attention_cudnn.cu), and the
+ * token-major stats [S, Hq] sit beside it. The other ops: the 32 MiB
+ * conversion staging. */
 static size_t explain_cuda_attention_scratch(const op_shapes_t *sh) {
     const size_t s = (size_t)sh->attn_rows, hq = (size_t)sh->hq, hd = (size_t)sh->hd;
     const size_t acc = s * hq * hd * sizeof(float);
-    return asp_align_up(acc + s * hq * sizeof(float) + (sh->hkv < sh->hq ? acc : 0), (size_t)1 << 20);
+    size_t ws = sh->hkv < sh->hq ? acc : 0, stats = 0;
+    if (sh->documents) {
+        size_t rows = 64;
+        while (rows < s) rows *= 2;
+        ws = sh->hkv < sh->hq ? 2 * rows * hq * hd * sizeof(float) : 0;
+        stats = s * hq * sizeof(float);
+    }
+    return asp_align_up(acc + s * hq * sizeof(float) + stats + ws, (size_t)1 << 20);
 }
 
 static size_t explain_cuda_scratch(const op_shapes_t *sh) {

@@ -13,6 +13,7 @@ typedef struct {
     int64_t d, f, vocab;    /* hidden, MLP and vocabulary widths */
     int64_t loss_chunk;     /* tokens per LM-head chunk */
     int64_t max_width;      /* widest activation row (elements) */
+    int documents;          /* 1: attention runs over packed documents (data.documents eos) */
 } op_shapes_t;
 
 #endif

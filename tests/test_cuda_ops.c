@@ -503,65 +503,126 @@ START_TEST(t_attention_cudnn_tuned) {
 END_TEST
 
 /* Packed documents: the CUDA attention (simple kernels, cuDNN's ragged
- * graphs) against the CPU reference with the same documents. Lengths that
- * are not multiples of any tile, one-row documents, a document count that is
- * not a power of two; and at 8192 rows documents of 500 to 2500 rows. */
+ * graphs) against the CPU reference with the same documents. With g_att_scr
+ * set, attention runs in that scratch alone, as the executor hands over the
+ * plan's attention scratch, and the other ops in g_op_scr. */
+static void *g_att_scr, *g_op_scr;
+static size_t g_att_bytes, g_op_bytes;
+static void att_enter(void) {
+    if (g_att_scr) G->use_scratch(g_att_scr, g_att_bytes);
+}
+static void att_leave(void) {
+    if (g_att_scr) G->use_scratch(g_op_scr, g_op_bytes);
+}
+
+static void attention_docs_case(const char *impl, const int64_t *lens, int n, int64_t hq, int64_t hkv, int64_t hd) {
+    int64_t s = 0;
+    int32_t *cu = malloc((size_t)(n + 1) * sizeof(int32_t));
+    cu[0] = 0;
+    for (int i = 0; i < n; i++) cu[i + 1] = (int32_t)(s += lens[i]);
+    int32_t *start = malloc((size_t)s * sizeof(int32_t));
+    int64_t max_len = 0;
+    for (int i = 0; i < n; i++) {
+        for (int32_t t = cu[i]; t < cu[i + 1]; t++) start[t] = cu[i];
+        if (cu[i + 1] - cu[i] > max_len) max_len = cu[i + 1] - cu[i];
+    }
+    size_t cub = (size_t)(n + 1) * sizeof(int32_t);
+    int32_t *cu_g = G->alloc(cub, "test document starts"), *start_g = G->alloc((size_t)s * 4, "test starts");
+    G->to_device(cu_g, cu, cub);
+    G->to_device(start_g, start, (size_t)s * 4);
+    attn_docs_t dc = {n, max_len, cu, cu, start}, dg = {n, max_len, cu, cu_g, start_g};
+    float scale = 1.0f / sqrtf((float)hd);
+    buf_t q = mk((size_t)(s * hq * hd), DT_BF16, 1.0, 0), k = mk((size_t)(s * hkv * hd), DT_BF16, 1.0, 0),
+          v = mk((size_t)(s * hkv * hd), DT_BF16, 1.0, 0);
+    buf_t out = mk_out((size_t)(s * hq * hd), DT_BF16), lse = mk_out((size_t)(hq * s), DT_F32);
+    att_enter();
+    G->attention_fwd(out.g, lse.g, q.g, k.g, v.g, s, hq, hkv, hd, scale, &dg);
+    att_leave();
+    C->attention_fwd(out.c, lse.c, q.c, k.c, v.c, s, hq, hkv, hd, scale, &dc);
+    char name[160];
+    snprintf(name, sizeof name, "attention_fwd[%s, %d documents] out s=%lld hq=%lld hkv=%lld hd=%lld", impl, n,
+             (long long)s, (long long)hq, (long long)hkv, (long long)hd);
+    cmp(name, &out, 1e-2);
+    snprintf(name, sizeof name, "attention_fwd[%s, %d documents] lse s=%lld", impl, n, (long long)s);
+    cmp(name, &lse, 1e-3);
+    for (size_t i = 0; i < out.n; i++) out.c[i] = bf16_round(out.c[i]);
+    G->from_f32(out.g, DT_BF16, out.c, out.n);
+    G->from_f32(lse.g, DT_F32, lse.c, lse.n);
+    buf_t dout = mk((size_t)(s * hq * hd), DT_BF16, 1.0, 0);
+    buf_t dq = mk_out(q.n, DT_BF16), dk = mk_out(k.n, DT_BF16), dv = mk_out(v.n, DT_BF16);
+    att_enter();
+    G->attention_bwd(dq.g, dk.g, dv.g, dout.g, q.g, k.g, v.g, out.g, lse.g, s, hq, hkv, hd, scale, &dg);
+    att_leave();
+    C->attention_bwd(dq.c, dk.c, dv.c, dout.c, q.c, k.c, v.c, out.c, lse.c, s, hq, hkv, hd, scale, &dc);
+    const char *nm[3] = {"dq", "dk", "dv"};
+    buf_t *gb[3] = {&dq, &dk, &dv};
+    for (int i = 0; i < 3; i++) {
+        snprintf(name, sizeof name, "attention_bwd[%s, %d documents] %s s=%lld hq=%lld hkv=%lld hd=%lld", impl, n,
+                 nm[i], (long long)s, (long long)hq, (long long)hkv, (long long)hd);
+        cmp(name, gb[i], 2e-2);
+    }
+    drop(&q); drop(&k); drop(&v); drop(&out); drop(&lse); drop(&dout); drop(&dq); drop(&dk); drop(&dv);
+    G->free(cu_g);
+    G->free(start_g);
+    free(start);
+    free(cu);
+}
+
+/* Lengths that are not multiples of any tile, one-row documents, a document
+ * count that is not a power of two; at 8192 rows documents of 500 to 2500
+ * rows; and 41 documents where cuDNN's ragged graphs take them in several
+ * groups (short ones, then a long one, then short ones again). */
+static int many_docs(int64_t *lens) {
+    int n = 0;
+    for (int i = 0; i < 20; i++) lens[n++] = 9 + (i * 7) % 23;
+    lens[n++] = 300;
+    for (int i = 0; i < 20; i++) lens[n++] = 1 + (i * 11) % 31;
+    return n;
+}
+
 static void attention_docs_cases(const char *impl) {
     select_attention(impl);
     const int64_t lens_a[] = {1, 7, 100, 33, 250, 1};
     const int64_t lens_b[] = {517, 2500, 1203, 64, 1999, 811, 998};   /* 8192 rows */
-    const int64_t *lens[2] = {lens_a, lens_b};
-    const int nlen[2] = {6, 7};
+    int64_t lens_c[64];
+    int nc = many_docs(lens_c);
     const int64_t hh[][3] = {{8, 2, 64}, {4, 4, 128}, {8, 1, 64}};
-    for (int c = 0; c < 2; c++)
-        for (int a = 0; a < 3; a++) {
-            if (c == 1 && a != 0) continue;   /* the CPU reference's time */
-            int64_t hq = hh[a][0], hkv = hh[a][1], hd = hh[a][2], n = nlen[c], s = 0;
-            int32_t cu[8];
-            cu[0] = 0;
-            for (int i = 0; i < n; i++) cu[i + 1] = (int32_t)(s += lens[c][i]);
-            int32_t *start = malloc((size_t)s * sizeof(int32_t));
-            int64_t max_len = 0;
-            for (int i = 0; i < n; i++) {
-                for (int32_t t = cu[i]; t < cu[i + 1]; t++) start[t] = cu[i];
-                if (cu[i + 1] - cu[i] > max_len) max_len = cu[i + 1] - cu[i];
-            }
-            int32_t *cu_g = G->alloc(sizeof cu, "test document starts"), *start_g = G->alloc((size_t)s * 4, "test starts");
-            G->to_device(cu_g, cu, sizeof cu);
-            G->to_device(start_g, start, (size_t)s * 4);
-            attn_docs_t dc = {n, max_len, cu, cu, start}, dg = {n, max_len, cu, cu_g, start_g};
-            float scale = 1.0f / sqrtf((float)hd);
-            buf_t q = mk((size_t)(s * hq * hd), DT_BF16, 1.0, 0), k = mk((size_t)(s * hkv * hd), DT_BF16, 1.0, 0),
-                  v = mk((size_t)(s * hkv * hd), DT_BF16, 1.0, 0);
-            buf_t out = mk_out((size_t)(s * hq * hd), DT_BF16), lse = mk_out((size_t)(hq * s), DT_F32);
-            G->attention_fwd(out.g, lse.g, q.g, k.g, v.g, s, hq, hkv, hd, scale, &dg);
-            C->attention_fwd(out.c, lse.c, q.c, k.c, v.c, s, hq, hkv, hd, scale, &dc);
-            char name[160];
-            snprintf(name, sizeof name, "attention_fwd[%s, %lld documents] out s=%lld hq=%lld hkv=%lld hd=%lld", impl,
-                     (long long)n, (long long)s, (long long)hq, (long long)hkv, (long long)hd);
-            cmp(name, &out, 1e-2);
-            snprintf(name, sizeof name, "attention_fwd[%s, %lld documents] lse s=%lld", impl, (long long)n, (long long)s);
-            cmp(name, &lse, 1e-3);
-            for (size_t i = 0; i < out.n; i++) out.c[i] = bf16_round(out.c[i]);
-            G->from_f32(out.g, DT_BF16, out.c, out.n);
-            G->from_f32(lse.g, DT_F32, lse.c, lse.n);
-            buf_t dout = mk((size_t)(s * hq * hd), DT_BF16, 1.0, 0);
-            buf_t dq = mk_out(q.n, DT_BF16), dk = mk_out(k.n, DT_BF16), dv = mk_out(v.n, DT_BF16);
-            G->attention_bwd(dq.g, dk.g, dv.g, dout.g, q.g, k.g, v.g, out.g, lse.g, s, hq, hkv, hd, scale, &dg);
-            C->attention_bwd(dq.c, dk.c, dv.c, dout.c, q.c, k.c, v.c, out.c, lse.c, s, hq, hkv, hd, scale, &dc);
-            const char *nm[3] = {"dq", "dk", "dv"};
-            buf_t *gb[3] = {&dq, &dk, &dv};
-            for (int i = 0; i < 3; i++) {
-                snprintf(name, sizeof name, "attention_bwd[%s, %lld documents] %s s=%lld hq=%lld hkv=%lld hd=%lld",
-                         impl, (long long)n, nm[i], (long long)s, (long long)hq, (long long)hkv, (long long)hd);
-                cmp(name, gb[i], 2e-2);
-            }
-            drop(&q); drop(&k); drop(&v); drop(&out); drop(&lse); drop(&dout); drop(&dq); drop(&dk); drop(&dv);
-            G->free(cu_g);
-            G->free(start_g);
-            free(start);
-        }
+    for (int a = 0; a < 3; a++) attention_docs_case(impl, lens_a, 6, hh[a][0], hh[a][1], hh[a][2]);
+    attention_docs_case(impl, lens_b, 7, 8, 2, 64);   /* the CPU reference's time: one head shape */
+    attention_docs_case(impl, lens_c, nc, 8, 2, 64);
 }
+
+/* With the scratch fixed at what the plan reserves for packed documents (as
+ * the executor hands it over), the ragged graphs run every sample: one
+ * document just short of the whole sequence (the largest group), many short
+ * ones (groups of many), and a mix. */
+START_TEST(t_attention_docs_planned_scratch) {
+    select_attention("cudnn");
+    const int64_t hq = 8, hkv = 2, hd = 64, T = 1500;
+    op_shapes_t sh;
+    memset(&sh, 0, sizeof sh);
+    sh.rows = sh.attn_rows = T;
+    sh.hq = hq;
+    sh.hkv = hkv;
+    sh.hd = hd;
+    sh.documents = 1;
+    g_att_bytes = G->attention_scratch_bytes(&sh);
+    g_att_scr = G->alloc(g_att_bytes, "test planned attention scratch");
+    g_op_bytes = (size_t)64 << 20;
+    g_op_scr = G->alloc(g_op_bytes, "test op scratch");
+    G->set_scratch(g_op_scr, g_op_bytes);
+    const int64_t one[] = {T - 3, 3}, mix[] = {700, 5, 5, 90, 600, 100};
+    int64_t many[T];
+    int nm = 0;
+    for (int64_t t = 0; t < T; t += 10) many[nm++] = 10;
+    attention_docs_case("cudnn", one, 2, hq, hkv, hd);
+    attention_docs_case("cudnn", mix, 6, hq, hkv, hd);
+    attention_docs_case("cudnn", many, nm, hq, hkv, hd);
+    att_leave();
+    G->free(g_att_scr);
+    g_att_scr = NULL;
+}
+END_TEST
 
 START_TEST(t_attention_docs_simple) { attention_docs_cases("simple"); }
 END_TEST
@@ -887,6 +948,7 @@ int main(void) {
     tcase_add_test(tc, t_attention_cudnn_vs_simple);
     tcase_add_test(tc, t_attention_docs_simple);
     tcase_add_test(tc, t_attention_docs_cudnn);
+    tcase_add_test(tc, t_attention_docs_planned_scratch);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     /* one process: the CUDA context is not fork-safe */

@@ -212,6 +212,7 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
         sh.hq = st->heads;
         sh.hkv = st->kv_heads;
         sh.hd = st->head_dim;
+        sh.documents = p->documents;
         size_t a = p->target.attention_scratch_bytes(&sh);
         if (!a) break;
         gp->attn_scratch_bytes = a;

@@ -177,6 +177,7 @@ typedef struct {
     int64_t micro_steps;    /* samples each DP rank processes per optimizer step */
     int64_t loss_chunk;     /* tokens per LM head + loss chunk */
     int64_t mlp_tile_tokens;/* checkpointing.mlp_tile_tokens (0: the plan chooses) */
+    int documents;          /* 1: samples are packed documents (data.documents eos) */
     /* parameters and ZeRO: the flat parameter and gradient buffers hold the
      * model's parameters in gradient buckets (plan_bucket), each padded to a
      * multiple of 64 * shards elements so that it splits evenly over the ranks */
