@@ -38,6 +38,7 @@ struct exec {
     float *scalars;             /* [0] loss sum, [1] gradient sum of squares */
     uint8_t *offload, *offload_stage; /* host slots; device staging slots (memplan_t) */
     size_t host_bytes;          /* pinned host memory this rank allocated */
+    double host_alloc_s;        /* the time allocating it took */
     /* model-state pipeline (ZeRO 2-3, optimizer offload); see docs/plan.md */
     uint8_t *param_buf[PLAN_BUCKET_SLOTS], *grad_buf[PLAN_BUCKET_SLOTS];
     uint8_t *grad_shard, *grad_stage[PLAN_BUCKET_SLOTS], *param_stage[PLAN_PARAM_STAGES];
@@ -177,7 +178,9 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
             continue;
         }
         /* before the first step: a node that cannot give the host tier is a clear refusal */
+        double t0 = asp_now();
         e->arena[a] = be->host_alloc(bytes, what[a]);
+        e->host_alloc_s += asp_now() - t0;
         if (!e->arena[a]) {
             char need[32], phys[32];
             long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
@@ -1589,6 +1592,7 @@ void exec_copy_times(exec_t *e, exec_copy_times_t *out) {
 }
 
 size_t exec_host_bytes(const exec_t *e) { return e->host_bytes; }
+double exec_host_alloc_seconds(const exec_t *e) { return e->host_alloc_s; }
 
 void exec_comm_times(exec_t *e, coll_times_t *out) {
     memset(out, 0, sizeof *out);

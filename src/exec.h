@@ -150,6 +150,8 @@ void exec_copy_times(exec_t *e, exec_copy_times_t *out);
 
 /* Pinned host memory this rank allocated for the plan's host tier. */
 size_t exec_host_bytes(const exec_t *e);
+/* seconds the pinned host allocations took */
+double exec_host_alloc_seconds(const exec_t *e);
 
 /* Device memory the engine has taken since exec_create, as the backend
  * measures it (0 when it cannot). */

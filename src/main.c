@@ -230,6 +230,7 @@ static void early_stop(ranks_t *r) {
 
 int main(int argc, char **argv) {
     /* first: a SIGTERM during start-up is reported, not silently fatal */
+    asp_mark_start();
     train_install_signals();
     char err[4096];
     ranks_t ranks;

@@ -161,11 +161,11 @@ static void report_memory(exec_t *e, const plan_t *plan, int lead) {
     size_t measured = exec_measured_bytes(e);
     if (lead && plan_host_bytes(plan)) {
         char a[32], b[32], c[32];
-        asp_info("host memory: plan places %s (%zu B) in pinned host memory per rank; allocated %s (%zu B); process "
-                 "peak resident %s",
+        asp_info("host memory: plan places %s (%zu B) in pinned host memory per rank; allocated %s (%zu B) in "
+                 "%.1f s; process peak resident %s",
                  asp_fmt_bytes(a, sizeof a, (double)plan_host_bytes(plan)), plan_host_bytes(plan),
                  asp_fmt_bytes(b, sizeof b, (double)exec_host_bytes(e)), exec_host_bytes(e),
-                 asp_fmt_bytes(c, sizeof c, host_peak_resident()));
+                 exec_host_alloc_seconds(e), asp_fmt_bytes(c, sizeof c, host_peak_resident()));
     }
     if (!lead || !measured) return;
     double arenas = (double)plan->mem.device_total - plan->target.reserved_bytes;
@@ -414,8 +414,10 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         exec_progress_hook = on_progress;
     }
     if (lead)
-        asp_info("training %lld steps: %.0f tokens per step, %d rank(s) as SP %d x DP %d, %s backend",
-                 (long long)tc->steps, tokens_per_step, r->world_size, r->sp_size, r->dp_size, be->name);
+        asp_info("training %lld steps: %.0f tokens per step, %d rank(s) as SP %d x DP %d, %s backend (set-up "
+                 "took %.1f s)",
+                 (long long)tc->steps, tokens_per_step, r->world_size, r->sp_size, r->dp_size, be->name,
+                 asp_since_start());
     /* Test-only fault injection (docs/launch.md): rank ASP_FAIL_RANK fails
      * at step ASP_FAIL_STEP, to show that the whole job ends, not hangs. */
     const char *fail_rank_env = getenv("ASP_FAIL_RANK"), *fail_step_env = getenv("ASP_FAIL_STEP");

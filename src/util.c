@@ -67,6 +67,10 @@ double asp_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static double g_start;
+void asp_mark_start(void) { g_start = asp_now(); }
+double asp_since_start(void) { return g_start > 0 ? asp_now() - g_start : 0; }
+
 int asp_errf(char *err, size_t errlen, const char *fmt, ...) {
     if (err && errlen) {
         va_list ap;

@@ -37,6 +37,9 @@ void *asp_calloc(size_t n, size_t size, const char *what);
 
 /* Monotonic wall clock in seconds. */
 double asp_now(void);
+/* seconds since asp_mark_start(), which main calls first thing */
+void asp_mark_start(void);
+double asp_since_start(void);
 
 /* snprintf into a fixed buffer; returns -1 (and sets errbuf) on truncation. */
 int asp_errf(char *err, size_t errlen, const char *fmt, ...) ASP_PRINTF(3, 4);

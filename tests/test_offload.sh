@@ -40,7 +40,7 @@ same() { # what ref other
 # The host bytes the run allocated equal the plan's (and --explain's).
 host_bytes_match() { # what name explain-file
     plan=$(sed -n 's/.*host memory: plan places .* (\([0-9]*\) B) in pinned.*/\1/p' "$TMP/$2.log")
-    got=$(sed -n 's/.*; allocated .* (\([0-9]*\) B); process.*/\1/p' "$TMP/$2.log")
+    got=$(sed -n 's/.*; allocated [^(]*(\([0-9]*\) B).*/\1/p' "$TMP/$2.log")
     want=$(awk '/^  pinned host/ {print $3}' "$3")
     if [ -n "$plan" ] && [ "$plan" = "$got" ] && [ "$plan" = "$want" ] && [ "$plan" -gt 0 ]; then
         ok "$1: the run allocated the plan's $plan host bytes"
