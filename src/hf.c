@@ -383,12 +383,21 @@ static int is_rope_buffer(const char *name) {
     return s && !s[strlen("rotary_emb.inv_freq")];
 }
 
-int hf_load_weights(const char *dir, const model_t *m, float *flat, char *err, size_t errlen) {
+int hf_load_weights_each(const char *dir, const model_t *m, hf_put_fn put, void *ctx, char *err, size_t errlen) {
     st_checkpoint_t c;
     if (st_checkpoint_open(&c, dir, err, errlen)) return -1;
     int rc = -1;
     char a[128], b[128];
     const param_t *embed = model_find_param(m, "model.embed_tokens.weight");
+    /* one tensor at a time: a buffer of the largest */
+    size_t most = 0;
+    for (int i = 0; i < m->nparams; i++)
+        if (m->params[i].numel > most) most = m->params[i].numel;
+    float *w = malloc((most ? most : 1) * sizeof(float));
+    if (!w) {
+        st_checkpoint_close(&c);
+        return asp_errf(err, errlen, "%s: out of host memory for a tensor of %zu values", dir, most);
+    }
     for (int i = 0; i < m->nparams; i++) {
         const param_t *p = &m->params[i];
         const st_file_t *f;
@@ -407,10 +416,9 @@ int hf_load_weights(const char *dir, const model_t *m, float *flat, char *err, s
                      "config.json disagree", f->path, p->name, b, a);
             goto out;
         }
-        st_read_f32(f, t, flat + p->offset);
+        st_read_f32(f, t, w);
         /* a NaN or Inf weight would surface at step 1 as a diverged loss,
          * far from its cause: name the tensor now */
-        const float *w = flat + p->offset;
         for (size_t k = 0; k < p->numel; k++)
             if (!isfinite(w[k])) {
                 asp_errf(err, errlen, "%s: tensor '%s' holds %s at element %zu (of %zu); the checkpoint is damaged or "
@@ -418,6 +426,7 @@ int hf_load_weights(const char *dir, const model_t *m, float *flat, char *err, s
                          isnan(w[k]) ? "NaN" : w[k] > 0 ? "+Inf" : "-Inf", k, p->numel);
                 goto out;
             }
+        put(ctx, w, p->offset, p->numel);
     }
     for (int k = 0; k < c.nfiles; k++) {
         const st_file_t *f = &c.files[k];
@@ -428,11 +437,15 @@ int hf_load_weights(const char *dir, const model_t *m, float *flat, char *err, s
                 /* tied: a copy of the embedding is accepted, anything else is not */
                 int same = t->ndim == 2 && t->shape[0] == embed->shape[0] && t->shape[1] == embed->shape[1];
                 float *head = same ? malloc(embed->numel * sizeof(float)) : NULL;
-                if (head) {
+                const st_file_t *ef;
+                const st_tensor_t *et = head ? st_checkpoint_find(&c, embed->name, &ef) : NULL;
+                if (head && et) {
                     st_read_f32(f, t, head);
-                    same = !memcmp(head, flat + embed->offset, embed->numel * sizeof(float));
+                    st_read_f32(ef, et, w);
+                    same = !memcmp(head, w, embed->numel * sizeof(float));
                     free(head);
                 } else if (same) {
+                    free(head);
                     asp_errf(err, errlen, "%s: out of memory comparing lm_head.weight", f->path);
                     goto out;
                 }
@@ -453,8 +466,17 @@ int hf_load_weights(const char *dir, const model_t *m, float *flat, char *err, s
     }
     rc = 0;
 out:
+    free(w);
     st_checkpoint_close(&c);
     return rc;
+}
+
+static void put_flat(void *ctx, const float *vals, size_t begin, size_t n) {
+    memcpy((float *)ctx + begin, vals, n * sizeof(float));
+}
+
+int hf_load_weights(const char *dir, const model_t *m, float *flat, char *err, size_t errlen) {
+    return hf_load_weights_each(dir, m, put_flat, flat, err, errlen);
 }
 
 /* ------------------------------------------------------------------ export */
@@ -521,24 +543,44 @@ int hf_write_config(const char *path, const model_config_t *c, st_dtype_t dtype,
     return asp_write_atomic(path, fill_config, &o, err, errlen);
 }
 
-int hf_export(const char *dir, const model_t *m, const float *flat, st_dtype_t dtype, char *err, size_t errlen) {
-    if (asp_mkdir_p(dir))
-        return asp_errf(err, errlen, "%s: cannot create the export folder: %s", dir, strerror(errno));
+/* The tensors in the order of the flat buffer (the parameter table's, which
+ * lays them out end to end): a producer passes the model's values in that
+ * order. NULL with a message if the table has gaps (a bug). */
+static st_write_tensor_t *export_tensors(const char *dir, const model_t *m, char *err, size_t errlen) {
     st_write_tensor_t *t = calloc((size_t)m->nparams, sizeof *t);
-    if (!t) return asp_errf(err, errlen, "%s: out of memory", dir);
+    if (!t) {
+        asp_errf(err, errlen, "%s: out of memory", dir);
+        return NULL;
+    }
+    size_t at = 0;
     for (int i = 0; i < m->nparams; i++) {
         const param_t *p = &m->params[i];
+        if (p->offset != at) {
+            free(t);
+            asp_errf(err, errlen, "internal: parameter '%s' is at %zu of the flat buffer, not %zu", p->name, p->offset,
+                     at);
+            return NULL;
+        }
+        at += p->numel;
         t[i].name = p->name;
         t[i].ndim = p->ndim;
         t[i].shape[0] = p->shape[0];
         t[i].shape[1] = p->shape[1];
-        t[i].data = flat + p->offset;
     }
+    return t;
+}
+
+int hf_export_from(const char *dir, const model_t *m, st_dtype_t dtype,
+                   int (*produce)(void *ctx, st_emit_fn emit, void *ectx), void *ctx, char *err, size_t errlen) {
+    if (asp_mkdir_p(dir))
+        return asp_errf(err, errlen, "%s: cannot create the export folder: %s", dir, strerror(errno));
+    st_write_tensor_t *t = export_tensors(dir, m, err, errlen);
+    if (!t) return -1;
     char path[CFG_PATH_MAX + 32];
     int rc = -1;
     if (snprintf(path, sizeof path, "%s/model.safetensors", dir) >= (int)sizeof path)
         asp_errf(err, errlen, "%s: path too long", dir);
-    else if (!st_write(path, t, m->nparams, dtype, err, errlen)) {
+    else if (!st_write_from(path, t, m->nparams, dtype, produce, ctx, err, errlen)) {
         snprintf(path, sizeof path, "%s/config.json", dir);
         rc = hf_write_config(path, &m->cfg, dtype, err, errlen);
     }
@@ -546,27 +588,73 @@ int hf_export(const char *dir, const model_t *m, const float *flat, st_dtype_t d
     return rc;
 }
 
+typedef struct {
+    const float *flat;
+    size_t n;
+} flat_src_t;
+
+static int produce_flat(void *ctx, st_emit_fn emit, void *ectx) {
+    const flat_src_t *s = ctx;
+    (void)emit(ectx, s->flat, s->n);
+    return 0;
+}
+
+int hf_export(const char *dir, const model_t *m, const float *flat, st_dtype_t dtype, char *err, size_t errlen) {
+    flat_src_t s = {flat, m->n_params};
+    return hf_export_from(dir, m, dtype, produce_flat, &s, err, errlen);
+}
+
 /* ------------------------------------------------------------------ training loop */
+
+/* Weights go into the executor a tensor at a time, and come out of it a
+ * gradient bucket at a time: no model-sized buffer on the host, where an
+ * 8B model's optimizer state may already take most of the memory. */
+static void put_exec(void *ctx, const float *vals, size_t begin, size_t n) {
+    exec_set_params_range((exec_t *)ctx, vals, begin, n);
+}
 
 void hf_train_import(exec_t *e, const config_t *cfg, const model_t *m) {
     char err[2048];
-    float *w = asp_malloc(m->n_params * sizeof(float), "weights from model.from_pretrained");
-    if (hf_load_weights(cfg->model.from_pretrained, m, w, err, sizeof err))
+    if (hf_load_weights_each(cfg->model.from_pretrained, m, put_exec, e, err, sizeof err))
         asp_die(ASP_EXIT_USAGE, "model.from_pretrained: %s", err);
-    exec_set_params(e, w);
-    free(w);
     asp_info("loaded %zu weights from %s", m->n_params, cfg->model.from_pretrained);
+}
+
+typedef struct {
+    exec_t *e;
+    st_emit_fn emit;
+    void *ectx;
+    int streamed;
+} export_src_t;
+
+static int export_sink(void *ctx, const float *vals, size_t n) {
+    export_src_t *s = ctx;
+    return s->emit ? s->emit(s->ectx, vals, n) : 0;
+}
+
+static int produce_exec(void *ctx, st_emit_fn emit, void *ectx) {
+    export_src_t *s = ctx;
+    s->emit = emit;
+    s->ectx = ectx;
+    s->streamed = 1;
+    return exec_stream_params(s->e, 0, export_sink, s);
 }
 
 void hf_train_export(exec_t *e, const config_t *cfg, const model_t *m, dtype_t param_dtype, int lead) {
     char dir[CFG_PATH_MAX + 8], err[2048];
     snprintf(dir, sizeof dir, "%s/hf", cfg->io.run_dir);
-    float *w = lead ? asp_malloc(m->n_params * sizeof(float), "weights to export") : NULL;
-    exec_get_params(e, w, 0);   /* collective under ZeRO-3: every rank calls it */
-    if (!lead) return;
+    export_src_t src = {e, NULL, NULL, 0};
+    if (!lead) {   /* the stream is collective: every rank takes part */
+        exec_stream_params(e, 0, export_sink, &src);
+        return;
+    }
     /* the weights as the backend holds them: bf16 on the GPU is exact in bf16 */
     st_dtype_t dt = param_dtype == DT_BF16 ? ST_BF16 : ST_F32;
-    if (hf_export(dir, m, w, dt, err, sizeof err)) asp_die(ASP_EXIT_FAILURE, "io.export_hf: %s", err);
-    free(w);
+    int rc = hf_export_from(dir, m, dt, produce_exec, &src, err, sizeof err);
+    if (!src.streamed) {   /* the file was not begun: still join the other ranks' stream */
+        src.emit = NULL;
+        exec_stream_params(e, 0, export_sink, &src);
+    }
+    if (rc) asp_die(ASP_EXIT_FAILURE, "io.export_hf: %s", err);
     asp_info("exported the model (%s) to %s/ (Hugging Face config.json + model.safetensors)", st_dtype_name(dt), dir);
 }

@@ -28,10 +28,18 @@ int hf_apply_pretrained(config_t *cfg, char *const *sets, int nsets, char *err, 
 /* Load the checkpoint in DIR into the flat fp32 parameter buffer of m, name
  * by name; a missing, extra or misshapen tensor is an error naming it. */
 int hf_load_weights(const char *dir, const model_t *m, float *flat, char *err, size_t errlen);
+/* The same checks, each parameter's values passed to put(ctx, vals, begin, n)
+ * (model elements [begin, begin + n) of the flat buffer) as it is read, so
+ * only one tensor is held at a time. */
+typedef void (*hf_put_fn)(void *ctx, const float *vals, size_t begin, size_t n);
+int hf_load_weights_each(const char *dir, const model_t *m, hf_put_fn put, void *ctx, char *err, size_t errlen);
 
 /* Write DIR/config.json and DIR/model.safetensors (creating DIR) from the flat
  * buffer, tensors in parameter-table order, as `dtype` (ST_F32 or ST_BF16). */
 int hf_export(const char *dir, const model_t *m, const float *flat, st_dtype_t dtype, char *err, size_t errlen);
+/* The same from a producer of the flat buffer's values in order (st_write_from). */
+int hf_export_from(const char *dir, const model_t *m, st_dtype_t dtype,
+                   int (*produce)(void *ctx, st_emit_fn emit, void *ectx), void *ctx, char *err, size_t errlen);
 int hf_write_config(const char *path, const model_config_t *c, st_dtype_t dtype, char *err, size_t errlen);
 
 /* Training-loop steps (every rank calls them; errors end the run):

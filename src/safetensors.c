@@ -577,29 +577,37 @@ static int write_header(FILE *f, const st_write_tensor_t *t, int n, st_dtype_t d
     return ok ? 0 : -1;
 }
 
-static int write_data(FILE *f, const st_write_tensor_t *t, int n, st_dtype_t dtype) {
+/* `numel` fp32 values converted to the file's dtype, little-endian. */
+static int write_values(FILE *f, const float *x, size_t numel, st_dtype_t dtype) {
     enum { CHUNK = 1 << 16 };
     unsigned char buf[CHUNK * 4];
-    for (int i = 0; i < n; i++) {
-        size_t numel = 1;
-        for (int d = 0; d < t[i].ndim; d++) numel *= (size_t)t[i].shape[d];
-        for (size_t s = 0; s < numel; s += CHUNK) {
-            size_t k = numel - s < CHUNK ? numel - s : CHUNK, bytes = k * st_dtype_size(dtype);
-            const float *x = t[i].data + s;
-            for (size_t e = 0; e < k; e++) {
-                if (dtype == ST_F32) {
-                    uint32_t u;
-                    memcpy(&u, &x[e], 4);
-                    for (int b = 0; b < 4; b++) buf[4 * e + (size_t)b] = (unsigned char)(u >> (8 * b));
-                } else {
-                    uint16_t h = dtype == ST_BF16 ? st_f32_to_bf16(x[e]) : st_f32_to_f16(x[e]);
-                    buf[2 * e] = (unsigned char)h;
-                    buf[2 * e + 1] = (unsigned char)(h >> 8);
-                }
+    for (size_t s = 0; s < numel; s += CHUNK) {
+        size_t k = numel - s < CHUNK ? numel - s : CHUNK, bytes = k * st_dtype_size(dtype);
+        for (size_t e = 0; e < k; e++) {
+            if (dtype == ST_F32) {
+                uint32_t u;
+                memcpy(&u, &x[s + e], 4);
+                for (int b = 0; b < 4; b++) buf[4 * e + (size_t)b] = (unsigned char)(u >> (8 * b));
+            } else {
+                uint16_t h = dtype == ST_BF16 ? st_f32_to_bf16(x[s + e]) : st_f32_to_f16(x[s + e]);
+                buf[2 * e] = (unsigned char)h;
+                buf[2 * e + 1] = (unsigned char)(h >> 8);
             }
-            if (fwrite(buf, 1, bytes, f) != bytes) return -1;
         }
+        if (fwrite(buf, 1, bytes, f) != bytes) return -1;
     }
+    return 0;
+}
+
+static size_t tensor_numel(const st_write_tensor_t *t) {
+    size_t numel = 1;
+    for (int d = 0; d < t->ndim; d++) numel *= (size_t)t->shape[d];
+    return numel;
+}
+
+static int write_data(FILE *f, const st_write_tensor_t *t, int n, st_dtype_t dtype) {
+    for (int i = 0; i < n; i++)
+        if (write_values(f, t[i].data, tensor_numel(&t[i]), dtype)) return -1;
     return 0;
 }
 
@@ -613,6 +621,65 @@ static int fill_safetensors(FILE *f, void *ctx, char *err, size_t errlen) {
     const st_out_t *o = ctx;
     size_t hbytes, dbytes;
     return write_header(f, o->t, o->n, o->dtype, &hbytes, &dbytes) || write_data(f, o->t, o->n, o->dtype) ? -1 : 0;
+}
+
+static int check_write_tensors(const char *path, const st_write_tensor_t *t, int n, st_dtype_t dtype, char *err,
+                               size_t errlen) {
+    if ((unsigned)dtype > ST_BF16) return asp_errf(err, errlen, "%s: invalid dtype to write", path);
+    for (int i = 0; i < n; i++) {
+        if (t[i].ndim < 0 || t[i].ndim > ST_MAX_DIMS || !t[i].name || !*t[i].name)
+            return asp_errf(err, errlen, "%s: tensor %d has no name or %d dimensions; cannot write it", path, i,
+                            t[i].ndim);
+        for (int d = 0; d < t[i].ndim; d++)
+            if (t[i].shape[d] < 0)
+                return asp_errf(err, errlen, "%s: tensor '%s' has a negative size; cannot write it", path, t[i].name);
+    }
+    return 0;
+}
+
+/* The values of st_write_from, as the producer emits them. */
+typedef struct {
+    st_out_t o;
+    int (*produce)(void *ctx, st_emit_fn emit, void *ectx);
+    void *ctx;
+    FILE *f;
+    size_t want, got;
+    int failed;
+    const char *path;
+} st_stream_t;
+
+static int emit_values(void *ectx, const float *vals, size_t n) {
+    st_stream_t *s = ectx;
+    if (s->failed) return -1;
+    if (n > s->want - s->got || write_values(s->f, vals, n, s->o.dtype)) {
+        s->failed = 1;
+        return -1;
+    }
+    s->got += n;
+    return 0;
+}
+
+static int fill_from(FILE *f, void *ctx, char *err, size_t errlen) {
+    st_stream_t *s = ctx;
+    size_t hbytes, dbytes;
+    s->f = f;
+    if (write_header(f, s->o.t, s->o.n, s->o.dtype, &hbytes, &dbytes)) s->failed = 1;
+    for (int i = 0; i < s->o.n; i++) s->want += tensor_numel(&s->o.t[i]);
+    /* the producer runs even after a failed header: it may be a collective */
+    int rc = s->produce(s->ctx, emit_values, s);
+    if (s->failed) return -1;   /* errno says why */
+    if (rc) return asp_errf(err, errlen, "%s: the values to write could not be produced", s->path);
+    if (s->got != s->want)
+        return asp_errf(err, errlen, "%s: %zu values were produced for the %zu the tensors hold", s->path, s->got,
+                        s->want);
+    return 0;
+}
+
+int st_write_from(const char *path, const st_write_tensor_t *t, int n, st_dtype_t dtype,
+                  int (*produce)(void *ctx, st_emit_fn emit, void *ectx), void *ctx, char *err, size_t errlen) {
+    if (check_write_tensors(path, t, n, dtype, err, errlen)) return -1;
+    st_stream_t s = {{t, n, dtype}, produce, ctx, NULL, 0, 0, 0, path};
+    return asp_write_atomic(path, fill_from, &s, err, errlen);
 }
 
 int st_write(const char *path, const st_write_tensor_t *t, int n, st_dtype_t dtype, char *err, size_t errlen) {

@@ -73,6 +73,15 @@ typedef struct {
  * ST_F16 too) atomically: a temporary file in the same folder, fsync, rename,
  * fsync of the folder. Returns 0, or -1 with a message. */
 int st_write(const char *path, const st_write_tensor_t *t, int n, st_dtype_t dtype, char *err, size_t errlen);
+/* As st_write, but the values (t[i].data is not read) come from `produce`,
+ * which passes every tensor's values in the order of t to emit(ectx, vals,
+ * k), in pieces of any size; emit returns non-zero once writing failed. So
+ * a model is written without a buffer of its size. produce returns 0, or
+ * non-zero when it could not produce them; the file is then not written.
+ * produce is called unless the temporary file cannot be created. */
+typedef int (*st_emit_fn)(void *ectx, const float *vals, size_t n);
+int st_write_from(const char *path, const st_write_tensor_t *t, int n, st_dtype_t dtype,
+                  int (*produce)(void *ctx, st_emit_fn emit, void *ectx), void *ctx, char *err, size_t errlen);
 
 /* Element conversions (round to nearest even; NaN stays NaN). */
 float st_bf16_to_f32(uint16_t h);
