@@ -683,15 +683,7 @@ int st_write_from(const char *path, const st_write_tensor_t *t, int n, st_dtype_
 }
 
 int st_write(const char *path, const st_write_tensor_t *t, int n, st_dtype_t dtype, char *err, size_t errlen) {
-    if ((unsigned)dtype > ST_BF16) return asp_errf(err, errlen, "%s: invalid dtype to write", path);
-    for (int i = 0; i < n; i++) {
-        if (t[i].ndim < 0 || t[i].ndim > ST_MAX_DIMS || !t[i].name || !*t[i].name)
-            return asp_errf(err, errlen, "%s: tensor %d has no name or %d dimensions; cannot write it", path, i,
-                            t[i].ndim);
-        for (int d = 0; d < t[i].ndim; d++)
-            if (t[i].shape[d] < 0)
-                return asp_errf(err, errlen, "%s: tensor '%s' has a negative size; cannot write it", path, t[i].name);
-    }
+    if (check_write_tensors(path, t, n, dtype, err, errlen)) return -1;
     st_out_t o = {t, n, dtype};
     return asp_write_atomic(path, fill_safetensors, &o, err, errlen);
 }
