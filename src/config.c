@@ -174,6 +174,10 @@ static const cfg_key_t cfg_keys[] = {
      .help = "keep the fp32 master weights, AdamW moments and gradient shard in pinned host memory "
              "and run AdamW on the CPU, bucket by bucket, beside the next forward; auto: when that is the "
              "placement expected to cost least (never on the CPU engine)"},
+    {"optimizer", "offload_params", KT_TRI, FLD(optimizer.offload_params),
+     .help = "with ZeRO-3 and the optimizer on the host, keep the rank's bf16 weight shard in pinned host "
+             "memory as well: AdamW writes it there and each bucket is copied to the device just before "
+             "its gather; auto: when that is the placement expected to cost least (never on the CPU engine)"},
     /* ---------------------------------------------------------------- checkpointing */
     {"checkpointing", "policy", KT_SAC, FLD(checkpointing.policy),
      .help = "what the backward keeps: save_all every activation, full the fewest (the rest is "
@@ -287,6 +291,7 @@ void config_defaults(config_t *cfg) {
     cfg->parallel.sequence_parallel_size = 0;
     cfg->parallel.zero_stage = -1;
     cfg->optimizer.offload = -1;
+    cfg->optimizer.offload_params = -1;
     cfg->checkpointing.policy = SAC_AUTO;
     cfg->checkpointing.memory_budget_gib = 0.0;
     cfg->checkpointing.offload = 1;
@@ -720,6 +725,20 @@ static int validate_impl(const config_t *cfg, char *err, size_t errlen, int *bla
     if (strcmp(cfg->data.documents, "none") && strcmp(cfg->data.documents, "eos")) {
         *blame = key_index("data", "documents");
         return asp_errf(err, errlen, "data.documents: expected none or eos, got '%.32s'", cfg->data.documents);
+    }
+    if (cfg->optimizer.offload_params > 0 &&
+        ((cfg->parallel.zero_stage >= 0 && cfg->parallel.zero_stage != 3) || cfg->optimizer.offload == 0)) {
+        *blame = key_index("optimizer", "offload_params");
+        if (cfg->optimizer.offload == 0) {
+            *blame2 = key_index("optimizer", "offload");
+            return asp_errf(err, errlen, "optimizer.offload_params: true keeps the weight shard beside the host "
+                            "optimizer, but optimizer.offload is false; set optimizer.offload true or auto, or "
+                            "offload_params false or auto");
+        }
+        *blame2 = key_index("parallel", "zero_stage");
+        return asp_errf(err, errlen, "optimizer.offload_params: true keeps ZeRO-3's weight shard on the host, but "
+                        "parallel.zero_stage is %d; set zero_stage 3 or auto, or offload_params false or auto",
+                        cfg->parallel.zero_stage);
     }
     if (cfg->train.min_lr > cfg->train.lr) {
         char a[40], b[40];

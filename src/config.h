@@ -78,6 +78,7 @@ typedef struct {
 
 typedef struct {
     int offload;                /* optimizer state on the host: 1, 0, or -1 auto (when the GPU cannot hold it) */
+    int offload_params;         /* ZeRO-3's bf16 weight shard on the host too: 1, 0, or -1 auto */
 } optimizer_config_t;
 
 typedef struct {

@@ -27,6 +27,7 @@ struct exec {
     size_t act, par, grd;       /* element sizes */
     /* region pointers */
     uint8_t *params, *grads, *master, *adam_m, *adam_v;
+    uint8_t *param_dev_stage;   /* optimizer.offload_params: a bucket's shard on its way to the gather */
     uint8_t *saved, *final_hidden, *ws, *resid_grad[2], *logits, *a2a_send, *a2a_recv;
     int32_t *tokens, *targets, *positions;
     int32_t *doc_start, *doc_cu;    /* backend memory (data.documents eos), NULL otherwise */
@@ -207,6 +208,7 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     }
     const memplan_t *m = &plan->mem;
     e->params = region_ptr(e, &m->params);
+    e->param_dev_stage = region_ptr(e, &m->param_dev_stage);
     e->grads = region_ptr(e, &m->grads);
     e->master = region_ptr(e, &m->master);
     e->adam_m = region_ptr(e, &m->adam_m);
@@ -252,7 +254,8 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
 
     /* Padding elements of the flat buffers must be zero: they take part in
      * the reduce-scatter and all-gather but belong to no parameter. */
-    be->zero(e->params, m->params.bytes);
+    if (plan->params_offload) host_zero(e->params, m->params.bytes);
+    else be->zero(e->params, m->params.bytes);
     if (e->grads) be->zero(e->grads, m->grads.bytes);
     for (int k = 0; k < PLAN_BUCKET_SLOTS; k++) {
         if (e->param_buf[k]) be->zero(e->param_buf[k], m->param_buf[k].bytes);
@@ -385,7 +388,9 @@ static void params_from_f32(exec_t *e, const float *in, size_t model_begin, size
         size_t lo = blo > model_begin ? blo : model_begin;
         size_t hi = bhi < model_begin + n ? bhi : model_begin + n;
         if (lo >= hi) continue;
-        e->be->from_f32(e->params + (base + lo - blo) * e->par, e->be->param_dtype, in + (lo - model_begin), hi - lo);
+        uint8_t *dst = e->params + (base + lo - blo) * e->par;
+        if (p->params_offload) host_accumulate(dst, e->be->param_dtype, in + (lo - model_begin), hi - lo, 0);
+        else e->be->from_f32(dst, e->be->param_dtype, in + (lo - model_begin), hi - lo);
     }
     weights_changed(e);
 }
@@ -434,7 +439,8 @@ static void shard_read(exec_t *e, shard_kind_t kind, exec_state_t which, float *
         state_to_host(e, out, state_buf(e, which) + at * sizeof(float), n * sizeof(float));
         return;
     case SHARD_PARAMS:
-        e->be->to_f32(out, e->params + at * e->par, e->be->param_dtype, n);
+        if (p->params_offload) host_to_f32(out, e->params + at * e->par, e->be->param_dtype, n);
+        else e->be->to_f32(out, e->params + at * e->par, e->be->param_dtype, n);
         return;
     case SHARD_GRADS:
         if (!p->optim_offload) {
@@ -1096,8 +1102,15 @@ static void gather_issue(exec_t *e, int b) {
     if (e->slot_holds[s] == b) return;
     plan_bucket_t bk;
     plan_bucket(p, b, &bk);
-    e->coll->allgather_async(e->ranks->world, e->params + bk.shard_off * e->par, e->param_buf[s], bk.slice_len,
-                             e->be->param_dtype);
+    const uint8_t *src = e->params + bk.shard_off * e->par;
+    if (p->params_offload) {
+        /* the shard lives on the host: its part goes to the device stage
+         * first, on the same stream, so the gather (and the next bucket's
+         * copy after it) find it in order */
+        e->coll->to_device_async(e->param_dev_stage, src, bk.slice_len * e->par);
+        src = e->param_dev_stage;
+    }
+    e->coll->allgather_async(e->ranks->world, src, e->param_buf[s], bk.slice_len, e->be->param_dtype);
     e->slot_ticket[s] = e->coll->mark();
     e->slot_holds[s] = b;
     e->slot_waited[s] = 0;
@@ -1384,7 +1397,16 @@ static void *host_optimizer_main(void *arg) {
             long long t = bi >= PLAN_PARAM_STAGES ? e->ho.ticket[k] : -1;
             pthread_mutex_unlock(&e->ho.mu);
             if (t >= 0) e->coll->sync_mark(t);
-            host_adamw_bucket(e, bi, e->param_stage[k]);
+            /* with the weight shard on the host, AdamW writes it in place:
+             * nothing reads it until this bucket's next gather, which waits
+             * for this update (need_updated) */
+            uint8_t *dst = e->param_stage[k];
+            if (e->plan->params_offload) {
+                plan_bucket_t b;
+                plan_bucket(e->plan, bi, &b);
+                dst = e->params + b.shard_off * e->par;
+            }
+            host_adamw_bucket(e, bi, dst);
             pthread_mutex_lock(&e->ho.mu);
             e->ho.done_upto = bi + 1;
             pthread_cond_broadcast(&e->ho.cv);
@@ -1419,7 +1441,7 @@ static void host_issue_upload(exec_t *e, int bi) {
     size_t lo, hi;
     size_t flat0 = slice_of(e, &b, &lo, &hi);
     int k = bi % PLAN_PARAM_STAGES;
-    if (hi > lo) {
+    if (hi > lo && !p->params_offload) {   /* with the shard on the host AdamW wrote it in place */
         uint8_t *dst = p->zero_stage >= 3 ? e->params + b.shard_off * e->par : e->params + flat0 * e->par;
         e->coll->to_device_async(dst, e->param_stage[k], (hi - lo) * e->par);
     }

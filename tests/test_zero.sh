@@ -5,9 +5,11 @@
 # weights and AdamW moments of ZeRO-1 (fp32 CPU engine) on 1, 2 and 4 ranks
 # with SP and DP mixes and several micro-steps: bitwise where the summation
 # order is the same (ZeRO 0-1 on one rank, the host optimizer against the
-# backend's, one micro-step per rank), else to 1e-6. A checkpoint
-# written with ZeRO-3 and the optimizer on the host resumes with ZeRO-1 on
-# another rank count, and back.
+# backend's, one micro-step per rank), else to 1e-6. ZeRO-3 with the
+# weight shard on the host too (optimizer.offload_params) equals ZeRO-3 with
+# the host optimizer bitwise. A checkpoint written with ZeRO-3 and the
+# optimizer (and the weights) on the host resumes with ZeRO-1 on another
+# rank count, and back.
 . "${top_srcdir:-.}/tests/common.sh"
 SHARD=$(make_shard)
 CFG="$top_srcdir/configs/tiny.yaml"
@@ -41,6 +43,16 @@ grep_plan "an explicit stage is obeyed" "ZeRO         stage 3 (as configured)" -
 grep_plan "an explicit host optimizer is obeyed" "optimizer    on the host" --set parallel.zero_stage=3 \
     --set optimizer.offload=true
 grep_plan "auto picks ZeRO-0 on one rank when everything fits" "stage 0 (chosen by auto" --set parallel.zero_stage=auto
+grep_plan "explicit weights on the host are obeyed" "weights      this rank's shard in pinned host memory" \
+    --set parallel.zero_stage=3 --set optimizer.offload=true --set optimizer.offload_params=true
+if "$BIN" "$CFG" $COMMON --explain --set parallel.zero_stage=2 --set optimizer.offload_params=true \
+        >"$TMP/prm-refused.log" 2>&1; then
+    fail "offload_params true with ZeRO-2 was not refused"
+elif grep -q "optimizer.offload_params: true .* parallel.zero_stage is 2" "$TMP/prm-refused.log"; then
+    ok "offload_params true with ZeRO-2 is refused, naming both keys"
+else
+    fail "offload_params with ZeRO-2: unclear message"; cat "$TMP/prm-refused.log"
+fi
 
 # one rank: every stage and placement, bitwise
 run r1 1 --set parallel.zero_stage=1 --set optimizer.offload=false
@@ -52,6 +64,9 @@ for st in 0 1 2 3; do for off in false true; do
     compare "1 rank, 4 micro-steps: ZeRO-$st, optimizer on the host $off, equals ZeRO-1 (tolerance $tol)" r1 \
         "r1-z$st-$off" $tol
 done; done
+run r1-z3-prm 1 --set parallel.zero_stage=3 --set optimizer.offload=true --set optimizer.offload_params=true
+compare "1 rank: ZeRO-3 with the weights on the host too equals it with them on the device, bitwise" r1-z3-true \
+    r1-z3-prm 0
 
 if have_mpirun; then
     # (np, SP): 2 ranks SP 2 (4 micro-steps), 2 ranks DP 2 (2 micro-steps), 4 ranks SP 2 x DP 2
@@ -69,6 +84,10 @@ if have_mpirun; then
             compare "$np ranks SP $sp: ZeRO-$st, optimizer on the host $off, equals ZeRO-1 (tolerance $tol)" "$tag" \
                 "$tag-z$st-$off" $tol
         done; done
+        run "$tag-z3-prm" "$np" --set parallel.sequence_parallel_size=$sp --set parallel.zero_stage=3 \
+            --set optimizer.offload=true --set optimizer.offload_params=true
+        compare "$np ranks SP $sp: ZeRO-3 with the weights on the host too equals it with them on the device, bitwise" \
+            "$tag-z3-true" "$tag-z3-prm" 0
         run "$tag-z1-true" "$np" --set parallel.sequence_parallel_size=$sp --set parallel.zero_stage=1 \
             --set optimizer.offload=true
         compare "$np ranks SP $sp: ZeRO-1 with the optimizer on the host equals it on the backend bitwise" "$tag" \
@@ -79,15 +98,17 @@ if have_mpirun; then
     # then 2 more with ZeRO-1 on 4 ranks (SP 2 x DP 2); and 2 steps with ZeRO-1 on 4 ranks,
     # then 2 more with ZeRO-3 + host optimizer on 2 ranks (SP 2); both equal 4 steps straight.
     K=2
-    ckpt_from() { # name np sp stage offload
+    ckpt_from() { # name np sp stage offload [offload_params]
         mpi "$2" "$BIN" "$CFG" $COMMON --set io.run_dir="$TMP/$1" --set io.save_every=$K --set train.steps=$K \
             --set parallel.sequence_parallel_size=$3 --set parallel.zero_stage=$4 --set optimizer.offload=$5 \
+            --set optimizer.offload_params=${6:-false} \
             >"$TMP/$1.log" 2>&1 || { echo "FAIL: $1"; cat "$TMP/$1.log"; exit 1; }
     }
-    resume_as() { # what from name np sp stage offload
+    resume_as() { # what from name np sp stage offload [offload_params]
         rm -rf "$TMP/$3"; mkdir -p "$TMP/$3/checkpoints"
         cp -r "$TMP/$2/checkpoints/step-0000000$K" "$TMP/$3/checkpoints/"
-        run "$3" "$4" --set parallel.sequence_parallel_size=$5 --set parallel.zero_stage=$6 --set optimizer.offload=$7
+        run "$3" "$4" --set parallel.sequence_parallel_size=$5 --set parallel.zero_stage=$6 --set optimizer.offload=$7 \
+            --set optimizer.offload_params=${8:-false}
         grep -q "resumed from .*step-0000000$K" "$TMP/$3.log" || { fail "$1: did not resume"; return; }
         if $PY/dump_losses.py "$TMP/n4-sp2.bin" "$TMP/$3.bin" $((K + 1)) $N 1e-6 >"$TMP/$3-loss.cmp" &&
            $PY/ckpt_compare.py "$(end n4-sp2)" "$(end "$3")" 1e-6 >"$TMP/$3-state.cmp"; then ok "$1"; else
@@ -99,6 +120,11 @@ if have_mpirun; then
     ckpt_from z1dev 4 2 1 false
     resume_as "saved with ZeRO-1 on 4 ranks, resumed with ZeRO-3 + host optimizer on 2: equals 4 steps straight" \
         z1dev res-z3 2 2 3 true
+    ckpt_from z3prm 2 2 3 true true
+    resume_as "saved with ZeRO-3 + optimizer and weights on the host on 2 ranks, resumed with ZeRO-1 on 4: equals 4 steps straight" \
+        z3prm res-z1p 4 2 1 false
+    resume_as "saved with ZeRO-1 on 4 ranks, resumed with ZeRO-3 + optimizer and weights on the host on 2: equals 4 steps straight" \
+        z1dev res-z3p 2 2 3 true true
 else
     echo "no mpirun: the multi-rank stage checks skipped"
 fi

@@ -110,6 +110,17 @@ void host_accumulate(void *dst, dtype_t t, const float *src, size_t n, int acc) 
     for (size_t i = 0; i < n; i++) d[i] = bf16_store(acc ? bf16_load(d[i]) + src[i] : src[i]);
 }
 
+void host_to_f32(float *out, const void *src, dtype_t t, size_t n) {
+    need_float("weight shard", t);
+    if (t == DT_F32) {
+        if ((const void *)out != src) memcpy(out, src, n * sizeof(float));
+        return;
+    }
+    const uint16_t *s = src;
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = bf16_load(s[i]);
+}
+
 void host_optim_threads(int ranks_on_node) {
 #ifdef _OPENMP
     long cores = sysconf(_SC_NPROCESSORS_ONLN);

@@ -130,19 +130,27 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
                            : p->zero_stage == 2 ? "optimizer state and gradients sharded"
                                                 : "optimizer state, gradients and weights sharded";
         fprintf(out, "  ZeRO         stage %d (%s): %s over %d rank%s, %zu elements each (%zu padded)\n", p->zero_stage,
-                p->zero_auto ? "chosen by auto: of the placements that fit, the one expected to cost least" : "as configured", what, p->shards,
+                cfg->parallel.zero_stage < 0 || cfg->optimizer.offload < 0
+                    ? "chosen by auto: of the placements that fit, the one expected to cost least" : "as configured",
+                what, p->shards,
                 p->shards > 1 ? "s" : "", p->shard_len, p->n_params_padded);
         if (p->optim_offload)
             fprintf(out, "  optimizer    on the host: master weights, AdamW moments and the %s gradient shard in pinned "
                          "host memory; AdamW on the CPU bucket by bucket, each bucket's gradient copied off the "
-                         "device as soon as it is final and its updated weights copied back\n",
-                    p->host_grad_bytes == 4 ? "fp32" : "bf16 (fp32 does not fit the host)");
+                         "device as soon as it is final and its updated weights %s\n",
+                    p->host_grad_bytes == 4 ? "fp32" : "bf16 (fp32 does not fit the host)",
+                    p->params_offload ? "written into the host weight shard" : "copied back");
         else
             fprintf(out, "  optimizer    on the %s\n", p->target.param_bytes == 2 ? "GPU" : "backend's device");
         if (p->zero_stage >= 3)
             fprintf(out, "  weights      each bucket's gathered into a buffer just before its forward and its backward "
                          "(prefetched one bucket ahead on the communication stream); %d buffers, not the model\n",
                     PLAN_BUCKET_SLOTS);
+        if (p->params_offload)
+            fprintf(out, "  weights      this rank's shard in pinned host memory (optimizer.offload_params): AdamW "
+                         "writes it there, and each bucket's part is copied to the device just before its gather "
+                         "reads it, %s a step\n",
+                    "twice");
     }
     fprintf(out, "  gradients    %d buckets (embedding, one per layer, tail), each %s as soon as the backward "
                  "leaves it%s\n",
@@ -282,6 +290,7 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
     const memplan_t *mem = &p->mem;
     struct { const char *name; const region_t *r; } rows[] = {
         {"params", &mem->params},       {"grads", &mem->grads},           {"grad_shard", &mem->grad_shard},
+        {"param_dev_stage", &mem->param_dev_stage},
         {"master", &mem->master},       {"adam_m", &mem->adam_m},         {"adam_v", &mem->adam_v},
         {"param_buf[0]", &mem->param_buf[0]}, {"param_buf[1]", &mem->param_buf[1]},
         {"param_buf[2]", &mem->param_buf[2]}, {"param_buf[3]", &mem->param_buf[3]},
@@ -319,8 +328,10 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
     if (mem->pcie_bytes > 0) {
         double rate = p->host_bandwidth > 0 ? p->host_bandwidth : PLAN_HOST_BANDWIDTH;
         fprintf(out, "  PCIe (model state)     %14.0f B  %12s per optimizer step, %.2f s at %.0f GB/s (gradients "
-                     "off during the backward, weights back after AdamW)\n",
-                mem->pcie_bytes, fmtb(b1, sizeof b1, mem->pcie_bytes), mem->pcie_s, rate / 1e9);
+                     "off during the backward, %s)\n",
+                mem->pcie_bytes, fmtb(b1, sizeof b1, mem->pcie_bytes), mem->pcie_s, rate / 1e9,
+                p->params_offload ? "each bucket's weights over before its forward and its backward gather"
+                                  : "weights back after AdamW");
     }
     if (p->target.memory_bytes > 0)
         fprintf(out, "  budget (device)        %14.0f B  %12s (%s)\n", p->target.memory_bytes,
@@ -338,11 +349,12 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         config_t fixed = *cfg;
         fixed.parallel.zero_stage = p->zero_stage;
         fixed.optimizer.offload = p->optim_offload;
+        fixed.optimizer.offload_params = p->params_offload;
         int64_t longest = plan_longest_seq(&fixed, m, p->world, &p->target, g);
         fprintf(out, "\nLONGEST S that fits the budget on %d rank%s (multiple of %lld): %lld tokens with ZeRO-%d and the "
-                     "optimizer on the %s",
+                     "optimizer on the %s%s",
                 p->world, p->world == 1 ? "" : "s", (long long)g, (long long)longest, p->zero_stage,
-                p->optim_offload ? "host" : "device");
+                p->optim_offload ? "host" : "device", p->params_offload ? " (weights too)" : "");
         if (p->zero_auto) {
             int64_t any = plan_longest_seq(cfg, m, p->world, &p->target, g);
             fprintf(out, "; %lld tokens with the placement auto chooses there", (long long)any);

@@ -388,7 +388,14 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     /* ZeRO-3 keeps only this rank's shard of the weights and gathers each
      * bucket into its slot's buffer when it is used; ZeRO 2-3 produce each
      * bucket's gradient in its slot's buffer and keep only the reduced shard. */
-    mem->params = place(end, ARENA_PARAMS, (p->zero_stage >= 3 ? p->shard_len : p->n_params_padded) * pb);
+    mem->params = place(end, p->params_offload ? ARENA_HOST_STATE : ARENA_PARAMS,
+                        (p->zero_stage >= 3 ? p->shard_len : p->n_params_padded) * pb);
+    if (p->params_offload) {   /* the device copy of one bucket's shard, read by its gather */
+        size_t slice = 0;
+        for (int k = 0; k < PLAN_BUCKET_SLOTS; k++)
+            if (plan_slot_len(p, k) / shards > slice) slice = plan_slot_len(p, k) / shards;
+        mem->param_dev_stage = place(end, ARENA_PARAMS, slice * pb);
+    }
     if (p->zero_stage <= 1) mem->grads = place(end, ARENA_PARAMS, p->n_params_padded * gb);
     for (int k = 0; k < PLAN_BUCKET_SLOTS; k++) {
         size_t n = plan_slot_len(p, k);
@@ -404,7 +411,9 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
         int direct = p->host_grad_bytes == 4 && p->micro_steps == 1;
         for (int k = 0; k < PLAN_BUCKET_SLOTS && !direct; k++)
             mem->grad_stage[k] = place(end, ARENA_HOST_STATE, plan_slot_len(p, k) / shards * gb);
-        for (int k = 0; k < PLAN_PARAM_STAGES; k++) mem->param_stage[k] = place(end, ARENA_HOST_STATE, slice * pb);
+        /* updated weights go back through a ring of stages, or straight into the host shard */
+        for (int k = 0; k < PLAN_PARAM_STAGES && !p->params_offload; k++)
+            mem->param_stage[k] = place(end, ARENA_HOST_STATE, slice * pb);
     } else if (p->zero_stage >= 2) {
         mem->grad_shard = place(end, ARENA_PARAMS, p->shard_len * 4);
     }
@@ -460,7 +469,10 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     mem->pcie_bytes = 0;
     if (p->optim_offload) {
         double per = p->zero_stage >= 2 ? (double)p->micro_steps : 1.0;
-        mem->pcie_bytes = (double)p->shard_len * ((double)gb * per + (double)pb);
+        /* with the weights on the host they come over before each bucket's
+         * forward and backward gather instead of once after the update */
+        double wts = p->params_offload ? 2.0 * (double)p->micro_steps : 1.0;
+        mem->pcie_bytes = (double)p->shard_len * ((double)gb * per + (double)pb * wts);
     }
     mem->pcie_s = mem->pcie_bytes / (p->host_bandwidth > 0 ? p->host_bandwidth : PLAN_HOST_BANDWIDTH);
 }

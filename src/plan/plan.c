@@ -22,29 +22,38 @@ static plan_target_t effective_target(const config_t *cfg, const plan_target_t *
 /* One placement of the model state: ZeRO stage, optimizer on the host or
  * not, and the host gradient shard's element size. */
 typedef struct {
-    int stage, offload, host_grad_bytes;
+    int stage, offload, host_grad_bytes, params;
 } placement_t;
 
 /* The placements plan_compile tries, in order: the configured ones, or for
  * auto the lowest stage first, the optimizer on the GPU before the host, an
  * fp32 host gradient before a bf16 one (only for a bf16 GPU run with one
- * micro-step, where the gradient is not accumulated there). ZeRO 2-3 on
- * one rank with the optimizer on the GPU only add bucket buffers, so auto
- * skips them. */
+ * micro-step, where the gradient is not accumulated there), and under
+ * ZeRO-3 with the optimizer on the host the weight shard on the device
+ * before the host. ZeRO 2-3 on one rank with the optimizer on the GPU, and
+ * ZeRO-3 on one rank with the weights on the device, only add bucket
+ * buffers, so auto skips them. */
+#define PLACEMENTS_MAX 32
 static int placements(const config_t *cfg, int world, int64_t micro_steps, const plan_target_t *t,
                       placement_t *out) {
     int n = 0;
     const int want_stage = cfg->parallel.zero_stage, want_off = cfg->optimizer.offload;
+    const int want_prm = cfg->optimizer.offload_params;
     for (int off = 0; off <= 1; off++) {
         if (want_off >= 0 && off != want_off) continue;
         if (want_off < 0 && off && t->host_is_device) continue;
         for (int st = 0; st <= 3; st++) {
             if (want_stage >= 0 && st != want_stage) continue;
             if (want_stage < 0 && world == 1 && st >= 2 && !off) continue;
-            if (want_stage < 0 && world == 1 && st == 3) continue;
-            out[n++] = (placement_t){st, off, 4};
-            if (off && t->param_bytes == 2 && t->grad_bytes == 4 && micro_steps == 1)
-                out[n++] = (placement_t){st, off, 2};
+            for (int prm = 0; prm <= 1; prm++) {
+                if (prm && (st != 3 || !off)) continue;
+                if (want_prm >= 0 && prm != want_prm) continue;
+                if (want_prm < 0 && prm && t->host_is_device) continue;
+                if (want_stage < 0 && world == 1 && st == 3 && !prm) continue;
+                out[n++] = (placement_t){st, off, 4, prm};
+                if (off && t->param_bytes == 2 && t->grad_bytes == 4 && micro_steps == 1)
+                    out[n++] = (placement_t){st, off, 2, prm};
+            }
         }
     }
     return n;
@@ -64,14 +73,27 @@ static double layers_recompute_flops(const plan_t *p) {
  * master, moments, weight out): 6.4-7.6 s for 8.03e9 parameters on a
  * 16-core H200 host (bench/RESULTS.md), about 30 GB/s; the first bucket
  * (the embedding) is always waited for, and a short forward hides little,
- * so a quarter of it is counted. */
+ * so a quarter of it is counted. With the weights on the host each
+ * bucket's shard crosses PCIe before its forward and its backward gather,
+ * prefetched a bucket ahead: a quarter of that time is counted too. */
 #define PLACEMENT_FLOP_PER_S 400e12
 #define HOST_ADAMW_BYTES_PER_S 30e9
 static double placement_cost_s(const plan_t *p) {
     double rc = layers_recompute_flops(p) * (double)p->micro_steps;
     double cost = rc / PLACEMENT_FLOP_PER_S;
     if (p->optim_offload) cost += 0.25 * (double)p->shard_len * 28.0 / HOST_ADAMW_BYTES_PER_S;
+    if (p->params_offload)
+        cost += 0.25 * 2.0 * (double)p->micro_steps * (double)p->shard_len * (double)p->target.param_bytes /
+                (p->host_bandwidth > 0 ? p->host_bandwidth : PLAN_HOST_BANDWIDTH);
     return cost;
+}
+
+static void set_placement(plan_t *p, const config_t *cfg, const placement_t *pl) {
+    p->zero_stage = pl->stage;
+    p->optim_offload = pl->offload;
+    p->host_grad_bytes = pl->host_grad_bytes;
+    p->params_offload = pl->params;
+    p->zero_auto = cfg->parallel.zero_stage < 0 || cfg->optimizer.offload < 0 || cfg->optimizer.offload_params < 0;
 }
 
 /* 0: compiled and fits; 1: compiled, does not fit; -1: impossible (err set).
@@ -81,16 +103,13 @@ static double placement_cost_s(const plan_t *p) {
 static int compile_at(plan_t *p, const config_t *cfg, const model_t *m, int world, const plan_target_t *t, int sp,
                       int64_t seq_len, char *err, size_t errlen) {
     if (sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen)) return -1;
-    placement_t list[16];
+    placement_t list[PLACEMENTS_MAX];
     int n = placements(cfg, world, p->micro_steps, t, list);
     int best = -1;
     double best_cost = 0;
     for (int i = 0; i < n; i++) {
         if (i > 0 && sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen)) return -1;
-        p->zero_stage = list[i].stage;
-        p->optim_offload = list[i].offload;
-        p->host_grad_bytes = list[i].host_grad_bytes;
-        p->zero_auto = cfg->parallel.zero_stage < 0 || cfg->optimizer.offload < 0;
+        set_placement(p, cfg, &list[i]);
         if (!sac_pass(p, cfg)) continue;
         double cost = placement_cost_s(p);
         if (best < 0 || cost < best_cost * 0.999) {
@@ -100,12 +119,9 @@ static int compile_at(plan_t *p, const config_t *cfg, const model_t *m, int worl
         if (cost == 0) break;   /* nothing to gain from a higher placement */
     }
     if (best >= 0 && (p->zero_stage != list[best].stage || p->optim_offload != list[best].offload ||
-                      p->host_grad_bytes != list[best].host_grad_bytes)) {
+                      p->host_grad_bytes != list[best].host_grad_bytes || p->params_offload != list[best].params)) {
         sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen);
-        p->zero_stage = list[best].stage;
-        p->optim_offload = list[best].offload;
-        p->host_grad_bytes = list[best].host_grad_bytes;
-        p->zero_auto = cfg->parallel.zero_stage < 0 || cfg->optimizer.offload < 0;
+        set_placement(p, cfg, &list[best]);
         sac_pass(p, cfg);
     }
     p->recompute_flops_per_step = layers_recompute_flops(p) * (double)p->micro_steps * (double)p->world;

@@ -116,7 +116,10 @@ typedef struct {
 } region_t;
 
 typedef struct {
-    region_t params;        /* ZeRO 0-2: n_params_padded * param_bytes; ZeRO-3: this rank's shard, shard_len */
+    region_t params;        /* ZeRO 0-2: n_params_padded * param_bytes; ZeRO-3: this rank's shard, shard_len
+                               (on the host with params_offload) */
+    region_t param_dev_stage; /* params_offload: one bucket slice on the device, the shard's part copied in
+                               just before the bucket's gather reads it */
     region_t grads;         /* ZeRO 0-1: n_params_padded * grad_bytes; ZeRO 2-3: none (bucket buffers) */
     region_t master;        /* shard_len fp32 (device, or host with optimizer offload) */
     region_t adam_m, adam_v;/* shard_len fp32 each (same tier as master) */
@@ -167,6 +170,7 @@ typedef struct {
     int world, sp, dp, zero_stage;
     int zero_auto;          /* 1: the stage (and offload) were chosen by the plan */
     int optim_offload;      /* 1: master, moments and gradient shard in pinned host memory, AdamW on the CPU */
+    int params_offload;     /* 1 (ZeRO-3 with optim_offload): the bf16 weight shard in pinned host memory too */
     int host_grad_bytes;    /* element size of the host gradient shard: 4, or 2 (bf16) when fp32 does not fit */
     int64_t seq_len;        /* S as configured */
     int64_t seq_pad;        /* S rounded up to a multiple of sp (padded targets are masked) */

@@ -157,6 +157,7 @@ int sp_pass(plan_t *p, const config_t *cfg, const model_t *m, int world, int sp,
     /* the placement of model state: plan_compile sets it per candidate */
     p->zero_stage = cfg->parallel.zero_stage >= 0 ? cfg->parallel.zero_stage : 1;
     p->optim_offload = cfg->optimizer.offload > 0;
+    p->params_offload = cfg->optimizer.offload_params > 0;
     p->host_grad_bytes = 4;
     p->zero_auto = 0;
     int64_t gbs = cfg->train.global_batch_size;
