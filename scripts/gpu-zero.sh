@@ -6,6 +6,10 @@
 #   scripts/gpu-zero.sh parity        tiny model: every stage and placement against ZeRO-1 on the GPU
 #                                     (20 steps); Llama-3.1-8B at S = ZERO_SHORT_S (4096): the first
 #                                     5 losses with the optimizer on the host against it on the GPU
+#   scripts/gpu-zero.sh params        the weight shard on the host (optimizer.offload_params) against it on
+#                                     the device, both ZeRO-3 with the optimizer on the host: the tiny
+#                                     model (20 steps) and Llama-3.2-1B at S = 8192 (5 steps), losses
+#                                     bitwise, plan vs measured memory (about 2 minutes)
 #   scripts/gpu-zero.sh hostopt       only the host-optimizer run of parity's 8B check
 #   scripts/gpu-zero.sh long [S]      Llama-3.1-8B, all 32 layers, at S (default 262144), 2 steps with
 #                                     the placement the plan chooses: step time, MFU, plan vs measured
@@ -64,6 +68,19 @@ if [ "$MODE" = parity ]; then
         note "8B S=$S, optimizer on the host: FAILED ($(tail -1 "$LOG_DIR/8b-hostopt.log"))"
     grep -h "ZeRO-\|step " "$LOG_DIR"/8b-*.log | head -20
     note "8B S=$S, first 5 losses, optimizer on the host vs on the GPU: $(compare x 8b-gpuopt 8b-hostopt 1e-3)"
+elif [ "$MODE" = params ]; then
+    for model in tiny 1b; do
+        if [ $model = tiny ]; then C="configs/tiny.yaml --set train.steps=20 --set io.log_every=5"
+        else C="configs/llama32_1b.yaml --set train.seq_len=8192 --set train.steps=5 --set io.log_every=1"; fi
+        for prm in false true; do
+            n="$model-z3-prm-$prm"
+            ./autosp-train $C $DATA --set train.device=cuda --set parallel.zero_stage=3 --set optimizer.offload=true \
+                --set optimizer.offload_params=$prm --set io.run_dir="$LOG_DIR/$n" >"$LOG_DIR/$n.log" 2>&1 ||
+                note "$n: FAILED ($(tail -1 "$LOG_DIR/$n.log"))"
+            note "$n: $(grep -h 'device memory: plan\|host memory: plan' "$LOG_DIR/$n.log" | sed 's/autosp-train: //' | tr '\n' ' ')"
+        done
+        note "$model, ZeRO-3 + host optimizer, weights on the host against on the device: $(compare x $model-z3-prm-false $model-z3-prm-true 0)"
+    done
 elif [ "$MODE" = hostopt ]; then
     # the host-optimizer half of parity's 8B check alone (its GPU-optimizer losses from an earlier call)
     S=${ZERO_SHORT_S:-4096}
@@ -78,6 +95,6 @@ elif [ "$MODE" = long ]; then
     note "8B S=$S: $(grep -E '^step +2/' "$LOG_DIR/$n.log" || echo 'no step 2 (see the log)')"
     note "$(grep -h 'device memory: plan\|host memory: plan\|ZeRO-' "$LOG_DIR/$n.log" | tr '\n' ' ')"
 else
-    echo "usage: scripts/gpu-zero.sh parity | long [S]"; exit 2
+    echo "usage: scripts/gpu-zero.sh parity | params | hostopt | long [S]"; exit 2
 fi
 echo; echo "SUMMARY ($(head -1 "$LOG_DIR/gpu.txt"))"; printf '  %s\n' "${summary[@]}"
