@@ -385,17 +385,16 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     size_t end[ARENA__COUNT] = {0};
     const size_t pb = (size_t)p->target.param_bytes, gb = (size_t)p->target.grad_bytes;
     const int state_arena = p->optim_offload ? ARENA_HOST_STATE : ARENA_OPTIMIZER;
+    size_t slice = 0;   /* the largest bucket slice a rank holds */
+    for (int k = 0; k < PLAN_BUCKET_SLOTS; k++)
+        if (plan_slot_len(p, k) / shards > slice) slice = plan_slot_len(p, k) / shards;
     /* ZeRO-3 keeps only this rank's shard of the weights and gathers each
      * bucket into its slot's buffer when it is used; ZeRO 2-3 produce each
      * bucket's gradient in its slot's buffer and keep only the reduced shard. */
     mem->params = place(end, p->params_offload ? ARENA_HOST_STATE : ARENA_PARAMS,
                         (p->zero_stage >= 3 ? p->shard_len : p->n_params_padded) * pb);
-    if (p->params_offload) {   /* the device copy of one bucket's shard, read by its gather */
-        size_t slice = 0;
-        for (int k = 0; k < PLAN_BUCKET_SLOTS; k++)
-            if (plan_slot_len(p, k) / shards > slice) slice = plan_slot_len(p, k) / shards;
+    if (p->params_offload)   /* the device copy of one bucket's shard, read by its gather */
         mem->param_dev_stage = place(end, ARENA_PARAMS, slice * pb);
-    }
     if (p->zero_stage <= 1) mem->grads = place(end, ARENA_PARAMS, p->n_params_padded * gb);
     for (int k = 0; k < PLAN_BUCKET_SLOTS; k++) {
         size_t n = plan_slot_len(p, k);
@@ -403,9 +402,6 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
         if (p->zero_stage >= 2) mem->grad_buf[k] = place(end, ARENA_PARAMS, n * gb);
     }
     if (p->optim_offload) {
-        size_t slice = 0;
-        for (int k = 0; k < PLAN_BUCKET_SLOTS; k++)
-            if (plan_slot_len(p, k) / shards > slice) slice = plan_slot_len(p, k) / shards;
         mem->grad_shard = place(end, ARENA_HOST_STATE, p->shard_len * (size_t)p->host_grad_bytes);
         /* gradients go straight into an fp32 shard when nothing is accumulated there */
         int direct = p->host_grad_bytes == 4 && p->micro_steps == 1;
