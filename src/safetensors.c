@@ -605,23 +605,11 @@ static size_t tensor_numel(const st_write_tensor_t *t) {
     return numel;
 }
 
-static int write_data(FILE *f, const st_write_tensor_t *t, int n, st_dtype_t dtype) {
-    for (int i = 0; i < n; i++)
-        if (write_values(f, t[i].data, tensor_numel(&t[i]), dtype)) return -1;
-    return 0;
-}
-
 typedef struct {
     const st_write_tensor_t *t;
     int n;
     st_dtype_t dtype;
 } st_out_t;
-
-static int fill_safetensors(FILE *f, void *ctx, char *err, size_t errlen) {
-    const st_out_t *o = ctx;
-    size_t hbytes, dbytes;
-    return write_header(f, o->t, o->n, o->dtype, &hbytes, &dbytes) || write_data(f, o->t, o->n, o->dtype) ? -1 : 0;
-}
 
 static int check_write_tensors(const char *path, const st_write_tensor_t *t, int n, st_dtype_t dtype, char *err,
                                size_t errlen) {
@@ -682,8 +670,15 @@ int st_write_from(const char *path, const st_write_tensor_t *t, int n, st_dtype_
     return asp_write_atomic(path, fill_from, &s, err, errlen);
 }
 
+/* st_write's values: each tensor's own data, in order */
+static int produce_tensors(void *ctx, st_emit_fn emit, void *ectx) {
+    const st_out_t *o = ctx;
+    for (int i = 0; i < o->n; i++)
+        if (emit(ectx, o->t[i].data, tensor_numel(&o->t[i]))) break;
+    return 0;
+}
+
 int st_write(const char *path, const st_write_tensor_t *t, int n, st_dtype_t dtype, char *err, size_t errlen) {
-    if (check_write_tensors(path, t, n, dtype, err, errlen)) return -1;
-    st_out_t o = {t, n, dtype};
-    return asp_write_atomic(path, fill_safetensors, &o, err, errlen);
+    const st_out_t o = {t, n, dtype};
+    return st_write_from(path, t, n, dtype, produce_tensors, (void *)&o, err, errlen);
 }
