@@ -54,6 +54,17 @@ else
     fail "offload_params with ZeRO-2: unclear message"; cat "$TMP/prm-refused.log"
 fi
 
+# a plan that overflows only the host tier says so (the 8B on one H200 node at twice its longest S)
+if "$BIN" "$top_srcdir/configs/llama31_8b.yaml" --explain --gpu-memory 139 --host-memory 125.8 \
+        --set train.seq_len=524288 >"$TMP/host-over.log" 2>&1; then
+    fail "the 8B at S 524288 with 125.8 GiB of host memory was not refused"
+elif grep -q "does not fit: the plan needs [0-9.]* GiB of pinned host memory per rank but the host budget is" \
+        "$TMP/host-over.log" && grep -q "the longest seq_len that fits is" "$TMP/host-over.log"; then
+    ok "a plan over the host budget is refused naming the host tier: $(tail -1 "$TMP/host-over.log" | cut -c1-150)"
+else
+    fail "host-tier refusal: unclear message"; tail -2 "$TMP/host-over.log"
+fi
+
 # one rank: every stage and placement, bitwise
 run r1 1 --set parallel.zero_stage=1 --set optimizer.offload=false
 for st in 0 1 2 3; do for off in false true; do

@@ -203,11 +203,27 @@ static void no_fit_message(const plan_t *p, const config_t *cfg, int64_t longest
     asp_fmt_bytes(have, sizeof have, (double)mem->device_total);
     asp_fmt_bytes(budget, sizeof budget, p->target.memory_bytes);
     if (longest > 0) {
+        /* name the tier that overflows: device memory, pinned host memory, or both */
+        const int dev_over = p->target.memory_bytes > 0 && (double)mem->device_total > p->target.memory_bytes;
+        const int host_over = p->target.host_memory_bytes > 0 && (double)plan_host_bytes(p) > p->target.host_memory_bytes;
+        char what[200];
+        if (host_over) {
+            char hneed[32], hbud[32];
+            asp_fmt_bytes(hneed, sizeof hneed, (double)plan_host_bytes(p));
+            asp_fmt_bytes(hbud, sizeof hbud, p->target.host_memory_bytes);
+            if (dev_over)
+                snprintf(what, sizeof what, "%s of device memory per rank (budget %s) and %s of pinned host memory "
+                         "(budget %s)", have, budget, hneed, hbud);
+            else
+                snprintf(what, sizeof what, "%s of pinned host memory per rank but the host budget is %s (device: %s "
+                         "of %s)", hneed, hbud, have, budget);
+        } else {
+            snprintf(what, sizeof what, "%s per rank but the budget is %s", have, budget);
+        }
         asp_errf(err, errlen,
-                 "train.seq_len %lld does not fit: the plan needs %s per rank (sequence_parallel_size %d, policy %s) "
-                 "but the budget is %s; the longest seq_len that fits is %lld with sequence_parallel_size %d on "
+                 "train.seq_len %lld does not fit: the plan needs %s (sequence_parallel_size %d, policy %s); the longest seq_len that fits is %lld with sequence_parallel_size %d on "
                  "%d rank%s; lower train.seq_len, use checkpointing.policy auto (with offload), or add ranks",
-                 (long long)cfg->train.seq_len, have, p->sp, plan_policy_name(cfg->checkpointing.policy), budget,
+                 (long long)cfg->train.seq_len, what, p->sp, plan_policy_name(cfg->checkpointing.policy),
                  (long long)longest, sp, p->world, p->world == 1 ? "" : "s");
         return;
     }
