@@ -33,6 +33,8 @@ TESTS += tests/test_failures.sh
 EXTRA_DIST += tests/test_failures.sh
 TESTS += tests/test_first_hour.sh
 EXTRA_DIST += tests/test_first_hour.sh
+TESTS += tests/test_docs_keys.sh
+EXTRA_DIST += tests/test_docs_keys.sh
 # libFuzzer harnesses and their seeds (built and run by tests/fuzz/run.sh, from
 # scripts/sanitize-check.sh in CI), and the LeakSanitizer suppressions
 EXTRA_DIST += tests/fuzz/fuzz_common.h tests/fuzz/fuzz_json.c tests/fuzz/fuzz_safetensors.c tests/fuzz/fuzz_config.c \
