@@ -220,11 +220,14 @@ static void no_fit_message(const plan_t *p, const config_t *cfg, int64_t longest
         } else {
             snprintf(what, sizeof what, "%s per rank but the budget is %s", have, budget);
         }
+        const char *advice = host_over && !dev_over
+                                 ? "lower train.seq_len, or add ranks on more nodes (each brings its host memory)"
+                                 : "lower train.seq_len, use checkpointing.policy auto (with offload), or add ranks";
         asp_errf(err, errlen,
-                 "train.seq_len %lld does not fit: the plan needs %s (sequence_parallel_size %d, policy %s); the longest seq_len that fits is %lld with sequence_parallel_size %d on "
-                 "%d rank%s; lower train.seq_len, use checkpointing.policy auto (with offload), or add ranks",
+                 "train.seq_len %lld does not fit: the plan needs %s (sequence_parallel_size %d, policy %s); the "
+                 "longest seq_len that fits is %lld with sequence_parallel_size %d on %d rank%s; %s",
                  (long long)cfg->train.seq_len, what, p->sp, plan_policy_name(cfg->checkpointing.policy),
-                 (long long)longest, sp, p->world, p->world == 1 ? "" : "s");
+                 (long long)longest, sp, p->world, p->world == 1 ? "" : "s", advice);
         return;
     }
     /* Not even the shortest sequence fits: say what the model state costs, per tier. */
