@@ -397,13 +397,7 @@ START_TEST(test_hostile_files_fast) {
     char path[512], err[2048];
     config_t c;
     make_tmpdir();
-    size_t depth = 100000;
-    char *text = malloc(2 * depth + 16);
-    size_t k = (size_t)sprintf(text, "model: ");
-    for (size_t i = 0; i < depth; i++) text[k++] = '[';
-    for (size_t i = 0; i < depth; i++) text[k++] = ']';
-    text[k++] = '\n';
-    text[k] = 0;
+    char *text = test_nested("model: ", 100000, "\n");
     write_fixture("deep.yaml", text, path, sizeof path);
     free(text);
     double t0 = test_now();

@@ -124,13 +124,7 @@ START_TEST(test_config_refusals) {
     expect_cfg_error("{\"model_type\": \"llama\", \"hidden_size\": 64,}", "trailing comma");
     expect_cfg_error("{\"model_type\": \"llama\", \"hidden_size\": NaN}", "expected a value");
     /* nested 100,000 deep: refused at once, not after a minute and a half */
-    size_t depth = 100000;
-    char *deep = malloc(2 * depth + 64);
-    size_t k = (size_t)sprintf(deep, "{\"model_type\": \"llama\", \"x\": ");
-    for (size_t i = 0; i < depth; i++) deep[k++] = '[';
-    for (size_t i = 0; i < depth; i++) deep[k++] = ']';
-    deep[k++] = '}';
-    deep[k] = 0;
+    char *deep = test_nested("{\"model_type\": \"llama\", \"x\": ", 100000, "}");
     double t0 = test_now();
     expect_cfg_error(deep, "nested deeper than 64 levels");
     ck_assert_msg(test_now() - t0 < 0.5, "took %.2f s", test_now() - t0);

@@ -59,6 +59,19 @@ static inline double test_time_scale(void) {
     return v > 0 ? v : 1.0;
 }
 
+/* PREFIX, depth '[' then depth ']', SUFFIX: a hostile nesting for the
+ * parsers' depth limits (malloc'd; the caller frees it). */
+static inline char *test_nested(const char *prefix, size_t depth, const char *suffix) {
+    size_t lp = strlen(prefix), ls = strlen(suffix);
+    char *t = malloc(lp + 2 * depth + ls + 1);
+    if (!t) return NULL;
+    memcpy(t, prefix, lp);
+    memset(t + lp, '[', depth);
+    memset(t + lp + depth, ']', depth);
+    memcpy(t + lp + 2 * depth, suffix, ls + 1);
+    return t;
+}
+
 typedef struct { uint64_t s; } trng_t;
 
 static inline uint64_t trng_next(trng_t *r) {   /* splitmix64 */
