@@ -11,8 +11,8 @@
 
 #include "backend.h"
 #include "config.h"
-#include "data.h"
-#include "hf.h"
+#include "io/data.h"
+#include "io/hf.h"
 #include "model/model.h"
 #include "parallel/parallel.h"
 #include "plan/plan.h"

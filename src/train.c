@@ -8,10 +8,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "ckpt.h"
-#include "data.h"
-#include "exec.h"
-#include "hf.h"
+#include "io/ckpt.h"
+#include "io/data.h"
+#include "exec/exec.h"
+#include "io/hf.h"
 #include "util.h"
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
