@@ -1,5 +1,5 @@
 # src/plan: sources and tests of this folder (included by Makefile.am)
-libautosp_a_SOURCES += src/plan/plan.h src/plan/passes.h src/plan/sp.c src/plan/sac.c \
+libautosp_a_SOURCES += src/plan/plan.h src/plan/passes.h src/plan/sp.c src/plan/graphcost.c src/plan/sac.c \
 	src/plan/memplan.c src/plan/explain.c src/plan/plan.c
 check_PROGRAMS += tests/test_plan
 TESTS += tests/test_plan

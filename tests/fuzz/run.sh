@@ -26,17 +26,17 @@ CFLAGS="-std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -Wno-unused-paramete
 LIBS="$(pkg-config --libs yaml-0.1) -lm"
 # the engine's files each harness links, by floor (docs/architecture.md)
 EXEC="src/exec/exec.c src/exec/walk.c src/exec/state.c src/exec/optim.c src/exec/tier.c"
-PLAN="src/plan/plan.c src/plan/sp.c src/plan/sac.c src/plan/memplan.c"
+PLAN="src/plan/plan.c src/plan/sp.c src/plan/graphcost.c src/plan/sac.c src/plan/memplan.c"
 PAR="src/parallel/parallel.c src/parallel/coll_host.c"
 sources() {
     case $1 in
         json) echo src/io/json.c src/util.c ;;
         safetensors) echo src/io/safetensors.c src/io/json.c src/util.c ;;
-        config) echo src/config.c src/util.c ;;
-        hf_config) echo src/io/hf.c src/io/safetensors.c src/io/json.c src/config.c src/util.c src/model/llama.c $EXEC \
+        config) echo src/config.c src/config_keys.c src/util.c ;;
+        hf_config) echo src/io/hf.c src/io/safetensors.c src/io/json.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC \
                         src/io/data.c src/cpu/host_optim.c $PLAN $PAR ;;
         shard) echo src/io/data.c src/util.c ;;
-        ckpt_state) echo src/io/ckpt.c src/config.c src/util.c src/model/llama.c $EXEC $PLAN $PAR \
+        ckpt_state) echo src/io/ckpt.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC $PLAN $PAR \
                          src/cpu/cpu_backend.c src/cpu/host_optim.c src/io/data.c ;;
         *) echo "unknown harness '$1' (json safetensors config hf_config shard ckpt_state)" >&2; exit 2 ;;
     esac
