@@ -1,6 +1,6 @@
 # src: sources and tests of this folder (included by Makefile.am)
 libautosp_a_SOURCES += src/util.c src/util.h
-libautosp_a_SOURCES += src/train.c src/train.h src/dtype.h src/backend.h src/opshapes.h
+libautosp_a_SOURCES += src/train.c src/train.h src/train_log.c src/train_log.h src/dtype.h src/backend.h src/opshapes.h
 libautosp_a_SOURCES += src/config.c src/config.h src/config_keys.c src/config_keys.h
 check_PROGRAMS += tests/test_config
 TESTS += tests/test_config
