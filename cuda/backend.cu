@@ -264,6 +264,31 @@ static void *touch_pages(void *a) {
     return NULL;
 }
 
+/* Write zeros over [p, p + bytes) from up to 16 threads: faults a fresh
+ * mapping in several times faster than one thread, and zeroes what
+ * cudaMallocHost returns (host_alloc hands out zeroed memory). */
+static void zero_pages(char *p, size_t bytes) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int nt = cpus > 16 ? 16 : cpus < 1 ? 1 : (int)cpus;
+    if (bytes < ((size_t)64 << 20)) nt = 1;
+    pthread_t th[16];
+    touch_arg_t ta[16];
+    size_t per = asp_align_up((bytes + (size_t)nt - 1) / (size_t)nt, (size_t)2 << 20);
+    int started = 0;
+    for (int i = 0; i < nt; i++) {
+        size_t lo = (size_t)i * per, hi = lo + per < bytes ? lo + per : bytes;
+        if (lo >= bytes) break;
+        ta[i] = (touch_arg_t){p + lo, hi - lo};
+        if (pthread_create(&th[i], NULL, touch_pages, &ta[i]) != 0) {
+            touch_pages(&ta[i]);
+            continue;
+        }
+        started |= 1 << i;
+    }
+    for (int i = 0; i < nt; i++)
+        if (started & (1 << i)) pthread_join(th[i], NULL);
+}
+
 /* MemAvailable from /proc/meminfo, bytes; 0 when unknown */
 static size_t host_available(void) {
     FILE *f = fopen("/proc/meminfo", "r");
@@ -294,24 +319,7 @@ static void *host_map(size_t bytes, const char *what) {
 #ifdef MADV_HUGEPAGE
     madvise(p, bytes, MADV_HUGEPAGE);
 #endif
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int nt = cpus > 16 ? 16 : cpus < 1 ? 1 : (int)cpus;
-    pthread_t th[16];
-    touch_arg_t ta[16];
-    size_t per = asp_align_up((bytes + (size_t)nt - 1) / (size_t)nt, (size_t)2 << 20);
-    int started = 0;
-    for (int i = 0; i < nt; i++) {
-        size_t lo = (size_t)i * per, hi = lo + per < bytes ? lo + per : bytes;
-        if (lo >= bytes) break;
-        ta[i] = (touch_arg_t){p + lo, hi - lo};
-        if (pthread_create(&th[i], NULL, touch_pages, &ta[i]) != 0) {
-            touch_pages(&ta[i]);
-            continue;
-        }
-        started |= 1 << i;
-    }
-    for (int i = 0; i < nt; i++)
-        if (started & (1 << i)) pthread_join(th[i], NULL);
+    zero_pages(p, bytes);
     cudaError_t e = cudaHostRegister(p, bytes, cudaHostRegisterDefault);
     if (e != cudaSuccess) {
         cudaGetLastError();
@@ -342,6 +350,7 @@ static void *cuda_host_alloc(size_t bytes, const char *what) {
                  what ? what : "?", cudaGetErrorString(e));
         return NULL;
     }
+    zero_pages((char *)p, bytes);
     return p;
 }
 

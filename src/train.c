@@ -310,9 +310,12 @@ static int run_open(run_t *run, const config_t *cfg, const plan_t *plan, const b
     open_data(run);
     open_validation(run);
     prepare_run_dir(run);
+    double t_engine = asp_since_start();
     run->e = exec_create(plan, be, coll, host_coll, r);
+    double t_arenas = asp_since_start();
     exec_init_params(run->e, cfg->train.seed);
     if (cfg->model.from_pretrained[0]) hf_train_import(run->e, cfg, plan->model);
+    double t_weights = asp_since_start();
     FILE *metrics = NULL;
     run->resumed = (ckpt_state_t){0, 0, 0, cfg->train.seed, 0, 0};
     if (resume_run(cfg, plan, run->e, r, host_coll, &run->loader, &run->resumed, &metrics) < 0) {
@@ -328,9 +331,10 @@ static int run_open(run_t *run, const config_t *cfg, const plan_t *plan, const b
     if (run->lead) progress_begin(cfg->train.steps, plan->micro_steps);
     if (run->lead)
         asp_info("training %lld steps: %.0f tokens per step, %d rank(s) as SP %d x DP %d, %s backend (set-up "
-                 "took %.1f s)",
+                 "took %.1f s: %.1f s libraries, device and plan, %.1f s arenas and pinned host memory, %.1f s "
+                 "weights)",
                  (long long)cfg->train.steps, run->log.tokens_per_step, r->world_size, r->sp_size, r->dp_size,
-                 be->name, asp_since_start());
+                 be->name, asp_since_start(), t_engine, t_arenas - t_engine, t_weights - t_arenas);
     /* Test-only fault injection (docs/launch.md): rank ASP_FAIL_RANK fails
      * at step ASP_FAIL_STEP, to show that the whole job ends, not hangs. */
     const char *fail_rank_env = getenv("ASP_FAIL_RANK"), *fail_step_env = getenv("ASP_FAIL_STEP");
