@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -113,10 +114,7 @@ static int read_all_fd(int fd, void *buf, size_t n, off_t at) {
  * written, removed or renamed), so a test can stop it at every one. */
 static void test_file_op(void) {
     static long count = 0, kill_after = -1;
-    if (kill_after < 0) {
-        const char *s = getenv("ASP_CKPT_KILL_AFTER");
-        kill_after = s ? strtol(s, NULL, 10) : 0;
-    }
+    if (kill_after < 0) kill_after = asp_env_long("ASP_CKPT_KILL_AFTER", 0, 0, LONG_MAX);
     if (kill_after > 0 && ++count == kill_after) raise(SIGKILL);
 }
 
@@ -139,8 +137,7 @@ static int remove_tree(const char *dir) {
 /* Test-only (docs/checkpoints.md): ASP_CKPT_WRITE_DELAY_MS sleeps between
  * files so a test can kill the writer in the middle of a checkpoint. */
 static void test_delay(void) {
-    const char *s = getenv("ASP_CKPT_WRITE_DELAY_MS");
-    long ms = s ? strtol(s, NULL, 10) : 0;
+    long ms = asp_env_long("ASP_CKPT_WRITE_DELAY_MS", 0, 0, 3600000);
     if (ms <= 0) return;
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}

@@ -139,11 +139,13 @@ static void parse_args(int argc, char **argv, cli_t *c, ranks_t *r) {
             if (w != (double)(int)w || w > 1 << 20) usage_error(r, "--world expects a whole number, got '%s'", next);
             c->world = (int)w;
             i++;
-        } else if (!strcmp(a, "--gpu-memory")) {
-            c->gpu_memory_gib = parse_positive(r, a, next);
-            i++;
-        } else if (!strcmp(a, "--host-memory")) {
-            c->host_memory_gib = parse_positive(r, a, next);
+        } else if (!strcmp(a, "--gpu-memory") || !strcmp(a, "--host-memory")) {
+            double gib = parse_positive(r, a, next);
+            /* 1e308 GiB is finite but its bytes are not: an "inf" budget fits anything */
+            if (gib > ASP_MEMORY_GIB_MAX)
+                usage_error(r, "%s %s GiB is beyond any machine (at most %.0f GiB, 1 PiB); give the memory in GiB",
+                            a, next, ASP_MEMORY_GIB_MAX);
+            *(a[2] == 'g' ? &c->gpu_memory_gib : &c->host_memory_gib) = gib;
             i++;
         } else if (!strcmp(a, "--dump-grads")) {
             if (!next) usage_error(r, "--dump-grads expects a file name");
@@ -227,6 +229,18 @@ static void early_stop(ranks_t *r) {
     if (r) par_finalize(r);
     exit(128 + sig);
 }
+
+/* The documented signal behaviour holds from the first instant: the GPU and
+ * MPI libraries take ~100 ms to load and initialise before main runs, and a
+ * SIGUSR1 (checkpoint and go on) or SIGTERM then would take its default
+ * action. An executable's .preinit_array runs before any shared library's
+ * initialisers, so the handlers are in place from there. */
+static void install_signals_early(int argc, char **argv, char **envp) {
+    (void)argc, (void)argv, (void)envp;
+    train_install_signals();
+}
+__attribute__((section(".preinit_array"), used)) static void (*const early_signals)(int, char **, char **) =
+    install_signals_early;
 
 int main(int argc, char **argv) {
     /* first: a SIGTERM during start-up is reported, not silently fatal */

@@ -1,6 +1,7 @@
 #include "train.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -42,6 +43,8 @@ static void on_signal(int sig) {
             say(sig == SIGUSR2 ? "autosp-train: SIGUSR2: stopping at the end of this step with a checkpoint\n"
                 : sig == SIGINT ? "autosp-train: SIGINT: stopping at the end of this step with a checkpoint "
                                   "(again to quit at once)\n"
+                : sig == SIGHUP ? "autosp-train: SIGHUP (terminal or session closed): stopping at the end of this "
+                                  "step with a checkpoint (again to quit at once)\n"
                 : "autosp-train: SIGTERM: stopping at the end of this step with a checkpoint (again to quit at once)\n");
     }
 }
@@ -54,6 +57,8 @@ void train_install_signals(void) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    /* a closed terminal or ssh session: stop cleanly, as for SIGTERM */
+    sigaction(SIGHUP, &sa, NULL);
     /* mpirun gives its ranks only a second between SIGTERM and SIGKILL but
      * passes SIGUSR2 through: launchers use it to ask for a clean stop. */
     sigaction(SIGUSR2, &sa, NULL);
@@ -409,8 +414,7 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     if (lead) {
         progress.steps = tc->steps;
         progress.micro_steps = mb;
-        const char *every = getenv("ASP_PROGRESS_S");
-        progress.every = every && atof(every) > 0 ? atof(every) : 10.0;
+        progress.every = asp_env_double("ASP_PROGRESS_S", 10.0, 1e-3, 1e9);
         exec_progress_hook = on_progress;
     }
     if (lead)
@@ -420,9 +424,8 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
                  asp_since_start());
     /* Test-only fault injection (docs/launch.md): rank ASP_FAIL_RANK fails
      * at step ASP_FAIL_STEP, to show that the whole job ends, not hangs. */
-    const char *fail_rank_env = getenv("ASP_FAIL_RANK"), *fail_step_env = getenv("ASP_FAIL_STEP");
-    int fail_rank = fail_rank_env ? atoi(fail_rank_env) : -1;
-    int64_t fail_step = fail_step_env ? atoll(fail_step_env) : 1;
+    int fail_rank = (int)asp_env_long("ASP_FAIL_RANK", -1, 0, 1 << 30);
+    int64_t fail_step = asp_env_long("ASP_FAIL_STEP", 1, 1, LONG_MAX);
     while (step < tc->steps) {
         /* Ranks may see a signal at different times; agreeing on it at the
          * step boundary keeps every rank's collectives matched. */
