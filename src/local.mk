@@ -28,7 +28,7 @@ tests_test_hf_LDADD = $(ASP_TEST_LIBS)
 TESTS += tests/test_hf_parity.sh
 EXTRA_DIST += tests/test_hf_parity.sh tests/hf_parity.py
 # Checkpoints and resume (docs/checkpoints.md)
-libautosp_a_SOURCES += src/ckpt.c src/ckpt.h
+libautosp_a_SOURCES += src/ckpt.c src/ckpt.h src/runlock.c src/runlock.h
 check_PROGRAMS += tests/test_ckpt
 TESTS += tests/test_ckpt tests/test_ckpt_resume.sh tests/test_ckpt_fault.sh
 tests_test_ckpt_SOURCES = tests/test_ckpt.c

@@ -13,6 +13,7 @@
 #include "data.h"
 #include "exec.h"
 #include "hf.h"
+#include "runlock.h"
 #include "util.h"
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
@@ -196,7 +197,8 @@ static double val_loss_last;
 static int save_checkpoint(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t *r,
                            const coll_ops_t *host_coll, const loader_t *loader, int64_t step) {
     char err[4096];
-    ckpt_state_t st = {step, loader->epoch, loader->cursor, loader->seed, val_step_last, val_loss_last};
+    ckpt_state_t st = {.step = step, .epoch = loader->epoch, .cursor = loader->cursor, .seed = loader->seed,
+                       .val_step = val_step_last, .val_loss = val_loss_last};
     double t0 = asp_now();
     if (ckpt_save(cfg, plan, e, r, host_coll, &st, err, sizeof err) != 0) {
         if (r->world_rank == 0) asp_warn("checkpoint of step %lld failed: %s", (long long)step, err);
@@ -359,8 +361,11 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     /* ---- run folder: the effective config and the metrics log */
     FILE *metrics = NULL;
     if (lead) {
+        /* an unreadable checkpoints path is an error before anything is written, and one run per folder */
+        if (ckpt_check_run_dir(cfg, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
         if (asp_mkdir_p(cfg->io.run_dir) != 0)
             asp_die(ASP_EXIT_USAGE, "cannot create io.run_dir %s: %s", cfg->io.run_dir, strerror(errno));
+        if (runlock_acquire(cfg->io.run_dir, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
         char path[CFG_PATH_MAX + 32];
         snprintf(path, sizeof path, "%s/config.yaml", cfg->io.run_dir);
         if (config_write_yaml(cfg, path, err, sizeof err) != 0) asp_die(ASP_EXIT_FAILURE, "%s", err);
@@ -372,7 +377,7 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     if (cfg->model.from_pretrained[0]) hf_train_import(e, cfg, m);
 
     /* ---- resume (io.resume) and the metrics log */
-    ckpt_state_t resumed = {0, 0, 0, tc->seed, 0, 0};
+    ckpt_state_t resumed = {.seed = tc->seed};
     int rs = resume_run(cfg, plan, e, r, host_coll, &loader, &resumed, &metrics);
     if (rs < 0) {
         exec_destroy(e);
