@@ -267,8 +267,10 @@ int main(int argc, char **argv) {
     char shard_path[CFG_PATH_MAX];
     uint32_t shard_vocab = 0;
     int64_t shard_eos = -1;
-    if (cfg.data.path[0] && config_resolve_path(&cfg, cfg.data.path, shard_path, sizeof shard_path) == 0 &&
-        shard_peek(shard_path, &shard_vocab, &shard_eos, err, sizeof err) == 0) {
+    int peeked = cfg.data.path[0] && config_resolve_path(&cfg, cfg.data.path, shard_path, sizeof shard_path) == 0
+                 ? shard_peek(shard_path, &shard_vocab, &shard_eos, err, sizeof err) : -1;
+    if (peeked == -2) usage_error(&ranks, "%s", err);   /* a header read, but refused: name the shard */
+    if (peeked == 0) {
         if (!cfg.vocab_size_given) {
             cfg.model.vocab_size = shard_vocab;
         } else if ((int64_t)shard_vocab > cfg.model.vocab_size) {

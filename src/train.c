@@ -340,6 +340,7 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         if (config_resolve_path(cfg, cfg->data.val_path, val_path, sizeof val_path) != 0)
             asp_die(ASP_EXIT_USAGE, "data.val_path is too long");
         if (shard_open(&val.shard, val_path, m->V, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
+        if (shard_check_pair(&shard, &val.shard, m->V, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
         if (loader_init(&val.loader, &val.shard, plan->seq_len, plan->seq_pad, r->sp_rank, r->sp_size, r->dp_rank,
                         r->dp_size, 0, tc->seed, err, sizeof err) != 0)
             asp_die(ASP_EXIT_USAGE, "data.val_path: %s", err);
