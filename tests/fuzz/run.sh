@@ -5,7 +5,7 @@
 # A crash, leak, UB report or timeout fails the run and leaves the input as
 # BUILD/crash-* (reproduce: BUILD/fuzz_NAME BUILD/crash-...).
 #
-#   tests/fuzz/run.sh [NAME...]      NAME: json safetensors config hf_config shard ckpt_state
+#   tests/fuzz/run.sh [NAME...]      NAME: json safetensors config hf_config shard ckpt_state ckpt_dir run_folder
 #
 # Needs clang with libFuzzer (Debian 12: clang and libclang-rt-14-dev).
 set -eu
@@ -13,7 +13,7 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 build=${FUZZ_BUILD:-$top/tests/fuzz/build}
 CLANG=${CLANG:-clang}
 secs=${FUZZ_SECONDS:-20}
-names=${*:-json safetensors config hf_config shard ckpt_state}
+names=${*:-json safetensors config hf_config shard ckpt_state ckpt_dir run_folder}
 mkdir -p "$build/cfg" "$build/obj"
 # the harnesses need no MPI and no CUDA: a configuration header of their own
 cat >"$build/cfg/autosp_config.h" <<'H'
@@ -32,10 +32,13 @@ sources() {
         hf_config) echo src/hf.c src/safetensors.c src/json.c src/config.c src/util.c src/model/llama.c src/exec.c src/data.c src/cpu/host_optim.c \
                         src/plan/plan.c src/plan/sp.c src/plan/sac.c src/plan/memplan.c src/parallel/parallel.c src/parallel/coll_host.c ;;
         shard) echo src/data.c src/util.c ;;
-        ckpt_state) echo src/ckpt.c src/config.c src/util.c src/model/llama.c src/exec.c src/plan/plan.c src/plan/sp.c \
+        ckpt_state|ckpt_dir) echo src/ckpt.c src/config.c src/util.c src/model/llama.c src/exec.c src/plan/plan.c src/plan/sp.c \
                          src/plan/sac.c src/plan/memplan.c src/parallel/parallel.c src/parallel/coll_host.c \
                          src/cpu/cpu_backend.c src/cpu/host_optim.c src/data.c ;;
-        *) echo "unknown harness '$1' (json safetensors config hf_config shard ckpt_state)" >&2; exit 2 ;;
+        run_folder) echo src/ckpt.c src/runlock.c src/config.c src/util.c src/model/llama.c src/exec.c src/plan/plan.c \
+                         src/plan/sp.c src/plan/sac.c src/plan/memplan.c src/parallel/parallel.c src/parallel/coll_host.c \
+                         src/cpu/cpu_backend.c src/cpu/host_optim.c src/data.c ;;
+        *) echo "unknown harness '$1' (json safetensors config hf_config shard ckpt_state ckpt_dir run_folder)" >&2; exit 2 ;;
     esac
 }
 status=0
