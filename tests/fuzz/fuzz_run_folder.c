@@ -13,10 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "ckpt.h"
+#include "io/ckpt.h"
 #include "config.h"
 #include "fuzz_common.h"
-#include "runlock.h"
+#include "io/runlock.h"
 
 static void check_layout(uint8_t kind) {
     static int n = 0;

@@ -5,7 +5,7 @@
  * text names a live holder to the user, and lets a launch on the same host
  * tell a live holder from a dead one where the file system does not share
  * locks. At a clean exit the text is emptied: an empty file is a free lock. */
-#include "runlock.h"
+#include "io/runlock.h"
 
 #include <errno.h>
 #include <fcntl.h>
