@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "io/ckpt_internal.h"
 #include "util.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -26,10 +27,7 @@
 #define STATE_FILE "state"
 #define STATE_HEAD "asp-checkpoint-state"
 #define NAME_FMT "step-%08" PRId64
-#define IO_CHUNK ((size_t)1 << 22)   /* elements per read/write batch */
-
-enum { F_CONFIG, F_STATE, F_WEIGHTS, F_MASTER, F_ADAM_M, F_ADAM_V, F__COUNT };
-static const char *const file_names[F__COUNT] = {"config.yaml", STATE_FILE, "weights.bin", "master.bin",
+const char *const ckpt_file_names[F__COUNT] = {"config.yaml", STATE_FILE, "weights.bin", "master.bin",
                                                  "adam_m.bin", "adam_v.bin"};
 
 /* ------------------------------------------------------------------ CRC-32C */
@@ -79,10 +77,6 @@ static void pathf(char *buf, size_t len, const char *fmt, ...) {
     if (n < 0 || (size_t)n >= len) asp_die(ASP_EXIT_USAGE, "path '%s...' is too long; use a shorter io.run_dir", buf);
 }
 
-typedef struct {
-    int64_t size;
-    uint32_t crc;
-} file_sum_t;
 
 static int write_all_fd(int fd, const void *buf, size_t n) {
     const char *p = buf;
@@ -96,7 +90,7 @@ static int write_all_fd(int fd, const void *buf, size_t n) {
     return 0;
 }
 
-static int read_all_fd(int fd, void *buf, size_t n, off_t at) {
+int ckpt_read_at(int fd, void *buf, size_t n, off_t at) {
     char *p = buf;
     while (n) {
         ssize_t got = pread(fd, p, n, at);
@@ -200,7 +194,7 @@ static void f32_to_bf16_exact(uint16_t *out, const float *in, size_t n) {
     }
 }
 
-static void bf16_to_f32(float *out, const uint16_t *in, size_t n) {
+void ckpt_bf16_to_f32(float *out, const uint16_t *in, size_t n) {
     for (size_t i = n; i-- > 0;) {   /* backwards: out and in may share memory */
         uint32_t u = (uint32_t)in[i] << 16;
         memcpy(&out[i], &u, 4);
@@ -233,7 +227,7 @@ static int array_begin(array_writer_t *a, const char *path, dtype_t t, size_t n,
     uint8_t h[CKPT_HEADER_BYTES];
     put_header(h, t, (int64_t)n);
     if (wput(&a->w, h, sizeof h, err, errlen) != 0) return -1;
-    if (t != DT_F32) a->tmp = asp_malloc(IO_CHUNK * sizeof(uint16_t), "checkpoint conversion");
+    if (t != DT_F32) a->tmp = asp_malloc(CKPT_IO_CHUNK * sizeof(uint16_t), "checkpoint conversion");
     return 0;
 }
 
@@ -241,8 +235,8 @@ static int array_sink(void *ctx, const float *vals, size_t n) {
     array_writer_t *a = ctx;
     if ((int64_t)n > a->left)
         return asp_errf(a->err, a->errlen, "internal: %s receives more values than its header counts", a->w.path);
-    for (size_t b = 0; b < n; b += IO_CHUNK) {
-        size_t k = n - b < IO_CHUNK ? n - b : IO_CHUNK;
+    for (size_t b = 0; b < n; b += CKPT_IO_CHUNK) {
+        size_t k = n - b < CKPT_IO_CHUNK ? n - b : CKPT_IO_CHUNK;
         int rc;
         if (a->t == DT_F32) {
             rc = wput(&a->w, vals + b, k * sizeof(float), a->err, a->errlen);
@@ -272,18 +266,18 @@ static int array_end(array_writer_t *a, file_sum_t *sum) {
 }
 
 /* Checkpoint files are opened without blocking on a FIFO or device. */
-static int open_ckpt_file(const char *path, char *err, size_t errlen) {
+int ckpt_open_file(const char *path, char *err, size_t errlen) {
     return asp_open_regular(path, "checkpoint file", "the checkpoint is damaged", err, errlen);
 }
 
 static int sum_file(const char *path, file_sum_t *sum, char *err, size_t errlen) {
-    int fd = open_ckpt_file(path, err, errlen);
+    int fd = ckpt_open_file(path, err, errlen);
     if (fd < 0) return -1;
-    uint8_t *buf = asp_malloc(IO_CHUNK, "checkpoint read buffer");
+    uint8_t *buf = asp_malloc(CKPT_IO_CHUNK, "checkpoint read buffer");
     sum->size = 0;
     sum->crc = 0;
     for (;;) {
-        ssize_t got = read(fd, buf, IO_CHUNK);
+        ssize_t got = read(fd, buf, CKPT_IO_CHUNK);
         if (got < 0 && errno == EINTR) continue;
         if (got < 0) {
             int e = errno;
@@ -544,11 +538,11 @@ static int parse_manifest(const char *text, const char *path, long long size[F__
             return asp_errf(err, errlen, "%s: line %d names '%s', a path, not a checkpoint file; the checkpoint is "
                             "damaged or crafted", path, line, name);
         int f = 0;
-        while (f < F__COUNT && (strlen(file_names[f]) != nl || strncmp(s, file_names[f], nl))) f++;
+        while (f < F__COUNT && (strlen(ckpt_file_names[f]) != nl || strncmp(s, ckpt_file_names[f], nl))) f++;
         if (f == F__COUNT)
             return asp_errf(err, errlen, "%s: line %d: unknown entry '%s' (a checkpoint holds %s, %s, %s, %s, %s and "
-                            "%s); the checkpoint is damaged or from another program", path, line, name, file_names[0],
-                            file_names[1], file_names[2], file_names[3], file_names[4], file_names[5]);
+                            "%s); the checkpoint is damaged or from another program", path, line, name, ckpt_file_names[0],
+                            ckpt_file_names[1], ckpt_file_names[2], ckpt_file_names[3], ckpt_file_names[4], ckpt_file_names[5]);
         if (seen[f]++)
             return asp_errf(err, errlen, "%s: line %d: a second entry for %s; the checkpoint is damaged", path, line,
                             name);
@@ -564,151 +558,8 @@ static int parse_manifest(const char *text, const char *path, long long size[F__
     }
     for (int f = 0; f < F__COUNT; f++)
         if (!seen[f])
-            return asp_errf(err, errlen, "%s: no entry for %s; the checkpoint is damaged", path, file_names[f]);
+            return asp_errf(err, errlen, "%s: no entry for %s; the checkpoint is damaged", path, ckpt_file_names[f]);
     return 0;
-}
-
-/* The first problem found in a checkpoint's values ("" when none), reported
- * after its checksums and headers hold (a flipped bit is damage, named so). */
-typedef struct {
-    const model_t *m;
-    char what[3072];
-} vcheck_t;
-
-static const char *tensor_at(const model_t *m, size_t i, size_t *at) {
-    for (int p = 0; p < m->nparams; p++)
-        if (i >= m->params[p].offset && i - m->params[p].offset < m->params[p].numel) {
-            *at = i - m->params[p].offset;
-            return m->params[p].name;
-        }
-    *at = i;
-    return "(no tensor)";
-}
-
-/* Values [first, first + k) of array file `f`: NaN and Inf, and a negative
- * second moment (its square root is NaN), name the tensor. */
-static void check_values(vcheck_t *vc, const char *path, int f, const float *x, size_t first, size_t k) {
-    if (vc->what[0]) return;
-    for (size_t j = 0; j < k; j++) {
-        if (isfinite(x[j]) && !(f == F_ADAM_V && x[j] < 0)) continue;
-        size_t at;
-        const char *name = tensor_at(vc->m, first + j, &at);
-        snprintf(vc->what, sizeof vc->what, "%s: tensor '%s' holds %s at element %zu; the checkpoint was saved from "
-                 "a diverged run or is damaged: resume from an older one (delete or move this one) or set "
-                 "io.resume=never", path, name, isnan(x[j]) ? "NaN" : isinf(x[j]) ? (x[j] > 0 ? "+Inf" : "-Inf")
-                 : "a negative second moment", at);
-        return;
-    }
-}
-
-/* The compute weights are the master weights (rounded to bf16 on GPUs). */
-static void check_pair(vcheck_t *vc, const char *wpath, const float *w, const float *m, size_t first, size_t k) {
-    if (vc->what[0]) return;
-    for (size_t j = 0; j < k; j++) {
-        float d = fabsf(w[j] - m[j]);
-        if (d == 0 || d <= ldexpf(fabsf(m[j]), -7) + 1e-37f) continue;
-        size_t at;
-        const char *name = tensor_at(vc->m, first + j, &at);
-        snprintf(vc->what, sizeof vc->what, "%s and master.bin disagree: tensor '%s' element %zu is %.9g in the "
-                 "weights but %.9g in the master weights; the files come from different checkpoints (resume from "
-                 "another one, or set io.resume=never)", wpath, name, at, (double)w[j], (double)m[j]);
-        return;
-    }
-}
-
-/* One array file read through in element chunks, its CRC-32C taken. */
-typedef struct {
-    int fd;
-    size_t es;            /* bytes per value */
-    int64_t nvals, done;  /* values in the file (by its size), read so far */
-    int checked;          /* header fine and n_params values: look at them */
-    uint8_t *raw;
-    float *vals;
-    file_sum_t sum;
-} ascan_t;
-
-static int ascan_open(ascan_t *a, const char *path, long long size, size_t n_params, char *err, size_t errlen) {
-    memset(a, 0, sizeof *a);
-    a->fd = open_ckpt_file(path, err, errlen);
-    if (a->fd < 0) return -1;
-    uint8_t h[CKPT_HEADER_BYTES];
-    size_t hb = size < CKPT_HEADER_BYTES ? (size_t)size : CKPT_HEADER_BYTES;
-    if (read_all_fd(a->fd, h, hb, 0) != 0) {
-        close(a->fd);
-        return asp_errf(err, errlen, "%s: cannot read its header", path);
-    }
-    a->sum.crc = ckpt_crc32c(0, h, hb);
-    a->sum.size = (int64_t)hb;
-    uint32_t t = 0;
-    if (hb == CKPT_HEADER_BYTES) memcpy(&t, h + 12, 4);
-    a->es = t == DT_BF16 ? 2 : 4;
-    a->nvals = size > CKPT_HEADER_BYTES ? (size - CKPT_HEADER_BYTES) / (long long)a->es : 0;
-    a->checked = hb == CKPT_HEADER_BYTES && !memcmp(h, CKPT_MAGIC, 8) && (t == DT_F32 || t == DT_BF16) &&
-                 a->nvals == (int64_t)n_params;
-    a->raw = asp_malloc(IO_CHUNK * 4, "checkpoint read buffer");
-    a->vals = asp_malloc(IO_CHUNK * sizeof(float), "checkpoint values");
-    return 0;
-}
-
-/* The next up to IO_CHUNK values (or, past them, the trailing bytes). */
-static int ascan_next(ascan_t *a, const char *path, size_t *k, char *err, size_t errlen) {
-    int64_t left = a->nvals - a->done;
-    *k = left > (int64_t)IO_CHUNK ? IO_CHUNK : (size_t)left;
-    size_t bytes = *k * a->es;
-    if (!*k) {   /* trailing bytes short of a value: the checksum covers them too */
-        struct stat sb;
-        if (fstat(a->fd, &sb) != 0) return asp_errf(err, errlen, "%s: %s", path, strerror(errno));
-        bytes = (size_t)(sb.st_size - a->sum.size);
-        if (bytes > IO_CHUNK * 4) bytes = IO_CHUNK * 4;
-    }
-    if (bytes && read_all_fd(a->fd, a->raw, bytes, (off_t)a->sum.size) != 0)
-        return asp_errf(err, errlen, "%s: cannot read: the file is truncated", path);
-    par_service();
-    a->sum.crc = ckpt_crc32c(a->sum.crc, a->raw, bytes);
-    a->sum.size += (int64_t)bytes;
-    if (a->es == 2) bf16_to_f32(a->vals, (const uint16_t *)a->raw, *k);
-    else memcpy(a->vals, a->raw, *k * 4);
-    a->done += (int64_t)*k;
-    return 0;
-}
-
-static void ascan_close(ascan_t *a) {
-    close(a->fd);
-    free(a->raw);
-    free(a->vals);
-}
-
-/* CRC-32C of the array files `fs` (one, or the weights and the master read
- * side by side), their values checked on the way (one read of each). */
-static int scan_arrays(const char *dir, const int *fs, int nf, const long long *sizes, file_sum_t *sums, size_t n_params,
-                       vcheck_t *vc, char *err, size_t errlen) {
-    ascan_t a[2];
-    char path[2][CFG_PATH_MAX + 64];
-    for (int i = 0; i < nf; i++) {
-        pathf(path[i], sizeof path[i], "%s/%s", dir, file_names[fs[i]]);
-        if (ascan_open(&a[i], path[i], sizes[fs[i]], n_params, err, errlen) != 0) {
-            if (i) ascan_close(&a[0]);
-            return -1;
-        }
-    }
-    int rc = 0, more = 1;
-    while (!rc && more) {
-        more = 0;
-        size_t k[2] = {0, 0};
-        for (int i = 0; i < nf && !rc; i++) {
-            int64_t was = a[i].sum.size;
-            rc = ascan_next(&a[i], path[i], &k[i], err, errlen);
-            if (!rc && a[i].checked) check_values(vc, path[i], fs[i], a[i].vals, (size_t)(a[i].done - (int64_t)k[i]), k[i]);
-            more |= a[i].sum.size > was;
-        }
-        if (!rc && nf == 2 && a[0].checked && a[1].checked && k[0] == k[1])
-            check_pair(vc, path[0], a[0].vals, a[1].vals, (size_t)(a[0].done - (int64_t)k[0]), k[0]);
-    }
-    for (int i = 0; i < nf; i++) {
-        sums[i] = a[i].sum;
-        ascan_close(&a[i]);
-    }
-    return rc;
 }
 
 /* Every line of a state text is a known key, each once. */
@@ -746,7 +597,7 @@ static int check_state_keys(const char *text, const char *path, const config_t *
 }
 
 static int read_text(const char *path, char *buf, size_t len, char *err, size_t errlen) {
-    int fd = open_ckpt_file(path, err, errlen);
+    int fd = ckpt_open_file(path, err, errlen);
     if (fd < 0) return -1;
     ssize_t n = read(fd, buf, len - 1);
     close(fd);
@@ -758,10 +609,10 @@ static int read_text(const char *path, char *buf, size_t len, char *err, size_t 
 
 static int check_array_header(const char *path, dtype_t want_dt_f32_or_any, int any_weight_dtype, int64_t n_params,
                               dtype_t *dt, char *err, size_t errlen) {
-    int fd = open_ckpt_file(path, err, errlen);
+    int fd = ckpt_open_file(path, err, errlen);
     if (fd < 0) return -1;
     uint8_t h[CKPT_HEADER_BYTES];
-    int rc = read_all_fd(fd, h, sizeof h, 0);
+    int rc = ckpt_read_at(fd, h, sizeof h, 0);
     close(fd);
     if (rc != 0) return asp_errf(err, errlen, "%s: shorter than its %d-byte header; the file is truncated", path, CKPT_HEADER_BYTES);
     uint32_t version, t;
@@ -804,7 +655,7 @@ static int check_files(const char *dir, int sizes_only, size_t n_params, vcheck_
     uint32_t crcs[F__COUNT];
     if (parse_manifest(text, path, sizes, crcs, err, errlen) != 0) return -1;
     for (int f = 0; f < F__COUNT; f++) {
-        pathf(path, sizeof path, "%s/%s", dir, file_names[f]);
+        pathf(path, sizeof path, "%s/%s", dir, ckpt_file_names[f]);
         struct stat sb;
         if (stat(path, &sb) != 0)
             return asp_errf(err, errlen, "%s: missing (%s); the checkpoint is incomplete", path, strerror(errno));
@@ -816,15 +667,15 @@ static int check_files(const char *dir, int sizes_only, size_t n_params, vcheck_
     file_sum_t sums[F__COUNT];
     static const int pair[2] = {F_WEIGHTS, F_MASTER}, am[1] = {F_ADAM_M}, av[1] = {F_ADAM_V};
     for (int f = F_CONFIG; f <= F_STATE; f++) {
-        pathf(path, sizeof path, "%s/%s", dir, file_names[f]);
+        pathf(path, sizeof path, "%s/%s", dir, ckpt_file_names[f]);
         if (sum_file(path, &sums[f], err, errlen) != 0) return -1;
     }
-    if (scan_arrays(dir, pair, 2, sizes, &sums[F_WEIGHTS], n_params, vc, err, errlen) ||
-        scan_arrays(dir, am, 1, sizes, &sums[F_ADAM_M], n_params, vc, err, errlen) ||
-        scan_arrays(dir, av, 1, sizes, &sums[F_ADAM_V], n_params, vc, err, errlen))
+    if (ckpt_scan_arrays(dir, pair, 2, sizes, &sums[F_WEIGHTS], n_params, vc, err, errlen) ||
+        ckpt_scan_arrays(dir, am, 1, sizes, &sums[F_ADAM_M], n_params, vc, err, errlen) ||
+        ckpt_scan_arrays(dir, av, 1, sizes, &sums[F_ADAM_V], n_params, vc, err, errlen))
         return -1;
     for (int f = 0; f < F__COUNT; f++) {
-        pathf(path, sizeof path, "%s/%s", dir, file_names[f]);
+        pathf(path, sizeof path, "%s/%s", dir, ckpt_file_names[f]);
         if (sums[f].size != sizes[f] || sums[f].crc != crcs[f])
             return asp_errf(err, errlen, "%s: checksum mismatch (CRC-32C %08x, manifest %08x); the file is corrupt",
                             path, sums[f].crc, crcs[f]);
@@ -909,7 +760,7 @@ int ckpt_validate(const char *dir, const config_t *cfg, const plan_t *plan, ckpt
         return asp_errf(err, errlen, "%s: 'weights_dtype' is missing; the checkpoint is damaged", path);
     /* 3. array headers */
     for (int f = F_WEIGHTS; f < F__COUNT; f++) {
-        pathf(path, sizeof path, "%s/%s", dir, file_names[f]);
+        pathf(path, sizeof path, "%s/%s", dir, ckpt_file_names[f]);
         dtype_t dt;
         if (check_array_header(path, DT_F32, f == F_WEIGHTS, (int64_t)plan->n_params, &dt, err, errlen)) return -1;
         int64_t want = CKPT_HEADER_BYTES + (int64_t)plan->n_params * (int64_t)dtype_size(dt);
@@ -1085,7 +936,7 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
                 rc = asp_errf(err, errlen, "cannot create %s: %s; check that io.run_dir is writable", tmp, strerror(errno));
         }
         if (!rc) {
-            pathf(path, sizeof path, "%s/%s", tmp, file_names[F_CONFIG]);
+            pathf(path, sizeof path, "%s/%s", tmp, ckpt_file_names[F_CONFIG]);
             rc = config_write_yaml(cfg, path, err, errlen);
             if (!rc) rc = sum_file(path, &sums[F_CONFIG], err, errlen);
             if (!rc) test_delay(), test_file_op();
@@ -1105,7 +956,7 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
         array_writer_t a;
         int open_ok = 0;
         if (lead && !rc) {
-            pathf(path, sizeof path, "%s/%s", tmp, file_names[f]);
+            pathf(path, sizeof path, "%s/%s", tmp, ckpt_file_names[f]);
             rc = array_begin(&a, path, dt, n, err, errlen);
             open_ok = !rc;
         }
@@ -1115,7 +966,7 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
         if (open_ok) rc = src ? -1 : array_end(&a, &sums[f]);
     }
     if (lead && !rc) {
-        pathf(path, sizeof path, "%s/%s", tmp, file_names[F_STATE]);
+        pathf(path, sizeof path, "%s/%s", tmp, ckpt_file_names[F_STATE]);
         rc = write_state(path, cfg, plan, r, st, plan->target.param_bytes == 2 ? DT_BF16 : DT_F32, &sums[F_STATE],
                          err, errlen);
     }
@@ -1124,7 +975,7 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
         char text[2048];
         int at = snprintf(text, sizeof text, "%s %d\n", MANIFEST_HEAD, CKPT_FORMAT_VERSION);
         for (int f = 0; f < F__COUNT; f++)
-            at += snprintf(text + at, sizeof text - (size_t)at, "%s %" PRId64 " %08x\n", file_names[f], sums[f].size,
+            at += snprintf(text + at, sizeof text - (size_t)at, "%s %" PRId64 " %08x\n", ckpt_file_names[f], sums[f].size,
                            sums[f].crc);
         pathf(path, sizeof path, "%s/%s", tmp, MANIFEST);
         wfile_t w;
@@ -1205,9 +1056,9 @@ static int choose(const config_t *cfg, const plan_t *plan, char *dir, size_t dir
 
 /* Read values [begin, begin + len) of an fp32 array file. */
 static int read_slice(const char *path, size_t begin, size_t len, float *out, char *err, size_t errlen) {
-    int fd = open_ckpt_file(path, err, errlen);
+    int fd = ckpt_open_file(path, err, errlen);
     if (fd < 0) return -1;
-    int rc = read_all_fd(fd, out, len * sizeof(float), (off_t)(CKPT_HEADER_BYTES + begin * sizeof(float)));
+    int rc = ckpt_read_at(fd, out, len * sizeof(float), (off_t)(CKPT_HEADER_BYTES + begin * sizeof(float)));
     close(fd);
     if (rc != 0) return asp_errf(err, errlen, "%s: cannot read values %zu..%zu: the file is truncated", path, begin, begin + len);
     return 0;
@@ -1242,27 +1093,27 @@ int ckpt_resume(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_
     char path[CFG_PATH_MAX + 96];
     const size_t chunk = (size_t)1 << 22;
     float *buf = asp_malloc(chunk * sizeof(float), "checkpoint read buffer");
-    pathf(path, sizeof path, "%s/%s", dir, file_names[F_WEIGHTS]);
+    pathf(path, sizeof path, "%s/%s", dir, ckpt_file_names[F_WEIGHTS]);
     dtype_t dt = DT_F32;
     rc = check_array_header(path, DT_F32, 1, (int64_t)n, &dt, err, errlen);
     if (!rc) {
-        int fd = open_ckpt_file(path, err, errlen);
+        int fd = ckpt_open_file(path, err, errlen);
         size_t es = dtype_size(dt);
         if (fd < 0) rc = -1;
         for (size_t b = 0; b < n && !rc; b += chunk) {
             size_t k = n - b < chunk ? n - b : chunk;
-            if (read_all_fd(fd, buf, k * es, (off_t)(CKPT_HEADER_BYTES + b * es)) != 0) {
+            if (ckpt_read_at(fd, buf, k * es, (off_t)(CKPT_HEADER_BYTES + b * es)) != 0) {
                 rc = asp_errf(err, errlen, "%s: cannot read the weights", path);
                 break;
             }
-            if (dt == DT_BF16) bf16_to_f32(buf, (const uint16_t *)buf, k);
+            if (dt == DT_BF16) ckpt_bf16_to_f32(buf, (const uint16_t *)buf, k);
             exec_set_params_range(e, buf, b, k);
         }
         if (fd >= 0) close(fd);
     }
     static const exec_state_t which[3] = {EXEC_MASTER, EXEC_ADAM_M, EXEC_ADAM_V};
     for (int k = 0; k < 3 && !rc; k++) {
-        pathf(path, sizeof path, "%s/%s", dir, file_names[F_MASTER + k]);
+        pathf(path, sizeof path, "%s/%s", dir, ckpt_file_names[F_MASTER + k]);
         for (int i = 0; i < npieces && !rc; i++)
             for (size_t c = 0; c < pieces[i].len && !rc; c += chunk) {
                 size_t m = pieces[i].len - c < chunk ? pieces[i].len - c : chunk;

@@ -36,9 +36,9 @@ sources() {
         hf_config) echo src/io/hf.c src/io/safetensors.c src/io/json.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC \
                         src/io/data.c src/cpu/host_optim.c $PLAN $PAR ;;
         shard) echo src/io/data.c src/util.c ;;
-        ckpt_state|ckpt_dir) echo src/io/ckpt.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC $PLAN $PAR \
+        ckpt_state|ckpt_dir) echo src/io/ckpt.c src/io/ckpt_values.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC $PLAN $PAR \
                          src/cpu/cpu_backend.c src/cpu/host_optim.c src/io/data.c ;;
-        run_folder) echo src/io/ckpt.c src/io/runlock.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC \
+        run_folder) echo src/io/ckpt.c src/io/ckpt_values.c src/io/runlock.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC \
                          $PLAN $PAR src/cpu/cpu_backend.c src/cpu/host_optim.c src/io/data.c ;;
         *) echo "unknown harness '$1' (json safetensors config hf_config shard ckpt_state ckpt_dir run_folder)" >&2; exit 2 ;;
     esac
