@@ -337,7 +337,7 @@ static void *cuda_host_alloc(size_t bytes, const char *what) {
     need_init("host_alloc");
     void *p = NULL;
     if (bytes == 0) bytes = 16;
-    if (bytes >= HOST_MAP_MIN && !getenv("ASP_PINNED_MALLOCHOST")) {
+    if (bytes >= HOST_MAP_MIN && !asp_env_flag("ASP_PINNED_MALLOCHOST")) {
         p = host_map(bytes, what);
         if (p != (void *)-1) return p;
         p = NULL;
@@ -558,8 +558,8 @@ static int cuda_idle(void) {
 
 /* Dense bf16 tensor-core peak in TFLOP/s (no sparsity), for MFU. */
 static double cuda_peak_tflops(void) {
-    const char *env = getenv("ASP_PEAK_TFLOPS");
-    if (env && atof(env) > 0) return atof(env);
+    double env = asp_env_double("ASP_PEAK_TFLOPS", 0, 1e-3, 1e7);
+    if (env > 0) return env;
     const char *name = cuda_device_name();
     if (strstr(name, "H100") && strstr(name, "PCIe")) return 756.0;
     if (strstr(name, "H100") || strstr(name, "H200") || strstr(name, "H800") || strstr(name, "GH200")) return 989.0;

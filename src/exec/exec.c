@@ -93,8 +93,7 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     e->par = dtype_size(be->param_dtype);
     e->grd = dtype_size(be->grad_dtype);
     e->baseline_used = be->memory_used ? be->memory_used() : 0;
-    const char *prof = getenv("ASP_PROFILE");
-    e->profile = prof && *prof && strcmp(prof, "0") != 0;
+    e->profile = asp_env_flag("ASP_PROFILE");
 
     static const char *what[ARENA__COUNT] = {"parameters and gradients", "optimizer state",
                                              "saved activations", "workspace", "host offload",
