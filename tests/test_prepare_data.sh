@@ -7,26 +7,16 @@
 # error paths exit 2 and leave no shard. The script runs with the tokenizers
 # library only: transformers, wherever it is installed, is hidden (a stand-in
 # package that fails to import), so the result does not depend on what else
-# the machine has. When python3 cannot import tokenizers, the test installs it
-# with pip into tests/pydeps of the build tree (nothing system-wide) and says
-# so on the console; skipped (77) only where that fails too.
+# the machine has. Skipped (77), saying why, where python3 cannot import
+# tokenizers: scripts/python-deps.sh installs it (set-up and .ci/run call it;
+# a test never reaches the network itself).
 . "${top_srcdir:-.}/tests/common.sh"
 mkdir -p "$TMP/hide/transformers"
 echo 'raise ImportError("transformers is hidden by the test: it reads tokenizers only")' \
     >"$TMP/hide/transformers/__init__.py"
 export PYTHONPATH="$TMP/hide${PYTHONPATH:+:$PYTHONPATH}"
-if ! python3 -c "import tokenizers" >/dev/null 2>&1; then
-    deps="$top_builddir/tests/pydeps"
-    export PYTHONPATH="$TMP/hide:$deps${PYTHONPATH#"$TMP/hide"}"
-    if ! python3 -c "import tokenizers" >/dev/null 2>&1; then
-        say_console "installing the Python package tokenizers (and its dependencies) with pip into $deps, for this test only"
-        python3 -m pip install --disable-pip-version-check --target "$deps" tokenizers >"$TMP/pip.log" 2>&1 ||
-            { tail -3 "$TMP/pip.log"; skip_test "python3 cannot import tokenizers and pip could not install it"; }
-        say_console "installed: $(sed -n 's/^Successfully installed //p' "$TMP/pip.log")"
-    fi
-    python3 -c "import tokenizers" >/dev/null 2>&1 ||
-        skip_test "tokenizers installed in $deps but not importable"
-fi
+python3 -c "import tokenizers" >/dev/null 2>&1 ||
+    skip_test "python3 cannot import tokenizers: scripts/python-deps.sh installs it (setup and .ci/run call it)"
 python3 -c "import transformers" >/dev/null 2>&1 && { echo "FAIL: transformers is not hidden"; exit 1; }
 set +e  # some commands below are expected to fail
 PREP="$top_srcdir/scripts/prepare_data.py"
