@@ -170,7 +170,6 @@ START_TEST(test_shipped_llama) {
     ck_assert_double_eq(c.train.lr, 3e-4);
     ck_assert_double_eq(c.train.min_lr, 3e-5);
     ck_assert_str_eq(c.data.path, "../data/english.tok");
-    ck_assert_str_eq(c.data.val_path, "../data/english_val.tok");
     ck_assert_int_eq(config_resolve_path(&c, c.data.path, data, sizeof data), 0);
     char want[1100];
     snprintf(want, sizeof want, "%s/configs/../data/english.tok", srcdir());
