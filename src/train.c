@@ -300,6 +300,22 @@ static double run_eval(exec_t *e, const plan_t *plan, val_t *v, exec_batch_t *ba
     return sum / count;
 }
 
+/* Open the shard of config key data.KEY; a relative path that names no file
+ * gets the rule that a config's paths are relative to the config file, with
+ * the path as written and as resolved, and how to fix it. Exits 2 on error. */
+static void open_config_shard(const config_t *cfg, const char *key, const char *written, int64_t vocab,
+                              shard_t *shard) {
+    char path[CFG_PATH_MAX], err[2048];
+    if (config_resolve_path(cfg, written, path, sizeof path) != 0) asp_die(ASP_EXIT_USAGE, "data.%s is too long", key);
+    if (shard_open(shard, path, vocab, err, sizeof err) == 0) return;
+    if (written[0] != '/' && access(path, F_OK) != 0 && cfg->source[0])
+        asp_die(ASP_EXIT_USAGE, "%s\n  data.%s is '%s' in %s, which resolves to %s: paths in a config are relative "
+                "to the config file's folder (%s), not to the working directory. Fix: make it relative to that "
+                "folder or absolute, or give it with --set data.%s=PATH", err, key, written, cfg->source, path,
+                cfg->base_dir[0] ? cfg->base_dir : ".", key);
+    asp_die(ASP_EXIT_USAGE, "%s", err);
+}
+
 int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, const coll_ops_t *coll,
               const coll_ops_t *host_coll, const ranks_t *r, const train_opts_t *opts) {
     char err[2048];
@@ -311,11 +327,8 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     if (!cfg->data.path[0])
         asp_die(ASP_EXIT_USAGE, "%s: data.path is not set: give a token shard (docs/data.md), e.g. --set data.path=...",
                 cfg->source);
-    char data_path[CFG_PATH_MAX];
-    if (config_resolve_path(cfg, cfg->data.path, data_path, sizeof data_path) != 0)
-        asp_die(ASP_EXIT_USAGE, "data.path is too long");
     shard_t shard;
-    if (shard_open(&shard, data_path, m->V, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
+    open_config_shard(cfg, "path", cfg->data.path, m->V, &shard);
     loader_t loader;
     if (loader_init(&loader, &shard, plan->seq_len, plan->seq_pad, r->sp_rank, r->sp_size, r->dp_rank, r->dp_size,
                     cfg->data.shuffle, tc->seed, err, sizeof err) != 0)
@@ -329,10 +342,8 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     int have_val = cfg->data.val_path[0] != 0;
     memset(&val, 0, sizeof val);
     if (have_val) {
-        char val_path[CFG_PATH_MAX];
-        if (config_resolve_path(cfg, cfg->data.val_path, val_path, sizeof val_path) != 0)
-            asp_die(ASP_EXIT_USAGE, "data.val_path is too long");
-        if (shard_open(&val.shard, val_path, m->V, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
+        open_config_shard(cfg, "val_path", cfg->data.val_path, m->V, &val.shard);
+        const char *val_path = val.shard.path;
         if (loader_init(&val.loader, &val.shard, plan->seq_len, plan->seq_pad, r->sp_rank, r->sp_size, r->dp_rank,
                         r->dp_size, 0, tc->seed, err, sizeof err) != 0)
             asp_die(ASP_EXIT_USAGE, "data.val_path: %s", err);
