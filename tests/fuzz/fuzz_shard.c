@@ -6,7 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "data.h"
+#include "io/data.h"
 #include "fuzz_common.h"
 
 static void walk(const shard_t *s) {
