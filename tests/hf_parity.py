@@ -165,7 +165,7 @@ class Runner:
                     f"train:\n  seq_len: {S}\n  global_batch_size: 1\n  steps: {steps}\n  device: {device}\n"
                     f"  lr: 1.0e-3\n  min_lr: 1.0e-3\n  warmup_steps: 0\n"
                     f"data:\n  path: {shard}\n  shuffle: false\n"
-                    f"io:\n  run_dir: {run_dir}\n  log_every: 1\n")
+                    f"io:\n  run_dir: {run_dir}\n  log_every: 1\n  save_at_end: false\n")
         dump = os.path.join(self.tmp, name + ".bin")
         cmd = [self.bin, cfg, "--dump-grads", dump] + list(extra)
         if np > 1:
