@@ -196,18 +196,32 @@ static int64_t documents_eos(const config_t *cfg, const shard_t *shard, const mo
     return eos;
 }
 
+/* Open the shard of config key data.KEY; a relative path that names no file
+ * gets the rule that a config's paths are relative to the config file, with
+ * the path as written and as resolved, and how to fix it. Exits 2 on error. */
+static void open_config_shard(const config_t *cfg, const char *key, const char *written, int64_t vocab,
+                              shard_t *shard) {
+    char path[CFG_PATH_MAX], err[2048];
+    if (config_resolve_path(cfg, written, path, sizeof path) != 0) asp_die(ASP_EXIT_USAGE, "data.%s is too long", key);
+    if (shard_open(shard, path, vocab, err, sizeof err) == 0) return;
+    if (written[0] != '/' && access(path, F_OK) != 0 && cfg->source[0])
+        asp_die(ASP_EXIT_USAGE, "%s\n  data.%s is '%s' in %s, which resolves to %s: paths in a config are relative "
+                "to the config file's folder (%s), not to the working directory. Fix: make it relative to that "
+                "folder or absolute, or give it with --set data.%s=PATH", err, key, written, cfg->source, path,
+                cfg->base_dir[0] ? cfg->base_dir : ".", key);
+    asp_die(ASP_EXIT_USAGE, "%s", err);
+}
+
 /* The training shard (data.path) and its loader; documents when asked for. */
 static void open_data(run_t *run) {
     const config_t *cfg = run->cfg;
     const plan_t *plan = run->plan;
     const ranks_t *r = run->r;
-    char err[2048], path[CFG_PATH_MAX];
+    char err[2048];
     if (!cfg->data.path[0])
         asp_die(ASP_EXIT_USAGE, "%s: data.path is not set: give a token shard (docs/data.md), e.g. --set data.path=...",
                 cfg->source);
-    if (config_resolve_path(cfg, cfg->data.path, path, sizeof path) != 0)
-        asp_die(ASP_EXIT_USAGE, "data.path is too long");
-    if (shard_open(&run->shard, path, plan->model->V, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
+    open_config_shard(cfg, "path", cfg->data.path, plan->model->V, &run->shard);
     if (loader_init(&run->loader, &run->shard, plan->seq_len, plan->seq_pad, r->sp_rank, r->sp_size, r->dp_rank,
                     r->dp_size, cfg->data.shuffle, cfg->train.seed, err, sizeof err) != 0)
         asp_die(ASP_EXIT_USAGE, "%s", err);
@@ -224,13 +238,12 @@ static void open_validation(run_t *run) {
     const plan_t *plan = run->plan;
     const ranks_t *r = run->r;
     val_t *val = &run->val;
-    char err[2048], path[CFG_PATH_MAX];
+    char err[2048];
     memset(val, 0, sizeof *val);
     run->have_val = cfg->data.val_path[0] != 0;
     if (!run->have_val) return;
-    if (config_resolve_path(cfg, cfg->data.val_path, path, sizeof path) != 0)
-        asp_die(ASP_EXIT_USAGE, "data.val_path is too long");
-    if (shard_open(&val->shard, path, plan->model->V, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
+    open_config_shard(cfg, "val_path", cfg->data.val_path, plan->model->V, &val->shard);
+    const char *path = val->shard.path;
     if (shard_check_pair(&run->shard, &val->shard, plan->model->V, err, sizeof err) != 0)
         asp_die(ASP_EXIT_USAGE, "%s", err);
     if (loader_init(&val->loader, &val->shard, plan->seq_len, plan->seq_pad, r->sp_rank, r->sp_size, r->dp_rank,
