@@ -45,3 +45,5 @@ TESTS += tests/test_shape.sh
 EXTRA_DIST += tests/test_shape.sh scripts/check_shape.py
 TESTS += tests/test_run_folder.sh
 EXTRA_DIST += tests/test_run_folder.sh
+TESTS += tests/test_readme_explain.sh
+EXTRA_DIST += tests/test_readme_explain.sh
