@@ -133,6 +133,7 @@ static int save_checkpoint(run_t *run) {
     const loader_t *l = &run->loader;
     ckpt_state_t st = {.step = run->step, .epoch = l->epoch, .cursor = l->cursor, .seed = l->seed,
                        .val_step = run->val_step_last, .val_loss = run->val_loss_last};
+    shard_fingerprint(&run->shard, &st.data_bytes, &st.data_fingerprint);
     double t0 = asp_now();
     if (ckpt_save(run->cfg, run->plan, run->e, run->r, run->host_coll, &st, err, sizeof err) != 0) {
         if (run->lead) asp_warn("checkpoint of step %lld failed: %s", (long long)run->step, err);
@@ -143,6 +144,21 @@ static int save_checkpoint(run_t *run) {
                  asp_now() - t0);
     run->saved_step = run->step;
     return 0;
+}
+
+/* A resume on a training shard other than the one the checkpoint's run read
+ * goes on (a user may extend or fix the data on purpose) but says so: the
+ * data order and the position it resumes at refer to the old shard. */
+static void warn_data_changed(const ckpt_state_t *st, const shard_t *shard, const char *dir) {
+    uint64_t bytes, fp;
+    shard_fingerprint(shard, &bytes, &fp);
+    if (!st->data_bytes || (bytes == st->data_bytes && fp == st->data_fingerprint)) return;
+    asp_warn("data.path %s changed since %s was written: it was %llu bytes (fingerprint %016llx), it is %llu bytes "
+             "(fingerprint %016llx) now; the run goes on from the checkpoint's data position (epoch %lld, sample "
+             "%lld) in the new shard. To train on the old data, restore it; to start over on the new, set "
+             "io.resume=never or another io.run_dir",
+             shard->path, dir, (unsigned long long)st->data_bytes, (unsigned long long)st->data_fingerprint,
+             (unsigned long long)bytes, (unsigned long long)fp, (long long)st->epoch, (long long)st->cursor);
 }
 
 /* io.resume: load the checkpoint into the engine and the loader, and open the
@@ -169,6 +185,7 @@ static int resume_run(const config_t *cfg, const plan_t *plan, exec_t *e, const 
         if (lead)
             asp_info("resumed from %s: step %lld, data epoch %lld, sample %lld", dir, (long long)st->step,
                      (long long)st->epoch, (long long)st->cursor);
+        if (lead) warn_data_changed(st, loader->shard, dir);
         if (st->step >= cfg->train.steps && lead)
             asp_warn("the checkpoint is at step %lld and train.steps is %lld: nothing to train (raise train.steps "
                      "to go on, or set io.resume=never to start over)", (long long)st->step,
