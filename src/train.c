@@ -202,6 +202,31 @@ static int save_checkpoint(const config_t *cfg, const plan_t *plan, exec_t *e, c
     return 0;
 }
 
+static const char *signal_name(int sig) {
+    static char other[24];
+    switch (sig) {
+    case SIGINT: return "SIGINT";
+    case SIGTERM: return "SIGTERM";
+    case SIGUSR2: return "SIGUSR2";
+    case SIGHUP: return "SIGHUP";
+    default: snprintf(other, sizeof other, "signal %d", sig); return other;
+    }
+}
+
+/* A stop signal ended training before its last step, after the checkpoint of
+ * the step reached: rank 0 says why and that it resumes, on the console and
+ * as a last metrics.jsonl line (kept when the run resumes). Launchers (the
+ * Slurm batch files) requeue on its exit status, ASP_EXIT_STOPPED. */
+static void report_early_stop(FILE *metrics, int sig, int64_t step, int64_t steps, int lead) {
+    if (!lead) return;
+    asp_info("stopped early by %s at step %lld of %lld with its checkpoint: resumable, run the same command to go "
+             "on (exit status %d)",
+             signal_name(sig), (long long)step, (long long)steps, ASP_EXIT_STOPPED);
+    if (metrics)
+        fprintf(metrics, "{\"step\": %lld, \"stopped\": \"%s\", \"resumable\": true, \"exit_status\": %d}\n",
+                (long long)step, signal_name(sig), ASP_EXIT_STOPPED);
+}
+
 /* Keep the metrics lines of steps 1..upto (a resumed run rewrites the steps
  * after its checkpoint), then open the file for appending. */
 static FILE *open_metrics(const char *path, int64_t upto) {
@@ -594,6 +619,8 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     if (opts->dump_path && lead && dump_grads) write_dump(opts->dump_path, losses, step, dump_grads, plan->n_params);
 
     exec_progress_hook = NULL;
+    int stopped_early = stop_signal && !ckpt_failed && step < tc->steps;
+    if (stopped_early) report_early_stop(metrics, (int)stop_signal, step, tc->steps, lead);
     if (metrics && fclose(metrics) != 0) metrics_failed(cfg, errno);
     /* A stopped run exits non-zero, and mpirun kills the job when the first
      * rank does: meet here, after rank 0's last output and files, first. */
@@ -613,13 +640,6 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
         loader_free(&val.loader);
         shard_close(&val.shard);
     }
-    /* SIGUSR2 asks for a clean stop: with its checkpoint written that is a
-     * success (status 0), so mpirun does not report the job as aborted. */
-    if (stop_signal == SIGUSR2) {
-        if (lead && !ckpt_failed)
-            asp_info("stopped cleanly at step %lld: run the same command to resume from its checkpoint",
-                     (long long)step);
-        return ckpt_failed ? ASP_EXIT_FAILURE : 0;
-    }
-    return stop_signal ? 128 + (int)stop_signal : ckpt_failed ? ASP_EXIT_FAILURE : 0;
+    /* a stop after the last step is a finished run */
+    return ckpt_failed ? ASP_EXIT_FAILURE : stopped_early ? ASP_EXIT_STOPPED : 0;
 }
