@@ -51,7 +51,9 @@ fail() {
 
 write_conf() { # port
     user=$(id -un)
-    cpus=$(nproc)
+    # at least 2 (SlurmdParameters=config_overrides lets a node claim more than it has);
+    # not nproc, which answers OMP_NUM_THREADS
+    cpus=$(getconf _NPROCESSORS_ONLN); [ "$cpus" -ge 2 ] || cpus=2
     cat >"$dir/slurm.conf" <<EOF
 ClusterName=local
 SlurmctldHost=localhost
