@@ -4,7 +4,10 @@
 # autosp-train against the plain-PyTorch baseline, in one go. Full logs go to
 # LOG_DIR (default gpu-logs/); a short table is printed last.
 #
-#   scripts/gpu-check.sh [--quick] [--bench-only] [--docs]
+#   scripts/gpu-check.sh [--quick] [--bench-only] [--ops-only] [--docs]
+#
+# --ops-only runs the correctness parts alone (the CUDA ops against the CPU,
+# the tiny model on the GPU against the CPU), no benchmark.
 #
 # --docs runs only the packed-documents checks (a few minutes): the CUDA ops
 # with documents against the CPU, the tiny model with documents on the GPU
@@ -28,8 +31,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG_DIR=${LOG_DIR:-gpu-logs}
 mkdir -p "$LOG_DIR"
-QUICK=0; BENCH_ONLY=0; DOCS=0
-for a in "$@"; do case $a in --quick) QUICK=1 ;; --bench-only) BENCH_ONLY=1 ;; --docs) DOCS=1 ;; *) echo "unknown option $a"; exit 2 ;; esac; done
+QUICK=0; BENCH_ONLY=0; OPS_ONLY=0; DOCS=0
+for a in "$@"; do case $a in --quick) QUICK=1 ;; --bench-only) BENCH_ONLY=1 ;; --ops-only) OPS_ONLY=1 ;; --docs) DOCS=1 ;; *) echo "unknown option $a"; exit 2 ;; esac; done
 
 if [ -z "${CUDNN_LIB:-}" ]; then
     for d in /opt/torch/.venv/lib/python3*/site-packages/nvidia/cudnn/lib; do [ -d "$d" ] && CUDNN_LIB=$d; done
@@ -196,6 +199,8 @@ SEQS=${SEQS:-"65536"}
 CONFIGS=${BENCH_CONFIGS:-${BENCH_CONFIG:-configs/llama32_1b.yaml}}
 STEPS=${BENCH_STEPS:-6}
 [ $QUICK = 1 ] && SEQS=8192 && STEPS=4
+[ $OPS_ONLY = 1 ] && CONFIGS=""
+touch "$LOG_DIR/bench.jsonl"
 for CFG in $CONFIGS; do
   name=$(basename "$CFG" .yaml)
   for S in $SEQS; do

@@ -1,10 +1,12 @@
 /* Run configuration: YAML (libyaml document API) -> validated structs.
  *
- * One table (cfg_keys) describes every key: where it lives in config_t, its
- * type and bounds, and its help text. Parsing, --set overrides, validation,
- * --help and the YAML writer all walk that table, so a key added there is
- * parsed, checked, documented and recorded in one place. */
+ * One table (cfg_keys, config_keys.c) describes every key: where it lives in
+ * config_t, its type and bounds, and its help text. Parsing, --set
+ * overrides, validation, --help and the YAML writer here all walk that
+ * table, so a key added there is parsed, checked, documented and recorded in
+ * one place. */
 #include "config.h"
+#include "config_keys.h"
 #include "util.h"
 
 #include <errno.h>
@@ -20,292 +22,6 @@
  * or hostile file is refused at once. */
 #define CONFIG_MAX_DEPTH 16
 #define CONFIG_MAX_FILE_BYTES (1 << 20)
-
-typedef enum {
-    KT_INT,        /* int64_t or int (size says which), bounds ilo..ihi */
-    KT_SEED,       /* uint64_t, any non-negative integer */
-    KT_FLOAT,      /* double, bounds flo..fhi (open ends by flag) */
-    KT_BOOL,       /* int 0/1, true|false */
-    KT_STR,        /* char[size]; ilo = 1 means it must not be empty */
-    KT_ARCH,       /* char[size]; a supported model family */
-    KT_SAC,        /* sac_policy_t */
-    KT_DEVICE,     /* device_kind_t */
-    KT_SP,         /* int64_t; positive integer or auto (stored as 0) */
-    KT_AUTO,       /* int; integer in ilo..ihi or auto (stored as -1) */
-    KT_TRI,        /* int; true (1), false (0) or auto (-1) */
-    KT_ROPE,       /* rope_scaling_t: a mapping, or null for plain RoPE */
-    KT_ROPE_TYPE,  /* rope_scaling.rope_type: llama3 (no field: it enables scaling) */
-} key_type_t;
-
-typedef struct {
-    const char *section;
-    const char *name;          /* rope_scaling sub-keys are "rope_scaling.<sub>" */
-    key_type_t type;
-    size_t off, size;
-    int64_t ilo, ihi;
-    double flo, fhi;
-    int flo_open, fhi_open;
-    int even;                  /* integer must be even (head_dim: RoPE rotates pairs) */
-    const char *expect;        /* NULL: derived from type and bounds */
-    const char *default_text;  /* NULL: printed from config_defaults() */
-    const char *help;
-} cfg_key_t;
-
-#define FLD(field) .off = offsetof(config_t, field), .size = sizeof(((config_t *)0)->field)
-#define BIG ((int64_t)1 << 40)
-#define DIM_MAX ((int64_t)1 << 20)
-
-static const cfg_key_t cfg_keys[] = {
-    /* ---------------------------------------------------------------- model */
-    {"model", "architecture", KT_ARCH, FLD(model.architecture),
-     .help = "model family; llama is the only one so far"},
-    {"model", "hidden_size", KT_INT, FLD(model.hidden_size), .ilo = 1, .ihi = DIM_MAX,
-     .help = "width d of the residual stream"},
-    {"model", "intermediate_size", KT_INT, FLD(model.intermediate_size), .ilo = 1, .ihi = DIM_MAX,
-     .help = "width f of the SwiGLU MLP"},
-    {"model", "num_hidden_layers", KT_INT, FLD(model.num_hidden_layers), .ilo = 1, .ihi = 1 << 16,
-     .help = "number of transformer layers L"},
-    {"model", "num_attention_heads", KT_INT, FLD(model.num_attention_heads), .ilo = 1, .ihi = 1 << 16,
-     .help = "query heads Hq"},
-    {"model", "num_key_value_heads", KT_INT, FLD(model.num_key_value_heads), .ilo = 1, .ihi = 1 << 16,
-     .default_text = "num_attention_heads when that is given, else 2",
-     .help = "key/value heads Hkv (grouped-query attention); must divide num_attention_heads"},
-    {"model", "head_dim", KT_INT, FLD(model.head_dim), .ilo = 1, .ihi = DIM_MAX, .even = 1,
-     .default_text = "hidden_size / num_attention_heads (16)",
-     .help = "width of one attention head; even, since RoPE rotates pairs"},
-    {"model", "vocab_size", KT_INT, FLD(model.vocab_size), .ilo = 2, .ihi = INT32_MAX,
-     .default_text = "the data shard's header (256 without one)",
-     .help = "vocabulary size V (token ids are 0..V-1); left out, the shard's header gives it; given, a header "
-             "above it is refused"},
-    {"model", "max_position_embeddings", KT_INT, FLD(model.max_position_embeddings), .ilo = 1, .ihi = BIG,
-     .help = "context length the model was built for; longer seq_len only warns"},
-    {"model", "rms_norm_eps", KT_FLOAT, FLD(model.rms_norm_eps), .flo = 0, .flo_open = 1, .fhi = INFINITY,
-     .help = "epsilon of RMSNorm"},
-    {"model", "rope_theta", KT_FLOAT, FLD(model.rope_theta), .flo = 0, .flo_open = 1, .fhi = INFINITY,
-     .help = "RoPE base frequency"},
-    {"model", "rope_scaling", KT_ROPE, FLD(model.rope_scaling),
-     .help = "null for plain RoPE, or a mapping with rope_type: llama3 and the keys below"},
-    {"model", "rope_scaling.rope_type", KT_ROPE_TYPE, 0, 0,
-     .default_text = "llama3",
-     .help = "frequency scaling scheme; llama3 (Llama 3.1/3.2) is the only one; required in the mapping"},
-    {"model", "rope_scaling.factor", KT_FLOAT, FLD(model.rope_scaling.factor), .flo = 1, .fhi = INFINITY,
-     .default_text = "8.0",
-     .help = "context extension factor (8 for Llama 3.1, 32 for Llama 3.2)"},
-    {"model", "rope_scaling.low_freq_factor", KT_FLOAT, FLD(model.rope_scaling.low_freq_factor),
-     .flo = 0, .flo_open = 1, .fhi = INFINITY, .default_text = "1.0",
-     .help = "wavelengths above original_max_position_embeddings / low_freq_factor are scaled fully"},
-    {"model", "rope_scaling.high_freq_factor", KT_FLOAT, FLD(model.rope_scaling.high_freq_factor),
-     .flo = 0, .flo_open = 1, .fhi = INFINITY, .default_text = "4.0",
-     .help = "wavelengths below original_max_position_embeddings / high_freq_factor are kept; "
-             "must exceed low_freq_factor"},
-    {"model", "rope_scaling.original_max_position_embeddings", KT_INT,
-     FLD(model.rope_scaling.original_max_position_embeddings), .ilo = 1, .ihi = BIG,
-     .default_text = "8192",
-     .help = "context length of the model before the extension"},
-    {"model", "tie_word_embeddings", KT_BOOL, FLD(model.tie_word_embeddings),
-     .help = "the LM head shares the embedding matrix"},
-    {"model", "initializer_range", KT_FLOAT, FLD(model.initializer_range), .flo = 0, .flo_open = 1,
-     .fhi = INFINITY, .help = "standard deviation of the normal initialisation of weights"},
-    {"model", "from_pretrained", KT_STR, FLD(model.from_pretrained),
-     .help = "Hugging Face model folder (config.json and safetensors weights), relative to the config "
-             "file's folder: the model keys come from its config.json (keys given here too must agree) "
-             "and the initial weights from its safetensors; empty: none"},
-    /* ---------------------------------------------------------------- train */
-    {"train", "seq_len", KT_INT, FLD(train.seq_len), .ilo = 1, .ihi = BIG,
-     .help = "tokens per sample S (each sample reads S+1 tokens)"},
-    {"train", "global_batch_size", KT_INT, FLD(train.global_batch_size), .ilo = 1, .ihi = BIG,
-     .help = "samples per optimizer step over all data-parallel ranks"},
-    {"train", "steps", KT_INT, FLD(train.steps), .ilo = 1, .ihi = BIG,
-     .help = "optimizer steps"},
-    {"train", "lr", KT_FLOAT, FLD(train.lr), .flo = 0, .flo_open = 1, .fhi = INFINITY,
-     .help = "peak learning rate (after warmup)"},
-    {"train", "min_lr", KT_FLOAT, FLD(train.min_lr), .flo = 0, .fhi = INFINITY,
-     .help = "floor of the cosine decay; at most lr"},
-    {"train", "warmup_steps", KT_INT, FLD(train.warmup_steps), .ilo = 0, .ihi = BIG,
-     .help = "linear warmup from 0 to lr over this many steps"},
-    {"train", "weight_decay", KT_FLOAT, FLD(train.weight_decay), .flo = 0, .fhi = INFINITY,
-     .help = "decoupled AdamW weight decay, applied to 2-D weights only"},
-    {"train", "beta1", KT_FLOAT, FLD(train.beta1), .flo = 0, .fhi = 1, .fhi_open = 1,
-     .help = "AdamW first-moment decay"},
-    {"train", "beta2", KT_FLOAT, FLD(train.beta2), .flo = 0, .fhi = 1, .fhi_open = 1,
-     .help = "AdamW second-moment decay"},
-    {"train", "eps", KT_FLOAT, FLD(train.eps), .flo = 0, .flo_open = 1, .fhi = INFINITY,
-     .help = "AdamW epsilon"},
-    {"train", "grad_clip", KT_FLOAT, FLD(train.grad_clip), .flo = 0, .fhi = INFINITY,
-     .help = "maximum global L2 norm of the gradient; 0 disables clipping"},
-    {"train", "seed", KT_SEED, FLD(train.seed),
-     .help = "seed of the weight initialisation and the data order"},
-    {"train", "device", KT_DEVICE, FLD(train.device),
-     .help = "where to train; auto picks cuda when built with it and a GPU is present"},
-    {"train", "eval_every", KT_INT, FLD(train.eval_every), .ilo = 0, .ihi = BIG,
-     .help = "optimizer steps between validation losses (data.val_path); 0: only after the last step"},
-    {"train", "eval_tokens", KT_INT, FLD(train.eval_tokens), .ilo = 0, .ihi = BIG,
-     .help = "validation tokens per evaluation, rounded up to whole global batches of seq_len samples, "
-             "always the first ones of the shard; 0: one global batch"},
-    /* ---------------------------------------------------------------- data */
-    {"data", "path", KT_STR, FLD(data.path),
-     .help = "token file to train on, relative to the config file's folder; "
-             "required to train, not for --explain"},
-    {"data", "shuffle", KT_BOOL, FLD(data.shuffle),
-     .help = "visit samples in a seeded random order each epoch"},
-    {"data", "documents", KT_STR, FLD(data.documents), .ilo = 1, .expect = "none or eos",
-     .help = "none: every sample is one causal stream; eos: the EOS token ends a document, and attention, "
-             "RoPE positions and targets stay within documents (docs/data.md)"},
-    {"data", "eos_token_id", KT_INT, FLD(data.eos_token_id), .ilo = -1, .ihi = INT32_MAX,
-     .help = "the EOS token id for documents: eos; -1: the id the shard's header records "
-             "(scripts/prepare_data.py --eos)"},
-    {"data", "val_path", KT_STR, FLD(data.val_path),
-     .help = "validation token shard, relative to the config file's folder: its loss is measured every "
-             "train.eval_every steps and at the end; empty: none"},
-    /* ---------------------------------------------------------------- parallel */
-    {"parallel", "sequence_parallel_size", KT_SP, FLD(parallel.sequence_parallel_size),
-     .ilo = 1, .ihi = 1 << 20,
-     .help = "ranks that share one sequence (Ulysses degree P); auto lets the plan pick it from "
-             "the world size and head counts; the remaining factor of ranks is data parallel"},
-    {"parallel", "zero_stage", KT_AUTO, FLD(parallel.zero_stage), .ilo = 0, .ihi = 3,
-     .expect = "0, 1, 2, 3 or auto",
-     .help = "how model state is sharded over all ranks: 0 nothing; 1 fp32 master weights and AdamW "
-             "moments; 2 also the gradients (each layer's produced in a bucket buffer and "
-             "reduce-scattered into the rank's shard); 3 also the weights (each layer's gathered just "
-             "before its forward and its backward); auto: of the placements that fit, the one expected to "
-             "cost least (recompute, and the host optimizer's unhidden time), the lowest stage on a tie"},
-    /* ---------------------------------------------------------------- optimizer */
-    {"optimizer", "offload", KT_TRI, FLD(optimizer.offload),
-     .help = "keep the fp32 master weights, AdamW moments and gradient shard in pinned host memory "
-             "and run AdamW on the CPU, bucket by bucket, beside the next forward; auto: when that is the "
-             "placement expected to cost least (never on the CPU engine)"},
-    {"optimizer", "offload_params", KT_TRI, FLD(optimizer.offload_params),
-     .help = "with ZeRO-3 and the optimizer on the host, keep the rank's bf16 weight shard in pinned host "
-             "memory as well: AdamW writes it there and each bucket is copied to the device just before "
-             "its gather; auto: when that is the placement expected to cost least (never on the CPU engine)"},
-    /* ---------------------------------------------------------------- checkpointing */
-    {"checkpointing", "policy", KT_SAC, FLD(checkpointing.policy),
-     .help = "what the backward keeps: save_all every activation, full the fewest (the rest is "
-             "recomputed), auto lets the SAC pass choose from its cost model and the memory budget"},
-    {"checkpointing", "memory_budget_gib", KT_FLOAT, FLD(checkpointing.memory_budget_gib),
-     .flo = 0, .fhi = INFINITY,
-     .help = "per-rank device memory (GiB) the plan must fit; 0: the device's memory"},
-    {"checkpointing", "offload", KT_BOOL, FLD(checkpointing.offload),
-     .help = "let the auto policy offload saved activations to pinned host memory (copied "
-             "beside compute, back one layer ahead of their backward) where that is cheaper "
-             "than recomputing them; false keeps them on the device"},
-    {"checkpointing", "host_budget_gib", KT_FLOAT, FLD(checkpointing.host_budget_gib),
-     .flo = 0, .fhi = INFINITY,
-     .help = "per-rank pinned host memory (GiB) the plan may offload to; 0: the node's memory "
-             "(four fifths of it) shared by its ranks; more than that is refused"},
-    {"checkpointing", "host_bandwidth_gbs", KT_FLOAT, FLD(checkpointing.host_bandwidth_gbs),
-     .flo = 0, .flo_open = 1, .fhi = INFINITY,
-     .help = "GB/s each way between a GPU and host memory, for the offload cost model "
-             "(PCIe Gen5 x16: 50)"},
-    {"checkpointing", "loss_chunk_tokens", KT_INT, FLD(checkpointing.loss_chunk_tokens),
-     .ilo = 0, .ihi = BIG,
-     .help = "tokens per LM-head and loss chunk; 0: chosen by the plan"},
-    {"checkpointing", "mlp_tile_tokens", KT_INT, FLD(checkpointing.mlp_tile_tokens),
-     .ilo = 0, .ihi = BIG,
-     .help = "tokens per tile when a recomputed MLP runs tile by tile over the sequence; "
-             "0: chosen by the plan"},
-    /* ---------------------------------------------------------------- io */
-    {"io", "run_dir", KT_STR, FLD(io.run_dir), .ilo = 1,
-     .help = "folder for logs and the recorded config, relative to the current directory; "
-             "created if missing"},
-    {"io", "log_every", KT_INT, FLD(io.log_every), .ilo = 1, .ihi = BIG,
-     .help = "optimizer steps between console lines"},
-    {"io", "export_hf", KT_BOOL, FLD(io.export_hf),
-     .help = "at the end of training write the model as a Hugging Face folder (config.json and "
-             "model.safetensors) to run_dir/hf/"},
-    {"io", "resume", KT_STR, FLD(io.resume), .ilo = 1, .expect = "auto, never or a checkpoint folder",
-     .help = "auto: continue from the newest complete checkpoint in run_dir/checkpoints (fresh if none); "
-             "never: always start fresh; or the path of a checkpoint folder (docs/checkpoints.md)"},
-    {"io", "save_every", KT_INT, FLD(io.save_every), .ilo = 0, .ihi = BIG,
-     .help = "optimizer steps between checkpoints; 0: only at the end of training and on SIGTERM/SIGUSR1"},
-    {"io", "save_at_end", KT_BOOL, FLD(io.save_at_end),
-     .help = "write a checkpoint after the last step (false for benchmarks; signals still checkpoint)"},
-    {"io", "keep_last", KT_INT, FLD(io.keep_last), .ilo = 1, .ihi = 1 << 20,
-     .help = "complete checkpoints kept in run_dir/checkpoints; older ones are deleted once a new one is complete"},
-};
-#define NKEYS ((int)(sizeof cfg_keys / sizeof cfg_keys[0]))
-_Static_assert(sizeof cfg_keys / sizeof cfg_keys[0] <= CFG_MAX_KEYS, "raise CFG_MAX_KEYS");
-
-static const struct { const char *name, *help; } cfg_sections[] = {
-    {"model", "the network, with Hugging Face config.json names"},
-    {"train", "optimizer, schedule and batch"},
-    {"data", "the token file"},
-    {"parallel", "how ranks split the work"},
-    {"optimizer", "where the optimizer state lives (AdamW's hyperparameters are in train)"},
-    {"checkpointing", "sequence-aware activation checkpointing (SAC)"},
-    {"io", "where results go"},
-};
-#define NSECTIONS ((int)(sizeof cfg_sections / sizeof cfg_sections[0]))
-
-static const char *const arch_names[] = {"llama"};
-static const char *const sac_names[] = {"auto", "save_all", "full"};
-static const char *const device_names[] = {"auto", "cpu", "cuda"};
-
-/* Llama 3.1 values, used when rope_scaling is switched on without all its keys. */
-static const rope_scaling_t rope_llama3_defaults = {1, 8.0, 1.0, 4.0, 8192};
-
-const char *sac_policy_name(sac_policy_t p) {
-    return (unsigned)p < 3 ? sac_names[p] : "invalid";
-}
-
-const char *device_kind_name(device_kind_t d) {
-    return (unsigned)d < 3 ? device_names[d] : "invalid";
-}
-
-void config_defaults(config_t *cfg) {
-    memset(cfg, 0, sizeof *cfg);
-    strcpy(cfg->base_dir, ".");
-    model_config_t *m = &cfg->model;
-    strcpy(m->architecture, "llama");
-    m->hidden_size = 64;
-    m->intermediate_size = 192;
-    m->num_hidden_layers = 4;
-    m->num_attention_heads = 4;
-    m->num_key_value_heads = 2;
-    m->head_dim = 16;
-    m->vocab_size = 256;
-    m->max_position_embeddings = 4096;
-    m->rms_norm_eps = 1e-5;
-    m->rope_theta = 10000.0;
-    m->rope_scaling = rope_llama3_defaults;
-    m->rope_scaling.enabled = 0;
-    m->tie_word_embeddings = 1;
-    m->initializer_range = 0.02;
-    train_config_t *t = &cfg->train;
-    t->seq_len = 128;
-    t->global_batch_size = 8;
-    t->steps = 300;
-    t->lr = 3e-3;
-    t->min_lr = 3e-4;
-    t->warmup_steps = 20;
-    t->weight_decay = 0.1;
-    t->beta1 = 0.9;
-    t->beta2 = 0.95;
-    t->eps = 1e-8;
-    t->grad_clip = 1.0;
-    t->seed = 1234;
-    t->device = DEVICE_AUTO;
-    cfg->data.shuffle = 1;
-    strcpy(cfg->data.documents, "none");
-    cfg->data.eos_token_id = -1;
-    cfg->parallel.sequence_parallel_size = 0;
-    cfg->parallel.zero_stage = -1;
-    cfg->optimizer.offload = -1;
-    cfg->optimizer.offload_params = -1;
-    cfg->checkpointing.policy = SAC_AUTO;
-    cfg->checkpointing.memory_budget_gib = 0.0;
-    cfg->checkpointing.offload = 1;
-    cfg->checkpointing.host_budget_gib = 0.0;
-    cfg->checkpointing.host_bandwidth_gbs = 50.0;
-    cfg->checkpointing.loss_chunk_tokens = 0;
-    cfg->checkpointing.mlp_tile_tokens = 0;
-    strcpy(cfg->io.run_dir, "runs/latest");
-    cfg->io.log_every = 1;
-    strcpy(cfg->io.resume, "auto");
-    cfg->io.save_every = 0;
-    cfg->io.save_at_end = 1;
-    cfg->io.keep_last = 3;
-}
 
 /* ------------------------------------------------------------------ small helpers */
 
@@ -323,13 +39,13 @@ static void set_int(config_t *cfg, const cfg_key_t *k, int64_t v) {
 }
 
 static int key_index(const char *section, const char *name) {
-    for (int i = 0; i < NKEYS; i++)
+    for (int i = 0; i < cfg_nkeys; i++)
         if (!strcmp(cfg_keys[i].section, section) && !strcmp(cfg_keys[i].name, name)) return i;
     return -1;
 }
 
 static int section_index(const char *name) {
-    for (int i = 0; i < NSECTIONS; i++)
+    for (int i = 0; i < cfg_nsections; i++)
         if (!strcmp(cfg_sections[i].name, name)) return i;
     return -1;
 }
@@ -388,7 +104,7 @@ static void suggest(const char *given, const char *const *cands, int n, char *ou
  * the rope_scaling sub-keys (without their prefix). */
 static int key_candidates(const char *section, int rope_sub, const char **out) {
     int n = 0;
-    for (int i = 0; i < NKEYS; i++) {
+    for (int i = 0; i < cfg_nkeys; i++) {
         const cfg_key_t *k = &cfg_keys[i];
         if (strcmp(k->section, section) || is_rope_sub(k) != rope_sub) continue;
         out[n++] = rope_sub ? k->name + 13 : k->name;
@@ -397,13 +113,13 @@ static int key_candidates(const char *section, int rope_sub, const char **out) {
 }
 
 static void unknown_key_text(const char *section, const char *name, char *out, size_t len) {
-    const char *cands[NKEYS];
+    const char *cands[CFG_MAX_KEYS] = {0};
     int rope_sub = !strncmp(name, "rope_scaling.", 13);
     int n = key_candidates(section, rope_sub, cands);
     char hint[640], buf[80];
     suggest(rope_sub ? name + 13 : name, cands, n, hint, sizeof hint);
     /* a key written under the wrong section: say where it belongs */
-    for (int i = 0; i < NKEYS && !rope_sub; i++)
+    for (int i = 0; i < cfg_nkeys && !rope_sub; i++)
         if (!strcmp(cfg_keys[i].name, name) && strcmp(cfg_keys[i].section, section)) {
             snprintf(hint, sizeof hint, "; it is a key of section %s, move it there", cfg_keys[i].section);
             break;
@@ -412,10 +128,10 @@ static void unknown_key_text(const char *section, const char *name, char *out, s
 }
 
 static void unknown_section_text(const char *name, char *out, size_t len) {
-    const char *cands[NSECTIONS];
-    for (int i = 0; i < NSECTIONS; i++) cands[i] = cfg_sections[i].name;
+    const char *cands[CFG_MAX_KEYS] = {0};   /* sections: fewer than keys */
+    for (int i = 0; i < cfg_nsections; i++) cands[i] = cfg_sections[i].name;
     char hint[512], buf[80];
-    suggest(name, cands, NSECTIONS, hint, sizeof hint);
+    suggest(name, cands, cfg_nsections, hint, sizeof hint);
     snprintf(out, len, "unknown section '%s'%s", shown(name, buf, sizeof buf), hint);
 }
 
@@ -610,16 +326,16 @@ static int set_value(config_t *cfg, const cfg_key_t *k, const char *text, int qu
         return 0;
     }
     case KT_ARCH:
-        for (size_t i = 0; i < sizeof arch_names / sizeof arch_names[0]; i++)
-            if (!strcmp(text, arch_names[i])) { strcpy((char *)field(cfg, k), text); return 0; }
+        for (size_t i = 0; i < sizeof cfg_arch_names / sizeof cfg_arch_names[0]; i++)
+            if (!strcmp(text, cfg_arch_names[i])) { strcpy((char *)field(cfg, k), text); return 0; }
         FAIL(0);
     case KT_SAC:
         for (int i = 0; i < 3; i++)
-            if (!strcmp(text, sac_names[i])) { *(sac_policy_t *)field(cfg, k) = (sac_policy_t)i; return 0; }
+            if (!strcmp(text, cfg_sac_names[i])) { *(sac_policy_t *)field(cfg, k) = (sac_policy_t)i; return 0; }
         FAIL(0);
     case KT_DEVICE:
         for (int i = 0; i < 3; i++)
-            if (!strcmp(text, device_names[i])) { *(device_kind_t *)field(cfg, k) = (device_kind_t)i; return 0; }
+            if (!strcmp(text, cfg_device_names[i])) { *(device_kind_t *)field(cfg, k) = (device_kind_t)i; return 0; }
         FAIL(0);
     case KT_ROPE:
         if (quoted || !is_null_text(text)) FAIL(0);
@@ -641,7 +357,7 @@ static int set_value(config_t *cfg, const cfg_key_t *k, const char *text, int qu
 static int validate_impl(const config_t *cfg, char *err, size_t errlen, int *blame, int *blame2) {
     char ebuf[160], vbuf[64];
     *blame = *blame2 = -1;   /* blame2: the other key of a rule between two */
-    for (int i = 0; i < NKEYS; i++) {
+    for (int i = 0; i < cfg_nkeys; i++) {
         const cfg_key_t *k = &cfg_keys[i];
         if (is_rope_sub(k) && !cfg->model.rope_scaling.enabled) continue;
         int ok = 1, over = 0;
@@ -770,7 +486,7 @@ typedef struct {
     const char *file;
     yaml_document_t *doc;
     config_t *cfg;
-    origin_t org[NKEYS];
+    origin_t org[CFG_MAX_KEYS];
     char *err;
     size_t errlen;
 } loader_t;
@@ -842,7 +558,7 @@ static int load_scalar(loader_t *L, int ki, const yaml_node_t *vn) {
 
 static int load_rope(loader_t *L, int rope_ki, const yaml_node_t *map) {
     rope_scaling_t *r = &L->cfg->model.rope_scaling;
-    *r = rope_llama3_defaults;
+    *r = cfg_rope_llama3_defaults;
     L->org[rope_ki] = (origin_t){ORIGIN_FILE, (int)map->start_mark.line + 1, (int)map->start_mark.column + 1, NULL};
     int have_type = 0;
     for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
@@ -1109,7 +825,7 @@ static int apply_set(loader_t *L, const char *arg) {
     }
     const cfg_key_t *k = &cfg_keys[ki];
     rope_scaling_t *r = &L->cfg->model.rope_scaling;
-    if (is_rope_sub(k) && !r->enabled) *r = rope_llama3_defaults;   /* switching scaling on */
+    if (is_rope_sub(k) && !r->enabled) *r = cfg_rope_llama3_defaults;   /* switching scaling on */
     char why[512];
     if (is_file_relative_path(k) && value[0] && value[0] != '/') {
         char cwd[CFG_PATH_MAX], abs[2 * CFG_PATH_MAX + 8];
@@ -1171,7 +887,7 @@ int config_load(config_t *cfg, const char *path, char *const *sets, int nsets, c
         m->num_key_value_heads = m->num_attention_heads;
     cfg->vocab_size_given = L.org[key_index("model", "vocab_size")].kind != ORIGIN_DEFAULT;
 
-    for (int i = 0; i < NKEYS; i++) {
+    for (int i = 0; i < cfg_nkeys; i++) {
         cfg->origin[i].line = L.org[i].kind == ORIGIN_FILE ? L.org[i].line : 0;
         cfg->origin[i].col = L.org[i].col;
         cfg->origin[i].set = L.org[i].kind == ORIGIN_SET ? L.org[i].set : NULL;
@@ -1295,9 +1011,9 @@ void config_print_help(FILE *out) {
     config_defaults(&def);
     fprintf(out, "Config keys (YAML sections; override any with --set section.key=value,\n"
                  "e.g. --set train.lr=3e-4 or --set model.rope_scaling.factor=8):\n");
-    for (int s = 0; s < NSECTIONS; s++) {
+    for (int s = 0; s < cfg_nsections; s++) {
         fprintf(out, "\n%s: %s\n", cfg_sections[s].name, cfg_sections[s].help);
-        for (int i = 0; i < NKEYS; i++) {
+        for (int i = 0; i < cfg_nkeys; i++) {
             const cfg_key_t *k = &cfg_keys[i];
             if (strcmp(k->section, cfg_sections[s].name)) continue;
             char tbuf[64], vbuf[256];
@@ -1329,15 +1045,15 @@ static int write_all(FILE *f, const config_t *cfg) {
     fprintf(f, "# Effective configuration of an autosp-train run%s%s%s.\n",
             cfg->source[0] ? " (from " : "", cfg->source, cfg->source[0] ? ")" : "");
     fprintf(f, "# Load it again with: autosp-train THIS_FILE\n");
-    for (int s = 0; s < NSECTIONS; s++) {
+    for (int s = 0; s < cfg_nsections; s++) {
         fprintf(f, "\n%s:\n", cfg_sections[s].name);
-        for (int i = 0; i < NKEYS; i++) {
+        for (int i = 0; i < cfg_nkeys; i++) {
             const cfg_key_t *k = &cfg_keys[i];
             if (strcmp(k->section, cfg_sections[s].name) || is_rope_sub(k)) continue;
             char vbuf[2 * CFG_PATH_MAX + 16];
             if (k->type == KT_ROPE && rec.model.rope_scaling.enabled) {
                 fprintf(f, "  %s:\n", k->name);
-                for (int j = 0; j < NKEYS; j++) {
+                for (int j = 0; j < cfg_nkeys; j++) {
                     if (strcmp(cfg_keys[j].section, k->section) || !is_rope_sub(&cfg_keys[j])) continue;
                     value_text(&rec, &cfg_keys[j], vbuf, sizeof vbuf);
                     fprintf(f, "    %s: %s\n", cfg_keys[j].name + 13, vbuf);

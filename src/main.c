@@ -11,8 +11,8 @@
 
 #include "backend.h"
 #include "config.h"
-#include "data.h"
-#include "hf.h"
+#include "io/data.h"
+#include "io/hf.h"
 #include "model/model.h"
 #include "parallel/parallel.h"
 #include "plan/plan.h"
@@ -230,6 +230,241 @@ static void early_stop(ranks_t *r) {
     exit(128 + sig);
 }
 
+/* The config, with the model keys of model.from_pretrained and the
+ * vocabulary of the shard's header unless the config (or the Hugging Face
+ * folder) gives it; a header above the model's is refused. */
+static void load_config(config_t *cfg, const cli_t *cli, ranks_t *ranks) {
+    char err[4096];
+    if (config_load(cfg, cli->config, cli->sets, cli->nsets, err, sizeof err) != 0) usage_error(ranks, "%s", err);
+    if (hf_apply_pretrained(cfg, cli->sets, cli->nsets, err, sizeof err) != 0) usage_error(ranks, "%s", err);
+    if (cfg->model.from_pretrained[0]) cfg->vocab_size_given = 1;
+    char shard_path[CFG_PATH_MAX];
+    uint32_t shard_vocab = 0;
+    int64_t shard_eos = -1;
+    if (cfg->data.path[0] && config_resolve_path(cfg, cfg->data.path, shard_path, sizeof shard_path) == 0 &&
+        shard_peek(shard_path, &shard_vocab, &shard_eos, err, sizeof err) == 0) {
+        if (!cfg->vocab_size_given) {
+            cfg->model.vocab_size = shard_vocab;
+        } else if ((int64_t)shard_vocab > cfg->model.vocab_size) {
+            usage_error(ranks, "%s: the header of %s records vocab_size %u, above the model vocab_size %lld: token "
+                        "ids up to %u would not fit the model; leave model.vocab_size out to take the shard's, or "
+                        "tokenize with the model's tokenizer", cli->config, shard_path, (unsigned)shard_vocab,
+                        (long long)cfg->model.vocab_size, (unsigned)shard_vocab - 1);
+        }
+    }
+}
+
+static void warn_positions(const config_t *cfg) {
+    if (!lead_rank || cfg->train.seq_len <= cfg->model.max_position_embeddings) return;
+    char where[CFG_PATH_MAX + 300];
+    asp_warn("%strain.seq_len (%lld) is longer than model.max_position_embeddings (%lld): the model has not seen "
+             "positions this far (RoPE extrapolates; llama3 rope_scaling stretches it); raise "
+             "max_position_embeddings if that is intended", config_where(cfg, "train", "seq_len", where, sizeof where),
+             (long long)cfg->train.seq_len, (long long)cfg->model.max_position_embeddings);
+}
+
+/* What the plan is compiled for besides the config: element sizes, memory
+ * budgets and where they came from. */
+typedef struct {
+    plan_target_t target;
+    int explain_gpu_plan;       /* --explain plans for a GPU unless the config pins the CPU */
+    int world;
+    double mem;                 /* device budget per rank, 0: unlimited */
+    const char *mem_from;
+    int budget_is_device;       /* the budget is the device's own memory, measured now */
+    double host_node, host_share;
+    int node_ranks;
+    const char *host_from;
+} budget_t;
+
+static void element_sizes(budget_t *b, const backend_t *be) {
+    plan_target_t *t = &b->target;
+    if (be) {
+        t->act_bytes = (int)dtype_size(be->act_dtype);
+        t->param_bytes = (int)dtype_size(be->param_dtype);
+        t->grad_bytes = (int)dtype_size(be->grad_dtype);
+    } else if (b->explain_gpu_plan) {
+        t->act_bytes = 2, t->param_bytes = 2, t->grad_bytes = 4; /* the cuda backend's types */
+    } else {
+        t->act_bytes = t->param_bytes = t->grad_bytes = 4;
+    }
+}
+
+/* The device budget: the config's, --gpu-memory, the device's, or for
+ * --explain without a GPU an 80 GB card; and what the libraries keep. */
+static void device_budget(budget_t *b, const config_t *cfg, const cli_t *cli, const backend_t *be) {
+    plan_target_t *t = &b->target;
+    b->mem_from = "unlimited";
+    if (cfg->checkpointing.memory_budget_gib > 0) {
+        b->mem = cfg->checkpointing.memory_budget_gib * GIB;
+        b->mem_from = "checkpointing.memory_budget_gib";
+    } else if (cli->gpu_memory_gib > 0) {
+        b->mem = cli->gpu_memory_gib * GIB;
+        b->mem_from = "--gpu-memory";
+    } else if (be && be->device_memory && be->device_memory() > 0) {
+        b->mem = (double)be->device_memory();
+        b->mem_from = "the device";
+        b->budget_is_device = 1;
+    } else if (b->explain_gpu_plan) {
+        b->mem = EXPLAIN_DEFAULT_GPU_GIB * GIB;
+        b->mem_from = "assumed: an 80 GB GPU, as none is present; --gpu-memory sets it";
+    }
+    t->memory_bytes = b->mem;
+    if (be) {
+        t->scratch_bytes = be->scratch_bytes;
+        t->attention_scratch_bytes = be->attention_scratch_bytes;
+    }
+    if (be && be->device_memory && be->device_memory() > 0)
+        t->reserved_bytes = 1.5 * GIB; /* CUDA context, cuBLASLt/cuDNN workspaces, NCCL buffers */
+    if (b->explain_gpu_plan) {
+        t->reserved_bytes = EXPLAIN_GPU_RESERVE_GIB * GIB;
+        t->scratch_bytes = explain_cuda_scratch;
+        t->attention_scratch_bytes = explain_cuda_attention_scratch;
+    }
+}
+
+/* The host tier: pinned memory for offloaded activations and model state.
+ * A node's memory is shared by its ranks; at run time it is this node's,
+ * less a tenth (at least 6 GiB) for the system and the process; a budget in
+ * the config may ask for less, never for more. */
+static void host_budget(budget_t *b, const config_t *cfg, const cli_t *cli, ranks_t *ranks, const backend_t *be) {
+    b->node_ranks = 1;
+    if (cli->host_memory_gib > 0) {
+        b->host_node = cli->host_memory_gib * GIB;
+        b->node_ranks = cli->explain ? (b->world < 8 ? b->world : 8) : (ranks->local_size > 0 ? ranks->local_size : 1);
+    } else if (!cli->explain) {
+        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+        if (pages > 0 && page > 0) b->host_node = (double)pages * (double)page;
+        b->node_ranks = ranks->local_size > 0 ? ranks->local_size : 1;
+    }
+    double node = b->host_node, keep = 0.1 * node > 6 * GIB ? 0.1 * node : 6 * GIB;
+    b->host_share = node > 2 * keep ? (node - keep) / b->node_ranks : 0.5 * node / b->node_ranks;
+    b->host_from = node > 0 ? (cli->host_memory_gib > 0 ? "--host-memory" : "the node")
+                   : cli->explain ? "--host-memory sets a node's" : "the node's size is unknown";
+    b->target.host_memory_bytes = b->host_share;
+    if (cfg->checkpointing.host_budget_gib > 0) {
+        double want = cfg->checkpointing.host_budget_gib * GIB;
+        if (b->host_share > 0 && want > b->host_share) {
+            char w[32], h[32], n[32];
+            usage_error(ranks,
+                        "checkpointing.host_budget_gib asks for %s of pinned host memory per rank, but the node "
+                        "(%s in all, less a tenth for the system, %d rank%s on it) gives %s per rank; lower "
+                        "checkpointing.host_budget_gib or set it to 0 (the node's share)",
+                        asp_fmt_bytes(w, sizeof w, want), asp_fmt_bytes(n, sizeof n, node), b->node_ranks,
+                        b->node_ranks == 1 ? "" : "s", asp_fmt_bytes(h, sizeof h, b->host_share));
+        }
+        b->target.host_memory_bytes = want;
+        b->host_from = "checkpointing.host_budget_gib";
+    }
+    b->target.host_is_device = be ? be->device_memory && be->device_memory() == 0 : !b->explain_gpu_plan;
+}
+
+/* Impossible degrees are refused before any GPU work: plan once without a
+ * memory limit (the real budget needs the device, initialised after). */
+static void probe_degrees(const config_t *cfg, const model_t *model, ranks_t *ranks, const budget_t *b) {
+    char err[4096];
+    plan_t probe;
+    plan_target_t unlimited = b->target;
+    unlimited.memory_bytes = 0;
+    if (plan_compile(&probe, cfg, model, ranks->world_size, &unlimited, err, sizeof err) == -1)
+        usage_error(ranks, "%s%s", plan_error_where(cfg, err), err);
+}
+
+/* Compile the plan. Planning against the device itself: what is already in
+ * use (the context, library handles, and the kernels the scratch queries
+ * loaded) is not there for the arenas, and NCCL and the libraries take more
+ * once training starts: on an H100 about 1.2 GiB more was in use when the
+ * arenas were allocated than when the plan measured (cause not pinned
+ * down), so the margin is 2 GiB. Plan again with that reserve when it
+ * exceeds the flat one. Returns plan_compile's result; err says why. */
+static int compile_plan(plan_t *plan, const config_t *cfg, const model_t *model, budget_t *b, const backend_t *be,
+                        char *err, size_t errlen) {
+    int planned = plan_compile(plan, cfg, model, b->world, &b->target, err, errlen);
+    if (planned != -1 && b->budget_is_device && be->memory_used) {
+        double reserve = (double)be->memory_used() + 2.0 * GIB;
+        if (reserve > b->target.reserved_bytes) {
+            b->target.reserved_bytes = reserve;
+            planned = plan_compile(plan, cfg, model, b->world, &b->target, err, errlen);
+        }
+    }
+    return planned;
+}
+
+/* --explain: the budgets and the plan. A plan that does not fit is still
+ * shown (its memory table says by how much); the exit status says it
+ * cannot run. */
+static int explain(const plan_t *plan, const config_t *cfg, const budget_t *b) {
+    if (!lead_rank) return 0;
+    char buf[32];
+    printf("memory budget per rank: %s (%s)\n", b->mem > 0 ? asp_fmt_bytes(buf, sizeof buf, b->mem) : "unlimited",
+           b->mem_from);
+    if (b->target.host_memory_bytes > 0)
+        printf("host budget per rank: %s (%s: a node's memory less a tenth, at least 6 GiB, for the "
+               "system, shared by %d rank%s)\n",
+               asp_fmt_bytes(buf, sizeof buf, b->target.host_memory_bytes), b->host_from, b->node_ranks,
+               b->node_ranks == 1 ? "" : "s");
+    else
+        printf("host budget per rank: unlimited (%s)\n", b->host_from);
+    plan_explain(plan, cfg, stdout);
+    fflush(stdout);
+    return 0;
+}
+
+/* On a backend whose device memory is host memory, the arenas and the
+ * pinned host regions share the node: refuse what it cannot hold rather
+ * than be killed allocating it. */
+static void check_node_memory(const plan_t *plan, const budget_t *b, const backend_t *be, ranks_t *ranks) {
+    if (!(be && be->device_memory && be->device_memory() == 0 && b->host_share > 0)) return;
+    double need = (double)plan->mem.device_total + (double)plan->mem.host_total;
+    if (need <= b->host_share) return;
+    char a[32], c[32], d[32], h[32];
+    usage_error(ranks,
+                "the plan needs %s of this node's memory per rank (%s of arenas and %s of pinned host memory "
+                "for offloaded activations and model state), but the node allows %s per rank (%d rank(s) on "
+                "it); lower checkpointing.memory_budget_gib or train.seq_len, turn checkpointing.offload "
+                "off, or add ranks",
+                asp_fmt_bytes(a, sizeof a, need), asp_fmt_bytes(c, sizeof c, (double)plan->mem.device_total),
+                asp_fmt_bytes(d, sizeof d, (double)plan->mem.host_total), asp_fmt_bytes(h, sizeof h, b->host_share),
+                b->node_ranks);
+}
+
+/* The run's first lines: model, degrees, budget, host tier, SAC per layer. */
+static void announce(const plan_t *plan, const config_t *cfg, const cli_t *cli, const model_t *model,
+                     const budget_t *b) {
+    if (!lead_rank) return;
+    char buf[32];
+    asp_info("%s: %s model, %.4g M parameters, S = %lld, world %d = SP %d x DP %d, ZeRO-%d, SAC %s, memory budget %s",
+             cli->config, cfg->model.architecture, (double)model->n_params / 1e6, (long long)cfg->train.seq_len,
+             plan->world, plan->sp, plan->dp, plan->zero_stage, sac_policy_name(plan->policy),
+             b->mem > 0 ? asp_fmt_bytes(buf, sizeof buf, b->mem) : "unlimited");
+    if (plan_host_bytes(plan)) {
+        char hb[32], hl[32];
+        asp_info("host tier: the plan offloads %s per rank to pinned host memory (budget %s, %s)%s",
+                 asp_fmt_bytes(hb, sizeof hb, (double)plan_host_bytes(plan)),
+                 asp_fmt_bytes(hl, sizeof hl, b->target.host_memory_bytes), b->host_from,
+                 plan->inputs_offloaded ? "; the layer inputs too" : "");
+    }
+    if (plan_layers_mixed(plan))
+        asp_info("SAC per layer: attention's outputs fit in %d of %lld layers; layers %d-%lld recompute attention "
+                 "too (--explain shows the plan)",
+                 plan->layers_rich, (long long)model->L, plan->layers_rich, (long long)model->L - 1);
+}
+
+/* Train: one collectives table per memory kind, NCCL for GPU buffers, MPI
+ * for host memory (all of the cpu backend's buffers). */
+static int train(const config_t *cfg, const plan_t *plan, const backend_t *be, ranks_t *ranks, const cli_t *cli) {
+    train_opts_t opts = {cli->dump};
+    const coll_ops_t *coll = &coll_host;
+#ifdef HAVE_CUDA
+    char err[4096];
+    if (be == &backend_cuda) {
+        if (coll_nccl_init(ranks, be->stream(), err, sizeof err) != 0) asp_die(ASP_EXIT_FAILURE, "%s", err);
+        coll = &coll_nccl;
+    }
+#endif
+    return train_run(cfg, plan, be, coll, &coll_host, ranks, &opts);
+}
+
 int main(int argc, char **argv) {
     /* first: a SIGTERM during start-up is reported, not silently fatal */
     asp_mark_start();
@@ -243,229 +478,43 @@ int main(int argc, char **argv) {
     lead_rank = ranks.world_rank == 0;
     cli_t cli;
     parse_args(argc, argv, &cli, &ranks);
-
     early_stop(&ranks);
+
     config_t cfg;
-    if (config_load(&cfg, cli.config, cli.sets, cli.nsets, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
-    /* model.from_pretrained: the model keys come from the folder's config.json */
-    if (hf_apply_pretrained(&cfg, cli.sets, cli.nsets, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
-    /* The vocabulary comes from the shard's header unless the config (or the
-     * Hugging Face folder) gives it; a header above the model's is refused. */
-    if (cfg.model.from_pretrained[0]) cfg.vocab_size_given = 1;
-    char shard_path[CFG_PATH_MAX];
-    uint32_t shard_vocab = 0;
-    int64_t shard_eos = -1;
-    if (cfg.data.path[0] && config_resolve_path(&cfg, cfg.data.path, shard_path, sizeof shard_path) == 0 &&
-        shard_peek(shard_path, &shard_vocab, &shard_eos, err, sizeof err) == 0) {
-        if (!cfg.vocab_size_given) {
-            cfg.model.vocab_size = shard_vocab;
-        } else if ((int64_t)shard_vocab > cfg.model.vocab_size) {
-            usage_error(&ranks, "%s: the header of %s records vocab_size %u, above the model vocab_size %lld: token "
-                        "ids up to %u would not fit the model; leave model.vocab_size out to take the shard's, or "
-                        "tokenize with the model's tokenizer", cli.config, shard_path, (unsigned)shard_vocab,
-                        (long long)cfg.model.vocab_size, (unsigned)shard_vocab - 1);
-        }
-    }
+    load_config(&cfg, &cli, &ranks);
     model_t model;
     if (model_build(&model, &cfg.model, err, sizeof err) != 0) usage_error(&ranks, "%s: %s", cli.config, err);
-    if (lead_rank && cfg.train.seq_len > cfg.model.max_position_embeddings) {
-        char where[CFG_PATH_MAX + 300];
-        asp_warn("%strain.seq_len (%lld) is longer than model.max_position_embeddings (%lld): the model has not seen "
-                 "positions this far (RoPE extrapolates; llama3 rope_scaling stretches it); raise "
-                 "max_position_embeddings if that is intended", config_where(&cfg, "train", "seq_len", where, sizeof where),
-                 (long long)cfg.train.seq_len, (long long)cfg.model.max_position_embeddings);
-    }
+    warn_positions(&cfg);
 
-    const backend_t *be = NULL;
-    int explain_gpu_plan = 0;
-    if (cli.explain) {
-        /* --explain plans for a GPU unless the config pins the CPU. */
-        explain_gpu_plan = cfg.train.device != DEVICE_CPU;
-    } else {
-        be = pick_backend(&cfg, &ranks);
-    }
-
-    plan_target_t target;
-    memset(&target, 0, sizeof target);
+    budget_t b;
+    memset(&b, 0, sizeof b);
+    b.explain_gpu_plan = cli.explain && cfg.train.device != DEVICE_CPU;
+    const backend_t *be = cli.explain ? NULL : pick_backend(&cfg, &ranks);
+    element_sizes(&b, be);
     if (be) {
-        target.act_bytes = (int)dtype_size(be->act_dtype);
-        target.param_bytes = (int)dtype_size(be->param_dtype);
-        target.grad_bytes = (int)dtype_size(be->grad_dtype);
-    } else if (explain_gpu_plan) {
-        target.act_bytes = 2, target.param_bytes = 2, target.grad_bytes = 4; /* the cuda backend's types */
-    } else {
-        target.act_bytes = target.param_bytes = target.grad_bytes = 4;
+        probe_degrees(&cfg, &model, &ranks, &b);
+        /* the device is initialised before planning so that the plan can use its memory size */
+        if (be->init(ranks.local_rank, err, sizeof err) != 0) asp_die(ASP_EXIT_FAILURE, "%s backend: %s", be->name, err);
     }
-
-    /* Impossible degrees are refused before any GPU work: plan once without
-     * a memory limit (the real budget needs the device, initialised next). */
-    if (be) {
-        plan_t probe;
-        plan_target_t unlimited = target;
-        unlimited.memory_bytes = 0;
-        int world_now = ranks.world_size;
-        if (plan_compile(&probe, &cfg, &model, world_now, &unlimited, err, sizeof err) == -1)
-            usage_error(&ranks, "%s%s", plan_error_where(&cfg, err), err);
-    }
-    /* The device is initialised before planning so that the plan can use its memory size. */
-    if (be) {
-        int dev = ranks.local_rank;
-        if (be->init(dev, err, sizeof err) != 0) asp_die(ASP_EXIT_FAILURE, "%s backend: %s", be->name, err);
-    }
-    double mem = 0;
-    const char *mem_from = "unlimited";
-    int budget_is_device = 0;   /* the budget is the device's own memory, measured now */
-    if (cfg.checkpointing.memory_budget_gib > 0) {
-        mem = cfg.checkpointing.memory_budget_gib * GIB;
-        mem_from = "checkpointing.memory_budget_gib";
-    } else if (cli.gpu_memory_gib > 0) {
-        mem = cli.gpu_memory_gib * GIB;
-        mem_from = "--gpu-memory";
-    } else if (be && be->device_memory && be->device_memory() > 0) {
-        mem = (double)be->device_memory();
-        mem_from = "the device";
-        budget_is_device = 1;
-    } else if (explain_gpu_plan) {
-        mem = EXPLAIN_DEFAULT_GPU_GIB * GIB;
-        mem_from = "assumed: an 80 GB GPU, as none is present; --gpu-memory sets it";
-    }
-    target.memory_bytes = mem;
-    if (be) {
-        target.scratch_bytes = be->scratch_bytes;
-        target.attention_scratch_bytes = be->attention_scratch_bytes;
-    }
-    if (be && be->device_memory && be->device_memory() > 0)
-        target.reserved_bytes = 1.5 * GIB; /* CUDA context, cuBLASLt/cuDNN workspaces, NCCL buffers */
-    if (explain_gpu_plan) {
-        target.reserved_bytes = EXPLAIN_GPU_RESERVE_GIB * GIB;
-        target.scratch_bytes = explain_cuda_scratch;
-        target.attention_scratch_bytes = explain_cuda_attention_scratch;
-    }
-
-    int world = cli.explain && cli.world > 0 ? cli.world : ranks.world_size;
-    /* The host tier: pinned memory for offloaded activations and model
-     * state. A node's memory is shared by its ranks; at run time it is this
-     * node's, less a tenth (at least 6 GiB) for the system and the process;
-     * a budget in the config may ask for less, never for more. */
-    double host_node = 0;
-    int node_ranks = 1;
-    if (cli.host_memory_gib > 0) {
-        host_node = cli.host_memory_gib * GIB;
-        node_ranks = cli.explain ? (world < 8 ? world : 8) : (ranks.local_size > 0 ? ranks.local_size : 1);
-    } else if (!cli.explain) {
-        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-        if (pages > 0 && page > 0) host_node = (double)pages * (double)page;
-        node_ranks = ranks.local_size > 0 ? ranks.local_size : 1;
-    }
-    double host_keep = 0.1 * host_node > 6 * GIB ? 0.1 * host_node : 6 * GIB;
-    double host_share = host_node > 2 * host_keep ? (host_node - host_keep) / node_ranks : 0.5 * host_node / node_ranks;
-    const char *host_from = host_node > 0 ? (cli.host_memory_gib > 0 ? "--host-memory" : "the node")
-                            : cli.explain ? "--host-memory sets a node's" : "the node's size is unknown";
-    target.host_memory_bytes = host_share;
-    if (cfg.checkpointing.host_budget_gib > 0) {
-        double want = cfg.checkpointing.host_budget_gib * GIB;
-        if (host_share > 0 && want > host_share) {
-            char w[32], h[32], n[32];
-            usage_error(&ranks,
-                        "checkpointing.host_budget_gib asks for %s of pinned host memory per rank, but the node "
-                        "(%s in all, less a tenth for the system, %d rank%s on it) gives %s per rank; lower "
-                        "checkpointing.host_budget_gib or set it to 0 (the node's share)",
-                        asp_fmt_bytes(w, sizeof w, want), asp_fmt_bytes(n, sizeof n, host_node), node_ranks,
-                        node_ranks == 1 ? "" : "s", asp_fmt_bytes(h, sizeof h, host_share));
-        }
-        target.host_memory_bytes = want;
-        host_from = "checkpointing.host_budget_gib";
-    }
-    target.host_is_device = be ? be->device_memory && be->device_memory() == 0 : !explain_gpu_plan;
+    device_budget(&b, &cfg, &cli, be);
+    b.world = cli.explain && cli.world > 0 ? cli.world : ranks.world_size;
+    host_budget(&b, &cfg, &cli, &ranks, be);
     plan_t plan;
-    int planned = plan_compile(&plan, &cfg, &model, world, &target, err, sizeof err);
-    if (planned != -1 && budget_is_device && be->memory_used) {
-        /* Planning against the device itself: what is already in use (the
-         * context, library handles, and the kernels the scratch queries
-         * loaded) is not there for the arenas, and NCCL and the libraries
-         * take more once training starts: on an H100 about 1.2 GiB more was
-         * in use when the arenas were allocated than when the plan measured
-         * (cause not pinned down), so the margin is 2 GiB. Plan again with
-         * that reserve when it exceeds the flat one. */
-        double reserve = (double)be->memory_used() + 2.0 * GIB;
-        if (reserve > target.reserved_bytes) {
-            target.reserved_bytes = reserve;
-            planned = plan_compile(&plan, &cfg, &model, world, &target, err, sizeof err);
-        }
-    }
+    int planned = compile_plan(&plan, &cfg, &model, &b, be, err, sizeof err);
     if (planned == -1 || (planned != 0 && !cli.explain)) usage_error(&ranks, "%s%s", plan_error_where(&cfg, err), err);
-
     early_stop(&ranks);
+
     if (cli.explain) {
-        /* A plan that does not fit is still shown (its memory table says by
-         * how much); the exit status says it cannot run. */
-        if (lead_rank) {
-            char buf[32];
-            printf("memory budget per rank: %s (%s)\n", mem > 0 ? asp_fmt_bytes(buf, sizeof buf, mem) : "unlimited",
-                   mem_from);
-            if (target.host_memory_bytes > 0)
-                printf("host budget per rank: %s (%s: a node's memory less a tenth, at least 6 GiB, for the "
-                       "system, shared by %d rank%s)\n",
-                       asp_fmt_bytes(buf, sizeof buf, target.host_memory_bytes), host_from, node_ranks,
-                       node_ranks == 1 ? "" : "s");
-            else
-                printf("host budget per rank: unlimited (%s)\n", host_from);
-            plan_explain(&plan, &cfg, stdout);
-            fflush(stdout);
-        }
+        explain(&plan, &cfg, &b);
         model_free(&model);
         if (planned != 0) usage_error(&ranks, "%s", err);
         par_finalize(&ranks);
         return 0;
     }
-
-    /* On a backend whose device memory is host memory, the arenas and the
-     * pinned host regions share the node: refuse what it cannot hold rather
-     * than be killed allocating it. */
-    if (be && be->device_memory && be->device_memory() == 0 && host_share > 0) {
-        double need = (double)plan.mem.device_total + (double)plan.mem.host_total;
-        if (need > host_share) {
-            char a[32], b[32], c[32], d[32];
-            usage_error(&ranks,
-                        "the plan needs %s of this node's memory per rank (%s of arenas and %s of pinned host memory "
-                        "for offloaded activations and model state), but the node allows %s per rank (%d rank(s) on "
-                        "it); lower checkpointing.memory_budget_gib or train.seq_len, turn checkpointing.offload "
-                        "off, or add ranks",
-                        asp_fmt_bytes(a, sizeof a, need), asp_fmt_bytes(b, sizeof b, (double)plan.mem.device_total),
-                        asp_fmt_bytes(c, sizeof c, (double)plan.mem.host_total),
-                        asp_fmt_bytes(d, sizeof d, host_share), node_ranks);
-        }
-    }
+    check_node_memory(&plan, &b, be, &ranks);
     if (par_set_groups(&ranks, plan.sp, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
-    if (lead_rank) {
-        char buf[32];
-        asp_info("%s: %s model, %.4g M parameters, S = %lld, world %d = SP %d x DP %d, ZeRO-%d, SAC %s, memory budget %s",
-                 cli.config, cfg.model.architecture, (double)model.n_params / 1e6, (long long)cfg.train.seq_len,
-                 plan.world, plan.sp, plan.dp, plan.zero_stage, sac_policy_name(plan.policy),
-                 mem > 0 ? asp_fmt_bytes(buf, sizeof buf, mem) : "unlimited");
-        if (plan_host_bytes(&plan)) {
-            char hb[32], hl[32];
-            asp_info("host tier: the plan offloads %s per rank to pinned host memory (budget %s, %s)%s",
-                     asp_fmt_bytes(hb, sizeof hb, (double)plan_host_bytes(&plan)),
-                     asp_fmt_bytes(hl, sizeof hl, target.host_memory_bytes), host_from,
-                     plan.inputs_offloaded ? "; the layer inputs too" : "");
-        }
-        if (plan_layers_mixed(&plan))
-            asp_info("SAC per layer: attention's outputs fit in %d of %lld layers; layers %d-%lld recompute attention "
-                     "too (--explain shows the plan)",
-                     plan.layers_rich, (long long)model.L, plan.layers_rich, (long long)model.L - 1);
-    }
-    train_opts_t opts = {cli.dump};
-    /* One collectives table per memory kind: NCCL for GPU buffers, MPI for
-     * host memory (all of the cpu backend's buffers). */
-    const coll_ops_t *coll = &coll_host;
-#ifdef HAVE_CUDA
-    if (be == &backend_cuda) {
-        if (coll_nccl_init(&ranks, be->stream(), err, sizeof err) != 0) asp_die(ASP_EXIT_FAILURE, "%s", err);
-        coll = &coll_nccl;
-    }
-#endif
-    int status = train_run(&cfg, &plan, be, coll, &coll_host, &ranks, &opts);
+    announce(&plan, &cfg, &cli, &model, &b);
+    int status = train(&cfg, &plan, be, &ranks, &cli);
     be->shutdown();
     model_free(&model);
     par_finalize(&ranks);

@@ -41,6 +41,8 @@ EXTRA_DIST += tests/fuzz/fuzz_common.h tests/fuzz/fuzz_json.c tests/fuzz/fuzz_sa
               tests/fuzz/fuzz_hf_config.c tests/fuzz/fuzz_shard.c tests/fuzz/fuzz_ckpt_state.c tests/fuzz/run.sh \
               tests/fuzz/corpus tests/lsan.supp
 EXTRA_DIST += tests/testmodel.h
+TESTS += tests/test_shape.sh
+EXTRA_DIST += tests/test_shape.sh scripts/check_shape.py
 # The Slurm batch files against a real one-node Slurm on localhost (skips without slurm-wlm and munge)
 TESTS += tests/test_slurm.sh
 EXTRA_DIST += tests/test_slurm.sh

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ckpt.h"
+#include "io/ckpt.h"
 #include "config.h"
 #include "testutil.h"
 

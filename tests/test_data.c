@@ -9,7 +9,8 @@
 #include <unistd.h>
 #include <dirent.h>
 
-#include "data.h"
+#include "exec/exec.h"
+#include "io/data.h"
 #include "testutil.h"
 #include "util.h"
 

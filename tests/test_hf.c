@@ -10,9 +10,9 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "hf.h"
+#include "io/hf.h"
 #include "model/model.h"
-#include "safetensors.h"
+#include "io/safetensors.h"
 #include "testutil.h"
 
 static char dir[256];

@@ -15,7 +15,7 @@
 
 #include "backend.h"
 #include "config.h"
-#include "exec.h"
+#include "exec/exec.h"
 #include "model/model.h"
 #include "parallel/parallel.h"
 #include "plan/passes.h"

@@ -114,9 +114,41 @@ static void graph_steps(const plan_t *p, const graph_plan_t *gp, FILE *out) {
     }
 }
 
-void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
+/* The placement of model state: ZeRO stage, optimizer, weights. */
+static void explain_state(const plan_t *p, const config_t *cfg, FILE *out) {
+    const char *what = p->zero_stage == 0 ? "nothing sharded: every rank holds all model state"
+                       : p->zero_stage == 1 ? "fp32 master weights and AdamW moments sharded"
+                       : p->zero_stage == 2 ? "optimizer state and gradients sharded"
+                                            : "optimizer state, gradients and weights sharded";
+    fprintf(out, "  ZeRO         stage %d (%s): %s over %d rank%s, %zu elements each (%zu padded)\n", p->zero_stage,
+            cfg->parallel.zero_stage < 0 || cfg->optimizer.offload < 0
+                ? "chosen by auto: of the placements that fit, the one expected to cost least" : "as configured",
+            what, p->shards,
+            p->shards > 1 ? "s" : "", p->shard_len, p->n_params_padded);
+    if (p->optim_offload)
+        fprintf(out, "  optimizer    on the host: master weights, AdamW moments and the %s gradient shard in pinned "
+                     "host memory; AdamW on the CPU bucket by bucket, each bucket's gradient copied off the "
+                     "device as soon as it is final and its updated weights %s\n",
+                p->host_grad_bytes == 4 ? "fp32" : "bf16 (fp32 does not fit the host)",
+                p->params_offload ? "written into the host weight shard" : "copied back");
+    else
+        fprintf(out, "  optimizer    on the %s\n", p->target.param_bytes == 2 ? "GPU" : "backend's device");
+    if (p->zero_stage >= 3)
+        fprintf(out, "  weights      each bucket's gathered into a buffer just before its forward and its backward "
+                     "(prefetched one bucket ahead on the communication stream); %d buffers, not the model\n",
+                PLAN_BUCKET_SLOTS);
+    if (p->params_offload)
+        fprintf(out, "  weights      this rank's shard in pinned host memory (optimizer.offload_params): AdamW "
+                     "writes it there, and each bucket's part is copied to the device just before its gather "
+                     "reads it, %s a step\n",
+                "twice");
+}
+
+/* The PLAN section: model, world, model state, gradients, sequence, heads,
+ * layout, batch, loss, documents, RoPE, checkpointing, budget, FLOPs. */
+static void explain_plan(const plan_t *p, const config_t *cfg, FILE *out) {
     const model_t *m = p->model;
-    char b1[32], b2[32], b3[32];
+    char b1[32], b2[32];
     fprintf(out, "PLAN\n");
     fprintf(out, "  model        llama: %zu parameters (d %lld, ffn %lld, %lld layers, %lld query / %lld KV heads of %lld, "
                  "vocab %lld, %s embeddings)\n",
@@ -124,34 +156,7 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
             (long long)m->hd, (long long)m->V, m->cfg.tie_word_embeddings ? "tied" : "untied");
     fprintf(out, "  world        %d rank%s = SP %d x DP %d%s\n", p->world, p->world == 1 ? "" : "s", p->sp, p->dp,
             cfg->parallel.sequence_parallel_size == 0 ? " (SP chosen by auto)" : "");
-    {
-        const char *what = p->zero_stage == 0 ? "nothing sharded: every rank holds all model state"
-                           : p->zero_stage == 1 ? "fp32 master weights and AdamW moments sharded"
-                           : p->zero_stage == 2 ? "optimizer state and gradients sharded"
-                                                : "optimizer state, gradients and weights sharded";
-        fprintf(out, "  ZeRO         stage %d (%s): %s over %d rank%s, %zu elements each (%zu padded)\n", p->zero_stage,
-                cfg->parallel.zero_stage < 0 || cfg->optimizer.offload < 0
-                    ? "chosen by auto: of the placements that fit, the one expected to cost least" : "as configured",
-                what, p->shards,
-                p->shards > 1 ? "s" : "", p->shard_len, p->n_params_padded);
-        if (p->optim_offload)
-            fprintf(out, "  optimizer    on the host: master weights, AdamW moments and the %s gradient shard in pinned "
-                         "host memory; AdamW on the CPU bucket by bucket, each bucket's gradient copied off the "
-                         "device as soon as it is final and its updated weights %s\n",
-                    p->host_grad_bytes == 4 ? "fp32" : "bf16 (fp32 does not fit the host)",
-                    p->params_offload ? "written into the host weight shard" : "copied back");
-        else
-            fprintf(out, "  optimizer    on the %s\n", p->target.param_bytes == 2 ? "GPU" : "backend's device");
-        if (p->zero_stage >= 3)
-            fprintf(out, "  weights      each bucket's gathered into a buffer just before its forward and its backward "
-                         "(prefetched one bucket ahead on the communication stream); %d buffers, not the model\n",
-                    PLAN_BUCKET_SLOTS);
-        if (p->params_offload)
-            fprintf(out, "  weights      this rank's shard in pinned host memory (optimizer.offload_params): AdamW "
-                         "writes it there, and each bucket's part is copied to the device just before its gather "
-                         "reads it, %s a step\n",
-                    "twice");
-    }
+    explain_state(p, cfg, out);
     fprintf(out, "  gradients    %d buckets (embedding, one per layer, tail), each %s as soon as the backward "
                  "leaves it%s\n",
             plan_n_buckets(p),
@@ -209,13 +214,13 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
             p->flops_per_step, config_documents_eos(cfg) ? " as one document: a step counts its documents' own" : "",
             p->recompute_flops_per_step);
 
-    fprintf(out, "\nPROLOGUE (shapes per rank)\n");
-    graph_steps(p, &p->prologue, out);
-    fprintf(out, "\nLAYER (x %lld, shapes per rank)\n", (long long)m->L);
-    graph_steps(p, &p->layer, out);
-    fprintf(out, "\nEPILOGUE (shapes per rank)\n");
-    graph_steps(p, &p->epilogue, out);
+}
 
+/* The SAC section: each tensor's decision, tier and costs; offload, tiles
+ * and the lean layers. */
+static void explain_sac(const plan_t *p, const config_t *cfg, FILE *out) {
+    const model_t *m = p->model;
+    char b1[32], b2[32], b3[32];
     const int mixed = plan_layers_mixed(p);
     if (mixed && p->layers_rich == 1)
         fprintf(out, "\nSAC (layer 0, one rank)\n");
@@ -286,6 +291,11 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
                 fmtb(b2, sizeof b2, (double)lp->workspace_bytes));
     }
 
+}
+
+/* The MEMORY section: every region, the arenas, the peaks against the budgets. */
+static void explain_memory(const plan_t *p, FILE *out) {
+    char b1[32], b2[32], b3[32];
     fprintf(out, "\nMEMORY (per rank)\n");
     const memplan_t *mem = &p->mem;
     struct { const char *name; const region_t *r; } rows[] = {
@@ -344,6 +354,11 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
     fprintf(out, "  tiers                  device %s, host %s; attention %s\n",
             fmtb(b1, sizeof b1, (double)mem->device_total), fmtb(b2, sizeof b2, (double)plan_host_bytes(p)),
             plan_recomputes_attention(p) ? "recomputed in some layers" : "never recomputed");
+}
+
+/* The longest S that fits the budgets, with and without recomputing attention. */
+static void explain_longest(const plan_t *p, const config_t *cfg, FILE *out) {
+    const model_t *m = p->model;
     if (p->target.memory_bytes > 0 || p->target.host_memory_bytes > 0) {
         int64_t g = (int64_t)p->sp * 1024;
         config_t fixed = *cfg;
@@ -363,4 +378,18 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
         int64_t kept = plan_longest_seq_no_attention_recompute(cfg, m, p->world, &p->target, g);
         fprintf(out, "LONGEST S with no layer recomputing attention: %lld tokens\n", (long long)kept);
     }
+}
+
+void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
+    explain_plan(p, cfg, out);
+    fprintf(out, "\nPROLOGUE (shapes per rank)\n");
+    graph_steps(p, &p->prologue, out);
+    fprintf(out, "\nLAYER (x %lld, shapes per rank)\n", (long long)p->model->L);
+    graph_steps(p, &p->layer, out);
+    fprintf(out, "\nEPILOGUE (shapes per rank)\n");
+    graph_steps(p, &p->epilogue, out);
+
+    explain_sac(p, cfg, out);
+    explain_memory(p, out);
+    explain_longest(p, cfg, out);
 }

@@ -308,15 +308,10 @@ static region_t place(size_t *end, int arena, size_t bytes) {
     return r;
 }
 
-void memplan_regions(plan_t *p, const config_t *cfg) {
+/* ZeRO 1-3 shard every gradient bucket's optimizer state over all W ranks
+ * (each slice a multiple of 64 elements); ZeRO-0 keeps it whole. */
+static void zero_layout(plan_t *p) {
     const model_t *m = p->model;
-    memplan_t *mem = &p->mem;
-    const size_t act = (size_t)p->target.act_bytes;
-    const size_t sl = (size_t)p->seq_local, d = (size_t)m->d, V = (size_t)m->V;
-    memset(mem, 0, sizeof *mem);
-
-    /* ZeRO 1-3 shard every gradient bucket's optimizer state over all W
-     * ranks (each slice a multiple of 64 elements); ZeRO-0 keeps it whole. */
     size_t shards = p->zero_stage >= 1 ? (size_t)p->world : 1;
     p->shards = (int)shards;
     p->n_params = m->n_params;
@@ -327,7 +322,12 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     p->n_params_padded = p->bucket_len[0] + (size_t)m->L * p->bucket_len[1] + p->bucket_len[2];
     p->shard_len = p->n_params_padded / shards;
 
-    /* loss chunk: logits no larger than the layer's largest activation */
+}
+
+/* The LM head's token chunk: logits no larger than the layer's largest
+ * activation (checkpointing.loss_chunk_tokens overrides). */
+static int64_t loss_chunk(const plan_t *p, const config_t *cfg) {
+    const size_t act = (size_t)p->target.act_bytes, V = (size_t)p->model->V;
     size_t maxt = 0;
     for (int t = 0; t < p->layer.g.nt; t++)
         if (p->layer.g.t[t].dtype == TENSOR_ACT && p->layer.t[t].bytes > maxt) maxt = p->layer.t[t].bytes;
@@ -341,9 +341,12 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
         int64_t floor = p->seq_local < 128 ? p->seq_local : 128;
         if (lc < floor) lc = floor;
     }
-    p->loss_chunk = lc;
+    return lc;
 
-    /* staging only for the all-to-alls that cannot send or receive in place */
+}
+
+/* Staging bytes for the all-to-alls that cannot send or receive in place. */
+static void a2a_staging_bytes(const plan_t *p, size_t *send, size_t *recv) {
     const int mixed = plan_layers_mixed(p);
     const graph_plan_t *lps[2] = {&p->layer, &p->layer_lean};
     size_t a2a_send = 0, a2a_recv = 0;
@@ -354,19 +357,13 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
             if ((st.fwd_send || st.bwd_send) && c > a2a_send) a2a_send = c;
             if ((st.fwd_recv || st.bwd_recv) && c > a2a_recv) a2a_recv = c;
         }
-    /* The three graphs share one workspace. The loss chunk's logits live
-     * only inside the epilogue's LMHEAD_LOSS step, after every layer's
-     * forward and before any layer's backward, so they sit in the workspace
-     * right after the epilogue's own buffers instead of in a region of their
-     * own (at long S that is several GiB). */
-    const size_t logits_off = asp_align_up(p->epilogue.workspace_bytes, PLAN_ALIGN);
-    const size_t logits_bytes = (size_t)lc * V * act;
-    size_t ws = p->layer.workspace_bytes;
-    if (mixed && p->layer_lean.workspace_bytes > ws) ws = p->layer_lean.workspace_bytes;
-    if (p->prologue.workspace_bytes > ws) ws = p->prologue.workspace_bytes;
-    if (logits_off + logits_bytes > ws) ws = logits_off + logits_bytes;
+    *send = a2a_send;
+    *recv = a2a_recv;
+}
 
-    /* The largest operand shapes, for the backend's op scratch. */
+/* The largest operand shapes, and the backend's op scratch for them. */
+static size_t op_scratch(plan_t *p, int64_t lc) {
+    const model_t *m = p->model;
     op_shapes_t *sh = &p->op_shapes;
     memset(sh, 0, sizeof *sh);
     sh->rows = p->seq_local;
@@ -380,17 +377,23 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     sh->loss_chunk = lc;
     for (int t = 0; t < p->layer.g.nt; t++)
         if (p->layer.g.t[t].width > sh->max_width) sh->max_width = p->layer.g.t[t].width;
-    size_t scratch = p->target.scratch_bytes ? p->target.scratch_bytes(sh) : 0;
+    return p->target.scratch_bytes ? p->target.scratch_bytes(sh) : 0;
 
-    size_t end[ARENA__COUNT] = {0};
+}
+
+/* Weights, gradients, their bucket buffers and stages, the optimizer state:
+ * on the device or, with the optimizer (and weights) on the host, there.
+ * ZeRO-3 keeps only this rank's shard of the weights and gathers each bucket
+ * into its slot's buffer when it is used; ZeRO 2-3 produce each bucket's
+ * gradient in its slot's buffer and keep only the reduced shard. */
+static void place_model_state(plan_t *p, size_t *end) {
+    memplan_t *mem = &p->mem;
+    const size_t shards = (size_t)p->shards;
     const size_t pb = (size_t)p->target.param_bytes, gb = (size_t)p->target.grad_bytes;
     const int state_arena = p->optim_offload ? ARENA_HOST_STATE : ARENA_OPTIMIZER;
     size_t slice = 0;   /* the largest bucket slice a rank holds */
     for (int k = 0; k < PLAN_BUCKET_SLOTS; k++)
         if (plan_slot_len(p, k) / shards > slice) slice = plan_slot_len(p, k) / shards;
-    /* ZeRO-3 keeps only this rank's shard of the weights and gathers each
-     * bucket into its slot's buffer when it is used; ZeRO 2-3 produce each
-     * bucket's gradient in its slot's buffer and keep only the reduced shard. */
     mem->params = place(end, p->params_offload ? ARENA_HOST_STATE : ARENA_PARAMS,
                         (p->zero_stage >= 3 ? p->shard_len : p->n_params_padded) * pb);
     if (p->params_offload)   /* the device copy of one bucket's shard, read by its gather */
@@ -416,6 +419,20 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
     mem->master = place(end, state_arena, p->shard_len * 4);
     mem->adam_m = place(end, state_arena, p->shard_len * 4);
     mem->adam_v = place(end, state_arena, p->shard_len * 4);
+}
+
+/* Saved activations, the workspace and the buffers that live beside it, the
+ * offload staging slots and host slots. */
+static void place_activations(plan_t *p, const config_t *cfg, size_t *end, size_t ws, size_t logits_off,
+                              size_t scratch) {
+    const model_t *m = p->model;
+    memplan_t *mem = &p->mem;
+    const size_t act = (size_t)p->target.act_bytes;
+    const size_t sl = (size_t)p->seq_local, d = (size_t)m->d, V = (size_t)m->V;
+    const int mixed = plan_layers_mixed(p);
+    const size_t logits_bytes = (size_t)p->loss_chunk * V * act;
+    size_t a2a_send, a2a_recv;
+    a2a_staging_bytes(p, &a2a_send, &a2a_recv);
     /* No separate reduced-gradient shard for ZeRO 0-1: each bucket is
      * reduce-scattered in place, so rank r's reduced slice lands where its
      * own slice was. */
@@ -450,9 +467,17 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
         mem->offload_host_layers = (int)m->L - stage_layers;
     }
     mem->offload = place(end, ARENA_HOST, plan_layer_host_off(p, mem->offload_host_layers));
+}
+
+/* Arena sizes, the device and host totals, and the model state's PCIe
+ * traffic per optimizer step. */
+static void memplan_totals(plan_t *p) {
+    memplan_t *mem = &p->mem;
+    size_t *end = p->mem.arena_bytes;   /* filled with each arena's end, aligned here */
+    const size_t pb = (size_t)p->target.param_bytes, gb = (size_t)p->target.grad_bytes;
     size_t dev = 0;
     for (int a = 0; a < ARENA__COUNT; a++) {
-        mem->arena_bytes[a] = asp_align_up(end[a], PLAN_ALIGN);
+        end[a] = asp_align_up(end[a], PLAN_ALIGN);
         if (a != ARENA_HOST && a != ARENA_HOST_STATE) dev += mem->arena_bytes[a];
     }
     mem->device_total = dev + (size_t)p->target.reserved_bytes;
@@ -471,6 +496,30 @@ void memplan_regions(plan_t *p, const config_t *cfg) {
         mem->pcie_bytes = (double)p->shard_len * ((double)gb * per + (double)pb * wts);
     }
     mem->pcie_s = mem->pcie_bytes / (p->host_bandwidth > 0 ? p->host_bandwidth : PLAN_HOST_BANDWIDTH);
+}
+
+void memplan_regions(plan_t *p, const config_t *cfg) {
+    memplan_t *mem = &p->mem;
+    memset(mem, 0, sizeof *mem);
+    zero_layout(p);
+    p->loss_chunk = loss_chunk(p, cfg);
+    /* The three graphs share one workspace. The loss chunk's logits live
+     * only inside the epilogue's LMHEAD_LOSS step, after every layer's
+     * forward and before any layer's backward, so they sit in the workspace
+     * right after the epilogue's own buffers instead of in a region of their
+     * own (at long S that is several GiB). */
+    const size_t logits_off = asp_align_up(p->epilogue.workspace_bytes, PLAN_ALIGN);
+    const size_t logits_bytes = (size_t)p->loss_chunk * (size_t)p->model->V * (size_t)p->target.act_bytes;
+    size_t ws = p->layer.workspace_bytes;
+    if (plan_layers_mixed(p) && p->layer_lean.workspace_bytes > ws) ws = p->layer_lean.workspace_bytes;
+    if (p->prologue.workspace_bytes > ws) ws = p->prologue.workspace_bytes;
+    if (logits_off + logits_bytes > ws) ws = logits_off + logits_bytes;
+    size_t scratch = op_scratch(p, p->loss_chunk);
+    size_t end[ARENA__COUNT] = {0};
+    place_model_state(p, end);
+    place_activations(p, cfg, end, ws, logits_off, scratch);
+    memcpy(mem->arena_bytes, end, sizeof end);
+    memplan_totals(p);
 }
 
 int memplan_all(plan_t *p, const config_t *cfg) {

@@ -1,6 +1,7 @@
 /* Entry points of the individual plan passes, so that each can be run and
  * tested on its own. plan_compile (plan.c) chains them:
- *   sp_pass -> sac_pass (which drives sac_apply + memplan_* per candidate) */
+ *   sp_pass -> sac_pass (which drives sac_apply + memplan_* per candidate)
+ * Files depend one way: graphcost.c <- memplan.c <- sac.c <- plan.c, explain.c. */
 #ifndef AUTOSP_PLAN_PASSES_H
 #define AUTOSP_PLAN_PASSES_H
 
@@ -35,12 +36,14 @@ void sp_rewrite_layer(const graph_t *in, graph_t *out, int64_t P, int64_t hq_loc
 /* Bytes of one tensor on one rank for the plan's sequence lengths and dtype. */
 size_t plan_tensor_bytes(const plan_t *p, const tensor_desc_t *t);
 
-/* ---------------------------------------------------------------- SAC pass (sac.c) */
+/* ---------------------------------------------------------------- graph facts and costs (graphcost.c) */
 
 /* 1 when the BACKWARD of step s reads tensor t (the executor contract). */
 int sac_bwd_reads(const graph_step_t *s, int t);
 /* Step index producing tensor t, -1 for the graph input. */
 int sac_producer(const graph_t *g, int t);
+/* 1 when any step's backward reads tensor t. */
+int sac_read_by_backward(const graph_t *g, int t);
 /* Per-rank forward FLOPs and all-to-all bytes of one step. */
 double sac_step_flops(const plan_t *p, const graph_t *g, int s);
 size_t sac_step_comm_bytes(const plan_t *p, const graph_t *g, int s);
@@ -56,6 +59,16 @@ double sac_graph_recompute_flops(const plan_t *p, const graph_plan_t *gp);
  * charged to the first tensor of `order` that needs it; order may be NULL =
  * tensor id order). */
 void sac_derive(const plan_t *p, graph_plan_t *gp, const int *order, int norder);
+
+/* Mark (in rstep) every step needed to rebuild tensor t under the keeps, and
+ * add the newly marked steps' FLOPs and all-to-all bytes to *flops and *comm
+ * (either may be NULL). */
+void sac_closure(const plan_t *p, const graph_t *g, const keep_t *keep, int t, int *rstep, double *flops,
+                 size_t *comm);
+
+/* ---------------------------------------------------------------- SAC pass (sac.c) */
+
+
 
 /* Set the keeps of all three graphs for a fixed policy (save_all or full),
  * derive, and lay out memory. */

@@ -9,9 +9,9 @@
 #include <string.h>
 
 #include "backend.h"
-#include "ckpt.h"
+#include "io/ckpt.h"
 #include "config.h"
-#include "exec.h"
+#include "exec/exec.h"
 #include "fuzz_common.h"
 #include "model/model.h"
 #include "parallel/parallel.h"

@@ -5,7 +5,7 @@
 
 #include "config.h"
 #include "fuzz_common.h"
-#include "hf.h"
+#include "io/hf.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_write("config.json", data, size);

@@ -3,7 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "json.h"
+#include "io/json.h"
 
 static size_t walk(json_doc_t *j, const yaml_node_t *n, int depth) {
     size_t count = 1;

@@ -24,17 +24,20 @@ SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-fram
 CFLAGS="-std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unknown-pragmas
         -I$build/cfg -I$top/src -I$top $(pkg-config --cflags yaml-0.1)"
 LIBS="$(pkg-config --libs yaml-0.1) -lm"
+# the engine's files each harness links, by floor (docs/architecture.md)
+EXEC="src/exec/exec.c src/exec/walk.c src/exec/state.c src/exec/optim.c src/exec/tier.c"
+PLAN="src/plan/plan.c src/plan/sp.c src/plan/graphcost.c src/plan/sac.c src/plan/memplan.c"
+PAR="src/parallel/parallel.c src/parallel/coll_host.c"
 sources() {
     case $1 in
-        json) echo src/json.c src/util.c ;;
-        safetensors) echo src/safetensors.c src/json.c src/util.c ;;
-        config) echo src/config.c src/util.c ;;
-        hf_config) echo src/hf.c src/safetensors.c src/json.c src/config.c src/util.c src/model/llama.c src/exec.c src/data.c src/cpu/host_optim.c \
-                        src/plan/plan.c src/plan/sp.c src/plan/sac.c src/plan/memplan.c src/parallel/parallel.c src/parallel/coll_host.c ;;
-        shard) echo src/data.c src/util.c ;;
-        ckpt_state) echo src/ckpt.c src/config.c src/util.c src/model/llama.c src/exec.c src/plan/plan.c src/plan/sp.c \
-                         src/plan/sac.c src/plan/memplan.c src/parallel/parallel.c src/parallel/coll_host.c \
-                         src/cpu/cpu_backend.c src/cpu/host_optim.c src/data.c ;;
+        json) echo src/io/json.c src/util.c ;;
+        safetensors) echo src/io/safetensors.c src/io/json.c src/util.c ;;
+        config) echo src/config.c src/config_keys.c src/util.c ;;
+        hf_config) echo src/io/hf.c src/io/safetensors.c src/io/json.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC \
+                        src/io/data.c src/cpu/host_optim.c $PLAN $PAR ;;
+        shard) echo src/io/data.c src/util.c ;;
+        ckpt_state) echo src/io/ckpt.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC $PLAN $PAR \
+                         src/cpu/cpu_backend.c src/cpu/host_optim.c src/io/data.c ;;
         *) echo "unknown harness '$1' (json safetensors config hf_config shard ckpt_state)" >&2; exit 2 ;;
     esac
 }

@@ -83,9 +83,4 @@ void loader_set_documents(loader_t *l, int64_t eos);
 int64_t loader_next_docs(loader_t *l, int32_t *tokens, int32_t *targets, int32_t *positions, int32_t *doc_start,
                          double *len_sq);
 
-/* Document starts of one sample from its doc_start array: cu[0] = 0 <
- * cu[1] < ... < cu[n] = n_rows. Returns n (cu has n_rows + 1 entries at
- * most) and the longest document in *max_len. */
-int64_t docs_from_starts(const int32_t *doc_start, int64_t n_rows, int32_t *cu, int64_t *max_len);
-
 #endif

@@ -1,5 +1,5 @@
 /* JSON through libyaml's document API (see json.h). */
-#include "json.h"
+#include "io/json.h"
 
 #include <errno.h>
 #include <math.h>

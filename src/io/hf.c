@@ -1,5 +1,5 @@
 /* Hugging Face Llama folders (see hf.h). */
-#include "hf.h"
+#include "io/hf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -11,7 +11,7 @@
 #include <unistd.h>
 #include <yaml.h>
 
-#include "json.h"
+#include "io/json.h"
 #include "util.h"
 
 #define CONFIG_MAX_BYTES ((size_t)4 << 20)

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #include "config.h"
-#include "exec.h"
+#include "exec/exec.h"
 #include "parallel/parallel.h"
 #include "plan/plan.h"
 

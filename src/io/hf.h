@@ -8,9 +8,9 @@
 
 #include "config.h"
 #include "dtype.h"
-#include "exec.h"
+#include "exec/exec.h"
 #include "model/model.h"
-#include "safetensors.h"
+#include "io/safetensors.h"
 
 /* Read DIR/config.json into the model keys of *out (from_pretrained and
  * initializer_range are kept). Reads rope_theta + rope_scaling (Llama 3.x

@@ -1,5 +1,5 @@
 /* safetensors reader and writer (see safetensors.h). */
-#include "safetensors.h"
+#include "io/safetensors.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "json.h"
+#include "io/json.h"
 #include "util.h"
 
 #define INDEX_NAME "model.safetensors.index.json"

@@ -1,5 +1,5 @@
 /* Checkpoints: see ckpt.h and docs/checkpoints.md. */
-#include "ckpt.h"
+#include "io/ckpt.h"
 
 #include <dirent.h>
 #include <errno.h>

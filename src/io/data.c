@@ -1,6 +1,6 @@
 /* Token shards (mmap, validated) and the sample loader (SP slices, DP order,
  * deterministic shuffle). Format and semantics: docs/data.md. */
-#include "data.h"
+#include "io/data.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -370,16 +370,4 @@ int64_t loader_next_docs(loader_t *l, int32_t *tokens, int32_t *targets, int32_t
     if (start < S) sq += (double)(S - start) * (double)(S - start);
     if (len_sq) *len_sq = sq;
     return valid;
-}
-
-int64_t docs_from_starts(const int32_t *doc_start, int64_t n_rows, int32_t *cu, int64_t *max_len) {
-    int64_t n = 0, mx = 0;
-    cu[0] = 0;
-    for (int64_t p = 1; p <= n_rows; p++)
-        if (p == n_rows || doc_start[p] != doc_start[p - 1]) {
-            cu[++n] = (int32_t)p;
-            if (p - cu[n - 1] > mx) mx = p - cu[n - 1];
-        }
-    if (max_len) *max_len = mx;
-    return n;
 }

@@ -25,6 +25,11 @@ typedef struct {
                                  * position of each position's document (loader_next_docs); NULL: one causal stream */
 } exec_batch_t;
 
+/* Document starts of one sample from its doc_start array: cu[0] = 0 <
+ * cu[1] < ... < cu[n] = n_rows. Returns n (cu has n_rows + 1 entries at
+ * most) and the longest document in *max_len. */
+int64_t docs_from_starts(const int32_t *doc_start, int64_t n_rows, int32_t *cu, int64_t *max_len);
+
 typedef struct {
     double lr, beta1, beta2, eps, weight_decay, grad_clip;
     int64_t step;               /* 1-based optimizer step (bias correction) */
