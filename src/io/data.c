@@ -111,8 +111,9 @@ int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, siz
                  path, n);
         goto fail;
     }
-    if (vocab == 0) {
-        asp_errf(err, errlen, "%s: header records vocab_size 0; " REMAKE, path);
+    if (vocab < 2) {
+        asp_errf(err, errlen, "%s: header records vocab_size %" PRIu32 "; a language model needs at least 2 tokens: "
+                 REMAKE, path, vocab);
         goto fail;
     }
     const uint32_t *tok = (const uint32_t *)((const char *)map + SHARD_HEADER_BYTES);
@@ -167,7 +168,25 @@ int shard_peek(const char *path, uint32_t *vocab_size, int64_t *eos_token_id, ch
         return asp_errf(err, errlen, "%s: not a token shard (no %d-byte \"%s\" header); " REMAKE, path,
                         SHARD_HEADER_BYTES, SHARD_MAGIC);
     *vocab_size = rd32(hdr + 24);
+    if (*vocab_size < 2) {
+        asp_errf(err, errlen, "%s: header records vocab_size %" PRIu32 "; a language model needs at least 2 tokens: "
+                 REMAKE, path, *vocab_size);
+        return -2;
+    }
     *eos_token_id = rd32(hdr + HDR_FLAGS) & FLAG_EOS ? (int64_t)rd32(hdr + HDR_EOS) : -1;
+    return 0;
+}
+
+int shard_check_pair(const shard_t *train, const shard_t *val, int64_t model_vocab, char *err, size_t errlen) {
+    if ((int64_t)val->vocab_size > model_vocab)
+        return asp_errf(err, errlen, "data.val_path %s: header records vocab_size %" PRIu32 ", above the model's %" PRId64
+                        "; tokenize the validation text with the model's tokenizer", val->path, val->vocab_size,
+                        model_vocab);
+    if (val->vocab_size != train->vocab_size)
+        return asp_errf(err, errlen, "data.val_path %s records vocab_size %" PRIu32 " but data.path %s records %" PRIu32
+                        ": the two were made with different tokenizers, and the validation loss would measure "
+                        "nothing; tokenize both with the same one", val->path, val->vocab_size, train->path,
+                        train->vocab_size);
     return 0;
 }
 

@@ -31,8 +31,14 @@ typedef struct {
 int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, size_t errlen);
 void shard_close(shard_t *s);
 
+/* A validation shard belongs with the training shard: the same vocabulary
+ * (the same tokenizer), not above the model's. 0, or -1 with a message. */
+int shard_check_pair(const shard_t *train, const shard_t *val, int64_t model_vocab, char *err, size_t errlen);
+
 /* The header fields of a shard without mapping its tokens: its vocab_size
- * and recorded EOS id (-1 when none). 0, or -1 with a message. */
+ * and recorded EOS id (-1 when none). 0; -1 with a message when it cannot be
+ * read as a shard; -2 with a message when its header is refused (a
+ * vocabulary below 2). */
 int shard_peek(const char *path, uint32_t *vocab_size, int64_t *eos_token_id, char *err, size_t errlen);
 
 /* Write a shard atomically (temporary file + rename). eos_token_id >= 0 is
