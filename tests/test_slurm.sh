@@ -65,7 +65,7 @@ left_behind() { pgrep -f "io.run_dir=$1" || true; }
 stopped() {
     last=$(tail -1 "$2/metrics.jsonl")
     k=$(echo "$last" | sed -n 's/^{"step": \([0-9]*\), "stopped": "SIG[A-Z0-9]*", "resumable": true, "exit_status": 75}$/\1/p')
-    if [ -z "$k" ]; then fail "$1: no stop line in metrics.jsonl (last: $last)"; cat "$2.out"; return 1; fi
+    if [ -z "$k" ]; then fail "$1: no stop line in metrics.jsonl (last: $last)"; tail -12 "$2.out"; return 1; fi
     ck="$2/checkpoints/$(printf 'step-%08d' "$k")"
     [ -f "$ck/manifest" ] || { fail "$1: no checkpoint $ck"; return 1; }
     p=$(left_behind "$2"); [ -z "$p" ] || { fail "$1: processes left behind: $(ps -o pid,cmd -p $p | tail -n +2)"; return 1; }
