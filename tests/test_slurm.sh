@@ -19,6 +19,7 @@ CL="$TMP/cluster"
 SLURM_LOCAL_GRACE=5 "$top_srcdir/scripts/slurm-local.sh" start "$CL" >"$TMP/cluster.log" 2>&1 ||
     { reason=$(grep -m1 '^slurm-local:' "$TMP/cluster.log"); cat "$TMP/cluster.log"; skip_test "the Slurm daemons did not start: $reason"; }
 trap '"$top_srcdir/scripts/slurm-local.sh" stop "$CL" >/dev/null 2>&1; rm -rf "$TMP"' EXIT
+trap 'exit 1' INT TERM HUP   # the daemons go with the test, also when it is killed (a timeout)
 export SLURM_CONF="$CL/slurm.conf"
 export AUTOSP="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 SHARD=$(make_shard)
