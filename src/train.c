@@ -504,6 +504,31 @@ static void maybe_inject_failure(const run_t *run) {
 
 /* ------------------------------------------------------------------ the end */
 
+static const char *signal_name(int sig) {
+    static char other[24];
+    switch (sig) {
+    case SIGINT: return "SIGINT";
+    case SIGTERM: return "SIGTERM";
+    case SIGUSR2: return "SIGUSR2";
+    case SIGHUP: return "SIGHUP";
+    default: snprintf(other, sizeof other, "signal %d", sig); return other;
+    }
+}
+
+/* A stop signal ended training before its last step, after the checkpoint of
+ * the step reached: rank 0 says why and that it resumes, on the console and
+ * as a last metrics.jsonl line (kept when the run resumes). Launchers (the
+ * Slurm batch files) requeue on its exit status, ASP_EXIT_STOPPED. */
+static void report_early_stop(FILE *metrics, int sig, int64_t step, int64_t steps, int lead) {
+    if (!lead) return;
+    asp_info("stopped early by %s at step %lld of %lld with its checkpoint: resumable, run the same command to go "
+             "on (exit status %d)",
+             signal_name(sig), (long long)step, (long long)steps, ASP_EXIT_STOPPED);
+    if (metrics)
+        fprintf(metrics, "{\"step\": %lld, \"stopped\": \"%s\", \"resumable\": true, \"exit_status\": %d}\n",
+                (long long)step, signal_name(sig), ASP_EXIT_STOPPED);
+}
+
 /* The closing checkpoint (after the last step, or when stopped), the summary,
  * the profile, the Hugging Face export and the gradient dump. Returns 1 when
  * the checkpoint failed. */
@@ -521,6 +546,8 @@ static int run_finish(run_t *run) {
     if (run->opts->dump_path && run->lead && run->dump_grads)
         write_dump(run->opts->dump_path, run->losses, run->step, run->dump_grads, run->plan->n_params);
     progress_end();
+    if (stop_signal && !ckpt_failed && run->step < cfg->train.steps)
+        report_early_stop(run->log.metrics, (int)stop_signal, run->step, cfg->train.steps, run->lead);
     log_close(&run->log);
     /* A stopped run exits non-zero, and mpirun kills the job when the first
      * rank does: meet here, after rank 0's last output and files, first. */
@@ -528,16 +555,11 @@ static int run_finish(run_t *run) {
     return ckpt_failed;
 }
 
-/* SIGUSR2 asks for a clean stop: with its checkpoint written that is a
- * success (status 0), so mpirun does not report the job as aborted. */
-static int exit_status(int lead, int64_t step, int ckpt_failed) {
-    if (stop_signal == SIGUSR2) {
-        if (lead && !ckpt_failed)
-            asp_info("stopped cleanly at step %lld: run the same command to resume from its checkpoint",
-                     (long long)step);
-        return ckpt_failed ? ASP_EXIT_FAILURE : 0;
-    }
-    return stop_signal ? 128 + (int)stop_signal : ckpt_failed ? ASP_EXIT_FAILURE : 0;
+/* A stop before the last step, its checkpoint written, is resumable (75); a
+ * stop after the last step is a finished run. */
+static int exit_status(int64_t step, int64_t steps, int ckpt_failed) {
+    if (ckpt_failed) return ASP_EXIT_FAILURE;
+    return stop_signal && step < steps ? ASP_EXIT_STOPPED : 0;
 }
 
 int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, const coll_ops_t *coll,
@@ -559,5 +581,5 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     }
     int ckpt_failed = run_finish(&run);
     run_close(&run);
-    return exit_status(run.lead, run.step, ckpt_failed);
+    return exit_status(run.step, cfg->train.steps, ckpt_failed);
 }
