@@ -61,8 +61,10 @@ static void usage(FILE *out) {
             "  --help                   this text and every config key\n"
             "  --version                print the version and how this binary was built\n"
             "\n"
-            "exit status: 0 done (also a clean stop by SIGUSR2), 1 runtime failure,\n"
-            "             2 bad config, arguments, data or checkpoint, 128+N stopped by signal N\n"
+            "exit status: 0 done, 1 runtime failure, 2 bad config, arguments, data or checkpoint,\n"
+            "             75 stopped early, resumable: SIGINT, SIGTERM or SIGUSR2 stopped every rank at a\n"
+            "                step boundary and its checkpoint was written (the same command goes on),\n"
+            "             128+N ended by signal N before training began, or by a second one\n"
             "\n"
             "A path given by --set is relative to the current directory; paths in the config file\n"
             "are relative to the file's folder.\n\n",

@@ -133,6 +133,7 @@ static int save_checkpoint(run_t *run) {
     const loader_t *l = &run->loader;
     ckpt_state_t st = {.step = run->step, .epoch = l->epoch, .cursor = l->cursor, .seed = l->seed,
                        .val_step = run->val_step_last, .val_loss = run->val_loss_last};
+    shard_fingerprint(&run->shard, &st.data_bytes, &st.data_fingerprint);
     double t0 = asp_now();
     if (ckpt_save(run->cfg, run->plan, run->e, run->r, run->host_coll, &st, err, sizeof err) != 0) {
         if (run->lead) asp_warn("checkpoint of step %lld failed: %s", (long long)run->step, err);
@@ -143,6 +144,21 @@ static int save_checkpoint(run_t *run) {
                  asp_now() - t0);
     run->saved_step = run->step;
     return 0;
+}
+
+/* A resume on a training shard other than the one the checkpoint's run read
+ * goes on (a user may extend or fix the data on purpose) but says so: the
+ * data order and the position it resumes at refer to the old shard. */
+static void warn_data_changed(const ckpt_state_t *st, const shard_t *shard, const char *dir) {
+    uint64_t bytes, fp;
+    shard_fingerprint(shard, &bytes, &fp);
+    if (!st->data_bytes || (bytes == st->data_bytes && fp == st->data_fingerprint)) return;
+    asp_warn("data.path %s changed since %s was written: it was %llu bytes (fingerprint %016llx), it is %llu bytes "
+             "(fingerprint %016llx) now; the run goes on from the checkpoint's data position (epoch %lld, sample "
+             "%lld) in the new shard. To train on the old data, restore it; to start over on the new, set "
+             "io.resume=never or another io.run_dir",
+             shard->path, dir, (unsigned long long)st->data_bytes, (unsigned long long)st->data_fingerprint,
+             (unsigned long long)bytes, (unsigned long long)fp, (long long)st->epoch, (long long)st->cursor);
 }
 
 /* io.resume: load the checkpoint into the engine and the loader, and open the
@@ -169,6 +185,7 @@ static int resume_run(const config_t *cfg, const plan_t *plan, exec_t *e, const 
         if (lead)
             asp_info("resumed from %s: step %lld, data epoch %lld, sample %lld", dir, (long long)st->step,
                      (long long)st->epoch, (long long)st->cursor);
+        if (lead) warn_data_changed(st, loader->shard, dir);
         if (st->step >= cfg->train.steps && lead)
             asp_warn("the checkpoint is at step %lld and train.steps is %lld: nothing to train (raise train.steps "
                      "to go on, or set io.resume=never to start over)", (long long)st->step,
@@ -487,6 +504,31 @@ static void maybe_inject_failure(const run_t *run) {
 
 /* ------------------------------------------------------------------ the end */
 
+static const char *signal_name(int sig) {
+    static char other[24];
+    switch (sig) {
+    case SIGINT: return "SIGINT";
+    case SIGTERM: return "SIGTERM";
+    case SIGUSR2: return "SIGUSR2";
+    case SIGHUP: return "SIGHUP";
+    default: snprintf(other, sizeof other, "signal %d", sig); return other;
+    }
+}
+
+/* A stop signal ended training before its last step, after the checkpoint of
+ * the step reached: rank 0 says why and that it resumes, on the console and
+ * as a last metrics.jsonl line (kept when the run resumes). Launchers (the
+ * Slurm batch files) requeue on its exit status, ASP_EXIT_STOPPED. */
+static void report_early_stop(FILE *metrics, int sig, int64_t step, int64_t steps, int lead) {
+    if (!lead) return;
+    asp_info("stopped early by %s at step %lld of %lld with its checkpoint: resumable, run the same command to go "
+             "on (exit status %d)",
+             signal_name(sig), (long long)step, (long long)steps, ASP_EXIT_STOPPED);
+    if (metrics)
+        fprintf(metrics, "{\"step\": %lld, \"stopped\": \"%s\", \"resumable\": true, \"exit_status\": %d}\n",
+                (long long)step, signal_name(sig), ASP_EXIT_STOPPED);
+}
+
 /* The closing checkpoint (after the last step, or when stopped), the summary,
  * the profile, the Hugging Face export and the gradient dump. Returns 1 when
  * the checkpoint failed. */
@@ -504,6 +546,8 @@ static int run_finish(run_t *run) {
     if (run->opts->dump_path && run->lead && run->dump_grads)
         write_dump(run->opts->dump_path, run->losses, run->step, run->dump_grads, run->plan->n_params);
     progress_end();
+    if (stop_signal && !ckpt_failed && run->step < cfg->train.steps)
+        report_early_stop(run->log.metrics, (int)stop_signal, run->step, cfg->train.steps, run->lead);
     log_close(&run->log);
     /* A stopped run exits non-zero, and mpirun kills the job when the first
      * rank does: meet here, after rank 0's last output and files, first. */
@@ -511,16 +555,11 @@ static int run_finish(run_t *run) {
     return ckpt_failed;
 }
 
-/* SIGUSR2 asks for a clean stop: with its checkpoint written that is a
- * success (status 0), so mpirun does not report the job as aborted. */
-static int exit_status(int lead, int64_t step, int ckpt_failed) {
-    if (stop_signal == SIGUSR2) {
-        if (lead && !ckpt_failed)
-            asp_info("stopped cleanly at step %lld: run the same command to resume from its checkpoint",
-                     (long long)step);
-        return ckpt_failed ? ASP_EXIT_FAILURE : 0;
-    }
-    return stop_signal ? 128 + (int)stop_signal : ckpt_failed ? ASP_EXIT_FAILURE : 0;
+/* A stop before the last step, its checkpoint written, is resumable (75); a
+ * stop after the last step is a finished run. */
+static int exit_status(int64_t step, int64_t steps, int ckpt_failed) {
+    if (ckpt_failed) return ASP_EXIT_FAILURE;
+    return stop_signal && step < steps ? ASP_EXIT_STOPPED : 0;
 }
 
 int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, const coll_ops_t *coll,
@@ -542,5 +581,5 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     }
     int ckpt_failed = run_finish(&run);
     run_close(&run);
-    return exit_status(run.lead, run.step, ckpt_failed);
+    return exit_status(run.step, cfg->train.steps, ckpt_failed);
 }

@@ -15,8 +15,10 @@
 #define ASP_NORETURN
 #endif
 
-/* Exit codes: 1 runtime failure, 2 bad input (config, arguments, data). */
-enum { ASP_EXIT_FAILURE = 1, ASP_EXIT_USAGE = 2 };
+/* Exit codes: 1 runtime failure, 2 bad input (config, arguments, data), 75
+ * stopped early by a signal at a step boundary with its checkpoint written:
+ * the same command resumes (EX_TEMPFAIL of sysexits.h, "try again later"). */
+enum { ASP_EXIT_FAILURE = 1, ASP_EXIT_USAGE = 2, ASP_EXIT_STOPPED = 75 };
 
 /* Print "autosp-train: <message>" (prefixed by the rank when running with
  * several) to stderr and exit with `code`. Under MPI the whole job is aborted,

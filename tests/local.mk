@@ -47,3 +47,6 @@ TESTS += tests/test_run_folder.sh
 EXTRA_DIST += tests/test_run_folder.sh
 TESTS += tests/test_readme_explain.sh
 EXTRA_DIST += tests/test_readme_explain.sh
+# The Slurm batch files against a real one-node Slurm on localhost (skips without slurm-wlm and munge)
+TESTS += tests/test_slurm.sh
+EXTRA_DIST += tests/test_slurm.sh

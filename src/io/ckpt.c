@@ -408,6 +408,27 @@ static int put_lineage(char *buf, size_t len) {
     return at;
 }
 
+/* `data_bytes` and `data_fingerprint` of a state text (optional: checkpoints
+ * of older builds have neither; both or none). 0, or -1 with a message. */
+static int get_data_id(const char *text, const char *path, ckpt_state_t *st, char *err, size_t errlen) {
+    st->data_bytes = st->data_fingerprint = 0;
+    const char *b = strstr(text, "\ndata_bytes "), *f = strstr(text, "\ndata_fingerprint ");
+    if (!b && !f) return 0;
+    char *end;
+    errno = 0;
+    unsigned long long n = b ? strtoull(b + 12, &end, 10) : 0;
+    if (!b || errno || end == b + 12 || *end != '\n' || n == 0 || b[12] == '-')
+        return asp_errf(err, errlen, "%s: 'data_bytes' is missing or not a positive number; the checkpoint is damaged",
+                        path);
+    unsigned long long h = f ? strtoull(f + 18, &end, 16) : 0;
+    if (!f || errno || end != f + 34 || *end != '\n')
+        return asp_errf(err, errlen, "%s: 'data_fingerprint' is missing or not 16 hex digits; the checkpoint is "
+                        "damaged", path);
+    st->data_bytes = n;
+    st->data_fingerprint = h;
+    return 0;
+}
+
 /* `run` and `lineage` of a state text (optional: checkpoints of older
  * builds have neither). 0, or -1 with a message when present but malformed. */
 static int get_lineage(const char *text, const char *path, ckpt_state_t *st, char *err, size_t errlen) {
@@ -461,6 +482,9 @@ static int write_state(const char *path, const config_t *cfg, const plan_t *plan
         at += snprintf(buf + at, sizeof buf - (size_t)at, "%s %.17g\n", nk[i].name, nk[i].value);
     if (!run_lineage_set) lineage_begin(NULL);
     at += put_lineage(buf + at, sizeof buf - (size_t)at);
+    if (st->data_bytes > 0)   /* the training shard, so that a resume sees it changed */
+        at += snprintf(buf + at, sizeof buf - (size_t)at, "data_bytes %" PRIu64 "\ndata_fingerprint %016" PRIx64 "\n",
+                       st->data_bytes, st->data_fingerprint);
     if (st->val_step > 0)   /* the latest validation loss (data.val_path), for the record */
         at += snprintf(buf + at, sizeof buf - (size_t)at, "val_step %" PRId64 "\nval_loss %.9g\n", st->val_step,
                        st->val_loss);
@@ -567,7 +591,8 @@ static int check_state_keys(const char *text, const char *path, const config_t *
                             size_t errlen) {
     static const char *const fixed[] = {"step", "epoch", "cursor", "seed", "world_size", "sequence_parallel",
                                         "data_parallel", "zero_stage", "weights_dtype", "state_dtype", "val_step",
-                                        "val_loss", "run", "lineage", "model.rope_scaling.factor",
+                                        "val_loss", "run", "lineage", "data_bytes", "data_fingerprint",
+                                        "model.rope_scaling.factor",
                                         "model.rope_scaling.low_freq_factor", "model.rope_scaling.high_freq_factor",
                                         "model.rope_scaling.original_max_position_embeddings"};
     enum { NFIXED = sizeof fixed / sizeof fixed[0] };
@@ -715,7 +740,7 @@ int ckpt_validate(const char *dir, const config_t *cfg, const plan_t *plan, ckpt
         return -1;
     st->seed = (uint64_t)seed;
     if (check_state_keys(text, path, cfg, plan, err, errlen) || get_lineage(text, path, st, err, errlen) ||
-        check_name_step(dir, st->step, err, errlen))
+        get_data_id(text, path, st, err, errlen) || check_name_step(dir, st->step, err, errlen))
         return -1;
     if (st->step < 0 || st->epoch < 0 || st->cursor < 0)
         return asp_errf(err, errlen, "%s: negative step or data position; the checkpoint is damaged", path);

@@ -37,6 +37,9 @@ typedef struct {
     int n_ancestors;
     uint64_t ancestor_run[CKPT_LINEAGE_MAX];
     int64_t ancestor_step[CKPT_LINEAGE_MAX];
+    /* The training shard the run read (shard_fingerprint): a resume warns
+     * when it changed. 0 when not recorded (older checkpoints). */
+    uint64_t data_bytes, data_fingerprint;
 } ckpt_state_t;
 
 /* CRC-32C (Castagnoli, reflected 0x82F63B78) of `n` bytes continuing `crc`

@@ -221,6 +221,26 @@ void shard_close(shard_t *s) {
     s->map_bytes = 0;
 }
 
+static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t n) {
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+void shard_fingerprint(const shard_t *s, uint64_t *bytes, uint64_t *fingerprint) {
+    const uint8_t *p = s->map;
+    const size_t n = s->map_bytes, edge = (size_t)1 << 20, piece = (size_t)64 << 10;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    if (n <= 2 * edge + 62 * piece) {
+        h = fnv1a(h, p, n);
+    } else {
+        h = fnv1a(h, p, edge);
+        for (size_t k = 1; k <= 62; k++) h = fnv1a(h, p + edge + (n - 2 * edge - piece) / 63 * k, piece);
+        h = fnv1a(h, p + n - edge, edge);
+    }
+    *bytes = n;
+    *fingerprint = h;
+}
+
 typedef struct {
     const uint32_t *tokens;
     int64_t n;

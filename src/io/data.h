@@ -35,6 +35,11 @@ typedef struct {
  * or -1 with a message naming the file and the problem. */
 int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, size_t errlen);
 void shard_close(shard_t *s);
+/* The shard's size in bytes and a fingerprint of its content (FNV-1a over
+ * its header, its first and last MiB and 64 KiB at 62 points between: a
+ * few MiB read whatever the shard's size), recorded in checkpoints so that
+ * a resume sees the data changed. */
+void shard_fingerprint(const shard_t *s, uint64_t *bytes, uint64_t *fingerprint);
 
 /* A validation shard belongs with the training shard: the same vocabulary
  * (the same tokenizer), not above the model's. 0, or -1 with a message. */
