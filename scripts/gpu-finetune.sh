@@ -24,7 +24,7 @@ fi
 [ -f data/english_val.tok ] || python3 scripts/text_to_shard.py data/english.txt data/english.tok --val data/english_val.tok
 rows=()
 row() { rows+=("$(printf '%-44s %s' "$1" "$2")"); echo "$1: $2"; }
-R="$LOG_DIR/runs"; rm -rf "$R"; mkdir -p "$R"
+R="$LOG_DIR/runs"; rm -rf "$R"; mkdir -p "$R"; R=$(cd "$R" && pwd)
 
 # 1. the tiny run on the GPU, exported
 ./autosp-train configs/tiny.yaml --set train.device=cuda --set io.export_hf=true --set io.run_dir="$R/tiny" \
@@ -40,8 +40,8 @@ R="$LOG_DIR/runs"; rm -rf "$R"; mkdir -p "$R"
     row "prepare_data.py --chat" "FAIL (see $LOG_DIR/prepare.log)"
 
 # 3. fine-tune from the export on the GPU: training and validation losses over targets, falling
-./autosp-train configs/tiny_chat.yaml --set train.device=cuda --set model.from_pretrained="$PWD/$R/tiny/hf" \
-    --set data.path="$PWD/$R/chat.tok" --set data.val_path="$PWD/$R/chat_val.tok" --set io.run_dir="$R/chat" \
+./autosp-train configs/tiny_chat.yaml --set train.device=cuda --set model.from_pretrained="$R/tiny/hf" \
+    --set data.path="$R/chat.tok" --set data.val_path="$R/chat_val.tok" --set io.run_dir="$R/chat" \
     >"$LOG_DIR/chat.log" 2>&1
 rc=$?
 if [ $rc = 0 ] && python3 - "$R/chat/metrics.jsonl" >"$LOG_DIR/chat-check.txt" 2>&1 <<'PY'

@@ -471,6 +471,9 @@ static void maybe_eval(run_t *run) {
         return;
     double t0 = asp_now(), sum = 0, count = 0;
     val_t *v = &run->val;
+    /* progress lines count the step's micro-batches, not validation's */
+    void (*hook)(int, int, int) = exec_progress_hook;
+    exec_progress_hook = NULL;
     v->loader.epoch = 0;
     v->loader.cursor = 0;
     for (int64_t round = 0; round < v->rounds; round++) {
@@ -480,6 +483,7 @@ static void maybe_eval(run_t *run) {
         sum += res.loss * (double)res.valid_targets;
         count += (double)res.valid_targets;
     }
+    exec_progress_hook = hook;
     double loss = sum / count;
     int64_t tokens = v->rounds * run->plan->micro_steps * run->plan->dp * run->plan->seq_len;
     if (!isfinite(loss))
