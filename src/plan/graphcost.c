@@ -99,6 +99,11 @@ double sac_graph_recompute_flops(const plan_t *p, const graph_plan_t *gp) {
     double rc = 0;
     for (int s = 0; s < gp->g.ns; s++)
         if (gp->recompute_step[s]) rc += sac_recompute_step_flops(p, gp, s);
+    /* a pieced region rebuilt before the backward (for o_proj's output) is
+     * rebuilt again piece by piece inside the backward's loop */
+    if (gp->pieces > 1 && gp->recompute_step[gp->piece_end])
+        for (int s = gp->piece_begin; s < gp->piece_end; s++)
+            if (gp->recompute_step[s]) rc += sac_recompute_step_flops(p, gp, s);
     return rc;
 }
 

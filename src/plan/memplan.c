@@ -86,11 +86,19 @@ static int recompute_reads(const graph_plan_t *gp, int s, int t) {
     return 0;
 }
 
+static int step_reads(const graph_step_t *st, int t) {
+    for (int i = 0; i < st->nin; i++)
+        if (st->in[i] == t) return 1;
+    return 0;
+}
+
 int plan_grad_in_place(const graph_plan_t *gp, int t) {
     const graph_t *g = &gp->g;
     const keep_t k = gp->t[t].keep;
     if (t == g->input || t == g->output || g->t[t].dtype != TENSOR_ACT) return 0;
     if (k != KEEP_RECOMPUTE && k != KEEP_OFFLOAD) return 0;
+    /* every piece reads the region's input again: its gradient needs its own buffer */
+    if (gp->pieces > 1 && gp->piece_begin >= 0 && step_reads(&g->s[gp->piece_begin], t)) return 0;
     int reader = -1;
     for (int s = 0; s < g->ns; s++)
         for (int i = 0; i < g->s[s].nin; i++)
@@ -157,25 +165,182 @@ static int step_touches(const graph_step_t *st, int t) {
     return 0;
 }
 
-void memplan_graph(const plan_t *p, graph_plan_t *gp) {
+int plan_pieces_valid(const plan_t *p, int G) {
+    if (G == 1) return 1;
+    return G > 1 && p->kv_replication == 1 && p->kv_heads_local % G == 0;
+}
+
+int plan_in_pieces(const graph_plan_t *gp, int si) {
+    return gp->pieces > 1 && si >= gp->piece_begin && si <= gp->piece_end;
+}
+
+int plan_piece_prepass(const graph_plan_t *gp) {
+    return gp->pieces > 1 && gp->recompute_step[gp->piece_end];
+}
+
+void plan_piece_region(const plan_t *p, graph_plan_t *gp) {
     const graph_t *g = &gp->g;
-    const int ns = g->ns;
-    plan_tile_region(p, gp);
-    const int tb = gp->tile_begin, te = gp->tile_end;
-#define IN_TILES(s) (gp->tile_rows && (s) >= tb && (s) <= te)
-    /* the layer timeline: forward steps, offload copy, reload, recompute
-     * steps in order, backward steps in reverse */
-#define T_FWD(s) (s)
-#define T_OFFLOAD (ns)
-#define T_RELOAD (ns + 1)
-#define T_RECOMP(s) (ns + 2 + (s))
-#define T_BWD(s) (2 * ns + 2 + (ns - 1 - (s)))
-    int prod[GRAPH_MAX_TENSORS];
-    for (int t = 0; t < g->nt; t++) {
-        prod[t] = sac_producer(g, t);
-        tensor_plan_t *tp = &gp->t[t];
-        tp->saved_off = tp->fwd_off = tp->bwd_off = tp->grad_off = PLAN_NO_OFFSET;
+    gp->pieces = 1;
+    gp->piece_begin = gp->piece_end = -1;
+    for (int t = 0; t < g->nt; t++) gp->t[t].pieced = gp->t[t].piece_buf = 0;
+    const int G = p->attn_pieces;
+    if (G <= 1 || !plan_pieces_valid(p, G)) return;
+    int rope = -1, att = -1, oproj = -1;
+    for (int s = 0; s < g->ns; s++) {
+        if (g->s[s].op == OP_ROPE_SPLIT) rope = s;
+        if (g->s[s].op == OP_ATTENTION) att = s;
+        if (g->s[s].op == OP_MATMUL && g->s[s].param == LP_O) oproj = s;
     }
+    if (rope < 0 || att < 0 || oproj < att) return;
+    const int qkv = sac_producer(g, g->s[rope].in[0]);
+    if (qkv < 0 || g->s[qkv].op != OP_MATMUL || g->s[qkv].param != LP_QKV) return;
+    /* what the region makes is read inside it only: each piece is complete on its own */
+    for (int s = qkv; s < oproj; s++)
+        for (int o = 0; o < g->s[s].nout; o++)
+            for (int r = 0; r < g->ns; r++)
+                if ((r < qkv || r > oproj) && step_touches(&g->s[r], g->s[s].out[o])) return;
+    gp->pieces = G;
+    gp->piece_begin = qkv;
+    gp->piece_end = oproj;
+    for (int s = qkv; s < oproj; s++)
+        for (int o = 0; o < g->s[s].nout; o++) {
+            tensor_plan_t *tp = &gp->t[g->s[s].out[o]];
+            tp->pieced = 1;
+            tp->piece_buf = tp->keep != KEEP_SAVE && tp->keep != KEEP_OFFLOAD;
+        }
+}
+
+/* The layer timeline: forward steps, offload copy, reload, recompute steps
+ * in order, backward steps in reverse. */
+typedef struct {
+    const plan_t *p;
+    const graph_plan_t *gp;
+    int ns, tb, te, pb, pe, prepass;
+} timeline_t;
+
+static int T_FWD(const timeline_t *tl, int s) { (void)tl; return s; }
+static int T_OFFLOAD(const timeline_t *tl) { return tl->ns; }
+static int T_RELOAD(const timeline_t *tl) { return tl->ns + 1; }
+static int T_RECOMP(const timeline_t *tl, int s) { return tl->ns + 2 + s; }
+static int T_BWD(const timeline_t *tl, int s) { return 2 * tl->ns + 2 + (tl->ns - 1 - s); }
+static int in_tiles(const timeline_t *tl, int s) { return tl->gp->tile_rows && s >= tl->tb && s <= tl->te; }
+
+/* When the backward rebuilds step s's outputs, and when a recompute of s
+ * reads its inputs: a tiled region's or a pieced region's steps are rebuilt
+ * inside the backward's tile or piece loop (a pieced region with a prepass
+ * also before the backward: from there on). */
+static int rebuild_start(const timeline_t *tl, int s) {
+    if (in_tiles(tl, s)) return T_BWD(tl, tl->te);
+    if (plan_in_pieces(tl->gp, s)) return tl->prepass ? T_RECOMP(tl, tl->pb) : T_BWD(tl, tl->pe);
+    return T_RECOMP(tl, s);
+}
+static int rebuild_read(const timeline_t *tl, int s) {
+    if (in_tiles(tl, s)) return T_BWD(tl, tl->tb);
+    if (plan_in_pieces(tl->gp, s)) return T_BWD(tl, tl->pb);
+    return T_RECOMP(tl, s);
+}
+
+/* attention's scratch, at each time the step runs (t is the step here); in a
+ * pieced region for the piece's heads, and its recompute inside the piece
+ * loop uses the backward's */
+static int scratch_bufs(const timeline_t *tl, graph_plan_t *gp, wbuf_t *b) {
+    const plan_t *p = tl->p;
+    const graph_t *g = &gp->g;
+    int nb = 0;
+    gp->attn_scratch_bytes = 0;
+    for (int k = 0; k < 3; k++) gp->attn_scratch_off[k] = PLAN_NO_OFFSET;
+    for (int s = 0; s < tl->ns && p->target.attention_scratch_bytes; s++) {
+        const graph_step_t *st = &g->s[s];
+        if (st->op != OP_ATTENTION) continue;
+        const int G = gp->pieces > 1 ? gp->pieces : 1;
+        op_shapes_t sh;
+        memset(&sh, 0, sizeof sh);
+        sh.rows = p->seq_local;
+        sh.attn_rows = g->t[st->in[0]].rows == ROWS_GLOBAL ? p->seq_pad : p->seq_local;
+        sh.hq = st->heads / G;
+        sh.hkv = st->kv_heads / G;
+        sh.hd = st->head_dim;
+        sh.documents = p->documents;
+        size_t a = p->target.attention_scratch_bytes(&sh);
+        if (!a) break;
+        gp->attn_scratch_bytes = a;
+        b[nb++] = (wbuf_t){s, WS_SCRATCH_FWD, T_FWD(tl, s), T_FWD(tl, s), a, 0};
+        if (gp->recompute_step[s] && (G == 1 || tl->prepass))
+            b[nb++] = (wbuf_t){s, WS_SCRATCH_RECOMP, T_RECOMP(tl, s), T_RECOMP(tl, s), a, 0};
+        b[nb++] = (wbuf_t){s, WS_SCRATCH_BWD, T_BWD(tl, s), T_BWD(tl, s), a, 0};
+        break;  /* one attention step per graph */
+    }
+    return nb;
+}
+
+/* The forward, backward and gradient instances of tensor t. */
+static int tensor_bufs(const timeline_t *tl, int t, const int *prod, wbuf_t *b) {
+    const graph_plan_t *gp = tl->gp;
+    const graph_t *g = &gp->g;
+    const tensor_plan_t *tp = &gp->t[t];
+    const int ns = tl->ns;
+    int nb = 0;
+    /* a tiled intermediate's buffers hold one tile, a pieced one's one piece */
+    size_t bytes = tp->tiled ? tp->bytes / (size_t)tl->p->seq_local * (size_t)gp->tile_rows : tp->bytes;
+    if (tp->piece_buf) bytes = tp->bytes / (size_t)gp->pieces;
+    const size_t gbytes = tp->pieced ? tp->bytes / (size_t)gp->pieces : bytes;
+    /* forward instance: producer to last forward reader (or the offload copy) */
+    if (tp->keep != KEEP_SAVE) {
+        int st = T_FWD(tl, prod[t]), en = st;
+        for (int s = 0; s < ns; s++)
+            for (int i = 0; i < g->s[s].nin; i++)
+                if (g->s[s].in[i] == t) en = imax(en, T_FWD(tl, s));
+        if (tp->keep == KEEP_OFFLOAD) en = imax(en, T_OFFLOAD(tl));
+        b[nb++] = (wbuf_t){t, WS_FWD, st, en, bytes, 0};
+    }
+    /* backward instance: reload or recompute to its last recompute/backward reader;
+     * with an in-place gradient, on to the producer's backward */
+    const int in_place = plan_grad_in_place(gp, t);
+    if (tp->keep == KEEP_RECOMPUTE || tp->keep == KEEP_OFFLOAD ||
+        (tp->keep != KEEP_SAVE && gp->recompute_step[prod[t]])) {
+        int st = tp->keep == KEEP_OFFLOAD ? T_RELOAD(tl) : rebuild_start(tl, prod[t]);
+        int en = st;
+        for (int s = 0; s < ns; s++) {
+            if (gp->recompute_step[s] && recompute_reads(gp, s, t)) en = imax(en, rebuild_read(tl, s));
+            if (sac_bwd_reads(&g->s[s], t)) en = imax(en, T_BWD(tl, s));
+        }
+        if (in_place) en = imax(en, T_BWD(tl, prod[t]));
+        b[nb++] = (wbuf_t){t, WS_BWD, st, en, bytes, 0};
+    }
+    /* gradient: first backward writer (the last consumer) to the producer's backward */
+    if (g->t[t].dtype == TENSOR_ACT && !in_place) {
+        int last = -1;
+        for (int s = 0; s < ns; s++)
+            for (int i = 0; i < g->s[s].nin; i++)
+                if (g->s[s].in[i] == t) last = s;
+        if (last >= 0) {
+            /* LMHEAD_LOSS writes its input's gradient in its forward */
+            int st = g->s[last].op == OP_LMHEAD_LOSS ? T_FWD(tl, last) : T_BWD(tl, last);
+            b[nb++] = (wbuf_t){t, WS_GRAD, st, T_BWD(tl, prod[t]), gbytes, 0};
+        }
+    }
+    return nb;
+}
+
+/* A region's steps interleave tile by tile (piece by piece): every buffer of
+ * a tensor they touch that is live at some point of one of the region's
+ * windows (its forward, its backward, a prepass) stays live through all of it. */
+static void extend_region(const graph_t *g, wbuf_t *b, int nb, int first, int last, const int (*win)[2], int nwin) {
+    for (int i = 0; i < nb; i++) {
+        if (b[i].kind >= WS_SCRATCH_FWD) continue;
+        int touched = 0;
+        for (int s = first; s <= last; s++) touched |= step_touches(&g->s[s], b[i].t);
+        if (!touched) continue;
+        for (int k = 0; k < nwin; k++)
+            if (b[i].start <= win[k][1] && win[k][0] <= b[i].end) {
+                if (win[k][0] < b[i].start) b[i].start = win[k][0];
+                if (win[k][1] > b[i].end) b[i].end = win[k][1];
+            }
+    }
+}
+
+static void saved_layout(const plan_t *p, graph_plan_t *gp) {
+    const graph_t *g = &gp->g;
     size_t so = 0, ho = 0;
     if (g->input >= 0) {
         gp->t[g->input].keep = KEEP_SAVE;
@@ -196,95 +361,35 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
     }
     gp->saved_bytes = so;
     gp->offload_bytes = ho;
+}
 
-    wbuf_t b[GRAPH_MAX_TENSORS * 3 + 3];
-    int nb = 0;
-    /* attention's scratch, at each time the step runs (t is the step here) */
-    gp->attn_scratch_bytes = 0;
-    for (int k = 0; k < 3; k++) gp->attn_scratch_off[k] = PLAN_NO_OFFSET;
-    for (int s = 0; s < ns && p->target.attention_scratch_bytes; s++) {
-        const graph_step_t *st = &g->s[s];
-        if (st->op != OP_ATTENTION) continue;
-        op_shapes_t sh;
-        memset(&sh, 0, sizeof sh);
-        sh.rows = p->seq_local;
-        sh.attn_rows = g->t[st->in[0]].rows == ROWS_GLOBAL ? p->seq_pad : p->seq_local;
-        sh.hq = st->heads;
-        sh.hkv = st->kv_heads;
-        sh.hd = st->head_dim;
-        sh.documents = p->documents;
-        size_t a = p->target.attention_scratch_bytes(&sh);
-        if (!a) break;
-        gp->attn_scratch_bytes = a;
-        b[nb++] = (wbuf_t){s, WS_SCRATCH_FWD, T_FWD(s), T_FWD(s), a, 0};
-        if (gp->recompute_step[s]) b[nb++] = (wbuf_t){s, WS_SCRATCH_RECOMP, T_RECOMP(s), T_RECOMP(s), a, 0};
-        b[nb++] = (wbuf_t){s, WS_SCRATCH_BWD, T_BWD(s), T_BWD(s), a, 0};
-        break;  /* one attention step per graph */
-    }
+void memplan_graph(const plan_t *p, graph_plan_t *gp) {
+    const graph_t *g = &gp->g;
+    const int ns = g->ns;
+    plan_tile_region(p, gp);
+    plan_piece_region(p, gp);
+    const timeline_t tl = {p, gp, ns, gp->tile_begin, gp->tile_end, gp->piece_begin, gp->piece_end,
+                           plan_piece_prepass(gp)};
+    int prod[GRAPH_MAX_TENSORS];
     for (int t = 0; t < g->nt; t++) {
-        const tensor_plan_t *tp = &gp->t[t];
-        if (t == g->input || t == g->output || prod[t] < 0) continue;
-        /* a tiled intermediate's buffers hold one tile */
-        const size_t bytes = tp->tiled ? tp->bytes / (size_t)p->seq_local * (size_t)gp->tile_rows : tp->bytes;
-        /* forward instance: producer to last forward reader (or the offload copy) */
-        if (tp->keep != KEEP_SAVE) {
-            int st = T_FWD(prod[t]), en = st;
-            for (int s = 0; s < ns; s++)
-                for (int i = 0; i < g->s[s].nin; i++)
-                    if (g->s[s].in[i] == t) en = imax(en, T_FWD(s));
-            if (tp->keep == KEEP_OFFLOAD) en = imax(en, T_OFFLOAD);
-            b[nb++] = (wbuf_t){t, WS_FWD, st, en, bytes, 0};
-        }
-        /* backward instance: reload or recompute to its last recompute/backward reader;
-         * with an in-place gradient, on to the producer's backward */
-        const int in_place = plan_grad_in_place(gp, t);
-        if (tp->keep == KEEP_RECOMPUTE || tp->keep == KEEP_OFFLOAD ||
-            (tp->keep != KEEP_SAVE && gp->recompute_step[prod[t]])) {
-            /* a tiled region's steps are rebuilt inside its backward's tile loop */
-            int st = tp->keep == KEEP_OFFLOAD ? T_RELOAD : IN_TILES(prod[t]) ? T_BWD(te) : T_RECOMP(prod[t]);
-            int en = st;
-            for (int s = 0; s < ns; s++) {
-                if (gp->recompute_step[s] && recompute_reads(gp, s, t)) en = imax(en, IN_TILES(s) ? T_BWD(tb) : T_RECOMP(s));
-                if (sac_bwd_reads(&g->s[s], t)) en = imax(en, T_BWD(s));
-            }
-            if (in_place) en = imax(en, T_BWD(prod[t]));
-            b[nb++] = (wbuf_t){t, WS_BWD, st, en, bytes, 0};
-        }
-        /* gradient: first backward writer (the last consumer) to the producer's backward */
-        if (g->t[t].dtype == TENSOR_ACT && !in_place) {
-            int last = -1;
-            for (int s = 0; s < ns; s++)
-                for (int i = 0; i < g->s[s].nin; i++)
-                    if (g->s[s].in[i] == t) last = s;
-            if (last >= 0) {
-                /* LMHEAD_LOSS writes its input's gradient in its forward */
-                int st = g->s[last].op == OP_LMHEAD_LOSS ? T_FWD(last) : T_BWD(last);
-                b[nb++] = (wbuf_t){t, WS_GRAD, st, T_BWD(prod[t]), bytes, 0};
-            }
-        }
+        prod[t] = sac_producer(g, t);
+        tensor_plan_t *tp = &gp->t[t];
+        tp->saved_off = tp->fwd_off = tp->bwd_off = tp->grad_off = PLAN_NO_OFFSET;
     }
-    /* The tiled region's steps interleave tile by tile: every buffer of a
-     * tensor they touch that is live at some point of the region's forward
-     * (or backward) stays live through all of it. */
-    if (gp->tile_rows)
-        for (int i = 0; i < nb; i++) {
-            if (b[i].kind >= WS_SCRATCH_FWD) continue;
-            int touched = 0;
-            for (int s = tb; s <= te; s++) touched |= step_touches(&g->s[s], b[i].t);
-            if (!touched) continue;
-            const int win[2][2] = {{T_FWD(tb), T_FWD(te)}, {T_BWD(te), T_BWD(tb)}};
-            for (int k = 0; k < 2; k++)
-                if (b[i].start <= win[k][1] && win[k][0] <= b[i].end) {
-                    if (win[k][0] < b[i].start) b[i].start = win[k][0];
-                    if (win[k][1] > b[i].end) b[i].end = win[k][1];
-                }
-        }
-#undef T_FWD
-#undef T_OFFLOAD
-#undef T_RELOAD
-#undef T_RECOMP
-#undef T_BWD
-#undef IN_TILES
+    saved_layout(p, gp);
+    wbuf_t b[GRAPH_MAX_TENSORS * 3 + 3];
+    int nb = scratch_bufs(&tl, gp, b);
+    for (int t = 0; t < g->nt; t++)
+        if (t != g->input && t != g->output && prod[t] >= 0) nb += tensor_bufs(&tl, t, prod, b + nb);
+    if (gp->tile_rows) {
+        const int win[2][2] = {{T_FWD(&tl, tl.tb), T_FWD(&tl, tl.te)}, {T_BWD(&tl, tl.te), T_BWD(&tl, tl.tb)}};
+        extend_region(g, b, nb, tl.tb, tl.te, win, 2);
+    }
+    if (gp->pieces > 1) {
+        const int win[3][2] = {{T_FWD(&tl, tl.pb), T_FWD(&tl, tl.pe)}, {T_BWD(&tl, tl.pe), T_BWD(&tl, tl.pb)},
+                               {T_RECOMP(&tl, tl.pb), T_RECOMP(&tl, tl.pe)}};
+        extend_region(g, b, nb, tl.pb, tl.pe, win, tl.prepass ? 3 : 2);
+    }
     gp->workspace_bytes = pack(b, nb);
     for (int i = 0; i < nb; i++) {
         if (b[i].kind >= WS_SCRATCH_FWD) {
