@@ -23,7 +23,7 @@ typedef struct {
     int64_t row0, rows;
     /* inside the graph's pieced region: the KV-head group (-1: none), and
      * whether the walk is in the backward's piece loop (attention's rebuild
-     * there uses the backward's scratch) */
+     * there has a scratch buffer of its own) */
     int piece, piece_loop;
 } walk_t;
 
@@ -61,6 +61,8 @@ static uint8_t *tensor_at_whole(exec_t *e, const walk_t *w, int tid, phase_t ph)
         return e->saved + plan_layer_saved_off(e->plan, w->layer) + tp->saved_off;
     }
     size_t off = ph == PHASE_FWD ? tp->fwd_off : tp->bwd_off;
+    if (ph == PHASE_BWD && w->piece >= 0 && !w->piece_loop && tp->pre_off != PLAN_NO_OFFSET)
+        off = tp->pre_off;  /* the pieced region rebuilt before the backward */
     if (off == PLAN_NO_OFFSET)
         asp_die(ASP_EXIT_FAILURE, "internal: %s tensor %s has no %s workspace slot", g->name, g->t[tid].name,
                 ph == PHASE_FWD ? "forward" : "backward");
@@ -144,8 +146,9 @@ static void a2a_send_heads(exec_t *e, const walk_t *w, int si, const uint8_t *sr
 /* ------------------------------------------------------------------ forward */
 
 /* Attention's scratch lives in the layer workspace, one buffer for each of
- * its runs (0 forward, 1 recompute, 2 backward; graph_plan_t); -1 gives the
- * backend its planned op scratch back. */
+ * its runs (0 forward, 1 recompute, 2 backward, 3 rebuild in the backward's
+ * piece loop; graph_plan_t); -1 gives the backend its planned op scratch
+ * back. */
 static void attention_scratch(exec_t *e, const walk_t *w, int run) {
     const graph_plan_t *gp = w->gp;
     if (!gp->attn_scratch_bytes || !e->be->use_scratch) return;
@@ -264,7 +267,7 @@ static void run_forward(exec_t *e, const walk_t *w, int si, phase_t ph, float gr
                            step_kv_heads(w, s), s->head_dim, layout_p(g, s->out[0]), layout_p(g, s->out[1]));
         break;
     case OP_ATTENTION:
-        attention_scratch(e, w, ph == PHASE_FWD ? 0 : w->piece_loop ? 2 : 1);
+        attention_scratch(e, w, ph == PHASE_FWD ? 0 : w->piece_loop ? 3 : 1);
         be->attention_fwd(OUT(0), (float *)OUT(1), IN(0), IN(1), IN(2), n, step_heads(w, s), step_kv_heads(w, s),
                           s->head_dim,
                           (float)(1.0 / sqrt((double)s->head_dim)), e->docs_on ? &e->docs : NULL);

@@ -211,7 +211,11 @@ void plan_piece_region(const plan_t *p, graph_plan_t *gp) {
 }
 
 /* The layer timeline: forward steps, offload copy, reload, recompute steps
- * in order, backward steps in reverse. */
+ * in order, backward steps in reverse; with a pieced region, its backward's
+ * loop holds a piece's rebuild (steps piece_begin .. piece_end - 1, in
+ * order) before the region's backward steps. One piece's buffers live
+ * within one pass of that loop (or of the region's forward, or of its
+ * rebuild before the backward): every piece takes the same times. */
 typedef struct {
     const plan_t *p;
     const graph_plan_t *gp;
@@ -222,7 +226,11 @@ static int T_FWD(const timeline_t *tl, int s) { (void)tl; return s; }
 static int T_OFFLOAD(const timeline_t *tl) { return tl->ns; }
 static int T_RELOAD(const timeline_t *tl) { return tl->ns + 1; }
 static int T_RECOMP(const timeline_t *tl, int s) { return tl->ns + 2 + s; }
-static int T_BWD(const timeline_t *tl, int s) { return 2 * tl->ns + 2 + (tl->ns - 1 - s); }
+static int loop_slots(const timeline_t *tl) { return tl->gp->pieces > 1 ? tl->pe - tl->pb : 0; }
+static int T_BWD(const timeline_t *tl, int s) {
+    return 2 * tl->ns + 2 + (tl->ns - 1 - s) + (s <= tl->pe ? loop_slots(tl) : 0);
+}
+static int T_LOOP(const timeline_t *tl, int s) { return 2 * tl->ns + 2 + (tl->ns - 1 - tl->pe) + (s - tl->pb); }
 static int in_tiles(const timeline_t *tl, int s) { return tl->gp->tile_rows && s >= tl->tb && s <= tl->te; }
 
 /* When the backward rebuilds step s's outputs, and when a recompute of s
@@ -231,24 +239,31 @@ static int in_tiles(const timeline_t *tl, int s) { return tl->gp->tile_rows && s
  * also before the backward: from there on). */
 static int rebuild_start(const timeline_t *tl, int s) {
     if (in_tiles(tl, s)) return T_BWD(tl, tl->te);
-    if (plan_in_pieces(tl->gp, s)) return tl->prepass ? T_RECOMP(tl, tl->pb) : T_BWD(tl, tl->pe);
+    if (plan_in_pieces(tl->gp, s)) return s < tl->pe ? T_LOOP(tl, s) : T_RECOMP(tl, s);
     return T_RECOMP(tl, s);
 }
 static int rebuild_read(const timeline_t *tl, int s) {
     if (in_tiles(tl, s)) return T_BWD(tl, tl->tb);
-    if (plan_in_pieces(tl->gp, s)) return T_BWD(tl, tl->pb);
+    if (plan_in_pieces(tl->gp, s)) return s < tl->pe ? T_LOOP(tl, s) : T_RECOMP(tl, s);
     return T_RECOMP(tl, s);
 }
 
+/* 1 for a buffer that holds one piece and lives within one pass of a piece
+ * loop: a piece-sized instance, or a pieced tensor's gradient. */
+static int piece_local(const graph_plan_t *gp, const wbuf_t *b) {
+    if (b->kind >= WS_SCRATCH_FWD || gp->pieces <= 1) return 0;
+    return b->kind == WS_GRAD ? gp->t[b->t].pieced : gp->t[b->t].piece_buf;
+}
+
 /* attention's scratch, at each time the step runs (t is the step here); in a
- * pieced region for the piece's heads, and its recompute inside the piece
- * loop uses the backward's */
+ * pieced region for the piece's heads, its rebuild in the piece loop in a
+ * buffer of its own */
 static int scratch_bufs(const timeline_t *tl, graph_plan_t *gp, wbuf_t *b) {
     const plan_t *p = tl->p;
     const graph_t *g = &gp->g;
     int nb = 0;
     gp->attn_scratch_bytes = 0;
-    for (int k = 0; k < 3; k++) gp->attn_scratch_off[k] = PLAN_NO_OFFSET;
+    for (int k = 0; k < 4; k++) gp->attn_scratch_off[k] = PLAN_NO_OFFSET;
     for (int s = 0; s < tl->ns && p->target.attention_scratch_bytes; s++) {
         const graph_step_t *st = &g->s[s];
         if (st->op != OP_ATTENTION) continue;
@@ -267,6 +282,8 @@ static int scratch_bufs(const timeline_t *tl, graph_plan_t *gp, wbuf_t *b) {
         b[nb++] = (wbuf_t){s, WS_SCRATCH_FWD, T_FWD(tl, s), T_FWD(tl, s), a, 0};
         if (gp->recompute_step[s] && (G == 1 || tl->prepass))
             b[nb++] = (wbuf_t){s, WS_SCRATCH_RECOMP, T_RECOMP(tl, s), T_RECOMP(tl, s), a, 0};
+        if (gp->recompute_step[s] && G > 1)
+            b[nb++] = (wbuf_t){s, WS_SCRATCH_LOOP, T_LOOP(tl, s), T_LOOP(tl, s), a, 0};
         b[nb++] = (wbuf_t){s, WS_SCRATCH_BWD, T_BWD(tl, s), T_BWD(tl, s), a, 0};
         break;  /* one attention step per graph */
     }
@@ -305,6 +322,14 @@ static int tensor_bufs(const timeline_t *tl, int t, const int *prod, wbuf_t *b) 
             if (sac_bwd_reads(&g->s[s], t)) en = imax(en, T_BWD(tl, s));
         }
         if (in_place) en = imax(en, T_BWD(tl, prod[t]));
+        /* a piece rebuilt before the backward has a buffer of its own there: the
+         * backward's piece loop rebuilds every piece again in its own */
+        if (tp->piece_buf && tl->prepass && tp->keep != KEEP_OFFLOAD) {
+            int pe_ = T_RECOMP(tl, prod[t]);
+            for (int s = tl->pb; s <= tl->pe; s++)
+                if (gp->recompute_step[s] && recompute_reads(gp, s, t)) pe_ = imax(pe_, T_RECOMP(tl, s));
+            b[nb++] = (wbuf_t){t, WS_PRE, T_RECOMP(tl, prod[t]), pe_, bytes, 0};
+        }
         b[nb++] = (wbuf_t){t, WS_BWD, st, en, bytes, 0};
     }
     /* gradient: first backward writer (the last consumer) to the producer's backward */
@@ -325,9 +350,11 @@ static int tensor_bufs(const timeline_t *tl, int t, const int *prod, wbuf_t *b) 
 /* A region's steps interleave tile by tile (piece by piece): every buffer of
  * a tensor they touch that is live at some point of one of the region's
  * windows (its forward, its backward, a prepass) stays live through all of it. */
-static void extend_region(const graph_t *g, wbuf_t *b, int nb, int first, int last, const int (*win)[2], int nwin) {
+static void extend_region(const graph_plan_t *gp, wbuf_t *b, int nb, int first, int last, const int (*win)[2],
+                          int nwin) {
+    const graph_t *g = &gp->g;
     for (int i = 0; i < nb; i++) {
-        if (b[i].kind >= WS_SCRATCH_FWD) continue;
+        if (b[i].kind >= WS_SCRATCH_FWD || piece_local(gp, &b[i])) continue;
         int touched = 0;
         for (int s = first; s <= last; s++) touched |= step_touches(&g->s[s], b[i].t);
         if (!touched) continue;
@@ -363,6 +390,29 @@ static void saved_layout(const plan_t *p, graph_plan_t *gp) {
     gp->offload_bytes = ho;
 }
 
+/* The most bytes live at one time, and when (graph_plan_t.ws_peak_*). */
+static void live_peak(const timeline_t *tl, graph_plan_t *gp, const wbuf_t *b, int nb) {
+    gp->ws_live_peak = 0;
+    gp->ws_peak_phase = WS_AT_FWD;
+    gp->ws_peak_step = 0;
+    for (int t = 0; t <= T_BWD(tl, 0); t++) {
+        size_t live = 0;
+        for (int i = 0; i < nb; i++)
+            if (b[i].start <= t && t <= b[i].end) live += asp_align_up(b[i].bytes, PLAN_ALIGN);
+        if (live <= gp->ws_live_peak) continue;
+        gp->ws_live_peak = live;
+        for (int s = 0; s < tl->ns; s++) {
+            if (t == T_FWD(tl, s)) gp->ws_peak_phase = WS_AT_FWD, gp->ws_peak_step = s;
+            if (t == T_RECOMP(tl, s)) gp->ws_peak_phase = WS_AT_RECOMP, gp->ws_peak_step = s;
+            if (t == T_BWD(tl, s)) gp->ws_peak_phase = WS_AT_BWD, gp->ws_peak_step = s;
+            if (plan_in_pieces(gp, s) && s < tl->pe && t == T_LOOP(tl, s))
+                gp->ws_peak_phase = WS_AT_LOOP, gp->ws_peak_step = s;
+        }
+        if (t == T_OFFLOAD(tl)) gp->ws_peak_phase = WS_AT_OFFLOAD;
+        if (t == T_RELOAD(tl)) gp->ws_peak_phase = WS_AT_RELOAD;
+    }
+}
+
 void memplan_graph(const plan_t *p, graph_plan_t *gp) {
     const graph_t *g = &gp->g;
     const int ns = g->ns;
@@ -374,7 +424,7 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
     for (int t = 0; t < g->nt; t++) {
         prod[t] = sac_producer(g, t);
         tensor_plan_t *tp = &gp->t[t];
-        tp->saved_off = tp->fwd_off = tp->bwd_off = tp->grad_off = PLAN_NO_OFFSET;
+        tp->saved_off = tp->fwd_off = tp->bwd_off = tp->grad_off = tp->pre_off = PLAN_NO_OFFSET;
     }
     saved_layout(p, gp);
     wbuf_t b[GRAPH_MAX_TENSORS * 3 + 3];
@@ -383,14 +433,15 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
         if (t != g->input && t != g->output && prod[t] >= 0) nb += tensor_bufs(&tl, t, prod, b + nb);
     if (gp->tile_rows) {
         const int win[2][2] = {{T_FWD(&tl, tl.tb), T_FWD(&tl, tl.te)}, {T_BWD(&tl, tl.te), T_BWD(&tl, tl.tb)}};
-        extend_region(g, b, nb, tl.tb, tl.te, win, 2);
+        extend_region(gp, b, nb, tl.tb, tl.te, win, 2);
     }
     if (gp->pieces > 1) {
-        const int win[3][2] = {{T_FWD(&tl, tl.pb), T_FWD(&tl, tl.pe)}, {T_BWD(&tl, tl.pe), T_BWD(&tl, tl.pb)},
+        const int win[3][2] = {{T_FWD(&tl, tl.pb), T_FWD(&tl, tl.pe)}, {T_LOOP(&tl, tl.pb), T_BWD(&tl, tl.pb)},
                                {T_RECOMP(&tl, tl.pb), T_RECOMP(&tl, tl.pe)}};
-        extend_region(g, b, nb, tl.pb, tl.pe, win, tl.prepass ? 3 : 2);
+        extend_region(gp, b, nb, tl.pb, tl.pe, win, tl.prepass ? 3 : 2);
     }
     gp->workspace_bytes = pack(b, nb);
+    live_peak(&tl, gp, b, nb);
     for (int i = 0; i < nb; i++) {
         if (b[i].kind >= WS_SCRATCH_FWD) {
             gp->attn_scratch_off[b[i].kind - WS_SCRATCH_FWD] = b[i].off;
@@ -398,6 +449,7 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
         }
         tensor_plan_t *tp = &gp->t[b[i].t];
         if (b[i].kind == WS_FWD) tp->fwd_off = b[i].off;
+        else if (b[i].kind == WS_PRE) tp->pre_off = b[i].off;
         else if (b[i].kind == WS_BWD) tp->bwd_off = b[i].off;
         else tp->grad_off = b[i].off;
         if (b[i].kind == WS_BWD && plan_grad_in_place(gp, b[i].t)) tp->grad_off = b[i].off;

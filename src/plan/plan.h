@@ -71,6 +71,8 @@ typedef struct {
      * j H/G .. (j+1) H/G - 1, in the layout the ops give a piece). */
     int pieced;
     int piece_buf;          /* 1: pieced and neither saved nor offloaded: its workspace buffers hold one piece */
+    size_t pre_off;         /* a piece_buf tensor rebuilt before the backward (plan_piece_prepass): the
+                               workspace offset of that rebuild's piece, live through it only */
 } tensor_plan_t;
 
 typedef struct {
@@ -93,12 +95,18 @@ typedef struct {
      * (the QKV projection through o_proj) run once per group of KV heads,
      * forward, recompute and backward; pieces 1: no region. */
     int pieces, piece_begin, piece_end;
+    /* The most workspace bytes live at one time of the layer timeline
+     * (memplan.c: forward steps, offload, reload, recompute, backward, with
+     * the pieced region's rebuild inside the backward's piece loop) and that
+     * time; workspace_bytes (the packing) is at least this. */
+    size_t ws_live_peak;
+    int ws_peak_phase, ws_peak_step;    /* WS_AT_* (passes.h) and the step, when the peak is at a step */
     /* Attention's scratch (target.attention_scratch_bytes) inside the
      * workspace, one buffer for each time the attention step runs: its
      * forward, its recompute, its backward (PLAN_NO_OFFSET where it does not
      * run); attn_scratch_bytes 0: none. */
     size_t attn_scratch_bytes;
-    size_t attn_scratch_off[3];
+    size_t attn_scratch_off[4];     /* [3]: its rebuild inside the backward's piece loop (pieced region) */
 } graph_plan_t;
 
 typedef enum {
