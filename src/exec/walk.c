@@ -25,6 +25,9 @@ typedef struct {
      * whether the walk is in the backward's piece loop (attention's rebuild
      * there has a scratch buffer of its own) */
     int piece, piece_loop;
+    /* in the rebuild before the backward: a tensor with a buffer of its own
+     * there (pre_off: the pieced region's, rebuilt again in its loop) uses it */
+    int pre;
 } walk_t;
 
 /* A pointer into a [rows, width] tensor at the walk's tile. */
@@ -61,8 +64,7 @@ static uint8_t *tensor_at_whole(exec_t *e, const walk_t *w, int tid, phase_t ph)
         return e->saved + plan_layer_saved_off(e->plan, w->layer) + tp->saved_off;
     }
     size_t off = ph == PHASE_FWD ? tp->fwd_off : tp->bwd_off;
-    if (ph == PHASE_BWD && w->piece >= 0 && !w->piece_loop && tp->pre_off != PLAN_NO_OFFSET)
-        off = tp->pre_off;  /* the pieced region rebuilt before the backward */
+    if (ph == PHASE_BWD && w->pre && tp->pre_off != PLAN_NO_OFFSET) off = tp->pre_off;
     if (off == PLAN_NO_OFFSET)
         asp_die(ASP_EXIT_FAILURE, "internal: %s tensor %s has no %s workspace slot", g->name, g->t[tid].name,
                 ph == PHASE_FWD ? "forward" : "backward");
@@ -431,7 +433,7 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
 /* ------------------------------------------------------------------ graphs */
 
 static walk_t walk_of(exec_t *e, const graph_plan_t *gp, int layer) {
-    walk_t w = {gp, layer, layer >= 0, gp == &e->plan->prologue, gp == &e->plan->epilogue, 0, 0, -1, 0};
+    walk_t w = {gp, layer, layer >= 0, gp == &e->plan->prologue, gp == &e->plan->epilogue, 0, 0, -1, 0, 0};
     return w;
 }
 
@@ -520,16 +522,18 @@ static void graph_backward(exec_t *e, const walk_t *w) {
     const graph_plan_t *gp = w->gp;
     if (w->is_layer) ex_reload_layer(e, w->layer);
     const int tiled = gp->tile_rows > 0;
+    walk_t pre = *w;
+    pre.pre = 1;
     for (int si = 0; si < gp->g.ns; si++) {
         if (!gp->recompute_step[si] || (tiled && si >= gp->tile_begin && si <= gp->tile_end)) continue;
         if (plan_in_pieces(gp, si)) {
             /* o_proj's output is needed before the backward: the region's rebuild, piece by piece */
             if (si == gp->piece_begin && plan_piece_prepass(gp))
-                pieces_forward(e, w, gp->piece_begin, gp->piece_end, PHASE_BWD, 0, 0.0f);
+                pieces_forward(e, &pre, gp->piece_begin, gp->piece_end, PHASE_BWD, 0, 0.0f);
             continue;
         }
         double t0 = ex_prof_begin(e);
-        run_forward(e, w, si, PHASE_BWD, 0.0f);
+        run_forward(e, &pre, si, PHASE_BWD, 0.0f);
         ex_prof_end(e, PROF_RECOMPUTE, gp->g.s[si].op, t0);
     }
     for (int si = gp->g.ns - 1; si >= 0; si--) {
@@ -553,7 +557,14 @@ static void graph_backward(exec_t *e, const walk_t *w) {
             continue;
         }
         if (gp->pieces > 1 && si == gp->piece_end) {
-            /* piece by piece: rebuild the piece (o_proj's output is not needed), then its backward */
+            /* the region's input again (not kept from the rebuild before), then piece by
+             * piece: rebuild the piece (o_proj's output is not needed), then its backward */
+            const int rin = plan_piece_input_rebuild(gp);
+            if (rin >= 0) {
+                double t0 = ex_prof_begin(e);
+                run_forward(e, w, rin, PHASE_BWD, 0.0f);
+                ex_prof_end(e, PROF_RECOMPUTE, gp->g.s[rin].op, t0);
+            }
             pieces_forward(e, w, gp->piece_begin, gp->piece_end - 1, PHASE_BWD, 1, 0.0f);
             si = gp->piece_begin;
             continue;

@@ -144,6 +144,8 @@ void plan_tile_region(const plan_t *p, graph_plan_t *gp) {
             rows = p->mlp_tile_tokens;
         } else {
             int64_t tiles = (g->t[gu].width + g->t[x].width - 1) / g->t[x].width;
+            /* with attention in pieces memory is tight: tiles a quarter of that */
+            if (p->attn_pieces > 1) tiles *= 4;
             rows = (n + tiles - 1) / tiles;
             if (rows < 4096) rows = 4096;
         }
@@ -220,17 +222,20 @@ typedef struct {
     const plan_t *p;
     const graph_plan_t *gp;
     int ns, tb, te, pb, pe, prepass;
+    int rin_step;       /* plan_piece_input_rebuild */
 } timeline_t;
 
 static int T_FWD(const timeline_t *tl, int s) { (void)tl; return s; }
 static int T_OFFLOAD(const timeline_t *tl) { return tl->ns; }
 static int T_RELOAD(const timeline_t *tl) { return tl->ns + 1; }
 static int T_RECOMP(const timeline_t *tl, int s) { return tl->ns + 2 + s; }
-static int loop_slots(const timeline_t *tl) { return tl->gp->pieces > 1 ? tl->pe - tl->pb : 0; }
+/* the loop's first slot rebuilds the region's input (plan_piece_input_rebuild) */
+static int loop_slots(const timeline_t *tl) { return tl->gp->pieces > 1 ? tl->pe - tl->pb + 1 : 0; }
 static int T_BWD(const timeline_t *tl, int s) {
     return 2 * tl->ns + 2 + (tl->ns - 1 - s) + (s <= tl->pe ? loop_slots(tl) : 0);
 }
-static int T_LOOP(const timeline_t *tl, int s) { return 2 * tl->ns + 2 + (tl->ns - 1 - tl->pe) + (s - tl->pb); }
+static int T_LOOP(const timeline_t *tl, int s) { return 2 * tl->ns + 2 + (tl->ns - 1 - tl->pe) + 1 + (s - tl->pb); }
+static int T_LOOP_IN(const timeline_t *tl) { return T_LOOP(tl, tl->pb) - 1; }
 static int in_tiles(const timeline_t *tl, int s) { return tl->gp->tile_rows && s >= tl->tb && s <= tl->te; }
 
 /* When the backward rebuilds step s's outputs, and when a recompute of s
@@ -238,6 +243,7 @@ static int in_tiles(const timeline_t *tl, int s) { return tl->gp->tile_rows && s
  * inside the backward's tile or piece loop (a pieced region with a prepass
  * also before the backward: from there on). */
 static int rebuild_start(const timeline_t *tl, int s) {
+    if (s == tl->rin_step) return T_LOOP_IN(tl);
     if (in_tiles(tl, s)) return T_BWD(tl, tl->te);
     if (plan_in_pieces(tl->gp, s)) return s < tl->pe ? T_LOOP(tl, s) : T_RECOMP(tl, s);
     return T_RECOMP(tl, s);
@@ -324,7 +330,7 @@ static int tensor_bufs(const timeline_t *tl, int t, const int *prod, wbuf_t *b) 
         if (in_place) en = imax(en, T_BWD(tl, prod[t]));
         /* a piece rebuilt before the backward has a buffer of its own there: the
          * backward's piece loop rebuilds every piece again in its own */
-        if (tp->piece_buf && tl->prepass && tp->keep != KEEP_OFFLOAD) {
+        if ((tp->piece_buf && tl->prepass && tp->keep != KEEP_OFFLOAD) || (tl->rin_step >= 0 && prod[t] == tl->rin_step)) {
             int pe_ = T_RECOMP(tl, prod[t]);
             for (int s = tl->pb; s <= tl->pe; s++)
                 if (gp->recompute_step[s] && recompute_reads(gp, s, t)) pe_ = imax(pe_, T_RECOMP(tl, s));
@@ -408,6 +414,7 @@ static void live_peak(const timeline_t *tl, graph_plan_t *gp, const wbuf_t *b, i
             if (plan_in_pieces(gp, s) && s < tl->pe && t == T_LOOP(tl, s))
                 gp->ws_peak_phase = WS_AT_LOOP, gp->ws_peak_step = s;
         }
+        if (gp->pieces > 1 && t == T_LOOP_IN(tl)) gp->ws_peak_phase = WS_AT_LOOP, gp->ws_peak_step = tl->pb;
         if (t == T_OFFLOAD(tl)) gp->ws_peak_phase = WS_AT_OFFLOAD;
         if (t == T_RELOAD(tl)) gp->ws_peak_phase = WS_AT_RELOAD;
     }
@@ -419,7 +426,7 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
     plan_tile_region(p, gp);
     plan_piece_region(p, gp);
     const timeline_t tl = {p, gp, ns, gp->tile_begin, gp->tile_end, gp->piece_begin, gp->piece_end,
-                           plan_piece_prepass(gp)};
+                           plan_piece_prepass(gp), plan_piece_input_rebuild(gp)};
     int prod[GRAPH_MAX_TENSORS];
     for (int t = 0; t < g->nt; t++) {
         prod[t] = sac_producer(g, t);
@@ -488,6 +495,19 @@ static int64_t loss_chunk(const plan_t *p, const config_t *cfg) {
     size_t maxt = 0;
     for (int t = 0; t < p->layer.g.nt; t++)
         if (p->layer.g.t[t].dtype == TENSOR_ACT && p->layer.t[t].bytes > maxt) maxt = p->layer.t[t].bytes;
+    if (p->layer.pieces > 1) {
+        /* memory is tight (auto runs attention in pieces only then): no larger
+         * than the largest buffer the layer's workspace holds (a tiled
+         * intermediate's tile, a piece), nor one [seq_local, d] activation */
+        maxt = p->layer.t[p->layer.g.input].bytes;
+        for (int t = 0; t < p->layer.g.nt; t++) {
+            const tensor_plan_t *tp = &p->layer.t[t];
+            size_t b = tp->piece_buf ? tp->bytes / (size_t)p->layer.pieces
+                       : tp->tiled  ? tp->bytes / (size_t)p->seq_local * (size_t)p->layer.tile_rows
+                                    : 0;
+            if (p->layer.g.t[t].dtype == TENSOR_ACT && b > maxt) maxt = b;
+        }
+    }
     int64_t lc;
     if (cfg->checkpointing.loss_chunk_tokens > 0) {
         lc = cfg->checkpointing.loss_chunk_tokens < p->seq_local ? cfg->checkpointing.loss_chunk_tokens

@@ -269,6 +269,12 @@ void plan_piece_region(const plan_t *p, graph_plan_t *gp);
  * recompute step after the region needs o_proj's output): each piece's
  * steps then run again in the backward's piece loop. */
 int plan_piece_prepass(const graph_plan_t *gp);
+/* The step that rebuilds the pieced region's input (xn) once more just
+ * before the backward's piece loop, or -1: with a prepass, when that input
+ * is recomputed, read only inside the region, and made by a step of one
+ * output, it is not kept from the prepass through the backward of the steps
+ * after the region (its prepass copy is a buffer of its own, pre_off). */
+int plan_piece_input_rebuild(const graph_plan_t *gp);
 /* 1 when gp's pieced region holds step si. */
 int plan_in_pieces(const graph_plan_t *gp, int si);
 /* 1 when G is a piece count the plan can use: G divides the KV heads per
