@@ -121,6 +121,10 @@ static int bwd_reads(const graph_step_t *st, int t) {
 static int is_saved(const graph_plan_t *gp, int t) { return t == gp->g.input || gp->t[t].keep == KEEP_SAVE; }
 static int has_grad(const graph_t *g, int t) { return g->t[t].dtype == TENSOR_ACT; }
 static int in_resid(const graph_t *g, int t) { return t == g->input || t == g->output; }
+/* a tensor whose gradient is the residual gradient itself (not in the workspace) */
+static int grad_in_resid(const graph_plan_t *gp, int t) {
+    return in_resid(&gp->g, t) || gp->t[t].grad_is_output || gp->t[t].grad_is_input;
+}
 static int consumed(const graph_t *g, int t) {
     for (int st = 0; st < g->ns; st++)
         for (int i = 0; i < g->s[st].nin; i++)
@@ -148,7 +152,7 @@ static void sim_grad_write(sim_t *s, const plan_t *p, const graph_plan_t *gp, in
     const graph_t *g = &gp->g;
     int t = g->s[st].in[i];
     if (!has_grad(g, t)) return;
-    if (in_resid(g, t)) {
+    if (grad_in_resid(gp, t)) {
         ck_assert_uint_eq(gp->t[t].grad_off, PLAN_NO_OFFSET);
         return;
     }
@@ -238,7 +242,7 @@ static void sim_backward_step(sim_t *s, const plan_t *p, const graph_plan_t *gp,
     if (x->op == OP_LMHEAD_LOSS) return;
     for (int i = 0; i < x->nout; i++) {
         int t = x->out[i];
-        if (!has_grad(g, t) || in_resid(g, t)) continue;
+        if (!has_grad(g, t) || grad_in_resid(gp, t)) continue;
         /* ADD_RMSNORM takes h's gradient only when some step reads h (else it is zero) */
         if (x->op == OP_ADD_RMSNORM && i == 0 && !consumed(g, t)) continue;
         sim_read(s, SP_WS, gp->t[t].grad_off, gr_bytes(p, gp, t), t, K_GRAD, "backward (output gradient)");
@@ -277,7 +281,15 @@ static void simulate(const plan_t *p, const graph_plan_t *gp, int is_epilogue, c
         if (t == g->input) ck_assert_int_eq(gp->t[t].keep, KEEP_SAVE);
         else if (read) ck_assert_msg(gp->t[t].keep != KEEP_NOT_NEEDED, "%s: %s is read by a backward", what, g->t[t].name);
         else ck_assert_msg(gp->t[t].keep == KEEP_NOT_NEEDED, "%s: %s kept though no backward reads it", what, g->t[t].name);
-        if (!has_grad(g, t) || in_resid(g, t)) ck_assert_uint_eq(gp->t[t].grad_off, PLAN_NO_OFFSET);
+        if (!has_grad(g, t) || grad_in_resid(gp, t)) ck_assert_uint_eq(gp->t[t].grad_off, PLAN_NO_OFFSET);
+        /* only an addend of the output's residual add, read by nothing else, shares its gradient */
+        if (gp->t[t].grad_is_output) {
+            int n = 0, add = 0;
+            for (int st = 0; st < g->ns; st++)
+                for (int i = 0; i < g->s[st].nin; i++)
+                    if (g->s[st].in[i] == t) { n++; add = g->s[st].op == OP_ADD && g->s[st].out[0] == g->output; }
+            ck_assert_msg(n == 1 && add, "%s: %s shares the output's gradient", what, g->t[t].name);
+        }
     }
     /* grad_first marks exactly the first backward writer of each gradient */
     for (int t = 0; t < g->nt; t++) {

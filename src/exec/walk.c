@@ -88,8 +88,8 @@ static uint8_t *tensor_at(exec_t *e, const walk_t *w, int tid, phase_t ph) {
  * resid_grad[cur], the graph input's gradient goes to resid_grad[1 - cur]. */
 static uint8_t *grad_at(exec_t *e, const walk_t *w, int tid) {
     const graph_t *g = &w->gp->g;
-    if (tid == g->output) return at_tile(e, w, tid, e->resid_grad[e->cur_grad]);
-    if (tid == g->input) return at_tile(e, w, tid, e->resid_grad[1 - e->cur_grad]);
+    if (tid == g->output || w->gp->t[tid].grad_is_output) return at_tile(e, w, tid, e->resid_grad[e->cur_grad]);
+    if (tid == g->input || w->gp->t[tid].grad_is_input) return at_tile(e, w, tid, e->resid_grad[1 - e->cur_grad]);
     size_t off = w->gp->t[tid].grad_off;
     if (off == PLAN_NO_OFFSET)
         asp_die(ASP_EXIT_FAILURE, "internal: %s tensor %s has no gradient slot", g->name, g->t[tid].name);
@@ -381,14 +381,23 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
         attention_scratch(e, w, -1);
         break;
     case OP_ADD: {
+        /* an addend whose gradient is the output's (grad_is_output) has it already */
         size_t count = (size_t)n * (size_t)t0->width;
-        be->accumulate(DIN(0), DOUT(0), count, ACC(0));
-        be->accumulate(DIN(1), DOUT(0), count, ACC(1));
+        for (int i = 0; i < 2; i++) {
+            if (w->gp->t[s->in[i]].grad_is_output) {
+                need_overwrite(w, si, i);
+                continue;
+            }
+            be->accumulate(DIN(i), DOUT(0), count, ACC(i));
+        }
         break;
     }
     case OP_ADD_RMSNORM:
         /* h's own gradient (from the mlp residual) plus the norm's, to both addends */
-        be->add_rmsnorm_bwd(DIN(0), ACC(0), DIN(1), ACC(1), step_param_grad(e, w, s), out_grad_or_null(e, w, s->out[0]),
+        /* an addend whose gradient is the input's (grad_is_input) gets it there */
+        if (w->gp->t[s->in[1]].grad_is_input) need_overwrite(w, si, 0);
+        be->add_rmsnorm_bwd(DIN(0), ACC(0), w->gp->t[s->in[1]].grad_is_input ? NULL : DIN(1), ACC(1),
+                            step_param_grad(e, w, s), out_grad_or_null(e, w, s->out[0]),
                             DOUT(1), OUT(0), step_param(e, w, s), n, t0->width, eps);
         break;
     case OP_SWIGLU:

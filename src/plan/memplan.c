@@ -144,8 +144,9 @@ void plan_tile_region(const plan_t *p, graph_plan_t *gp) {
             rows = p->mlp_tile_tokens;
         } else {
             int64_t tiles = (g->t[gu].width + g->t[x].width - 1) / g->t[x].width;
-            /* with attention in pieces memory is tight: tiles a quarter of that */
-            if (p->attn_pieces > 1) tiles *= 4;
+            /* with attention in pieces memory is tight: tiles an eighth of that (at S = 1M
+             * still 18K-token GEMMs) */
+            if (p->attn_pieces > 1) tiles *= 8;
             rows = (n + tiles - 1) / tiles;
             if (rows < 4096) rows = 4096;
         }
@@ -339,7 +340,7 @@ static int tensor_bufs(const timeline_t *tl, int t, const int *prod, wbuf_t *b) 
         b[nb++] = (wbuf_t){t, WS_BWD, st, en, bytes, 0};
     }
     /* gradient: first backward writer (the last consumer) to the producer's backward */
-    if (g->t[t].dtype == TENSOR_ACT && !in_place) {
+    if (g->t[t].dtype == TENSOR_ACT && !in_place && !tp->grad_is_output && !tp->grad_is_input) {
         int last = -1;
         for (int s = 0; s < ns; s++)
             for (int i = 0; i < g->s[s].nin; i++)
@@ -420,11 +421,43 @@ static void live_peak(const timeline_t *tl, graph_plan_t *gp, const wbuf_t *b, i
     }
 }
 
+/* In a pieced plan (memory is tight) the addends of the residual add that
+ * makes the graph output, read by nothing else, take the output's gradient
+ * as theirs (the add's backward would copy it), and attn_out the input's
+ * (grad_is_input): at long S three [S, d] buffers fewer. */
+static void grads_of_output(graph_plan_t *gp) {
+    const graph_t *g = &gp->g;
+    for (int t = 0; t < g->nt; t++) gp->t[t].grad_is_output = gp->t[t].grad_is_input = 0;
+    if (gp->pieces <= 1) return;
+    /* the fused residual + norm that the graph input enters: its backward writes the
+     * input's gradient first and the same values as the other addend's */
+    for (int s = 0; s < g->ns; s++) {
+        const graph_step_t *st = &g->s[s];
+        if (st->op != OP_ADD_RMSNORM || st->in[0] != g->input || !gp->grad_first[s][0]) continue;
+        const int b = st->in[1], pb = sac_producer(g, b);
+        if (b == g->input || consumers(g, b) != 1 || pb < 0 || g->t[b].packed) continue;
+        int ok = 1;   /* b's gradient is read by its producer's backward: before any other input write */
+        for (int r = 0; r < g->ns; r++)
+            for (int i = 0; i < g->s[r].nin; i++)
+                if (g->s[r].in[i] == g->input && r != s && r >= pb) ok = 0;
+        gp->t[b].grad_is_input = ok;
+    }
+    for (int s = 0; s < g->ns; s++) {
+        if (g->s[s].op != OP_ADD || g->s[s].out[0] != g->output) continue;
+        for (int i = 0; i < g->s[s].nin; i++) {
+            int t = g->s[s].in[i];
+            if (t != g->input && consumers(g, t) == 1 && g->t[t].dtype == TENSOR_ACT && !g->t[t].packed)
+                gp->t[t].grad_is_output = 1;
+        }
+    }
+}
+
 void memplan_graph(const plan_t *p, graph_plan_t *gp) {
     const graph_t *g = &gp->g;
     const int ns = g->ns;
     plan_tile_region(p, gp);
     plan_piece_region(p, gp);
+    grads_of_output(gp);
     const timeline_t tl = {p, gp, ns, gp->tile_begin, gp->tile_end, gp->piece_begin, gp->piece_end,
                            plan_piece_prepass(gp), plan_piece_input_rebuild(gp)};
     int prod[GRAPH_MAX_TENSORS];

@@ -71,6 +71,15 @@ typedef struct {
      * j H/G .. (j+1) H/G - 1, in the layout the ops give a piece). */
     int pieced;
     int piece_buf;          /* 1: pieced and neither saved nor offloaded: its workspace buffers hold one piece */
+    /* 1 (pieced plans): an addend of the residual add that makes the graph
+     * output, read by nothing else: its gradient is the output's, so it has
+     * no buffer of its own (the executor reads the residual gradient) */
+    int grad_is_output;
+    /* 1 (pieced plans): the other addend of an ADD_RMSNORM whose first addend
+     * is the graph input: the fused backward writes the same gradient to
+     * both, the input's first, and every reader of this one comes before the
+     * next write to the input's gradient, so it is read there (no buffer) */
+    int grad_is_input;
     size_t pre_off;         /* a piece_buf tensor rebuilt before the backward (plan_piece_prepass): the
                                workspace offset of that rebuild's piece, live through it only */
 } tensor_plan_t;
