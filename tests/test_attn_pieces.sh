@@ -64,9 +64,25 @@ for pol in save_all full; do
     check "SP 4, $pol, 2 pieces equals whole" "r4$pol" "p4$pol"
 done
 expect_pieces "full recompute" 8 1 --set checkpointing.policy=full $(P 8)
-explain 1 --set checkpointing.policy=full $(P 8) | grep -q "rebuilt once before the backward" &&
-    echo "ok:   full recompute rebuilds the pieces before the backward too" ||
+explain 1 --set checkpointing.policy=full $(P 8) | grep -q "rebuilt before the backward for o_proj's output, attention's" &&
+    echo "ok:   full recompute rebuilds the pieces before the backward too, keeping attention's outputs" ||
     { echo "FAIL: the full-recompute plan does not rebuild the region before the backward"; fails=$((fails + 1)); }
+# Lean: just below that plan's peak only the plan that rebuilds attention again
+# in the piece loop (and keeps nothing whole through the backward) fits.
+b8keep=$(explain 1 --set checkpointing.policy=full $(P 8) | awk '/predicted device peak/ {print $4}')
+k=1; lean=""
+while [ -n "$b8keep" ] && [ $k -lt 64 ]; do
+    try=$(awk -v b="$b8keep" -v k="$k" 'BEGIN { printf "%.12f", (b - k * 1024) / 1073741824 }')
+    if explain 1 $(P 8) --set checkpointing.offload=false --set checkpointing.memory_budget_gib="$try" |
+        grep -q "and lean: again per piece"; then lean=$try; break; fi
+    k=$((k + 1))
+done
+if [ -n "$lean" ]; then
+    run lean 1 $(P 8) --set checkpointing.offload=false --set checkpointing.memory_budget_gib="$lean"
+    check "SP 1, 8 lean pieces (attention rebuilt in the piece loop) equals whole" r1save_all lean
+else
+    echo "FAIL: no budget gives the lean pieced plan"; fails=$((fails + 1))
+fi
 
 # Packed documents: every piece attends within the documents.
 DOCS="--set data.documents=eos --set data.eos_token_id=32"

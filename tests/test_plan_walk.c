@@ -364,7 +364,7 @@ static void simulate(const plan_t *p, const graph_plan_t *gp, int is_epilogue, c
             s->loop = 1;
             for (s->piece = 0; s->piece < gp->pieces; s->piece++) {
                 for (int x = pb; x < pe; x++)
-                    if (gp->recompute_step[x]) sim_recompute_step(s, p, gp, x, ws, slot);
+                    if (plan_piece_loop_rebuilds(gp, x)) sim_recompute_step(s, p, gp, x, ws, slot);
                 for (int x = pe; x >= pb; x--) sim_backward_step(s, p, gp, x, ws);
             }
             s->piece = -1;
@@ -472,8 +472,7 @@ START_TEST(test_sac_per_layer) {
                 /* a pieced region rebuilt before the backward is rebuilt again in its piece loop */
                 for (int k = 0; k < 2; k++) {
                     const graph_plan_t *gp = k ? &p->layer_lean : &p->layer;
-                    if (gp->pieces > 1 && gp->recompute_step[gp->piece_end] && s >= gp->piece_begin &&
-                        s < gp->piece_end && gp->recompute_step[s])
+                    if (gp->recompute_step[gp->piece_end] && plan_piece_loop_rebuilds(gp, s))
                         *(k ? &rl : &rr) += sac_recompute_step_flops(p, gp, s);
                     if (s == plan_piece_input_rebuild(gp)) *(k ? &rl : &rr) += sac_recompute_step_flops(p, gp, s);
                 }
@@ -518,6 +517,15 @@ START_TEST(test_pieces_walk) {
             ck_assert_msg(compile(lo, &c, m, cases[i].world, scratch_target(0), err) == 0, "%s", err);
             snprintf(what, sizeof what, "case %zu full %d pieces", i, G);
             simulate_plan(lo, what);
+            if (G > 1) {   /* the same keeps, lean: attention rebuilt again in the piece loop */
+                *p = *lo;
+                p->attn_pieces_lean = 1;
+                memplan_all(p, &c);
+                ck_assert(plan_piece_prepass(&p->layer) && p->layer.t[find_tensor(&p->layer.g, "lse")].piece_buf);
+                ck_assert(p->layer.workspace_bytes <= lo->layer.workspace_bytes);
+                snprintf(what, sizeof what, "case %zu full %d lean pieces", i, G);
+                simulate_plan(p, what);
+            }
             /* more pieces never take more workspace, and some always take less than none (until the
              * peak moves out of the attention block) */
             if (G > 1) ck_assert_msg(lo->layer.workspace_bytes <= prev_ws && lo->layer.workspace_bytes < whole_ws,

@@ -470,7 +470,7 @@ static void pieces_forward(exec_t *e, const walk_t *w, int first, int last, phas
     for (int j = 0; j < gp->pieces; j++) {
         walk_t t = piece_walk(w, j, loop);
         for (int ti = first; ti <= last; ti++) {
-            if (ph == PHASE_BWD && !gp->recompute_step[ti]) continue;
+            if (ph == PHASE_BWD && !(loop ? plan_piece_loop_rebuilds(gp, ti) : gp->recompute_step[ti])) continue;
             double t0 = ex_prof_begin(e);
             run_forward(e, &t, ti, ph, grad_scale);
             ex_prof_end(e, ph == PHASE_FWD ? PROF_FWD : PROF_RECOMPUTE, gp->g.s[ti].op, t0);

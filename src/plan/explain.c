@@ -255,8 +255,12 @@ static void explain_pieces(const plan_t *p, const graph_plan_t *gp, const char *
                 who, gp->pieces, gp->piece_begin, gp->piece_end, gp->g.s[gp->piece_begin].label,
                 gp->g.s[gp->piece_end].label, (long long)(p->kv_heads_local / gp->pieces),
                 (long long)(att ? att->heads / gp->pieces : 0),
-                plan_piece_prepass(gp) ? " (rebuilt once before the backward for o_proj's output, again per piece "
-                                         "in it)" : "",
+                !plan_piece_prepass(gp) ? ""
+                : p->attn_pieces_lean ? " (rebuilt before the backward for o_proj's output, and lean: again per "
+                                        "piece in the backward's loop, attention included)"
+                                      : " (rebuilt before the backward for o_proj's output, attention's outputs "
+                                        "kept whole from there; the backward's loop rebuilds the projections "
+                                        "only)",
                 fmtb(b1, sizeof b1, piece), fmtb(b2, sizeof b2, (double)gp->attn_scratch_bytes));
     }
     fprintf(out, "  %sworkspace peak: %s live at the %s; %s laid out\n", who,

@@ -205,11 +205,16 @@ void plan_piece_region(const plan_t *p, graph_plan_t *gp) {
     gp->pieces = G;
     gp->piece_begin = qkv;
     gp->piece_end = oproj;
+    /* rebuilt before the backward (for o_proj's output), attention's outputs stay
+     * whole from there to their backward, so the piece loop rebuilds only the
+     * cheap steps; or, lean, a piece at a time, and the loop rebuilds attention
+     * again (plan_compile tries both) */
+    const int prepass = gp->recompute_step[oproj] && !p->attn_pieces_lean;
     for (int s = qkv; s < oproj; s++)
         for (int o = 0; o < g->s[s].nout; o++) {
             tensor_plan_t *tp = &gp->t[g->s[s].out[o]];
             tp->pieced = 1;
-            tp->piece_buf = tp->keep != KEEP_SAVE && tp->keep != KEEP_OFFLOAD;
+            tp->piece_buf = tp->keep != KEEP_SAVE && tp->keep != KEEP_OFFLOAD && !(prepass && g->s[s].op == OP_ATTENTION);
         }
 }
 
@@ -246,12 +251,12 @@ static int in_tiles(const timeline_t *tl, int s) { return tl->gp->tile_rows && s
 static int rebuild_start(const timeline_t *tl, int s) {
     if (s == tl->rin_step) return T_LOOP_IN(tl);
     if (in_tiles(tl, s)) return T_BWD(tl, tl->te);
-    if (plan_in_pieces(tl->gp, s)) return s < tl->pe ? T_LOOP(tl, s) : T_RECOMP(tl, s);
+    if (plan_piece_loop_rebuilds(tl->gp, s)) return T_LOOP(tl, s);
     return T_RECOMP(tl, s);
 }
 static int rebuild_read(const timeline_t *tl, int s) {
     if (in_tiles(tl, s)) return T_BWD(tl, tl->tb);
-    if (plan_in_pieces(tl->gp, s)) return s < tl->pe ? T_LOOP(tl, s) : T_RECOMP(tl, s);
+    if (plan_piece_loop_rebuilds(tl->gp, s)) return T_LOOP(tl, s);
     return T_RECOMP(tl, s);
 }
 
@@ -289,7 +294,7 @@ static int scratch_bufs(const timeline_t *tl, graph_plan_t *gp, wbuf_t *b) {
         b[nb++] = (wbuf_t){s, WS_SCRATCH_FWD, T_FWD(tl, s), T_FWD(tl, s), a, 0};
         if (gp->recompute_step[s] && (G == 1 || tl->prepass))
             b[nb++] = (wbuf_t){s, WS_SCRATCH_RECOMP, T_RECOMP(tl, s), T_RECOMP(tl, s), a, 0};
-        if (gp->recompute_step[s] && G > 1)
+        if (plan_piece_loop_rebuilds(gp, s))
             b[nb++] = (wbuf_t){s, WS_SCRATCH_LOOP, T_LOOP(tl, s), T_LOOP(tl, s), a, 0};
         b[nb++] = (wbuf_t){s, WS_SCRATCH_BWD, T_BWD(tl, s), T_BWD(tl, s), a, 0};
         break;  /* one attention step per graph */

@@ -151,29 +151,37 @@ static int compile_at(plan_t *p, const config_t *cfg, const model_t *m, int worl
     if (ng < 0) return -1;
     placement_t list[PLACEMENTS_MAX];
     int n = placements(cfg, world, p->micro_steps, t, list);
-    int best = -1, best_g = 1, best_att = 0, tried = 0;
+    int best = -1, best_g = 1, best_lean = 0, best_att = 0, tried = 0;
     double best_cost = 0;
-    for (int gi = 0; gi < ng && (best < 0 || best_att); gi++)
+    /* each count G > 1 twice: attention's outputs kept whole through a rebuild
+     * before the backward (fewer FLOPs), then lean (less memory) */
+    for (int gl = 0; gl < 2 * ng && (best < 0 || best_att); gl++) {
+        const int G = gs[gl / 2], lean = gl % 2;
+        if (lean && G == 1) continue;
         for (int i = 0; i < n; i++) {
             if (tried++ && sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen)) return -1;
             set_placement(p, cfg, &list[i]);
-            p->attn_pieces = gs[gi];
+            p->attn_pieces = G;
+            p->attn_pieces_lean = lean;
             if (!sac_pass(p, cfg)) continue;
             double cost = placement_cost_s(p) + piece_cost_s(p);
             if (best < 0 || cost < best_cost * 0.999) {
                 best = i;
-                best_g = gs[gi];
+                best_g = G;
+                best_lean = lean;
                 best_cost = cost;
                 best_att = plan_recomputes_attention(p);
             }
             if (cost == 0) break;   /* nothing to gain from a higher placement */
         }
+    }
     if (best >= 0 && (p->zero_stage != list[best].stage || p->optim_offload != list[best].offload ||
                       p->host_grad_bytes != list[best].host_grad_bytes || p->params_offload != list[best].params ||
-                      p->attn_pieces != best_g)) {
+                      p->attn_pieces != best_g || p->attn_pieces_lean != best_lean)) {
         sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen);
         set_placement(p, cfg, &list[best]);
         p->attn_pieces = best_g;
+        p->attn_pieces_lean = best_lean;
         sac_pass(p, cfg);
     }
     p->recompute_flops_per_step = layers_recompute_flops(p) * (double)p->micro_steps * (double)p->world;

@@ -209,6 +209,8 @@ typedef struct {
     int64_t loss_chunk;     /* tokens per LM head + loss chunk */
     int64_t mlp_tile_tokens;/* checkpointing.mlp_tile_tokens (0: the plan chooses) */
     int attn_pieces;        /* G, the KV-head groups attention runs in (1: whole; plan_compile chooses for auto) */
+    int attn_pieces_lean;   /* 1: a pieced region rebuilt before the backward keeps no attention output whole
+                               through it (the piece loop rebuilds attention again); 0: it keeps them */
     int documents;          /* 1: samples are packed documents (data.documents eos) */
     /* parameters and ZeRO: the flat parameter and gradient buffers hold the
      * model's parameters in gradient buckets (plan_bucket), each padded to a
@@ -284,6 +286,10 @@ int plan_piece_prepass(const graph_plan_t *gp);
  * output, it is not kept from the prepass through the backward of the steps
  * after the region (its prepass copy is a buffer of its own, pre_off). */
 int plan_piece_input_rebuild(const graph_plan_t *gp);
+/* 1 when the backward's piece loop rebuilds step si of the pieced region:
+ * a recompute step before o_proj with an output held one piece at a time
+ * (attention's outputs rebuilt before the backward are kept whole). */
+int plan_piece_loop_rebuilds(const graph_plan_t *gp, int si);
 /* 1 when gp's pieced region holds step si. */
 int plan_in_pieces(const graph_plan_t *gp, int si);
 /* 1 when G is a piece count the plan can use: G divides the KV heads per
