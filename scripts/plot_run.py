@@ -30,7 +30,9 @@ def import_pyplot():
         import matplotlib
     except ImportError:
         print(f"{PROG}: matplotlib is missing: pip install --user matplotlib", file=sys.stderr)
-        r = subprocess.run([sys.executable, "-m", "pip", "install", "--user", "--quiet", "matplotlib"])
+        # --user: no root warning to give; the PATH note concerns scripts it does not need
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "--user", "--quiet", "--disable-pip-version-check",
+                            "--root-user-action=ignore", "--no-warn-script-location", "matplotlib"])
         if r.returncode != 0:
             fail("could not install matplotlib with pip; install it (pip install matplotlib) and run again")
         import site

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Tokenize text files with a Hugging Face tokenizer into a token shard (docs/data.md).
+"""Tokenize text files, or fine-tuning conversations, with a Hugging Face tokenizer
+into a token shard (docs/data.md).
 
 Needs only the tokenizer's files on disk (a folder with tokenizer.json, or the
 path of a tokenizer.json), never the network. Encodes with the `tokenizers`
@@ -12,8 +13,15 @@ words, so the result equals encoding the file in one piece. Tokens go to a
 temporary file renamed into place at the end: an interrupted or failed run
 leaves no half-written shard (and an existing one untouched).
 
+With --chat the inputs are JSON Lines of conversations ({"messages": [...]},
+rendered with the tokenizer's own chat template from tokenizer_config.json) or
+prompt/completion pairs; the shard (format version 2) marks the assistant's (the
+completion's) tokens as the only targets, and each record is an EOS-ended document.
+
 usage: prepare_data.py --tokenizer DIR_OR_JSON INPUT... --output OUT.tok
                        [--val VAL.tok [--val-fraction F]] [--eos] [--bos] [--vocab-size N]
+       prepare_data.py --chat --tokenizer DIR_OR_JSON DATA.jsonl... --output OUT.tok
+                       [--val VAL.tok] [--seq-len N [--long keep|drop]] [--eos-token T]
 Exit status: 0 done, 2 bad arguments, input, tokenizer or result, 128+N stopped by signal N.
 """
 import argparse
@@ -180,14 +188,14 @@ def special_token(tok, kind, explicit, names):
 # ---------------------------------------------------------------- reading
 
 
-def input_files(paths):
-    """The input files in order: files as given, folders as their *.txt files sorted by name."""
+def input_files(paths, ext=".txt"):
+    """The input files in order: files as given, folders as their *{ext} files sorted by name."""
     files = []
     for p in paths:
         if os.path.isdir(p):
-            txt = sorted(n for n in os.listdir(p) if n.endswith(".txt") and os.path.isfile(os.path.join(p, n)))
+            txt = sorted(n for n in os.listdir(p) if n.endswith(ext) and os.path.isfile(os.path.join(p, n)))
             if not txt:
-                fail(f"input folder {p} holds no .txt file")
+                fail(f"input folder {p} holds no {ext} file")
             files += [os.path.join(p, n) for n in txt]
         elif os.path.isfile(p):
             files.append(p)
@@ -373,6 +381,218 @@ def encode_document(tok, pieces, chunk_chars, batch, stats):
         yield a.ids[a_from:]
 
 
+# ---------------------------------------------------------------- fine-tuning data (--chat)
+
+
+def chat_renderer(tok, path):
+    """render(messages, add_generation_prompt) -> text, from the tokenizer's own chat
+    template (tokenizer_config.json's chat_template), rendered as transformers'
+    apply_chat_template renders it (a sandboxed jinja2 environment, trim_blocks and
+    lstrip_blocks, the special tokens as variables, raise_exception)."""
+    template = tok.config.get("chat_template")
+    if isinstance(template, list):      # [{"name": ..., "template": ...}]: the default one
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if not isinstance(template, str) or not template:
+        fail(f"--chat: {tok.name} has no chat template (tokenizer_config.json's chat_template): use a model "
+             "folder whose tokenizer has one, or prompt/completion records, which need none")
+    try:
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        fail("--chat renders the tokenizer's chat template with jinja2: pip install jinja2")
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        compiled = env.from_string(template)
+    except jinja2.exceptions.TemplateError as e:
+        fail(f"--chat: the chat template of {tok.name} does not compile: {e}")
+    specials = {}
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        v = tok.config.get(key)
+        v = v.get("content") if isinstance(v, dict) else v
+        specials[key] = v if isinstance(v, str) else ""
+
+    def render(messages, add_generation_prompt, where):
+        try:
+            return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **specials)
+        except jinja2.exceptions.TemplateError as e:
+            fail(f"{where}: the chat template refuses this conversation: {e}")
+    return render
+
+
+def chat_record(obj, where):
+    """(messages, learn): the messages of a record and, per message, whether its tokens
+    are targets. {"messages": [...]}: the assistant's messages are learned.
+    {"prompt": ..., "completion": ...}: strings (plain text, no template; returned
+    as None) or lists of messages (the completion's are learned)."""
+    def messages_of(v, key):
+        if not isinstance(v, list) or not v:
+            fail(f"{where}: \"{key}\" must be a non-empty list of {{\"role\": ..., \"content\": ...}}")
+        for i, m in enumerate(v):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                fail(f"{where}: {key}[{i}] must be an object with string \"role\" and \"content\"")
+        return v
+    if not isinstance(obj, dict):
+        fail(f"{where}: a record must be a JSON object with \"messages\", or \"prompt\" and \"completion\"")
+    if "messages" in obj:
+        msgs = messages_of(obj["messages"], "messages")
+        learn = [m["role"] == "assistant" for m in msgs]
+        if not any(learn):
+            fail(f"{where}: the conversation has no assistant message, so nothing to learn")
+        return msgs, learn
+    if "prompt" in obj and "completion" in obj:
+        p, c = obj["prompt"], obj["completion"]
+        if isinstance(p, str) and isinstance(c, str):
+            return None, (p, c)
+        if isinstance(p, list) and isinstance(c, list):
+            p, c = messages_of(p, "prompt"), messages_of(c, "completion")
+            return p + c, [False] * len(p) + [True] * len(c)
+        fail(f"{where}: \"prompt\" and \"completion\" must both be strings or both lists of messages")
+    fail(f"{where}: a record needs \"messages\", or \"prompt\" and \"completion\" (it has: {', '.join(obj) or 'nothing'})")
+
+
+def target_spans(render, msgs, learn, where):
+    """(text, [(start, end)]): the rendered conversation and the character spans of
+    its learned messages, found by rendering prefixes: a learned message's span is
+    what it adds after the prompt for it (its generation prompt, for an assistant)."""
+    text = render(msgs, False, where)
+    spans = []
+    for i, on in enumerate(learn):
+        if not on:
+            continue
+        post = render(msgs[:i + 1], False, where)
+        pre = render(msgs[:i], msgs[i]["role"] == "assistant", where) if i else ""
+        if not post.startswith(pre):
+            pre = render(msgs[:i], False, where)
+        if not post.startswith(pre) or not text.startswith(post):
+            fail(f"{where}: the chat template does not render this conversation as a growing prefix (message "
+                 f"{i} changes what comes before it), so its learned tokens cannot be told apart")
+        if len(post) > len(pre):
+            spans.append((len(pre), len(post)))
+    return text, spans
+
+
+def encode_example(tok, text, spans):
+    """Token ids of `text` (one encoding, as the tokenizer encodes it) and 0/1 per
+    token: 1 where the token starts inside a learned span."""
+    enc = tok.encode_batch([text])[0]
+    ids = list(enc.ids)
+    offsets = getattr(enc, "offsets", None)
+    if offsets is None:
+        fail(f"--chat needs a tokenizer that reports character offsets (tokenizer.json, or a fast transformers "
+             f"tokenizer); {tok.name} is a slow one")
+    flags, k = [], 0
+    for (a, b) in offsets:
+        while k < len(spans) and spans[k][1] <= a:
+            k += 1
+        flags.append(1 if k < len(spans) and spans[k][0] <= a < spans[k][1] else 0)
+    return ids, flags
+
+
+def read_jsonl(path):
+    """(where, record) for every non-blank line of a JSON Lines file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield f"{path}:{n}", json.loads(line)
+                    except ValueError as e:
+                        fail(f"{path}:{n}: not JSON: {e}")
+    except UnicodeDecodeError as e:
+        fail(f"{path} is not UTF-8 text ({e.reason} at byte {e.start} of a block); convert the file to UTF-8")
+    except OSError as e:
+        fail(f"cannot read {path}: {e.strerror or e}")
+
+
+def chat_examples(tok, files, eos_id):
+    """Yield (where, ids, flags) per record, EOS-ended: one document per conversation."""
+    render = None
+    for path in files:
+        for where, obj in read_jsonl(path):
+            msgs, learn = chat_record(obj, where)
+            if msgs is None:                # plain prompt/completion: the completion is learned
+                prompt, completion = learn
+                text, spans = prompt + completion, [(len(prompt), len(prompt) + len(completion))]
+            else:
+                render = render or chat_renderer(tok, where)
+                text, spans = target_spans(render, msgs, learn, where)
+            ids, flags = encode_example(tok, text, spans)
+            if not any(flags):
+                fail(f"{where}: the learned part encodes to no token")
+            # the EOS ends the document; it is learned after a learned last token (the model learns to stop)
+            yield where, ids + [eos_id], flags + [flags[-1]]
+
+
+def split_at_document(doc_ends, n_total, fraction):
+    """The document end nearest to leaving `fraction` of the tokens for validation."""
+    want = n_total - int(n_total * fraction)
+    inner = [e for e in doc_ends[:-1] if 2 <= e <= n_total - 2]
+    if not inner:
+        return None
+    return min(inner, key=lambda e: abs(e - want))
+
+
+def prepare_chat(a, tok, files, shard):
+    """--chat: JSON Lines of conversations or prompt/completion pairs -> a masked shard."""
+    eos = special_token(tok, "eos", a.eos_token, EOS_NAMES)
+    n_docs, dropped, long_docs, longest, doc_ends = 0, 0, 0, 0, []
+    n_targets = 0
+    with shard.ShardWriter(a.output) as out:
+        for where, ids, flags in chat_examples(tok, files, eos[1]):
+            longest = max(longest, len(ids))
+            if a.seq_len and len(ids) > a.seq_len:
+                long_docs += 1
+                if a.long == "drop":
+                    dropped += 1
+                    continue
+            out.append(ids, flags)
+            n_docs += 1
+            n_targets += sum(flags)
+            doc_ends.append(out.n_tokens)
+        if n_docs == 0:
+            fail("no conversation left to write" + (f" ({dropped} longer than --seq-len {a.seq_len} dropped)"
+                                                    if dropped else ": the input has no records"))
+        n_total, vocab = out.n_tokens, a.vocab_size if a.vocab_size is not None else tok.vocab_size
+        if out.max_id >= vocab:
+            fail(f"token id {out.max_id} is >= the vocab_size {vocab}: pass --vocab-size")
+        n_val = 0
+        if a.val:
+            cut = split_at_document(doc_ends, n_total, a.val_fraction)
+            if cut is None:
+                fail(f"{n_docs} conversation(s) cannot be split into a training and a validation part: "
+                     "use more data, or leave --val out")
+            n_val = n_total - cut
+            with shard.ShardWriter(a.val) as val:
+                out.move_tail(n_val, val)
+                val.commit(vocab, eos[1])
+        out.commit(vocab, eos[1])
+    return dict(n_docs=n_docs, dropped=dropped, long=long_docs, longest=longest, n_total=n_total, n_val=n_val,
+                n_targets=n_targets, eos=eos, vocab=vocab, n_val_docs=sum(1 for e in doc_ends if e > n_total - n_val))
+
+
+def report_chat(a, tok, files, r):
+    msg = (f"{PROG}: {len(files)} file{'s' if len(files) != 1 else ''}, {r['n_docs']} conversations, "
+           f"{r['n_total']} tokens of which {r['n_targets']} targets, eos {r['eos'][0]!r} = {r['eos'][1]} after each, "
+           f"vocab_size {r['vocab']} ({tok.backend}: {tok.name}) -> {a.output} ({r['n_total'] - r['n_val']} tokens)")
+    if a.val:
+        msg += f", {a.val} ({r['n_val']} tokens, the last {r['n_val_docs']} conversations)"
+    print(msg)
+    if r["long"]:
+        what = ("dropped" if a.long == "drop" else
+                "kept whole: each spans samples, and the part in a later sample starts a new document at "
+                "position 0 without the earlier context (--long drop leaves them out)")
+        print(f"{PROG}: warning: {r['long']} of {r['n_docs'] + r['dropped']} conversations are longer than "
+              f"--seq-len {a.seq_len} tokens (the longest has {r['longest']}): {what}", file=sys.stderr)
+    elif a.seq_len:
+        print(f"{PROG}: every conversation fits --seq-len {a.seq_len} (the longest has {r['longest']} tokens)")
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -386,7 +606,8 @@ def main():
         epilog="Each input file is one document. Exit status: 0 done, 2 bad arguments, input, "
                "tokenizer or result.")
     ap.add_argument("inputs", nargs="+", metavar="INPUT",
-                    help="UTF-8 text files, or folders (their *.txt files, sorted by name), in order")
+                    help="UTF-8 text files, or folders (their *.txt files, sorted by name), in order; "
+                         "with --chat, JSON Lines files")
     ap.add_argument("--tokenizer", required=True, metavar="DIR_OR_JSON",
                     help="folder holding tokenizer.json (a Hugging Face model folder) or a tokenizer.json")
     ap.add_argument("--output", "-o", required=True, metavar="OUT.tok", help="token shard to write")
@@ -404,6 +625,15 @@ def main():
                          "at least the largest token id + 1")
     ap.add_argument("--backend", choices=("auto", "tokenizers", "transformers"), default="auto",
                     help="library that reads the tokenizer (default auto: tokenizers when it can)")
+    ap.add_argument("--chat", action="store_true",
+                    help="the inputs are JSON Lines of fine-tuning records: {\"messages\": [...]} (rendered with the "
+                         "tokenizer's chat template; the assistant's tokens are the targets) or {\"prompt\": ..., "
+                         "\"completion\": ...} (the completion's tokens are); each record is a document ended by EOS")
+    ap.add_argument("--seq-len", type=int, default=0, metavar="N",
+                    help="with --chat: the run's train.seq_len; longer conversations are reported (and see --long)")
+    ap.add_argument("--long", choices=("keep", "drop"), default="keep",
+                    help="with --chat: keep conversations longer than --seq-len whole across samples, with a "
+                         "warning (default), or drop them")
     ap.add_argument("--chunk-chars", type=int, default=1 << 18, metavar="N",
                     help="characters read and encoded at a time (default 262144)")
     ap.add_argument("--batch", type=int, default=0, metavar="N",
@@ -426,8 +656,22 @@ def main():
             fail(f"cannot write {out}: it is a folder")
     batch = a.batch if a.batch > 0 else min(16, os.cpu_count() or 1)
 
-    files = input_files(a.inputs)
+    if a.seq_len < 0:
+        fail(f"--seq-len {a.seq_len} must be positive")
+    if a.chat and a.bos:
+        fail("--chat: the chat template decides where BOS goes; leave --bos out")
+    files = input_files(a.inputs, ".jsonl" if a.chat else ".txt")
     tok = load_tokenizer(a.tokenizer, a.backend)
+    if a.chat:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, on_signal)
+        try:
+            report_chat(a, tok, files, prepare_chat(a, tok, files, load_shard_module()))
+        except OSError as e:
+            fail(f"cannot write {e.filename or a.output}: {e.strerror or e}")
+        except OverflowError:
+            fail("a token id does not fit in 32 bits (ids must be below 2^32)")
+        return
     eos = special_token(tok, "eos", a.eos_token, EOS_NAMES) if a.eos else None
     bos = special_token(tok, "bos", a.bos_token, BOS_NAMES) if a.bos else None
 

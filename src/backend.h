@@ -63,8 +63,9 @@ typedef struct backend {
     size_t (*memory_used)(void);    /* bytes in use on the device now (all processes); 0 for host */
     void *(*alloc)(size_t bytes, const char *what);     /* never NULL: dies naming `what` */
     void (*free)(void *p);
-    /* pinned host memory (activation offload); NULL when the node cannot give
-     * it, so that the caller can refuse the run with its own figures */
+    /* pinned host memory (activation offload, host model state), zeroed;
+     * NULL when the node cannot give it, so that the caller can refuse the
+     * run with its own figures */
     void *(*host_alloc)(size_t bytes, const char *what);
     void (*host_free)(void *p);
     void (*zero)(void *p, size_t bytes);

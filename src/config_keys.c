@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "config_keys.h"
+#include "util.h"
 
 #define FLD(field) .off = offsetof(config_t, field), .size = sizeof(((config_t *)0)->field)
 #define BIG ((int64_t)1 << 40)
@@ -139,14 +140,14 @@ const cfg_key_t cfg_keys[] = {
      .help = "what the backward keeps: save_all every activation, full the fewest (the rest is "
              "recomputed), auto lets the SAC pass choose from its cost model and the memory budget"},
     {"checkpointing", "memory_budget_gib", KT_FLOAT, FLD(checkpointing.memory_budget_gib),
-     .flo = 0, .fhi = INFINITY,
+     .flo = 0, .fhi = ASP_MEMORY_GIB_MAX,
      .help = "per-rank device memory (GiB) the plan must fit; 0: the device's memory"},
     {"checkpointing", "offload", KT_BOOL, FLD(checkpointing.offload),
      .help = "let the auto policy offload saved activations to pinned host memory (copied "
              "beside compute, back one layer ahead of their backward) where that is cheaper "
              "than recomputing them; false keeps them on the device"},
     {"checkpointing", "host_budget_gib", KT_FLOAT, FLD(checkpointing.host_budget_gib),
-     .flo = 0, .fhi = INFINITY,
+     .flo = 0, .fhi = ASP_MEMORY_GIB_MAX,
      .help = "per-rank pinned host memory (GiB) the plan may offload to; 0: the node's memory "
              "(four fifths of it) shared by its ranks; more than that is refused"},
     {"checkpointing", "host_bandwidth_gbs", KT_FLOAT, FLD(checkpointing.host_bandwidth_gbs),

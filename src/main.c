@@ -52,8 +52,10 @@ static void usage(FILE *out) {
             "  --help                   this text and every config key\n"
             "  --version                print the version and how this binary was built\n"
             "\n"
-            "exit status: 0 done (also a clean stop by SIGUSR2), 1 runtime failure,\n"
-            "             2 bad config, arguments, data or checkpoint, 128+N stopped by signal N\n"
+            "exit status: 0 done, 1 runtime failure, 2 bad config, arguments, data or checkpoint,\n"
+            "             75 stopped early, resumable: SIGINT, SIGTERM or SIGUSR2 stopped every rank at a\n"
+            "                step boundary and its checkpoint was written (the same command goes on),\n"
+            "             128+N ended by signal N before training began, or by a second one\n"
             "\n"
             "A path given by --set is relative to the current directory; paths in the config file\n"
             "are relative to the file's folder.\n\n",
@@ -139,11 +141,13 @@ static void parse_args(int argc, char **argv, cli_t *c, ranks_t *r) {
             if (w != (double)(int)w || w > 1 << 20) usage_error(r, "--world expects a whole number, got '%s'", next);
             c->world = (int)w;
             i++;
-        } else if (!strcmp(a, "--gpu-memory")) {
-            c->gpu_memory_gib = parse_positive(r, a, next);
-            i++;
-        } else if (!strcmp(a, "--host-memory")) {
-            c->host_memory_gib = parse_positive(r, a, next);
+        } else if (!strcmp(a, "--gpu-memory") || !strcmp(a, "--host-memory")) {
+            double gib = parse_positive(r, a, next);
+            /* 1e308 GiB is finite but its bytes are not: an "inf" budget fits anything */
+            if (gib > ASP_MEMORY_GIB_MAX)
+                usage_error(r, "%s %s GiB is beyond any machine (at most %.0f GiB, 1 PiB); give the memory in GiB",
+                            a, next, ASP_MEMORY_GIB_MAX);
+            *(a[2] == 'g' ? &c->gpu_memory_gib : &c->host_memory_gib) = gib;
             i++;
         } else if (!strcmp(a, "--dump-grads")) {
             if (!next) usage_error(r, "--dump-grads expects a file name");
@@ -239,8 +243,10 @@ static void load_config(config_t *cfg, const cli_t *cli, ranks_t *ranks) {
     char shard_path[CFG_PATH_MAX];
     uint32_t shard_vocab = 0;
     int64_t shard_eos = -1;
-    if (cfg->data.path[0] && config_resolve_path(cfg, cfg->data.path, shard_path, sizeof shard_path) == 0 &&
-        shard_peek(shard_path, &shard_vocab, &shard_eos, err, sizeof err) == 0) {
+    int peeked = cfg->data.path[0] && config_resolve_path(cfg, cfg->data.path, shard_path, sizeof shard_path) == 0
+                 ? shard_peek(shard_path, &shard_vocab, &shard_eos, err, sizeof err) : -1;
+    if (peeked == -2) usage_error(ranks, "%s", err);   /* a header read, but refused: name the shard */
+    if (peeked == 0) {
         if (!cfg->vocab_size_given) {
             cfg->model.vocab_size = shard_vocab;
         } else if ((int64_t)shard_vocab > cfg->model.vocab_size) {
@@ -462,6 +468,18 @@ static int train(const config_t *cfg, const plan_t *plan, const backend_t *be, r
 #endif
     return train_run(cfg, plan, be, coll, &coll_host, ranks, &opts);
 }
+
+/* The documented signal behaviour holds from the first instant: the GPU and
+ * MPI libraries take ~100 ms to load and initialise before main runs, and a
+ * SIGUSR1 (checkpoint and go on) or SIGTERM then would take its default
+ * action. An executable's .preinit_array runs before any shared library's
+ * initialisers, so the handlers are in place from there. */
+static void install_signals_early(int argc, char **argv, char **envp) {
+    (void)argc, (void)argv, (void)envp;
+    train_install_signals();
+}
+__attribute__((section(".preinit_array"), used)) static void (*const early_signals)(int, char **, char **) =
+    install_signals_early;
 
 int main(int argc, char **argv) {
     /* first: a SIGTERM during start-up is reported, not silently fatal */

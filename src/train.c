@@ -6,6 +6,7 @@
 #include "train.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "io/data.h"
 #include "exec/exec.h"
 #include "io/hf.h"
+#include "io/runlock.h"
 #include "train_log.h"
 #include "util.h"
 
@@ -46,6 +48,8 @@ static void on_signal(int sig) {
             say(sig == SIGUSR2 ? "autosp-train: SIGUSR2: stopping at the end of this step with a checkpoint\n"
                 : sig == SIGINT ? "autosp-train: SIGINT: stopping at the end of this step with a checkpoint "
                                   "(again to quit at once)\n"
+                : sig == SIGHUP ? "autosp-train: SIGHUP (terminal or session closed): stopping at the end of this "
+                                  "step with a checkpoint (again to quit at once)\n"
                 : "autosp-train: SIGTERM: stopping at the end of this step with a checkpoint (again to quit at once)\n");
     }
 }
@@ -58,6 +62,8 @@ void train_install_signals(void) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    /* a closed terminal or ssh session: stop cleanly, as for SIGTERM */
+    sigaction(SIGHUP, &sa, NULL);
     /* mpirun gives its ranks only a second between SIGTERM and SIGKILL but
      * passes SIGUSR2 through: launchers use it to ask for a clean stop. */
     sigaction(SIGUSR2, &sa, NULL);
@@ -125,7 +131,9 @@ typedef struct {
 static int save_checkpoint(run_t *run) {
     char err[4096];
     const loader_t *l = &run->loader;
-    ckpt_state_t st = {run->step, l->epoch, l->cursor, l->seed, run->val_step_last, run->val_loss_last};
+    ckpt_state_t st = {.step = run->step, .epoch = l->epoch, .cursor = l->cursor, .seed = l->seed,
+                       .val_step = run->val_step_last, .val_loss = run->val_loss_last};
+    shard_fingerprint(&run->shard, &st.data_bytes, &st.data_fingerprint);
     double t0 = asp_now();
     if (ckpt_save(run->cfg, run->plan, run->e, run->r, run->host_coll, &st, err, sizeof err) != 0) {
         if (run->lead) asp_warn("checkpoint of step %lld failed: %s", (long long)run->step, err);
@@ -136,6 +144,21 @@ static int save_checkpoint(run_t *run) {
                  asp_now() - t0);
     run->saved_step = run->step;
     return 0;
+}
+
+/* A resume on a training shard other than the one the checkpoint's run read
+ * goes on (a user may extend or fix the data on purpose) but says so: the
+ * data order and the position it resumes at refer to the old shard. */
+static void warn_data_changed(const ckpt_state_t *st, const shard_t *shard, const char *dir) {
+    uint64_t bytes, fp;
+    shard_fingerprint(shard, &bytes, &fp);
+    if (!st->data_bytes || (bytes == st->data_bytes && fp == st->data_fingerprint)) return;
+    asp_warn("data.path %s changed since %s was written: it was %llu bytes (fingerprint %016llx), it is %llu bytes "
+             "(fingerprint %016llx) now; the run goes on from the checkpoint's data position (epoch %lld, sample "
+             "%lld) in the new shard. To train on the old data, restore it; to start over on the new, set "
+             "io.resume=never or another io.run_dir",
+             shard->path, dir, (unsigned long long)st->data_bytes, (unsigned long long)st->data_fingerprint,
+             (unsigned long long)bytes, (unsigned long long)fp, (long long)st->epoch, (long long)st->cursor);
 }
 
 /* io.resume: load the checkpoint into the engine and the loader, and open the
@@ -162,6 +185,7 @@ static int resume_run(const config_t *cfg, const plan_t *plan, exec_t *e, const 
         if (lead)
             asp_info("resumed from %s: step %lld, data epoch %lld, sample %lld", dir, (long long)st->step,
                      (long long)st->epoch, (long long)st->cursor);
+        if (lead) warn_data_changed(st, loader->shard, dir);
         if (st->step >= cfg->train.steps && lead)
             asp_warn("the checkpoint is at step %lld and train.steps is %lld: nothing to train (raise train.steps "
                      "to go on, or set io.resume=never to start over)", (long long)st->step,
@@ -189,18 +213,32 @@ static int64_t documents_eos(const config_t *cfg, const shard_t *shard, const mo
     return eos;
 }
 
+/* Open the shard of config key data.KEY; a relative path that names no file
+ * gets the rule that a config's paths are relative to the config file, with
+ * the path as written and as resolved, and how to fix it. Exits 2 on error. */
+static void open_config_shard(const config_t *cfg, const char *key, const char *written, int64_t vocab,
+                              shard_t *shard) {
+    char path[CFG_PATH_MAX], err[2048];
+    if (config_resolve_path(cfg, written, path, sizeof path) != 0) asp_die(ASP_EXIT_USAGE, "data.%s is too long", key);
+    if (shard_open(shard, path, vocab, err, sizeof err) == 0) return;
+    if (written[0] != '/' && access(path, F_OK) != 0 && cfg->source[0])
+        asp_die(ASP_EXIT_USAGE, "%s\n  data.%s is '%s' in %s, which resolves to %s: paths in a config are relative "
+                "to the config file's folder (%s), not to the working directory. Fix: make it relative to that "
+                "folder or absolute, or give it with --set data.%s=PATH", err, key, written, cfg->source, path,
+                cfg->base_dir[0] ? cfg->base_dir : ".", key);
+    asp_die(ASP_EXIT_USAGE, "%s", err);
+}
+
 /* The training shard (data.path) and its loader; documents when asked for. */
 static void open_data(run_t *run) {
     const config_t *cfg = run->cfg;
     const plan_t *plan = run->plan;
     const ranks_t *r = run->r;
-    char err[2048], path[CFG_PATH_MAX];
+    char err[2048];
     if (!cfg->data.path[0])
         asp_die(ASP_EXIT_USAGE, "%s: data.path is not set: give a token shard (docs/data.md), e.g. --set data.path=...",
                 cfg->source);
-    if (config_resolve_path(cfg, cfg->data.path, path, sizeof path) != 0)
-        asp_die(ASP_EXIT_USAGE, "data.path is too long");
-    if (shard_open(&run->shard, path, plan->model->V, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
+    open_config_shard(cfg, "path", cfg->data.path, plan->model->V, &run->shard);
     if (loader_init(&run->loader, &run->shard, plan->seq_len, plan->seq_pad, r->sp_rank, r->sp_size, r->dp_rank,
                     r->dp_size, cfg->data.shuffle, cfg->train.seed, err, sizeof err) != 0)
         asp_die(ASP_EXIT_USAGE, "%s", err);
@@ -217,13 +255,14 @@ static void open_validation(run_t *run) {
     const plan_t *plan = run->plan;
     const ranks_t *r = run->r;
     val_t *val = &run->val;
-    char err[2048], path[CFG_PATH_MAX];
+    char err[2048];
     memset(val, 0, sizeof *val);
     run->have_val = cfg->data.val_path[0] != 0;
     if (!run->have_val) return;
-    if (config_resolve_path(cfg, cfg->data.val_path, path, sizeof path) != 0)
-        asp_die(ASP_EXIT_USAGE, "data.val_path is too long");
-    if (shard_open(&val->shard, path, plan->model->V, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
+    open_config_shard(cfg, "val_path", cfg->data.val_path, plan->model->V, &val->shard);
+    const char *path = val->shard.path;
+    if (shard_check_pair(&run->shard, &val->shard, plan->model->V, err, sizeof err) != 0)
+        asp_die(ASP_EXIT_USAGE, "%s", err);
     if (loader_init(&val->loader, &val->shard, plan->seq_len, plan->seq_pad, r->sp_rank, r->sp_size, r->dp_rank,
                     r->dp_size, 0, tc->seed, err, sizeof err) != 0)
         asp_die(ASP_EXIT_USAGE, "data.val_path: %s", err);
@@ -246,8 +285,11 @@ static void prepare_run_dir(const run_t *run) {
     if (!run->lead) return;
     const config_t *cfg = run->cfg;
     char err[2048], path[CFG_PATH_MAX + 32];
+    /* an unreadable checkpoints path is an error before anything is written, and one run per folder */
+    if (ckpt_check_run_dir(cfg, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
     if (asp_mkdir_p(cfg->io.run_dir) != 0)
         asp_die(ASP_EXIT_USAGE, "cannot create io.run_dir %s: %s", cfg->io.run_dir, strerror(errno));
+    if (runlock_acquire(cfg->io.run_dir, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
     snprintf(path, sizeof path, "%s/config.yaml", cfg->io.run_dir);
     if (config_write_yaml(cfg, path, err, sizeof err) != 0) asp_die(ASP_EXIT_FAILURE, "%s", err);
 }
@@ -310,11 +352,14 @@ static int run_open(run_t *run, const config_t *cfg, const plan_t *plan, const b
     open_data(run);
     open_validation(run);
     prepare_run_dir(run);
+    double t_engine = asp_since_start();
     run->e = exec_create(plan, be, coll, host_coll, r);
+    double t_arenas = asp_since_start();
     exec_init_params(run->e, cfg->train.seed);
     if (cfg->model.from_pretrained[0]) hf_train_import(run->e, cfg, plan->model);
+    double t_weights = asp_since_start();
     FILE *metrics = NULL;
-    run->resumed = (ckpt_state_t){0, 0, 0, cfg->train.seed, 0, 0};
+    run->resumed = (ckpt_state_t){.seed = cfg->train.seed};
     if (resume_run(cfg, plan, run->e, r, host_coll, &run->loader, &run->resumed, &metrics) < 0) {
         exec_destroy(run->e);
         close_data(run);
@@ -328,14 +373,14 @@ static int run_open(run_t *run, const config_t *cfg, const plan_t *plan, const b
     if (run->lead) progress_begin(cfg->train.steps, plan->micro_steps);
     if (run->lead)
         asp_info("training %lld steps: %.0f tokens per step, %d rank(s) as SP %d x DP %d, %s backend (set-up "
-                 "took %.1f s)",
+                 "took %.1f s: %.1f s libraries, device and plan, %.1f s arenas and pinned host memory, %.1f s "
+                 "weights)",
                  (long long)cfg->train.steps, run->log.tokens_per_step, r->world_size, r->sp_size, r->dp_size,
-                 be->name, asp_since_start());
+                 be->name, asp_since_start(), t_engine, t_arenas - t_engine, t_weights - t_arenas);
     /* Test-only fault injection (docs/launch.md): rank ASP_FAIL_RANK fails
      * at step ASP_FAIL_STEP, to show that the whole job ends, not hangs. */
-    const char *fail_rank_env = getenv("ASP_FAIL_RANK"), *fail_step_env = getenv("ASP_FAIL_STEP");
-    run->fail_rank = fail_rank_env ? atoi(fail_rank_env) : -1;
-    run->fail_step = fail_step_env ? atoll(fail_step_env) : 1;
+    run->fail_rank = (int)asp_env_long("ASP_FAIL_RANK", -1, 0, 1 << 30);
+    run->fail_step = asp_env_long("ASP_FAIL_STEP", 1, 1, LONG_MAX);
     return 0;
 }
 
@@ -459,6 +504,31 @@ static void maybe_inject_failure(const run_t *run) {
 
 /* ------------------------------------------------------------------ the end */
 
+static const char *signal_name(int sig) {
+    static char other[24];
+    switch (sig) {
+    case SIGINT: return "SIGINT";
+    case SIGTERM: return "SIGTERM";
+    case SIGUSR2: return "SIGUSR2";
+    case SIGHUP: return "SIGHUP";
+    default: snprintf(other, sizeof other, "signal %d", sig); return other;
+    }
+}
+
+/* A stop signal ended training before its last step, after the checkpoint of
+ * the step reached: rank 0 says why and that it resumes, on the console and
+ * as a last metrics.jsonl line (kept when the run resumes). Launchers (the
+ * Slurm batch files) requeue on its exit status, ASP_EXIT_STOPPED. */
+static void report_early_stop(FILE *metrics, int sig, int64_t step, int64_t steps, int lead) {
+    if (!lead) return;
+    asp_info("stopped early by %s at step %lld of %lld with its checkpoint: resumable, run the same command to go "
+             "on (exit status %d)",
+             signal_name(sig), (long long)step, (long long)steps, ASP_EXIT_STOPPED);
+    if (metrics)
+        fprintf(metrics, "{\"step\": %lld, \"stopped\": \"%s\", \"resumable\": true, \"exit_status\": %d}\n",
+                (long long)step, signal_name(sig), ASP_EXIT_STOPPED);
+}
+
 /* The closing checkpoint (after the last step, or when stopped), the summary,
  * the profile, the Hugging Face export and the gradient dump. Returns 1 when
  * the checkpoint failed. */
@@ -476,6 +546,8 @@ static int run_finish(run_t *run) {
     if (run->opts->dump_path && run->lead && run->dump_grads)
         write_dump(run->opts->dump_path, run->losses, run->step, run->dump_grads, run->plan->n_params);
     progress_end();
+    if (stop_signal && !ckpt_failed && run->step < cfg->train.steps)
+        report_early_stop(run->log.metrics, (int)stop_signal, run->step, cfg->train.steps, run->lead);
     log_close(&run->log);
     /* A stopped run exits non-zero, and mpirun kills the job when the first
      * rank does: meet here, after rank 0's last output and files, first. */
@@ -483,16 +555,11 @@ static int run_finish(run_t *run) {
     return ckpt_failed;
 }
 
-/* SIGUSR2 asks for a clean stop: with its checkpoint written that is a
- * success (status 0), so mpirun does not report the job as aborted. */
-static int exit_status(int lead, int64_t step, int ckpt_failed) {
-    if (stop_signal == SIGUSR2) {
-        if (lead && !ckpt_failed)
-            asp_info("stopped cleanly at step %lld: run the same command to resume from its checkpoint",
-                     (long long)step);
-        return ckpt_failed ? ASP_EXIT_FAILURE : 0;
-    }
-    return stop_signal ? 128 + (int)stop_signal : ckpt_failed ? ASP_EXIT_FAILURE : 0;
+/* A stop before the last step, its checkpoint written, is resumable (75); a
+ * stop after the last step is a finished run. */
+static int exit_status(int64_t step, int64_t steps, int ckpt_failed) {
+    if (ckpt_failed) return ASP_EXIT_FAILURE;
+    return stop_signal && step < steps ? ASP_EXIT_STOPPED : 0;
 }
 
 int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, const coll_ops_t *coll,
@@ -514,5 +581,5 @@ int train_run(const config_t *cfg, const plan_t *plan, const backend_t *be, cons
     }
     int ckpt_failed = run_finish(&run);
     run_close(&run);
-    return exit_status(run.lead, run.step, ckpt_failed);
+    return exit_status(run.step, cfg->train.steps, ckpt_failed);
 }

@@ -77,8 +77,7 @@ static void on_progress(int phase, int layer, int layers) {
 void progress_begin(int64_t steps, int64_t micro_steps) {
     progress.steps = steps;
     progress.micro_steps = micro_steps;
-    const char *every = getenv("ASP_PROGRESS_S");
-    progress.every = every && atof(every) > 0 ? atof(every) : 10.0;
+    progress.every = asp_env_double("ASP_PROGRESS_S", 10.0, 1e-3, 1e9);
     exec_progress_hook = on_progress;
 }
 

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,3 +213,52 @@ int asp_map_file(const char *path, const char *what, const char *hint, void **ma
     *bytes = size;
     return 0;
 }
+
+/* ------------------------------------------------------------------ ASP_* variables */
+
+int asp_parse_env_long(const char *name, const char *text, long lo, long hi, long *out, char *err, size_t errlen) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    /* strtol skips leading blanks and takes "+5": digits only, an optional '-' */
+    int digits = (text[0] >= '0' && text[0] <= '9') || (text[0] == '-' && text[1] >= '0' && text[1] <= '9');
+    if (!digits || errno || *end || v < lo || v > hi)
+        return asp_errf(err, errlen, "environment variable %s='%s' is not a whole number from %ld to %ld; fix or "
+                        "unset it", name, text, lo, hi);
+    *out = v;
+    return 0;
+}
+
+int asp_parse_env_double(const char *name, const char *text, double lo, double hi, double *out, char *err,
+                         size_t errlen) {
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    /* strtod also reads "inf", "nan", hex and leading blanks: plain decimals only */
+    int plain = text[0] && strspn(text, "0123456789.-+eE") == strlen(text);
+    if (!plain || end == text || *end || errno == ERANGE || !isfinite(v) || v < lo || v > hi)
+        return asp_errf(err, errlen, "environment variable %s='%s' is not a number from %g to %g; fix or unset it",
+                        name, text, lo, hi);
+    *out = v;
+    return 0;
+}
+
+long asp_env_long(const char *name, long dflt, long lo, long hi) {
+    const char *s = getenv(name);
+    if (!s || !*s) return dflt;
+    char err[512];
+    long v;
+    if (asp_parse_env_long(name, s, lo, hi, &v, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
+    return v;
+}
+
+double asp_env_double(const char *name, double dflt, double lo, double hi) {
+    const char *s = getenv(name);
+    if (!s || !*s) return dflt;
+    char err[512];
+    double v;
+    if (asp_parse_env_double(name, s, lo, hi, &v, err, sizeof err) != 0) asp_die(ASP_EXIT_USAGE, "%s", err);
+    return v;
+}
+
+int asp_env_flag(const char *name) { return (int)asp_env_long(name, 0, 0, 1); }

@@ -15,8 +15,10 @@
 #define ASP_NORETURN
 #endif
 
-/* Exit codes: 1 runtime failure, 2 bad input (config, arguments, data). */
-enum { ASP_EXIT_FAILURE = 1, ASP_EXIT_USAGE = 2 };
+/* Exit codes: 1 runtime failure, 2 bad input (config, arguments, data), 75
+ * stopped early by a signal at a step boundary with its checkpoint written:
+ * the same command resumes (EX_TEMPFAIL of sysexits.h, "try again later"). */
+enum { ASP_EXIT_FAILURE = 1, ASP_EXIT_USAGE = 2, ASP_EXIT_STOPPED = 75 };
 
 /* Print "autosp-train: <message>" (prefixed by the rank when running with
  * several) to stderr and exit with `code`. Under MPI the whole job is aborted,
@@ -75,8 +77,25 @@ int asp_open_regular(const char *path, const char *what, const char *hint, char 
 int asp_map_file(const char *path, const char *what, const char *hint, void **map, size_t *bytes, char *err,
                  size_t errlen);
 
+/* ASP_* environment variables, parsed strictly: unset or empty gives `dflt`;
+ * anything but a whole number (long) or a finite number (double) in
+ * [lo, hi] ends the run with exit status 2, naming the variable, its value
+ * and the range. A flag is 0 or 1. */
+long asp_env_long(const char *name, long dflt, long lo, long hi);
+double asp_env_double(const char *name, double dflt, double lo, double hi);
+int asp_env_flag(const char *name);
+/* The parsers behind them (no environment, no exit): 0 and *out, or -1 with
+ * a message naming `name`. */
+int asp_parse_env_long(const char *name, const char *text, long lo, long hi, long *out, char *err, size_t errlen);
+int asp_parse_env_double(const char *name, const char *text, double lo, double hi, double *out, char *err,
+                         size_t errlen);
+
 /* Human-readable byte count ("12.3 GiB") into buf. */
 const char *asp_fmt_bytes(char *buf, size_t len, double bytes);
+
+/* The largest memory figure (GiB) a config key or flag accepts: 1 PiB. A
+ * larger one is a typo, and its byte count may overflow to infinity. */
+#define ASP_MEMORY_GIB_MAX 1048576.0
 
 static inline size_t asp_align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 static inline int64_t asp_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

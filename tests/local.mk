@@ -39,8 +39,15 @@ EXTRA_DIST += tests/test_docs_keys.sh
 # libFuzzer harnesses and their seeds (built and run by tests/fuzz/run.sh, from
 # scripts/sanitize-check.sh in CI), and the LeakSanitizer suppressions
 EXTRA_DIST += tests/fuzz/fuzz_common.h tests/fuzz/fuzz_json.c tests/fuzz/fuzz_safetensors.c tests/fuzz/fuzz_config.c \
-              tests/fuzz/fuzz_hf_config.c tests/fuzz/fuzz_shard.c tests/fuzz/fuzz_ckpt_state.c tests/fuzz/run.sh \
+              tests/fuzz/fuzz_hf_config.c tests/fuzz/fuzz_shard.c tests/fuzz/fuzz_ckpt_state.c tests/fuzz/fuzz_ckpt_dir.c tests/fuzz/fuzz_run_folder.c tests/fuzz/run.sh \
               tests/fuzz/corpus tests/lsan.supp
 EXTRA_DIST += tests/testmodel.h
 TESTS += tests/test_shape.sh
 EXTRA_DIST += tests/test_shape.sh scripts/check_shape.py
+TESTS += tests/test_run_folder.sh
+EXTRA_DIST += tests/test_run_folder.sh
+TESTS += tests/test_readme_explain.sh
+EXTRA_DIST += tests/test_readme_explain.sh
+# The Slurm batch files against a real one-node Slurm on localhost (skips without slurm-wlm and munge)
+TESTS += tests/test_slurm.sh
+EXTRA_DIST += tests/test_slurm.sh

@@ -78,6 +78,62 @@ START_TEST(test_config_keys) {
     ck_assert_ptr_nonnull(strstr(err, "io.save_every"));
     ck_assert_int_eq(try_set("io.resume=", err, sizeof err), -1);
     ck_assert_ptr_nonnull(strstr(err, "auto, never or a checkpoint folder"));
+    /* a memory figure whose bytes overflow (1e308 GiB) or beyond any machine is refused */
+    ck_assert_int_eq(try_set("checkpointing.memory_budget_gib=1e308", err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "checkpointing.memory_budget_gib"));
+    ck_assert_int_eq(try_set("checkpointing.host_budget_gib=2e6", err, sizeof err), -1);
+    ck_assert_int_eq(try_set("checkpointing.host_budget_gib=1048576", err, sizeof err), 0);
+}
+END_TEST
+
+/* Retention against a reference that sorts: must-keeps (unusable, the one
+ * just written, the newest that loads), then the usable rest ordered by
+ * (this lineage first, newest first), cut at keep_last. Random folders. */
+static int by_rank(const void *a, const void *b) {
+    const ckpt_entry_t *x = a, *y = b;
+    if (x->own != y->own) return y->own - x->own;
+    return x->step < y->step ? 1 : x->step > y->step ? -1 : 0;
+}
+
+START_TEST(test_retain_reference) {
+    srand(20);
+    for (int trial = 0; trial < 20000; trial++) {
+        int n = rand() % 9;
+        ckpt_entry_t en[8], ref[8];
+        int64_t written = -1;
+        int newest = -1;
+        for (int i = 0; i < n && i < 8; i++) {   /* newest first, distinct steps */
+            en[i].step = (int64_t)(100 - 3 * i - rand() % 3);
+            en[i].usable = rand() % 5 != 0;
+            en[i].own = rand() % 2;
+            en[i].keep = -1;
+        }
+        if (n > 8) n = 8;
+        for (int i = 0; i < n; i++)
+            if (en[i].usable && en[i].own && written < 0 && rand() % 2) written = en[i].step;
+        for (int i = 0; i < n && newest < 0; i++)
+            if (en[i].usable && rand() % 3) newest = i;
+        int64_t keep_last = 1 + rand() % 4;
+        memcpy(ref, en, sizeof en);
+        ckpt_retain(en, n, written, newest, keep_last);
+        /* the reference */
+        ckpt_entry_t rest[8];
+        int nr = 0;
+        int64_t kept = 0;
+        for (int i = 0; i < n; i++) {
+            int must = !ref[i].usable || (ref[i].own && ref[i].step == written) || i == newest;
+            ref[i].keep = must;
+            kept += must && ref[i].usable;
+            if (!must) rest[nr++] = ref[i];
+        }
+        qsort(rest, (size_t)nr, sizeof rest[0], by_rank);
+        for (int j = 0; j < nr && kept < keep_last; j++, kept++)
+            for (int i = 0; i < n; i++)
+                if (ref[i].step == rest[j].step) ref[i].keep = 1;
+        for (int i = 0; i < n; i++)
+            ck_assert_msg(en[i].keep == ref[i].keep, "trial %d: step %lld (usable %d own %d) keep %d, reference %d",
+                          trial, (long long)en[i].step, en[i].usable, en[i].own, en[i].keep, ref[i].keep);
+    }
 }
 END_TEST
 
@@ -88,6 +144,7 @@ int main(void) {
     tcase_add_test(tc, test_crc_check_value);
     tcase_add_test(tc, test_crc_matches_reference_and_streams);
     tcase_add_test(tc, test_config_keys);
+    tcase_add_test(tc, test_retain_reference);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -42,7 +42,7 @@ straight_and_resumed() { # tag np args...
     else
         fail "$tag: resumed run differs"; cat "$TMP/$tag-loss.cmp" "$TMP/$tag-state.cmp"
     fi
-    lines=$(wc -l <"$TMP/$tag-resumed/metrics.jsonl")
+    lines=$(grep -c '"loss"' "$TMP/$tag-resumed/metrics.jsonl")   # step rows, not validation rows
     [ "$lines" = $N ] && ok "$tag: metrics.jsonl appended on resume ($lines lines)" ||
         fail "$tag: metrics.jsonl has $lines lines after resume, expected $N"
 }
@@ -67,5 +67,19 @@ if have_mpirun; then
 else
     echo "no mpirun: SP and world-size resume checks skipped"
 fi
+# The checkpoint records the training shard (size and fingerprint): a resume
+# on the same shard says nothing, on a changed one it warns, naming both.
+D="$TMP/data-id"; mkdir -p "$D"; cp "$SHARD" "$D/shard.tok"
+"$BIN" "$CFG" $COMMON --set data.path="$D/shard.tok" --set train.steps=2 --set io.run_dir="$D/run" >"$D/a.log" 2>&1
+"$BIN" "$CFG" $COMMON --set data.path="$D/shard.tok" --set train.steps=3 --set io.run_dir="$D/run" >"$D/b.log" 2>&1
+grep -q "data_fingerprint" "$D/run/checkpoints/step-00000002/state" && ! grep -q "changed since" "$D/b.log" &&
+    ok "the checkpoint records the shard; a resume on the same shard does not warn" ||
+    { fail "data fingerprint on an unchanged shard"; cat "$D/b.log"; }
+python3 "$top_srcdir/scripts/text_to_shard.py" "$top_srcdir/data/README.md" "$D/other.tok" >/dev/null
+cp "$D/other.tok" "$D/shard.tok"
+"$BIN" "$CFG" $COMMON --set data.path="$D/shard.tok" --set train.steps=4 --set io.run_dir="$D/run" >"$D/c.log" 2>&1
+grep "changed since" "$D/c.log" | grep -q "fingerprint" &&
+    ok "a resume on a changed shard warns, naming the old and the new shard" ||
+    { fail "no warning on a changed shard"; cat "$D/c.log"; }
 [ $fails = 0 ] || { echo "$fails resume check(s) failed"; exit 1; }
 echo "all resume checks passed"

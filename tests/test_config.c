@@ -184,13 +184,20 @@ START_TEST(test_shipped_tiny) {
     snprintf(path, sizeof path, "%s/configs/tiny.yaml", srcdir());
     ck_assert_msg(config_load(&c, path, NULL, 0, err, sizeof err) == 0, "%s", err);
     config_defaults(&d);
-    /* tiny.yaml spells out the defaults; only the data file is added */
+    /* tiny.yaml spells out the defaults; only the data files are added, and a
+     * first run prints a screenful: a step line every 20 steps, the validation
+     * loss every 50 */
+    ck_assert_int_eq(c.io.log_every, 20);
+    ck_assert_int_eq(c.train.eval_every, 50);
+    c.io.log_every = d.io.log_every;
+    c.train.eval_every = d.train.eval_every;
     ck_assert_mem_eq(&c.model, &d.model, sizeof d.model);
     ck_assert_mem_eq(&c.train, &d.train, sizeof d.train);
     ck_assert_mem_eq(&c.parallel, &d.parallel, sizeof d.parallel);
     ck_assert_mem_eq(&c.checkpointing, &d.checkpointing, sizeof d.checkpointing);
     ck_assert_mem_eq(&c.io, &d.io, sizeof d.io);
     ck_assert_str_eq(c.data.path, "../data/english.tok");
+    ck_assert_str_eq(c.data.val_path, "../data/english_val.tok");
     ck_assert_int_eq(c.data.shuffle, 1);
 }
 END_TEST

@@ -136,8 +136,8 @@ START_TEST(test_bad_files) {
 
     memcpy(c, b, bn); c[0] = 'X';
     expect_open_error(c, bn, 0, "not a token shard");
-    memcpy(c, b, bn); c[8] = 2;
-    expect_open_error(c, bn, 0, "format version 2, this build reads version 1");
+    memcpy(c, b, bn); c[8] = 9;
+    expect_open_error(c, bn, 0, "format version 9, this build reads versions 1 (plain) and 2 (with a target mask)");
     memcpy(c, b, bn); c[12] = 2;
     expect_open_error(c, bn, 0, "tokens of 2 bytes");
     expect_open_error(b, bn - 10, 0,
@@ -475,6 +475,84 @@ START_TEST(test_documents) {
 }
 END_TEST
 
+/* Target masks (version 2): random tokens and a random mask, every SP size
+ * 1-4 with and without documents; each rank's targets and the whole
+ * sample's valid count against a reference computed from the raw arrays. */
+static void masked_reference(const uint32_t *t, const uint8_t *is_target, int64_t base, int64_t S, int64_t eos,
+                             int32_t *want_tgt, int64_t *want_valid) {
+    *want_valid = 0;
+    for (int64_t p = 0; p < S; p++) {
+        int keep = is_target[base + p + 1] && !(eos >= 0 && t[base + p] == (uint32_t)eos);
+        want_tgt[p] = keep ? (int32_t)t[base + p + 1] : -1;
+        *want_valid += keep;
+    }
+}
+
+START_TEST(test_target_mask) {
+    const int64_t n = 203, S = 13;
+    const uint32_t V = 50, E = 7;
+    uint32_t t[203];
+    uint8_t m[203];
+    uint64_t x = 0x1234567;
+    for (int64_t i = 0; i < n; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        t[i] = (uint32_t)(x >> 33) % V;
+        m[i] = (uint8_t)((x >> 20) % 3 != 0);
+    }
+    const char *p = tpath("masked.tok");
+    ck_assert_msg(shard_write_masked(p, t, m, n, V, E, errbuf, sizeof errbuf) == 0, "%s", errbuf);
+    shard_t sh;
+    ck_assert_msg(shard_open(&sh, p, V, errbuf, sizeof errbuf) == 0, "%s", errbuf);
+    ck_assert_ptr_nonnull(sh.target_mask);
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; i++) {
+        count += m[i];
+        ck_assert_int_eq(shard_is_target(&sh, i), m[i]);
+    }
+    ck_assert_int_eq(sh.n_targets, count);
+    for (int docs = 0; docs < 2; docs++)
+        for (int P = 1; P <= 4; P++)
+            for (int r = 0; r < P; r++) {
+                loader_t l;
+                ck_assert_int_eq(loader_init(&l, &sh, S, 0, r, P, 0, 1, 0, 1, errbuf, sizeof errbuf), 0);
+                loader_set_documents(&l, docs ? (int64_t)E : -1);
+                int32_t tok[16], tgt[16], pos[16], want[16];
+                for (int64_t smp = 0; smp < l.n_samples; smp++) {
+                    int64_t want_valid;
+                    masked_reference(t, m, smp * S, S, docs ? (int64_t)E : -1, want, &want_valid);
+                    ck_assert_int_eq(loader_next(&l, tok, tgt, pos), want_valid);
+                    for (int64_t i = 0; i < l.seq_local; i++) {
+                        int64_t g = r * l.seq_local + i;
+                        ck_assert_int_eq(tgt[i], g < S ? want[g] : -1);
+                        ck_assert_int_eq(tok[i], g < S ? (int32_t)t[smp * S + g] : 0);
+                    }
+                }
+                loader_free(&l);
+            }
+    shard_close(&sh);
+
+    /* a mask that damages: bits past n, no target at all, a short mask, an unknown version */
+    unsigned char *b;
+    size_t nb;
+    read_raw(p, &b, &nb);
+    ck_assert_uint_eq(nb, 64 + 4 * (size_t)n + (size_t)(n + 7) / 8);
+    b[nb - 1] |= 0x80;   /* 203 = 25 * 8 + 3: bit 7 of the last byte is past the tokens */
+    expect_open_error(b, nb, V, "sets bits past the 203 tokens");
+    memset(b + 64 + 4 * n, 0, (size_t)(n + 7) / 8);
+    expect_open_error(b, nb, V, "marks no token as a target");
+    expect_open_error(b, nb - 1, V, "tokens and their target mask");
+    b[8] = 3;
+    expect_open_error(b, nb, V, "version 3, this build reads versions 1 (plain) and 2");
+    free(b);
+    /* a plain shard has no mask and all its tokens are targets */
+    ck_assert_int_eq(shard_write(p, t, n, V, errbuf, sizeof errbuf), 0);
+    ck_assert_int_eq(shard_open(&sh, p, V, errbuf, sizeof errbuf), 0);
+    ck_assert_ptr_null(sh.target_mask);
+    ck_assert_int_eq(sh.n_targets, n);
+    shard_close(&sh);
+}
+END_TEST
+
 static Suite *data_suite(void) {
     Suite *su = suite_create("data");
     TCase *tc = tcase_create("shard");
@@ -491,6 +569,7 @@ static Suite *data_suite(void) {
     tcase_add_test(tc, test_shuffle_epochs);
     tcase_add_test(tc, test_epoch_wrap_dp);
     tcase_add_test(tc, test_documents);
+    tcase_add_test(tc, test_target_mask);
     suite_add_tcase(su, tc);
     return su;
 }

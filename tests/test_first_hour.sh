@@ -3,7 +3,10 @@
 # ETA and window averages; progress lines inside long steps; a metrics log
 # that cannot be written ends the run with a message; a SIGTERM right at
 # start-up is reported; --version says how the binary was built; a seq_len
-# beyond max_position_embeddings warns; --explain names the model's RoPE.
+# beyond max_position_embeddings warns; --explain names the model's RoPE; a
+# copied config's data path error says paths are relative to the config; the
+# default tiny run prints a screenful with validation; plot_run.py installs
+# matplotlib quietly; the README's mpirun line names Open MPI's flags.
 . "${top_srcdir:-.}/tests/common.sh"
 SHARD=$(make_shard)
 CFG="$top_srcdir/configs/tiny.yaml"
@@ -72,14 +75,15 @@ done
 kill -TERM $pid
 rc=0; wait $pid || rc=$?
 # The tiny model sets up in milliseconds, so the signal may land just after training began: then
-# the run must stop at the end of that step with a checkpoint. Either way: 143 and a message.
-if grep -q "stopped by signal 15 before training began\|stopped by signal 15 after step 0" "$TMP/s4.log"; then
+# the run must stop at the end of that step with a checkpoint (status 75, stopped early,
+# resumable). Either way a message.
+if [ $rc = 143 ] && grep -q "stopped by signal 15 before training began" "$TMP/s4.log"; then
     s4ok=1
-elif grep -q "stopped by signal 15 after step [1-9]" "$TMP/s4.log" && grep -q "checkpoint: .*step-0" "$TMP/s4.log"; then
+elif [ $rc = 75 ] && grep -q "stopped by signal 15 after step [0-9]" "$TMP/s4.log" && grep -q "stopped early by SIGTERM" "$TMP/s4.log"; then
     s4ok=1
 else s4ok=0; fi
-if [ $rc = 143 ] && [ $s4ok = 1 ] && grep -q "SIGTERM: stopping at the end of this step" "$TMP/s4.log"; then
-    ok "SIGTERM at start-up: status 143 with a message ($(grep 'stopped by signal' "$TMP/s4.log" | cut -c1-100))"
+if [ $s4ok = 1 ] && grep -q "SIGTERM: stopping at the end of this step" "$TMP/s4.log"; then
+    ok "SIGTERM at start-up: status $rc with a message ($(grep 'stopped by signal' "$TMP/s4.log" | cut -c1-100))"
 else fail "SIGTERM at start-up: status $rc"; cat "$TMP/s4.log"; fi
 
 # 5. --version, the seq_len warning, the RoPE --explain prints
@@ -91,6 +95,57 @@ grep -q "warning: --set train.seq_len=8192: train.seq_len (8192) is longer than 
     ok "seq_len beyond max_position_embeddings warns" || { fail "no seq_len warning"; head -3 "$TMP/e.log"; }
 grep -q "rotary_emb (default)" "$TMP/e.log" && "$BIN" "$top_srcdir/configs/llama32_1b.yaml" --explain 2>&1 | grep -q "rotary_emb (llama3)" &&
     ok "--explain names the RoPE: default for tiny, llama3 for Llama 3.2" || fail "--explain RoPE type"
+
+# 6. a config copied to another folder: the error names data.path as written
+#    and as resolved, the rule (relative to the config file) and the fix; exit 2
+mkdir -p "$TMP/elsewhere"
+cp "$CFG" "$TMP/elsewhere/tiny.yaml"
+rc=0
+abs_bin="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
+(cd "$TMP" && "$abs_bin" "$TMP/elsewhere/tiny.yaml" --set train.steps=1 --set io.run_dir="$TMP/s6") >"$TMP/s6.log" 2>&1 || rc=$?
+if [ $rc = 2 ] && grep -q "data.path is '../data/english.tok' in $TMP/elsewhere/tiny.yaml, which resolves to $TMP/elsewhere/../data/english.tok: paths in a config are relative to the config file's folder ($TMP/elsewhere)" "$TMP/s6.log" &&
+        grep -q "give it with --set data.path=PATH" "$TMP/s6.log"; then
+    ok "a copied config's data.path: written, resolved, the rule and the fix"
+else fail "copied config: status $rc"; cat "$TMP/s6.log"; fi
+
+# 7. the default tiny run (validation on by default) prints a screenful: its
+#    300 steps in at most 40 lines, step lines every 20 steps, eval lines
+#    every 50; io.log_every=1 still gives every step
+python3 "$top_srcdir/scripts/text_to_shard.py" "$top_srcdir/data/english.txt" "$TMP/tr.tok" --val "$TMP/tr_val.tok" >/dev/null
+VAL_SET=""
+[ -f "$top_srcdir/data/english_val.tok" ] || VAL_SET="--set data.val_path=$TMP/tr_val.tok"
+"$BIN" "$CFG" --set data.path="$TMP/tr.tok" $VAL_SET --set model.num_hidden_layers=1 --set train.seq_len=32 \
+    --set train.device=cpu --set io.run_dir="$TMP/s7" --set io.save_at_end=false >"$TMP/s7.log" 2>&1 || fail "the default tiny run failed"
+n=$(wc -l <"$TMP/s7.log"); steps=$(grep -c '^step ' "$TMP/s7.log"); evals=$(grep -c '^eval ' "$TMP/s7.log")
+if [ "$n" -le 40 ] && [ "$steps" = 16 ] && [ "$evals" = 6 ]; then
+    ok "the default tiny run prints $n lines ($steps step lines, $evals validation lines)"
+else fail "the default tiny run printed $n lines, $steps step lines, $evals validation lines"; head -5 "$TMP/s7.log"; fi
+"$BIN" "$CFG" --set data.path="$TMP/tr.tok" $VAL_SET --set model.num_hidden_layers=1 --set train.seq_len=32 \
+    --set train.steps=5 --set io.log_every=1 --set train.device=cpu --set io.run_dir="$TMP/s7b" >"$TMP/s7b.log" 2>&1
+[ "$(grep -c '^step ' "$TMP/s7b.log")" = 5 ] && ok "io.log_every=1 prints every step" || fail "io.log_every=1"
+
+# 8. plot_run.py installs matplotlib without pip's root and PATH warnings: a
+#    stand-in pip records its arguments, a stand-in matplotlib is missing first
+mkdir -p "$TMP/fakepip/pip"
+cat >"$TMP/fakepip/pip/__main__.py" <<PY
+import sys
+open("$TMP/pip-args", "w").write(" ".join(sys.argv[1:]))
+sys.exit(1)
+PY
+touch "$TMP/fakepip/pip/__init__.py"
+mkdir -p "$TMP/fakepip/matplotlib"
+echo 'raise ImportError("hidden by the test")' >"$TMP/fakepip/matplotlib/__init__.py"
+mkdir -p "$TMP/s8"; echo '{"step": 1, "loss": 1.0}' >"$TMP/s8/metrics.jsonl"
+PYTHONPATH="$TMP/fakepip" python3 "$top_srcdir/scripts/plot_run.py" "$TMP/s8" -o "$TMP/s8.png" >"$TMP/s8.log" 2>&1 || true
+if grep -q -- "install --user" "$TMP/pip-args" 2>/dev/null && grep -q -- "--root-user-action=ignore" "$TMP/pip-args" &&
+        grep -q -- "--no-warn-script-location" "$TMP/pip-args"; then
+    ok "plot_run.py asks pip for matplotlib without root and PATH warnings: pip $(cat "$TMP/pip-args")"
+else fail "plot_run.py's pip command: $(cat "$TMP/pip-args" 2>/dev/null)"; cat "$TMP/s8.log"; fi
+
+# 9. the README's launch example says what Open MPI needs as root and on small machines
+grep -q "mpirun -np 8 autosp-train" "$top_srcdir/README.md" && grep -q -- "--allow-run-as-root" "$top_srcdir/README.md" &&
+    grep -q -- "--oversubscribe" "$top_srcdir/README.md" && ok "README: the mpirun line's root and oversubscribe flags" ||
+    fail "README's launch example does not name --allow-run-as-root and --oversubscribe"
 
 [ $fails = 0 ] || { echo "$fails check(s) failed"; exit 1; }
 echo "all first-hour checks passed"

@@ -138,6 +138,17 @@ START_TEST(test_config_refusals) {
                      "rope_scaling.rope_type 'yarn' is not supported");
     expect_cfg_error("{\"model_type\": \"llama\", \"rope_parameters\": {\"rope_type\": \"llama3\", \"factor\": 8.0}}",
                      "needs 'low_freq_factor'");
+    /* a rope_scaling without a type, or whose type contradicts its fields */
+    expect_cfg_error("{\"model_type\": \"llama\", \"rope_scaling\": {\"factor\": 8.0, \"low_freq_factor\": 1.0, "
+                     "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}}",
+                     "rope_scaling has 'factor' but no rope_type (or type)");
+    expect_cfg_error("{\"model_type\": \"llama\", \"rope_scaling\": {\"rope_type\": \"default\", \"factor\": 8.0}}",
+                     "rope_type default (no scaling) contradicts its 'factor'");
+    expect_cfg_error("{\"model_type\": \"llama\", \"rope_scaling\": {\"rope_type\": \"llama3\", \"type\": \"default\", "
+                     "\"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+                     "\"original_max_position_embeddings\": 8192}}", "rope_type 'llama3' and type 'default' contradict");
+    expect_cfg_error("{\"model_type\": \"llama\", \"rope_parameters\": {\"rope_theta\": 10000.0, \"factor\": 2.0}}",
+                     "rope_parameters has 'factor' but no rope_type");
     expect_cfg_error("{\"model_type\": \"llama\", \"rope_theta\": 10000.0, \"rope_parameters\": "
                      "{\"rope_type\": \"default\", \"rope_theta\": 500000.0}}", "disagree");
     expect_cfg_error("{\"model_type\": \"llama\", \"hidden_size\": \"64\"}", "hidden_size: expected an integer");
@@ -199,6 +210,44 @@ START_TEST(test_export_import) {
             free(back);
             model_free(&m);
         }
+}
+END_TEST
+
+/* A folder with both model.safetensors and a sharded index loads the single
+ * file, as transformers does (modeling_utils checks it first). */
+START_TEST(test_single_before_index) {
+    model_t m;
+    tiny(&m, 0, 1);
+    float *a = random_weights(&m, 21), *b = random_weights(&m, 22), *back = calloc(m.n_params, sizeof(float));
+    char one[400], two[400], path[600], err[2048];
+    snprintf(one, sizeof one, "%s/both", dir);
+    snprintf(two, sizeof two, "%s/other", dir);
+    ck_assert_msg(hf_export(one, &m, a, ST_F32, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(hf_export(two, &m, b, ST_F32, err, sizeof err) == 0, "%s", err);
+    /* the index names a shard holding the other weights */
+    char from[600];
+    snprintf(from, sizeof from, "%s/model.safetensors", two);
+    snprintf(path, sizeof path, "%s/model-00001-of-00001.safetensors", one);
+    ck_assert_int_eq(rename(from, path), 0);
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", one);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "{\"metadata\": {}, \"weight_map\": {");
+    for (int i = 0; i < m.nparams; i++)
+        fprintf(f, "%s\"%s\": \"model-00001-of-00001.safetensors\"", i ? ", " : "", m.params[i].name);
+    fprintf(f, "}}\n");
+    ck_assert_int_eq(fclose(f), 0);
+    ck_assert_msg(hf_load_weights(one, &m, back, err, sizeof err) == 0, "%s", err);
+    for (size_t i = 0; i < m.n_params; i++) ck_assert_msg(back[i] == a[i], "element %zu is not the single file's", i);
+    /* without the single file, the index */
+    snprintf(path, sizeof path, "%s/model.safetensors", one);
+    ck_assert_int_eq(unlink(path), 0);
+    ck_assert_msg(hf_load_weights(one, &m, back, err, sizeof err) == 0, "%s", err);
+    for (size_t i = 0; i < m.n_params; i++) ck_assert_msg(back[i] == b[i], "element %zu is not the shard's", i);
+    free(a);
+    free(b);
+    free(back);
+    model_free(&m);
 }
 END_TEST
 
@@ -303,6 +352,7 @@ int main(void) {
     tcase_add_test(tc, test_config_layouts);
     tcase_add_test(tc, test_config_refusals);
     tcase_add_test(tc, test_export_import);
+    tcase_add_test(tc, test_single_before_index);
     tcase_add_test(tc, test_mismatches);
     tcase_add_test(tc, test_from_pretrained);
     suite_add_tcase(s, tc);

@@ -262,6 +262,45 @@ START_TEST(test_sp_auto) {
 }
 END_TEST
 
+/* A world no SP degree fits with the batch: the refusal names settings that
+ * work, and each one it names does compile. */
+START_TEST(test_sp_auto_hints) {
+    model_t *m = get_model(M_TINY);
+    plan_t *p = new_plan();
+    char err[512];
+    int worlds[] = {3, 5, 6, 12};
+    for (int wi = 0; wi < 4; wi++) {
+        config_t c = make_cfg(m, 64, 7, 0, SAC_SAVE_ALL);
+        ck_assert_int_eq(compile(p, &c, m, worlds[wi], bf16_target(0), err), -1);
+        const char *h = strstr(err, "settings that work:");
+        ck_assert_msg(h, "no hint in: %s", err);
+        int tried = 0;
+        for (const char *q = h; (q = strstr(q, "sequence_parallel_size ")) != NULL; q++) {
+            int sp = 0;
+            long long gbs = 0;
+            if (sscanf(q, "sequence_parallel_size %d with train.global_batch_size %lld", &sp, &gbs) != 2) continue;
+            config_t ok = make_cfg(m, 64, gbs, sp, SAC_SAVE_ALL);
+            ck_assert_msg(compile(p, &ok, m, worlds[wi], bf16_target(0), err) == 0, "world %d SP %d batch %lld: %s",
+                          worlds[wi], sp, gbs, err);
+            tried++;
+        }
+        const char *w = strstr(h, "world ");
+        if (w) {
+            for (const char *q = w + 6; *q && *q != 'w'; q++) {
+                if (*q < '0' || *q > '9') continue;
+                int other = atoi(q);
+                while (q[1] >= '0' && q[1] <= '9') q++;
+                config_t same = make_cfg(m, 64, 7, 0, SAC_SAVE_ALL);
+                ck_assert_msg(compile(p, &same, m, other, bf16_target(0), err) == 0, "world %d: %s", other, err);
+                tried++;
+            }
+        }
+        ck_assert_msg(tried > 0, "the hint names nothing to try: %s", err);
+    }
+    free(p);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ SAC */
 
 static size_t saved_of(model_t *m, int64_t S, double budget, sac_policy_t pol, int offload, int *ok, uint64_t *set) {
@@ -792,6 +831,7 @@ int main(void) {
     tcase_add_test(sp, test_sp_refusals);
     tcase_add_test(sp, test_sp_padding);
     tcase_add_test(sp, test_sp_auto);
+    tcase_add_test(sp, test_sp_auto_hints);
     suite_add_tcase(s, sp);
     TCase *sac = tcase_create("sac");
     tcase_set_timeout(sac, 60);

@@ -15,7 +15,7 @@ STEPS=${TINY_STEPS:-150}
 cat "$TMP/log"
 python3 - "$TMP/run/metrics.jsonl" "$STEPS" <<'PY'
 import json, math, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
+rows = [r for r in map(json.loads, open(sys.argv[1])) if "loss" in r]   # step rows, not validation rows
 steps = int(sys.argv[2])
 assert len(rows) == steps, f"expected {steps} metric lines, got {len(rows)}"
 first, last10 = rows[0]["loss"], sum(r["loss"] for r in rows[-10:]) / 10

@@ -151,12 +151,52 @@ START_TEST(t_mkdir_p) {
 }
 END_TEST
 
+/* ASP_* values: strict numbers against a reference built from the text's
+ * characters, random strings of digits, signs, dots, letters and blanks. */
+START_TEST(t_env_strict) {
+    char err[512];
+    long l;
+    double d;
+    ck_assert_int_eq(asp_parse_env_long("ASP_X", "42", 0, 100, &l, err, sizeof err), 0);
+    ck_assert_int_eq(l, 42);
+    const char *bad_long[] = {"", "abc", "4x", " 4", "+4", "4 ", "0x10", "101", "-1", "99999999999999999999"};
+    for (size_t i = 0; i < sizeof bad_long / sizeof *bad_long; i++) {
+        ck_assert_msg(asp_parse_env_long("ASP_X", bad_long[i], 0, 100, &l, err, sizeof err) == -1, "'%s'", bad_long[i]);
+        ck_assert_msg(strstr(err, "ASP_X") && strstr(err, bad_long[i]), "%s", err);
+    }
+    const char *bad_double[] = {"", "ten", "inf", "nan", "1e999", "0x1p3", " 1", "1,5", "-2"};
+    for (size_t i = 0; i < sizeof bad_double / sizeof *bad_double; i++)
+        ck_assert_msg(asp_parse_env_double("ASP_Y", bad_double[i], 0, 1e9, &d, err, sizeof err) == -1, "'%s'",
+                      bad_double[i]);
+    ck_assert_int_eq(asp_parse_env_double("ASP_Y", "2.5e1", 0, 1e9, &d, err, sizeof err), 0);
+    ck_assert(d == 25.0);
+    /* random texts: accepted exactly when the text is a plain decimal integer in range */
+    srand(5);
+    const char alphabet[] = "0123456789-+. ex";
+    for (int t = 0; t < 20000; t++) {
+        char s[8];
+        int n = 1 + rand() % 6;
+        for (int i = 0; i < n; i++) s[i] = alphabet[rand() % (int)(sizeof alphabet - 1)];
+        s[n] = 0;
+        int digits_only = 1, start = s[0] == '-';
+        for (int i = start; i < n; i++) digits_only &= s[i] >= '0' && s[i] <= '9';
+        digits_only &= n > start;
+        long want = digits_only ? atol(s) : 0;
+        int ok = digits_only && want >= -500 && want <= 500;
+        int got = asp_parse_env_long("ASP_Z", s, -500, 500, &l, err, sizeof err) == 0;
+        ck_assert_msg(got == ok, "'%s': accepted %d, reference %d", s, got, ok);
+        if (ok) ck_assert_int_eq(l, want);
+    }
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("util");
     TCase *tc = tcase_create("atomic write");
     tcase_add_test(tc, t_write_atomic);
     tcase_add_test(tc, t_map_file);
     tcase_add_test(tc, t_mkdir_p);
+    tcase_add_test(tc, t_env_strict);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

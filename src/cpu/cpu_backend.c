@@ -76,6 +76,7 @@ static void *cpu_host_alloc(size_t bytes, const char *what) {
     void *p = NULL;
     size_t sz = asp_align_up(bytes ? bytes : 1, CPU_ALIGN);
     if (posix_memalign(&p, CPU_ALIGN, sz) != 0) return NULL;
+    memset(p, 0, sz);
     return p;
 }
 /* Copies beside compute happen at once on the host: the same calls, no overlap. */

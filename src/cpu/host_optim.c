@@ -93,12 +93,26 @@ void host_adamw(float *master, void *param, dtype_t pt, float *m, float *v, cons
     }
 }
 
+void host_copy(void *dst, const void *src, size_t bytes) {
+    const size_t chunk = (size_t)16 << 20;
+    if (bytes < 4 * chunk) {
+        memcpy(dst, src, bytes);
+        return;
+    }
+    const size_t parts = (bytes + chunk - 1) / chunk;
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < parts; i++) {
+        size_t lo = i * chunk, len = bytes - lo < chunk ? bytes - lo : chunk;
+        memcpy((char *)dst + lo, (const char *)src + lo, len);
+    }
+}
+
 void host_accumulate(void *dst, dtype_t t, const float *src, size_t n, int acc) {
     need_float("gradient shard", t);
     if (t == DT_F32) {
         float *d = dst;
         if (!acc) {
-            if (d != src) memcpy(d, src, n * sizeof(float));
+            if (d != src) host_copy(d, src, n * sizeof(float));
             return;
         }
         #pragma omp parallel for simd schedule(static)

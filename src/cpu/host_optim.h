@@ -26,6 +26,8 @@ void host_adamw(float *master, void *param, dtype_t param_type, float *m, float 
 
 /* dst (+)= src over n elements; dst fp32 or bf16 (acc 0: overwrite). */
 void host_accumulate(void *dst, dtype_t dst_type, const float *src, size_t n, int acc);
+/* memcpy of a large host region from every core (one thread below 64 MiB). */
+void host_copy(void *dst, const void *src, size_t bytes);
 /* out = src as fp32 over n elements; src fp32 or bf16 (exact). */
 void host_to_f32(float *out, const void *src, dtype_t src_type, size_t n);
 

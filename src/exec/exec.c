@@ -37,16 +37,6 @@ uint8_t *ex_region_ptr(exec_t *e, const region_t *r) {
     return e->arena[r->arena] + r->offset;
 }
 
-/* memset of a large host region from every core */
-static void host_zero(void *p, size_t bytes) {
-    const size_t chunk = (size_t)64 << 20;
-    const size_t n = (bytes + chunk - 1) / chunk;
-#pragma omp parallel for schedule(dynamic)
-    for (size_t i = 0; i < n; i++) {
-        size_t lo = i * chunk, len = bytes - lo < chunk ? bytes - lo : chunk;
-        memset((char *)p + lo, 0, len);
-    }
-}
 
 
 /* Which step may touch a tensor stored in the packed layout: ROPE_SPLIT
@@ -103,8 +93,7 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     e->par = dtype_size(be->param_dtype);
     e->grd = dtype_size(be->grad_dtype);
     e->baseline_used = be->memory_used ? be->memory_used() : 0;
-    const char *prof = getenv("ASP_PROFILE");
-    e->profile = prof && *prof && strcmp(prof, "0") != 0;
+    e->profile = asp_env_flag("ASP_PROFILE");
 
     static const char *what[ARENA__COUNT] = {"parameters and gradients", "optimizer state",
                                              "saved activations", "workspace", "host offload",
@@ -179,23 +168,18 @@ exec_t *exec_create(const plan_t *plan, const backend_t *be, const coll_ops_t *c
     e->shard_rank = plan->shards > 1 ? r->world_rank : 0;
 
     /* Padding elements of the flat buffers must be zero: they take part in
-     * the reduce-scatter and all-gather but belong to no parameter. */
-    if (plan->params_offload) host_zero(e->params, m->params.bytes);
-    else be->zero(e->params, m->params.bytes);
+     * the reduce-scatter and all-gather but belong to no parameter. The host
+     * regions (the weight shard with optimizer.offload_params, the
+     * optimizer's state, shard and stages with optimizer.offload) come zeroed
+     * from host_alloc, which faults them in from every core: clearing tens
+     * of GiB again would only lengthen the start-up. */
+    if (!plan->params_offload) be->zero(e->params, m->params.bytes);
     if (e->grads) be->zero(e->grads, m->grads.bytes);
     for (int k = 0; k < PLAN_BUCKET_SLOTS; k++) {
         if (e->param_buf[k]) be->zero(e->param_buf[k], m->param_buf[k].bytes);
         if (e->grad_buf[k]) be->zero(e->grad_buf[k], m->grad_buf[k].bytes);
     }
-    if (plan->optim_offload) {
-        /* host memory: padding of the shard and of the weight staging stays
-         * zero (tens of GiB for 8B: cleared by the node's cores) */
-        host_zero(e->adam_m, m->adam_m.bytes);
-        host_zero(e->adam_v, m->adam_v.bytes);
-        host_zero(e->master, m->master.bytes);
-        host_zero(e->grad_shard, m->grad_shard.bytes);
-        for (int k = 0; k < PLAN_PARAM_STAGES; k++) host_zero(e->param_stage[k], m->param_stage[k].bytes);
-    } else {
+    if (!plan->optim_offload) {
         be->zero(e->adam_m, m->adam_m.bytes);
         be->zero(e->adam_v, m->adam_v.bytes);
         be->zero(e->master, m->master.bytes);

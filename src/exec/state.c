@@ -54,7 +54,7 @@ static void state_to_host(exec_t *e, void *dst, const void *src, size_t bytes) {
 }
 
 static void state_to_dev(exec_t *e, void *dst, const void *src, size_t bytes) {
-    if (e->plan->optim_offload) memcpy(dst, src, bytes);
+    if (e->plan->optim_offload) host_copy(dst, src, bytes);
     else e->be->to_device(dst, src, bytes);
 }
 
@@ -107,13 +107,17 @@ static void params_from_f32(exec_t *e, const float *in, size_t model_begin, size
 void exec_init_params(exec_t *e, uint64_t seed) {
     const plan_t *p = e->plan;
     const size_t chunk = (size_t)1 << 24;
-    float *buf = asp_malloc(chunk * sizeof(float), "weight initialisation");
+    /* pinned where the backend can: the chunks cross to the device at full rate */
+    float *buf = e->be->host_alloc(chunk * sizeof(float), "weight initialisation");
+    float *heap = buf ? NULL : asp_malloc(chunk * sizeof(float), "weight initialisation");
+    if (!buf) buf = heap;
     for (size_t b = 0; b < p->n_params; b += chunk) {
         size_t n = p->n_params - b < chunk ? p->n_params - b : chunk;
         model_init_params(e->model, seed, b, n, buf);
         exec_set_params_range(e, buf, b, n);
     }
-    free(buf);
+    if (heap) free(heap);
+    else e->be->host_free(buf);
 }
 
 /* fp32 model-ordered copy of a flat buffer (compute weights or gradients) */

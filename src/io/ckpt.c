@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "io/ckpt_internal.h"
 #include "util.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -25,10 +27,7 @@
 #define STATE_FILE "state"
 #define STATE_HEAD "asp-checkpoint-state"
 #define NAME_FMT "step-%08" PRId64
-#define IO_CHUNK ((size_t)1 << 22)   /* elements per read/write batch */
-
-enum { F_CONFIG, F_STATE, F_WEIGHTS, F_MASTER, F_ADAM_M, F_ADAM_V, F__COUNT };
-static const char *const file_names[F__COUNT] = {"config.yaml", STATE_FILE, "weights.bin", "master.bin",
+const char *const ckpt_file_names[F__COUNT] = {"config.yaml", STATE_FILE, "weights.bin", "master.bin",
                                                  "adam_m.bin", "adam_v.bin"};
 
 /* ------------------------------------------------------------------ CRC-32C */
@@ -78,10 +77,6 @@ static void pathf(char *buf, size_t len, const char *fmt, ...) {
     if (n < 0 || (size_t)n >= len) asp_die(ASP_EXIT_USAGE, "path '%s...' is too long; use a shorter io.run_dir", buf);
 }
 
-typedef struct {
-    int64_t size;
-    uint32_t crc;
-} file_sum_t;
 
 static int write_all_fd(int fd, const void *buf, size_t n) {
     const char *p = buf;
@@ -95,7 +90,7 @@ static int write_all_fd(int fd, const void *buf, size_t n) {
     return 0;
 }
 
-static int read_all_fd(int fd, void *buf, size_t n, off_t at) {
+int ckpt_read_at(int fd, void *buf, size_t n, off_t at) {
     char *p = buf;
     while (n) {
         ssize_t got = pread(fd, p, n, at);
@@ -113,10 +108,7 @@ static int read_all_fd(int fd, void *buf, size_t n, off_t at) {
  * written, removed or renamed), so a test can stop it at every one. */
 static void test_file_op(void) {
     static long count = 0, kill_after = -1;
-    if (kill_after < 0) {
-        const char *s = getenv("ASP_CKPT_KILL_AFTER");
-        kill_after = s ? strtol(s, NULL, 10) : 0;
-    }
+    if (kill_after < 0) kill_after = asp_env_long("ASP_CKPT_KILL_AFTER", 0, 0, LONG_MAX);
     if (kill_after > 0 && ++count == kill_after) raise(SIGKILL);
 }
 
@@ -139,8 +131,7 @@ static int remove_tree(const char *dir) {
 /* Test-only (docs/checkpoints.md): ASP_CKPT_WRITE_DELAY_MS sleeps between
  * files so a test can kill the writer in the middle of a checkpoint. */
 static void test_delay(void) {
-    const char *s = getenv("ASP_CKPT_WRITE_DELAY_MS");
-    long ms = s ? strtol(s, NULL, 10) : 0;
+    long ms = asp_env_long("ASP_CKPT_WRITE_DELAY_MS", 0, 0, 3600000);
     if (ms <= 0) return;
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
@@ -203,7 +194,7 @@ static void f32_to_bf16_exact(uint16_t *out, const float *in, size_t n) {
     }
 }
 
-static void bf16_to_f32(float *out, const uint16_t *in, size_t n) {
+void ckpt_bf16_to_f32(float *out, const uint16_t *in, size_t n) {
     for (size_t i = n; i-- > 0;) {   /* backwards: out and in may share memory */
         uint32_t u = (uint32_t)in[i] << 16;
         memcpy(&out[i], &u, 4);
@@ -236,7 +227,7 @@ static int array_begin(array_writer_t *a, const char *path, dtype_t t, size_t n,
     uint8_t h[CKPT_HEADER_BYTES];
     put_header(h, t, (int64_t)n);
     if (wput(&a->w, h, sizeof h, err, errlen) != 0) return -1;
-    if (t != DT_F32) a->tmp = asp_malloc(IO_CHUNK * sizeof(uint16_t), "checkpoint conversion");
+    if (t != DT_F32) a->tmp = asp_malloc(CKPT_IO_CHUNK * sizeof(uint16_t), "checkpoint conversion");
     return 0;
 }
 
@@ -244,8 +235,8 @@ static int array_sink(void *ctx, const float *vals, size_t n) {
     array_writer_t *a = ctx;
     if ((int64_t)n > a->left)
         return asp_errf(a->err, a->errlen, "internal: %s receives more values than its header counts", a->w.path);
-    for (size_t b = 0; b < n; b += IO_CHUNK) {
-        size_t k = n - b < IO_CHUNK ? n - b : IO_CHUNK;
+    for (size_t b = 0; b < n; b += CKPT_IO_CHUNK) {
+        size_t k = n - b < CKPT_IO_CHUNK ? n - b : CKPT_IO_CHUNK;
         int rc;
         if (a->t == DT_F32) {
             rc = wput(&a->w, vals + b, k * sizeof(float), a->err, a->errlen);
@@ -275,18 +266,18 @@ static int array_end(array_writer_t *a, file_sum_t *sum) {
 }
 
 /* Checkpoint files are opened without blocking on a FIFO or device. */
-static int open_ckpt_file(const char *path, char *err, size_t errlen) {
+int ckpt_open_file(const char *path, char *err, size_t errlen) {
     return asp_open_regular(path, "checkpoint file", "the checkpoint is damaged", err, errlen);
 }
 
 static int sum_file(const char *path, file_sum_t *sum, char *err, size_t errlen) {
-    int fd = open_ckpt_file(path, err, errlen);
+    int fd = ckpt_open_file(path, err, errlen);
     if (fd < 0) return -1;
-    uint8_t *buf = asp_malloc(IO_CHUNK, "checkpoint read buffer");
+    uint8_t *buf = asp_malloc(CKPT_IO_CHUNK, "checkpoint read buffer");
     sum->size = 0;
     sum->crc = 0;
     for (;;) {
-        ssize_t got = read(fd, buf, IO_CHUNK);
+        ssize_t got = read(fd, buf, CKPT_IO_CHUNK);
         if (got < 0 && errno == EINTR) continue;
         if (got < 0) {
             int e = errno;
@@ -359,6 +350,119 @@ static int numbers_of(const config_t *cfg, num_kv_t kv[10]) {
     return n;
 }
 
+/* ------------------------------------------------------------------ lineage */
+
+/* This launch's lineage: its own run id and the checkpoints it grew from
+ * (set by ckpt_resume; a fresh start has none). Rank 0 uses it. */
+static ckpt_state_t run_lineage;
+static int run_lineage_set = 0;
+
+static uint64_t new_run_id(void) {
+    uint64_t id = 0;
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (read(fd, &id, sizeof id) != (ssize_t)sizeof id) id = 0;
+        close(fd);
+    }
+    if (!id) {   /* no /dev/urandom: time and pid are unique enough per host */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        id = ((uint64_t)ts.tv_sec * 1000000007u) ^ ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)getpid();
+    }
+    return id ? id : 1;
+}
+
+/* Begin this launch's lineage: fresh (from == NULL) or grown from the
+ * checkpoint `from` (its state, as ckpt_validate read it). */
+static void lineage_begin(const ckpt_state_t *from) {
+    memset(&run_lineage, 0, sizeof run_lineage);
+    run_lineage.run_id = new_run_id();
+    if (from && from->run_id) {
+        run_lineage.ancestor_run[0] = from->run_id;
+        run_lineage.ancestor_step[0] = from->step;
+        int n = 1;
+        for (int i = 0; i < from->n_ancestors && n < CKPT_LINEAGE_MAX; i++, n++) {
+            run_lineage.ancestor_run[n] = from->ancestor_run[i];
+            run_lineage.ancestor_step[n] = from->ancestor_step[i];
+        }
+        run_lineage.n_ancestors = n;
+    }
+    run_lineage_set = 1;
+}
+
+/* Whether a checkpoint (its run id and step) belongs to this launch's lineage. */
+static int lineage_owns(uint64_t run, int64_t step) {
+    if (!run) return 0;
+    if (run == run_lineage.run_id) return 1;
+    for (int i = 0; i < run_lineage.n_ancestors; i++)
+        if (run == run_lineage.ancestor_run[i] && step <= run_lineage.ancestor_step[i]) return 1;
+    return 0;
+}
+
+static int put_lineage(char *buf, size_t len) {
+    int at = snprintf(buf, len, "run %016" PRIx64 "\nlineage", run_lineage.run_id);
+    for (int i = 0; i < run_lineage.n_ancestors && at < (int)len; i++)
+        at += snprintf(buf + at, len - (size_t)at, " %016" PRIx64 ":%" PRId64, run_lineage.ancestor_run[i],
+                       run_lineage.ancestor_step[i]);
+    if (at < (int)len) at += snprintf(buf + at, len - (size_t)at, "\n");
+    return at;
+}
+
+/* `data_bytes` and `data_fingerprint` of a state text (optional: checkpoints
+ * of older builds have neither; both or none). 0, or -1 with a message. */
+static int get_data_id(const char *text, const char *path, ckpt_state_t *st, char *err, size_t errlen) {
+    st->data_bytes = st->data_fingerprint = 0;
+    const char *b = strstr(text, "\ndata_bytes "), *f = strstr(text, "\ndata_fingerprint ");
+    if (!b && !f) return 0;
+    char *end;
+    errno = 0;
+    unsigned long long n = b ? strtoull(b + 12, &end, 10) : 0;
+    if (!b || errno || end == b + 12 || *end != '\n' || n == 0 || b[12] == '-')
+        return asp_errf(err, errlen, "%s: 'data_bytes' is missing or not a positive number; the checkpoint is damaged",
+                        path);
+    unsigned long long h = f ? strtoull(f + 18, &end, 16) : 0;
+    if (!f || errno || end != f + 34 || *end != '\n')
+        return asp_errf(err, errlen, "%s: 'data_fingerprint' is missing or not 16 hex digits; the checkpoint is "
+                        "damaged", path);
+    st->data_bytes = n;
+    st->data_fingerprint = h;
+    return 0;
+}
+
+/* `run` and `lineage` of a state text (optional: checkpoints of older
+ * builds have neither). 0, or -1 with a message when present but malformed. */
+static int get_lineage(const char *text, const char *path, ckpt_state_t *st, char *err, size_t errlen) {
+    st->run_id = 0;
+    st->n_ancestors = 0;
+    const char *l = strstr(text, "\nrun ");
+    if (!l) return 0;
+    char *end;
+    errno = 0;
+    st->run_id = strtoull(l + 5, &end, 16);
+    if (errno || end != l + 21 || *end != '\n' || !st->run_id)
+        return asp_errf(err, errlen, "%s: 'run' is not a 16-digit hex id; the checkpoint is damaged", path);
+    l = strstr(text, "\nlineage");
+    if (!l || (l[8] != ' ' && l[8] != '\n'))
+        return asp_errf(err, errlen, "%s: 'lineage' is missing; the checkpoint is damaged", path);
+    const char *p = l + 8;
+    while (*p == ' ') {
+        if (st->n_ancestors == CKPT_LINEAGE_MAX)
+            return asp_errf(err, errlen, "%s: more than %d lineage entries; the checkpoint is damaged", path,
+                            CKPT_LINEAGE_MAX);
+        uint64_t r = strtoull(p + 1, &end, 16);
+        if (end != p + 17 || *end != ':' || !r || end[1] < '0' || end[1] > '9') break;
+        long long s = strtoll(end + 1, &end, 10);
+        if (errno || s < 0) break;
+        st->ancestor_run[st->n_ancestors] = r;
+        st->ancestor_step[st->n_ancestors++] = s;
+        p = end;
+    }
+    if (*p != '\n' && *p)
+        return asp_errf(err, errlen, "%s: 'lineage' is malformed (want RUN:STEP pairs); the checkpoint is damaged",
+                        path);
+    return 0;
+}
+
 static int write_state(const char *path, const config_t *cfg, const plan_t *plan, const ranks_t *r,
                        const ckpt_state_t *st, dtype_t wdt, file_sum_t *sum, char *err, size_t errlen) {
     char buf[4096];
@@ -376,6 +480,11 @@ static int write_state(const char *path, const config_t *cfg, const plan_t *plan
     int nn = numbers_of(cfg, nk);
     for (int i = 0; i < nn; i++)
         at += snprintf(buf + at, sizeof buf - (size_t)at, "%s %.17g\n", nk[i].name, nk[i].value);
+    if (!run_lineage_set) lineage_begin(NULL);
+    at += put_lineage(buf + at, sizeof buf - (size_t)at);
+    if (st->data_bytes > 0)   /* the training shard, so that a resume sees it changed */
+        at += snprintf(buf + at, sizeof buf - (size_t)at, "data_bytes %" PRIu64 "\ndata_fingerprint %016" PRIx64 "\n",
+                       st->data_bytes, st->data_fingerprint);
     if (st->val_step > 0)   /* the latest validation loss (data.val_path), for the record */
         at += snprintf(buf + at, sizeof buf - (size_t)at, "val_step %" PRId64 "\nval_loss %.9g\n", st->val_step,
                        st->val_loss);
@@ -437,8 +546,83 @@ static int state_get_str(const char *text, const char *key, char *out, size_t le
 
 /* ------------------------------------------------------------------ validation */
 
+/* A manifest's entries: one line `NAME SIZE CRC32C` for each checkpoint file,
+ * nothing else; a duplicate, an unknown name or a path-like one is refused.
+ * 0 with size[] and crc[] per file, or -1 with a message. */
+static int parse_manifest(const char *text, const char *path, long long size[F__COUNT], uint32_t crc[F__COUNT],
+                          char *err, size_t errlen) {
+    int seen[F__COUNT] = {0};
+    const char *l = strchr(text, '\n');
+    for (int line = 2; l && l[1]; line++, l = strchr(l + 1, '\n')) {
+        const char *s = l + 1;
+        size_t len = strcspn(s, "\n"), nl = strcspn(s, " \n");
+        char name[64];
+        snprintf(name, sizeof name, "%.*s", (int)(nl < 63 ? nl : 63), s);
+        if (memchr(s, '/', nl) || (nl && s[0] == '.') || memchr(s, '\\', nl))
+            return asp_errf(err, errlen, "%s: line %d names '%s', a path, not a checkpoint file; the checkpoint is "
+                            "damaged or crafted", path, line, name);
+        int f = 0;
+        while (f < F__COUNT && (strlen(ckpt_file_names[f]) != nl || strncmp(s, ckpt_file_names[f], nl))) f++;
+        if (f == F__COUNT)
+            return asp_errf(err, errlen, "%s: line %d: unknown entry '%s' (a checkpoint holds %s, %s, %s, %s, %s and "
+                            "%s); the checkpoint is damaged or from another program", path, line, name, ckpt_file_names[0],
+                            ckpt_file_names[1], ckpt_file_names[2], ckpt_file_names[3], ckpt_file_names[4], ckpt_file_names[5]);
+        if (seen[f]++)
+            return asp_errf(err, errlen, "%s: line %d: a second entry for %s; the checkpoint is damaged", path, line,
+                            name);
+        /* SIZE: digits; CRC: 8 hex digits; then the end of the line */
+        const char *p = s + nl;
+        size_t sd = *p == ' ' ? strspn(p + 1, "0123456789") : 0;
+        size_t cd = sd && p[1 + sd] == ' ' ? strspn(p + 2 + sd, "0123456789abcdefABCDEF") : 0;
+        if (!sd || sd > 18 || cd != 8 || nl + 2 + sd + cd != len)
+            return asp_errf(err, errlen, "%s: line %d: expected '%s SIZE CRC32C' (a byte count and 8 hex digits); the "
+                            "checkpoint is damaged", path, line, name);
+        size[f] = strtoll(p + 1, NULL, 10);
+        crc[f] = (uint32_t)strtoul(p + 2 + sd, NULL, 16);
+    }
+    for (int f = 0; f < F__COUNT; f++)
+        if (!seen[f])
+            return asp_errf(err, errlen, "%s: no entry for %s; the checkpoint is damaged", path, ckpt_file_names[f]);
+    return 0;
+}
+
+/* Every line of a state text is a known key, each once. */
+static int check_state_keys(const char *text, const char *path, const config_t *cfg, const plan_t *plan, char *err,
+                            size_t errlen) {
+    static const char *const fixed[] = {"step", "epoch", "cursor", "seed", "world_size", "sequence_parallel",
+                                        "data_parallel", "zero_stage", "weights_dtype", "state_dtype", "val_step",
+                                        "val_loss", "run", "lineage", "data_bytes", "data_fingerprint",
+                                        "model.rope_scaling.factor",
+                                        "model.rope_scaling.low_freq_factor", "model.rope_scaling.high_freq_factor",
+                                        "model.rope_scaling.original_max_position_embeddings"};
+    enum { NFIXED = sizeof fixed / sizeof fixed[0] };
+    const char *known[NFIXED + 20];
+    int nk = 0;
+    for (int i = 0; i < NFIXED; i++) known[nk++] = fixed[i];
+    shape_kv_t kv[10];
+    num_kv_t nv[10];
+    int ns = shape_of(cfg, plan, kv), nn = numbers_of(cfg, nv);
+    for (int i = 0; i < ns; i++) known[nk++] = kv[i].name;
+    for (int i = 0; i < nn && i < 4; i++) known[nk++] = nv[i].name;   /* the first four: always written */
+    int seen[NFIXED + 20] = {0};
+    const char *l = strchr(text, '\n');
+    for (int line = 2; l && l[1]; line++, l = strchr(l + 1, '\n')) {
+        const char *s = l + 1;
+        size_t kl = strcspn(s, " \n");
+        int k = 0;
+        while (k < nk && (strlen(known[k]) != kl || strncmp(s, known[k], kl))) k++;
+        if (k == nk)
+            return asp_errf(err, errlen, "%s: line %d: unknown key '%.*s'; the checkpoint is damaged or was written "
+                            "by a newer build", path, line, (int)(kl < 64 ? kl : 64), s);
+        if (seen[k]++)
+            return asp_errf(err, errlen, "%s: line %d: '%s' a second time; the checkpoint is damaged", path, line,
+                            known[k]);
+    }
+    return 0;
+}
+
 static int read_text(const char *path, char *buf, size_t len, char *err, size_t errlen) {
-    int fd = open_ckpt_file(path, err, errlen);
+    int fd = ckpt_open_file(path, err, errlen);
     if (fd < 0) return -1;
     ssize_t n = read(fd, buf, len - 1);
     close(fd);
@@ -450,10 +634,10 @@ static int read_text(const char *path, char *buf, size_t len, char *err, size_t 
 
 static int check_array_header(const char *path, dtype_t want_dt_f32_or_any, int any_weight_dtype, int64_t n_params,
                               dtype_t *dt, char *err, size_t errlen) {
-    int fd = open_ckpt_file(path, err, errlen);
+    int fd = ckpt_open_file(path, err, errlen);
     if (fd < 0) return -1;
     uint8_t h[CKPT_HEADER_BYTES];
-    int rc = read_all_fd(fd, h, sizeof h, 0);
+    int rc = ckpt_read_at(fd, h, sizeof h, 0);
     close(fd);
     if (rc != 0) return asp_errf(err, errlen, "%s: shorter than its %d-byte header; the file is truncated", path, CKPT_HEADER_BYTES);
     uint32_t version, t;
@@ -475,11 +659,12 @@ static int check_array_header(const char *path, dtype_t want_dt_f32_or_any, int 
     return 0;
 }
 
-int ckpt_validate(const char *dir, const config_t *cfg, const plan_t *plan, ckpt_state_t *st, char *err,
-                  size_t errlen) {
+/* The manifest, and every file against it: present, its size, its CRC-32C
+ * (the arrays' values checked on the same read, into vc). With `sizes_only`,
+ * no file is read but the manifest (a quick look for retention). */
+static int check_files(const char *dir, int sizes_only, size_t n_params, vcheck_t *vc, char *err, size_t errlen) {
     char path[CFG_PATH_MAX + 64];
     char text[8192];
-    /* 1. the manifest: every file with its size and checksum */
     pathf(path, sizeof path, "%s/%s", dir, MANIFEST);
     if (access(path, F_OK) != 0)
         return asp_errf(err, errlen, "%s: missing; %s is not a complete checkpoint", path, dir);
@@ -491,33 +676,59 @@ int ckpt_validate(const char *dir, const config_t *cfg, const plan_t *plan, ckpt
     if (version != CKPT_FORMAT_VERSION)
         return asp_errf(err, errlen, "%s: format version %d, this build reads version %d", path, version,
                         CKPT_FORMAT_VERSION);
+    long long sizes[F__COUNT];
+    uint32_t crcs[F__COUNT];
+    if (parse_manifest(text, path, sizes, crcs, err, errlen) != 0) return -1;
     for (int f = 0; f < F__COUNT; f++) {
-        char want_name[64];
-        long long size = -1;
-        unsigned crc = 0;
-        int found = 0;
-        for (const char *l = strchr(text, '\n'); l && l[1]; l = strchr(l + 1, '\n')) {
-            if (sscanf(l + 1, "%63s %lld %x", want_name, &size, &crc) == 3 && !strcmp(want_name, file_names[f])) {
-                found = 1;
-                break;
-            }
-        }
-        if (!found)
-            return asp_errf(err, errlen, "%s/%s: no entry for %s; the checkpoint is damaged", dir, MANIFEST,
-                            file_names[f]);
-        pathf(path, sizeof path, "%s/%s", dir, file_names[f]);
+        pathf(path, sizeof path, "%s/%s", dir, ckpt_file_names[f]);
         struct stat sb;
         if (stat(path, &sb) != 0)
             return asp_errf(err, errlen, "%s: missing (%s); the checkpoint is incomplete", path, strerror(errno));
-        if ((long long)sb.st_size != size)
+        if ((long long)sb.st_size != sizes[f])
             return asp_errf(err, errlen, "%s: %lld bytes but the manifest says %lld; the file is %s", path,
-                            (long long)sb.st_size, size, (long long)sb.st_size < size ? "truncated" : "damaged");
-        file_sum_t s;
-        if (sum_file(path, &s, err, errlen) != 0) return -1;
-        if (s.size != size || s.crc != (uint32_t)crc)
-            return asp_errf(err, errlen, "%s: checksum mismatch (CRC-32C %08x, manifest %08x); the file is corrupt",
-                            path, s.crc, crc);
+                            (long long)sb.st_size, sizes[f], (long long)sb.st_size < sizes[f] ? "truncated" : "damaged");
     }
+    if (sizes_only) return 0;
+    file_sum_t sums[F__COUNT];
+    static const int pair[2] = {F_WEIGHTS, F_MASTER}, am[1] = {F_ADAM_M}, av[1] = {F_ADAM_V};
+    for (int f = F_CONFIG; f <= F_STATE; f++) {
+        pathf(path, sizeof path, "%s/%s", dir, ckpt_file_names[f]);
+        if (sum_file(path, &sums[f], err, errlen) != 0) return -1;
+    }
+    if (ckpt_scan_arrays(dir, pair, 2, sizes, &sums[F_WEIGHTS], n_params, vc, err, errlen) ||
+        ckpt_scan_arrays(dir, am, 1, sizes, &sums[F_ADAM_M], n_params, vc, err, errlen) ||
+        ckpt_scan_arrays(dir, av, 1, sizes, &sums[F_ADAM_V], n_params, vc, err, errlen))
+        return -1;
+    for (int f = 0; f < F__COUNT; f++) {
+        pathf(path, sizeof path, "%s/%s", dir, ckpt_file_names[f]);
+        if (sums[f].size != sizes[f] || sums[f].crc != crcs[f])
+            return asp_errf(err, errlen, "%s: checksum mismatch (CRC-32C %08x, manifest %08x); the file is corrupt",
+                            path, sums[f].crc, crcs[f]);
+    }
+    return 0;
+}
+
+/* A folder named step-NNNNNNNN holds the state of step NNNNNNNN: a copy or
+ * rename that breaks this would otherwise rank it as newer (or older) than
+ * it is. Folders of other names (a user's copy) are not judged by name. */
+static int check_name_step(const char *dir, int64_t step, char *err, size_t errlen) {
+    const char *base = strrchr(dir, '/');
+    base = base ? base + 1 : dir;
+    int64_t named;
+    char tail;
+    if (strlen(base) != 13 || sscanf(base, "step-%" SCNd64 "%c", &named, &tail) != 1 || named == step) return 0;
+    return asp_errf(err, errlen, "%s: the folder's name says step %" PRId64 " but its state says step %" PRId64 "; "
+                    "rename it to step-%08" PRId64 " (or delete it)", dir, named, step, step);
+}
+
+int ckpt_validate(const char *dir, const config_t *cfg, const plan_t *plan, ckpt_state_t *st, char *err,
+                  size_t errlen) {
+    char path[CFG_PATH_MAX + 64];
+    char text[8192];
+    int version = 0;
+    /* 1. the manifest: every file with its size and checksum */
+    vcheck_t vc = {.m = plan->model};
+    if (check_files(dir, 0, plan->n_params, &vc, err, errlen) != 0) return -1;
     /* 2. the state: format, position, model shape */
     pathf(path, sizeof path, "%s/%s", dir, STATE_FILE);
     if (read_text(path, text, sizeof text, err, errlen) != 0) return -1;
@@ -528,6 +739,9 @@ int ckpt_validate(const char *dir, const config_t *cfg, const plan_t *plan, ckpt
         state_get(text, path, "cursor", &st->cursor, err, errlen) || state_get(text, path, "seed", &seed, err, errlen))
         return -1;
     st->seed = (uint64_t)seed;
+    if (check_state_keys(text, path, cfg, plan, err, errlen) || get_lineage(text, path, st, err, errlen) ||
+        get_data_id(text, path, st, err, errlen) || check_name_step(dir, st->step, err, errlen))
+        return -1;
     if (st->step < 0 || st->epoch < 0 || st->cursor < 0)
         return asp_errf(err, errlen, "%s: negative step or data position; the checkpoint is damaged", path);
     /* no run takes 2^53 steps or samples: larger values are damage, and
@@ -571,7 +785,7 @@ int ckpt_validate(const char *dir, const config_t *cfg, const plan_t *plan, ckpt
         return asp_errf(err, errlen, "%s: 'weights_dtype' is missing; the checkpoint is damaged", path);
     /* 3. array headers */
     for (int f = F_WEIGHTS; f < F__COUNT; f++) {
-        pathf(path, sizeof path, "%s/%s", dir, file_names[f]);
+        pathf(path, sizeof path, "%s/%s", dir, ckpt_file_names[f]);
         dtype_t dt;
         if (check_array_header(path, DT_F32, f == F_WEIGHTS, (int64_t)plan->n_params, &dt, err, errlen)) return -1;
         int64_t want = CKPT_HEADER_BYTES + (int64_t)plan->n_params * (int64_t)dtype_size(dt);
@@ -583,17 +797,20 @@ int ckpt_validate(const char *dir, const config_t *cfg, const plan_t *plan, ckpt
             return asp_errf(err, errlen, "%s: holds %s values but the state says %s; the checkpoint is damaged", path,
                             dtype_name(dt), wdt);
     }
+    /* 4. the values: finite, and the weights the master's */
+    if (vc.what[0]) return asp_errf(err, errlen, "%s", vc.what);
     return 0;
 }
 
 /* ------------------------------------------------------------------ listing */
 
 /* Steps of the complete-named checkpoints in `cdir` (step-NNNNNNNN exactly:
- * temporary folders never match), newest first. */
+ * temporary folders never match), newest first. No folder: 0; one that
+ * cannot be read: -1 with errno set. */
 static int list_steps(const char *cdir, int64_t **steps) {
     *steps = NULL;
     DIR *d = opendir(cdir);
-    if (!d) return 0;
+    if (!d) return errno == ENOENT ? 0 : -1;
     int n = 0, cap = 0;
     struct dirent *de;
     while ((de = readdir(d))) {
@@ -618,18 +835,80 @@ static int list_steps(const char *cdir, int64_t **steps) {
     return n;
 }
 
-/* Delete checkpoints older than the newest keep_last, and temporary folders
- * left by writers that no longer run. */
-static void prune(const char *cdir, int64_t keep_last) {
+void ckpt_retain(ckpt_entry_t *en, int n, int64_t just_written, int newest, int64_t keep_last) {
+    int64_t kept = 0;
+    for (int i = 0; i < n; i++) {
+        en[i].keep = !en[i].usable || (en[i].step == just_written && en[i].own) || i == newest;
+        kept += en[i].keep && en[i].usable;
+    }
+    /* then this run's lineage, then the others, newest first */
+    for (int pass = 1; pass >= 0; pass--)
+        for (;;) {
+            int best = -1;
+            for (int i = 0; i < n; i++)
+                if (!en[i].keep && en[i].usable && en[i].own == pass && (best < 0 || en[i].step > en[best].step))
+                    best = i;
+            if (best < 0 || kept >= keep_last) break;
+            en[best].keep = 1;
+            kept++;
+        }
+}
+
+/* The checkpoints in cdir as retention sees them (newest first): a quick
+ * look (manifest and sizes, state and name agree), and the newest that
+ * would load, by a full check, in *newest. */
+static int retention_entries(const char *cdir, const config_t *cfg, const plan_t *plan, int64_t just_written,
+                             ckpt_entry_t **out, int *newest) {
     int64_t *steps;
     int n = list_steps(cdir, &steps);
+    ckpt_entry_t *en = asp_calloc((size_t)(n > 0 ? n : 1), sizeof *en, "checkpoint list");
+    *newest = -1;
+    for (int i = 0; i < n; i++) {
+        char dir[CFG_PATH_MAX + 64], why[4096], text[8192];
+        pathf(dir, sizeof dir, "%s/" NAME_FMT, cdir, steps[i]);
+        en[i].step = steps[i];
+        ckpt_state_t st;
+        vcheck_t vc = {.m = plan->model};
+        int64_t step = -1;
+        char spath[CFG_PATH_MAX + 80];
+        pathf(spath, sizeof spath, "%s/%s", dir, STATE_FILE);
+        en[i].usable = check_files(dir, 1, plan->n_params, &vc, why, sizeof why) == 0 &&
+                       read_text(spath, text, sizeof text, why, sizeof why) == 0 &&
+                       state_get(text, spath, "step", &step, why, sizeof why) == 0 &&
+                       check_name_step(dir, step, why, sizeof why) == 0 &&
+                       get_lineage(text, spath, &st, why, sizeof why) == 0;
+        if (!en[i].usable) {
+            asp_warn("checkpoint retention: %s is not usable (%s); it is kept, neither counted nor deleted", dir, why);
+            continue;
+        }
+        en[i].own = lineage_owns(st.run_id, step);
+        /* the newest that would load: a full check of those newer than what was just written */
+        if (*newest < 0 && (steps[i] <= just_written || ckpt_validate(dir, cfg, plan, &st, why, sizeof why) == 0))
+            *newest = i;
+        if (*newest == i && !en[i].own && steps[i] > just_written)
+            asp_warn("%s is newer than the checkpoint just written and of another run's history: io.resume=auto will "
+                     "pick it; give io.resume the folder to continue this run's, or move it away", dir);
+    }
+    free(steps);
+    *out = en;
+    return n;
+}
+
+/* Keep io.keep_last checkpoints (ckpt_retain says which), and remove
+ * temporary folders left by writers that no longer run. */
+static void prune(const char *cdir, const config_t *cfg, const plan_t *plan, int64_t just_written) {
+    ckpt_entry_t *en;
+    int newest;
+    int n = retention_entries(cdir, cfg, plan, just_written, &en, &newest);
+    ckpt_retain(en, n, just_written, newest, cfg->io.keep_last);
     char path[CFG_PATH_MAX + 64];
     char gone[CFG_PATH_MAX + 96];
-    for (int i = (int)keep_last; i < n; i++) {
+    for (int i = 0; i < n; i++) {
+        if (en[i].keep) continue;
         /* out of the final name first (one rename), then emptied: a kill in
          * between leaves a .del- folder, never a final-named one without
          * all its files */
-        pathf(path, sizeof path, "%s/" NAME_FMT, cdir, steps[i]);
+        pathf(path, sizeof path, "%s/" NAME_FMT, cdir, en[i].step);
         pathf(gone, sizeof gone, "%s.del-%ld", path, (long)getpid());
         if (rename(path, gone) != 0) {
             asp_warn("cannot delete old checkpoint %s: %s", path, strerror(errno));
@@ -638,7 +917,7 @@ static void prune(const char *cdir, int64_t keep_last) {
         test_file_op();
         if (remove_tree(gone) != 0) asp_warn("cannot delete old checkpoint %s: %s", gone, strerror(errno));
     }
-    free(steps);
+    free(en);
     DIR *d = opendir(cdir);
     if (!d) return;
     struct dirent *de;
@@ -682,7 +961,7 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
                 rc = asp_errf(err, errlen, "cannot create %s: %s; check that io.run_dir is writable", tmp, strerror(errno));
         }
         if (!rc) {
-            pathf(path, sizeof path, "%s/%s", tmp, file_names[F_CONFIG]);
+            pathf(path, sizeof path, "%s/%s", tmp, ckpt_file_names[F_CONFIG]);
             rc = config_write_yaml(cfg, path, err, errlen);
             if (!rc) rc = sum_file(path, &sums[F_CONFIG], err, errlen);
             if (!rc) test_delay(), test_file_op();
@@ -702,7 +981,7 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
         array_writer_t a;
         int open_ok = 0;
         if (lead && !rc) {
-            pathf(path, sizeof path, "%s/%s", tmp, file_names[f]);
+            pathf(path, sizeof path, "%s/%s", tmp, ckpt_file_names[f]);
             rc = array_begin(&a, path, dt, n, err, errlen);
             open_ok = !rc;
         }
@@ -712,7 +991,7 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
         if (open_ok) rc = src ? -1 : array_end(&a, &sums[f]);
     }
     if (lead && !rc) {
-        pathf(path, sizeof path, "%s/%s", tmp, file_names[F_STATE]);
+        pathf(path, sizeof path, "%s/%s", tmp, ckpt_file_names[F_STATE]);
         rc = write_state(path, cfg, plan, r, st, plan->target.param_bytes == 2 ? DT_BF16 : DT_F32, &sums[F_STATE],
                          err, errlen);
     }
@@ -721,7 +1000,7 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
         char text[2048];
         int at = snprintf(text, sizeof text, "%s %d\n", MANIFEST_HEAD, CKPT_FORMAT_VERSION);
         for (int f = 0; f < F__COUNT; f++)
-            at += snprintf(text + at, sizeof text - (size_t)at, "%s %" PRId64 " %08x\n", file_names[f], sums[f].size,
+            at += snprintf(text + at, sizeof text - (size_t)at, "%s %" PRId64 " %08x\n", ckpt_file_names[f], sums[f].size,
                            sums[f].crc);
         pathf(path, sizeof path, "%s/%s", tmp, MANIFEST);
         wfile_t w;
@@ -741,7 +1020,7 @@ int ckpt_save(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t 
             rc = asp_errf(err, errlen, "cannot sync %s: %s", cdir, strerror(errno));
         if (had) remove_tree(old);
     }
-    if (lead && !rc) prune(cdir, cfg->io.keep_last);
+    if (lead && !rc) prune(cdir, cfg, plan, st->step);
     if (lead && rc) remove_tree(tmp);
     if (agree(r, host_coll, rc) != 0) goto fail;
     return 0;
@@ -772,6 +1051,8 @@ static int choose(const config_t *cfg, const plan_t *plan, char *dir, size_t dir
     pathf(cdir, sizeof cdir, "%s/checkpoints", cfg->io.run_dir);
     int64_t *steps;
     int n = list_steps(cdir, &steps);
+    if (n < 0) return ckpt_check_run_dir(cfg, err, errlen) ? -1
+                      : asp_errf(err, errlen, "io.resume=auto: cannot read %s: %s", cdir, strerror(errno));
     char first_bad[4096] = "";
     for (int i = 0; i < n; i++) {
         char cand[CFG_PATH_MAX + 64], why[4096];
@@ -800,9 +1081,9 @@ static int choose(const config_t *cfg, const plan_t *plan, char *dir, size_t dir
 
 /* Read values [begin, begin + len) of an fp32 array file. */
 static int read_slice(const char *path, size_t begin, size_t len, float *out, char *err, size_t errlen) {
-    int fd = open_ckpt_file(path, err, errlen);
+    int fd = ckpt_open_file(path, err, errlen);
     if (fd < 0) return -1;
-    int rc = read_all_fd(fd, out, len * sizeof(float), (off_t)(CKPT_HEADER_BYTES + begin * sizeof(float)));
+    int rc = ckpt_read_at(fd, out, len * sizeof(float), (off_t)(CKPT_HEADER_BYTES + begin * sizeof(float)));
     close(fd);
     if (rc != 0) return asp_errf(err, errlen, "%s: cannot read values %zu..%zu: the file is truncated", path, begin, begin + len);
     return 0;
@@ -820,6 +1101,7 @@ int ckpt_resume(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_
         return -1;
     }
     host_coll->bcast(r->world, dir, sizeof dir, DT_U8, 0);
+    lineage_begin(dir[0] ? st : NULL);   /* checkpoints this launch writes grow from the one loaded */
     if (!dir[0]) return 0;
     int64_t pos[4] = {st->step, st->epoch, st->cursor, (int64_t)st->seed};
     host_coll->bcast(r->world, pos, 4 * sizeof(int64_t), DT_U8, 0);
@@ -836,27 +1118,27 @@ int ckpt_resume(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_
     char path[CFG_PATH_MAX + 96];
     const size_t chunk = (size_t)1 << 22;
     float *buf = asp_malloc(chunk * sizeof(float), "checkpoint read buffer");
-    pathf(path, sizeof path, "%s/%s", dir, file_names[F_WEIGHTS]);
+    pathf(path, sizeof path, "%s/%s", dir, ckpt_file_names[F_WEIGHTS]);
     dtype_t dt = DT_F32;
     rc = check_array_header(path, DT_F32, 1, (int64_t)n, &dt, err, errlen);
     if (!rc) {
-        int fd = open_ckpt_file(path, err, errlen);
+        int fd = ckpt_open_file(path, err, errlen);
         size_t es = dtype_size(dt);
         if (fd < 0) rc = -1;
         for (size_t b = 0; b < n && !rc; b += chunk) {
             size_t k = n - b < chunk ? n - b : chunk;
-            if (read_all_fd(fd, buf, k * es, (off_t)(CKPT_HEADER_BYTES + b * es)) != 0) {
+            if (ckpt_read_at(fd, buf, k * es, (off_t)(CKPT_HEADER_BYTES + b * es)) != 0) {
                 rc = asp_errf(err, errlen, "%s: cannot read the weights", path);
                 break;
             }
-            if (dt == DT_BF16) bf16_to_f32(buf, (const uint16_t *)buf, k);
+            if (dt == DT_BF16) ckpt_bf16_to_f32(buf, (const uint16_t *)buf, k);
             exec_set_params_range(e, buf, b, k);
         }
         if (fd >= 0) close(fd);
     }
     static const exec_state_t which[3] = {EXEC_MASTER, EXEC_ADAM_M, EXEC_ADAM_V};
     for (int k = 0; k < 3 && !rc; k++) {
-        pathf(path, sizeof path, "%s/%s", dir, file_names[F_MASTER + k]);
+        pathf(path, sizeof path, "%s/%s", dir, ckpt_file_names[F_MASTER + k]);
         for (int i = 0; i < npieces && !rc; i++)
             for (size_t c = 0; c < pieces[i].len && !rc; c += chunk) {
                 size_t m = pieces[i].len - c < chunk ? pieces[i].len - c : chunk;
@@ -874,4 +1156,54 @@ int ckpt_resume(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_
     free(buf);
     free(pieces);
     return bad == 0 ? 1 : -1;
+}
+
+/* ------------------------------------------------------------------ the run folder */
+
+/* Why `path`, which lstat found, cannot be used as a folder; NULL when it can. */
+static const char *unreadable_why(const char *path, char *buf, size_t len) {
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        int e = errno;
+        char target[512];
+        ssize_t tl = readlink(path, target, sizeof target - 1);
+        if (tl >= 0) target[tl] = 0;
+        if (e == ENOENT && tl >= 0)
+            snprintf(buf, len, "a symbolic link to %s, which does not exist (storage not mounted?)", target);
+        else if (e == ELOOP)
+            snprintf(buf, len, "a loop of symbolic links");
+        else
+            snprintf(buf, len, "%s", strerror(e));
+        return buf;
+    }
+    if (!S_ISDIR(sb.st_mode)) return "not a folder";
+    DIR *d = opendir(path);
+    if (!d) {
+        snprintf(buf, len, "cannot be listed: %s", strerror(errno));
+        return buf;
+    }
+    closedir(d);
+    return NULL;
+}
+
+int ckpt_check_run_dir(const config_t *cfg, char *err, size_t errlen) {
+    if (strcmp(cfg->io.resume, "auto") != 0) return 0;
+    char cdir[CFG_PATH_MAX + 32], why[700];
+    /* the run folder itself first: a link to storage that is not there */
+    struct stat sb;
+    const char *dirs[2] = {cfg->io.run_dir, cdir};
+    pathf(cdir, sizeof cdir, "%s/checkpoints", cfg->io.run_dir);
+    for (int i = 0; i < 2; i++) {
+        if (lstat(dirs[i], &sb) != 0) {
+            if (errno == ENOENT) return 0;   /* a fresh run folder */
+            return asp_errf(err, errlen, "io.resume=auto: %s cannot be read (%s); fix its permissions or the path, "
+                            "or set io.resume=never to start fresh", dirs[i], strerror(errno));
+        }
+        const char *bad = unreadable_why(dirs[i], why, sizeof why);
+        if (bad)
+            return asp_errf(err, errlen, "io.resume=auto: %s cannot be read: %s; its checkpoints would be ignored and "
+                            "the run start over. Mount or fix it, or set io.resume=never (or another io.run_dir) to "
+                            "start fresh", dirs[i], bad);
+    }
+    return 0;
 }

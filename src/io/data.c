@@ -19,6 +19,7 @@
 #endif
 
 #define REMAKE "re-create it with scripts/text_to_shard.py"
+#define REMAKE_MASK "re-create it with scripts/prepare_data.py --chat"
 #define HDR_FLAGS 28            /* bit 0: the EOS id at HDR_EOS is recorded */
 #define HDR_EOS 32
 #define FLAG_EOS 1u
@@ -35,6 +36,22 @@ static void wr64(unsigned char *p, uint64_t v) {
 }
 
 /* ------------------------------------------------------------------ shards */
+
+/* The target mask of a version-2 shard: bits past n_tokens are zero, and at
+ * least one token is a target (a shard without any would train nothing). */
+static int check_mask(const char *path, const uint8_t *mask, uint64_t n, int64_t *n_targets, char *err,
+                      size_t errlen) {
+    uint64_t bytes = (n + 7) / 8, count = 0;
+    for (uint64_t i = 0; i < bytes; i++) count += (uint64_t)__builtin_popcount(mask[i]);
+    if (n % 8 && mask[bytes - 1] >> (n % 8))
+        return asp_errf(err, errlen, "%s: the target mask's last byte 0x%02x sets bits past the %" PRIu64
+                        " tokens (they must be zero: a damaged shard); " REMAKE_MASK, path, mask[bytes - 1], n);
+    if (count == 0)
+        return asp_errf(err, errlen, "%s: the target mask marks no token as a target, so there is nothing to "
+                        "learn; " REMAKE_MASK, path);
+    *n_targets = (int64_t)count;
+    return 0;
+}
 
 int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, size_t errlen) {
     memset(s, 0, sizeof *s);
@@ -79,9 +96,9 @@ int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, siz
             goto fail;
         }
     }
-    if (version != SHARD_VERSION) {
-        asp_errf(err, errlen, "%s: shard format version %" PRIu32 ", this build reads version %d; " REMAKE, path,
-                 version, SHARD_VERSION);
+    if (version != SHARD_VERSION && version != SHARD_VERSION_MASKED) {
+        asp_errf(err, errlen, "%s: shard format version %" PRIu32 ", this build reads versions %d (plain) and %d "
+                 "(with a target mask); " REMAKE, path, version, SHARD_VERSION, SHARD_VERSION_MASKED);
         goto fail;
     }
     if (token_bytes != 4) {
@@ -89,19 +106,19 @@ int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, siz
                  path, token_bytes);
         goto fail;
     }
-    /* n up to 2^62 keeps the byte count below 2^64; anything above is corrupt anyway */
-    uint64_t expect = n > (UINT64_C(1) << 60) ? UINT64_MAX : SHARD_HEADER_BYTES + 4 * n;
+    /* n up to 2^60 keeps the byte count below 2^64; anything above is corrupt anyway */
+    uint64_t mask_bytes = version == SHARD_VERSION_MASKED ? (n + 7) / 8 : 0;
+    uint64_t expect = n > (UINT64_C(1) << 60) ? UINT64_MAX : SHARD_HEADER_BYTES + 4 * n + mask_bytes;
     if ((uint64_t)fsize < expect) {
         asp_errf(err, errlen,
-                 "%s: truncated: header says %" PRIu64 " tokens (%" PRIu64 " bytes) but the file has %zu bytes; " REMAKE,
-                 path, n, expect, fsize);
+                 "%s: truncated: header says %" PRIu64 " tokens%s (%" PRIu64 " bytes) but the file has %zu bytes; "
+                 REMAKE, path, n, mask_bytes ? " and their target mask" : "", expect, fsize);
         goto fail;
     }
     if ((uint64_t)fsize > expect) {
         asp_errf(err, errlen,
-                 "%s: header says %" PRIu64 " tokens (%" PRIu64 " bytes) but the file has %zu bytes (trailing data); "
-                 REMAKE,
-                 path, n, expect, fsize);
+                 "%s: header says %" PRIu64 " tokens%s (%" PRIu64 " bytes) but the file has %zu bytes (trailing "
+                 "data); " REMAKE, path, n, mask_bytes ? " and their target mask" : "", expect, fsize);
         goto fail;
     }
     if (n < 2) {
@@ -111,8 +128,9 @@ int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, siz
                  path, n);
         goto fail;
     }
-    if (vocab == 0) {
-        asp_errf(err, errlen, "%s: header records vocab_size 0; " REMAKE, path);
+    if (vocab < 2) {
+        asp_errf(err, errlen, "%s: header records vocab_size %" PRIu32 "; a language model needs at least 2 tokens: "
+                 REMAKE, path, vocab);
         goto fail;
     }
     const uint32_t *tok = (const uint32_t *)((const char *)map + SHARD_HEADER_BYTES);
@@ -144,6 +162,12 @@ int shard_open(shard_t *s, const char *path, int64_t vocab_limit, char *err, siz
         }
         s->eos_token_id = eos;
     }
+    s->target_mask = NULL;
+    s->n_targets = (int64_t)n;
+    if (mask_bytes) {
+        s->target_mask = (const uint8_t *)(tok + n);
+        if (check_mask(path, s->target_mask, n, &s->n_targets, err, errlen) != 0) goto fail;
+    }
     s->n_tokens = (int64_t)n;
     s->vocab_size = vocab;
     s->tokens = tok;
@@ -167,7 +191,25 @@ int shard_peek(const char *path, uint32_t *vocab_size, int64_t *eos_token_id, ch
         return asp_errf(err, errlen, "%s: not a token shard (no %d-byte \"%s\" header); " REMAKE, path,
                         SHARD_HEADER_BYTES, SHARD_MAGIC);
     *vocab_size = rd32(hdr + 24);
+    if (*vocab_size < 2) {
+        asp_errf(err, errlen, "%s: header records vocab_size %" PRIu32 "; a language model needs at least 2 tokens: "
+                 REMAKE, path, *vocab_size);
+        return -2;
+    }
     *eos_token_id = rd32(hdr + HDR_FLAGS) & FLAG_EOS ? (int64_t)rd32(hdr + HDR_EOS) : -1;
+    return 0;
+}
+
+int shard_check_pair(const shard_t *train, const shard_t *val, int64_t model_vocab, char *err, size_t errlen) {
+    if ((int64_t)val->vocab_size > model_vocab)
+        return asp_errf(err, errlen, "data.val_path %s: header records vocab_size %" PRIu32 ", above the model's %" PRId64
+                        "; tokenize the validation text with the model's tokenizer", val->path, val->vocab_size,
+                        model_vocab);
+    if (val->vocab_size != train->vocab_size)
+        return asp_errf(err, errlen, "data.val_path %s records vocab_size %" PRIu32 " but data.path %s records %" PRIu32
+                        ": the two were made with different tokenizers, and the validation loss would measure "
+                        "nothing; tokenize both with the same one", val->path, val->vocab_size, train->path,
+                        train->vocab_size);
     return 0;
 }
 
@@ -175,7 +217,28 @@ void shard_close(shard_t *s) {
     if (s->map) munmap(s->map, s->map_bytes);
     s->map = NULL;
     s->tokens = NULL;
+    s->target_mask = NULL;
     s->map_bytes = 0;
+}
+
+static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t n) {
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+void shard_fingerprint(const shard_t *s, uint64_t *bytes, uint64_t *fingerprint) {
+    const uint8_t *p = s->map;
+    const size_t n = s->map_bytes, edge = (size_t)1 << 20, piece = (size_t)64 << 10;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    if (n <= 2 * edge + 62 * piece) {
+        h = fnv1a(h, p, n);
+    } else {
+        h = fnv1a(h, p, edge);
+        for (size_t k = 1; k <= 62; k++) h = fnv1a(h, p + edge + (n - 2 * edge - piece) / 63 * k, piece);
+        h = fnv1a(h, p + n - edge, edge);
+    }
+    *bytes = n;
+    *fingerprint = h;
 }
 
 typedef struct {
@@ -183,13 +246,14 @@ typedef struct {
     int64_t n;
     uint32_t vocab_size;
     int64_t eos;
+    const uint8_t *is_target;   /* NULL: a plain (version 1) shard */
 } shard_out_t;
 
 static int fill_shard(FILE *f, void *ctx, char *err, size_t errlen) {
     const shard_out_t *o = ctx;
     unsigned char hdr[SHARD_HEADER_BYTES] = {0};
     memcpy(hdr, SHARD_MAGIC, 8);
-    wr32(hdr + 8, SHARD_VERSION);
+    wr32(hdr + 8, o->is_target ? SHARD_VERSION_MASKED : SHARD_VERSION);
     wr32(hdr + 12, 4);
     wr64(hdr + 16, (uint64_t)o->n);
     wr32(hdr + 24, o->vocab_size);
@@ -199,6 +263,15 @@ static int fill_shard(FILE *f, void *ctx, char *err, size_t errlen) {
     }
     if (fwrite(hdr, 1, sizeof hdr, f) != sizeof hdr) return -1;
     if (o->n > 0 && fwrite(o->tokens, sizeof *o->tokens, (size_t)o->n, f) != (size_t)o->n) return -1;
+    if (!o->is_target) return 0;
+    unsigned char byte = 0;
+    for (int64_t i = 0; i < o->n; i++) {
+        if (o->is_target[i]) byte |= (unsigned char)(1u << (i & 7));
+        if ((i & 7) == 7 || i == o->n - 1) {
+            if (fputc(byte, f) == EOF) return -1;
+            byte = 0;
+        }
+    }
     return 0;
 }
 
@@ -209,6 +282,11 @@ int shard_write(const char *path, const uint32_t *tokens, int64_t n, uint32_t vo
 
 int shard_write_eos(const char *path, const uint32_t *tokens, int64_t n, uint32_t vocab_size, int64_t eos_token_id,
                     char *err, size_t errlen) {
+    return shard_write_masked(path, tokens, NULL, n, vocab_size, eos_token_id, err, errlen);
+}
+
+int shard_write_masked(const char *path, const uint32_t *tokens, const uint8_t *is_target, int64_t n,
+                       uint32_t vocab_size, int64_t eos_token_id, char *err, size_t errlen) {
     if (eos_token_id >= (int64_t)vocab_size)
         return asp_errf(err, errlen, "%s: EOS id %" PRId64 " is >= vocab_size %" PRIu32, path, eos_token_id,
                         vocab_size);
@@ -220,7 +298,7 @@ int shard_write_eos(const char *path, const uint32_t *tokens, int64_t n, uint32_
                             "; pass the tokenizer's vocabulary size",
                             path, tokens[i], i, vocab_size);
     /* readers see the old shard or the new one, never half of one */
-    shard_out_t o = {tokens, n, vocab_size, eos_token_id};
+    shard_out_t o = {tokens, n, vocab_size, eos_token_id, is_target};
     return asp_write_atomic(path, fill_shard, &o, err, errlen);
 }
 
@@ -327,7 +405,9 @@ int64_t loader_next_docs(loader_t *l, int32_t *tokens, int32_t *targets, int32_t
     int64_t sample = l->order[l->cursor + l->dp_rank];
     l->cursor += l->dp_size;
 
-    const uint32_t *src = l->shard->tokens + sample * l->seq_len;
+    const shard_t *sh = l->shard;
+    const int64_t base = sample * l->seq_len;   /* shard index of the sample's first input */
+    const uint32_t *src = sh->tokens + base;
     int64_t S = l->seq_len, first = (int64_t)l->sp_rank * l->seq_local;
     if (l->eos < 0) {
         for (int64_t t = 0; t < l->seq_local; t++) {
@@ -335,7 +415,8 @@ int64_t loader_next_docs(loader_t *l, int32_t *tokens, int32_t *targets, int32_t
             positions[t] = (int32_t)p;
             if (p < S) {
                 tokens[t] = (int32_t)src[p];
-                targets[t] = (int32_t)src[p + 1];   /* shifted before the SP split */
+                /* shifted before the SP split; a masked token is context only */
+                targets[t] = shard_is_target(sh, base + p + 1) ? (int32_t)src[p + 1] : -1;
             } else {
                 tokens[t] = 0;
                 targets[t] = -1;
@@ -344,7 +425,10 @@ int64_t loader_next_docs(loader_t *l, int32_t *tokens, int32_t *targets, int32_t
         if (doc_start)   /* one document, and the padding after it */
             for (int64_t p = 0; p < l->seq_pad; p++) doc_start[p] = p < S ? 0 : (int32_t)S;
         if (len_sq) *len_sq = (double)S * (double)S;
-        return S;
+        int64_t valid = S;   /* of the whole sample, the same on every SP rank */
+        if (sh->target_mask)
+            for (int64_t p = 0; p < S; p++) valid -= !shard_is_target(sh, base + p + 1);
+        return valid;
     }
     /* Documents: every rank walks the whole sample, so all ranks of the SP
      * group agree on the boundaries (attention sees the whole sequence). A
@@ -358,7 +442,8 @@ int64_t loader_next_docs(loader_t *l, int32_t *tokens, int32_t *targets, int32_t
             start = p;
         }
         if (doc_start) doc_start[p] = (int32_t)start;
-        int masked = p >= S || src[p] == eos;   /* EOS predicts nothing across the boundary */
+        /* EOS predicts nothing across the boundary; a masked token is context only */
+        int masked = p >= S || src[p] == eos || !shard_is_target(sh, base + p + 1);
         if (!masked) valid++;
         if (p >= first && p < last) {
             int64_t t = p - first;

@@ -79,11 +79,31 @@ static int read_rope(cfgread_t *r, const yaml_node_t *obj, const char *where, ro
                         where, json_kind(obj));
     char w[64];
     snprintf(w, sizeof w, "%s.", where);
-    const char *type;
-    if (get_str(r, obj, "rope_type", &type, w)) return -1;
-    if (!type && get_str(r, obj, "type", &type, w)) return -1;
+    const char *type, *old_type;
+    if (get_str(r, obj, "rope_type", &type, w) || get_str(r, obj, "type", &old_type, w)) return -1;
+    if (type && old_type && strcmp(type, old_type))
+        return asp_errf(r->err, r->errlen, "%s: %s: rope_type '%s' and type '%s' contradict each other; keep one "
+                        "(transformers reads rope_type first)", r->path, where, type, old_type);
+    if (!type) type = old_type;
     if (get_num(r, obj, "rope_theta", theta, w)) return -1;
+    static const char *const need[] = {"factor", "low_freq_factor", "high_freq_factor",
+                                       "original_max_position_embeddings"};
+    if (!type) {   /* only rope_theta may come without a type */
+        for (size_t i = 0; i < json_size(obj); i++) {
+            yaml_node_t *v;
+            const char *k = json_member(&r->j, obj, i, &v);
+            if (k && strcmp(k, "rope_theta"))
+                return asp_errf(r->err, r->errlen, "%s: %s has '%s' but no rope_type (or type): which scaling it "
+                                "means is unknown; add \"rope_type\": \"llama3\" (or \"default\" and no scaling keys)",
+                                r->path, where, k);
+        }
+    }
     if (!type || !strcmp(type, "default")) {
+        for (int i = 0; i < 4; i++)
+            if (json_get(&r->j, obj, need[i]))
+                return asp_errf(r->err, r->errlen, "%s: %s: rope_type default (no scaling) contradicts its '%s'; "
+                                "give rope_type llama3 for llama3 scaling, or remove the scaling keys", r->path,
+                                where, need[i]);
         rs->enabled = 0;
         return 0;
     }
@@ -91,8 +111,6 @@ static int read_rope(cfgread_t *r, const yaml_node_t *obj, const char *where, ro
         return asp_errf(r->err, r->errlen, "%s: %s.rope_type '%s' is not supported; autosp-train implements plain "
                         "RoPE (default) and llama3 scaling only", r->path, where, type);
     rs->enabled = 1;
-    static const char *const need[] = {"factor", "low_freq_factor", "high_freq_factor",
-                                       "original_max_position_embeddings"};
     for (int i = 0; i < 4; i++)
         if (!json_get(&r->j, obj, need[i]))
             return asp_errf(r->err, r->errlen, "%s: %s: rope_type llama3 needs '%s', which is missing; fix "

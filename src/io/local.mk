@@ -27,7 +27,7 @@ tests_test_hf_LDADD = $(ASP_TEST_LIBS)
 TESTS += tests/test_hf_parity.sh
 EXTRA_DIST += tests/test_hf_parity.sh tests/hf_parity.py
 # Checkpoints and resume (docs/checkpoints.md)
-libautosp_a_SOURCES += src/io/ckpt.c src/io/ckpt.h
+libautosp_a_SOURCES += src/io/ckpt.c src/io/ckpt.h src/io/ckpt_values.c src/io/ckpt_internal.h src/io/runlock.c src/io/runlock.h
 check_PROGRAMS += tests/test_ckpt
 TESTS += tests/test_ckpt tests/test_ckpt_resume.sh tests/test_ckpt_fault.sh
 tests_test_ckpt_SOURCES = tests/test_ckpt.c

@@ -514,10 +514,21 @@ out:
 int st_checkpoint_open(st_checkpoint_t *c, const char *dir, char *err, size_t errlen) {
     memset(c, 0, sizeof *c);
     char path[2048];
-    if (join(path, sizeof path, dir, INDEX_NAME)) return asp_errf(err, errlen, "%.200s: path too long", dir);
-    if (access(path, F_OK) == 0) return open_index(c, dir, path, err, errlen);
-    if (join(path, sizeof path, dir, SINGLE_NAME)) return asp_errf(err, errlen, "%.200s: path too long", dir);
-    if (access(path, F_OK) != 0)
+    /* transformers' precedence (modeling_utils, _get_resolved_checkpoint_files):
+     * a regular model.safetensors first (os.path.isfile: links followed),
+     * the sharded index only without one. Loading the index where
+     * transformers loads the single file would train other weights. */
+    char single[2048];
+    struct stat sb;
+    if (join(path, sizeof path, dir, INDEX_NAME) || join(single, sizeof single, dir, SINGLE_NAME))
+        return asp_errf(err, errlen, "%.200s: path too long", dir);
+    int have_single = stat(single, &sb) == 0 && S_ISREG(sb.st_mode);
+    if (!have_single && access(path, F_OK) == 0) return open_index(c, dir, path, err, errlen);
+    if (have_single && access(path, F_OK) == 0)
+        asp_warn("%s holds both %s and %s: loading %s, as transformers does (the index and its shards are ignored)",
+                 dir, SINGLE_NAME, INDEX_NAME, SINGLE_NAME);
+    snprintf(path, sizeof path, "%s", single);
+    if (!have_single && access(single, F_OK) != 0)   /* something else in its place: st_open names it */
         return asp_errf(err, errlen, "%s: neither %s nor %s is there; give a Hugging Face model folder with "
                         "safetensors weights", dir, SINGLE_NAME, INDEX_NAME);
     c->files = calloc(1, sizeof(st_file_t));

@@ -85,14 +85,8 @@ static MPI_Request ping_req = MPI_REQUEST_NULL;
 static int ping_buf, ping_rank, ping_size;
 static double host_timeout_s = 600;
 
-static double env_seconds(const char *name, double dflt) {
-    const char *s = getenv(name);
-    double v = s ? atof(s) : 0;
-    return v > 0 ? v : dflt;
-}
-
 void coll_host_watch_init(MPI_Comm world) {
-    host_timeout_s = env_seconds("ASP_MPI_TIMEOUT", 600);
+    host_timeout_s = asp_env_double("ASP_MPI_TIMEOUT", 600, 1e-3, 1e9);
     MPI_CHECK(MPI_Comm_dup(world, &ping_comm));
     MPI_CHECK(MPI_Comm_set_errhandler(ping_comm, MPI_ERRORS_RETURN));
     MPI_CHECK(MPI_Comm_rank(ping_comm, &ping_rank));

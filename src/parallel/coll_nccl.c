@@ -117,8 +117,7 @@ int coll_nccl_init(ranks_t *r, void *stream, char *err, size_t errlen) {
     nccl_comms[1] = r->sp;
     nccl_comms[2] = r->dp;
     nccl_world_rank = r->world_rank;
-    const char *t = getenv("ASP_NCCL_TIMEOUT");
-    nccl_timeout_s = t && atof(t) > 0 ? atof(t) : 600.0;
+    nccl_timeout_s = asp_env_double("ASP_NCCL_TIMEOUT", 600.0, 1e-3, 1e9);
     return 0;
 }
 

@@ -198,6 +198,32 @@ static int auto_degrees(const model_t *m, int world, int64_t gbs, int *list) {
     return n;
 }
 
+/* Settings that work when no SP degree does for this world and batch: each
+ * head-valid degree with the smallest batch above the given one that its
+ * data-parallel degree divides, and the nearest world sizes that take the
+ * batch as it is. */
+static void degree_hint(const model_t *m, int world, int64_t gbs, char *out, size_t len) {
+    size_t o = (size_t)snprintf(out, len, "settings that work:");
+    int any = 0;
+    for (int P = 1; P <= world && o < len; P++) {
+        if (world % P != 0 || !sp_degree_valid(m, P)) continue;
+        int64_t dp = world / P, ok = gbs > 0 ? (gbs + dp - 1) / dp * dp : dp;
+        o += (size_t)snprintf(out + o, len - o, "%s sequence_parallel_size %d with train.global_batch_size %lld (a "
+                              "multiple of %lld)", any ? ";" : "", P, (long long)ok, (long long)dp);
+        any = 1;
+    }
+    int list[1024], shown = 0;
+    for (int d = 1; d < world && shown < 4 && o < len; d++)
+        for (int w = world - d; w <= world + d; w += 2 * d)
+            if (w >= 1 && w <= 1024 && shown < 4 && auto_degrees(m, w, gbs, list) > 0 && o < len) {
+                if (shown) o += (size_t)snprintf(out + o, len - o, ", %d", w);
+                else o += (size_t)snprintf(out + o, len - o, "%s world %d", any ? "; or" : "", w);
+                shown++;
+            }
+    if (shown && o < len) snprintf(out + o, len - o, " with this batch");
+    else if (!any && !shown && o < len) snprintf(out + o, len - o, " none near world %d", world);
+}
+
 /* compile_at == 0, and with `kept` also no layer recomputing attention */
 static int good_at(plan_t *p, const config_t *cfg, const model_t *m, int world, const plan_target_t *t, int sp,
                    int64_t seq_len, int kept) {
@@ -331,13 +357,12 @@ int plan_compile(plan_t *p, const config_t *cfg, const model_t *m, int world, co
     int list[1024];
     int n = auto_degrees(m, world, cfg->train.global_batch_size, list);
     if (n == 0) {
-        char valid[256];
-        sp_valid_degrees(m, world, valid, sizeof valid);
+        char hint[384];
+        degree_hint(m, world, cfg->train.global_batch_size, hint, sizeof hint);
         return asp_errf(err, errlen,
                         "parallel.sequence_parallel_size auto: no degree works for world %d and "
-                        "train.global_batch_size %lld (the data-parallel degree world/SP must divide the batch); "
-                        "valid sequence_parallel_size for world %d: %s",
-                        world, (long long)cfg->train.global_batch_size, world, valid[0] ? valid : "none");
+                        "train.global_batch_size %lld (the data-parallel degree world/SP must divide the batch); %s",
+                        world, (long long)cfg->train.global_batch_size, hint);
     }
     for (int i = 0; i < n; i++)
         if (compile_at(p, cfg, m, world, &t, list[i], S, err, errlen) == 0) return 0;

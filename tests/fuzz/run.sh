@@ -5,7 +5,7 @@
 # A crash, leak, UB report or timeout fails the run and leaves the input as
 # BUILD/crash-* (reproduce: BUILD/fuzz_NAME BUILD/crash-...).
 #
-#   tests/fuzz/run.sh [NAME...]      NAME: json safetensors config hf_config shard ckpt_state
+#   tests/fuzz/run.sh [NAME...]      NAME: json safetensors config hf_config shard ckpt_state ckpt_dir run_folder
 #
 # Needs clang with libFuzzer (Debian 12: clang and libclang-rt-14-dev).
 set -eu
@@ -13,7 +13,7 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 build=${FUZZ_BUILD:-$top/tests/fuzz/build}
 CLANG=${CLANG:-clang}
 secs=${FUZZ_SECONDS:-20}
-names=${*:-json safetensors config hf_config shard ckpt_state}
+names=${*:-json safetensors config hf_config shard ckpt_state ckpt_dir run_folder}
 mkdir -p "$build/cfg" "$build/obj"
 # the harnesses need no MPI and no CUDA: a configuration header of their own
 cat >"$build/cfg/autosp_config.h" <<'H'
@@ -36,9 +36,11 @@ sources() {
         hf_config) echo src/io/hf.c src/io/safetensors.c src/io/json.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC \
                         src/io/data.c src/cpu/host_optim.c $PLAN $PAR ;;
         shard) echo src/io/data.c src/util.c ;;
-        ckpt_state) echo src/io/ckpt.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC $PLAN $PAR \
+        ckpt_state|ckpt_dir) echo src/io/ckpt.c src/io/ckpt_values.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC $PLAN $PAR \
                          src/cpu/cpu_backend.c src/cpu/host_optim.c src/io/data.c ;;
-        *) echo "unknown harness '$1' (json safetensors config hf_config shard ckpt_state)" >&2; exit 2 ;;
+        run_folder) echo src/io/ckpt.c src/io/ckpt_values.c src/io/runlock.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC \
+                         $PLAN $PAR src/cpu/cpu_backend.c src/cpu/host_optim.c src/io/data.c ;;
+        *) echo "unknown harness '$1' (json safetensors config hf_config shard ckpt_state ckpt_dir run_folder)" >&2; exit 2 ;;
     esac
 }
 status=0
