@@ -19,7 +19,7 @@ autoreconf -fi >/dev/null 2>&1
     { tail -20 "$build/configure.log"; echo "sanitize-check: configure failed"; exit 1; }
 make -j"$(nproc 2>/dev/null || echo 2)" >"$build/make.log" 2>&1 || { tail -30 "$build/make.log"; echo "sanitize-check: build failed"; exit 1; }
 UNIT="tests/test_config tests/test_safetensors tests/test_hf tests/test_ckpt tests/test_util tests/test_data
-      tests/test_model tests/test_cpu_ops tests/test_plan tests/test_plan_walk tests/test_model_grad tests/test_mpi_coll.sh tests/test_ckpt_fault.sh"
+      tests/test_model tests/test_cpu_ops tests/test_plan tests/test_plan_walk tests/test_predict tests/test_model_grad tests/test_mpi_coll.sh tests/test_ckpt_fault.sh"
 # the slow unwinder: leaks allocated inside Open MPI's plugins (unloaded at exit)
 # keep their whole stack, so the suppressions can see they come from libmpi
 export ASAN_OPTIONS="detect_leaks=1:fast_unwind_on_malloc=0:malloc_context_size=40:strict_string_checks=1"

@@ -2,6 +2,7 @@
 #include "autosp_config.h"
 
 #include <errno.h>
+#include <glob.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -16,7 +17,9 @@
 #include "model/model.h"
 #include "parallel/parallel.h"
 #include "plan/plan.h"
+#include "plan/predict.h"
 #include "train.h"
+#include "train_log.h"
 #include "util.h"
 
 #define MAX_SETS 256
@@ -47,6 +50,12 @@ static void usage(FILE *out) {
             "                           node's at run time; unlimited for --explain, which shares it among\n"
             "                           min(world, 8) ranks of a node); a tenth (at least 6 GiB) is kept\n"
             "                           for the system\n"
+            "  --gpu h100|h200|FILE     the card profile that prices the plan: the predicted step time of\n"
+            "                           --explain and of a run, and auto's placement choices (default: the\n"
+            "                           card present, else h100; a run on the cpu backend predicts only\n"
+            "                           when it is given)\n"
+            "  --doc-len TOKENS         with data.documents eos: the mean document length the predicted\n"
+            "                           step assumes (default: one document per sample, the slowest case)\n"
             "  --dump-grads FILE        write every step's loss and the first step's full gradient (fp32)\n"
             "                           to FILE, for parity checks between runs (format in src/train.h)\n"
             "  --help                   this text and every config key\n"
@@ -71,6 +80,8 @@ typedef struct {
     double gpu_memory_gib;
     double host_memory_gib;
     const char *dump;
+    const char *gpu;        /* --gpu: a built-in card profile or a file */
+    double doc_len;
 } cli_t;
 
 static int lead_rank = 1;
@@ -148,6 +159,12 @@ static void parse_args(int argc, char **argv, cli_t *c, ranks_t *r) {
                 usage_error(r, "%s %s GiB is beyond any machine (at most %.0f GiB, 1 PiB); give the memory in GiB",
                             a, next, ASP_MEMORY_GIB_MAX);
             *(a[2] == 'g' ? &c->gpu_memory_gib : &c->host_memory_gib) = gib;
+            i++;
+        } else if (!strcmp(a, "--gpu")) {
+            if (!next || !next[0]) usage_error(r, "--gpu expects h100, h200 or the path of a card profile");
+            c->gpu = argv[++i];
+        } else if (!strcmp(a, "--doc-len")) {
+            c->doc_len = parse_positive(r, a, next);
             i++;
         } else if (!strcmp(a, "--dump-grads")) {
             if (!next) usage_error(r, "--dump-grads expects a file name");
@@ -279,6 +296,9 @@ typedef struct {
     double host_node, host_share;
     int node_ranks;
     const char *host_from;
+    card_profile_t profile;     /* the card profile the plan is priced with */
+    int predict;                /* 1: report the predicted step (not on the cpu backend without --gpu) */
+    double doc_len;             /* --doc-len */
 } budget_t;
 
 static void element_sizes(budget_t *b, const backend_t *be) {
@@ -363,6 +383,38 @@ static void host_budget(budget_t *b, const config_t *cfg, const cli_t *cli, rank
     b->target.host_is_device = be ? be->device_memory && be->device_memory() == 0 : !b->explain_gpu_plan;
 }
 
+/* The card --explain plans for when none is named: the first GPU the
+ * NVIDIA driver lists (read from /proc, touching no device), else an H100. */
+static const char *card_present(void) {
+    glob_t g;
+    const char *card = "h100";
+    if (glob("/proc/driver/nvidia/gpus/*/information", 0, NULL, &g) != 0) return card;
+    FILE *f = g.gl_pathc ? fopen(g.gl_pathv[0], "r") : NULL;
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "Model:", 6) && strstr(line, "H200")) card = "h200";
+    if (f) fclose(f);
+    globfree(&g);
+    return card;
+}
+
+/* The card profile: --gpu, else the card this run trains on, else (for
+ * --explain) the card present or an H100. A run on the cpu backend predicts
+ * nothing unless --gpu names a profile. */
+static void choose_profile(budget_t *b, const cli_t *cli, const backend_t *be, ranks_t *ranks) {
+    const char *spec = cli->gpu;
+    b->predict = 1;
+    if (!spec && be && be->device_memory && be->device_memory() > 0)
+        spec = strstr(be->device_name(), "H200") ? "h200" : "h100";
+    else if (!spec && be) b->predict = 0;
+    else if (!spec) spec = card_present();
+    b->doc_len = cli->doc_len;
+    if (!spec) return;
+    char err[1024];
+    if (profile_select(&b->profile, spec, err, sizeof err) != 0) usage_error(ranks, "--gpu: %s", err);
+    b->target.profile = &b->profile;
+}
+
 /* Impossible degrees are refused before any GPU work: plan once without a
  * memory limit (the real budget needs the device, initialised after). */
 static void probe_degrees(const config_t *cfg, const model_t *model, ranks_t *ranks, const budget_t *b) {
@@ -410,6 +462,7 @@ static int explain(const plan_t *plan, const config_t *cfg, const budget_t *b) {
     else
         printf("host budget per rank: unlimited (%s)\n", b->host_from);
     plan_explain(plan, cfg, stdout);
+    plan_explain_predicted(plan, &b->profile, b->doc_len, stdout);
     fflush(stdout);
     return 0;
 }
@@ -515,6 +568,7 @@ int main(int argc, char **argv) {
     device_budget(&b, &cfg, &cli, be);
     b.world = cli.explain && cli.world > 0 ? cli.world : ranks.world_size;
     host_budget(&b, &cfg, &cli, &ranks, be);
+    choose_profile(&b, &cli, be, &ranks);
     plan_t plan;
     int planned = compile_plan(&plan, &cfg, &model, &b, be, err, sizeof err);
     if (planned == -1 || (planned != 0 && !cli.explain)) usage_error(&ranks, "%s%s", plan_error_where(&cfg, err), err);
@@ -530,6 +584,11 @@ int main(int argc, char **argv) {
     check_node_memory(&plan, &b, be, &ranks);
     if (par_set_groups(&ranks, plan.sp, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
     announce(&plan, &cfg, &cli, &model, &b);
+    if (b.predict) {
+        step_prediction_t pred;
+        plan_predict(&plan, &b.profile, b.doc_len, &pred);
+        log_set_prediction(pred.step_s, b.profile.card);
+    }
     int status = train(&cfg, &plan, be, &ranks, &cli);
     be->shutdown();
     model_free(&model);

@@ -52,6 +52,11 @@ void log_done(const train_log_t *L, int64_t step);
 /* Close metrics.jsonl (a failure to write it ends the run). */
 void log_close(train_log_t *L);
 
+/* The plan's predicted step time (seconds, on the named card profile), set
+ * before training: the first timed step prints it beside the measured one
+ * and every metrics line carries it (predicted_ms). 0: no prediction. */
+void log_set_prediction(double step_s, const char *card);
+
 /* Keep the metrics lines of steps 1..upto (a resumed run rewrites the steps
  * after its checkpoint), then open the file for appending. */
 FILE *log_open_metrics(const char *path, int64_t upto);

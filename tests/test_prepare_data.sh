@@ -119,7 +119,7 @@ fi
 #    it with the recorded EOS ending documents, and refuses a smaller model
 #    vocab_size naming both
 export OMP_NUM_THREADS=2
-if "$BIN" "$top_srcdir/configs/tiny.yaml" --set data.path="$TMP/train.tok" --set data.documents=eos \
+if "$BIN" "$top_srcdir/configs/tiny.yaml" --set data.path="$TMP/train.tok" --set data.val_path= --set data.documents=eos \
         --set train.steps=2 --set train.device=cpu --set io.run_dir="$TMP/run" --set io.save_at_end=false \
         >"$TMP/train.log" 2>&1; then
     python3 - "$TMP/run/metrics.jsonl" "$TMP/run/config.yaml" <<'PY' && ok "autosp-train trains 2 steps on it (vocab_size 301 and EOS 300 from the header)" || bad "training metrics"

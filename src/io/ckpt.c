@@ -30,40 +30,6 @@
 const char *const ckpt_file_names[F__COUNT] = {"config.yaml", STATE_FILE, "weights.bin", "master.bin",
                                                  "adam_m.bin", "adam_v.bin"};
 
-/* ------------------------------------------------------------------ CRC-32C */
-
-static uint32_t crc_table[8][256];
-
-static void crc_init(void) {
-    static int done = 0;
-    if (done) return;
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-        crc_table[0][i] = c;
-    }
-    /* slicing by 8: table k advances a byte through k more zero bytes */
-    for (int k = 1; k < 8; k++)
-        for (int i = 0; i < 256; i++) crc_table[k][i] = (crc_table[k - 1][i] >> 8) ^ crc_table[0][crc_table[k - 1][i] & 0xFF];
-    done = 1;
-}
-
-uint32_t ckpt_crc32c(uint32_t crc, const void *data, size_t n) {
-    crc_init();
-    const uint8_t *p = data;
-    uint32_t c = ~crc;
-    while (n >= 8) {
-        uint32_t lo = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
-        c = crc_table[7][lo & 0xFF] ^ crc_table[6][(lo >> 8) & 0xFF] ^ crc_table[5][(lo >> 16) & 0xFF] ^
-            crc_table[4][lo >> 24] ^ crc_table[3][p[4]] ^ crc_table[2][p[5]] ^ crc_table[1][p[6]] ^
-            crc_table[0][p[7]];
-        p += 8;
-        n -= 8;
-    }
-    while (n--) c = (c >> 8) ^ crc_table[0][(c ^ *p++) & 0xFF];
-    return ~c;
-}
-
 /* ------------------------------------------------------------------ small file helpers */
 
 /* snprintf for paths: paths come from io.run_dir and are bounded by

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "plan/passes.h"
+#include "plan/predict.h"
 #include "util.h"
 
 static const char *fmtb(char *buf, size_t len, double bytes) { return asp_fmt_bytes(buf, len, bytes); }
@@ -443,4 +444,25 @@ void plan_explain(const plan_t *p, const config_t *cfg, FILE *out) {
     explain_sac(p, cfg, out);
     explain_memory(p, out);
     explain_longest(p, cfg, out);
+}
+
+/* The PREDICTED STEP section: seconds by kind on a card profile. */
+void plan_explain_predicted(const plan_t *p, const card_profile_t *prof, double doc_len, FILE *out) {
+    step_prediction_t o;
+    plan_predict(p, prof, doc_len, &o);
+    fprintf(out, "\nPREDICTED STEP on %s (card profile; one optimizer step%s)\n", prof->card,
+            doc_len > 0 ? ", documents of the given length" : "");
+    for (int k = 0; k < PRED__COUNT; k++)
+        fprintf(out, "  %-24s %10.3f s  %5.1f%%\n", pred_kind_name((pred_kind_t)k), o.s[k],
+                o.step_s > 0 ? 100 * o.s[k] / o.step_s : 0);
+    fprintf(out, "  %-24s %10.3f s\n", "step", o.step_s);
+    fprintf(out, "  tokens/s %.0f, %.1f TFLOP/s per GPU, MFU %.1f%% of %.0f TFLOP/s\n", o.tokens_per_s,
+            o.tflops_per_gpu, 100 * o.mfu, prof->peak_tflops);
+    if (o.offload_copy_s > 0 || o.state_copy_s > 0)
+        fprintf(out, "  PCIe busy: activations %.3f s, model state %.3f s (exposed above)\n", o.offload_copy_s,
+                o.state_copy_s);
+    if (o.host_adamw_s > 0) fprintf(out, "  host AdamW: %.3f s of work (exposed above)\n", o.host_adamw_s);
+    if (p->world > 1)
+        fprintf(out, "  communication: all-to-alls %.3f s, gradient reduction and weight gathers %.3f s%s\n", o.a2a_s,
+                o.grad_comm_s, o.no_collective_rates ? " (the profile has no rate for this GPU count: counted 0)" : "");
 }

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "plan/passes.h"
+#include "plan/predict.h"
 #include "util.h"
 
 #define LONGEST_SEQ_MAX ((int64_t)1 << 26)
@@ -65,28 +66,11 @@ static double layers_recompute_flops(const plan_t *p) {
     return rc;
 }
 
-/* What a placement is expected to cost a step beyond the model's FLOPs, in
- * seconds per rank: its recompute at the rate long-S layers reach (about
- * 400 TFLOP/s on an H100/H200), plus, with the optimizer on the host, the
- * part of its AdamW the next forward cannot hide. AdamW streams about 28
- * bytes a parameter through host memory (fp32 master, moments, gradient in;
- * master, moments, weight out): 6.4-7.6 s for 8.03e9 parameters on a
- * 16-core H200 host (bench/RESULTS.md), about 30 GB/s; the first bucket
- * (the embedding) is always waited for, and a short forward hides little,
- * so a quarter of it is counted. With the weights on the host each
- * bucket's shard crosses PCIe before its forward and its backward gather,
- * prefetched a bucket ahead: a quarter of that time is counted too. */
-#define PLACEMENT_FLOP_PER_S 400e12
-#define HOST_ADAMW_BYTES_PER_S 30e9
-static double placement_cost_s(const plan_t *p) {
-    double rc = layers_recompute_flops(p) * (double)p->micro_steps;
-    double cost = rc / PLACEMENT_FLOP_PER_S;
-    if (p->optim_offload) cost += 0.25 * (double)p->shard_len * 28.0 / HOST_ADAMW_BYTES_PER_S;
-    if (p->params_offload)
-        cost += 0.25 * 2.0 * (double)p->micro_steps * (double)p->shard_len * (double)p->target.param_bytes /
-                (p->host_bandwidth > 0 ? p->host_bandwidth : PLAN_HOST_BANDWIDTH);
-    return cost;
-}
+/* What a placement is expected to cost a step beyond the model's own work,
+ * in predicted seconds on the target's card profile (predict.c): its
+ * recompute, the host copies the compute does not hide, the host AdamW the
+ * next forward waits for, and exposed communication. */
+static double placement_cost_s(const plan_t *p) { return plan_predicted_overhead_s(p, plan_cost_profile(p)); }
 
 /* What running attention in G > 1 pieces costs a step beyond its FLOPs, in
  * seconds per rank: each extra piece launches the region's steps again in

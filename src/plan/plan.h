@@ -18,6 +18,7 @@
 #include "config.h"
 #include "model/model.h"
 #include "opshapes.h"
+#include "plan/profile.h"
 
 #define PLAN_NO_OFFSET ((size_t)-1)
 /* Device slots the offloaded activations pass through (see memplan_t). Two:
@@ -43,6 +44,9 @@ typedef struct {
     /* Attention's scratch at its shapes (attn_rows, hq, hkv, hd), placed in
      * the layer workspace at the attention steps; NULL: none. */
     size_t (*attention_scratch_bytes)(const op_shapes_t *shapes);
+    /* The card's rates, which `auto` prices placements with (predict.h);
+     * NULL: the built-in h100 profile. */
+    const card_profile_t *profile;
 } plan_target_t;
 
 typedef enum {

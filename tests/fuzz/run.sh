@@ -5,7 +5,7 @@
 # A crash, leak, UB report or timeout fails the run and leaves the input as
 # BUILD/crash-* (reproduce: BUILD/fuzz_NAME BUILD/crash-...).
 #
-#   tests/fuzz/run.sh [NAME...]      NAME: json safetensors config hf_config shard ckpt_state ckpt_dir run_folder
+#   tests/fuzz/run.sh [NAME...]      NAME: json safetensors config hf_config shard ckpt_state ckpt_dir run_folder profile
 #
 # Needs clang with libFuzzer (Debian 12: clang and libclang-rt-14-dev).
 set -eu
@@ -13,7 +13,7 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 build=${FUZZ_BUILD:-$top/tests/fuzz/build}
 CLANG=${CLANG:-clang}
 secs=${FUZZ_SECONDS:-20}
-names=${*:-json safetensors config hf_config shard ckpt_state ckpt_dir run_folder}
+names=${*:-json safetensors config hf_config shard ckpt_state ckpt_dir run_folder profile}
 mkdir -p "$build/cfg" "$build/obj"
 # the harnesses need no MPI and no CUDA: a configuration header of their own
 cat >"$build/cfg/autosp_config.h" <<'H'
@@ -26,7 +26,7 @@ CFLAGS="-std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -Wno-unused-paramete
 LIBS="$(pkg-config --libs yaml-0.1) -lm"
 # the engine's files each harness links, by floor (docs/architecture.md)
 EXEC="src/exec/exec.c src/exec/walk.c src/exec/state.c src/exec/optim.c src/exec/tier.c"
-PLAN="src/plan/plan.c src/plan/sp.c src/plan/graphcost.c src/plan/sac.c src/plan/memplan.c"
+PLAN="src/plan/plan.c src/plan/sp.c src/plan/graphcost.c src/plan/sac.c src/plan/memplan.c src/plan/predict.c src/plan/profile.c"
 PAR="src/parallel/parallel.c src/parallel/coll_host.c"
 sources() {
     case $1 in
@@ -36,11 +36,12 @@ sources() {
         hf_config) echo src/io/hf.c src/io/safetensors.c src/io/json.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC \
                         src/io/data.c src/cpu/host_optim.c $PLAN $PAR ;;
         shard) echo src/io/data.c src/util.c ;;
+        profile) echo src/plan/profile.c src/util.c ;;
         ckpt_state|ckpt_dir) echo src/io/ckpt.c src/io/ckpt_values.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC $PLAN $PAR \
                          src/cpu/cpu_backend.c src/cpu/host_optim.c src/io/data.c ;;
         run_folder) echo src/io/ckpt.c src/io/ckpt_values.c src/io/runlock.c src/config.c src/config_keys.c src/util.c src/model/llama.c $EXEC \
                          $PLAN $PAR src/cpu/cpu_backend.c src/cpu/host_optim.c src/io/data.c ;;
-        *) echo "unknown harness '$1' (json safetensors config hf_config shard ckpt_state ckpt_dir run_folder)" >&2; exit 2 ;;
+        *) echo "unknown harness '$1' (json safetensors config hf_config shard ckpt_state ckpt_dir run_folder profile)" >&2; exit 2 ;;
     esac
 }
 status=0
