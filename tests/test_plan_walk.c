@@ -472,7 +472,7 @@ START_TEST(test_sac_per_layer) {
                 /* a pieced region rebuilt before the backward is rebuilt again in its piece loop */
                 for (int k = 0; k < 2; k++) {
                     const graph_plan_t *gp = k ? &p->layer_lean : &p->layer;
-                    if (gp->recompute_step[gp->piece_end] && plan_piece_loop_rebuilds(gp, s))
+                    if (plan_piece_prepass(gp) && plan_piece_loop_rebuilds(gp, s))
                         *(k ? &rl : &rr) += sac_recompute_step_flops(p, gp, s);
                     if (s == plan_piece_input_rebuild(gp)) *(k ? &rl : &rr) += sac_recompute_step_flops(p, gp, s);
                 }
