@@ -252,8 +252,6 @@ static void matmul_ov(graph_t *g, desc_t a, desc_t b, desc_t c, int over) {
     add_op(g, op);
 }
 
-static void matmul(graph_t *g, desc_t a, desc_t b, desc_t c) { matmul_ov(g, a, b, c, 0); }
-
 /* y views x with other dims/strides (the transposes of the backward) */
 static void reshape(graph_t *g, desc_t x, desc_t y) {
     desc_t op = create(g, CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR);
@@ -300,23 +298,47 @@ static void ragged_index(graph_t *g) {
     g->seq_len = real4(g, UID_SEQ_LEN, CUDNN_DATA_INT32, b, 1, 1, 1, 1, 1, 1, 1);
 }
 
-/* ---- the two graphs ---- */
+/* ---- the two graphs ----
+ * One builder per direction for both layouts: dense (one sequence, b = 1,
+ * lse head-major [hq, s]) and ragged (packed documents as the batch: b
+ * documents of at most s rows at ragged offsets, their lengths bounding the
+ * matmuls (matmul_ov) and a padding mask before the causal one; stats and
+ * the backward's row sums token-major [T, hq]). */
+
+/* A bound 4-d tensor [b, d1, d2, d3]: at the ragged offsets `ro` in a ragged
+ * graph, plain (b = 1) in a dense one. */
+static desc_t io4(graph_t *g, int64_t uid, cudnnDataType_t dt, desc_t ro, int64_t d1, int64_t d2, int64_t d3,
+                  int64_t s0, int64_t s1, int64_t s2, int64_t s3) {
+    if (g->ragged) return ragged4(g, uid, dt, ro, g->b, d1, d2, d3, s0, s1, s2, s3);
+    return real4(g, uid, dt, 1, d1, d2, d3, s0, s1, s2, s3);
+}
+
+/* fp32 per-row statistics [b, hq, s, 1]: lse [hq, s] dense, [T, hq] ragged. */
+static desc_t stats4(graph_t *g, int64_t uid) {
+    int64_t s = g->s, hq = g->hq;
+    if (g->ragged) return ragged4(g, uid, CUDNN_DATA_FLOAT, g->ro_stats, g->b, hq, s, 1, s * hq, 1, hq, 1);
+    return real4(g, uid, CUDNN_DATA_FLOAT, 1, hq, s, 1, hq * s, s, 1, 1);
+}
+
+/* A ragged graph masks the scores outside each document first. */
+static desc_t pad(graph_t *g, desc_t x) { return g->ragged ? padding_mask(g, x) : x; }
 
 /* O = softmax(mask(scale Q K^T)) V, stats = max + log(sum exp) (natural log) */
 static void build_fwd(graph_t *g) {
     int64_t s = g->s, hq = g->hq, hkv = g->hkv, hd = g->hd;
     const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f = CUDNN_DATA_FLOAT;
-    desc_t q = real4(g, UID_Q, bf, 1, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
-    desc_t kt = real4(g, UID_K, bf, 1, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
-    desc_t v = real4(g, UID_V, bf, 1, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
-    desc_t o = real4(g, UID_O, bf, 1, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
-    desc_t stats = real4(g, UID_STATS, f, 1, hq, s, 1, hq * s, s, 1, 1);
+    if (g->ragged) ragged_index(g);
+    desc_t q = io4(g, UID_Q, bf, g->ro_q, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t kt = io4(g, UID_K, bf, g->ro_kv, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
+    desc_t v = io4(g, UID_V, bf, g->ro_kv, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
+    desc_t o = io4(g, UID_O, bf, g->ro_q, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t stats = stats4(g, UID_STATS);
     desc_t scale = scalar(g, UID_SCALE);
 
     desc_t sc = scores(g, f), sc1 = scores(g, f);
-    matmul(g, q, kt, sc);
+    matmul_ov(g, q, kt, sc, OV_M | OV_N);
     pw2(g, CUDNN_POINTWISE_MUL, sc, scale, sc1);
-    desc_t sm = causal_mask(g, sc1);
+    desc_t sm = causal_mask(g, pad(g, sc1));
     desc_t mx = rows(g), sub = scores(g, f), ex = scores(g, f), sum = rows(g), lg = rows(g);
     reduction(g, CUDNN_REDUCE_TENSOR_MAX, sm, mx);
     pw2(g, CUDNN_POINTWISE_SUB, sm, mx, sub);
@@ -326,169 +348,80 @@ static void build_fwd(graph_t *g) {
     pw2(g, CUDNN_POINTWISE_ADD, mx, lg, stats);
     desc_t p = scores(g, bf);   /* the second matmul takes P in the I/O type */
     pw2(g, CUDNN_POINTWISE_DIV, ex, sum, p);
-    matmul(g, p, v, o);
+    matmul_ov(g, p, v, o, OV_M | OV_K);
+}
+
+/* dK or dV (dst) = x^T y over the query heads, summed per KV head with GQA
+ * (a head reduction of the [b, hq, s, hd] product). */
+static void kv_grad(graph_t *g, desc_t xt, desc_t y, desc_t dst) {
+    int64_t s = g->s, hq = g->hq, hd = g->hd;
+    if (hq == g->hkv) {
+        matmul_ov(g, xt, y, dst, OV_M | OV_K);
+        return;
+    }
+    desc_t full = virt4(g, CUDNN_DATA_BFLOAT16, g->b, hq, s, hd, hq * s * hd, s * hd, hd, 1);
+    matmul_ov(g, xt, y, full, OV_M | OV_K);
+    reduction(g, CUDNN_REDUCE_TENSOR_ADD, full, dst);
 }
 
 /* dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)) scale, dQ = dS K,
- * dK = dS^T Q; GQA sums the query heads of a group by a head reduction. */
+ * dK = dS^T Q; GQA sums the query heads of a group by a head reduction. The
+ * row sums and the fp32 dQ accumulator are bound in the workspace (ragged:
+ * at the same offsets as stats and q). */
 static void build_bwd(graph_t *g) {
-    int64_t s = g->s, hq = g->hq, hkv = g->hkv, hd = g->hd;
+    int64_t s = g->s, hq = g->hq, hkv = g->hkv, hd = g->hd, b = g->b;
     const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f = CUDNN_DATA_FLOAT;
-    desc_t q = real4(g, UID_Q, bf, 1, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
-    desc_t kt = real4(g, UID_K, bf, 1, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
-    desc_t vt = real4(g, UID_V, bf, 1, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
-    desc_t o = real4(g, UID_O, bf, 1, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
-    desc_t dout = real4(g, UID_DO, bf, 1, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
-    desc_t stats = real4(g, UID_STATS, f, 1, hq, s, 1, hq * s, s, 1, 1);
-    desc_t dq = real4(g, UID_DQ, bf, 1, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
-    desc_t dk = real4(g, UID_DK, bf, 1, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
-    desc_t dv = real4(g, UID_DV, bf, 1, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
-    desc_t dsum = real4(g, UID_DSUM, f, 1, hq, s, 1, hq * s, s, 1, 1);
-    desc_t dq_acc = real4(g, UID_DQ_ACCUM, f, 1, hq, s, hd, hq * s * hd, s * hd, hd, 1);
+    if (g->ragged) ragged_index(g);
+    desc_t q = io4(g, UID_Q, bf, g->ro_q, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t kt = io4(g, UID_K, bf, g->ro_kv, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
+    desc_t vt = io4(g, UID_V, bf, g->ro_kv, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
+    desc_t o = io4(g, UID_O, bf, g->ro_q, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t dout = io4(g, UID_DO, bf, g->ro_q, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t stats = stats4(g, UID_STATS);
+    desc_t dq = io4(g, UID_DQ, bf, g->ro_q, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
+    desc_t dk = io4(g, UID_DK, bf, g->ro_kv, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
+    desc_t dv = io4(g, UID_DV, bf, g->ro_kv, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
+    desc_t dsum = stats4(g, UID_DSUM);
+    /* the accumulator: head-major [hq, s, hd] dense, [T, hq, hd] like q ragged */
+    desc_t dq_acc = g->ragged ? io4(g, UID_DQ_ACCUM, f, g->ro_q, hq, s, hd, s * hq * hd, hd, hq * hd, 1)
+                              : io4(g, UID_DQ_ACCUM, f, NULL, hq, s, hd, hq * s * hd, s * hd, hd, 1);
     desc_t scale = scalar(g, UID_SCALE);
 
     /* rowsum(dO * O) */
-    desc_t doo = virt4(g, f, 1, hq, s, hd, hq * s * hd, s * hd, hq * hd, 1), dr = rows(g);
+    desc_t doo = virt4(g, f, b, hq, s, hd, hq * s * hd, s * hd, g->ragged ? hd : hq * hd, 1), dr = rows(g);
     pw2(g, CUDNN_POINTWISE_MUL, dout, o, doo);
     reduction(g, CUDNN_REDUCE_TENSOR_ADD, doo, dr);
     pw2(g, CUDNN_POINTWISE_MUL, dr, scalar(g, UID_ONE), dsum);
 
     /* P = exp(mask(scale Q K^T - stats)) */
     desc_t sc = scores(g, f), sc1 = scores(g, f), sc2 = scores(g, f);
-    matmul(g, q, kt, sc);
+    matmul_ov(g, q, kt, sc, OV_M | OV_N);
     pw2(g, CUDNN_POINTWISE_MUL, sc, scale, sc1);
-    pw2(g, CUDNN_POINTWISE_SUB, sc1, stats, sc2);
+    pw2(g, CUDNN_POINTWISE_SUB, pad(g, sc1), stats, sc2);
     desc_t sm = causal_mask(g, sc2);
     desc_t p = scores(g, f);
     pw2(g, CUDNN_POINTWISE_EXP, sm, NULL, p);
 
     /* dV = P^T dO */
-    desc_t pt = virt4(g, bf, 1, hq, s, s, hq * s * s, s * s, 1, s);
-    reshape(g, p, pt);
-    if (hq == hkv) {
-        matmul(g, pt, dout, dv);
-    } else {
-        desc_t dvf = virt4(g, bf, 1, hq, s, hd, hq * s * hd, s * hd, hd, 1);
-        matmul(g, pt, dout, dvf);
-        reduction(g, CUDNN_REDUCE_TENSOR_ADD, dvf, dv);
-    }
-
-    /* dS = (dO V^T - dsum) P scale */
-    desc_t dp = scores(g, f), ds1 = scores(g, f), ds2 = scores(g, f), ds = scores(g, f);
-    matmul(g, dout, vt, dp);
-    pw2(g, CUDNN_POINTWISE_SUB, dp, dsum, ds1);
-    pw2(g, CUDNN_POINTWISE_MUL, ds1, p, ds2);
-    pw2(g, CUDNN_POINTWISE_MUL, ds2, scale, ds);
-
-    /* dK = dS^T Q */
-    desc_t dst = virt4(g, bf, 1, hq, s, s, hq * s * s, s * s, 1, s);
-    reshape(g, ds, dst);
-    if (hq == hkv) {
-        matmul(g, dst, q, dk);
-    } else {
-        desc_t dkf = virt4(g, bf, 1, hq, s, hd, hq * s * hd, s * hd, hd, 1);
-        matmul(g, dst, q, dkf);
-        reduction(g, CUDNN_REDUCE_TENSOR_ADD, dkf, dk);
-    }
-
-    /* dQ = dS K, accumulated in fp32, then converted */
-    desc_t kr = virt4(g, f, 1, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
-    reshape(g, kt, kr);
-    matmul(g, ds, kr, dq_acc);
-    pw2(g, CUDNN_POINTWISE_IDENTITY, dq_acc, NULL, dq);
-}
-
-/* The forward over packed documents (THD layout): batch i is document i,
- * rows at its ragged offset in q [T, hq, hd] (k, v [T, hkv, hd]), at most s
- * rows long; stats are [T, hq] (token-major) at ragged offsets too. The same
- * graph as build_fwd with each document's length bounding its matmuls and a
- * padding mask before the causal one. */
-static void build_fwd_ragged(graph_t *g) {
-    int64_t s = g->s, hq = g->hq, hkv = g->hkv, hd = g->hd, b = g->b;
-    const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f = CUDNN_DATA_FLOAT;
-    ragged_index(g);
-    desc_t q = ragged4(g, UID_Q, bf, g->ro_q, b, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
-    desc_t kt = ragged4(g, UID_K, bf, g->ro_kv, b, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
-    desc_t v = ragged4(g, UID_V, bf, g->ro_kv, b, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
-    desc_t o = ragged4(g, UID_O, bf, g->ro_q, b, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
-    desc_t stats = ragged4(g, UID_STATS, f, g->ro_stats, b, hq, s, 1, s * hq, 1, hq, 1);
-    desc_t scale = scalar(g, UID_SCALE);
-
-    desc_t sc = scores(g, f), sc1 = scores(g, f);
-    matmul_ov(g, q, kt, sc, OV_M | OV_N);
-    pw2(g, CUDNN_POINTWISE_MUL, sc, scale, sc1);
-    desc_t sm = causal_mask(g, padding_mask(g, sc1));
-    desc_t mx = rows(g), sub = scores(g, f), ex = scores(g, f), sum = rows(g), lg = rows(g);
-    reduction(g, CUDNN_REDUCE_TENSOR_MAX, sm, mx);
-    pw2(g, CUDNN_POINTWISE_SUB, sm, mx, sub);
-    pw2(g, CUDNN_POINTWISE_EXP, sub, NULL, ex);
-    reduction(g, CUDNN_REDUCE_TENSOR_ADD, ex, sum);
-    pw2(g, CUDNN_POINTWISE_LOG, sum, NULL, lg);
-    pw2(g, CUDNN_POINTWISE_ADD, mx, lg, stats);
-    desc_t p = scores(g, bf);
-    pw2(g, CUDNN_POINTWISE_DIV, ex, sum, p);
-    matmul_ov(g, p, v, o, OV_M | OV_K);
-}
-
-/* The backward over packed documents; dsum ([T, hq]) and the fp32 dQ
- * accumulator ([T, hq, hd]) are at the same ragged offsets as stats and q. */
-static void build_bwd_ragged(graph_t *g) {
-    int64_t s = g->s, hq = g->hq, hkv = g->hkv, hd = g->hd, b = g->b;
-    const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f = CUDNN_DATA_FLOAT;
-    ragged_index(g);
-    desc_t q = ragged4(g, UID_Q, bf, g->ro_q, b, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
-    desc_t kt = ragged4(g, UID_K, bf, g->ro_kv, b, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
-    desc_t vt = ragged4(g, UID_V, bf, g->ro_kv, b, hkv, hd, s, s * hkv * hd, hd, 1, hkv * hd);
-    desc_t o = ragged4(g, UID_O, bf, g->ro_q, b, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
-    desc_t dout = ragged4(g, UID_DO, bf, g->ro_q, b, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
-    desc_t stats = ragged4(g, UID_STATS, f, g->ro_stats, b, hq, s, 1, s * hq, 1, hq, 1);
-    desc_t dq = ragged4(g, UID_DQ, bf, g->ro_q, b, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
-    desc_t dk = ragged4(g, UID_DK, bf, g->ro_kv, b, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
-    desc_t dv = ragged4(g, UID_DV, bf, g->ro_kv, b, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
-    desc_t dsum = ragged4(g, UID_DSUM, f, g->ro_stats, b, hq, s, 1, s * hq, 1, hq, 1);
-    desc_t dq_acc = ragged4(g, UID_DQ_ACCUM, f, g->ro_q, b, hq, s, hd, s * hq * hd, hd, hq * hd, 1);
-    desc_t scale = scalar(g, UID_SCALE);
-
-    desc_t doo = virt4(g, f, b, hq, s, hd, hq * s * hd, s * hd, hd, 1), dr = rows(g);
-    pw2(g, CUDNN_POINTWISE_MUL, dout, o, doo);
-    reduction(g, CUDNN_REDUCE_TENSOR_ADD, doo, dr);
-    pw2(g, CUDNN_POINTWISE_MUL, dr, scalar(g, UID_ONE), dsum);
-
-    desc_t sc = scores(g, f), sc1 = scores(g, f), sc2 = scores(g, f);
-    matmul_ov(g, q, kt, sc, OV_M | OV_N);
-    pw2(g, CUDNN_POINTWISE_MUL, sc, scale, sc1);
-    pw2(g, CUDNN_POINTWISE_SUB, padding_mask(g, sc1), stats, sc2);
-    desc_t sm = causal_mask(g, sc2);
-    desc_t p = scores(g, f);
-    pw2(g, CUDNN_POINTWISE_EXP, sm, NULL, p);
-
     desc_t pt = virt4(g, bf, b, hq, s, s, hq * s * s, s * s, 1, s);
     reshape(g, p, pt);
-    if (hq == hkv) {
-        matmul_ov(g, pt, dout, dv, OV_M | OV_K);
-    } else {
-        desc_t dvf = virt4(g, bf, b, hq, s, hd, hq * s * hd, s * hd, hd, 1);
-        matmul_ov(g, pt, dout, dvf, OV_M | OV_K);
-        reduction(g, CUDNN_REDUCE_TENSOR_ADD, dvf, dv);
-    }
+    kv_grad(g, pt, dout, dv);
 
+    /* dS = (dO V^T - dsum) P scale */
     desc_t dp = scores(g, f), ds1 = scores(g, f), ds2 = scores(g, f), ds = scores(g, f);
     matmul_ov(g, dout, vt, dp, OV_M | OV_N);
     pw2(g, CUDNN_POINTWISE_SUB, dp, dsum, ds1);
     pw2(g, CUDNN_POINTWISE_MUL, ds1, p, ds2);
     pw2(g, CUDNN_POINTWISE_MUL, ds2, scale, ds);
 
+    /* dK = dS^T Q */
     desc_t dst = virt4(g, bf, b, hq, s, s, hq * s * s, s * s, 1, s);
     reshape(g, ds, dst);
-    if (hq == hkv) {
-        matmul_ov(g, dst, q, dk, OV_M | OV_K);
-    } else {
-        desc_t dkf = virt4(g, bf, b, hq, s, hd, hq * s * hd, s * hd, hd, 1);
-        matmul_ov(g, dst, q, dkf, OV_M | OV_K);
-        reduction(g, CUDNN_REDUCE_TENSOR_ADD, dkf, dk);
-    }
+    kv_grad(g, dst, q, dk);
 
-    desc_t kr = ragged4(g, g->next_uid++, f, g->ro_kv, b, hkv, s, hd, s * hkv * hd, hd, hkv * hd, 1);
+    /* dQ = dS K, accumulated in fp32, then converted */
+    const int64_t kdims[4] = {b, hkv, s, hd}, kstr[4] = {s * hkv * hd, hd, hkv * hd, 1};
+    desc_t kr = tensor_r(g, g->next_uid++, f, 4, kdims, kstr, true, false, g->ragged ? g->ro_kv : NULL);
     reshape(g, kt, kr);
     matmul_ov(g, ds, kr, dq_acc, OV_M | OV_K);
     pw2(g, CUDNN_POINTWISE_IDENTITY, dq_acc, NULL, dq);
@@ -685,11 +618,8 @@ static graph_t *get_plan_r(int bwd, int ragged, int64_t b, int64_t s, int64_t hq
     g->b = b;
     g->next_uid = UID_VIRTUAL;
     double t0 = asp_now();
-    if (ragged) {
-        if (bwd) build_bwd_ragged(g); else build_fwd_ragged(g);
-    } else {
-        if (bwd) build_bwd(g); else build_fwd(g);
-    }
+    if (bwd) build_bwd(g);
+    else build_fwd(g);
     if (make_plan(g, err, errlen) != 0) {
         graph_free(g);
         return NULL;

@@ -610,6 +610,8 @@ static backend_t make_backend(void) {
     b.matmul_bwd = cuda_matmul_bwd;
     b.matmul_blocked_fwd = cuda_matmul_blocked_fwd;
     b.matmul_blocked_bwd = cuda_matmul_blocked_bwd;
+    b.matmul_slice_fwd = cuda_matmul_slice_fwd;
+    b.matmul_slice_bwd = cuda_matmul_slice_bwd;
     b.rope_split_fwd = cuda_rope_split_fwd;
     b.rope_split_bwd = cuda_rope_split_bwd;
     b.attention_fwd = cuda_attention_fwd;

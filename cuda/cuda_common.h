@@ -132,6 +132,10 @@ void cuda_matmul_bwd(void *dx, int acc, void *dw, const void *dout, const void *
 void cuda_matmul_blocked_fwd(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m, int blocks);
 void cuda_matmul_blocked_bwd(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                              int64_t n, int64_t k, int64_t m, int blocks);
+void cuda_matmul_slice_fwd(void *out, int64_t ldo, int acc, const void *x, const void *w, int64_t ldw,
+                           int64_t n, int64_t k, int64_t m, int blocks);
+void cuda_matmul_slice_bwd(void *dx, int acc, void *dw, int64_t ldw, const void *dout, int64_t ldo,
+                           const void *x, const void *w, int64_t n, int64_t k, int64_t m, int blocks);
 void cuda_matmul_shutdown(void);
 
 /* cuda/attention.cu (simple kernels) */

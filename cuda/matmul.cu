@@ -156,6 +156,28 @@ extern "C" void cuda_matmul_blocked_bwd(void *dx, int acc, void *dw, const void 
     }
 }
 
+/* The blocked matmul on windows (attention in pieces): W_j [m, kb] at row
+ * stride ldw, out / dout at row stride ldo; cuBLASLt takes both as leading
+ * dimensions. The first block writes (beta 0) unless acc, the others add. */
+extern "C" void cuda_matmul_slice_fwd(void *out, int64_t ldo, int acc, const void *x, const void *w, int64_t ldw,
+                                      int64_t n, int64_t k, int64_t m, int blocks) {
+    int64_t kb = block_width("matmul_slice_fwd", k, blocks);
+    const __nv_bfloat16 *X = (const __nv_bfloat16 *)x, *W = (const __nv_bfloat16 *)w;
+    for (int64_t j = 0; j < blocks; j++)
+        lt_gemm(1, 0, m, n, kb, W + j * kb, ldw, X + j * n * kb, kb, out, ldo, CUDA_R_16BF, (acc || j) ? 1.0f : 0.0f);
+}
+
+extern "C" void cuda_matmul_slice_bwd(void *dx, int acc, void *dw, int64_t ldw, const void *dout, int64_t ldo,
+                                      const void *x, const void *w, int64_t n, int64_t k, int64_t m, int blocks) {
+    int64_t kb = block_width("matmul_slice_bwd", k, blocks);
+    const __nv_bfloat16 *X = (const __nv_bfloat16 *)x, *W = (const __nv_bfloat16 *)w;
+    for (int64_t j = 0; dw && j < blocks; j++)   /* dw first: dx may overwrite x */
+        lt_gemm(0, 1, kb, m, n, X + j * n * kb, kb, dout, ldo, (float *)dw + j * kb, ldw, CUDA_R_32F, 1.0f);
+    for (int64_t j = 0; dx && j < blocks; j++)
+        lt_gemm(0, 0, kb, n, m, W + j * kb, ldw, dout, ldo, (__nv_bfloat16 *)dx + j * n * kb, kb, CUDA_R_16BF,
+                acc ? 1.0f : 0.0f);
+}
+
 extern "C" void cuda_matmul_shutdown(void) {
     for (int i = 0; i < mm_count; i++) {
         mm_plan_t *p = &mm_cache[i];

@@ -150,6 +150,20 @@ typedef struct backend {
     void (*matmul_blocked_bwd)(void *dx, int acc, void *dw, const void *dout, const void *x, const void *w,
                                int64_t n, int64_t k, int64_t m, int blocks);
 
+    /* The matmul on windows of larger row-major matrices, for attention in pieces
+     * (a group of heads takes a row range of W_qkv, a column range of W_o):
+     * w is an [m, k] window with row stride ldw; out and dout are [n, m]
+     * windows with row stride ldo; x and dx are [n, k], dense (blocks = 1) or
+     * in the packed layout of `blocks` ranks as for matmul_blocked_*:
+     *   out (+)= sum_j x_j w[:, j kb ..]^T                  (acc: add, else overwrite)
+     *   dw[:, j kb ..] += dout^T x_j (dw a window like w, may be NULL),
+     *   then dx_j (+)= dout w[:, j kb ..] (dx may be NULL)
+     * ldw = k, ldo = m is matmul_blocked_fwd / _bwd (with acc 0 forward). */
+    void (*matmul_slice_fwd)(void *out, int64_t ldo, int acc, const void *x, const void *w, int64_t ldw,
+                             int64_t n, int64_t k, int64_t m, int blocks);
+    void (*matmul_slice_bwd)(void *dx, int acc, void *dw, int64_t ldw, const void *dout, int64_t ldo,
+                             const void *x, const void *w, int64_t n, int64_t k, int64_t m, int blocks);
+
     /* Split qkv[n, (hq + 2 hkv) hd] into q[n,hq,hd], k[n,hkv,hd], v[n,hkv,hd] and rotate q and k:
      * angle(t,i) = pos[t] * inv_freq[i] (fp64), pairs (i, i + hd/2) rotated (rotate-half).
      * q is written in the packed layout for pq ranks, k and v for pkv ranks (1: plain);

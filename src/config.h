@@ -89,6 +89,7 @@ typedef struct {
     double host_bandwidth_gbs;  /* GB/s each way between a GPU and the host, for the offload cost */
     int64_t loss_chunk_tokens;  /* tokens per LM-head/loss chunk; 0: auto */
     int64_t mlp_tile_tokens;    /* tokens per tile of a recomputed MLP; 0: auto */
+    int attention_pieces;       /* KV-head groups the attention block runs in; -1: auto */
 } checkpointing_config_t;
 
 typedef struct {

@@ -161,6 +161,10 @@ const cfg_key_t cfg_keys[] = {
      .ilo = 0, .ihi = BIG,
      .help = "tokens per tile when a recomputed MLP runs tile by tile over the sequence; "
              "0: chosen by the plan"},
+    {"checkpointing", "attention_pieces", KT_AUTO, FLD(checkpointing.attention_pieces), .ilo = 1, .ihi = 1 << 16,
+     .help = "groups of KV heads (with their query heads) the attention block runs in, one "
+             "at a time, so its tensors take a piece of memory each; a count dividing the KV "
+             "heads per rank, or auto: 1 when the plan fits, else the count that fits best"},
     /* ---------------------------------------------------------------- io */
     {"io", "run_dir", KT_STR, FLD(io.run_dir), .ilo = 1,
      .help = "folder for logs and the recorded config, relative to the current directory; "
@@ -256,6 +260,7 @@ void config_defaults(config_t *cfg) {
     cfg->checkpointing.host_bandwidth_gbs = 50.0;
     cfg->checkpointing.loss_chunk_tokens = 0;
     cfg->checkpointing.mlp_tile_tokens = 0;
+    cfg->checkpointing.attention_pieces = -1;
     strcpy(cfg->io.run_dir, "runs/latest");
     cfg->io.log_every = 1;
     strcpy(cfg->io.resume, "auto");

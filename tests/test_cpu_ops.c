@@ -406,6 +406,79 @@ START_TEST(test_matmul_blocked) {
 }
 END_TEST
 
+/* The matmul on windows: w an [m, k] window at (r0, c0) of a [M, K] matrix,
+ * out / dout an [n, m] window at column o0 of rows ldo wide, x dense or
+ * packed. Against double sums; everything outside the windows untouched;
+ * with the whole matrices as windows, bitwise the blocked matmul. */
+START_TEST(test_matmul_slice) {
+    trng_t r = {203};
+    /* n, k, m, blocks, M, K, r0, c0, ldo, o0 */
+    const int64_t cases[][10] = {{7, 12, 9, 3, 20, 30, 5, 7, 15, 4}, {10, 24, 261, 4, 300, 24, 30, 0, 270, 9},
+                                 {6, 16, 8, 1, 8, 48, 0, 16, 8, 0}, {5, 8, 12, 2, 40, 8, 24, 0, 36, 12}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t *c = cases[ci];
+        int64_t n = c[0], k = c[1], m = c[2], M = c[4], K = c[5], r0 = c[6], c0 = c[7], ldo = c[8], o0 = c[9];
+        int blocks = (int)c[3];
+        int64_t kb = k / blocks;
+        size_t nk = (size_t)(n * k), WK = (size_t)(M * K), NO = (size_t)(n * ldo);
+        float *x = frand(&r, nk, 1.0), *W = frand(&r, WK, 1.0), *R = frand(&r, NO, 1.0);
+        float *xp = fzeros(nk), *out = frand(&r, NO, 1.0), *out0 = fcopy(out, NO);
+        pack_cols(xp, x, n, k, blocks);
+        const float *w = W + r0 * K + c0;
+        double *ref = calloc(NO, sizeof(double));
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t j = 0; j < m; j++)
+                for (int64_t p = 0; p < k; p++) ref[t * m + j] += (double)x[t * k + p] * w[j * K + p];
+        for (int acc = 0; acc <= 1; acc++) {
+            memcpy(out, out0, NO * 4);
+            be->matmul_slice_fwd(out + o0, ldo, acc, xp, w, K, n, k, m, blocks);
+            for (int64_t t = 0; t < n; t++)
+                for (int64_t j = 0; j < ldo; j++) {
+                    float got = out[t * ldo + j], was = out0[t * ldo + j];
+                    if (j < o0 || j >= o0 + m) ck_assert_msg(got == was, "case %zu: fwd wrote outside its window", ci);
+                    else ck_assert_float_eq_tol(got, (acc ? was : 0.0) + ref[t * m + j - o0], 1e-4);
+                }
+        }
+        /* backward: dw (a window of dW) += dout^T x, dx = dout w, against double sums */
+        float *dW = frand(&r, WK, 1.0), *dW0 = fcopy(dW, WK), *dxp = fzeros(nk), *dx = fzeros(nk);
+        poison(dxp, nk);
+        be->matmul_slice_bwd(dxp, 0, dW + r0 * K + c0, K, R + o0, ldo, xp, w, n, k, m, blocks);
+        unpack_cols(dx, dxp, n, k, blocks);
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t p = 0; p < k; p++) {
+                double s = 0;
+                for (int64_t j = 0; j < m; j++) s += (double)R[t * ldo + o0 + j] * w[j * K + p];
+                ck_assert_float_eq_tol(dx[t * k + p], s, 1e-4);
+            }
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t p = 0; p < K; p++) {
+                int in = i >= r0 && i < r0 + m && p >= c0 && p < c0 + k;
+                double s = dW0[i * K + p];
+                for (int64_t t = 0; in && t < n; t++) s += (double)R[t * ldo + o0 + i - r0] * x[t * k + p - c0];
+                if (in) ck_assert_float_eq_tol(dW[i * K + p], s, 1e-4);
+                else ck_assert_msg(dW[i * K + p] == dW0[i * K + p], "case %zu: bwd wrote dw outside its window", ci);
+            }
+        /* acc = 1 adds to dx */
+        float *base = frand(&r, nk, 1.0), *acc_x = fcopy(base, nk);
+        be->matmul_slice_bwd(acc_x, 1, NULL, K, R + o0, ldo, xp, w, n, k, m, blocks);
+        for (size_t i = 0; i < nk; i++) ck_assert_float_eq_tol(acc_x[i], base[i] + dxp[i], 1e-4);
+        (void)kb;
+        /* whole matrices as windows: bitwise matmul_blocked */
+        float *wd = frand(&r, (size_t)(m * k), 1.0), *o1 = fzeros((size_t)(n * m)), *o2 = fzeros((size_t)(n * m));
+        be->matmul_blocked_fwd(o1, xp, wd, n, k, m, blocks);
+        be->matmul_slice_fwd(o2, m, 0, xp, wd, k, n, k, m, blocks);
+        assert_same("matmul_slice_fwd whole", o2, o1, (size_t)(n * m));
+        float *g1 = fzeros((size_t)(m * k)), *g2 = fzeros((size_t)(m * k)), *d1 = fzeros(nk), *d2 = fzeros(nk);
+        be->matmul_blocked_bwd(d1, 0, g1, R, xp, wd, n, k, m, blocks);
+        be->matmul_slice_bwd(d2, 0, g2, k, R, m, xp, wd, n, k, m, blocks);
+        assert_same("matmul_slice_bwd whole dx", d2, d1, nk);
+        assert_same("matmul_slice_bwd whole dw", g2, g1, (size_t)(m * k));
+        free(x); free(W); free(R); free(xp); free(out); free(out0); free(ref); free(dW); free(dW0); free(dxp);
+        free(dx); free(base); free(acc_x); free(wd); free(o1); free(o2); free(g1); free(g2); free(d1); free(d2);
+    }
+}
+END_TEST
+
 /* ------------------------------------------------------------ rope + split */
 
 typedef struct {
@@ -985,6 +1058,7 @@ static Suite *cpu_suite(void) {
     tcase_add_test(tc, test_add_rmsnorm_fd);
     tcase_add_test(tc, test_matmul_fd);
     tcase_add_test(tc, test_matmul_blocked);
+    tcase_add_test(tc, test_matmul_slice);
     tcase_add_test(tc, test_rope_fwd);
     tcase_add_test(tc, test_rope_fd);
     tcase_add_test(tc, test_rope_packed);

@@ -352,6 +352,49 @@ START_TEST(t_matmul_blocked) {
 }
 END_TEST
 
+/* Attention in pieces: the matmul on windows. W [M, K] with the piece's
+ * [m, k] window at (r0, c0) (rows of W_qkv, columns of W_o), out / dout
+ * [n, ldo] with the window at column o0, x dense or packed; forward with and
+ * without accumulation, backward into the window of dW. Everything outside
+ * the windows must stay as it was, on both sides. */
+static void *at_elems(void *base, dtype_t dt, int64_t i) { return (char *)base + (size_t)i * dtype_size(dt); }
+START_TEST(t_matmul_slice) {
+    /* n, k, m, blocks, M, K, r0, c0, ldo, o0: an o_proj piece (columns, packed), qkv parts (rows) */
+    const int64_t sh[][10] = {{33, 256, 512, 4, 512, 1024, 0, 256, 512, 0},
+                              {257, 128, 64, 1, 384, 128, 128, 0, 192, 64},
+                              {100, 512, 256, 8, 256, 2048, 0, 1024, 256, 0},
+                              {7, 64, 96, 2, 192, 128, 96, 64, 160, 64}};
+    for (int a = 0; a < 4; a++)
+        for (int acc = 0; acc < 2; acc++) {
+            const int64_t *c = sh[a];
+            int64_t n = c[0], k = c[1], m = c[2], M = c[4], K = c[5], r0 = c[6], c0 = c[7], ldo = c[8], o0 = c[9];
+            int blocks = (int)c[3];
+            char name[160];
+            buf_t x = mk((size_t)(n * k), DT_BF16, 1.0, 0), W = mk((size_t)(M * K), DT_BF16, 0.1, 0);
+            buf_t out = mk((size_t)(n * ldo), DT_BF16, 1.0, 0);
+            int64_t wo = r0 * K + c0;
+            G->matmul_slice_fwd(at_elems(out.g, DT_BF16, o0), ldo, acc, x.g, at_elems(W.g, DT_BF16, wo), K, n, k, m,
+                                blocks);
+            C->matmul_slice_fwd(out.c + o0, ldo, acc, x.c, W.c + wo, K, n, k, m, blocks);
+            snprintf(name, sizeof name, "matmul_slice_fwd n=%lld k=%lld m=%lld blocks=%d acc=%d", (long long)n,
+                     (long long)k, (long long)m, blocks, acc);
+            cmp(name, &out, 1e-2);
+            buf_t dout = mk((size_t)(n * ldo), DT_BF16, 1.0, 0), dW = mk((size_t)(M * K), DT_F32, 1.0, 0);
+            buf_t dx = acc ? mk((size_t)(n * k), DT_BF16, 1.0, 0) : mk_out((size_t)(n * k), DT_BF16);
+            G->matmul_slice_bwd(dx.g, acc, at_elems(dW.g, DT_F32, wo), K, at_elems(dout.g, DT_BF16, o0), ldo, x.g,
+                                at_elems(W.g, DT_BF16, wo), n, k, m, blocks);
+            C->matmul_slice_bwd(dx.c, acc, dW.c + wo, K, dout.c + o0, ldo, x.c, W.c + wo, n, k, m, blocks);
+            snprintf(name, sizeof name, "matmul_slice_bwd dx n=%lld k=%lld m=%lld blocks=%d acc=%d", (long long)n,
+                     (long long)k, (long long)m, blocks, acc);
+            cmp(name, &dx, 1e-2);
+            snprintf(name, sizeof name, "matmul_slice_bwd dw n=%lld k=%lld m=%lld blocks=%d", (long long)n,
+                     (long long)k, (long long)m, blocks);
+            cmp(name, &dW, 1e-4);
+            drop(&x); drop(&W); drop(&out); drop(&dout); drop(&dW); drop(&dx);
+        }
+}
+END_TEST
+
 /* Plain (P = 1) and packed q/k/v (the Ulysses layout for P ranks; k and v
  * stay plain where P exceeds their heads, as with KV replication). */
 START_TEST(t_rope) {
@@ -934,6 +977,7 @@ int main(void) {
     tcase_add_test(tc, t_add_rmsnorm);
     tcase_add_test(tc, t_matmul);
     tcase_add_test(tc, t_matmul_blocked);
+    tcase_add_test(tc, t_matmul_slice);
     tcase_add_test(tc, t_rope);
     tcase_add_test(tc, t_swiglu);
     tcase_add_test(tc, t_add_accumulate);

@@ -9,10 +9,12 @@
 SHARD=$(make_shard)
 CFG="$top_srcdir/configs/tiny.yaml"
 # 8 layers at S = 512: activations outweigh the tiny model's weights, and 6
-# layers leave the device (the last 2 stay in the staging slots).
+# layers leave the device (the last 2 stay in the staging slots). Attention
+# runs whole: pieces would let auto keep attention's outputs where these
+# checks want it recomputed, and add in another order (test_attn_pieces.sh).
 COMMON="--set data.path=$SHARD --set train.steps=2 --set train.seq_len=512 --set train.global_batch_size=2
         --set model.num_hidden_layers=8 --set io.log_every=1 --set train.device=cpu
-        --set parallel.zero_stage=1 --set optimizer.offload=false"
+        --set parallel.zero_stage=1 --set optimizer.offload=false --set checkpointing.attention_pieces=1"
 fails=0
 ok() { echo "ok:   $1"; }
 bad() { echo "FAIL: $1"; fails=$((fails + 1)); }

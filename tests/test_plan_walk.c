@@ -1,7 +1,8 @@
 /* The executor's walk over the workspace, simulated from the executor
  * contract alone (every buffer write clobbers whatever else occupied those
  * bytes; every read must find its own, intact), over plans of every shape:
- * per-layer SAC, the fused residual + norm, tiles, offload. */
+ * per-layer SAC, the fused residual + norm, tiles, offload, attention in
+ * pieces. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,14 +25,26 @@ typedef struct {
     const graph_plan_t *gp;
     const char *what;
     int tile;           /* inside the tiled region: 0 or 1, the half of each whole-sequence tensor it touches; else -1 */
+    int piece;          /* inside the pieced region: the piece (its part of each whole pieced tensor); else -1 */
+    int loop;           /* the backward's piece loop (else the pieces rebuilt before the backward) */
+    int pre;            /* the rebuild before the backward: tensors with a buffer of their own there use it */
 } sim_t;
 
 /* The bytes of tensor t at `off` that the current step touches: inside the
  * tiled region, tile k's half of a whole-sequence tensor (a tiled
  * intermediate's buffer is the tile itself). */
-static void sim_span(const sim_t *s, int t, size_t off, size_t bytes, size_t *o, size_t *n) {
+static void sim_span(const sim_t *s, int t, int kind, size_t off, size_t bytes, size_t *o, size_t *n) {
     *o = off;
     *n = bytes;
+    const tensor_plan_t *tp = &s->gp->t[t];
+    if (s->piece >= 0 && kind != K_GRAD && kind != K_SCRATCH && tp->pieced && !tp->piece_buf) {
+        /* a pieced tensor kept whole: the piece's part of it (piece-major) */
+        size_t part = tp->bytes / (size_t)s->gp->pieces;
+        ck_assert_uint_eq(bytes, tp->bytes);
+        *o = off + (size_t)s->piece * part;
+        *n = part;
+        return;
+    }
     if (s->tile < 0 || s->gp->t[t].tiled) return;
     size_t h = bytes / 2;
     *o = s->tile == 0 ? off : off + h;
@@ -46,7 +59,7 @@ static void sim_write(sim_t *s, int space, size_t off0, size_t bytes0, int t, in
     ck_assert_msg(off0 + bytes0 <= limit, "%s: %s [%zu,+%zu) beyond its area %zu", s->what, s->gp->g.t[t].name, off0,
                   bytes0, limit);
     size_t off, bytes;
-    sim_span(s, t, off0, bytes0, &off, &bytes);
+    sim_span(s, t, kind, off0, bytes0, &off, &bytes);
     vbuf_t keep[1024];
     int k = 0;
     for (int i = 0; i < s->n; i++) {
@@ -68,7 +81,7 @@ static void sim_write(sim_t *s, int space, size_t off0, size_t bytes0, int t, in
 /* A read must find every byte it reads written by its own tensor and kind. */
 static void sim_read(sim_t *s, int space, size_t off0, size_t bytes0, int t, int kind, const char *when) {
     size_t off, bytes;
-    sim_span(s, t, off0, bytes0, &off, &bytes);
+    sim_span(s, t, kind, off0, bytes0, &off, &bytes);
     size_t at = off;
     for (int moved = 1; moved && at < off + bytes;) {
         moved = 0;
@@ -108,6 +121,10 @@ static int bwd_reads(const graph_step_t *st, int t) {
 static int is_saved(const graph_plan_t *gp, int t) { return t == gp->g.input || gp->t[t].keep == KEEP_SAVE; }
 static int has_grad(const graph_t *g, int t) { return g->t[t].dtype == TENSOR_ACT; }
 static int in_resid(const graph_t *g, int t) { return t == g->input || t == g->output; }
+/* a tensor whose gradient is the residual gradient itself (not in the workspace) */
+static int grad_in_resid(const graph_plan_t *gp, int t) {
+    return in_resid(&gp->g, t) || gp->t[t].grad_is_output || gp->t[t].grad_is_input;
+}
 static int consumed(const graph_t *g, int t) {
     for (int st = 0; st < g->ns; st++)
         for (int i = 0; i < g->s[st].nin; i++)
@@ -117,19 +134,30 @@ static int consumed(const graph_t *g, int t) {
 
 /* Tensor bytes of t's workspace buffers: one tile for a tiled intermediate. */
 static size_t ws_bytes(const plan_t *p, const graph_plan_t *gp, int t) {
+    if (gp->t[t].piece_buf) return gp->t[t].bytes / (size_t)gp->pieces;
     return gp->t[t].tiled ? gp->t[t].bytes / (size_t)p->seq_local * (size_t)gp->tile_rows : gp->t[t].bytes;
+}
+/* A gradient's buffer: one piece for every pieced tensor. */
+static size_t gr_bytes(const plan_t *p, const graph_plan_t *gp, int t) {
+    return gp->t[t].pieced ? gp->t[t].bytes / (size_t)gp->pieces : ws_bytes(p, gp, t);
+}
+/* The backward instance of t the walk uses now: the pieces rebuilt before
+ * the backward have buffers of their own (pre_off). */
+static size_t boff(const sim_t *s, int t) {
+    const tensor_plan_t *tp = &s->gp->t[t];
+    return s->pre && tp->pre_off != PLAN_NO_OFFSET ? tp->pre_off : tp->bwd_off;
 }
 
 static void sim_grad_write(sim_t *s, const plan_t *p, const graph_plan_t *gp, int st, int i, size_t ws) {
     const graph_t *g = &gp->g;
     int t = g->s[st].in[i];
     if (!has_grad(g, t)) return;
-    if (in_resid(g, t)) {
+    if (grad_in_resid(gp, t)) {
         ck_assert_uint_eq(gp->t[t].grad_off, PLAN_NO_OFFSET);
         return;
     }
-    if (!gp->grad_first[st][i]) sim_read(s, SP_WS, gp->t[t].grad_off, ws_bytes(p, gp, t), t, K_GRAD, "gradient accumulation");
-    sim_write(s, SP_WS, gp->t[t].grad_off, ws_bytes(p, gp, t), t, K_GRAD, ws);
+    if (!gp->grad_first[st][i]) sim_read(s, SP_WS, gp->t[t].grad_off, gr_bytes(p, gp, t), t, K_GRAD, "gradient accumulation");
+    sim_write(s, SP_WS, gp->t[t].grad_off, gr_bytes(p, gp, t), t, K_GRAD, ws);
 }
 
 /* Attention's scratch for its forward (run 0) or recompute (run 1): in use
@@ -144,7 +172,7 @@ static void sim_attention_scratch(sim_t *s, const plan_t *p, const graph_plan_t 
         if (is_saved(gp, t))
             sim_read(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, "attention (scratch in use)");
         else
-            sim_read(s, SP_WS, run ? gp->t[t].bwd_off : gp->t[t].fwd_off, ws_bytes(p, gp, t), t, run ? K_BWD : K_FWD,
+            sim_read(s, SP_WS, run ? boff(s, t) : gp->t[t].fwd_off, ws_bytes(p, gp, t), t, run ? K_BWD : K_FWD,
                      "attention (scratch in use)");
     }
 }
@@ -186,20 +214,21 @@ static void sim_recompute_step(sim_t *s, const plan_t *p, const graph_plan_t *gp
     int norm_only = x->op == OP_ADD_RMSNORM && (is_saved(gp, h) || gp->t[h].keep == KEEP_OFFLOAD);
     if (norm_only) {
         if (is_saved(gp, h)) sim_read(s, SP_SLOT, gp->t[h].saved_off, gp->t[h].bytes, h, K_ACT, "recompute (norm of h)");
-        else sim_read(s, SP_WS, gp->t[h].bwd_off, ws_bytes(p, gp, h), h, K_BWD, "recompute (norm of h)");
+        else sim_read(s, SP_WS, boff(s, h), ws_bytes(p, gp, h), h, K_BWD, "recompute (norm of h)");
     }
     for (int i = 0; i < x->nin && !norm_only; i++) {
         int t = x->in[i];
         if (is_saved(gp, t)) sim_read(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, "recompute");
-        else sim_read(s, SP_WS, gp->t[t].bwd_off, ws_bytes(p, gp, t), t, K_BWD, "recompute");
+        else sim_read(s, SP_WS, boff(s, t), ws_bytes(p, gp, t), t, K_BWD, "recompute");
     }
     for (int i = norm_only; i < x->nout; i++) {
         int t = x->out[i];
         ck_assert_msg(t != g->output, "%s: recompute of the graph output", s->what);
         if (is_saved(gp, t)) sim_write(s, SP_SLOT, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, slot);
-        else sim_write(s, SP_WS, gp->t[t].bwd_off, ws_bytes(p, gp, t), t, K_BWD, ws);
+        else sim_write(s, SP_WS, boff(s, t), ws_bytes(p, gp, t), t, K_BWD, ws);
     }
-    if (x->op == OP_ATTENTION) sim_attention_scratch(s, p, gp, x, 1, ws);
+    /* inside the backward's piece loop the rebuild has a scratch buffer of its own */
+    if (x->op == OP_ATTENTION) sim_attention_scratch(s, p, gp, x, s->loop ? 3 : 1, ws);
 }
 
 static void sim_backward_step(sim_t *s, const plan_t *p, const graph_plan_t *gp, int st, size_t ws) {
@@ -213,10 +242,10 @@ static void sim_backward_step(sim_t *s, const plan_t *p, const graph_plan_t *gp,
     if (x->op == OP_LMHEAD_LOSS) return;
     for (int i = 0; i < x->nout; i++) {
         int t = x->out[i];
-        if (!has_grad(g, t) || in_resid(g, t)) continue;
+        if (!has_grad(g, t) || grad_in_resid(gp, t)) continue;
         /* ADD_RMSNORM takes h's gradient only when some step reads h (else it is zero) */
         if (x->op == OP_ADD_RMSNORM && i == 0 && !consumed(g, t)) continue;
-        sim_read(s, SP_WS, gp->t[t].grad_off, ws_bytes(p, gp, t), t, K_GRAD, "backward (output gradient)");
+        sim_read(s, SP_WS, gp->t[t].grad_off, gr_bytes(p, gp, t), t, K_GRAD, "backward (output gradient)");
     }
     for (int i = 0; i < x->nin; i++) sim_grad_write(s, p, gp, st, i, ws);
     if (x->op == OP_ATTENTION && gp->attn_scratch_bytes) {
@@ -229,9 +258,9 @@ static void sim_backward_step(sim_t *s, const plan_t *p, const graph_plan_t *gp,
         }
         for (int i = 0; i < x->nin; i++)
             if (has_grad(g, x->in[i]) && !in_resid(g, x->in[i]))
-                sim_read(s, SP_WS, gp->t[x->in[i]].grad_off, ws_bytes(p, gp, x->in[i]), x->in[i], K_GRAD,
+                sim_read(s, SP_WS, gp->t[x->in[i]].grad_off, gr_bytes(p, gp, x->in[i]), x->in[i], K_GRAD,
                          "attention gradient (scratch in use)");
-        sim_read(s, SP_WS, gp->t[x->out[0]].grad_off, ws_bytes(p, gp, x->out[0]), x->out[0], K_GRAD,
+        sim_read(s, SP_WS, gp->t[x->out[0]].grad_off, gr_bytes(p, gp, x->out[0]), x->out[0], K_GRAD,
                  "attention output gradient (scratch in use)");
     }
 }
@@ -240,6 +269,7 @@ static void simulate(const plan_t *p, const graph_plan_t *gp, int is_epilogue, c
     const graph_t *g = &gp->g;
     sim_t *s = calloc(1, sizeof *s);
     s->tile = -1;
+    s->piece = -1;
     s->gp = gp;
     s->what = what;
     const size_t ws = gp->workspace_bytes, slot = gp->saved_bytes, host = gp->offload_bytes;
@@ -251,7 +281,15 @@ static void simulate(const plan_t *p, const graph_plan_t *gp, int is_epilogue, c
         if (t == g->input) ck_assert_int_eq(gp->t[t].keep, KEEP_SAVE);
         else if (read) ck_assert_msg(gp->t[t].keep != KEEP_NOT_NEEDED, "%s: %s is read by a backward", what, g->t[t].name);
         else ck_assert_msg(gp->t[t].keep == KEEP_NOT_NEEDED, "%s: %s kept though no backward reads it", what, g->t[t].name);
-        if (!has_grad(g, t) || in_resid(g, t)) ck_assert_uint_eq(gp->t[t].grad_off, PLAN_NO_OFFSET);
+        if (!has_grad(g, t) || grad_in_resid(gp, t)) ck_assert_uint_eq(gp->t[t].grad_off, PLAN_NO_OFFSET);
+        /* only an addend of the output's residual add, read by nothing else, shares its gradient */
+        if (gp->t[t].grad_is_output) {
+            int n = 0, add = 0;
+            for (int st = 0; st < g->ns; st++)
+                for (int i = 0; i < g->s[st].nin; i++)
+                    if (g->s[st].in[i] == t) { n++; add = g->s[st].op == OP_ADD && g->s[st].out[0] == g->output; }
+            ck_assert_msg(n == 1 && add, "%s: %s shares the output's gradient", what, g->t[t].name);
+        }
     }
     /* grad_first marks exactly the first backward writer of each gradient */
     for (int t = 0; t < g->nt; t++) {
@@ -271,8 +309,19 @@ static void simulate(const plan_t *p, const graph_plan_t *gp, int is_epilogue, c
         ck_assert(tb >= 0 && te > tb && te < g->ns);
         ck_assert(gp->tile_rows > 0 && gp->tile_rows < p->seq_local);
     }
+    /* the pieced region runs its steps once per piece: each piece's writes
+     * must leave what the next reads (and the whole tensors' other parts) */
+    const int pb = gp->pieces > 1 ? gp->piece_begin : -1, pe = gp->pieces > 1 ? gp->piece_end : -2;
+    if (gp->pieces > 1) ck_assert(pb >= 0 && pe > pb && pe < g->ns && (tb < 0 || te < pb || tb > pe));
     /* forward */
     for (int st = 0; st < g->ns; st++) {
+        if (st == pb) {
+            for (s->piece = 0; s->piece < gp->pieces; s->piece++)
+                for (int x = pb; x <= pe; x++) sim_forward_step(s, p, gp, x, ws, slot);
+            s->piece = -1;
+            st = pe;
+            continue;
+        }
         if (st == tb) {
             for (s->tile = 0; s->tile < 2; s->tile++)
                 for (int x = tb; x <= te; x++) sim_forward_step(s, p, gp, x, ws, slot);
@@ -296,9 +345,33 @@ static void simulate(const plan_t *p, const graph_plan_t *gp, int is_epilogue, c
             sim_read(s, SP_HOST, gp->t[t].saved_off, gp->t[t].bytes, t, K_ACT, "reload");
             sim_write(s, SP_WS, gp->t[t].bwd_off, gp->t[t].bytes, t, K_BWD, ws);
         }
-    for (int st = 0; st < g->ns; st++)
-        if (gp->recompute_step[st] && !(st >= tb && st <= te)) sim_recompute_step(s, p, gp, st, ws, slot);
+    s->pre = 1;
+    for (int st = 0; st < g->ns; st++) {
+        if (st == pb && gp->recompute_step[pe]) {   /* o_proj's output needed: the region rebuilt first */
+            for (s->piece = 0; s->piece < gp->pieces; s->piece++)
+                for (int x = pb; x <= pe; x++)
+                    if (gp->recompute_step[x]) sim_recompute_step(s, p, gp, x, ws, slot);
+            s->piece = -1;
+        }
+        if (gp->recompute_step[st] && !(st >= tb && st <= te) && !(st >= pb && st <= pe))
+            sim_recompute_step(s, p, gp, st, ws, slot);
+    }
+    s->pre = 0;
     for (int st = g->ns - 1; st >= 0; st--) {
+        if (st == pe) {
+            /* the region's input rebuilt again just before the loop */
+            if (plan_piece_input_rebuild(gp) >= 0) sim_recompute_step(s, p, gp, plan_piece_input_rebuild(gp), ws, slot);
+            s->loop = 1;
+            for (s->piece = 0; s->piece < gp->pieces; s->piece++) {
+                for (int x = pb; x < pe; x++)
+                    if (plan_piece_loop_rebuilds(gp, x)) sim_recompute_step(s, p, gp, x, ws, slot);
+                for (int x = pe; x >= pb; x--) sim_backward_step(s, p, gp, x, ws);
+            }
+            s->piece = -1;
+            s->loop = 0;
+            st = pb;
+            continue;
+        }
         if (st == te) {
             for (s->tile = 0; s->tile < 2; s->tile++) {
                 for (int x = tb; x <= te; x++)
@@ -359,6 +432,9 @@ START_TEST(test_sac_per_layer) {
         model_t *m = get_model(cases[i].model);
         const int L = (int)m->L;
         config_t c = make_cfg(m, cases[i].S, cases[i].world, cases[i].sp, SAC_FULL);
+        /* whole attention: with auto pieces the cheapest plan may keep attention in fewer layers at a
+         * larger budget (a pieced plan's lean layers rebuild their region twice; test_pieces_walk) */
+        c.checkpointing.attention_pieces = 1;
         ck_assert_msg(compile(lo, &c, m, cases[i].world, scratch_target(0), err) == 0, "%s", err);
         ck_assert(!keeps_attention(&lo->layer));
         /* budgets from full recompute upward until every layer keeps attention's outputs */
@@ -393,6 +469,13 @@ START_TEST(test_sac_per_layer) {
             for (int s = 0; s < p->layer.g.ns; s++) {
                 if (p->layer.recompute_step[s]) rr += sac_recompute_step_flops(p, &p->layer, s);
                 if (p->layer_lean.recompute_step[s]) rl += sac_recompute_step_flops(p, &p->layer_lean, s);
+                /* a pieced region rebuilt before the backward is rebuilt again in its piece loop */
+                for (int k = 0; k < 2; k++) {
+                    const graph_plan_t *gp = k ? &p->layer_lean : &p->layer;
+                    if (plan_piece_prepass(gp) && plan_piece_loop_rebuilds(gp, s))
+                        *(k ? &rl : &rr) += sac_recompute_step_flops(p, gp, s);
+                    if (s == plan_piece_input_rebuild(gp)) *(k ? &rl : &rr) += sac_recompute_step_flops(p, gp, s);
+                }
             }
             ck_assert(rr < rl);
             double want = (rr * p->layers_rich + rl * (L - p->layers_rich)) * (double)p->micro_steps * p->world;
@@ -404,6 +487,81 @@ START_TEST(test_sac_per_layer) {
     free(p);
     free(lo);
     free(q);
+}
+END_TEST
+
+/* Attention in pieces: every piece count, SP degree and policy (auto at
+ * budgets between full recompute and save_all, with and without offload)
+ * replays the executor's walk piece by piece; the full-recompute workspace
+ * shrinks as the pieces grow; under a budget only pieces meet, auto
+ * chooses them. */
+START_TEST(test_pieces_walk) {
+    struct { int model, world, sp; int64_t S; } cases[] = {
+        {M_TINY, 1, 1, 100}, {M_8B, 1, 1, 32768}, {M_8B, 2, 2, 65536}, {M_8B, 4, 4, 131072},
+    };
+    plan_t *p = new_plan(), *lo = new_plan(), *hi = new_plan();
+    char err[512], what[160];
+    int n_pieced = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        model_t *m = get_model(cases[i].model);
+        const int kvl = (int)(m->hkv / cases[i].sp);
+        size_t prev_ws = 0, whole_ws = 0;
+        for (int G = 1; G <= kvl; G *= 2) {
+            config_t c = make_cfg(m, cases[i].S, cases[i].world, cases[i].sp, SAC_SAVE_ALL);
+            c.checkpointing.attention_pieces = G;
+            ck_assert_msg(compile(hi, &c, m, cases[i].world, scratch_target(0), err) == 0, "%s", err);
+            ck_assert_int_eq(hi->layer.pieces, G);
+            snprintf(what, sizeof what, "case %zu save_all %d pieces", i, G);
+            simulate_plan(hi, what);
+            c.checkpointing.policy = SAC_FULL;
+            ck_assert_msg(compile(lo, &c, m, cases[i].world, scratch_target(0), err) == 0, "%s", err);
+            snprintf(what, sizeof what, "case %zu full %d pieces", i, G);
+            simulate_plan(lo, what);
+            if (G > 1) {   /* the same keeps, lean: attention rebuilt again in the piece loop */
+                *p = *lo;
+                p->attn_pieces_lean = 1;
+                memplan_all(p, &c);
+                ck_assert(plan_piece_prepass(&p->layer) && p->layer.t[find_tensor(&p->layer.g, "lse")].piece_buf);
+                ck_assert(p->layer.workspace_bytes <= lo->layer.workspace_bytes);
+                snprintf(what, sizeof what, "case %zu full %d lean pieces", i, G);
+                simulate_plan(p, what);
+            }
+            /* more pieces never take more workspace, and some always take less than none (until the
+             * peak moves out of the attention block) */
+            if (G > 1) ck_assert_msg(lo->layer.workspace_bytes <= prev_ws && lo->layer.workspace_bytes < whole_ws,
+                                     "case %zu: %d pieces take %zu workspace bytes, %d took %zu, whole %zu", i, G,
+                                     lo->layer.workspace_bytes, G / 2, prev_ws, whole_ws);
+            else whole_ws = lo->layer.workspace_bytes;
+            prev_ws = lo->layer.workspace_bytes;
+            for (int off = 0; off < 2; off++)
+                for (int k = 1; k <= 5; k++) {
+                    double b = (double)lo->mem.device_total +
+                               k / 6.0 * ((double)hi->mem.device_total - (double)lo->mem.device_total);
+                    c.checkpointing.policy = SAC_AUTO;
+                    c.checkpointing.offload = off;
+                    if (compile(p, &c, m, cases[i].world, scratch_target(b), err) != 0) continue;
+                    snprintf(what, sizeof what, "case %zu auto %d pieces offload %d budget %.0f", i, G, off, b);
+                    simulate_plan(p, what);
+                    n_pieced += p->layer.pieces > 1;
+                }
+            /* auto under the budget of this count's full recompute, which whole attention exceeds */
+            if (G > 1) {
+                c.checkpointing.attention_pieces = -1;
+                c.checkpointing.policy = SAC_AUTO;
+                c.checkpointing.offload = 0;
+                ck_assert_msg(compile(p, &c, m, cases[i].world, scratch_target((double)lo->mem.device_total), err) == 0,
+                              "case %zu: auto does not fit the %d-piece full-recompute budget: %s", i, G, err);
+                ck_assert_msg(p->attn_pieces > 1 && p->layer.pieces == p->attn_pieces,
+                              "case %zu: auto chose %d pieces under the %d-piece budget", i, p->attn_pieces, G);
+                snprintf(what, sizeof what, "case %zu auto pieces under the %d-piece budget", i, G);
+                simulate_plan(p, what);
+            }
+        }
+    }
+    ck_assert_int_gt(n_pieced, 10);
+    free(p);
+    free(lo);
+    free(hi);
 }
 END_TEST
 
@@ -545,6 +703,7 @@ int main(void) {
     tcase_add_test(tc, test_sac_add_rmsnorm);
     tcase_add_test(tc, test_sac_per_layer);
     tcase_add_test(tc, test_workspace_walk);
+    tcase_add_test(tc, test_pieces_walk);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -340,7 +340,7 @@ static void gemm_axpy(float *C, int acc, const float *A, int64_t ars, int64_t ac
 
 /* dst[c, r] = src[r, c] for src [rows, cols], in 32 x 32 blocks so both sides
  * are read and written a cache line at a time. */
-static float *transpose(const float *src, int64_t rows, int64_t cols, const char *what) {
+static float *transpose_ld(const float *src, int64_t rows, int64_t cols, int64_t ld, const char *what) {
     enum { TB = 32 };
     float *dst = cpu_alloc((size_t)rows * (size_t)cols * 4, what);
     int64_t nrb = (rows + TB - 1) / TB, ncb = (cols + TB - 1) / TB;
@@ -349,9 +349,13 @@ static float *transpose(const float *src, int64_t rows, int64_t cols, const char
         for (int64_t cb = 0; cb < ncb; cb++) {
             int64_t r1 = min64((rb + 1) * TB, rows), c1 = min64((cb + 1) * TB, cols);
             for (int64_t c = cb * TB; c < c1; c++)
-                for (int64_t r = rb * TB; r < r1; r++) dst[c * rows + r] = src[r * cols + c];
+                for (int64_t r = rb * TB; r < r1; r++) dst[c * rows + r] = src[r * ld + c];
         }
     return dst;
+}
+
+static float *transpose(const float *src, int64_t rows, int64_t cols, const char *what) {
+    return transpose_ld(src, rows, cols, cols, what);
 }
 
 static void cpu_matmul_fwd(void *out, const void *x, const void *w, int64_t n, int64_t k, int64_t m) {
@@ -411,6 +415,36 @@ static void cpu_matmul_blocked_bwd(void *dx, int acc, void *dw, const void *dout
             gemm_run(&g, m, n, kb);
         }
         free(dt);
+    }
+}
+
+/* The blocked matmul on windows: w [m, k] at row stride ldw, out / dout
+ * [n, m] at row stride ldo (backend.h). The same kernel and sums as
+ * matmul_blocked_*, so a window that is the whole matrix gives their results
+ * bitwise. */
+static void cpu_matmul_slice_fwd(void *out, int64_t ldo, int acc, const void *x, const void *w, int64_t ldw,
+                                 int64_t n, int64_t k, int64_t m, int blocks) {
+    int64_t kb = block_width("matmul_slice_fwd", k, blocks);
+    float *wt = transpose_ld(CF(w), m, k, ldw, "matmul_slice_fwd transposed weight");
+    gemm_t g = {CF(x), kb, 1, kb, n * kb, wt, m, F(out), ldo, acc};
+    gemm_run(&g, n, k, m);
+    free(wt);
+}
+
+static void cpu_matmul_slice_bwd(void *dx, int acc, void *dw, int64_t ldw, const void *dout, int64_t ldo,
+                                 const void *x, const void *w, int64_t n, int64_t k, int64_t m, int blocks) {
+    int64_t kb = block_width("matmul_slice_bwd", k, blocks);
+    if (dw) {   /* dw first: dx may overwrite x */
+        float *dt = transpose_ld(CF(dout), n, m, ldo, "matmul_slice_bwd transposed output gradient");
+        for (int64_t j = 0; j < blocks; j++) {
+            gemm_t g = {dt, n, 1, n, 0, CF(x) + j * n * kb, kb, F(dw) + j * kb, ldw, 1};
+            gemm_run(&g, m, n, kb);
+        }
+        free(dt);
+    }
+    for (int64_t j = 0; dx && j < blocks; j++) {
+        gemm_t g = {CF(dout), ldo, 1, m, 0, CF(w) + j * kb, ldw, F(dx) + j * n * kb, kb, acc};
+        gemm_run(&g, n, m, kb);
     }
 }
 
@@ -811,6 +845,8 @@ const backend_t backend_cpu = {
     .matmul_bwd = cpu_matmul_bwd,
     .matmul_blocked_fwd = cpu_matmul_blocked_fwd,
     .matmul_blocked_bwd = cpu_matmul_blocked_bwd,
+    .matmul_slice_fwd = cpu_matmul_slice_fwd,
+    .matmul_slice_bwd = cpu_matmul_slice_bwd,
     .rope_split_fwd = cpu_rope_split_fwd,
     .rope_split_bwd = cpu_rope_split_bwd,
     .attention_fwd = cpu_attention_fwd,

@@ -21,6 +21,13 @@ typedef struct {
      * (rows 0: the whole sequence). Whole-sequence tensors are seen from
      * row0 on; the region's tiled intermediates hold just the tile. */
     int64_t row0, rows;
+    /* inside the graph's pieced region: the KV-head group (-1: none), and
+     * whether the walk is in the backward's piece loop (attention's rebuild
+     * there has a scratch buffer of its own) */
+    int piece, piece_loop;
+    /* in the rebuild before the backward: a tensor with a buffer of its own
+     * there (pre_off: the pieced region's, rebuilt again in its loop) uses it */
+    int pre;
 } walk_t;
 
 /* A pointer into a [rows, width] tensor at the walk's tile. */
@@ -57,14 +64,23 @@ static uint8_t *tensor_at_whole(exec_t *e, const walk_t *w, int tid, phase_t ph)
         return e->saved + plan_layer_saved_off(e->plan, w->layer) + tp->saved_off;
     }
     size_t off = ph == PHASE_FWD ? tp->fwd_off : tp->bwd_off;
+    if (ph == PHASE_BWD && w->pre && tp->pre_off != PLAN_NO_OFFSET) off = tp->pre_off;
     if (off == PLAN_NO_OFFSET)
         asp_die(ASP_EXIT_FAILURE, "internal: %s tensor %s has no %s workspace slot", g->name, g->t[tid].name,
                 ph == PHASE_FWD ? "forward" : "backward");
     return e->ws + off;
 }
 
+/* A pieced tensor kept whole (saved, offloaded) is seen at its piece's
+ * part; one held a piece at a time is its buffer. */
+static uint8_t *at_piece(const walk_t *w, int tid, uint8_t *base) {
+    const tensor_plan_t *tp = &w->gp->t[tid];
+    if (w->piece < 0 || !tp->pieced || tp->piece_buf) return base;
+    return base + (size_t)w->piece * (tp->bytes / (size_t)w->gp->pieces);
+}
+
 static uint8_t *tensor_at(exec_t *e, const walk_t *w, int tid, phase_t ph) {
-    return at_tile(e, w, tid, tensor_at_whole(e, w, tid, ph));
+    return at_piece(w, tid, at_tile(e, w, tid, tensor_at_whole(e, w, tid, ph)));
 }
 
 /* Gradient of a tensor. The residual stream's gradient flows between graphs
@@ -72,8 +88,8 @@ static uint8_t *tensor_at(exec_t *e, const walk_t *w, int tid, phase_t ph) {
  * resid_grad[cur], the graph input's gradient goes to resid_grad[1 - cur]. */
 static uint8_t *grad_at(exec_t *e, const walk_t *w, int tid) {
     const graph_t *g = &w->gp->g;
-    if (tid == g->output) return at_tile(e, w, tid, e->resid_grad[e->cur_grad]);
-    if (tid == g->input) return at_tile(e, w, tid, e->resid_grad[1 - e->cur_grad]);
+    if (tid == g->output || w->gp->t[tid].grad_is_output) return at_tile(e, w, tid, e->resid_grad[e->cur_grad]);
+    if (tid == g->input || w->gp->t[tid].grad_is_input) return at_tile(e, w, tid, e->resid_grad[1 - e->cur_grad]);
     size_t off = w->gp->t[tid].grad_off;
     if (off == PLAN_NO_OFFSET)
         asp_die(ASP_EXIT_FAILURE, "internal: %s tensor %s has no gradient slot", g->name, g->t[tid].name);
@@ -108,23 +124,33 @@ static uint8_t *staging(exec_t *e, uint8_t *buf, const char *which, const graph_
  * tensor src into dst: sent as it is when src already holds per-peer blocks
  * (packed), else packed into the a2a_send staging first (`staged`). The
  * forward of SEQ_TO_HEAD and the backward of HEAD_TO_SEQ both send this way. */
+/* The heads step si works on: in the pieced region a piece's share. */
+static int64_t step_heads(const walk_t *w, const graph_step_t *s) {
+    return w->piece >= 0 ? s->heads / w->gp->pieces : s->heads;
+}
+static int64_t step_kv_heads(const walk_t *w, const graph_step_t *s) {
+    return w->piece >= 0 ? s->kv_heads / w->gp->pieces : s->kv_heads;
+}
+
 static void a2a_send_heads(exec_t *e, const walk_t *w, int si, const uint8_t *src, uint8_t *dst, int staged) {
     const graph_step_t *s = &w->gp->g.s[si];
     const plan_t *p = e->plan;
+    const int64_t heads = step_heads(w, s);
     if (staged) {
         uint8_t *send = staging(e, e->a2a_send, "a2a_send", &w->gp->g, si);
-        e->be->heads_pack(send, src, p->seq_local, s->heads, s->head_dim, p->sp);
+        e->be->heads_pack(send, src, p->seq_local, heads, s->head_dim, p->sp);
         src = send;
     }
-    size_t count = (size_t)(p->seq_local * a2a_heads_per_rank(s->heads, p->sp) * s->head_dim);
+    size_t count = (size_t)(p->seq_local * a2a_heads_per_rank(heads, p->sp) * s->head_dim);
     e->coll->alltoall(e->ranks->sp, src, dst, count, e->be->act_dtype);
 }
 
 /* ------------------------------------------------------------------ forward */
 
 /* Attention's scratch lives in the layer workspace, one buffer for each of
- * its runs (0 forward, 1 recompute, 2 backward; graph_plan_t); -1 gives the
- * backend its planned op scratch back. */
+ * its runs (0 forward, 1 recompute, 2 backward, 3 rebuild in the backward's
+ * piece loop; graph_plan_t); -1 gives the backend its planned op scratch
+ * back. */
 static void attention_scratch(exec_t *e, const walk_t *w, int run) {
     const graph_plan_t *gp = w->gp;
     if (!gp->attn_scratch_bytes || !e->be->use_scratch) return;
@@ -156,6 +182,63 @@ static void lmhead_loss(exec_t *e, const walk_t *w, const graph_step_t *s, float
     }
 }
 
+/* ------------------------------------------------------------------ attention in pieces */
+
+/* A piece's share of the two projections (docs/plan.md): the QKV projection
+ * makes the piece's qkv [n, (hq + 2 hkv) hd / G] from three row ranges of
+ * W_qkv (its q heads, its k heads, its v heads), each into its columns of
+ * the piece's qkv; o_proj reads the piece's o with the piece's columns of
+ * W_o and adds into attn_out. Both weight gradients land in those windows;
+ * the QKV projection's input gradient adds up over pieces and parts. */
+typedef struct {
+    int64_t wrow[3], ocol[3], width[3], ldo;
+} qkv_parts_t;
+
+static qkv_parts_t qkv_parts(const exec_t *e, int piece, int G) {
+    const model_t *m = e->model;
+    const int64_t wq = m->hq * m->hd / G, wk = m->hkv * m->hd / G;
+    qkv_parts_t q = {{piece * wq, m->hq * m->hd + piece * wk, (m->hq + m->hkv) * m->hd + piece * wk},
+                     {0, wq, wq + wk}, {wq, wk, wk}, wq + 2 * wk};
+    return q;
+}
+
+static void piece_matmul_fwd(exec_t *e, const walk_t *w, const graph_step_t *s, uint8_t *out, const uint8_t *x,
+                             int64_t n) {
+    const backend_t *be = e->be;
+    const int G = w->gp->pieces, j = w->piece;
+    const uint8_t *W = step_param(e, w, s);
+    if (s->param == LP_QKV) {
+        qkv_parts_t q = qkv_parts(e, j, G);
+        for (int i = 0; i < 3; i++)
+            be->matmul_slice_fwd(out + (size_t)q.ocol[i] * e->act, q.ldo, 0, x, W + (size_t)(q.wrow[i] * s->k) * e->par,
+                                 s->k, n, s->k, q.width[i], 1);
+        return;
+    }
+    const int64_t kp = s->k / G;   /* o_proj: the piece's columns of W_o */
+    be->matmul_slice_fwd(out, s->m, j > 0, x, W + (size_t)(j * kp) * e->par, s->k, n, kp, s->m,
+                         layout_p(&w->gp->g, s->in[0]));
+}
+
+static void piece_matmul_bwd(exec_t *e, const walk_t *w, const graph_step_t *s, uint8_t *dx, int first,
+                             const uint8_t *dout, const uint8_t *x, int64_t n) {
+    const backend_t *be = e->be;
+    const int G = w->gp->pieces, j = w->piece;
+    const uint8_t *W = step_param(e, w, s);
+    uint8_t *dW = step_param_grad(e, w, s);
+    if (s->param == LP_QKV) {
+        qkv_parts_t q = qkv_parts(e, j, G);
+        for (int i = 0; i < 3; i++) {
+            size_t wo = (size_t)(q.wrow[i] * s->k);
+            be->matmul_slice_bwd(dx, !(first && j == 0 && i == 0), dW ? dW + wo * e->grd : NULL, s->k,
+                                 dout + (size_t)q.ocol[i] * e->act, q.ldo, x, W + wo * e->par, n, s->k, q.width[i], 1);
+        }
+        return;
+    }
+    const int64_t kp = s->k / G;
+    be->matmul_slice_bwd(dx, !first, dW ? dW + (size_t)(j * kp) * e->grd : NULL, s->k, dout, s->m, x,
+                         W + (size_t)(j * kp) * e->par, n, kp, s->m, layout_p(&w->gp->g, s->in[0]));
+}
+
 static void run_forward(exec_t *e, const walk_t *w, int si, phase_t ph, float grad_scale) {
     const backend_t *be = e->be;
     const graph_t *g = &w->gp->g;
@@ -174,18 +257,21 @@ static void run_forward(exec_t *e, const walk_t *w, int si, phase_t ph, float gr
                         (float)e->model->cfg.rms_norm_eps);
         break;
     case OP_MATMUL:
-        if (layout_p(g, s->in[0]) > 1)   /* o_proj on the packed attention output */
+        if (w->piece >= 0)
+            piece_matmul_fwd(e, w, s, OUT(0), IN(0), n);
+        else if (layout_p(g, s->in[0]) > 1)   /* o_proj on the packed attention output */
             be->matmul_blocked_fwd(OUT(0), IN(0), step_param(e, w, s), n, s->k, s->m, layout_p(g, s->in[0]));
         else
             be->matmul_fwd(OUT(0), IN(0), step_param(e, w, s), n, s->k, s->m);
         break;
     case OP_ROPE_SPLIT:
-        be->rope_split_fwd(OUT(0), OUT(1), OUT(2), IN(0), e->positions, e->rope_freq, n, s->heads, s->kv_heads,
-                           s->head_dim, layout_p(g, s->out[0]), layout_p(g, s->out[1]));
+        be->rope_split_fwd(OUT(0), OUT(1), OUT(2), IN(0), e->positions, e->rope_freq, n, step_heads(w, s),
+                           step_kv_heads(w, s), s->head_dim, layout_p(g, s->out[0]), layout_p(g, s->out[1]));
         break;
     case OP_ATTENTION:
-        attention_scratch(e, w, ph == PHASE_FWD ? 0 : 1);
-        be->attention_fwd(OUT(0), (float *)OUT(1), IN(0), IN(1), IN(2), n, s->heads, s->kv_heads, s->head_dim,
+        attention_scratch(e, w, ph == PHASE_FWD ? 0 : w->piece_loop ? 3 : 1);
+        be->attention_fwd(OUT(0), (float *)OUT(1), IN(0), IN(1), IN(2), n, step_heads(w, s), step_kv_heads(w, s),
+                          s->head_dim,
                           (float)(1.0 / sqrt((double)s->head_dim)), e->docs_on ? &e->docs : NULL);
         attention_scratch(e, w, -1);
         break;
@@ -212,11 +298,11 @@ static void run_forward(exec_t *e, const walk_t *w, int si, phase_t ph, float gr
         break;
     case OP_A2A_HEAD_TO_SEQ: {
         /* o is stored packed: receive straight into it */
-        int64_t hpr = a2a_heads_per_rank(s->heads, p->sp);
+        int64_t hpr = a2a_heads_per_rank(step_heads(w, s), p->sp);
         int staged = plan_a2a_staging(w->gp, si).fwd_recv;
         uint8_t *dst = staged ? staging(e, e->a2a_recv, "a2a_recv", g, si) : OUT(0);
         e->coll->alltoall(e->ranks->sp, IN(0), dst, (size_t)(p->seq_local * hpr * s->head_dim), be->act_dtype);
-        if (staged) be->heads_unpack(OUT(0), dst, p->seq_local, s->heads, s->head_dim, p->sp, 0);
+        if (staged) be->heads_unpack(OUT(0), dst, p->seq_local, step_heads(w, s), s->head_dim, p->sp, 0);
         break;
     }
     default:
@@ -272,7 +358,9 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
                         g->t[s->in[0]].width, eps);
         break;
     case OP_MATMUL:
-        if (layout_p(g, s->in[0]) > 1)   /* writes the packed gradient of o */
+        if (w->piece >= 0)
+            piece_matmul_bwd(e, w, s, DIN(0), first_write(w, si, 0), DOUT(0), IN(0), n);
+        else if (layout_p(g, s->in[0]) > 1)   /* writes the packed gradient of o */
             be->matmul_blocked_bwd(DIN(0), ACC(0), step_param_grad(e, w, s), DOUT(0), IN(0), step_param(e, w, s), n,
                                    s->k, s->m, layout_p(g, s->in[0]));
         else
@@ -281,26 +369,35 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
         break;
     case OP_ROPE_SPLIT:
         need_overwrite(w, si, 0);
-        be->rope_split_bwd(DIN(0), DOUT(0), DOUT(1), DOUT(2), e->positions, e->rope_freq, n, s->heads, s->kv_heads,
-                           s->head_dim, layout_p(g, s->out[0]), layout_p(g, s->out[1]));
+        be->rope_split_bwd(DIN(0), DOUT(0), DOUT(1), DOUT(2), e->positions, e->rope_freq, n, step_heads(w, s),
+                           step_kv_heads(w, s), s->head_dim, layout_p(g, s->out[0]), layout_p(g, s->out[1]));
         break;
     case OP_ATTENTION:
         for (int i = 0; i < 3; i++) need_overwrite(w, si, i);
         attention_scratch(e, w, 2);
         be->attention_bwd(DIN(0), DIN(1), DIN(2), DOUT(0), IN(0), IN(1), IN(2), OUT(0), (const float *)OUT(1), n,
-                          s->heads, s->kv_heads, s->head_dim, (float)(1.0 / sqrt((double)s->head_dim)),
+                          step_heads(w, s), step_kv_heads(w, s), s->head_dim, (float)(1.0 / sqrt((double)s->head_dim)),
                           e->docs_on ? &e->docs : NULL);
         attention_scratch(e, w, -1);
         break;
     case OP_ADD: {
+        /* an addend whose gradient is the output's (grad_is_output) has it already */
         size_t count = (size_t)n * (size_t)t0->width;
-        be->accumulate(DIN(0), DOUT(0), count, ACC(0));
-        be->accumulate(DIN(1), DOUT(0), count, ACC(1));
+        for (int i = 0; i < 2; i++) {
+            if (w->gp->t[s->in[i]].grad_is_output) {
+                need_overwrite(w, si, i);
+                continue;
+            }
+            be->accumulate(DIN(i), DOUT(0), count, ACC(i));
+        }
         break;
     }
     case OP_ADD_RMSNORM:
         /* h's own gradient (from the mlp residual) plus the norm's, to both addends */
-        be->add_rmsnorm_bwd(DIN(0), ACC(0), DIN(1), ACC(1), step_param_grad(e, w, s), out_grad_or_null(e, w, s->out[0]),
+        /* an addend whose gradient is the input's (grad_is_input) gets it there */
+        if (w->gp->t[s->in[1]].grad_is_input) need_overwrite(w, si, 0);
+        be->add_rmsnorm_bwd(DIN(0), ACC(0), w->gp->t[s->in[1]].grad_is_input ? NULL : DIN(1), ACC(1),
+                            step_param_grad(e, w, s), out_grad_or_null(e, w, s->out[0]),
                             DOUT(1), OUT(0), step_param(e, w, s), n, t0->width, eps);
         break;
     case OP_SWIGLU:
@@ -314,7 +411,7 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
          * per-peer blocks: the packed gradient itself when this is its first
          * write, else staged and added (packed) or unpacked (replicated KV,
          * summing the replicas) */
-        int64_t hpr = a2a_heads_per_rank(s->heads, p->sp);
+        int64_t hpr = a2a_heads_per_rank(step_heads(w, s), p->sp);
         size_t count = (size_t)(p->seq_local * hpr * s->head_dim);
         if (!plan_a2a_staging(w->gp, si).bwd_recv) {
             need_overwrite(w, si, 0);
@@ -324,7 +421,7 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
         uint8_t *recv = staging(e, e->a2a_recv, "a2a_recv", g, si);
         e->coll->alltoall(e->ranks->sp, DOUT(0), recv, count, be->act_dtype);
         if (layout_p(g, s->in[0]) > 1) be->accumulate(DIN(0), recv, count * (size_t)p->sp, ACC(0));
-        else be->heads_unpack(DIN(0), recv, p->seq_local, s->heads, s->head_dim, p->sp, ACC(0));
+        else be->heads_unpack(DIN(0), recv, p->seq_local, step_heads(w, s), s->head_dim, p->sp, ACC(0));
         break;
     }
     case OP_A2A_HEAD_TO_SEQ:
@@ -345,7 +442,7 @@ static void run_backward(exec_t *e, const walk_t *w, int si) {
 /* ------------------------------------------------------------------ graphs */
 
 static walk_t walk_of(exec_t *e, const graph_plan_t *gp, int layer) {
-    walk_t w = {gp, layer, layer >= 0, gp == &e->plan->prologue, gp == &e->plan->epilogue, 0, 0};
+    walk_t w = {gp, layer, layer >= 0, gp == &e->plan->prologue, gp == &e->plan->epilogue, 0, 0, -1, 0, 0};
     return w;
 }
 
@@ -356,6 +453,36 @@ static walk_t tile_walk(const exec_t *e, const walk_t *w, int64_t row0) {
     t.row0 = row0;
     t.rows = n - row0 < r ? n - row0 : r;
     return t;
+}
+
+/* The walk at piece j of the graph's pieced region. */
+static walk_t piece_walk(const walk_t *w, int j, int loop) {
+    walk_t t = *w;
+    t.piece = j;
+    t.piece_loop = loop;
+    return t;
+}
+
+/* Steps first..last of the pieced region, piece by piece: forward (ph
+ * PHASE_FWD) or their rebuild (PHASE_BWD, recompute steps only). */
+static void pieces_forward(exec_t *e, const walk_t *w, int first, int last, phase_t ph, int loop, float grad_scale) {
+    const graph_plan_t *gp = w->gp;
+    for (int j = 0; j < gp->pieces; j++) {
+        walk_t t = piece_walk(w, j, loop);
+        for (int ti = first; ti <= last; ti++) {
+            if (ph == PHASE_BWD && !(loop ? plan_piece_loop_rebuilds(gp, ti) : gp->recompute_step[ti])) continue;
+            double t0 = ex_prof_begin(e);
+            run_forward(e, &t, ti, ph, grad_scale);
+            ex_prof_end(e, ph == PHASE_FWD ? PROF_FWD : PROF_RECOMPUTE, gp->g.s[ti].op, t0);
+        }
+        if (loop) {   /* the backward's loop: the piece's rebuild, then its backward */
+            for (int ti = gp->piece_end; ti >= gp->piece_begin; ti--) {
+                double t0 = ex_prof_begin(e);
+                run_backward(e, &t, ti);
+                ex_prof_end(e, PROF_BWD, gp->g.s[ti].op, t0);
+            }
+        }
+    }
 }
 
 static int step_writes(const graph_step_t *s, int t) {
@@ -388,6 +515,11 @@ static void graph_forward(exec_t *e, const walk_t *w, float grad_scale) {
             si = gp->tile_end;
             continue;
         }
+        if (plan_in_pieces(gp, si)) {
+            pieces_forward(e, w, gp->piece_begin, gp->piece_end, PHASE_FWD, 0, grad_scale);
+            si = gp->piece_end;
+            continue;
+        }
         double t0 = ex_prof_begin(e);
         run_forward(e, w, si, PHASE_FWD, grad_scale);
         ex_prof_end(e, PROF_FWD, gp->g.s[si].op, t0);
@@ -399,10 +531,18 @@ static void graph_backward(exec_t *e, const walk_t *w) {
     const graph_plan_t *gp = w->gp;
     if (w->is_layer) ex_reload_layer(e, w->layer);
     const int tiled = gp->tile_rows > 0;
+    walk_t pre = *w;
+    pre.pre = 1;
     for (int si = 0; si < gp->g.ns; si++) {
         if (!gp->recompute_step[si] || (tiled && si >= gp->tile_begin && si <= gp->tile_end)) continue;
+        if (plan_in_pieces(gp, si)) {
+            /* o_proj's output is needed before the backward: the region's rebuild, piece by piece */
+            if (si == gp->piece_begin && plan_piece_prepass(gp))
+                pieces_forward(e, &pre, gp->piece_begin, gp->piece_end, PHASE_BWD, 0, 0.0f);
+            continue;
+        }
         double t0 = ex_prof_begin(e);
-        run_forward(e, w, si, PHASE_BWD, 0.0f);
+        run_forward(e, &pre, si, PHASE_BWD, 0.0f);
         ex_prof_end(e, PROF_RECOMPUTE, gp->g.s[si].op, t0);
     }
     for (int si = gp->g.ns - 1; si >= 0; si--) {
@@ -423,6 +563,19 @@ static void graph_backward(exec_t *e, const walk_t *w) {
                 }
             }
             si = gp->tile_begin;
+            continue;
+        }
+        if (gp->pieces > 1 && si == gp->piece_end) {
+            /* the region's input again (not kept from the rebuild before), then piece by
+             * piece: rebuild the piece (o_proj's output is not needed), then its backward */
+            const int rin = plan_piece_input_rebuild(gp);
+            if (rin >= 0) {
+                double t0 = ex_prof_begin(e);
+                run_forward(e, w, rin, PHASE_BWD, 0.0f);
+                ex_prof_end(e, PROF_RECOMPUTE, gp->g.s[rin].op, t0);
+            }
+            pieces_forward(e, w, gp->piece_begin, gp->piece_end - 1, PHASE_BWD, 1, 0.0f);
+            si = gp->piece_begin;
             continue;
         }
         double t0 = ex_prof_begin(e);

@@ -219,6 +219,55 @@ static void explain_plan(const plan_t *p, const config_t *cfg, FILE *out) {
 
 /* The SAC section: each tensor's decision, tier and costs; offload, tiles
  * and the lean layers. */
+
+/* A time of the layer timeline (memplan.c) in words. */
+static void timeline_label(const graph_plan_t *gp, char *buf, size_t len) {
+    const int s = gp->ws_peak_step;
+    const char *label = gp->g.s[s].label;
+    switch (gp->ws_peak_phase) {
+    case WS_AT_FWD: snprintf(buf, len, "forward of step %d (%s)", s, label); break;
+    case WS_AT_OFFLOAD: snprintf(buf, len, "offload copy"); break;
+    case WS_AT_RELOAD: snprintf(buf, len, "reload"); break;
+    case WS_AT_RECOMP: snprintf(buf, len, "recompute of step %d (%s)", s, label); break;
+    case WS_AT_LOOP: snprintf(buf, len, "rebuild of step %d (%s) in the backward's piece loop", s, label); break;
+    default: snprintf(buf, len, "backward of step %d (%s)", s, label); break;
+    }
+}
+
+/* Attention in pieces: the region, the bytes of one piece, the workspace's peak. */
+static void explain_pieces(const plan_t *p, const graph_plan_t *gp, const char *who, FILE *out) {
+    char b1[32], b2[32], b3[32], when[160];
+    timeline_label(gp, when, sizeof when);
+    if (gp->pieces > 1) {
+        double piece = 0;   /* one piece's buffers: the piece-sized instances and every pieced gradient */
+        for (int t = 0; t < gp->g.nt; t++) {
+            const tensor_plan_t *tp = &gp->t[t];
+            if (!tp->pieced) continue;
+            double one = (double)tp->bytes / gp->pieces;
+            if (tp->piece_buf) piece += one;
+            if (gp->g.t[t].dtype == TENSOR_ACT) piece += one;
+        }
+        const graph_step_t *att = NULL;
+        for (int s = gp->piece_begin; s <= gp->piece_end; s++)
+            if (gp->g.s[s].op == OP_ATTENTION) att = &gp->g.s[s];
+        fprintf(out, "  %sattention in %d pieces: steps %d-%d (%s .. %s) run once per group of %lld KV heads (%lld "
+                     "query heads) per rank, forward, recompute and backward%s; one piece's tensors and gradients "
+                     "%s, attention scratch %s\n",
+                who, gp->pieces, gp->piece_begin, gp->piece_end, gp->g.s[gp->piece_begin].label,
+                gp->g.s[gp->piece_end].label, (long long)(p->kv_heads_local / gp->pieces),
+                (long long)(att ? att->heads / gp->pieces : 0),
+                !plan_piece_prepass(gp) ? ""
+                : p->attn_pieces_lean ? " (rebuilt before the backward for o_proj's output, and lean: again per "
+                                        "piece in the backward's loop, attention included)"
+                                      : " (rebuilt before the backward for o_proj's output, attention's outputs "
+                                        "kept whole from there; the backward's loop rebuilds the projections "
+                                        "only)",
+                fmtb(b1, sizeof b1, piece), fmtb(b2, sizeof b2, (double)gp->attn_scratch_bytes));
+    }
+    fprintf(out, "  %sworkspace peak: %s live at the %s; %s laid out\n", who,
+            fmtb(b3, sizeof b3, (double)gp->ws_live_peak), when, fmtb(b1, sizeof b1, (double)gp->workspace_bytes));
+}
+
 static void explain_sac(const plan_t *p, const config_t *cfg, FILE *out) {
     const model_t *m = p->model;
     char b1[32], b2[32], b3[32];
@@ -281,6 +330,8 @@ static void explain_sac(const plan_t *p, const config_t *cfg, FILE *out) {
                 k ? "lean layers: " : "", tp->tile_begin, tp->tile_end, tp->g.s[tp->tile_begin].label,
                 tp->g.s[tp->tile_end].label, (long long)tiles, (long long)tp->tile_rows);
     }
+    for (int k = 0; k < 2; k++)
+        if (tps[k]) explain_pieces(p, tps[k], k ? "lean layers: " : "", out);
     if (mixed) {
         const graph_plan_t *lp = &p->layer_lean;
         double rc = sac_graph_recompute_flops(p, lp);

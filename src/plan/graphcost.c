@@ -95,10 +95,36 @@ double sac_recompute_step_flops(const plan_t *p, const graph_plan_t *gp, int s) 
     return rebuild_flops(p, &gp->g, s, plan_recompute_norm_only(gp, s));
 }
 
+int plan_piece_loop_rebuilds(const graph_plan_t *gp, int si) {
+    if (gp->pieces <= 1 || si < gp->piece_begin || si >= gp->piece_end || !gp->recompute_step[si]) return 0;
+    for (int o = 0; o < gp->g.s[si].nout; o++)
+        if (gp->t[gp->g.s[si].out[o]].piece_buf) return 1;
+    return 0;
+}
+
+int plan_piece_input_rebuild(const graph_plan_t *gp) {
+    const graph_t *g = &gp->g;
+    if (gp->pieces <= 1 || !gp->recompute_step[gp->piece_end]) return -1;
+    const int rin = g->s[gp->piece_begin].in[0], prod = sac_producer(g, rin);
+    if (prod < 0 || rin == g->input || gp->t[rin].keep != KEEP_RECOMPUTE || !gp->recompute_step[prod]) return -1;
+    if (g->s[prod].nout != 1 || plan_recompute_norm_only(gp, prod)) return -1;
+    for (int s = 0; s < g->ns; s++)
+        for (int i = 0; i < g->s[s].nin; i++)
+            if (g->s[s].in[i] == rin && (s < gp->piece_begin || s > gp->piece_end)) return -1;
+    return prod;
+}
+
 double sac_graph_recompute_flops(const plan_t *p, const graph_plan_t *gp) {
     double rc = 0;
     for (int s = 0; s < gp->g.ns; s++)
         if (gp->recompute_step[s]) rc += sac_recompute_step_flops(p, gp, s);
+    /* a pieced region rebuilt before the backward (for o_proj's output) has
+     * its cheap steps rebuilt again piece by piece inside the backward's loop */
+    if (gp->pieces > 1 && gp->recompute_step[gp->piece_end])
+        for (int s = gp->piece_begin; s < gp->piece_end; s++)
+            if (plan_piece_loop_rebuilds(gp, s)) rc += sac_recompute_step_flops(p, gp, s);
+    const int rin = plan_piece_input_rebuild(gp);
+    if (rin >= 0) rc += sac_recompute_step_flops(p, gp, rin);
     return rc;
 }
 

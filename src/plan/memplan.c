@@ -86,11 +86,19 @@ static int recompute_reads(const graph_plan_t *gp, int s, int t) {
     return 0;
 }
 
+static int step_reads(const graph_step_t *st, int t) {
+    for (int i = 0; i < st->nin; i++)
+        if (st->in[i] == t) return 1;
+    return 0;
+}
+
 int plan_grad_in_place(const graph_plan_t *gp, int t) {
     const graph_t *g = &gp->g;
     const keep_t k = gp->t[t].keep;
     if (t == g->input || t == g->output || g->t[t].dtype != TENSOR_ACT) return 0;
     if (k != KEEP_RECOMPUTE && k != KEEP_OFFLOAD) return 0;
+    /* every piece reads the region's input again: its gradient needs its own buffer */
+    if (gp->pieces > 1 && gp->piece_begin >= 0 && step_reads(&g->s[gp->piece_begin], t)) return 0;
     int reader = -1;
     for (int s = 0; s < g->ns; s++)
         for (int i = 0; i < g->s[s].nin; i++)
@@ -136,6 +144,9 @@ void plan_tile_region(const plan_t *p, graph_plan_t *gp) {
             rows = p->mlp_tile_tokens;
         } else {
             int64_t tiles = (g->t[gu].width + g->t[x].width - 1) / g->t[x].width;
+            /* with attention in pieces memory is tight: tiles an eighth of that (at S = 1M
+             * still 18K-token GEMMs) */
+            if (p->attn_pieces > 1) tiles *= 8;
             rows = (n + tiles - 1) / tiles;
             if (rows < 4096) rows = 4096;
         }
@@ -157,25 +168,218 @@ static int step_touches(const graph_step_t *st, int t) {
     return 0;
 }
 
-void memplan_graph(const plan_t *p, graph_plan_t *gp) {
+int plan_pieces_valid(const plan_t *p, int G) {
+    if (G == 1) return 1;
+    return G > 1 && p->kv_replication == 1 && p->kv_heads_local % G == 0;
+}
+
+int plan_in_pieces(const graph_plan_t *gp, int si) {
+    return gp->pieces > 1 && si >= gp->piece_begin && si <= gp->piece_end;
+}
+
+int plan_piece_prepass(const graph_plan_t *gp) {
+    return gp->pieces > 1 && gp->recompute_step[gp->piece_end];
+}
+
+void plan_piece_region(const plan_t *p, graph_plan_t *gp) {
     const graph_t *g = &gp->g;
-    const int ns = g->ns;
-    plan_tile_region(p, gp);
-    const int tb = gp->tile_begin, te = gp->tile_end;
-#define IN_TILES(s) (gp->tile_rows && (s) >= tb && (s) <= te)
-    /* the layer timeline: forward steps, offload copy, reload, recompute
-     * steps in order, backward steps in reverse */
-#define T_FWD(s) (s)
-#define T_OFFLOAD (ns)
-#define T_RELOAD (ns + 1)
-#define T_RECOMP(s) (ns + 2 + (s))
-#define T_BWD(s) (2 * ns + 2 + (ns - 1 - (s)))
-    int prod[GRAPH_MAX_TENSORS];
-    for (int t = 0; t < g->nt; t++) {
-        prod[t] = sac_producer(g, t);
-        tensor_plan_t *tp = &gp->t[t];
-        tp->saved_off = tp->fwd_off = tp->bwd_off = tp->grad_off = PLAN_NO_OFFSET;
+    gp->pieces = 1;
+    gp->piece_begin = gp->piece_end = -1;
+    for (int t = 0; t < g->nt; t++) gp->t[t].pieced = gp->t[t].piece_buf = 0;
+    const int G = p->attn_pieces;
+    if (G <= 1 || !plan_pieces_valid(p, G)) return;
+    int rope = -1, att = -1, oproj = -1;
+    for (int s = 0; s < g->ns; s++) {
+        if (g->s[s].op == OP_ROPE_SPLIT) rope = s;
+        if (g->s[s].op == OP_ATTENTION) att = s;
+        if (g->s[s].op == OP_MATMUL && g->s[s].param == LP_O) oproj = s;
     }
+    if (rope < 0 || att < 0 || oproj < att) return;
+    const int qkv = sac_producer(g, g->s[rope].in[0]);
+    if (qkv < 0 || g->s[qkv].op != OP_MATMUL || g->s[qkv].param != LP_QKV) return;
+    /* what the region makes is read inside it only: each piece is complete on its own */
+    for (int s = qkv; s < oproj; s++)
+        for (int o = 0; o < g->s[s].nout; o++)
+            for (int r = 0; r < g->ns; r++)
+                if ((r < qkv || r > oproj) && step_touches(&g->s[r], g->s[s].out[o])) return;
+    gp->pieces = G;
+    gp->piece_begin = qkv;
+    gp->piece_end = oproj;
+    /* rebuilt before the backward (for o_proj's output), attention's outputs stay
+     * whole from there to their backward, so the piece loop rebuilds only the
+     * cheap steps; or, lean, a piece at a time, and the loop rebuilds attention
+     * again (plan_compile tries both) */
+    const int prepass = gp->recompute_step[oproj] && !p->attn_pieces_lean;
+    for (int s = qkv; s < oproj; s++)
+        for (int o = 0; o < g->s[s].nout; o++) {
+            tensor_plan_t *tp = &gp->t[g->s[s].out[o]];
+            tp->pieced = 1;
+            tp->piece_buf = tp->keep != KEEP_SAVE && tp->keep != KEEP_OFFLOAD && !(prepass && g->s[s].op == OP_ATTENTION);
+        }
+}
+
+/* The layer timeline: forward steps, offload copy, reload, recompute steps
+ * in order, backward steps in reverse; with a pieced region, its backward's
+ * loop holds a piece's rebuild (steps piece_begin .. piece_end - 1, in
+ * order) before the region's backward steps. One piece's buffers live
+ * within one pass of that loop (or of the region's forward, or of its
+ * rebuild before the backward): every piece takes the same times. */
+typedef struct {
+    const plan_t *p;
+    const graph_plan_t *gp;
+    int ns, tb, te, pb, pe, prepass;
+    int rin_step;       /* plan_piece_input_rebuild */
+} timeline_t;
+
+static int T_FWD(const timeline_t *tl, int s) { (void)tl; return s; }
+static int T_OFFLOAD(const timeline_t *tl) { return tl->ns; }
+static int T_RELOAD(const timeline_t *tl) { return tl->ns + 1; }
+static int T_RECOMP(const timeline_t *tl, int s) { return tl->ns + 2 + s; }
+/* the loop's first slot rebuilds the region's input (plan_piece_input_rebuild) */
+static int loop_slots(const timeline_t *tl) { return tl->gp->pieces > 1 ? tl->pe - tl->pb + 1 : 0; }
+static int T_BWD(const timeline_t *tl, int s) {
+    return 2 * tl->ns + 2 + (tl->ns - 1 - s) + (s <= tl->pe ? loop_slots(tl) : 0);
+}
+static int T_LOOP(const timeline_t *tl, int s) { return 2 * tl->ns + 2 + (tl->ns - 1 - tl->pe) + 1 + (s - tl->pb); }
+static int T_LOOP_IN(const timeline_t *tl) { return T_LOOP(tl, tl->pb) - 1; }
+static int in_tiles(const timeline_t *tl, int s) { return tl->gp->tile_rows && s >= tl->tb && s <= tl->te; }
+
+/* When the backward rebuilds step s's outputs, and when a recompute of s
+ * reads its inputs: a tiled region's or a pieced region's steps are rebuilt
+ * inside the backward's tile or piece loop (a pieced region with a prepass
+ * also before the backward: from there on). */
+static int rebuild_start(const timeline_t *tl, int s) {
+    if (s == tl->rin_step) return T_LOOP_IN(tl);
+    if (in_tiles(tl, s)) return T_BWD(tl, tl->te);
+    if (plan_piece_loop_rebuilds(tl->gp, s)) return T_LOOP(tl, s);
+    return T_RECOMP(tl, s);
+}
+static int rebuild_read(const timeline_t *tl, int s) {
+    if (in_tiles(tl, s)) return T_BWD(tl, tl->tb);
+    if (plan_piece_loop_rebuilds(tl->gp, s)) return T_LOOP(tl, s);
+    return T_RECOMP(tl, s);
+}
+
+/* 1 for a buffer that holds one piece and lives within one pass of a piece
+ * loop: a piece-sized instance, or a pieced tensor's gradient. */
+static int piece_local(const graph_plan_t *gp, const wbuf_t *b) {
+    if (b->kind >= WS_SCRATCH_FWD || gp->pieces <= 1) return 0;
+    return b->kind == WS_GRAD ? gp->t[b->t].pieced : gp->t[b->t].piece_buf;
+}
+
+/* attention's scratch, at each time the step runs (t is the step here); in a
+ * pieced region for the piece's heads, its rebuild in the piece loop in a
+ * buffer of its own */
+static int scratch_bufs(const timeline_t *tl, graph_plan_t *gp, wbuf_t *b) {
+    const plan_t *p = tl->p;
+    const graph_t *g = &gp->g;
+    int nb = 0;
+    gp->attn_scratch_bytes = 0;
+    for (int k = 0; k < 4; k++) gp->attn_scratch_off[k] = PLAN_NO_OFFSET;
+    for (int s = 0; s < tl->ns && p->target.attention_scratch_bytes; s++) {
+        const graph_step_t *st = &g->s[s];
+        if (st->op != OP_ATTENTION) continue;
+        const int G = gp->pieces > 1 ? gp->pieces : 1;
+        op_shapes_t sh;
+        memset(&sh, 0, sizeof sh);
+        sh.rows = p->seq_local;
+        sh.attn_rows = g->t[st->in[0]].rows == ROWS_GLOBAL ? p->seq_pad : p->seq_local;
+        sh.hq = st->heads / G;
+        sh.hkv = st->kv_heads / G;
+        sh.hd = st->head_dim;
+        sh.documents = p->documents;
+        size_t a = p->target.attention_scratch_bytes(&sh);
+        if (!a) break;
+        gp->attn_scratch_bytes = a;
+        b[nb++] = (wbuf_t){s, WS_SCRATCH_FWD, T_FWD(tl, s), T_FWD(tl, s), a, 0};
+        if (gp->recompute_step[s] && (G == 1 || tl->prepass))
+            b[nb++] = (wbuf_t){s, WS_SCRATCH_RECOMP, T_RECOMP(tl, s), T_RECOMP(tl, s), a, 0};
+        if (plan_piece_loop_rebuilds(gp, s))
+            b[nb++] = (wbuf_t){s, WS_SCRATCH_LOOP, T_LOOP(tl, s), T_LOOP(tl, s), a, 0};
+        b[nb++] = (wbuf_t){s, WS_SCRATCH_BWD, T_BWD(tl, s), T_BWD(tl, s), a, 0};
+        break;  /* one attention step per graph */
+    }
+    return nb;
+}
+
+/* The forward, backward and gradient instances of tensor t. */
+static int tensor_bufs(const timeline_t *tl, int t, const int *prod, wbuf_t *b) {
+    const graph_plan_t *gp = tl->gp;
+    const graph_t *g = &gp->g;
+    const tensor_plan_t *tp = &gp->t[t];
+    const int ns = tl->ns;
+    int nb = 0;
+    /* a tiled intermediate's buffers hold one tile, a pieced one's one piece */
+    size_t bytes = tp->tiled ? tp->bytes / (size_t)tl->p->seq_local * (size_t)gp->tile_rows : tp->bytes;
+    if (tp->piece_buf) bytes = tp->bytes / (size_t)gp->pieces;
+    const size_t gbytes = tp->pieced ? tp->bytes / (size_t)gp->pieces : bytes;
+    /* forward instance: producer to last forward reader (or the offload copy) */
+    if (tp->keep != KEEP_SAVE) {
+        int st = T_FWD(tl, prod[t]), en = st;
+        for (int s = 0; s < ns; s++)
+            for (int i = 0; i < g->s[s].nin; i++)
+                if (g->s[s].in[i] == t) en = imax(en, T_FWD(tl, s));
+        if (tp->keep == KEEP_OFFLOAD) en = imax(en, T_OFFLOAD(tl));
+        b[nb++] = (wbuf_t){t, WS_FWD, st, en, bytes, 0};
+    }
+    /* backward instance: reload or recompute to its last recompute/backward reader;
+     * with an in-place gradient, on to the producer's backward */
+    const int in_place = plan_grad_in_place(gp, t);
+    if (tp->keep == KEEP_RECOMPUTE || tp->keep == KEEP_OFFLOAD ||
+        (tp->keep != KEEP_SAVE && gp->recompute_step[prod[t]])) {
+        int st = tp->keep == KEEP_OFFLOAD ? T_RELOAD(tl) : rebuild_start(tl, prod[t]);
+        int en = st;
+        for (int s = 0; s < ns; s++) {
+            if (gp->recompute_step[s] && recompute_reads(gp, s, t)) en = imax(en, rebuild_read(tl, s));
+            if (sac_bwd_reads(&g->s[s], t)) en = imax(en, T_BWD(tl, s));
+        }
+        if (in_place) en = imax(en, T_BWD(tl, prod[t]));
+        /* a piece rebuilt before the backward has a buffer of its own there: the
+         * backward's piece loop rebuilds every piece again in its own */
+        if ((tp->piece_buf && tl->prepass && tp->keep != KEEP_OFFLOAD) || (tl->rin_step >= 0 && prod[t] == tl->rin_step)) {
+            int pe_ = T_RECOMP(tl, prod[t]);
+            for (int s = tl->pb; s <= tl->pe; s++)
+                if (gp->recompute_step[s] && recompute_reads(gp, s, t)) pe_ = imax(pe_, T_RECOMP(tl, s));
+            b[nb++] = (wbuf_t){t, WS_PRE, T_RECOMP(tl, prod[t]), pe_, bytes, 0};
+        }
+        b[nb++] = (wbuf_t){t, WS_BWD, st, en, bytes, 0};
+    }
+    /* gradient: first backward writer (the last consumer) to the producer's backward */
+    if (g->t[t].dtype == TENSOR_ACT && !in_place && !tp->grad_is_output && !tp->grad_is_input) {
+        int last = -1;
+        for (int s = 0; s < ns; s++)
+            for (int i = 0; i < g->s[s].nin; i++)
+                if (g->s[s].in[i] == t) last = s;
+        if (last >= 0) {
+            /* LMHEAD_LOSS writes its input's gradient in its forward */
+            int st = g->s[last].op == OP_LMHEAD_LOSS ? T_FWD(tl, last) : T_BWD(tl, last);
+            b[nb++] = (wbuf_t){t, WS_GRAD, st, T_BWD(tl, prod[t]), gbytes, 0};
+        }
+    }
+    return nb;
+}
+
+/* A region's steps interleave tile by tile (piece by piece): every buffer of
+ * a tensor they touch that is live at some point of one of the region's
+ * windows (its forward, its backward, a prepass) stays live through all of it. */
+static void extend_region(const graph_plan_t *gp, wbuf_t *b, int nb, int first, int last, const int (*win)[2],
+                          int nwin) {
+    const graph_t *g = &gp->g;
+    for (int i = 0; i < nb; i++) {
+        if (b[i].kind >= WS_SCRATCH_FWD || piece_local(gp, &b[i])) continue;
+        int touched = 0;
+        for (int s = first; s <= last; s++) touched |= step_touches(&g->s[s], b[i].t);
+        if (!touched) continue;
+        for (int k = 0; k < nwin; k++)
+            if (b[i].start <= win[k][1] && win[k][0] <= b[i].end) {
+                if (win[k][0] < b[i].start) b[i].start = win[k][0];
+                if (win[k][1] > b[i].end) b[i].end = win[k][1];
+            }
+    }
+}
+
+static void saved_layout(const plan_t *p, graph_plan_t *gp) {
+    const graph_t *g = &gp->g;
     size_t so = 0, ho = 0;
     if (g->input >= 0) {
         gp->t[g->input].keep = KEEP_SAVE;
@@ -196,96 +400,93 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
     }
     gp->saved_bytes = so;
     gp->offload_bytes = ho;
+}
 
-    wbuf_t b[GRAPH_MAX_TENSORS * 3 + 3];
-    int nb = 0;
-    /* attention's scratch, at each time the step runs (t is the step here) */
-    gp->attn_scratch_bytes = 0;
-    for (int k = 0; k < 3; k++) gp->attn_scratch_off[k] = PLAN_NO_OFFSET;
-    for (int s = 0; s < ns && p->target.attention_scratch_bytes; s++) {
+/* The most bytes live at one time, and when (graph_plan_t.ws_peak_*). */
+static void live_peak(const timeline_t *tl, graph_plan_t *gp, const wbuf_t *b, int nb) {
+    gp->ws_live_peak = 0;
+    gp->ws_peak_phase = WS_AT_FWD;
+    gp->ws_peak_step = 0;
+    for (int t = 0; t <= T_BWD(tl, 0); t++) {
+        size_t live = 0;
+        for (int i = 0; i < nb; i++)
+            if (b[i].start <= t && t <= b[i].end) live += asp_align_up(b[i].bytes, PLAN_ALIGN);
+        if (live <= gp->ws_live_peak) continue;
+        gp->ws_live_peak = live;
+        for (int s = 0; s < tl->ns; s++) {
+            if (t == T_FWD(tl, s)) gp->ws_peak_phase = WS_AT_FWD, gp->ws_peak_step = s;
+            if (t == T_RECOMP(tl, s)) gp->ws_peak_phase = WS_AT_RECOMP, gp->ws_peak_step = s;
+            if (t == T_BWD(tl, s)) gp->ws_peak_phase = WS_AT_BWD, gp->ws_peak_step = s;
+            if (plan_in_pieces(gp, s) && s < tl->pe && t == T_LOOP(tl, s))
+                gp->ws_peak_phase = WS_AT_LOOP, gp->ws_peak_step = s;
+        }
+        if (gp->pieces > 1 && t == T_LOOP_IN(tl)) gp->ws_peak_phase = WS_AT_LOOP, gp->ws_peak_step = tl->pb;
+        if (t == T_OFFLOAD(tl)) gp->ws_peak_phase = WS_AT_OFFLOAD;
+        if (t == T_RELOAD(tl)) gp->ws_peak_phase = WS_AT_RELOAD;
+    }
+}
+
+/* In a pieced plan (memory is tight) the addends of the residual add that
+ * makes the graph output, read by nothing else, take the output's gradient
+ * as theirs (the add's backward would copy it), and attn_out the input's
+ * (grad_is_input): at long S three [S, d] buffers fewer. */
+static void grads_of_output(graph_plan_t *gp) {
+    const graph_t *g = &gp->g;
+    for (int t = 0; t < g->nt; t++) gp->t[t].grad_is_output = gp->t[t].grad_is_input = 0;
+    if (gp->pieces <= 1) return;
+    /* the fused residual + norm that the graph input enters: its backward writes the
+     * input's gradient first and the same values as the other addend's */
+    for (int s = 0; s < g->ns; s++) {
         const graph_step_t *st = &g->s[s];
-        if (st->op != OP_ATTENTION) continue;
-        op_shapes_t sh;
-        memset(&sh, 0, sizeof sh);
-        sh.rows = p->seq_local;
-        sh.attn_rows = g->t[st->in[0]].rows == ROWS_GLOBAL ? p->seq_pad : p->seq_local;
-        sh.hq = st->heads;
-        sh.hkv = st->kv_heads;
-        sh.hd = st->head_dim;
-        sh.documents = p->documents;
-        size_t a = p->target.attention_scratch_bytes(&sh);
-        if (!a) break;
-        gp->attn_scratch_bytes = a;
-        b[nb++] = (wbuf_t){s, WS_SCRATCH_FWD, T_FWD(s), T_FWD(s), a, 0};
-        if (gp->recompute_step[s]) b[nb++] = (wbuf_t){s, WS_SCRATCH_RECOMP, T_RECOMP(s), T_RECOMP(s), a, 0};
-        b[nb++] = (wbuf_t){s, WS_SCRATCH_BWD, T_BWD(s), T_BWD(s), a, 0};
-        break;  /* one attention step per graph */
+        if (st->op != OP_ADD_RMSNORM || st->in[0] != g->input || !gp->grad_first[s][0]) continue;
+        const int b = st->in[1], pb = sac_producer(g, b);
+        if (b == g->input || consumers(g, b) != 1 || pb < 0 || g->t[b].packed) continue;
+        int ok = 1;   /* b's gradient is read by its producer's backward: before any other input write */
+        for (int r = 0; r < g->ns; r++)
+            for (int i = 0; i < g->s[r].nin; i++)
+                if (g->s[r].in[i] == g->input && r != s && r >= pb) ok = 0;
+        gp->t[b].grad_is_input = ok;
     }
+    for (int s = 0; s < g->ns; s++) {
+        if (g->s[s].op != OP_ADD || g->s[s].out[0] != g->output) continue;
+        for (int i = 0; i < g->s[s].nin; i++) {
+            int t = g->s[s].in[i];
+            if (t != g->input && consumers(g, t) == 1 && g->t[t].dtype == TENSOR_ACT && !g->t[t].packed)
+                gp->t[t].grad_is_output = 1;
+        }
+    }
+}
+
+void memplan_graph(const plan_t *p, graph_plan_t *gp) {
+    const graph_t *g = &gp->g;
+    const int ns = g->ns;
+    plan_tile_region(p, gp);
+    plan_piece_region(p, gp);
+    grads_of_output(gp);
+    const timeline_t tl = {p, gp, ns, gp->tile_begin, gp->tile_end, gp->piece_begin, gp->piece_end,
+                           plan_piece_prepass(gp), plan_piece_input_rebuild(gp)};
+    int prod[GRAPH_MAX_TENSORS];
     for (int t = 0; t < g->nt; t++) {
-        const tensor_plan_t *tp = &gp->t[t];
-        if (t == g->input || t == g->output || prod[t] < 0) continue;
-        /* a tiled intermediate's buffers hold one tile */
-        const size_t bytes = tp->tiled ? tp->bytes / (size_t)p->seq_local * (size_t)gp->tile_rows : tp->bytes;
-        /* forward instance: producer to last forward reader (or the offload copy) */
-        if (tp->keep != KEEP_SAVE) {
-            int st = T_FWD(prod[t]), en = st;
-            for (int s = 0; s < ns; s++)
-                for (int i = 0; i < g->s[s].nin; i++)
-                    if (g->s[s].in[i] == t) en = imax(en, T_FWD(s));
-            if (tp->keep == KEEP_OFFLOAD) en = imax(en, T_OFFLOAD);
-            b[nb++] = (wbuf_t){t, WS_FWD, st, en, bytes, 0};
-        }
-        /* backward instance: reload or recompute to its last recompute/backward reader;
-         * with an in-place gradient, on to the producer's backward */
-        const int in_place = plan_grad_in_place(gp, t);
-        if (tp->keep == KEEP_RECOMPUTE || tp->keep == KEEP_OFFLOAD ||
-            (tp->keep != KEEP_SAVE && gp->recompute_step[prod[t]])) {
-            /* a tiled region's steps are rebuilt inside its backward's tile loop */
-            int st = tp->keep == KEEP_OFFLOAD ? T_RELOAD : IN_TILES(prod[t]) ? T_BWD(te) : T_RECOMP(prod[t]);
-            int en = st;
-            for (int s = 0; s < ns; s++) {
-                if (gp->recompute_step[s] && recompute_reads(gp, s, t)) en = imax(en, IN_TILES(s) ? T_BWD(tb) : T_RECOMP(s));
-                if (sac_bwd_reads(&g->s[s], t)) en = imax(en, T_BWD(s));
-            }
-            if (in_place) en = imax(en, T_BWD(prod[t]));
-            b[nb++] = (wbuf_t){t, WS_BWD, st, en, bytes, 0};
-        }
-        /* gradient: first backward writer (the last consumer) to the producer's backward */
-        if (g->t[t].dtype == TENSOR_ACT && !in_place) {
-            int last = -1;
-            for (int s = 0; s < ns; s++)
-                for (int i = 0; i < g->s[s].nin; i++)
-                    if (g->s[s].in[i] == t) last = s;
-            if (last >= 0) {
-                /* LMHEAD_LOSS writes its input's gradient in its forward */
-                int st = g->s[last].op == OP_LMHEAD_LOSS ? T_FWD(last) : T_BWD(last);
-                b[nb++] = (wbuf_t){t, WS_GRAD, st, T_BWD(prod[t]), bytes, 0};
-            }
-        }
+        prod[t] = sac_producer(g, t);
+        tensor_plan_t *tp = &gp->t[t];
+        tp->saved_off = tp->fwd_off = tp->bwd_off = tp->grad_off = tp->pre_off = PLAN_NO_OFFSET;
     }
-    /* The tiled region's steps interleave tile by tile: every buffer of a
-     * tensor they touch that is live at some point of the region's forward
-     * (or backward) stays live through all of it. */
-    if (gp->tile_rows)
-        for (int i = 0; i < nb; i++) {
-            if (b[i].kind >= WS_SCRATCH_FWD) continue;
-            int touched = 0;
-            for (int s = tb; s <= te; s++) touched |= step_touches(&g->s[s], b[i].t);
-            if (!touched) continue;
-            const int win[2][2] = {{T_FWD(tb), T_FWD(te)}, {T_BWD(te), T_BWD(tb)}};
-            for (int k = 0; k < 2; k++)
-                if (b[i].start <= win[k][1] && win[k][0] <= b[i].end) {
-                    if (win[k][0] < b[i].start) b[i].start = win[k][0];
-                    if (win[k][1] > b[i].end) b[i].end = win[k][1];
-                }
-        }
-#undef T_FWD
-#undef T_OFFLOAD
-#undef T_RELOAD
-#undef T_RECOMP
-#undef T_BWD
-#undef IN_TILES
+    saved_layout(p, gp);
+    wbuf_t b[GRAPH_MAX_TENSORS * 3 + 3];
+    int nb = scratch_bufs(&tl, gp, b);
+    for (int t = 0; t < g->nt; t++)
+        if (t != g->input && t != g->output && prod[t] >= 0) nb += tensor_bufs(&tl, t, prod, b + nb);
+    if (gp->tile_rows) {
+        const int win[2][2] = {{T_FWD(&tl, tl.tb), T_FWD(&tl, tl.te)}, {T_BWD(&tl, tl.te), T_BWD(&tl, tl.tb)}};
+        extend_region(gp, b, nb, tl.tb, tl.te, win, 2);
+    }
+    if (gp->pieces > 1) {
+        const int win[3][2] = {{T_FWD(&tl, tl.pb), T_FWD(&tl, tl.pe)}, {T_LOOP(&tl, tl.pb), T_BWD(&tl, tl.pb)},
+                               {T_RECOMP(&tl, tl.pb), T_RECOMP(&tl, tl.pe)}};
+        extend_region(gp, b, nb, tl.pb, tl.pe, win, tl.prepass ? 3 : 2);
+    }
     gp->workspace_bytes = pack(b, nb);
+    live_peak(&tl, gp, b, nb);
     for (int i = 0; i < nb; i++) {
         if (b[i].kind >= WS_SCRATCH_FWD) {
             gp->attn_scratch_off[b[i].kind - WS_SCRATCH_FWD] = b[i].off;
@@ -293,6 +494,7 @@ void memplan_graph(const plan_t *p, graph_plan_t *gp) {
         }
         tensor_plan_t *tp = &gp->t[b[i].t];
         if (b[i].kind == WS_FWD) tp->fwd_off = b[i].off;
+        else if (b[i].kind == WS_PRE) tp->pre_off = b[i].off;
         else if (b[i].kind == WS_BWD) tp->bwd_off = b[i].off;
         else tp->grad_off = b[i].off;
         if (b[i].kind == WS_BWD && plan_grad_in_place(gp, b[i].t)) tp->grad_off = b[i].off;
@@ -331,6 +533,19 @@ static int64_t loss_chunk(const plan_t *p, const config_t *cfg) {
     size_t maxt = 0;
     for (int t = 0; t < p->layer.g.nt; t++)
         if (p->layer.g.t[t].dtype == TENSOR_ACT && p->layer.t[t].bytes > maxt) maxt = p->layer.t[t].bytes;
+    if (p->layer.pieces > 1) {
+        /* memory is tight (auto runs attention in pieces only then): no larger
+         * than the largest buffer the layer's workspace holds (a tiled
+         * intermediate's tile, a piece), nor one [seq_local, d] activation */
+        maxt = p->layer.t[p->layer.g.input].bytes;
+        for (int t = 0; t < p->layer.g.nt; t++) {
+            const tensor_plan_t *tp = &p->layer.t[t];
+            size_t b = tp->piece_buf ? tp->bytes / (size_t)p->layer.pieces
+                       : tp->tiled  ? tp->bytes / (size_t)p->seq_local * (size_t)p->layer.tile_rows
+                                    : 0;
+            if (p->layer.g.t[t].dtype == TENSOR_ACT && b > maxt) maxt = b;
+        }
+    }
     int64_t lc;
     if (cfg->checkpointing.loss_chunk_tokens > 0) {
         lc = cfg->checkpointing.loss_chunk_tokens < p->seq_local ? cfg->checkpointing.loss_chunk_tokens

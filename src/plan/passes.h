@@ -96,7 +96,9 @@ void memplan_regions(plan_t *p, const config_t *cfg);
 int memplan_all(plan_t *p, const config_t *cfg);
 
 /* Interval model used for workspace liveness (documented in docs/plan.md). */
-enum { WS_FWD = 0, WS_BWD, WS_GRAD, WS_SCRATCH_FWD, WS_SCRATCH_RECOMP, WS_SCRATCH_BWD };
+enum { WS_FWD = 0, WS_BWD, WS_GRAD, WS_PRE, WS_SCRATCH_FWD, WS_SCRATCH_RECOMP, WS_SCRATCH_BWD, WS_SCRATCH_LOOP };
+/* The times of the layer timeline, as graph_plan_t.ws_peak_phase names them. */
+enum { WS_AT_FWD = 0, WS_AT_OFFLOAD, WS_AT_RELOAD, WS_AT_RECOMP, WS_AT_LOOP, WS_AT_BWD };
 
 const char *plan_policy_name(sac_policy_t s);
 

@@ -72,6 +72,21 @@ static double layers_recompute_flops(const plan_t *p) {
  * next forward waits for, and exposed communication. */
 static double placement_cost_s(const plan_t *p) { return plan_predicted_overhead_s(p, plan_cost_profile(p)); }
 
+/* What running attention in G > 1 pieces costs a step beyond its FLOPs, in
+ * seconds per rank: each extra piece launches the region's steps again in
+ * the forward, the recompute and the backward (about 10 us each, with the
+ * smaller GEMMs' lower efficiency folded in), in every layer and micro-step.
+ * Small against any recompute of attention, so auto takes G = 1 when that
+ * fits and keeps attention, and otherwise the fewest pieces that do best. */
+#define PIECE_STEP_S 10e-6
+static double piece_cost_s(const plan_t *p) {
+    if (p->attn_pieces <= 1) return 0;
+    const graph_plan_t *gp = &p->layer;
+    int steps = gp->pieces > 1 ? gp->piece_end - gp->piece_begin + 1 : 0;
+    return (double)(p->attn_pieces - 1) * (double)steps * 3.0 * PIECE_STEP_S * (double)p->model->L *
+           (double)p->micro_steps;
+}
+
 static void set_placement(plan_t *p, const config_t *cfg, const placement_t *pl) {
     p->zero_stage = pl->stage;
     p->optim_offload = pl->offload;
@@ -80,32 +95,77 @@ static void set_placement(plan_t *p, const config_t *cfg, const placement_t *pl)
     p->zero_auto = cfg->parallel.zero_stage < 0 || cfg->optimizer.offload < 0 || cfg->optimizer.offload_params < 0;
 }
 
+/* The piece counts compile_at tries (attention in KV-head groups): the
+ * configured one, refused when it does not divide the KV heads per rank;
+ * for auto 1 and then every count that does, ascending. */
+static int piece_counts(const plan_t *p, const config_t *cfg, int *out, char *err, size_t errlen) {
+    const int want = cfg->checkpointing.attention_pieces;
+    if (want > 0) {
+        if (plan_pieces_valid(p, want)) {
+            out[0] = want;
+            return 1;
+        }
+        char valid[128] = "1";
+        for (int G = 2; G <= p->kv_heads_local && strlen(valid) + 8 < sizeof valid; G++)
+            if (plan_pieces_valid(p, G)) snprintf(valid + strlen(valid), sizeof valid - strlen(valid), ", %d", G);
+        asp_errf(err, errlen,
+                 "checkpointing.attention_pieces: %d does not divide the %lld KV head%s per rank (sequence_parallel_size "
+                 "%d%s); valid counts: %s (or auto)",
+                 want, (long long)p->kv_heads_local, p->kv_heads_local == 1 ? "" : "s", p->sp,
+                 p->kv_replication > 1 ? ", KV heads replicated" : "", valid);
+        return -1;
+    }
+    int n = 0;
+    for (int G = 1; G <= p->kv_heads_local && n < 64; G++)
+        if (plan_pieces_valid(p, G)) out[n++] = G;
+    return n;
+}
+
 /* 0: compiled and fits; 1: compiled, does not fit; -1: impossible (err set).
- * With several placements to try (auto), the one that fits at the least
- * expected cost wins (placement_cost_s; within 0.1%, the earlier, lower
- * one); without a fit p is left at the last one tried. */
+ * With several placements and piece counts to try (auto), the one that fits
+ * at the least expected cost wins (placement_cost_s + piece_cost_s; within
+ * 0.1%, the earlier: lower stage, fewer pieces); more pieces are tried only
+ * while nothing fits or the best plan recomputes attention. Without a fit p
+ * is left at the last one tried. */
 static int compile_at(plan_t *p, const config_t *cfg, const model_t *m, int world, const plan_target_t *t, int sp,
                       int64_t seq_len, char *err, size_t errlen) {
     if (sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen)) return -1;
+    int gs[64];
+    int ng = piece_counts(p, cfg, gs, err, errlen);
+    if (ng < 0) return -1;
     placement_t list[PLACEMENTS_MAX];
     int n = placements(cfg, world, p->micro_steps, t, list);
-    int best = -1;
+    int best = -1, best_g = 1, best_lean = 0, best_att = 0, tried = 0;
     double best_cost = 0;
-    for (int i = 0; i < n; i++) {
-        if (i > 0 && sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen)) return -1;
-        set_placement(p, cfg, &list[i]);
-        if (!sac_pass(p, cfg)) continue;
-        double cost = placement_cost_s(p);
-        if (best < 0 || cost < best_cost * 0.999) {
-            best = i;
-            best_cost = cost;
+    /* each count G > 1 twice: attention's outputs kept whole through a rebuild
+     * before the backward (fewer FLOPs), then lean (less memory) */
+    for (int gl = 0; gl < 2 * ng && (best < 0 || best_att); gl++) {
+        const int G = gs[gl / 2], lean = gl % 2;
+        if (lean && G == 1) continue;
+        for (int i = 0; i < n; i++) {
+            if (tried++ && sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen)) return -1;
+            set_placement(p, cfg, &list[i]);
+            p->attn_pieces = G;
+            p->attn_pieces_lean = lean;
+            if (!sac_pass(p, cfg)) continue;
+            double cost = placement_cost_s(p) + piece_cost_s(p);
+            if (best < 0 || cost < best_cost * 0.999) {
+                best = i;
+                best_g = G;
+                best_lean = lean;
+                best_cost = cost;
+                best_att = plan_recomputes_attention(p);
+            }
+            if (cost == 0) break;   /* nothing to gain from a higher placement */
         }
-        if (cost == 0) break;   /* nothing to gain from a higher placement */
     }
     if (best >= 0 && (p->zero_stage != list[best].stage || p->optim_offload != list[best].offload ||
-                      p->host_grad_bytes != list[best].host_grad_bytes || p->params_offload != list[best].params)) {
+                      p->host_grad_bytes != list[best].host_grad_bytes || p->params_offload != list[best].params ||
+                      p->attn_pieces != best_g || p->attn_pieces_lean != best_lean)) {
         sp_pass(p, cfg, m, world, sp, seq_len, t, err, errlen);
         set_placement(p, cfg, &list[best]);
+        p->attn_pieces = best_g;
+        p->attn_pieces_lean = best_lean;
         sac_pass(p, cfg);
     }
     p->recompute_flops_per_step = layers_recompute_flops(p) * (double)p->micro_steps * (double)p->world;

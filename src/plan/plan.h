@@ -69,6 +69,23 @@ typedef struct {
     double recompute_flops; /* cost of rebuilding it (0 unless KEEP_RECOMPUTE) */
     size_t recompute_comm_bytes; /* all-to-all bytes a recompute moves */
     int tiled;              /* 1: an intermediate of the graph's tiled region, its buffers one tile tall */
+    /* Attention in pieces (graph_plan_t.pieces > 1): 1 for a tensor made
+     * inside the pieced region. It is stored piece-major: piece j's part is
+     * the j-th of `pieces` equal contiguous parts of its bytes (its heads
+     * j H/G .. (j+1) H/G - 1, in the layout the ops give a piece). */
+    int pieced;
+    int piece_buf;          /* 1: pieced and neither saved nor offloaded: its workspace buffers hold one piece */
+    /* 1 (pieced plans): an addend of the residual add that makes the graph
+     * output, read by nothing else: its gradient is the output's, so it has
+     * no buffer of its own (the executor reads the residual gradient) */
+    int grad_is_output;
+    /* 1 (pieced plans): the other addend of an ADD_RMSNORM whose first addend
+     * is the graph input: the fused backward writes the same gradient to
+     * both, the input's first, and every reader of this one comes before the
+     * next write to the input's gradient, so it is read there (no buffer) */
+    int grad_is_input;
+    size_t pre_off;         /* a piece_buf tensor rebuilt before the backward (plan_piece_prepass): the
+                               workspace offset of that rebuild's piece, live through it only */
 } tensor_plan_t;
 
 typedef struct {
@@ -87,12 +104,22 @@ typedef struct {
      * tile loop. tile_rows 0: no region. */
     int tile_begin, tile_end;
     int64_t tile_rows;
+    /* Attention in pieces (plan_piece_region): steps piece_begin..piece_end
+     * (the QKV projection through o_proj) run once per group of KV heads,
+     * forward, recompute and backward; pieces 1: no region. */
+    int pieces, piece_begin, piece_end;
+    /* The most workspace bytes live at one time of the layer timeline
+     * (memplan.c: forward steps, offload, reload, recompute, backward, with
+     * the pieced region's rebuild inside the backward's piece loop) and that
+     * time; workspace_bytes (the packing) is at least this. */
+    size_t ws_live_peak;
+    int ws_peak_phase, ws_peak_step;    /* WS_AT_* (passes.h) and the step, when the peak is at a step */
     /* Attention's scratch (target.attention_scratch_bytes) inside the
      * workspace, one buffer for each time the attention step runs: its
      * forward, its recompute, its backward (PLAN_NO_OFFSET where it does not
      * run); attn_scratch_bytes 0: none. */
     size_t attn_scratch_bytes;
-    size_t attn_scratch_off[3];
+    size_t attn_scratch_off[4];     /* [3]: its rebuild inside the backward's piece loop (pieced region) */
 } graph_plan_t;
 
 typedef enum {
@@ -185,6 +212,9 @@ typedef struct {
     int64_t micro_steps;    /* samples each DP rank processes per optimizer step */
     int64_t loss_chunk;     /* tokens per LM head + loss chunk */
     int64_t mlp_tile_tokens;/* checkpointing.mlp_tile_tokens (0: the plan chooses) */
+    int attn_pieces;        /* G, the KV-head groups attention runs in (1: whole; plan_compile chooses for auto) */
+    int attn_pieces_lean;   /* 1: a pieced region rebuilt before the backward keeps no attention output whole
+                               through it (the piece loop rebuilds attention again); 0: it keeps them */
     int documents;          /* 1: samples are packed documents (data.documents eos) */
     /* parameters and ZeRO: the flat parameter and gradient buffers hold the
      * model's parameters in gradient buckets (plan_bucket), each padded to a
@@ -240,6 +270,35 @@ int plan_grad_in_place(const graph_plan_t *gp, int t);
  * intermediates' tiles no larger than a [seq_local, d] activation), never
  * below 4096 tokens; no tiling when that is a single tile. */
 void plan_tile_region(const plan_t *p, graph_plan_t *gp);
+
+/* The pieced region of a graph plan (attention in KV-head groups): with
+ * p->attn_pieces = G > 1 dividing the KV heads per rank (no replication),
+ * the steps from the QKV projection to o_proj run once per group, the
+ * group's rows of W_qkv and columns of W_o; the tensors made inside
+ * (qkv, q, k, v, the head-sharded ones, o, lse) are `pieced`, and those
+ * neither saved nor offloaded hold one piece (`piece_buf`). o_proj's output
+ * and the QKV projection's input gradient add up over the pieces. Sets
+ * gp->pieces (1: none), piece_begin/end and the tensors' flags. */
+void plan_piece_region(const plan_t *p, graph_plan_t *gp);
+/* 1 when the pieced region's recompute runs before the backward too (a
+ * recompute step after the region needs o_proj's output): each piece's
+ * steps then run again in the backward's piece loop. */
+int plan_piece_prepass(const graph_plan_t *gp);
+/* The step that rebuilds the pieced region's input (xn) once more just
+ * before the backward's piece loop, or -1: with a prepass, when that input
+ * is recomputed, read only inside the region, and made by a step of one
+ * output, it is not kept from the prepass through the backward of the steps
+ * after the region (its prepass copy is a buffer of its own, pre_off). */
+int plan_piece_input_rebuild(const graph_plan_t *gp);
+/* 1 when the backward's piece loop rebuilds step si of the pieced region:
+ * a recompute step before o_proj with an output held one piece at a time
+ * (attention's outputs rebuilt before the backward are kept whole). */
+int plan_piece_loop_rebuilds(const graph_plan_t *gp, int si);
+/* 1 when gp's pieced region holds step si. */
+int plan_in_pieces(const graph_plan_t *gp, int si);
+/* 1 when G is a piece count the plan can use: G divides the KV heads per
+ * rank (1 with KV replication). */
+int plan_pieces_valid(const plan_t *p, int G);
 
 /* Whether all-to-all step si of a graph plan goes through the staging
  * buffers (a2a_send, a2a_recv) in its forward and in its backward. A tensor

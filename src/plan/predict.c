@@ -45,11 +45,11 @@ double predict_attention_s(const card_profile_t *prof, double rows, double heads
     return (rate > 0 ? flops / rate : 0) + (double)(pieces > 0 ? pieces : 1) * prof->attn_piece_s;
 }
 
-/* The calls attention runs as for step si: one call per layer today; the
- * piece count of attention in pieces (head groups, query chunks) goes here. */
+/* The calls attention runs as for step si: one per piece of attention in
+ * pieces (head groups), else one per layer. */
 static int attention_pieces(const plan_t *p, const graph_plan_t *gp, int si) {
-    (void)p, (void)gp, (void)si;
-    return 1;
+    (void)p;
+    return plan_in_pieces(gp, si) ? gp->pieces : 1;
 }
 
 /* Seconds of one step's forward or backward by kind (GEMM, attention,
@@ -149,7 +149,12 @@ static void graph_time(const plan_t *p, const graph_plan_t *gp, double doc_len, 
             t->a2a += c.a2a;
         }
         if (gp->recompute_step[si]) {
-            double rc = recompute_cost(p, gp, si, doc_len, prof, &t->a2a);
+            /* a pieced region rebuilt before the backward rebuilds its piece-held steps
+             * again in the piece loop, and the region's input before that loop */
+            int runs = 1 + (plan_piece_prepass(gp) && plan_piece_loop_rebuilds(gp, si)) +
+                       (si == plan_piece_input_rebuild(gp));
+            double rc = 0;
+            for (int r = 0; r < runs; r++) rc += recompute_cost(p, gp, si, doc_len, prof, &t->a2a);
             t->k[PRED_RECOMPUTE] += rc;
             t->bwd += rc;
         }

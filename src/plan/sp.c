@@ -185,6 +185,7 @@ int sp_pass(plan_t *p, const config_t *cfg, const model_t *m, int world, int sp,
     reset_graph_plan(&p->layer, &layer);
     p->layers_rich = (int)m->L;
     p->mlp_tile_tokens = cfg->checkpointing.mlp_tile_tokens;
+    p->attn_pieces = 1;
     p->documents = config_documents_eos(cfg);
     graph_plan_t *gps[3] = {&p->prologue, &p->layer, &p->epilogue};
     for (int i = 0; i < 3; i++)
