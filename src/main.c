@@ -19,7 +19,6 @@
 #include "plan/plan.h"
 #include "plan/predict.h"
 #include "train.h"
-#include "train_log.h"
 #include "util.h"
 
 #define MAX_SETS 256
@@ -509,8 +508,15 @@ static void announce(const plan_t *plan, const config_t *cfg, const cli_t *cli, 
 
 /* Train: one collectives table per memory kind, NCCL for GPU buffers, MPI
  * for host memory (all of the cpu backend's buffers). */
-static int train(const config_t *cfg, const plan_t *plan, const backend_t *be, ranks_t *ranks, const cli_t *cli) {
-    train_opts_t opts = {cli->dump};
+static int train(const config_t *cfg, const plan_t *plan, const backend_t *be, ranks_t *ranks, const cli_t *cli,
+                 const budget_t *b) {
+    train_opts_t opts = {.dump_path = cli->dump};
+    if (b->predict) {
+        step_prediction_t pred;
+        plan_predict(plan, &b->profile, b->doc_len, &pred);
+        opts.predicted_step_s = pred.step_s;
+        opts.predicted_card = b->profile.card;
+    }
     const coll_ops_t *coll = &coll_host;
 #ifdef HAVE_CUDA
     char err[4096];
@@ -584,12 +590,7 @@ int main(int argc, char **argv) {
     check_node_memory(&plan, &b, be, &ranks);
     if (par_set_groups(&ranks, plan.sp, err, sizeof err) != 0) usage_error(&ranks, "%s", err);
     announce(&plan, &cfg, &cli, &model, &b);
-    if (b.predict) {
-        step_prediction_t pred;
-        plan_predict(&plan, &b.profile, b.doc_len, &pred);
-        log_set_prediction(pred.step_s, b.profile.card);
-    }
-    int status = train(&cfg, &plan, be, &ranks, &cli);
+    int status = train(&cfg, &plan, be, &ranks, &cli, &b);
     be->shutdown();
     model_free(&model);
     par_finalize(&ranks);

@@ -370,6 +370,8 @@ static int run_open(run_t *run, const config_t *cfg, const plan_t *plan, const b
     run->losses = asp_calloc((size_t)cfg->train.steps, sizeof(double), "loss history");
     train_install_signals();   /* main installed them already; harmless again */
     log_init(&run->log, cfg, plan, r, be->peak_tflops ? be->peak_tflops() : 0, run->step + 1, metrics);
+    run->log.predicted_s = opts->predicted_step_s;
+    run->log.predicted_card = opts->predicted_card ? opts->predicted_card : "?";
     if (run->lead) progress_begin(cfg->train.steps, plan->micro_steps);
     if (run->lead)
         asp_info("training %lld steps: %.0f tokens per step, %d rank(s) as SP %d x DP %d, %s backend (set-up "

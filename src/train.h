@@ -9,6 +9,8 @@
 
 typedef struct {
     const char *dump_path;      /* --dump-grads: losses of every step + first-step gradient */
+    double predicted_step_s;    /* the plan's predicted step (--gpu's card profile); 0: none */
+    const char *predicted_card; /* that profile's name */
 } train_opts_t;
 
 /* Learning rate at 1-based step `step`: linear warmup from 0 to lr over

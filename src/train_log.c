@@ -34,15 +34,6 @@ void write_dump(const char *path, const double *losses, int64_t steps, const flo
     if (asp_write_atomic(path, fill_dump, &d, err, sizeof err) != 0) asp_die(ASP_EXIT_FAILURE, "%s", err);
 }
 
-static struct {
-    double step_s;
-    char card[64];
-} predicted;
-
-void log_set_prediction(double step_s, const char *card) {
-    predicted.step_s = step_s;
-    snprintf(predicted.card, sizeof predicted.card, "%s", card ? card : "?");
-}
 
 static const char *fmt_rate(char *buf, size_t len, double v) {
     if (v >= 1e6) snprintf(buf, len, "%.2fM", v / 1e6);
@@ -215,7 +206,7 @@ static void metrics_step(train_log_t *L, const step_report_t *s) {
     double tps = L->tokens_per_step / s->seconds, tflops = s->flops / s->seconds / 1e12 / L->ranks->world_size;
     double mfu = L->peak_tflops > 0 ? tflops / L->peak_tflops : 0;
     char pred[48] = "";
-    if (predicted.step_s > 0) snprintf(pred, sizeof pred, ", \"predicted_ms\": %.3f", predicted.step_s * 1e3);
+    if (L->predicted_s > 0) snprintf(pred, sizeof pred, ", \"predicted_ms\": %.3f", L->predicted_s * 1e3);
     fprintf(L->metrics,
             "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
             "\"ms\": %.3f, \"tflops\": %.4f, \"mfu\": %.4f, \"peak_gib\": %.3f, \"valid_targets\": %lld, "
@@ -255,9 +246,9 @@ void log_step(train_log_t *L, exec_t *e, const step_report_t *s) {
         L->win_steps = 0;
     }
     /* the first step also builds library plans: the first timed one is compared */
-    if (L->lead && predicted.step_s > 0 && (s->step == L->first_step + 1 || (steps == L->first_step && s->step == steps)))
-        printf("predicted step: %.3f s on the %s card profile; measured %.3f s (%+.1f%%)\n", predicted.step_s,
-               predicted.card, s->seconds, 100 * (s->seconds - predicted.step_s) / predicted.step_s);
+    if (L->lead && L->predicted_s > 0 && (s->step == L->first_step + 1 || (steps == L->first_step && s->step == steps)))
+        printf("predicted step: %.3f s on the %s card profile; measured %.3f s (%+.1f%%)\n", L->predicted_s,
+               L->predicted_card, s->seconds, 100 * (s->seconds - L->predicted_s) / L->predicted_s);
     if (L->metrics) metrics_step(L, s);
 }
 

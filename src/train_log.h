@@ -38,6 +38,8 @@ typedef struct {
     double t_start, t_timed, tokens_timed, first_loss, last_loss;
     double win_time, win_tokens, win_flops;   /* the window since the previous step line */
     int64_t win_steps, n_timed;
+    double predicted_s;         /* the plan's predicted step, 0: none (train_opts_t) */
+    const char *predicted_card;
 } train_log_t;
 
 void log_init(train_log_t *L, const config_t *cfg, const plan_t *plan, const ranks_t *r, double peak_tflops,
@@ -52,10 +54,6 @@ void log_done(const train_log_t *L, int64_t step);
 /* Close metrics.jsonl (a failure to write it ends the run). */
 void log_close(train_log_t *L);
 
-/* The plan's predicted step time (seconds, on the named card profile), set
- * before training: the first timed step prints it beside the measured one
- * and every metrics line carries it (predicted_ms). 0: no prediction. */
-void log_set_prediction(double step_s, const char *card);
 
 /* Keep the metrics lines of steps 1..upto (a resumed run rewrites the steps
  * after its checkpoint), then open the file for appending. */
