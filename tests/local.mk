@@ -38,7 +38,7 @@ TESTS += tests/test_docs_keys.sh
 EXTRA_DIST += tests/test_docs_keys.sh
 # libFuzzer harnesses and their seeds (built and run by tests/fuzz/run.sh, from
 # scripts/sanitize-check.sh in CI), and the LeakSanitizer suppressions
-EXTRA_DIST += tests/fuzz/fuzz_common.h tests/fuzz/fuzz_json.c tests/fuzz/fuzz_safetensors.c tests/fuzz/fuzz_config.c \
+EXTRA_DIST += tests/fuzz/fuzz_common.h tests/fuzz/fuzz_ckpt_setup.h tests/fuzz/fuzz_json.c tests/fuzz/fuzz_safetensors.c tests/fuzz/fuzz_config.c \
               tests/fuzz/fuzz_hf_config.c tests/fuzz/fuzz_shard.c tests/fuzz/fuzz_ckpt_state.c tests/fuzz/fuzz_ckpt_dir.c tests/fuzz/fuzz_run_folder.c tests/fuzz/run.sh \
               tests/fuzz/corpus tests/lsan.supp
 EXTRA_DIST += tests/testmodel.h

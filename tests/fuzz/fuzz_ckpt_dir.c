@@ -19,6 +19,7 @@
 #include "io/ckpt.h"
 #include "config.h"
 #include "exec/exec.h"
+#include "fuzz_ckpt_setup.h"
 #include "fuzz_common.h"
 #include "model/model.h"
 #include "parallel/parallel.h"
@@ -46,32 +47,7 @@ static uint8_t *slurp(const char *path, size_t *len) {
 }
 
 static void setup(void) {
-    char err[4096];
-    config_defaults(&cfg);
-    cfg.model.num_hidden_layers = 1;
-    cfg.model.hidden_size = 16;
-    cfg.model.intermediate_size = 32;
-    cfg.model.num_attention_heads = 2;
-    cfg.model.num_key_value_heads = 1;
-    cfg.model.head_dim = 8;
-    cfg.model.vocab_size = 16;
-    snprintf(cfg.io.run_dir, sizeof cfg.io.run_dir, "%s/run", fuzz_folder());
-    if (model_build(&model, &cfg.model, err, sizeof err)) abort();
-    plan_target_t t = {.act_bytes = 4, .param_bytes = 4, .grad_bytes = 4};
-    if (plan_compile(&plan, &cfg, &model, 1, &t, err, sizeof err) != 0) abort();
-    int argc = 1;
-    char *args[] = {"fuzz", NULL}, **argv = args;
-    static ranks_t r;
-    if (par_init(&argc, &argv, &r, err, sizeof err) || backend_cpu.init(0, err, sizeof err)) abort();
-    exec_t *e = exec_create(&plan, &backend_cpu, &coll_host, &coll_host, &r);
-    exec_init_params(e, 1);
-    ckpt_state_t st = {.step = 7, .epoch = 1, .cursor = 4, .seed = 1234};
-    if (ckpt_save(&cfg, &plan, e, &r, &coll_host, &st, err, sizeof err)) {
-        fprintf(stderr, "%s\n", err);
-        abort();
-    }
-    exec_destroy(e);
-    snprintf(ckdir, sizeof ckdir, "%s/checkpoints/step-00000007", cfg.io.run_dir);
+    fuzz_write_checkpoint(&cfg, &model, &plan, ckdir, sizeof ckdir);
     for (int i = 0; i < 6; i++) {
         char path[700];
         snprintf(path, sizeof path, "%s/%s", ckdir, names[i]);
