@@ -185,3 +185,8 @@ void sac_derive(const plan_t *p, graph_plan_t *gp, const int *order, int norder)
         if (last >= 0) gp->grad_first[last][slot] = 1;
     }
 }
+
+/* 6N + causal attention per token (plan.h). */
+double plan_flops_per_token(const model_t *m, double seq_len) {
+    return 6.0 * model_matmul_params(m) + 6.0 * (double)m->L * seq_len * (double)(m->hq * m->hd);
+}

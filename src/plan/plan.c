@@ -9,10 +9,6 @@
 
 #define LONGEST_SEQ_MAX ((int64_t)1 << 26)
 
-double plan_flops_per_token(const model_t *m, int64_t seq_len) {
-    return 6.0 * model_matmul_params(m) + 6.0 * (double)m->L * (double)seq_len * (double)(m->hq * m->hd);
-}
-
 /* A budget in the config wins over the device's memory given by the caller. */
 static plan_target_t effective_target(const config_t *cfg, const plan_target_t *target) {
     plan_target_t t = *target;
@@ -169,7 +165,7 @@ static int compile_at(plan_t *p, const config_t *cfg, const model_t *m, int worl
         sac_pass(p, cfg);
     }
     p->recompute_flops_per_step = layers_recompute_flops(p) * (double)p->micro_steps * (double)p->world;
-    p->flops_per_step = plan_flops_per_token(m, seq_len) * (double)seq_len * (double)cfg->train.global_batch_size;
+    p->flops_per_step = plan_flops_per_token(m, (double)seq_len) * (double)seq_len * (double)cfg->train.global_batch_size;
     return best >= 0 ? 0 : 1;
 }
 

@@ -383,6 +383,6 @@ int plan_layers_mixed(const plan_t *p);
 /* Model FLOPs per token at sequence length S: 6*N + 6*L*S*d' where N are the
  * matmul weights (LM head included) and the second term is causal attention
  * (d' = Hq * head_dim). Used for TFLOP/s and MFU. */
-double plan_flops_per_token(const model_t *m, int64_t seq_len);
+double plan_flops_per_token(const model_t *m, double seq_len);
 
 #endif

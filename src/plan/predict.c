@@ -301,7 +301,7 @@ static double step_flops(const plan_t *p, double doc_len) {
     const model_t *m = p->model;
     double len = doc_len > 0 && doc_len < (double)p->seq_len ? doc_len : (double)p->seq_len;
     double tokens = (double)p->seq_len * (double)p->micro_steps * (double)p->dp;
-    return tokens * (6.0 * model_matmul_params(m) + 6.0 * (double)m->L * len * (double)(m->hq * m->hd));
+    return tokens * plan_flops_per_token(m, len);
 }
 
 void plan_predict(const plan_t *p, const card_profile_t *prof, double doc_len, step_prediction_t *o) {
