@@ -95,6 +95,9 @@ def check_includes(top, files, breaches):
                 continue
             if there > here:
                 breaches.append(f"{path} includes {target}: floor '{FLOORS[there][0]}' is above '{FLOORS[here][0]}'")
+            if (path.startswith(tuple(SIDEWAYS)) or path == "src/backend.h") and there not in (0, here):
+                breaches.append(f"{path} includes {target}: the backends know no config, model or plan "
+                                "(base only, docs/architecture.md)")
             side_here = [s for s in SIDEWAYS if path.startswith(s)]
             side_there = [s for s in SIDEWAYS if target.startswith(s)]
             if side_here and side_there and side_here != side_there:
