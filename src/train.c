@@ -111,6 +111,7 @@ typedef struct {
     loader_t loader;
     int documents;
     int64_t eos;
+    uint64_t data_bytes, data_fingerprint;   /* of the training shard (shard_fingerprint), taken once */
     val_t val;
     int have_val;
     int64_t val_step_last;      /* the latest validation loss, recorded in checkpoints */
@@ -133,7 +134,8 @@ static int save_checkpoint(run_t *run) {
     const loader_t *l = &run->loader;
     ckpt_state_t st = {.step = run->step, .epoch = l->epoch, .cursor = l->cursor, .seed = l->seed,
                        .val_step = run->val_step_last, .val_loss = run->val_loss_last};
-    shard_fingerprint(&run->shard, &st.data_bytes, &st.data_fingerprint);
+    st.data_bytes = run->data_bytes;
+    st.data_fingerprint = run->data_fingerprint;
     double t0 = asp_now();
     if (ckpt_save(run->cfg, run->plan, run->e, run->r, run->host_coll, &st, err, sizeof err) != 0) {
         if (run->lead) asp_warn("checkpoint of step %lld failed: %s", (long long)run->step, err);
@@ -149,9 +151,8 @@ static int save_checkpoint(run_t *run) {
 /* A resume on a training shard other than the one the checkpoint's run read
  * goes on (a user may extend or fix the data on purpose) but says so: the
  * data order and the position it resumes at refer to the old shard. */
-static void warn_data_changed(const ckpt_state_t *st, const shard_t *shard, const char *dir) {
-    uint64_t bytes, fp;
-    shard_fingerprint(shard, &bytes, &fp);
+static void warn_data_changed(const ckpt_state_t *st, const shard_t *shard, uint64_t bytes, uint64_t fp,
+                              const char *dir) {
     if (!st->data_bytes || (bytes == st->data_bytes && fp == st->data_fingerprint)) return;
     asp_warn("data.path %s changed since %s was written: it was %llu bytes (fingerprint %016llx), it is %llu bytes "
              "(fingerprint %016llx) now; the run goes on from the checkpoint's data position (epoch %lld, sample "
@@ -164,7 +165,8 @@ static void warn_data_changed(const ckpt_state_t *st, const shard_t *shard, cons
 /* io.resume: load the checkpoint into the engine and the loader, and open the
  * metrics log (appended when resuming). Returns 1 resumed, 0 fresh, -1 refused. */
 static int resume_run(const config_t *cfg, const plan_t *plan, exec_t *e, const ranks_t *r,
-                      const coll_ops_t *host_coll, loader_t *loader, ckpt_state_t *st, FILE **metrics) {
+                      const coll_ops_t *host_coll, loader_t *loader, const uint64_t data_id[2], ckpt_state_t *st,
+                      FILE **metrics) {
     char err[4096], dir[CFG_PATH_MAX + 64];
     int lead = r->world_rank == 0;
     int rs = ckpt_resume(cfg, plan, e, r, host_coll, st, dir, sizeof dir, err, sizeof err);
@@ -185,7 +187,7 @@ static int resume_run(const config_t *cfg, const plan_t *plan, exec_t *e, const 
         if (lead)
             asp_info("resumed from %s: step %lld, data epoch %lld, sample %lld", dir, (long long)st->step,
                      (long long)st->epoch, (long long)st->cursor);
-        if (lead) warn_data_changed(st, loader->shard, dir);
+        if (lead) warn_data_changed(st, loader->shard, data_id[0], data_id[1], dir);
         if (st->step >= cfg->train.steps && lead)
             asp_warn("the checkpoint is at step %lld and train.steps is %lld: nothing to train (raise train.steps "
                      "to go on, or set io.resume=never to start over)", (long long)st->step,
@@ -239,6 +241,7 @@ static void open_data(run_t *run) {
         asp_die(ASP_EXIT_USAGE, "%s: data.path is not set: give a token shard (docs/data.md), e.g. --set data.path=...",
                 cfg->source);
     open_config_shard(cfg, "path", cfg->data.path, plan->model->V, &run->shard);
+    shard_fingerprint(&run->shard, &run->data_bytes, &run->data_fingerprint);
     if (loader_init(&run->loader, &run->shard, plan->seq_len, plan->seq_pad, r->sp_rank, r->sp_size, r->dp_rank,
                     r->dp_size, cfg->data.shuffle, cfg->train.seed, err, sizeof err) != 0)
         asp_die(ASP_EXIT_USAGE, "%s", err);
@@ -360,7 +363,8 @@ static int run_open(run_t *run, const config_t *cfg, const plan_t *plan, const b
     double t_weights = asp_since_start();
     FILE *metrics = NULL;
     run->resumed = (ckpt_state_t){.seed = cfg->train.seed};
-    if (resume_run(cfg, plan, run->e, r, host_coll, &run->loader, &run->resumed, &metrics) < 0) {
+    const uint64_t data_id[2] = {run->data_bytes, run->data_fingerprint};
+    if (resume_run(cfg, plan, run->e, r, host_coll, &run->loader, data_id, &run->resumed, &metrics) < 0) {
         exec_destroy(run->e);
         close_data(run);
         return -1;
