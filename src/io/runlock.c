@@ -100,4 +100,3 @@ int runlock_acquire(const char *run_dir, char *err, size_t errlen) {
     return 0;
 }
 
-void runlock_release(void) { release(); }

@@ -4,12 +4,11 @@
 
 #include <stddef.h>
 
-/* Take RUN_DIR/lock for this process until it exits (or runlock_release).
+/* Take RUN_DIR/lock for this process until it exits.
  * A lock held by a live run is refused with its process and host; one left
  * by a dead process is taken over with a warning. The folder must exist.
  * Returns 0, or -1 with a message. */
 int runlock_acquire(const char *run_dir, char *err, size_t errlen);
-void runlock_release(void);
 
 /* The holder a lock file's text names ("pid PID\nhost HOST\n"): 0, or -1
  * when the text names none (free, or not a lock). */
