@@ -129,7 +129,7 @@ start() {
         fail "slurmd did not start"
     i=0
     until SLURM_CONF="$dir/slurm.conf" timeout 5 sinfo -h -n localhost -o %t 2>/dev/null | grep -qx idle; do
-        i=$((i + 1)); [ $i -lt 100 ] || fail "the node did not become idle in 25 s"; sleep 0.25
+        i=$((i + 1)); [ $i -lt 360 ] || fail "the node did not become idle in 90 s"; sleep 0.25
     done
     echo "SLURM_CONF=$dir/slurm.conf"
 }
